@@ -1,0 +1,41 @@
+//! Every bound of the segment format and the store, in one place.
+//!
+//! Each bound is checked before anything is allocated on its behalf. Units are the last part of
+//! each name. Tests exercise each bound at N and N+1.
+
+/// Magic bytes that open every `.seg` file: `EDGSEG` followed by the format version (u16 LE).
+pub const SEG_MAGIC: [u8; 6] = *b"EDGSEG";
+/// The `.seg` file format version this build writes and the only one it reads.
+pub const SEG_FORMAT_VERSION: u16 = 1;
+/// The manifest format version this build writes and the only one it accepts.
+pub const MANIFEST_FORMAT_VERSION: u16 = 1;
+/// Bytes before the signed manifest: magic (6) + version (2) + header length (4).
+pub const SEG_PREAMBLE_BYTES: u64 = 12;
+/// Largest encoded signed manifest (the `.seg` header) accepted.
+pub const HEADER_BYTES_MAX: u32 = 4096;
+/// Largest segment name, in UTF-8 bytes.
+pub const NAME_BYTES_MAX: usize = 255;
+/// Largest channel name, in bytes (`[a-z0-9][a-z0-9._-]*`).
+pub const CHANNEL_BYTES_MAX: usize = 64;
+/// Largest payload a manifest may declare: 64 GiB.
+pub const PAYLOAD_BYTES_MAX: u64 = 64 << 30;
+/// Domain-separation tag signed before the manifest bytes, so a manifest signature can never be
+/// replayed as a signature over anything else.
+pub const SIGNATURE_DOMAIN_TAG: &[u8] = b"edged/segment-manifest/v1\0";
+/// Buffer used to stream payloads (files and hashing): large enough for blake3's SIMD paths,
+/// small enough to stay in L2.
+pub const STREAM_BUF_BYTES: usize = 64 * 1024;
+/// Fan-out of `segments/`: one directory per first byte of the id (two hex digits).
+pub const FANOUT_DIRS: usize = 256;
+/// Default cap on remembered tombstones (32-byte ids each).
+pub const TOMBSTONES_MAX_DEFAULT: u64 = 100_000;
+/// Default age after which an abandoned partial ingest is dropped: 7 days.
+pub const PARTIAL_AGE_MAX_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
+/// Default floor of free space the store keeps on its file system: 64 MiB.
+pub const MIN_FREE_BYTES_DEFAULT: u64 = 64 << 20;
+/// Largest number of writes the committer folds into one redb transaction.
+pub const COMMIT_BATCH_MAX: usize = 256;
+/// Depth of the committer's queue; writers block (back-pressure) beyond it.
+pub const COMMIT_QUEUE_MAX: usize = 1024;
+/// Shortest unique prefix of a segment id accepted for lookups, in hex characters.
+pub const ID_PREFIX_HEX_MIN: usize = 4;
