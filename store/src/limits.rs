@@ -39,3 +39,28 @@ pub const COMMIT_BATCH_MAX: usize = 256;
 pub const COMMIT_QUEUE_MAX: usize = 1024;
 /// Shortest unique prefix of a segment id accepted for lookups, in hex characters.
 pub const ID_PREFIX_HEX_MIN: usize = 4;
+
+/// Channel a manifest belongs to when its publisher names none.
+pub const CHANNEL_DEFAULT: &str = "default";
+/// Priority of a manifest whose publisher sets none (higher is more important).
+pub const PRIORITY_DEFAULT: u8 = 128;
+/// Length of a full segment id in hex characters (32 bytes).
+pub const ID_HEX_LEN: usize = 64;
+/// Largest publisher secret key file accepted, in bytes; larger files are refused unread.
+pub const KEY_FILE_BYTES_MAX: u64 = 256;
+/// Largest canonical encoding of a valid manifest, in bytes: every varint at its widest
+/// (u16: 3, u64: 10), the publisher key and payload hash (32 each), name and channel at their
+/// bounds with their length varints (2 + 255, 1 + 64), the option tag (1), the condition (1) and
+/// the priority (1 raw byte). A test encodes a maximal manifest and checks it stays within this.
+pub const MANIFEST_BYTES_MAX: usize =
+    3 + 32 + (2 + NAME_BYTES_MAX) + (1 + CHANNEL_BYTES_MAX) + 10 + 10 + (1 + 10) + 1 + 1 + 10 + 32;
+/// Largest encoded signed manifest: a length varint (2), the manifest and the 64-byte signature.
+pub const SIGNED_MANIFEST_BYTES_MAX: usize = 2 + MANIFEST_BYTES_MAX + 64;
+
+// Relations between the bounds, checked at compile time.
+const _: () = assert!(SIGNED_MANIFEST_BYTES_MAX <= HEADER_BYTES_MAX as usize);
+const _: () = assert!(MANIFEST_BYTES_MAX < 1 << 14); // its length varint fits in 2 bytes
+const _: () = assert!(SEG_PREAMBLE_BYTES == (SEG_MAGIC.len() + 2 + 4) as u64);
+const _: () = assert!(ID_PREFIX_HEX_MIN >= 1 && ID_PREFIX_HEX_MIN <= ID_HEX_LEN);
+const _: () = assert!(CHANNEL_DEFAULT.len() <= CHANNEL_BYTES_MAX);
+const _: () = assert!(KEY_FILE_BYTES_MAX as usize <= STREAM_BUF_BYTES);

@@ -1,0 +1,1140 @@
+//! Segment manifests: what a publisher signs, and how it is encoded, signed and verified.
+//!
+//! # Encoding
+//!
+//! A [`Manifest`] is encoded with postcard, fields in declaration order (varints for integers
+//! wider than a byte, a length varint before strings, raw bytes for the 32-byte key and hash, a
+//! 0/1 tag before the optional expiry, the variant index of the condition). Only the canonical
+//! encoding — the one [`Manifest::encode`] produces — is accepted by
+//! [`Manifest::decode_canonical`]; overlong varints, trailing bytes and out-of-bound fields are
+//! rejected. Hence a manifest has exactly one byte string and one [`SegmentId`] (blake3 of those
+//! bytes).
+//!
+//! A [`SignedManifest`] is encoded as the postcard encoding of the pair
+//! `(manifest_bytes: byte string, signature: [u8; 64])`, i.e.
+//!
+//! | bytes | content |
+//! |---|---|
+//! | 1..=2 | varint length `n` of the manifest bytes |
+//! | `n` | canonical manifest bytes |
+//! | 64 | ed25519 signature over [`SIGNATURE_DOMAIN_TAG`] followed by the manifest bytes |
+//!
+//! Its encoded length never exceeds [`SIGNED_MANIFEST_BYTES_MAX`] (≤ [`HEADER_BYTES_MAX`]).
+//!
+//! # Guarantees
+//!
+//! - Every decoder checks the input length against [`HEADER_BYTES_MAX`] before anything else,
+//!   never allocates more than its input, and never panics on any input (INV-17).
+//! - A [`SignedManifest`] value always holds a valid, canonical manifest whose id matches its
+//!   bytes; whether its signature verifies against a trusted key is [`SignedManifest::verify`]'s
+//!   job (INV-01), and freshness too, with the configured clock skew (INV-16).
+
+use std::fmt;
+use std::str::FromStr;
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::id::SegmentId;
+use crate::keys::{PublisherKey, PublisherSecret, TrustedPublishers};
+use crate::limits::{
+    CHANNEL_BYTES_MAX, CHANNEL_DEFAULT, HEADER_BYTES_MAX, MANIFEST_FORMAT_VERSION, NAME_BYTES_MAX,
+    PAYLOAD_BYTES_MAX, PRIORITY_DEFAULT, SIGNATURE_DOMAIN_TAG, SIGNED_MANIFEST_BYTES_MAX,
+};
+
+/// Errors decoding, validating or signing a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// The encoding is longer than [`HEADER_BYTES_MAX`]; it was not decoded.
+    #[error("encoded manifest is {len} bytes, more than the {HEADER_BYTES_MAX} allowed")]
+    TooLarge {
+        /// Length of the input, in bytes.
+        len: usize,
+    },
+    /// postcard could not decode the bytes (truncated, bad varint, bad tag, bad UTF-8…).
+    #[error("malformed manifest encoding: {0}")]
+    Decode(#[source] postcard::Error),
+    /// Bytes follow a complete encoding.
+    #[error("{count} trailing bytes after the manifest")]
+    TrailingBytes {
+        /// Number of bytes left over.
+        count: usize,
+    },
+    /// The bytes decode but are not the canonical encoding of what they decode to.
+    #[error("manifest encoding is not canonical")]
+    NotCanonical,
+    /// `format_version` is not [`MANIFEST_FORMAT_VERSION`].
+    #[error(
+        "unsupported manifest format version {version} (this build reads {MANIFEST_FORMAT_VERSION})"
+    )]
+    UnsupportedFormatVersion {
+        /// The version found.
+        version: u16,
+    },
+    /// The name is empty.
+    #[error("segment name is empty")]
+    NameEmpty,
+    /// The name is longer than [`NAME_BYTES_MAX`] UTF-8 bytes.
+    #[error("segment name is {len} bytes, more than the {NAME_BYTES_MAX} allowed")]
+    NameTooLong {
+        /// Length of the name, in bytes.
+        len: usize,
+    },
+    /// The name contains a control character.
+    #[error("segment name contains control character {ch:?} at byte {index}")]
+    NameControlChar {
+        /// Byte offset of the character.
+        index: usize,
+        /// The character.
+        ch: char,
+    },
+    /// The channel is empty.
+    #[error("channel is empty")]
+    ChannelEmpty,
+    /// The channel is longer than [`CHANNEL_BYTES_MAX`] bytes.
+    #[error("channel is {len} bytes, more than the {CHANNEL_BYTES_MAX} allowed")]
+    ChannelTooLong {
+        /// Length of the channel, in bytes.
+        len: usize,
+    },
+    /// The channel does not match `[a-z0-9][a-z0-9._-]*`.
+    #[error("channel has invalid character {ch:?} at byte {index} (allowed: [a-z0-9][a-z0-9._-]*)")]
+    ChannelInvalidChar {
+        /// Byte offset of the character.
+        index: usize,
+        /// The character.
+        ch: char,
+    },
+    /// `payload_len` is larger than [`PAYLOAD_BYTES_MAX`].
+    #[error("payload length {len} exceeds the {PAYLOAD_BYTES_MAX} bytes allowed")]
+    PayloadTooLarge {
+        /// The declared payload length, in bytes.
+        len: u64,
+    },
+    /// `expires_at_ms` is not after `created_at_ms`.
+    #[error("expires_at_ms {expires_at_ms} is not after created_at_ms {created_at_ms}")]
+    ExpiryNotAfterCreation {
+        /// Creation time, ms since the Unix epoch.
+        created_at_ms: u64,
+        /// Expiry time, ms since the Unix epoch.
+        expires_at_ms: u64,
+    },
+    /// `sign` was given a secret key that is not the manifest's publisher.
+    #[error("manifest publisher {manifest} does not match the signing key {secret}")]
+    PublisherMismatch {
+        /// The publisher named in the manifest.
+        manifest: PublisherKey,
+        /// The public key of the secret used.
+        secret: PublisherKey,
+    },
+    /// A success condition other than `all_peers` or `one_peer`.
+    #[error("unknown success condition {input:?} (expected all_peers or one_peer)")]
+    UnknownCondition {
+        /// The text given.
+        input: String,
+    },
+}
+
+/// Errors verifying a signed manifest against the trusted publishers and the clock.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// The publisher key is not among the trusted publishers.
+    #[error("publisher {publisher} is not trusted")]
+    UntrustedPublisher {
+        /// The manifest's publisher.
+        publisher: PublisherKey,
+    },
+    /// The signature does not verify (strictly) against the publisher key.
+    #[error("manifest signature does not verify")]
+    BadSignature,
+    /// The manifest expired, even allowing for the clock skew.
+    #[error("manifest expired at {expires_at_ms} ms (now {now_ms} ms)")]
+    Expired {
+        /// Expiry time, ms since the Unix epoch.
+        expires_at_ms: u64,
+        /// The time checked against, ms since the Unix epoch.
+        now_ms: u64,
+    },
+    /// The manifest was created in the future, even allowing for the clock skew.
+    #[error("manifest created at {created_at_ms} ms, in the future (now {now_ms} ms)")]
+    CreatedInFuture {
+        /// Creation time, ms since the Unix epoch.
+        created_at_ms: u64,
+        /// The time checked against, ms since the Unix epoch.
+        now_ms: u64,
+    },
+}
+
+/// When a segment counts as propagated.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub enum SuccessCondition {
+    /// Every direct peer acknowledged it.
+    #[default]
+    AllPeers,
+    /// At least one direct peer acknowledged it.
+    OnePeer,
+}
+
+impl SuccessCondition {
+    /// Text form, as in config files and the CLI.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SuccessCondition::AllPeers => "all_peers",
+            SuccessCondition::OnePeer => "one_peer",
+        }
+    }
+}
+
+impl fmt::Display for SuccessCondition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SuccessCondition {
+    type Err = ManifestError;
+
+    fn from_str(s: &str) -> Result<Self, ManifestError> {
+        match s {
+            "all_peers" => Ok(SuccessCondition::AllPeers),
+            "one_peer" => Ok(SuccessCondition::OnePeer),
+            _ => Err(ManifestError::UnknownCondition {
+                input: s.to_string(),
+            }),
+        }
+    }
+}
+
+/// What a publisher signs about a segment. Field order is the encoding order: never reorder.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always [`MANIFEST_FORMAT_VERSION`].
+    pub format_version: u16,
+    /// The key that signs this manifest.
+    pub publisher: PublisherKey,
+    /// Human-readable name: 1..=[`NAME_BYTES_MAX`] UTF-8 bytes, no control characters.
+    pub name: String,
+    /// Channel: 1..=[`CHANNEL_BYTES_MAX`] bytes of `[a-z0-9][a-z0-9._-]*`; default
+    /// [`CHANNEL_DEFAULT`].
+    pub channel: String,
+    /// Publisher-chosen sequence number; recorded and shown.
+    pub sequence: u64,
+    /// Creation time, ms since the Unix epoch (UTC).
+    pub created_at_ms: u64,
+    /// Expiry time, ms since the Unix epoch (UTC); if present, after `created_at_ms`.
+    pub expires_at_ms: Option<u64>,
+    /// When the segment counts as propagated.
+    pub condition: SuccessCondition,
+    /// Higher is more important; orders sending and eviction. Default [`PRIORITY_DEFAULT`].
+    pub priority: u8,
+    /// Payload length in bytes, at most [`PAYLOAD_BYTES_MAX`].
+    pub payload_len: u64,
+    /// blake3 of the payload.
+    pub payload_hash: [u8; 32],
+}
+
+impl Manifest {
+    /// A manifest with the defaults: current format version, channel [`CHANNEL_DEFAULT`],
+    /// sequence 0, no expiry, [`SuccessCondition::AllPeers`], priority [`PRIORITY_DEFAULT`].
+    pub fn new(
+        publisher: PublisherKey,
+        name: impl Into<String>,
+        created_at_ms: u64,
+        payload_len: u64,
+        payload_hash: [u8; 32],
+    ) -> Self {
+        Self {
+            format_version: MANIFEST_FORMAT_VERSION,
+            publisher,
+            name: name.into(),
+            channel: CHANNEL_DEFAULT.to_string(),
+            sequence: 0,
+            created_at_ms,
+            expires_at_ms: None,
+            condition: SuccessCondition::AllPeers,
+            priority: PRIORITY_DEFAULT,
+            payload_len,
+            payload_hash,
+        }
+    }
+
+    /// Checks every documented bound.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        if self.format_version != MANIFEST_FORMAT_VERSION {
+            return Err(ManifestError::UnsupportedFormatVersion {
+                version: self.format_version,
+            });
+        }
+        validate_name(&self.name)?;
+        validate_channel(&self.channel)?;
+        if self.payload_len > PAYLOAD_BYTES_MAX {
+            return Err(ManifestError::PayloadTooLarge {
+                len: self.payload_len,
+            });
+        }
+        if let Some(expires_at_ms) = self.expires_at_ms {
+            if expires_at_ms <= self.created_at_ms {
+                return Err(ManifestError::ExpiryNotAfterCreation {
+                    created_at_ms: self.created_at_ms,
+                    expires_at_ms,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the manifest has expired at `now_ms` (no skew allowance).
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|e| e <= now_ms)
+    }
+
+    /// The canonical encoding (postcard).
+    pub fn encode(&self) -> Vec<u8> {
+        // Cannot fail: every field is a fixed-shape integer, array, string or option, which
+        // postcard serialises into a growable Vec without error.
+        postcard::to_allocvec(self).expect("postcard encoding of a Manifest into a Vec")
+    }
+
+    /// Decodes `bytes`, accepting only the canonical encoding of a valid manifest.
+    pub fn decode_canonical(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        if bytes.len() > HEADER_BYTES_MAX as usize {
+            return Err(ManifestError::TooLarge { len: bytes.len() });
+        }
+        let (manifest, rest) =
+            postcard::take_from_bytes::<Manifest>(bytes).map_err(ManifestError::Decode)?;
+        if !rest.is_empty() {
+            return Err(ManifestError::TrailingBytes { count: rest.len() });
+        }
+        manifest.validate()?;
+        if manifest.encode() != bytes {
+            return Err(ManifestError::NotCanonical);
+        }
+        Ok(manifest)
+    }
+
+    /// The segment id: blake3 of the canonical encoding.
+    pub fn id(&self) -> SegmentId {
+        SegmentId::of_manifest_bytes(&self.encode())
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), ManifestError> {
+    if name.is_empty() {
+        return Err(ManifestError::NameEmpty);
+    }
+    if name.len() > NAME_BYTES_MAX {
+        return Err(ManifestError::NameTooLong { len: name.len() });
+    }
+    if let Some((index, ch)) = name.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(ManifestError::NameControlChar { index, ch });
+    }
+    Ok(())
+}
+
+fn validate_channel(channel: &str) -> Result<(), ManifestError> {
+    if channel.is_empty() {
+        return Err(ManifestError::ChannelEmpty);
+    }
+    if channel.len() > CHANNEL_BYTES_MAX {
+        return Err(ManifestError::ChannelTooLong { len: channel.len() });
+    }
+    let allowed = |index: usize, c: char| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || (index > 0 && matches!(c, '.' | '_' | '-'))
+    };
+    if let Some((index, ch)) = channel.char_indices().find(|&(i, c)| !allowed(i, c)) {
+        return Err(ManifestError::ChannelInvalidChar { index, ch });
+    }
+    Ok(())
+}
+
+/// Serialises a byte slice as a postcard byte string (length varint + bytes).
+struct ByteStr<'a>(&'a [u8]);
+
+impl Serialize for ByteStr<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+/// The signature as postcard sees it: serde implements arrays only up to 32 elements, and two
+/// 32-byte arrays encode exactly as 64 raw bytes.
+type WireSignature = ([u8; 32], [u8; 32]);
+
+fn split_signature(sig: &[u8; 64]) -> WireSignature {
+    let mut a = [0u8; 32];
+    let mut b = [0u8; 32];
+    a.copy_from_slice(&sig[..32]);
+    b.copy_from_slice(&sig[32..]);
+    (a, b)
+}
+
+fn join_signature((a, b): WireSignature) -> [u8; 64] {
+    let mut sig = [0u8; 64];
+    sig[..32].copy_from_slice(&a);
+    sig[32..].copy_from_slice(&b);
+    sig
+}
+
+/// A canonical manifest with its id and the publisher's signature.
+///
+/// Holding one proves the manifest is valid and canonical, not that the signature verifies:
+/// call [`SignedManifest::verify`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct SignedManifest {
+    manifest_bytes: Vec<u8>,
+    manifest: Manifest,
+    id: SegmentId,
+    signature: [u8; 64],
+}
+
+impl fmt::Debug for SignedManifest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignedManifest")
+            .field("id", &self.id)
+            .field("manifest", &self.manifest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SignedManifest {
+    /// Validates `manifest` and signs it with `secret`, which must be its publisher.
+    pub fn sign(manifest: Manifest, secret: &PublisherSecret) -> Result<Self, ManifestError> {
+        manifest.validate()?;
+        let public = secret.public();
+        if manifest.publisher != public {
+            return Err(ManifestError::PublisherMismatch {
+                manifest: manifest.publisher,
+                secret: public,
+            });
+        }
+        let manifest_bytes = manifest.encode();
+        let signature = secret.sign(&signed_message(&manifest_bytes));
+        let signed = Self {
+            id: SegmentId::of_manifest_bytes(&manifest_bytes),
+            manifest_bytes,
+            manifest,
+            signature,
+        };
+        debug_assert!(signed.encoded_len() <= SIGNED_MANIFEST_BYTES_MAX);
+        Ok(signed)
+    }
+
+    /// Decodes the wire/disk encoding; the manifest inside must be canonical and valid.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
+        if bytes.len() > HEADER_BYTES_MAX as usize {
+            return Err(ManifestError::TooLarge { len: bytes.len() });
+        }
+        let ((manifest_bytes, sig), rest) =
+            postcard::take_from_bytes::<(&[u8], WireSignature)>(bytes)
+                .map_err(ManifestError::Decode)?;
+        if !rest.is_empty() {
+            return Err(ManifestError::TrailingBytes { count: rest.len() });
+        }
+        let manifest = Manifest::decode_canonical(manifest_bytes)?;
+        Ok(Self {
+            id: SegmentId::of_manifest_bytes(manifest_bytes),
+            manifest_bytes: manifest_bytes.to_vec(),
+            manifest,
+            signature: join_signature(sig),
+        })
+    }
+
+    /// The wire/disk encoding: `(manifest_bytes, signature)` in postcard.
+    pub fn encode(&self) -> Vec<u8> {
+        let wire = (
+            ByteStr(&self.manifest_bytes),
+            split_signature(&self.signature),
+        );
+        // Cannot fail: a byte string and fixed arrays serialise into a growable Vec without error.
+        let out = postcard::to_allocvec(&wire).expect("postcard encoding of a SignedManifest");
+        debug_assert_eq!(out.len(), self.encoded_len());
+        out
+    }
+
+    /// Length of [`SignedManifest::encode`]'s output (the `.seg` header length).
+    pub fn encoded_len(&self) -> usize {
+        let n = self.manifest_bytes.len();
+        let varint_len = if n < 1 << 7 { 1 } else { 2 };
+        debug_assert!(n < 1 << 14);
+        varint_len + n + 64
+    }
+
+    /// The decoded manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The canonical manifest bytes that were signed and hashed into the id.
+    pub fn manifest_bytes(&self) -> &[u8] {
+        &self.manifest_bytes
+    }
+
+    /// The segment id.
+    pub fn id(&self) -> SegmentId {
+        self.id
+    }
+
+    /// The ed25519 signature.
+    pub fn signature(&self) -> &[u8; 64] {
+        &self.signature
+    }
+
+    /// Checks, in order: the publisher is trusted, the signature verifies strictly, the
+    /// manifest has not expired (`expires_at_ms + skew <= now_ms` is expired) and was not created
+    /// in the future (`created_at_ms > now_ms + skew`).
+    pub fn verify(
+        &self,
+        trusted: &TrustedPublishers,
+        now_ms: u64,
+        clock_skew_ms: u64,
+    ) -> Result<(), VerifyError> {
+        let m = &self.manifest;
+        if !trusted.contains(&m.publisher) {
+            return Err(VerifyError::UntrustedPublisher {
+                publisher: m.publisher,
+            });
+        }
+        let key = VerifyingKey::from_bytes(m.publisher.as_bytes())
+            .map_err(|_| VerifyError::BadSignature)?;
+        key.verify_strict(
+            &signed_message(&self.manifest_bytes),
+            &Signature::from_bytes(&self.signature),
+        )
+        .map_err(|_| VerifyError::BadSignature)?;
+        if let Some(expires_at_ms) = m.expires_at_ms {
+            if expires_at_ms.saturating_add(clock_skew_ms) <= now_ms {
+                return Err(VerifyError::Expired {
+                    expires_at_ms,
+                    now_ms,
+                });
+            }
+        }
+        if m.created_at_ms > now_ms.saturating_add(clock_skew_ms) {
+            return Err(VerifyError::CreatedInFuture {
+                created_at_ms: m.created_at_ms,
+                now_ms,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The message a publisher signs: the domain tag, then the manifest bytes.
+fn signed_message(manifest_bytes: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(SIGNATURE_DOMAIN_TAG.len() + manifest_bytes.len());
+    msg.extend_from_slice(SIGNATURE_DOMAIN_TAG);
+    msg.extend_from_slice(manifest_bytes);
+    msg
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::limits::MANIFEST_BYTES_MAX;
+
+    pub(crate) const NOW_MS: u64 = 1_700_000_000_000;
+
+    pub(crate) fn secret() -> PublisherSecret {
+        PublisherSecret::from_seed([42; 32])
+    }
+
+    pub(crate) fn manifest_for(secret: &PublisherSecret, payload: &[u8]) -> Manifest {
+        Manifest::new(
+            secret.public(),
+            "policy-bundle.tar",
+            NOW_MS,
+            payload.len() as u64,
+            *blake3::hash(payload).as_bytes(),
+        )
+    }
+
+    pub(crate) fn trusted(secret: &PublisherSecret) -> TrustedPublishers {
+        [secret.public()].into_iter().collect()
+    }
+
+    fn sample() -> Manifest {
+        let mut m = manifest_for(&secret(), b"hello");
+        m.channel = "ops.policy-v2_x".into();
+        m.sequence = 300;
+        m.expires_at_ms = Some(NOW_MS + 1000);
+        m.condition = SuccessCondition::OnePeer;
+        m.priority = 200;
+        m
+    }
+
+    fn maximal() -> Manifest {
+        Manifest {
+            format_version: MANIFEST_FORMAT_VERSION,
+            publisher: secret().public(),
+            name: "n".repeat(NAME_BYTES_MAX),
+            channel: "c".repeat(CHANNEL_BYTES_MAX),
+            sequence: u64::MAX,
+            created_at_ms: u64::MAX - 1,
+            expires_at_ms: Some(u64::MAX),
+            condition: SuccessCondition::OnePeer,
+            priority: u8::MAX,
+            payload_len: PAYLOAD_BYTES_MAX,
+            payload_hash: [0xff; 32],
+        }
+    }
+
+    #[test]
+    fn manifest_round_trip() {
+        for m in [sample(), maximal(), manifest_for(&secret(), b"")] {
+            let bytes = m.encode();
+            assert_eq!(Manifest::decode_canonical(&bytes), Ok(m.clone()));
+            assert_eq!(m.id(), SegmentId::of_manifest_bytes(&bytes));
+        }
+    }
+
+    #[test]
+    fn maximal_manifest_within_declared_bound() {
+        let m = maximal();
+        m.validate().unwrap();
+        assert!(
+            m.encode().len() <= MANIFEST_BYTES_MAX,
+            "{}",
+            m.encode().len()
+        );
+        let signed = SignedManifest::sign(m, &secret()).unwrap();
+        assert!(signed.encoded_len() <= SIGNED_MANIFEST_BYTES_MAX);
+        assert_eq!(signed.encode().len(), signed.encoded_len());
+    }
+
+    #[test]
+    fn id_is_stable() {
+        // Pinned: changing the encoding changes every id; this test makes that loud.
+        let m = sample();
+        assert_eq!(m.id(), sample().id());
+        assert_eq!(m.id(), m.clone().id());
+        let mut other = sample();
+        other.sequence += 1;
+        assert_ne!(m.id(), other.id());
+        let signed = SignedManifest::sign(m.clone(), &secret()).unwrap();
+        assert_eq!(signed.id(), m.id());
+        assert_eq!(
+            SignedManifest::decode(&signed.encode()).unwrap().id(),
+            m.id()
+        );
+        assert_eq!(
+            hex::encode(m.encode()),
+            concat!(
+                "01",
+                "197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+                "11706f6c6963792d62756e646c652e746172",
+                "0f6f70732e706f6c6963792d76325f78",
+                "ac02",
+                "80d095ffbc31",
+                "01e8d795ffbc31",
+                "01",
+                "c8",
+                "05",
+                "ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f"
+            )
+        );
+    }
+
+    #[test]
+    fn condition_text_round_trip() {
+        for c in [SuccessCondition::AllPeers, SuccessCondition::OnePeer] {
+            assert_eq!(c.to_string().parse::<SuccessCondition>(), Ok(c));
+        }
+        assert_eq!("all_peers".parse(), Ok(SuccessCondition::AllPeers));
+        assert_eq!("one_peer".parse(), Ok(SuccessCondition::OnePeer));
+        assert!(matches!(
+            "AllPeers".parse::<SuccessCondition>(),
+            Err(ManifestError::UnknownCondition { .. })
+        ));
+    }
+
+    #[test]
+    fn defaults() {
+        let m = manifest_for(&secret(), b"x");
+        assert_eq!(m.channel, "default");
+        assert_eq!(m.priority, 128);
+        assert_eq!(m.condition, SuccessCondition::AllPeers);
+        assert_eq!(m.format_version, MANIFEST_FORMAT_VERSION);
+        m.validate().unwrap();
+    }
+
+    #[test]
+    fn signed_manifest_round_trip() {
+        let signed = SignedManifest::sign(sample(), &secret()).unwrap();
+        let bytes = signed.encode();
+        let back = SignedManifest::decode(&bytes).unwrap();
+        assert_eq!(back, signed);
+        assert_eq!(back.manifest(), &sample());
+        assert_eq!(back.manifest_bytes(), sample().encode());
+        back.verify(&trusted(&secret()), NOW_MS, 0).unwrap();
+        // Layout: length varint, manifest bytes, 64 signature bytes.
+        let n = signed.manifest_bytes().len();
+        assert_eq!(bytes[0] as usize, n);
+        assert_eq!(&bytes[1..1 + n], signed.manifest_bytes());
+        assert_eq!(&bytes[1 + n..], signed.signature());
+    }
+
+    #[test]
+    fn sign_requires_matching_publisher() {
+        let other = PublisherSecret::from_seed([9; 32]);
+        assert!(matches!(
+            SignedManifest::sign(sample(), &other),
+            Err(ManifestError::PublisherMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn sign_validates() {
+        let mut m = sample();
+        m.name.clear();
+        assert_eq!(
+            SignedManifest::sign(m, &secret()),
+            Err(ManifestError::NameEmpty)
+        );
+    }
+
+    /// Encodes without validating, to feed invalid manifests to the decoder.
+    fn raw(m: &Manifest) -> Vec<u8> {
+        postcard::to_allocvec(m).unwrap()
+    }
+
+    fn check_bound(m: Manifest, want: Result<(), ManifestError>) {
+        assert_eq!(m.validate(), want, "{m:?}");
+        let decoded = Manifest::decode_canonical(&raw(&m));
+        assert_eq!(decoded.map(|_| ()), want);
+    }
+
+    #[test]
+    fn inv_17_name_bound_n_and_n_plus_1() {
+        let with = |name: String| Manifest { name, ..sample() };
+        check_bound(with("a".to_string()), Ok(()));
+        check_bound(with("a".repeat(NAME_BYTES_MAX)), Ok(()));
+        check_bound(
+            with("a".repeat(NAME_BYTES_MAX + 1)),
+            Err(ManifestError::NameTooLong {
+                len: NAME_BYTES_MAX + 1,
+            }),
+        );
+        // Bytes, not characters: 2-byte characters up to the bound, then one byte over.
+        check_bound(with("é".repeat(NAME_BYTES_MAX / 2)), Ok(()));
+        check_bound(
+            with(format!("{}é", "a".repeat(NAME_BYTES_MAX - 1))),
+            Err(ManifestError::NameTooLong {
+                len: NAME_BYTES_MAX + 1,
+            }),
+        );
+        check_bound(with(String::new()), Err(ManifestError::NameEmpty));
+        check_bound(
+            with("a\nb".to_string()),
+            Err(ManifestError::NameControlChar { index: 1, ch: '\n' }),
+        );
+        check_bound(
+            with("ab\u{7f}".to_string()),
+            Err(ManifestError::NameControlChar {
+                index: 2,
+                ch: '\u{7f}',
+            }),
+        );
+        check_bound(with("Übung 2024 / v1.tar.gz".to_string()), Ok(()));
+    }
+
+    #[test]
+    fn inv_17_channel_bound_n_and_n_plus_1() {
+        let with = |channel: String| Manifest {
+            channel,
+            ..sample()
+        };
+        check_bound(with("a".repeat(CHANNEL_BYTES_MAX)), Ok(()));
+        check_bound(
+            with("a".repeat(CHANNEL_BYTES_MAX + 1)),
+            Err(ManifestError::ChannelTooLong {
+                len: CHANNEL_BYTES_MAX + 1,
+            }),
+        );
+        check_bound(with(String::new()), Err(ManifestError::ChannelEmpty));
+        let cases = [
+            ("0a.b_c-d", Ok(())),
+            (".a", Err((0, '.'))),
+            ("-a", Err((0, '-'))),
+            ("_a", Err((0, '_'))),
+            ("aB", Err((1, 'B'))),
+            ("a b", Err((1, ' '))),
+            ("a/b", Err((1, '/'))),
+            ("aé", Err((1, 'é'))),
+        ];
+        for (channel, want) in cases {
+            check_bound(
+                with(channel.to_string()),
+                want.map_err(|(index, ch)| ManifestError::ChannelInvalidChar { index, ch }),
+            );
+        }
+    }
+
+    #[test]
+    fn inv_17_payload_len_bound_n_and_n_plus_1() {
+        let with = |payload_len| Manifest {
+            payload_len,
+            ..sample()
+        };
+        check_bound(with(PAYLOAD_BYTES_MAX), Ok(()));
+        check_bound(
+            with(PAYLOAD_BYTES_MAX + 1),
+            Err(ManifestError::PayloadTooLarge {
+                len: PAYLOAD_BYTES_MAX + 1,
+            }),
+        );
+    }
+
+    #[test]
+    fn inv_17_format_version_and_expiry_bounds() {
+        check_bound(
+            Manifest {
+                format_version: MANIFEST_FORMAT_VERSION + 1,
+                ..sample()
+            },
+            Err(ManifestError::UnsupportedFormatVersion {
+                version: MANIFEST_FORMAT_VERSION + 1,
+            }),
+        );
+        let with = |expires_at_ms| Manifest {
+            expires_at_ms,
+            ..sample()
+        };
+        check_bound(with(None), Ok(()));
+        check_bound(with(Some(NOW_MS + 1)), Ok(()));
+        check_bound(
+            with(Some(NOW_MS)),
+            Err(ManifestError::ExpiryNotAfterCreation {
+                created_at_ms: NOW_MS,
+                expires_at_ms: NOW_MS,
+            }),
+        );
+    }
+
+    #[test]
+    fn inv_17_manifest_too_large_rejected() {
+        let mut bytes = sample().encode();
+        bytes.resize(HEADER_BYTES_MAX as usize + 1, 0);
+        assert_eq!(
+            Manifest::decode_canonical(&bytes),
+            Err(ManifestError::TooLarge {
+                len: HEADER_BYTES_MAX as usize + 1
+            })
+        );
+        assert_eq!(
+            SignedManifest::decode(&bytes),
+            Err(ManifestError::TooLarge {
+                len: HEADER_BYTES_MAX as usize + 1
+            })
+        );
+        // At the bound the length is accepted and decoding proceeds (to its own error).
+        bytes.truncate(HEADER_BYTES_MAX as usize);
+        assert!(matches!(
+            Manifest::decode_canonical(&bytes),
+            Err(ManifestError::TrailingBytes { .. })
+        ));
+    }
+
+    #[test]
+    fn inv_17_trailing_bytes_in_manifest_rejected() {
+        let mut bytes = sample().encode();
+        bytes.push(0);
+        assert_eq!(
+            Manifest::decode_canonical(&bytes),
+            Err(ManifestError::TrailingBytes { count: 1 })
+        );
+        let mut signed = SignedManifest::sign(sample(), &secret()).unwrap().encode();
+        signed.extend_from_slice(b"xy");
+        assert_eq!(
+            SignedManifest::decode(&signed),
+            Err(ManifestError::TrailingBytes { count: 2 })
+        );
+    }
+
+    #[test]
+    fn inv_17_truncated_manifest_rejected() {
+        let bytes = sample().encode();
+        for cut in 0..bytes.len() {
+            assert!(
+                matches!(
+                    Manifest::decode_canonical(&bytes[..cut]),
+                    Err(ManifestError::Decode(_))
+                ),
+                "cut at {cut}"
+            );
+        }
+        let signed = SignedManifest::sign(sample(), &secret()).unwrap().encode();
+        for cut in 0..signed.len() {
+            assert!(SignedManifest::decode(&signed[..cut]).is_err(), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn inv_17_non_canonical_manifest_rejected() {
+        let m = sample();
+        let bytes = m.encode();
+        // sample().sequence = 300 encodes as the varint ac 02; locate it after the channel.
+        let seq_at = 1 + 32 + 1 + m.name.len() + 1 + m.channel.len();
+        assert_eq!(&bytes[seq_at..seq_at + 2], &[0xac, 0x02]);
+        // The overlong encoding ac 82 00 decodes to the same 300.
+        let mut overlong = bytes[..seq_at].to_vec();
+        overlong.extend_from_slice(&[0xac, 0x82, 0x00]);
+        overlong.extend_from_slice(&bytes[seq_at + 2..]);
+        let (decoded, rest) = postcard::take_from_bytes::<Manifest>(&overlong).unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(decoded, m, "postcard itself accepts the overlong varint");
+        assert_eq!(
+            Manifest::decode_canonical(&overlong),
+            Err(ManifestError::NotCanonical)
+        );
+        // Same for the format version (first byte: 01 -> 81 00).
+        let mut overlong = vec![0x81, 0x00];
+        overlong.extend_from_slice(&bytes[1..]);
+        assert_eq!(
+            Manifest::decode_canonical(&overlong),
+            Err(ManifestError::NotCanonical)
+        );
+        // And inside a signed manifest: the signature covers the canonical bytes only.
+        let signed = SignedManifest::sign(m, &secret()).unwrap();
+        let wire = (ByteStr(&overlong), split_signature(signed.signature()));
+        let wire = postcard::to_allocvec(&wire).unwrap();
+        assert_eq!(
+            SignedManifest::decode(&wire),
+            Err(ManifestError::NotCanonical)
+        );
+    }
+
+    #[test]
+    fn inv_01_bad_signature_rejected() {
+        let signed = SignedManifest::sign(sample(), &secret()).unwrap();
+        let bytes = signed.encode();
+        let trusted = trusted(&secret());
+        // A flipped bit in the signature.
+        for bit in [0, 7, 8 * 31, 8 * 32, 8 * 63 + 7] {
+            let mut b = bytes.clone();
+            let at = b.len() - 64 + bit / 8;
+            b[at] ^= 1 << (bit % 8);
+            let tampered = SignedManifest::decode(&b).unwrap();
+            assert_eq!(
+                tampered.verify(&trusted, NOW_MS, 0),
+                Err(VerifyError::BadSignature),
+                "bit {bit}"
+            );
+        }
+        // A flipped bit in the manifest (still a valid, canonical manifest): the priority byte.
+        let n = signed.manifest_bytes().len();
+        let prio_at = 1 + n - 32 - 1 - 1;
+        let mut b = bytes.clone();
+        assert_eq!(b[prio_at], 200);
+        b[prio_at] ^= 1;
+        let tampered = SignedManifest::decode(&b).unwrap();
+        assert_eq!(tampered.manifest().priority, 201);
+        assert_ne!(tampered.id(), signed.id());
+        assert_eq!(
+            tampered.verify(&trusted, NOW_MS, 0),
+            Err(VerifyError::BadSignature)
+        );
+        // A payload hash bit.
+        let mut b = bytes.clone();
+        b[1 + n - 1] ^= 0x80;
+        let tampered = SignedManifest::decode(&b).unwrap();
+        assert_eq!(
+            tampered.verify(&trusted, NOW_MS, 0),
+            Err(VerifyError::BadSignature)
+        );
+        // The untampered one verifies.
+        signed.verify(&trusted, NOW_MS, 0).unwrap();
+    }
+
+    #[test]
+    fn inv_01_signature_without_domain_tag_rejected() {
+        // A signature over the bare manifest bytes (no domain tag) must not verify.
+        let signed = SignedManifest::sign(sample(), &secret()).unwrap();
+        let forged = SignedManifest {
+            signature: secret().sign(signed.manifest_bytes()),
+            ..signed
+        };
+        assert_eq!(
+            forged.verify(&trusted(&secret()), NOW_MS, 0),
+            Err(VerifyError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn inv_01_untrusted_publisher_rejected() {
+        let other = PublisherSecret::from_seed([9; 32]);
+        let m = Manifest {
+            publisher: other.public(),
+            ..sample()
+        };
+        let signed = SignedManifest::sign(m, &other).unwrap();
+        assert_eq!(
+            signed.verify(&trusted(&secret()), NOW_MS, 0),
+            Err(VerifyError::UntrustedPublisher {
+                publisher: other.public()
+            })
+        );
+        assert_eq!(
+            signed.verify(&TrustedPublishers::default(), NOW_MS, 0),
+            Err(VerifyError::UntrustedPublisher {
+                publisher: other.public()
+            })
+        );
+        signed
+            .verify(&[other.public()].into_iter().collect(), NOW_MS, 0)
+            .unwrap();
+    }
+
+    #[test]
+    fn inv_01_invalid_publisher_point_rejected() {
+        // A manifest naming a key that is not a curve point, trusted by mistake, never verifies.
+        let signed = SignedManifest::sign(sample(), &secret()).unwrap();
+        let mut bogus = [0u8; 32];
+        bogus[0] = 2;
+        let m = Manifest {
+            publisher: PublisherKey::from_bytes(bogus),
+            ..sample()
+        };
+        let forged = SignedManifest {
+            manifest_bytes: m.encode(),
+            id: m.id(),
+            manifest: m,
+            ..signed
+        };
+        let trusted: TrustedPublishers = [PublisherKey::from_bytes(bogus)].into_iter().collect();
+        assert_eq!(
+            forged.verify(&trusted, NOW_MS, 0),
+            Err(VerifyError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn inv_16_expired_manifest_rejected() {
+        let signed = SignedManifest::sign(sample(), &secret()).unwrap();
+        let t = trusted(&secret());
+        let expires = NOW_MS + 1000;
+        // (now, skew, expected)
+        let cases = [
+            (expires - 1, 0, Ok(())),
+            (
+                expires,
+                0,
+                Err(VerifyError::Expired {
+                    expires_at_ms: expires,
+                    now_ms: expires,
+                }),
+            ),
+            // Within the skew: accepted.
+            (expires, 1, Ok(())),
+            (expires + 499, 500, Ok(())),
+            (
+                expires + 500,
+                500,
+                Err(VerifyError::Expired {
+                    expires_at_ms: expires,
+                    now_ms: expires + 500,
+                }),
+            ),
+            // A huge skew saturates instead of overflowing.
+            (expires + 10, u64::MAX, Ok(())),
+        ];
+        for (now, skew, want) in cases {
+            assert_eq!(signed.verify(&t, now, skew), want, "now {now} skew {skew}");
+        }
+        assert!(!signed.manifest().is_expired(expires - 1));
+        assert!(signed.manifest().is_expired(expires));
+        assert!(!manifest_for(&secret(), b"").is_expired(u64::MAX));
+    }
+
+    #[test]
+    fn inv_16_created_in_future_rejected() {
+        let signed = SignedManifest::sign(sample(), &secret()).unwrap();
+        let t = trusted(&secret());
+        assert_eq!(signed.verify(&t, NOW_MS, 0), Ok(()));
+        assert_eq!(
+            signed.verify(&t, NOW_MS - 1, 0),
+            Err(VerifyError::CreatedInFuture {
+                created_at_ms: NOW_MS,
+                now_ms: NOW_MS - 1
+            })
+        );
+        assert_eq!(signed.verify(&t, NOW_MS - 100, 100), Ok(()));
+        assert!(signed.verify(&t, NOW_MS - 101, 100).is_err());
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        prop_compose! {
+            fn valid_manifest()(
+                seed in any::<u8>(),
+                name in "[^\\p{Cc}]{1,60}",
+                channel in "[a-z0-9][a-z0-9._-]{0,63}",
+                sequence in any::<u64>(),
+                created_at_ms in 0..u64::MAX,
+                expiry in proptest::option::of(any::<u64>()),
+                one_peer in any::<bool>(),
+                priority in any::<u8>(),
+                payload_len in 0..=PAYLOAD_BYTES_MAX,
+                payload_hash in any::<[u8; 32]>(),
+            ) -> Manifest {
+                Manifest {
+                    format_version: MANIFEST_FORMAT_VERSION,
+                    publisher: PublisherSecret::from_seed([seed; 32]).public(),
+                    name,
+                    channel,
+                    sequence,
+                    created_at_ms,
+                    // Map any u64 into (created_at_ms, u64::MAX].
+                    expires_at_ms: expiry.map(|e| created_at_ms + 1 + e % (u64::MAX - created_at_ms)),
+                    condition: if one_peer { SuccessCondition::OnePeer } else { SuccessCondition::AllPeers },
+                    priority,
+                    payload_len,
+                    payload_hash,
+                }
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn valid_manifests_round_trip_with_stable_id(m in valid_manifest()) {
+                prop_assert_eq!(m.validate(), Ok(()));
+                let bytes = m.encode();
+                prop_assert!(bytes.len() <= MANIFEST_BYTES_MAX);
+                let back = Manifest::decode_canonical(&bytes).unwrap();
+                prop_assert_eq!(&back, &m);
+                prop_assert_eq!(back.encode(), bytes.clone());
+                prop_assert_eq!(back.id(), m.id());
+                prop_assert_eq!(m.id(), SegmentId::of_manifest_bytes(&bytes));
+            }
+
+            #[test]
+            fn signed_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+                let _ = SignedManifest::decode(&bytes);
+                let _ = Manifest::decode_canonical(&bytes);
+            }
+
+            #[test]
+            fn mutated_signed_manifest_never_panics_nor_verifies(
+                edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let signed = SignedManifest::sign(sample(), &secret()).unwrap();
+                let mut bytes = signed.encode();
+                for (at, v) in &edits {
+                    let i = at.index(bytes.len());
+                    bytes[i] = *v;
+                }
+                let changed = bytes != signed.encode();
+                bytes.truncate(bytes.len() - cut.index(4));
+                let shortened = bytes.len() < signed.encoded_len();
+                if let Ok(decoded) = SignedManifest::decode(&bytes) {
+                    let verified = decoded.verify(&trusted(&secret()), NOW_MS, 0).is_ok();
+                    prop_assert_eq!(verified, !changed && !shortened);
+                }
+            }
+        }
+    }
+}
