@@ -39,3 +39,5 @@ pub const COMMIT_BATCH_MAX: usize = 256;
 pub const COMMIT_QUEUE_MAX: usize = 1024;
 /// Shortest unique prefix of a segment id accepted for lookups, in hex characters.
 pub const ID_PREFIX_HEX_MIN: usize = 4;
+/// Memory redb may use to cache pages of `edge.redb` (its default is 1 GiB): 64 MiB.
+pub const DB_CACHE_BYTES: usize = 64 << 20;
