@@ -1,15 +1,36 @@
 //! `store`: the signed segment format and the durable on-disk segment store of `edged`.
 //!
-//! Code map:
-//! - [`limits`]: every bound, in one place.
-//! - [`id`]: [`SegmentId`](id::SegmentId) (blake3 of the canonical manifest) and id prefixes.
-//! - [`keys`]: publisher keys, key files, the trusted set.
-//! - [`manifest`]: the manifest, its canonical encoding, signing and verification.
-//! - [`segfile`]: the `.seg` file layout, streaming readers and writers.
+//! - Format: [`manifest`] (what a publisher signs), [`id`] (content ids), [`keys`] (publisher
+//!   keys and the trusted set), [`segfile`] (the `.seg` file, byte layout in its docs).
+//! - Store: [`Store`] opens a data directory ([`layout`]), ingests with the durability contract
+//!   of [`ingest`], keeps usage under a ceiling and evicts by the rules of [`evict`], recovers
+//!   after any crash, scrubs and quarantines corruption at rest ([`read`]).
+//! - Seams: every file operation of the ingest path goes through [`fs::Fs`] (with a power-loss
+//!   double, [`fs::sim`]); named [`crash`] points abort the process at exact steps; time is
+//!   always passed in (`now_ms`, wall-clock UTC milliseconds).
+//! - Extension: [`index`] lets another component (the relay) add its writes to the same redb
+//!   transaction as an ingest, through [`writer::Writer`], the database's one committer.
 #![forbid(unsafe_code)]
 
+pub mod crash;
+pub mod error;
+pub mod evict;
+pub mod fs;
 pub mod id;
+pub mod index;
+pub mod ingest;
 pub mod keys;
+pub mod layout;
 pub mod limits;
 pub mod manifest;
+pub mod read;
 pub mod segfile;
+pub mod store;
+pub mod tables;
+pub mod writer;
+
+pub use error::{IngestError, StoreError};
+pub use id::SegmentId;
+pub use ingest::{Begin, Ingest, IngestOptions, IngestOutcome, Stored};
+pub use read::{Exported, ScrubReport, SegmentReader};
+pub use store::{Holding, RecoveryReport, SegmentInfo, Store, StoreConfig};

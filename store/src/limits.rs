@@ -64,3 +64,6 @@ const _: () = assert!(SEG_PREAMBLE_BYTES == (SEG_MAGIC.len() + 2 + 4) as u64);
 const _: () = assert!(ID_PREFIX_HEX_MIN >= 1 && ID_PREFIX_HEX_MIN <= ID_HEX_LEN);
 const _: () = assert!(CHANNEL_DEFAULT.len() <= CHANNEL_BYTES_MAX);
 const _: () = assert!(KEY_FILE_BYTES_MAX as usize <= STREAM_BUF_BYTES);
+/// Memory redb may use to cache pages of `edge.redb` (its default is 1 GiB): 16 MiB, enough for
+/// the index and ledger of a large store, and part of what keeps the daemon's memory small.
+pub const DB_CACHE_BYTES: usize = 16 << 20;

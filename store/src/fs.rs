@@ -1,0 +1,439 @@
+//! The narrow filesystem seam of the store's ingest, eviction and recovery paths.
+//!
+//! Every file operation whose failure or loss matters to the durability contract (create temp,
+//! write, fsync, rename, fsync directory, remove, list, free space, and the redb file itself) goes
+//! through [`Fs`]. Production uses [`RealFs`]; tests use [`sim::SimFs`], an in-memory double that
+//! keeps what survives power loss apart from what reads see, and can fail with ENOSPC or EIO, fail
+//! an fsync, or lose power at any counted operation.
+//!
+//! What callers may rely on, with either implementation:
+//!
+//! - File data is durable only after [`FsFile::sync`] returned `Ok`; a creation, rename or
+//!   removal is durable only after [`Fs::sync_dir`] of the directory holding the entry returned
+//!   `Ok` (for a rename: of both directories).
+//! - After [`FsFile::sync`] failed, that descriptor is never synced again (INV-23): the kernel may
+//!   have dropped the dirty pages and a second fsync can report success for data that is gone.
+//!   [`RealFs`] enforces this by failing every later sync of the descriptor with EIO.
+//! - [`Fs::list_dir`] is sorted by name, so no decision depends on readdir order.
+//! - Disk-full and I/O errors keep their OS error number: classify them with [`is_enospc`] and
+//!   [`is_eio`].
+
+pub mod sim;
+
+use std::ffi::OsString;
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use crate::limits::DB_CACHE_BYTES;
+
+/// File operations of the store, narrow enough for a test double to fail, stall or "lose power"
+/// at any step.
+pub trait Fs: Send + Sync + Debug + 'static {
+    /// Creates `path` and its missing parents.
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// New file opened read+write; fails with AlreadyExists if present.
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn FsFile>>;
+    /// Existing file opened read+write (resume of a partial ingest).
+    fn open_rw(&self, path: &Path) -> io::Result<Box<dyn FsFile>>;
+    /// Existing file opened read-only.
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn FsRead>>;
+    /// Atomically replaces `to` (if present) by the file at `from`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes the directory entry of a file.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// fsync of a directory, making creations, renames and removals in it durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Entries of a directory, sorted by name (never HashMap/readdir order).
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<DirEntry>>;
+    /// Length of a regular file, None if absent.
+    fn file_len(&self, path: &Path) -> io::Result<Option<u64>>;
+    /// Bytes available to an unprivileged user on the file system holding `dir`.
+    fn available_bytes(&self, dir: &Path) -> io::Result<u64>;
+    /// Open or create the redb database at `path` (the store's index and ledger).
+    ///
+    /// A database already open elsewhere yields redb's `DatabaseAlreadyOpen`. With `create`, a
+    /// newly created file's directory entry is durable only after [`Fs::sync_dir`] of its parent.
+    fn open_database(
+        &self,
+        path: &Path,
+        create: bool,
+    ) -> Result<redb::Database, redb::DatabaseError>;
+}
+
+/// A file opened read+write.
+pub trait FsFile: Read + Write + Seek + Send + Debug {
+    /// fsync (data and metadata). After an error the descriptor must not be synced again.
+    fn sync(&mut self) -> io::Result<()>;
+    /// Truncates or extends (with zeros) the file to `len` bytes.
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+}
+
+/// A file opened read-only.
+// `len` is fallible I/O on an open file, not a container size: an `is_empty` would add nothing.
+#[allow(clippy::len_without_is_empty)]
+pub trait FsRead: Read + Seek + Send + Debug {
+    /// Current length of the file.
+    fn len(&self) -> io::Result<u64>;
+}
+
+/// One entry of [`Fs::list_dir`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// File name within the listed directory.
+    pub name: OsString,
+    /// What the entry is (symbolic links are never followed: they are `Other`).
+    pub kind: EntryKind,
+    /// Length in bytes for a regular file, 0 otherwise.
+    pub len: u64,
+}
+
+/// Kind of a directory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// Anything else: symbolic link, FIFO, socket, device.
+    Other,
+}
+
+/// Whether `e` says the file system is full (ENOSPC), also when wrapped in another `io::Error`.
+pub fn is_enospc(e: &io::Error) -> bool {
+    matches_errno(e, rustix::io::Errno::NOSPC)
+        || e.kind() == io::ErrorKind::StorageFull
+        || inner_io(e).is_some_and(is_enospc)
+}
+
+/// Whether `e` is an I/O error of the device (EIO), also when wrapped in another `io::Error`.
+pub fn is_eio(e: &io::Error) -> bool {
+    matches_errno(e, rustix::io::Errno::IO) || inner_io(e).is_some_and(is_eio)
+}
+
+fn matches_errno(e: &io::Error, errno: rustix::io::Errno) -> bool {
+    e.raw_os_error() == Some(errno.raw_os_error())
+}
+
+/// The first `io::Error` in the chain of errors that `e` wraps, if any.
+fn inner_io(e: &io::Error) -> Option<&io::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = match e.get_ref() {
+        Some(inner) => Some(inner),
+        None => None,
+    };
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return Some(io);
+        }
+        next = err.source();
+    }
+    None
+}
+
+/// An `io::Error` carrying ENOSPC (28 on Linux), as the kernel reports a full file system.
+pub fn enospc() -> io::Error {
+    io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error())
+}
+
+/// An `io::Error` carrying EIO (5 on Linux), as the kernel reports a device error.
+pub fn eio() -> io::Error {
+    io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error())
+}
+
+/// The redb settings of the store's database, shared by [`RealFs`] and [`sim::SimFs`] so tests
+/// run redb exactly as production does.
+pub fn database_builder() -> redb::Builder {
+    let mut builder = redb::Database::builder();
+    builder
+        // redb's default cache is 1 GiB; the index and ledger of an edge node are far smaller.
+        .set_cache_size(DB_CACHE_BYTES)
+        // Verify every page checksum on open, so a corrupt database fails the start with a typed
+        // error instead of a panic or silent use (INV-24).
+        .set_check_integrity_on_open(true);
+    builder
+}
+
+/// The real file system: `std::fs`, `fsync` through `File::sync_all`, free space through
+/// `statvfs`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealFs;
+
+/// A file of [`RealFs`]: a `std::fs::File` that refuses to be synced again after a failed sync.
+#[derive(Debug)]
+struct RealFile {
+    file: File,
+    /// Set once a sync failed: a retried fsync on Linux may report success for dropped pages.
+    sync_failed: bool,
+}
+
+impl Read for RealFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read(buf)
+    }
+}
+
+impl Write for RealFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Seek for RealFile {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.file.seek(pos)
+    }
+}
+
+impl FsFile for RealFile {
+    fn sync(&mut self) -> io::Result<()> {
+        if self.sync_failed {
+            return Err(io::Error::new(
+                eio().kind(),
+                SyncAfterFailure { source: eio() },
+            ));
+        }
+        self.file
+            .sync_all()
+            .inspect_err(|_| self.sync_failed = true)
+    }
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+}
+
+/// Error of a sync refused because an earlier sync of the same descriptor failed.
+#[derive(Debug, thiserror::Error)]
+#[error("refusing to fsync again a descriptor whose fsync failed")]
+struct SyncAfterFailure {
+    /// Always EIO, so [`is_eio`] classifies the refusal as the device error it stands for.
+    #[source]
+    source: io::Error,
+}
+
+#[derive(Debug)]
+struct RealReader(File);
+
+impl Read for RealReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Seek for RealReader {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.0.seek(pos)
+    }
+}
+
+impl FsRead for RealReader {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+}
+
+impl Fs for RealFs {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        Ok(Box::new(RealFile {
+            file,
+            sync_failed: false,
+        }))
+    }
+
+    fn open_rw(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(Box::new(RealFile {
+            file,
+            sync_failed: false,
+        }))
+    }
+
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn FsRead>> {
+        Ok(Box::new(RealReader(File::open(path)?)))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<DirEntry>> {
+        let mut entries = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            // `DirEntry::metadata` does not follow symbolic links.
+            let meta = entry.metadata()?;
+            let (kind, len) = if meta.is_file() {
+                (EntryKind::File, meta.len())
+            } else if meta.is_dir() {
+                (EntryKind::Dir, 0)
+            } else {
+                (EntryKind::Other, 0)
+            };
+            entries.push(DirEntry {
+                name: entry.file_name(),
+                kind,
+                len,
+            });
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
+    fn file_len(&self, path: &Path) -> io::Result<Option<u64>> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_file() => Ok(Some(meta.len())),
+            Ok(meta) if meta.is_dir() => Err(io::Error::new(
+                io::ErrorKind::IsADirectory,
+                format!("{} is a directory", path.display()),
+            )),
+            Ok(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", path.display()),
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn available_bytes(&self, dir: &Path) -> io::Result<u64> {
+        let stat = rustix::fs::statvfs(dir)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+
+    fn open_database(
+        &self,
+        path: &Path,
+        create: bool,
+    ) -> Result<redb::Database, redb::DatabaseError> {
+        let builder = database_builder();
+        if create {
+            builder.create(path)
+        } else {
+            builder.open(path)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_fs_create_write_sync_rename_list_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = RealFs;
+        let sub = dir.path().join("a/b");
+        fs.create_dir_all(&sub).unwrap();
+        fs.sync_dir(dir.path()).unwrap();
+
+        let tmp = sub.join("x.tmp");
+        let mut f = fs.create_new(&tmp).unwrap();
+        f.write_all(b"hello world").unwrap();
+        f.sync().unwrap();
+        f.set_len(5).unwrap();
+        f.sync().unwrap();
+        drop(f);
+        let again = fs.create_new(&tmp).unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
+
+        let seg = sub.join("x.seg");
+        fs.rename(&tmp, &seg).unwrap();
+        fs.sync_dir(&sub).unwrap();
+        assert_eq!(fs.file_len(&tmp).unwrap(), None);
+        assert_eq!(fs.file_len(&seg).unwrap(), Some(5));
+        assert_eq!(
+            fs.file_len(&sub).unwrap_err().kind(),
+            io::ErrorKind::IsADirectory
+        );
+
+        let mut r = fs.open_read(&seg).unwrap();
+        assert_eq!(r.len().unwrap(), 5);
+        let mut s = String::new();
+        r.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "hello");
+
+        let mut rw = fs.open_rw(&seg).unwrap();
+        rw.seek(SeekFrom::End(0)).unwrap();
+        rw.write_all(b"!").unwrap();
+        rw.sync().unwrap();
+        drop(rw);
+
+        for name in ["c", "b.seg", "a"] {
+            drop(fs.create_new(&sub.join(name)).unwrap());
+        }
+        fs.create_dir_all(&sub.join("d")).unwrap();
+        let names: Vec<_> = fs
+            .list_dir(&sub)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name.into_string().unwrap(), e.kind, e.len))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("a".to_owned(), EntryKind::File, 0),
+                ("b.seg".to_owned(), EntryKind::File, 0),
+                ("c".to_owned(), EntryKind::File, 0),
+                ("d".to_owned(), EntryKind::Dir, 0),
+                ("x.seg".to_owned(), EntryKind::File, 6),
+            ]
+        );
+
+        fs.remove_file(&seg).unwrap();
+        fs.sync_dir(&sub).unwrap();
+        assert_eq!(fs.file_len(&seg).unwrap(), None);
+        assert_eq!(
+            fs.remove_file(&seg).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        assert!(fs.available_bytes(dir.path()).unwrap() > 0);
+    }
+
+    #[test]
+    fn real_fs_database_create_open_and_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = RealFs;
+        let path = dir.path().join("edge.redb");
+        assert!(fs.open_database(&path, false).is_err());
+        let db = fs.open_database(&path, true).unwrap();
+        assert!(matches!(
+            fs.open_database(&path, false),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+        ));
+        drop(db);
+        fs.open_database(&path, false).unwrap();
+    }
+
+    #[test]
+    fn error_classification() {
+        assert!(is_enospc(&enospc()));
+        assert!(!is_eio(&enospc()));
+        assert!(is_eio(&eio()));
+        assert!(!is_enospc(&eio()));
+        assert_eq!(enospc().raw_os_error(), Some(28));
+        assert_eq!(eio().raw_os_error(), Some(5));
+        assert!(is_enospc(&io::Error::other(enospc())));
+        assert!(is_eio(&io::Error::other(eio())));
+        assert!(!is_eio(&io::Error::from(io::ErrorKind::NotFound)));
+    }
+}
