@@ -1,0 +1,22 @@
+# edged — build, test and measure.
+CARGO ?= cargo
+
+.PHONY: build test lint bench clean
+
+build:
+	$(CARGO) build --release --workspace
+
+## The test command (CI runs exactly this): unit, model, crash and integration tests.
+test:
+	$(CARGO) test --workspace --locked
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+## Benchmarks (not run in CI): medians of several runs, next to this machine's baselines.
+bench:
+	./scripts/bench-store.sh
+
+clean:
+	$(CARGO) clean

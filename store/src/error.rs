@@ -1,0 +1,120 @@
+//! Error types of the store, one enum per operation family.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::id::SegmentId;
+use crate::manifest::VerifyError;
+use crate::segfile::SegFileError;
+
+/// Opening, reading and maintaining the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file operation on the data directory failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// Another process holds the database open (the daemon, or a second instance).
+    #[error("database {path} is held by another process (is edged running?)")]
+    Locked { path: PathBuf },
+    /// The database file cannot be opened as a redb database. It is never re-initialised.
+    #[error("database {path} is corrupt or unreadable: {reason}")]
+    CorruptDatabase { path: PathBuf, reason: String },
+    /// `edge.redb` is absent but segment files exist: starting would delete them all.
+    #[error(
+        "database {path} is missing but the data directory holds segment files; refusing to start with an empty index"
+    )]
+    IndexMissing { path: PathBuf },
+    /// The database was written by a version of the store this build does not understand.
+    #[error("database {path} has schema version {found}, this build reads version {expected}")]
+    SchemaVersion {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+    /// A redb operation failed. Fatal for the daemon: the index can no longer be trusted.
+    #[error("database error: {0}")]
+    Database(#[from] redb::Error),
+    /// A row could not be decoded: the index is corrupt.
+    #[error("corrupt row in table {table}: {reason}")]
+    CorruptRow { table: &'static str, reason: String },
+    /// No stored segment has this id.
+    #[error("segment {0} not found")]
+    NotFound(SegmentId),
+    /// No stored segment id starts with this prefix.
+    #[error("no segment id starts with {0}")]
+    PrefixNotFound(String),
+    /// Several stored segment ids start with this prefix.
+    #[error("segment id prefix {prefix} matches {count} segments; give more characters")]
+    AmbiguousPrefix { prefix: String, count: usize },
+    /// The segment's file failed verification at rest and was moved to quarantine.
+    #[error("segment {id} is corrupt at rest ({reason}); quarantined")]
+    Quarantined { id: SegmentId, reason: String },
+    /// The segment's file is being evicted or its export target is unusable.
+    #[error("segment {0} is being evicted")]
+    Evicting(SegmentId),
+    /// Invalid store configuration.
+    #[error("invalid store configuration: {0}")]
+    Config(String),
+    /// The write batch holding this operation failed to commit; nothing of it is durable.
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
+    /// The store's committer has stopped (after a fatal database error or at shutdown).
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// Storing a segment: every way an ingest can fail. None of them leaves a visible segment,
+/// a row, or a temp file without a partial record.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The `.seg` stream is malformed, truncated, too long, or its payload does not match.
+    #[error("segment rejected: {0}")]
+    Format(#[from] SegFileError),
+    /// Signature, trust or freshness check failed.
+    #[error("segment rejected: {0}")]
+    Verify(#[from] VerifyError),
+    /// The same segment is being ingested from another source right now (retry later).
+    #[error("segment {0} is being received from another source")]
+    Busy(SegmentId),
+    /// The segment does not fit under the ceiling or the free-space floor even after eviction.
+    /// Retryable: space frees as segments propagate.
+    #[error(
+        "store full: segment needs {needed_bytes} bytes, {available_bytes} can be made available"
+    )]
+    StoreFull {
+        needed_bytes: u64,
+        available_bytes: u64,
+    },
+    /// A file operation failed (ENOSPC, EIO, failed fsync). The temp file is removed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// The ingest was used after it failed, or fed more bytes than the manifest declares.
+    #[error("segment {id}: {reason}")]
+    Protocol { id: SegmentId, reason: &'static str },
+    /// The store failed underneath the ingest.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl IngestError {
+    /// True when the same segment may succeed later without any change to it.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            IngestError::Busy(_) | IngestError::StoreFull { .. } | IngestError::Io { .. }
+        )
+    }
+}
+
+/// Converts any redb error family into [`StoreError::Database`].
+pub(crate) fn db<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::Database(e.into())
+}

@@ -1,0 +1,618 @@
+//! Ingest: the durability contract, step by step.
+//!
+//! ```text
+//! verify manifest (signature, trusted publisher, freshness, bounds)
+//!   → reserve its full length under the ceiling (evicting what may go, else StoreFull)
+//!   → stream the payload into tmp/<id>.part while hashing          [ingest.stream]
+//!   → verify length and blake3                                     [ingest.after_write]
+//!   → fsync the temp file                                          [ingest.after_fsync]
+//!   → rename into segments/<xx>/<id>.seg                           [ingest.after_rename]
+//!   → fsync that directory                                         [ingest.after_dir_fsync]
+//!   → ONE redb transaction: segment row, partial row removed, tombstone removed, and the
+//!     caller's own writes (the relay's jobs and pins)                [ingest.in_commit]
+//!   → commit (durable)                                             [ingest.after_commit]
+//!   → only now report success.
+//! ```
+//!
+//! Crash analysis. Before the rename, a crash leaves only a temp file: recovery removes it unless
+//! a checkpoint recorded it as a partial. Between rename and commit, a crash leaves a file
+//! without a row: recovery removes it, and since success was never reported nobody relies on
+//! it. After the commit, file and row agree; the file was fsynced before the rename and its
+//! directory entry before the commit, so a power loss cannot leave a row without its file.
+//!
+//! Failures (ENOSPC, EIO, a failed fsync) abandon the ingest: the temp file is removed, its
+//! descriptor is never synced again (after a failed fsync the kernel may have dropped the dirty
+//! pages), the reservation is released, and the error is returned.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+
+use redb::{ReadableDatabase, WriteTransaction};
+
+use crate::crash;
+use crate::error::{IngestError, db};
+use crate::fs::FsFile;
+use crate::id::SegmentId;
+use crate::index;
+use crate::limits::STREAM_BUF_BYTES;
+use crate::manifest::SignedManifest;
+use crate::segfile::{self, SegFileError};
+use crate::store::{Holding, Store};
+use crate::tables::{self, PARTIALS, PartialRow, SEGMENTS, SegmentRow, TOMBSTONES};
+
+/// Longest `source` label accepted (a node id, or `import`).
+pub const SOURCE_BYTES_MAX: usize = 64;
+
+/// Who is handing the segment over, and how to treat an id this store evicted before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestOptions {
+    /// A peer id, or `import`. Recorded with the segment; the relay skips it when scheduling.
+    pub source: String,
+    /// Store the segment even if it was evicted here before (an operator's explicit import).
+    /// Peers' re-offers of evicted ids are answered "have" instead.
+    pub revive_tombstoned: bool,
+}
+
+impl IngestOptions {
+    pub fn from_peer(peer: &str) -> Self {
+        IngestOptions {
+            source: peer.to_owned(),
+            revive_tombstoned: false,
+        }
+    }
+
+    pub fn import() -> Self {
+        IngestOptions {
+            source: "import".to_owned(),
+            revive_tombstoned: true,
+        }
+    }
+}
+
+/// A segment that was stored durably.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored<T> {
+    pub id: SegmentId,
+    pub row: SegmentRow,
+    /// What the caller's writes in the ingest transaction returned.
+    pub extra: T,
+}
+
+/// The result of beginning an ingest.
+#[derive(Debug)]
+pub enum Begin {
+    /// Already stored, or evicted here before: nothing to receive.
+    Have(Holding),
+    /// Send the payload from [`Ingest::resume_offset`].
+    Ingest(Box<Ingest>),
+}
+
+/// The result of a whole ingest from a reader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestOutcome<T> {
+    Stored(Stored<T>),
+    AlreadyHave { id: SegmentId, holding: Holding },
+}
+
+/// A segment being received. Dropping it unfinished keeps a checkpointed partial for resume
+/// (and removes anything written after the checkpoint at the next resume), or removes the temp
+/// file if there was no checkpoint.
+#[derive(Debug)]
+pub struct Ingest {
+    store: Store,
+    signed: SignedManifest,
+    source: String,
+    tmp_path: PathBuf,
+    file: Option<Box<dyn FsFile>>,
+    hasher: blake3::Hasher,
+    header_bytes: u64,
+    file_len: u64,
+    /// Payload bytes written so far.
+    written: u64,
+    /// Payload bytes fsynced and recorded in `partials-v1`.
+    checkpoint: u64,
+    resume_offset: u64,
+    /// A partial row exists in the index for this id.
+    has_partial_row: bool,
+    /// Set by finish (nothing to undo) or by a failure (discard everything).
+    state: State,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    Finished,
+    Failed,
+}
+
+impl Store {
+    /// Verifies `signed` and prepares to receive its payload (resuming a checkpointed partial).
+    pub fn begin_ingest(
+        &self,
+        signed: SignedManifest,
+        opts: &IngestOptions,
+        now_ms: u64,
+    ) -> Result<Begin, IngestError> {
+        let id = signed.id();
+        if opts.source.is_empty() || opts.source.len() > SOURCE_BYTES_MAX {
+            return Err(IngestError::Protocol {
+                id,
+                reason: "source label empty or longer than SOURCE_BYTES_MAX",
+            });
+        }
+        let cfg = self.config();
+        signed.verify(&cfg.trusted, now_ms, cfg.clock_skew_ms)?;
+        let header_bytes = header_bytes(&signed).len() as u64;
+        let file_len = header_bytes + signed.manifest().payload_len;
+
+        let mut acct = self.acct();
+        if acct.ingesting.contains(&id) {
+            return Err(IngestError::Busy(id));
+        }
+        let partial = {
+            let read = self.database().begin_read().map_err(db)?;
+            if read
+                .open_table(SEGMENTS)
+                .map_err(db)?
+                .get(&id.0)
+                .map_err(db)?
+                .is_some()
+            {
+                return Ok(Begin::Have(Holding::Stored));
+            }
+            let tombstoned = read
+                .open_table(TOMBSTONES)
+                .map_err(db)?
+                .get(&id.0)
+                .map_err(db)?
+                .is_some();
+            if tombstoned && !opts.revive_tombstoned {
+                return Ok(Begin::Have(Holding::Tombstoned));
+            }
+            let row = read
+                .open_table(PARTIALS)
+                .map_err(db)?
+                .get(&id.0)
+                .map_err(db)?;
+            row.map(|v| tables::decode::<PartialRow>("partials-v1", v.value()))
+                .transpose()?
+        };
+        // An idle partial's bytes become part of this ingest's reservation.
+        let idle = acct.partials.remove(&id).unwrap_or(0);
+        acct.usage.partial_bytes -= idle;
+        if let Err(e) = self.reserve_locked(&mut acct, file_len, now_ms) {
+            acct.partials.insert(id, idle);
+            acct.usage.partial_bytes += idle;
+            return Err(e);
+        }
+        acct.ingesting.insert(id);
+        drop(acct);
+
+        let mut ingest = Ingest {
+            store: self.clone(),
+            tmp_path: self.layout().tmp_file(&id),
+            signed,
+            source: opts.source.clone(),
+            file: None,
+            hasher: blake3::Hasher::new(),
+            header_bytes,
+            file_len,
+            written: 0,
+            checkpoint: 0,
+            resume_offset: 0,
+            has_partial_row: partial.is_some(),
+            state: State::Open,
+        };
+        let resumed = match &partial {
+            Some(row)
+                if row.header_bytes == header_bytes && row.payload_len == ingest.payload_len() =>
+            {
+                ingest.try_resume(row.offset)
+            }
+            _ => false,
+        };
+        if !resumed {
+            ingest.start_fresh()?;
+        }
+        Ok(Begin::Ingest(Box::new(ingest)))
+    }
+
+    /// Stores a whole `.seg` stream (an import, a file on a USB stick), running `extra` inside
+    /// the ingest's transaction. The reader is read once, in bounded chunks.
+    pub fn ingest_reader<R, T, F>(
+        &self,
+        mut reader: R,
+        opts: &IngestOptions,
+        now_ms: u64,
+        extra: F,
+    ) -> Result<IngestOutcome<T>, IngestError>
+    where
+        R: Read,
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction, &Stored<()>) -> Result<T, redb::Error> + Send + 'static,
+    {
+        let signed = segfile::read_header(&mut reader)?;
+        let id = signed.id();
+        let mut ingest = match self.begin_ingest(signed, opts, now_ms)? {
+            Begin::Have(holding) => return Ok(IngestOutcome::AlreadyHave { id, holding }),
+            Begin::Ingest(ingest) => ingest,
+        };
+        let result = ingest.fill_from(&mut reader);
+        if let Err(e) = result {
+            // A file is not resumable: never keep a partial of it.
+            ingest.discard();
+            return Err(e);
+        }
+        ingest.finish(now_ms, extra).map(IngestOutcome::Stored)
+    }
+}
+
+impl Ingest {
+    pub fn id(&self) -> SegmentId {
+        self.signed.id()
+    }
+
+    pub fn manifest(&self) -> &SignedManifest {
+        &self.signed
+    }
+
+    /// Payload offset the sender must start from (> 0 when a checkpointed partial resumed).
+    pub fn resume_offset(&self) -> u64 {
+        self.resume_offset
+    }
+
+    /// Payload bytes received so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn payload_len(&self) -> u64 {
+        self.signed.manifest().payload_len
+    }
+
+    fn io_err(&self, op: &'static str) -> impl FnOnce(std::io::Error) -> IngestError + '_ {
+        move |source| IngestError::Io {
+            op,
+            path: self.tmp_path.clone(),
+            source,
+        }
+    }
+
+    /// Reopens the checkpointed partial, re-hashing its prefix. False (and nothing kept) if the
+    /// file does not match what the record says.
+    fn try_resume(&mut self, offset: u64) -> bool {
+        let fs = self.store.inner.fs.clone();
+        let expected_header = header_bytes(&self.signed);
+        let attempt = || -> std::io::Result<Option<(Box<dyn FsFile>, blake3::Hasher)>> {
+            let mut file = fs.open_rw(&self.tmp_path)?;
+            let mut header = vec![0u8; expected_header.len()];
+            file.read_exact(&mut header)?;
+            if header != expected_header {
+                return Ok(None);
+            }
+            let mut hasher = blake3::Hasher::new();
+            let copied = std::io::copy(&mut (&mut file).take(offset), &mut hasher)?;
+            if copied != offset {
+                return Ok(None);
+            }
+            file.set_len(self.header_bytes + offset)?;
+            file.seek(SeekFrom::End(0))?;
+            Ok(Some((file, hasher)))
+        };
+        match attempt() {
+            Ok(Some((file, hasher))) => {
+                self.file = Some(file);
+                self.hasher = hasher;
+                self.written = offset;
+                self.checkpoint = offset;
+                self.resume_offset = offset;
+                tracing::info!(seg_id = %self.id(), offset, "resuming partial ingest");
+                true
+            }
+            Ok(None) | Err(_) => {
+                tracing::warn!(seg_id = %self.id(), "partial does not match its record; starting over");
+                false
+            }
+        }
+    }
+
+    fn start_fresh(&mut self) -> Result<(), IngestError> {
+        let fs = self.store.inner.fs.clone();
+        match fs.remove_file(&self.tmp_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.fail(self.io_err("remove stale temp file")(e))),
+        }
+        let created = fs.create_new(&self.tmp_path);
+        let mut file = match created {
+            Ok(file) => file,
+            Err(e) => return Err(self.fail(self.io_err("create temp file")(e))),
+        };
+        if let Err(e) = file.write_all(&header_bytes(&self.signed)) {
+            self.file = Some(file);
+            return Err(self.fail(self.io_err("write header")(e)));
+        }
+        self.file = Some(file);
+        self.hasher = blake3::Hasher::new();
+        self.written = 0;
+        self.checkpoint = 0;
+        self.resume_offset = 0;
+        Ok(())
+    }
+
+    /// Marks the ingest failed: on drop the temp file and any partial record go.
+    fn fail(&mut self, e: IngestError) -> IngestError {
+        self.state = State::Failed;
+        e
+    }
+
+    fn ensure_open(&self) -> Result<(), IngestError> {
+        match self.state {
+            State::Open => Ok(()),
+            _ => Err(IngestError::Protocol {
+                id: self.id(),
+                reason: "ingest used after it failed",
+            }),
+        }
+    }
+
+    /// Appends payload bytes. More bytes than the manifest declares fail the ingest.
+    pub fn write(&mut self, buf: &[u8]) -> Result<(), IngestError> {
+        self.ensure_open()?;
+        if self.written + buf.len() as u64 > self.payload_len() {
+            let e = SegFileError::PayloadTooLong;
+            return Err(self.fail(e.into()));
+        }
+        crash::point(crash::INGEST_STREAM);
+        let Some(file) = self.file.as_mut() else {
+            return Err(self.fail(IngestError::Protocol {
+                id: self.signed.id(),
+                reason: "no temp file",
+            }));
+        };
+        if let Err(e) = file.write_all(buf) {
+            return Err(self.fail(self.io_err("write")(e)));
+        }
+        self.hasher.update(buf);
+        self.written += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Copies the rest of the payload from `reader`, failing if it ends early or goes on past
+    /// the declared length.
+    fn fill_from<R: Read>(&mut self, reader: &mut R) -> Result<(), IngestError> {
+        let mut buf = vec![0u8; STREAM_BUF_BYTES];
+        let remaining = self.payload_len() - self.written;
+        let mut limited = reader.by_ref().take(remaining);
+        loop {
+            let n = match limited.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(SegFileError::Io(e).into()),
+            };
+            self.write(&buf[..n])?;
+        }
+        if self.written < self.payload_len() {
+            return Err(SegFileError::TruncatedPayload {
+                expected: self.payload_len(),
+                got: self.written,
+            }
+            .into());
+        }
+        let mut one = [0u8; 1];
+        loop {
+            match reader.read(&mut one) {
+                Ok(0) => return Ok(()),
+                Ok(_) => return Err(SegFileError::PayloadTooLong.into()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(SegFileError::Io(e).into()),
+            }
+        }
+    }
+
+    /// Fsyncs what was received and records it as a partial, so a later attempt resumes here.
+    pub fn checkpoint(&mut self, now_ms: u64) -> Result<(), IngestError> {
+        self.ensure_open()?;
+        if self.written == self.checkpoint {
+            return Ok(());
+        }
+        let synced = match self.file.as_mut() {
+            Some(file) => file.sync(),
+            None => Ok(()),
+        };
+        if let Err(e) = synced {
+            return Err(self.fail(self.io_err("fsync")(e)));
+        }
+        crash::point(crash::CHECKPOINT_AFTER_SYNC);
+        if !self.has_partial_row {
+            // The temp file's directory entry must be durable before a record points at it.
+            let tmp = self.store.layout().tmp();
+            if let Err(e) = self.store.inner.fs.sync_dir(&tmp) {
+                return Err(self.fail(self.io_err("fsync tmp directory")(e)));
+            }
+        }
+        let id = self.id();
+        let row = PartialRow {
+            offset: self.written,
+            header_bytes: self.header_bytes,
+            payload_len: self.payload_len(),
+            updated_at_ms: now_ms,
+        };
+        let written = self.store.writer().write(move |txn| {
+            txn.open_table(PARTIALS)?
+                .insert(&id.0, tables::encode(&row).as_slice())?;
+            Ok(())
+        });
+        if let Err(e) = written {
+            return Err(self.fail(e.into()));
+        }
+        crash::point(crash::CHECKPOINT_AFTER_COMMIT);
+        self.has_partial_row = true;
+        self.checkpoint = self.written;
+        Ok(())
+    }
+
+    /// Verifies, makes durable and commits the segment, running `extra` inside the same
+    /// transaction. Returns only after the commit.
+    pub fn finish<T, F>(mut self, now_ms: u64, extra: F) -> Result<Stored<T>, IngestError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction, &Stored<()>) -> Result<T, redb::Error> + Send + 'static,
+    {
+        self.ensure_open()?;
+        let id = self.id();
+        let expected = self.payload_len();
+        if self.written != expected {
+            // Not failed: a checkpointed prefix stays for resume.
+            return Err(SegFileError::TruncatedPayload {
+                expected,
+                got: self.written,
+            }
+            .into());
+        }
+        let actual: [u8; 32] = *self.hasher.finalize().as_bytes();
+        let wanted = self.signed.manifest().payload_hash;
+        if actual != wanted {
+            let e = SegFileError::HashMismatch {
+                expected: wanted,
+                actual,
+            };
+            return Err(self.fail(e.into()));
+        }
+        crash::point(crash::INGEST_AFTER_WRITE);
+        let synced = match self.file.as_mut() {
+            Some(file) => file.sync(),
+            None => Ok(()),
+        };
+        if let Err(e) = synced {
+            return Err(self.fail(self.io_err("fsync")(e)));
+        }
+        // The descriptor is done with: reads of the stored file go through a new one.
+        self.file = None;
+        crash::point(crash::INGEST_AFTER_FSYNC);
+
+        let fs = self.store.inner.fs.clone();
+        let layout = self.store.layout().clone();
+        let final_path = layout.segment_file(&id);
+        let fanout = layout.fanout(&id);
+        if let Err(e) = fs.rename(&self.tmp_path, &final_path) {
+            return Err(self.fail(self.io_err("rename into segments")(e)));
+        }
+        crash::point(crash::INGEST_AFTER_RENAME);
+        let undo_rename = |ingest: &mut Ingest, e: IngestError| {
+            // Not acknowledged: the stored file must not outlive the failure.
+            if let Err(rm) = fs.remove_file(&final_path) {
+                tracing::warn!(seg_id = %id, error = %rm, "cannot remove file of failed ingest; recovery will");
+            }
+            let _ = fs.sync_dir(&fanout);
+            ingest.fail(e)
+        };
+        if let Err(e) = fs.sync_dir(&fanout) {
+            let e = IngestError::Io {
+                op: "fsync",
+                path: fanout.clone(),
+                source: e,
+            };
+            return Err(undo_rename(&mut self, e));
+        }
+        crash::point(crash::INGEST_AFTER_DIR_FSYNC);
+
+        let m = self.signed.manifest();
+        let row = SegmentRow {
+            name: m.name.clone(),
+            channel: m.channel.clone(),
+            sequence: m.sequence,
+            publisher: m.publisher,
+            created_at_ms: m.created_at_ms,
+            expires_at_ms: m.expires_at_ms,
+            condition: m.condition,
+            priority: m.priority,
+            payload_len: m.payload_len,
+            file_len: self.file_len,
+            source: self.source.clone(),
+            stored_at_ms: now_ms,
+            last_used_ms: now_ms,
+            propagated_at_ms: None,
+        };
+        let stored = Stored { id, row, extra: () };
+        let for_txn = stored.clone();
+        let committed = self.store.writer().write(move |txn| {
+            txn.open_table(SEGMENTS)?
+                .insert(&id.0, tables::encode(&for_txn.row).as_slice())?;
+            txn.open_table(PARTIALS)?.remove(&id.0)?;
+            index::remove_tombstone(txn, &id)?;
+            crash::point(crash::INGEST_IN_COMMIT);
+            extra(txn, &for_txn)
+        });
+        let extra = match committed {
+            Ok(extra) => extra,
+            Err(e) => return Err(undo_rename(&mut self, e.into())),
+        };
+        crash::point(crash::INGEST_AFTER_COMMIT);
+        self.state = State::Finished;
+        {
+            let mut acct = self.store.acct();
+            acct.usage.reserved_bytes -= self.file_len;
+            acct.usage.stored_bytes += self.file_len;
+            acct.ingesting.remove(&id);
+        }
+        tracing::debug!(seg_id = %id, bytes = self.file_len, source = %self.source, "segment stored");
+        Ok(Stored {
+            id,
+            row: stored.row,
+            extra,
+        })
+    }
+
+    /// Abandons the ingest and everything received, including a checkpointed partial (a
+    /// payload that failed verification must not be resumed).
+    pub fn discard(mut self) {
+        self.state = State::Failed;
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        if self.state == State::Finished {
+            return;
+        }
+        let id = self.id();
+        let keep = self.state == State::Open && self.checkpoint > 0;
+        self.file = None;
+        if !keep {
+            match self.store.inner.fs.remove_file(&self.tmp_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(seg_id = %id, error = %e, "temp file not removed; recovery will")
+                }
+            }
+            if self.has_partial_row {
+                let removed = self.store.writer().write(move |txn| {
+                    txn.open_table(PARTIALS)?.remove(&id.0)?;
+                    Ok(())
+                });
+                if let Err(e) = removed {
+                    tracing::warn!(seg_id = %id, error = %e, "partial record not removed; recovery will");
+                }
+            }
+        }
+        let mut acct = self.store.acct();
+        acct.usage.reserved_bytes -= self.file_len;
+        acct.ingesting.remove(&id);
+        if keep {
+            let kept = self.header_bytes + self.checkpoint;
+            acct.partials.insert(id, kept);
+            acct.usage.partial_bytes += kept;
+        }
+    }
+}
+
+/// The bytes of a `.seg` file before its payload.
+pub(crate) fn header_bytes(signed: &SignedManifest) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail.
+    segfile::write_header(&mut out, signed).expect("writing a header into a Vec is infallible");
+    out
+}

@@ -1,0 +1,324 @@
+//! Reading stored segments: for sending, for export, and for scrub.
+//!
+//! A reader holds a lease that keeps its segment from being evicted. Corruption at rest — a file
+//! of the wrong size, a header that is not the indexed segment's, a payload whose hash does not
+//! match — is found before or while a segment is served, and the segment is quarantined, never
+//! served (INV-24).
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{StoreError, db};
+use crate::fs::FsRead;
+use crate::id::SegmentId;
+use crate::limits::STREAM_BUF_BYTES;
+use crate::manifest::SignedManifest;
+use crate::segfile::{self, SegFileError};
+use crate::store::Store;
+use crate::tables::{self, SEGMENTS, SegmentRow};
+
+/// An open stored segment: its verified header, and its file positioned at the payload.
+/// While it lives the segment is not evicted.
+#[derive(Debug)]
+pub struct SegmentReader {
+    lease: Lease,
+    signed: SignedManifest,
+    row: SegmentRow,
+    header_bytes: u64,
+    file: Box<dyn FsRead>,
+}
+
+#[derive(Debug)]
+struct Lease {
+    store: Store,
+    id: SegmentId,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut acct = self.store.acct();
+        if let Some(n) = acct.leases.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                acct.leases.remove(&self.id);
+            }
+        }
+    }
+}
+
+impl SegmentReader {
+    pub fn id(&self) -> SegmentId {
+        self.lease.id
+    }
+
+    pub fn manifest(&self) -> &SignedManifest {
+        &self.signed
+    }
+
+    pub fn row(&self) -> &SegmentRow {
+        &self.row
+    }
+
+    /// Bytes of the file before the payload.
+    pub fn header_bytes(&self) -> u64 {
+        self.header_bytes
+    }
+
+    /// The file, positioned at the start of the payload. Callers hash what they read and call
+    /// [`Store::quarantine`] if it does not match the manifest.
+    pub fn payload(&mut self) -> &mut dyn FsRead {
+        self.file.as_mut()
+    }
+
+    /// Streams the whole `.seg` file to `out`, verifying the payload hash as it goes. On a
+    /// mismatch the segment is quarantined and the error returned; `out` has then received
+    /// bytes that must be discarded.
+    pub fn copy_to<W: Write>(mut self, out: &mut W, now_ms: u64) -> Result<u64, StoreError> {
+        let store = self.lease.store.clone();
+        let id = self.id();
+        let header = crate::ingest::header_bytes(&self.signed);
+        out.write_all(&header).map_err(|source| StoreError::Io {
+            op: "write",
+            path: PathBuf::new(),
+            source,
+        })?;
+        let m = self.signed.manifest();
+        match segfile::copy_payload(&mut self.file, out, m.payload_len, m.payload_hash) {
+            Ok(n) => Ok(header.len() as u64 + n),
+            Err(SegFileError::Io(source)) => Err(StoreError::Io {
+                op: "copy",
+                path: PathBuf::new(),
+                source,
+            }),
+            Err(e) => {
+                drop(self);
+                store.quarantine(&id, &e.to_string(), now_ms)?;
+                Err(StoreError::Quarantined {
+                    id,
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
+/// Outcome of exporting one segment into a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exported {
+    Written(PathBuf),
+    /// A file with the same name and the same content was already there.
+    AlreadyThere(PathBuf),
+}
+
+/// What a scrub found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ScrubReport {
+    pub checked: usize,
+    pub bytes: u64,
+    pub quarantined: Vec<(SegmentId, String)>,
+}
+
+impl Store {
+    /// Opens a stored segment for reading (sending or export), after checking that its file is
+    /// the indexed segment. Records the use for least-recently-used eviction.
+    pub fn open_for_read(&self, id: &SegmentId, now_ms: u64) -> Result<SegmentReader, StoreError> {
+        {
+            let mut acct = self.acct();
+            if acct.evicting.contains(id) {
+                return Err(StoreError::Evicting(*id));
+            }
+            *acct.leases.entry(*id).or_insert(0) += 1;
+        }
+        let lease = Lease {
+            store: self.clone(),
+            id: *id,
+        };
+        let row = self.get(id)?.ok_or(StoreError::NotFound(*id))?;
+        let path = self.layout().segment_file(id);
+        let opened = self.inner.fs.open_read(&path);
+        let problem = match opened {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("file missing".to_owned()),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    op: "open",
+                    path,
+                    source,
+                });
+            }
+            Ok(mut file) => match file.len() {
+                Ok(len) if len != row.file_len => Err(format!(
+                    "file holds {len} bytes, index says {}",
+                    row.file_len
+                )),
+                Err(source) => {
+                    return Err(StoreError::Io {
+                        op: "stat",
+                        path,
+                        source,
+                    });
+                }
+                Ok(_) => match segfile::read_header(&mut file) {
+                    Ok(signed) if signed.id() == *id => Ok((signed, file)),
+                    Ok(signed) => Err(format!("file holds segment {}", signed.id())),
+                    Err(SegFileError::Io(source)) => {
+                        return Err(StoreError::Io {
+                            op: "read",
+                            path,
+                            source,
+                        });
+                    }
+                    Err(e) => Err(format!("bad header: {e}")),
+                },
+            },
+        };
+        match problem {
+            Ok((signed, file)) => {
+                self.touch(id, now_ms);
+                let header_bytes = row.file_len - row.payload_len;
+                Ok(SegmentReader {
+                    lease,
+                    signed,
+                    row,
+                    header_bytes,
+                    file,
+                })
+            }
+            Err(reason) => {
+                drop(lease);
+                self.quarantine(id, &reason, now_ms)?;
+                Err(StoreError::Quarantined { id: *id, reason })
+            }
+        }
+    }
+
+    /// Records a use for LRU eviction, without waiting for the commit: losing it in a crash only
+    /// makes eviction slightly less informed.
+    fn touch(&self, id: &SegmentId, now_ms: u64) {
+        let id = *id;
+        let queued = self.writer().submit(
+            move |txn| {
+                let mut table = txn.open_table(SEGMENTS)?;
+                let row = table.get(&id.0)?.map(|v| v.value().to_vec());
+                if let Some(Ok(mut row)) =
+                    row.map(|bytes| tables::decode::<SegmentRow>("segments-v1", bytes.as_slice()))
+                {
+                    row.last_used_ms = row.last_used_ms.max(now_ms);
+                    table.insert(&id.0, tables::encode(&row).as_slice())?;
+                }
+                Ok(())
+            },
+            |_| {},
+        );
+        if let Err(e) = queued {
+            tracing::debug!(seg_id = %id, error = %e, "use not recorded");
+        }
+    }
+
+    /// Writes a stored segment into `dir` as `<id>.seg`, atomically (temp file, fsync, rename,
+    /// directory fsync), verifying the payload as it is copied. A file already there with the
+    /// right length and content is left alone.
+    pub fn export_to_dir(
+        &self,
+        id: &SegmentId,
+        dir: &Path,
+        now_ms: u64,
+    ) -> Result<Exported, StoreError> {
+        let reader = self.open_for_read(id, now_ms)?;
+        let target = dir.join(format!("{id}.seg"));
+        let io = |op: &'static str, path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io { op, path, source }
+        };
+        if same_segment_file(&target, id, reader.row().file_len) {
+            return Ok(Exported::AlreadyThere(target));
+        }
+        let tmp = dir.join(format!(".{id}.seg.tmp"));
+        let result = (|| {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(io("create", &tmp))?;
+            let mut buffered = std::io::BufWriter::with_capacity(STREAM_BUF_BYTES, &mut file);
+            reader.copy_to(&mut buffered, now_ms)?;
+            buffered.flush().map_err(io("write", &tmp))?;
+            drop(buffered);
+            file.sync_all().map_err(io("fsync", &tmp))?;
+            std::fs::rename(&tmp, &target).map_err(io("rename", &target))?;
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io("fsync", dir))?;
+            Ok(Exported::Written(target.clone()))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Re-verifies every stored segment (header, length, payload hash) and quarantines those that
+    /// fail, with the reason.
+    pub fn scrub(&self, now_ms: u64) -> Result<ScrubReport, StoreError> {
+        let ids: Vec<SegmentId> = {
+            let read = self.database().begin_read().map_err(db)?;
+            let table = read.open_table(SEGMENTS).map_err(db)?;
+            let mut ids = Vec::new();
+            for entry in table.iter().map_err(db)? {
+                ids.push(SegmentId(*entry.map_err(db)?.0.value()));
+            }
+            ids
+        };
+        let mut report = ScrubReport::default();
+        for id in ids {
+            let reader = match self.open_for_read(&id, now_ms) {
+                Ok(r) => r,
+                Err(StoreError::Quarantined { id, reason }) => {
+                    report.quarantined.push((id, reason));
+                    continue;
+                }
+                // Evicted since listing: nothing to check.
+                Err(StoreError::NotFound(_) | StoreError::Evicting(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            report.checked += 1;
+            match reader.copy_to(&mut std::io::sink(), now_ms) {
+                Ok(n) => report.bytes += n,
+                Err(StoreError::Quarantined { id, reason }) => {
+                    report.quarantined.push((id, reason))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(report)
+    }
+}
+
+use redb::{ReadableDatabase, ReadableTable};
+
+/// True if `path` already holds segment `id` completely (same length, header of that id, and a
+/// payload matching its hash).
+fn same_segment_file(path: &Path, id: &SegmentId, len: u64) -> bool {
+    let Ok(mut file) = File::open(path) else {
+        return false;
+    };
+    if file.metadata().map(|m| m.len()).ok() != Some(len) {
+        return false;
+    }
+    let Ok(signed) = segfile::read_header(&mut file) else {
+        return false;
+    };
+    if signed.id() != *id {
+        return false;
+    }
+    let m = signed.manifest();
+    segfile::copy_payload(
+        &mut file,
+        &mut std::io::sink(),
+        m.payload_len,
+        m.payload_hash,
+    )
+    .is_ok()
+        && file.read(&mut [0u8; 1]).ok() == Some(0)
+}

@@ -1,0 +1,795 @@
+//! The store: opening a data directory, recovery, accounting, queries and eviction.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use redb::{Database, ReadableDatabase, ReadableTable};
+
+use crate::crash;
+use crate::error::{StoreError, db};
+use crate::evict::{self, Candidate, Limits, Usage};
+use crate::fs::{EntryKind, Fs};
+use crate::id::{SegmentId, parse_prefix};
+use crate::index;
+use crate::keys::TrustedPublishers;
+use crate::layout::{self, Layout};
+use crate::limits::{MIN_FREE_BYTES_DEFAULT, PARTIAL_AGE_MAX_MS_DEFAULT, TOMBSTONES_MAX_DEFAULT};
+use crate::tables::{
+    self, PARTIALS, PINS, PartialRow, QUARANTINE, QuarantineRow, SEGMENTS, SegmentRow,
+};
+use crate::writer::Writer;
+
+/// How a store is set up. Every field has a documented default in [`StoreConfig::new`].
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    /// `.seg` bytes + reservations + partials never exceed this.
+    pub ceiling_bytes: u64,
+    /// Free space the store leaves on its file system. Default 64 MiB.
+    pub min_free_bytes: u64,
+    /// Evicted ids remembered. Default 100,000.
+    pub tombstones_max: u64,
+    /// Partials untouched for longer are dropped at start. Default 7 days.
+    pub partial_age_max_ms: u64,
+    /// Channels this host consumes: kept unless expired.
+    pub pinned_channels: BTreeSet<String>,
+    /// Publishers whose segments are accepted.
+    pub trusted: TrustedPublishers,
+    /// Clock skew allowed in freshness checks. Default 5 minutes.
+    pub clock_skew_ms: u64,
+}
+
+impl StoreConfig {
+    pub fn new(
+        data_dir: impl Into<PathBuf>,
+        ceiling_bytes: u64,
+        trusted: TrustedPublishers,
+    ) -> Self {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            ceiling_bytes,
+            min_free_bytes: MIN_FREE_BYTES_DEFAULT,
+            tombstones_max: TOMBSTONES_MAX_DEFAULT,
+            partial_age_max_ms: PARTIAL_AGE_MAX_MS_DEFAULT,
+            pinned_channels: BTreeSet::new(),
+            trusted,
+            clock_skew_ms: 5 * 60 * 1000,
+        }
+    }
+}
+
+/// What start-up recovery found and repaired. Everything in it was also logged.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Temp files with no partial record, removed.
+    pub temp_removed: Vec<PathBuf>,
+    /// Segment files with no index row, removed.
+    pub orphans_removed: Vec<PathBuf>,
+    /// Index rows whose file was missing or of the wrong size, dropped so the segment can be
+    /// fetched again.
+    pub rows_dropped: Vec<(SegmentId, String)>,
+    /// Partials dropped (too old, file missing or short).
+    pub partials_dropped: Vec<(SegmentId, String)>,
+    /// Partials kept for resume.
+    pub partials_kept: usize,
+}
+
+impl RecoveryReport {
+    pub fn is_clean(&self) -> bool {
+        self.temp_removed.is_empty()
+            && self.orphans_removed.is_empty()
+            && self.rows_dropped.is_empty()
+            && self.partials_dropped.is_empty()
+    }
+}
+
+/// A stored segment as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub id: SegmentId,
+    pub row: SegmentRow,
+    /// Owners pinning it (e.g. `relay:peer-b`), sorted.
+    pub pins: Vec<String>,
+}
+
+/// What this store holds of an id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holding {
+    Stored,
+    /// Evicted: a re-offer is answered "have".
+    Tombstoned,
+    /// A checkpointed partial: an ingest would resume at this payload offset.
+    Partial {
+        offset: u64,
+    },
+    /// Being ingested right now.
+    Ingesting,
+    Absent,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Accounting {
+    pub(crate) usage: Usage,
+    /// Ids being ingested: a second ingest of the same id is `Busy`.
+    pub(crate) ingesting: BTreeSet<SegmentId>,
+    /// Readers per id: a segment being read is not evicted.
+    pub(crate) leases: BTreeMap<SegmentId, u32>,
+    /// Ids whose eviction or quarantine is in progress: not opened for reading.
+    pub(crate) evicting: BTreeSet<SegmentId>,
+    /// Checkpointed bytes of each idle partial (their sum is `usage.partial_bytes`).
+    pub(crate) partials: BTreeMap<SegmentId, u64>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) cfg: StoreConfig,
+    pub(crate) layout: Layout,
+    pub(crate) fs: Arc<dyn Fs>,
+    pub(crate) db: Arc<Database>,
+    pub(crate) writer: Writer,
+    pub(crate) acct: Mutex<Accounting>,
+}
+
+/// A node's segment store. Cheap to clone; all clones share one database and one committer.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Store {
+    /// Opens (creating on first use) the store in `cfg.data_dir`, recovering from any crash.
+    pub fn open(
+        cfg: StoreConfig,
+        fs: Arc<dyn Fs>,
+        now_ms: u64,
+    ) -> Result<(Store, RecoveryReport), StoreError> {
+        if cfg.ceiling_bytes == 0 {
+            return Err(StoreError::Config(
+                "ceiling_bytes must be greater than 0".into(),
+            ));
+        }
+        let layout = Layout::new(cfg.data_dir.clone());
+        let db_path = layout.db();
+        let io = |op: &'static str, path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io { op, path, source }
+        };
+        let db_exists = fs
+            .file_len(&db_path)
+            .map_err(io("stat", &db_path))?
+            .is_some();
+        if !db_exists && holds_segment_files(fs.as_ref(), &layout)? {
+            return Err(StoreError::IndexMissing { path: db_path });
+        }
+        create_layout(fs.as_ref(), &layout)?;
+        let db = fs
+            .open_database(&db_path, !db_exists)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                    path: db_path.clone(),
+                },
+                other => StoreError::CorruptDatabase {
+                    path: db_path.clone(),
+                    reason: other.to_string(),
+                },
+            })?;
+        if !db_exists {
+            // The new database file's directory entry must survive a power loss too.
+            fs.sync_dir(layout.root())
+                .map_err(io("fsync", layout.root()))?;
+        }
+        tables::init(&db, &db_path)?;
+        let mut acct = Accounting::default();
+        let report = recover(&cfg, fs.as_ref(), &layout, &db, now_ms, &mut acct)?;
+        let db = Arc::new(db);
+        let writer = Writer::start(db.clone())?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                cfg,
+                layout,
+                fs,
+                db,
+                writer,
+                acct: Mutex::new(acct),
+            }),
+        };
+        Ok((store, report))
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.cfg
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    /// The database, for readers (the relay reads its ledger tables here).
+    pub fn database(&self) -> &Arc<Database> {
+        &self.inner.db
+    }
+
+    /// The one committer: every write to the database goes through it.
+    pub fn writer(&self) -> &Writer {
+        &self.inner.writer
+    }
+
+    /// Bytes counted against the ceiling right now.
+    pub fn usage(&self) -> Usage {
+        self.acct().usage
+    }
+
+    pub(crate) fn acct(&self) -> MutexGuard<'_, Accounting> {
+        self.inner.acct.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn limits(&self) -> Limits {
+        Limits {
+            ceiling_bytes: self.inner.cfg.ceiling_bytes,
+            min_free_bytes: self.inner.cfg.min_free_bytes,
+        }
+    }
+
+    /// Every stored segment, in id order.
+    pub fn list(&self) -> Result<Vec<SegmentInfo>, StoreError> {
+        let read = self.inner.db.begin_read().map_err(db)?;
+        let segments = read.open_table(SEGMENTS).map_err(db)?;
+        let pins = read.open_multimap_table(PINS).map_err(db)?;
+        let mut out = Vec::new();
+        for entry in segments.iter().map_err(db)? {
+            let (key, value) = entry.map_err(db)?;
+            let id = SegmentId(*key.value());
+            let row = tables::decode("segments-v1", value.value())?;
+            let mut owners = Vec::new();
+            for owner in pins.get(key.value()).map_err(db)? {
+                owners.push(owner.map_err(db)?.value().to_owned());
+            }
+            out.push(SegmentInfo {
+                id,
+                row,
+                pins: owners,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The row of a stored segment.
+    pub fn get(&self, id: &SegmentId) -> Result<Option<SegmentRow>, StoreError> {
+        let read = self.inner.db.begin_read().map_err(db)?;
+        let segments = read.open_table(SEGMENTS).map_err(db)?;
+        let row = segments.get(&id.0).map_err(db)?;
+        row.map(|v| tables::decode("segments-v1", v.value()))
+            .transpose()
+    }
+
+    /// The stored segment whose id starts with `prefix` (hex; at least
+    /// [`ID_PREFIX_HEX_MIN`](crate::limits::ID_PREFIX_HEX_MIN) characters).
+    pub fn resolve(&self, prefix: &str) -> Result<SegmentId, StoreError> {
+        let parsed = parse_prefix(prefix).map_err(|e| StoreError::Config(e.to_string()))?;
+        let (low, high) = parsed.range();
+        let read = self.inner.db.begin_read().map_err(db)?;
+        let segments = read.open_table(SEGMENTS).map_err(db)?;
+        let mut found = Vec::new();
+        for entry in segments
+            .range::<&[u8; 32]>(&low.0..=&high.0)
+            .map_err(db)?
+            .take(2)
+        {
+            found.push(SegmentId(*entry.map_err(db)?.0.value()));
+        }
+        match found.as_slice() {
+            [] => Err(StoreError::PrefixNotFound(prefix.to_owned())),
+            [one] => Ok(*one),
+            _ => {
+                let count = segments
+                    .range::<&[u8; 32]>(&low.0..=&high.0)
+                    .map_err(db)?
+                    .count();
+                Err(StoreError::AmbiguousPrefix {
+                    prefix: prefix.to_owned(),
+                    count,
+                })
+            }
+        }
+    }
+
+    /// What this store holds of `id`: the answer to a peer's offer.
+    pub fn holding(&self, id: &SegmentId) -> Result<Holding, StoreError> {
+        if self.acct().ingesting.contains(id) {
+            return Ok(Holding::Ingesting);
+        }
+        let read = self.inner.db.begin_read().map_err(db)?;
+        if read
+            .open_table(SEGMENTS)
+            .map_err(db)?
+            .get(&id.0)
+            .map_err(db)?
+            .is_some()
+        {
+            return Ok(Holding::Stored);
+        }
+        if read
+            .open_table(tables::TOMBSTONES)
+            .map_err(db)?
+            .get(&id.0)
+            .map_err(db)?
+            .is_some()
+        {
+            return Ok(Holding::Tombstoned);
+        }
+        if let Some(v) = read
+            .open_table(PARTIALS)
+            .map_err(db)?
+            .get(&id.0)
+            .map_err(db)?
+        {
+            let row: PartialRow = tables::decode("partials-v1", v.value())?;
+            return Ok(Holding::Partial { offset: row.offset });
+        }
+        Ok(Holding::Absent)
+    }
+
+    /// Quarantined segments with their reasons, in id order.
+    pub fn quarantined(&self) -> Result<Vec<(SegmentId, QuarantineRow)>, StoreError> {
+        let read = self.inner.db.begin_read().map_err(db)?;
+        let table = read.open_table(QUARANTINE).map_err(db)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db)? {
+            let (k, v) = entry.map_err(db)?;
+            out.push((
+                SegmentId(*k.value()),
+                tables::decode("quarantine-v1", v.value())?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Marks a stored segment propagated (once). Returns whether this call marked it.
+    pub fn mark_propagated(&self, id: &SegmentId, now_ms: u64) -> Result<bool, StoreError> {
+        let id = *id;
+        self.inner
+            .writer
+            .write(move |txn| Ok(index::mark_propagated(txn, &id, now_ms)))?
+    }
+
+    /// Pins or unpins a segment for `owner` in its own transaction (the relay does this inside
+    /// its own transactions through [`index`]).
+    pub fn set_pin(&self, id: &SegmentId, owner: &str, pinned: bool) -> Result<(), StoreError> {
+        let (id, owner) = (*id, owner.to_owned());
+        self.inner.writer.write(move |txn| {
+            if pinned {
+                index::pin(txn, &id, &owner)
+            } else {
+                index::unpin(txn, &id, &owner)
+            }
+        })
+    }
+
+    /// Eviction's view of every stored segment.
+    fn candidates(&self, acct: &Accounting) -> Result<Vec<Candidate>, StoreError> {
+        let read = self.inner.db.begin_read().map_err(db)?;
+        let segments = read.open_table(SEGMENTS).map_err(db)?;
+        let pins = read.open_multimap_table(PINS).map_err(db)?;
+        let mut out = Vec::new();
+        for entry in segments.iter().map_err(db)? {
+            let (key, value) = entry.map_err(db)?;
+            let id = SegmentId(*key.value());
+            let row: SegmentRow = tables::decode("segments-v1", value.value())?;
+            out.push(Candidate {
+                id,
+                file_len: row.file_len,
+                priority: row.priority,
+                last_used_ms: row.last_used_ms,
+                expires_at_ms: row.expires_at_ms,
+                pinned: !pins.get(key.value()).map_err(db)?.is_empty(),
+                channel_pinned: self.inner.cfg.pinned_channels.contains(&row.channel),
+                busy: acct.leases.contains_key(&id)
+                    || acct.ingesting.contains(&id)
+                    || acct.evicting.contains(&id),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Reserves `need_bytes` under the ceiling and the free-space floor, evicting what the plan
+    /// allows when it does not fit. Called with the accounting lock held, so reservations and
+    /// evictions are serialised.
+    pub(crate) fn reserve_locked(
+        &self,
+        acct: &mut Accounting,
+        need_bytes: u64,
+        now_ms: u64,
+    ) -> Result<(), crate::error::IngestError> {
+        let data_dir = self.inner.layout.root();
+        let available = self.inner.fs.available_bytes(data_dir).map_err(|source| {
+            crate::error::IngestError::Io {
+                op: "statvfs",
+                path: data_dir.to_owned(),
+                source,
+            }
+        })?;
+        let short = evict::shortfall(acct.usage, need_bytes, self.limits(), available);
+        if short > 0 {
+            let candidates = self.candidates(acct)?;
+            let victims = evict::plan(&candidates, short, now_ms);
+            if victims.is_empty() {
+                let evictable: u64 = candidates
+                    .iter()
+                    .filter(|c| !c.pinned && !c.busy)
+                    .map(|c| c.file_len)
+                    .sum();
+                return Err(crate::error::IngestError::StoreFull {
+                    needed_bytes: need_bytes,
+                    available_bytes: need_bytes.saturating_sub(short) + evictable,
+                });
+            }
+            self.evict_locked(acct, &victims)?;
+        }
+        acct.usage.reserved_bytes += need_bytes;
+        Ok(())
+    }
+
+    /// Evicts expired segments that nobody pins. Returns the evicted ids.
+    pub fn sweep_expired(&self, now_ms: u64) -> Result<Vec<SegmentId>, StoreError> {
+        let mut acct = self.acct();
+        let candidates = self.candidates(&acct)?;
+        let victims = evict::expired(&candidates, now_ms);
+        self.evict_locked(&mut acct, &victims)
+    }
+
+    /// Evicts exactly these segments (operator purge), refusing pinned or busy ones silently:
+    /// returns the ids actually evicted.
+    pub fn evict(&self, ids: &[SegmentId]) -> Result<Vec<SegmentId>, StoreError> {
+        let mut acct = self.acct();
+        let candidates = self.candidates(&acct)?;
+        let allowed: Vec<SegmentId> = candidates
+            .iter()
+            .filter(|c| ids.contains(&c.id) && !c.pinned && !c.busy)
+            .map(|c| c.id)
+            .collect();
+        self.evict_locked(&mut acct, &allowed)
+    }
+
+    /// Index first (rows gone, tombstones written, one commit), then files: a crash in between
+    /// leaves files without rows, which recovery removes. Never the other way round.
+    fn evict_locked(
+        &self,
+        acct: &mut Accounting,
+        ids: &[SegmentId],
+    ) -> Result<Vec<SegmentId>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        acct.evicting.extend(ids.iter().copied());
+        let owned: Vec<SegmentId> = ids.to_vec();
+        let tombstones_max = self.inner.cfg.tombstones_max;
+        let result = self.inner.writer.write(move |txn| {
+            let mut gone = Vec::new();
+            for id in owned {
+                // Re-checked inside the transaction: a pin may have landed since planning.
+                if index::is_pinned(txn, &id)? {
+                    continue;
+                }
+                let removed = txn
+                    .open_table(SEGMENTS)?
+                    .remove(&id.0)?
+                    .map(|v| v.value().to_vec());
+                if let Some(bytes) = removed {
+                    index::add_tombstone(txn, &id, tombstones_max)?;
+                    gone.push((id, bytes));
+                }
+            }
+            Ok(gone)
+        });
+        let result = result.and_then(|gone| {
+            crash::point(crash::EVICT_AFTER_COMMIT);
+            let mut evicted = Vec::with_capacity(gone.len());
+            let mut dirs = BTreeSet::new();
+            for (id, bytes) in gone {
+                let row: SegmentRow = tables::decode("segments-v1", &bytes)?;
+                let path = self.inner.layout.segment_file(&id);
+                if let Err(e) = self.inner.fs.remove_file(&path) {
+                    // The row is gone: a leftover file is an orphan that recovery removes.
+                    tracing::warn!(seg_id = %id, path = %path.display(), error = %e, "evicted segment file not removed");
+                }
+                acct.usage.stored_bytes = acct.usage.stored_bytes.saturating_sub(row.file_len);
+                dirs.insert(self.inner.layout.fanout(&id));
+                tracing::info!(seg_id = %id, bytes = row.file_len, "segment evicted");
+                evicted.push(id);
+            }
+            crash::point(crash::EVICT_AFTER_REMOVE);
+            for dir in dirs {
+                if let Err(e) = self.inner.fs.sync_dir(&dir) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "fsync after eviction failed");
+                }
+            }
+            Ok(evicted)
+        });
+        for id in ids {
+            acct.evicting.remove(id);
+        }
+        result
+    }
+
+    /// Moves a segment whose file failed verification out of `segments/` into `quarantine/`,
+    /// drops its row and records the reason. It is not tombstoned: catch-up may fetch it again.
+    pub fn quarantine(&self, id: &SegmentId, reason: &str, now_ms: u64) -> Result<(), StoreError> {
+        let mut acct = self.acct();
+        acct.evicting.insert(*id);
+        let result = self.quarantine_locked(&mut acct, id, reason, now_ms);
+        acct.evicting.remove(id);
+        result
+    }
+
+    fn quarantine_locked(
+        &self,
+        acct: &mut Accounting,
+        id: &SegmentId,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let layout = &self.inner.layout;
+        let fs = &self.inner.fs;
+        let from = layout.segment_file(id);
+        let to = layout.quarantine_file(id);
+        let file_len = fs.file_len(&from).ok().flatten().unwrap_or(0);
+        // File first: a crash after the move leaves a row without a file, which recovery drops.
+        if file_len > 0 || fs.file_len(&from).ok().flatten().is_some() {
+            fs.rename(&from, &to).map_err(|source| StoreError::Io {
+                op: "rename to quarantine",
+                path: from.clone(),
+                source,
+            })?;
+            for dir in [layout.fanout(id), layout.quarantine()] {
+                fs.sync_dir(&dir).map_err(|source| StoreError::Io {
+                    op: "fsync",
+                    path: dir.clone(),
+                    source,
+                })?;
+            }
+        }
+        let id_copy = *id;
+        let row = QuarantineRow {
+            reason: reason.to_owned(),
+            at_ms: now_ms,
+            file_len,
+        };
+        let removed = self.inner.writer.write(move |txn| {
+            let removed = txn
+                .open_table(SEGMENTS)?
+                .remove(&id_copy.0)?
+                .map(|v| v.value().to_vec());
+            txn.open_table(QUARANTINE)?
+                .insert(&id_copy.0, tables::encode(&row).as_slice())?;
+            Ok(removed)
+        })?;
+        if let Some(bytes) = removed {
+            let row: SegmentRow = tables::decode("segments-v1", &bytes)?;
+            acct.usage.stored_bytes = acct.usage.stored_bytes.saturating_sub(row.file_len);
+        }
+        tracing::error!(seg_id = %id, reason, "segment corrupt at rest: quarantined");
+        Ok(())
+    }
+
+    /// Flushes queued writes and stops the committer. Further writes fail with `Closed`.
+    pub fn close(&self) {
+        self.inner.writer.close();
+    }
+}
+
+fn holds_segment_files(fs: &dyn Fs, layout: &Layout) -> Result<bool, StoreError> {
+    let segments = layout.segments();
+    if fs.file_len(&segments).ok().flatten().is_none() && fs.list_dir(&segments).is_err() {
+        return Ok(false);
+    }
+    for dir in layout.fanouts() {
+        match fs.list_dir(&dir) {
+            Ok(entries) => {
+                if entries.iter().any(|e| {
+                    e.kind == EntryKind::File
+                        && layout::id_from_file_name(&e.name, layout::SEG_EXT).is_some()
+                }) {
+                    return Ok(true);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StoreError::Io {
+                    op: "list",
+                    path: dir,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Creates the directory layout (fan-out directories once, at init) and makes it durable.
+fn create_layout(fs: &dyn Fs, layout: &Layout) -> Result<(), StoreError> {
+    let mk = |path: &Path| {
+        fs.create_dir_all(path).map_err(|source| StoreError::Io {
+            op: "create directory",
+            path: path.to_owned(),
+            source,
+        })
+    };
+    mk(layout.root())?;
+    mk(&layout.tmp())?;
+    mk(&layout.quarantine())?;
+    for dir in layout.fanouts() {
+        mk(&dir)?;
+    }
+    for dir in [layout.segments(), layout.root().to_owned()] {
+        fs.sync_dir(&dir).map_err(|source| StoreError::Io {
+            op: "fsync",
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Start-up recovery: brings files and index back into agreement after any crash.
+fn recover(
+    cfg: &StoreConfig,
+    fs: &dyn Fs,
+    layout: &Layout,
+    db: &Database,
+    now_ms: u64,
+    acct: &mut Accounting,
+) -> Result<RecoveryReport, StoreError> {
+    let mut report = RecoveryReport::default();
+    let io = |op: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| StoreError::Io { op, path, source }
+    };
+    let (mut rows, mut partial_rows) = {
+        let read = db.begin_read().map_err(db_err)?;
+        let mut rows = BTreeMap::new();
+        for entry in read
+            .open_table(SEGMENTS)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (k, v) = entry.map_err(db_err)?;
+            let row: SegmentRow = tables::decode("segments-v1", v.value())?;
+            rows.insert(SegmentId(*k.value()), row.file_len);
+        }
+        let mut partials = BTreeMap::new();
+        for entry in read
+            .open_table(PARTIALS)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (k, v) = entry.map_err(db_err)?;
+            let row: PartialRow = tables::decode("partials-v1", v.value())?;
+            partials.insert(SegmentId(*k.value()), row);
+        }
+        (rows, partials)
+    };
+    let mut drop_rows: Vec<SegmentId> = Vec::new();
+    let mut drop_partials: Vec<SegmentId> = Vec::new();
+
+    // Temp files: kept only as checkpointed partials, truncated to their checkpoint.
+    let tmp = layout.tmp();
+    let mut tmp_seen = BTreeSet::new();
+    for entry in fs.list_dir(&tmp).map_err(io("list", &tmp))? {
+        let path = tmp.join(&entry.name);
+        let id = layout::id_from_file_name(&entry.name, layout::PART_EXT);
+        let verdict = match id.and_then(|id| partial_rows.get(&id).map(|row| (id, row))) {
+            None => Some("temp file without a partial record".to_owned()),
+            Some((_, row)) if now_ms.saturating_sub(row.updated_at_ms) > cfg.partial_age_max_ms => {
+                Some(format!("partial older than {} ms", cfg.partial_age_max_ms))
+            }
+            Some((_, row)) if entry.len < row.checkpoint_len() => Some(format!(
+                "partial file holds {} bytes, checkpoint says {}",
+                entry.len,
+                row.checkpoint_len()
+            )),
+            Some((id, row)) => {
+                if entry.len > row.checkpoint_len() {
+                    let mut file = fs.open_rw(&path).map_err(io("open", &path))?;
+                    file.set_len(row.checkpoint_len())
+                        .map_err(io("truncate", &path))?;
+                    file.sync().map_err(io("fsync", &path))?;
+                }
+                tmp_seen.insert(id);
+                None
+            }
+        };
+        if let Some(reason) = verdict {
+            fs.remove_file(&path).map_err(io("remove", &path))?;
+            match id.filter(|id| partial_rows.contains_key(id)) {
+                Some(id) => {
+                    tracing::warn!(seg_id = %id, reason, "partial dropped");
+                    report.partials_dropped.push((id, reason));
+                    drop_partials.push(id);
+                }
+                None => {
+                    tracing::info!(path = %path.display(), "temp file removed");
+                    report.temp_removed.push(path);
+                }
+            }
+        }
+    }
+    for id in partial_rows.keys() {
+        if !tmp_seen.contains(id) && !drop_partials.contains(id) {
+            let reason = "partial record without its temp file".to_owned();
+            tracing::warn!(seg_id = %id, reason, "partial dropped");
+            report.partials_dropped.push((*id, reason));
+            drop_partials.push(*id);
+        }
+    }
+    partial_rows.retain(|id, _| tmp_seen.contains(id));
+
+    // Segment files: every file has a row and every row a file of the recorded size.
+    let mut seen = BTreeSet::new();
+    for dir in layout.fanouts() {
+        for entry in fs.list_dir(&dir).map_err(io("list", &dir))? {
+            let path = dir.join(&entry.name);
+            let id = layout::id_from_file_name(&entry.name, layout::SEG_EXT)
+                .filter(|id| dir.ends_with(id.fanout_dir()));
+            match id.and_then(|id| rows.get(&id).map(|len| (id, *len))) {
+                Some((id, len)) if entry.kind == EntryKind::File && entry.len == len => {
+                    seen.insert(id);
+                }
+                Some((id, len)) => {
+                    let reason = format!("file holds {} bytes, index says {len}", entry.len);
+                    tracing::error!(seg_id = %id, reason, "index row dropped; the segment will be fetched again");
+                    fs.remove_file(&path).map_err(io("remove", &path))?;
+                    report.rows_dropped.push((id, reason));
+                    drop_rows.push(id);
+                }
+                None => {
+                    tracing::warn!(path = %path.display(), "segment file without index row removed");
+                    fs.remove_file(&path).map_err(io("remove", &path))?;
+                    report.orphans_removed.push(path);
+                }
+            }
+        }
+    }
+    for id in rows.keys() {
+        if !seen.contains(id) && !drop_rows.contains(id) {
+            let reason = "file missing".to_owned();
+            tracing::error!(seg_id = %id, reason, "index row dropped; the segment will be fetched again");
+            report.rows_dropped.push((*id, reason));
+            drop_rows.push(*id);
+        }
+    }
+    rows.retain(|id, _| seen.contains(id));
+
+    if !drop_rows.is_empty() || !drop_partials.is_empty() {
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            let mut segments = txn.open_table(SEGMENTS).map_err(db_err)?;
+            for id in &drop_rows {
+                segments.remove(&id.0).map_err(db_err)?;
+            }
+            let mut partials = txn.open_table(PARTIALS).map_err(db_err)?;
+            for id in &drop_partials {
+                partials.remove(&id.0).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)?;
+    }
+    if !report.is_clean() {
+        for dir in std::iter::once(tmp.clone()).chain(layout.fanouts()) {
+            fs.sync_dir(&dir).map_err(io("fsync", &dir))?;
+        }
+    }
+    report.partials_kept = partial_rows.len();
+    acct.usage.stored_bytes = rows.values().sum();
+    for (id, row) in &partial_rows {
+        acct.partials.insert(*id, row.checkpoint_len());
+    }
+    acct.usage.partial_bytes = acct.partials.values().sum();
+    Ok(report)
+}
+
+fn db_err<E: Into<redb::Error>>(e: E) -> StoreError {
+    db(e)
+}

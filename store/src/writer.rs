@@ -1,0 +1,155 @@
+//! The committer: the one owner of the database's write transactions.
+//!
+//! Every write — an ingest's index rows and its caller's relay jobs, a checkpoint, an eviction,
+//! a relay outcome — is an operation sent to one thread, which folds whatever is queued (up to
+//! [`COMMIT_BATCH_MAX`]) into ONE durable redb transaction and answers each operation only
+//! after that commit returned. This is group commit: under concurrency one fsync pays for many
+//! writes, and nothing is acknowledged before it is durable.
+//!
+//! Contract for operations: an operation returns `Err(redb::Error)` only for a storage failure,
+//! which aborts the whole batch (every operation in it fails with [`StoreError::CommitFailed`]).
+//! A logical failure is part of the operation's own result type (`T`), and an operation that
+//! reports one must not have written anything.
+
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::thread::JoinHandle;
+
+use redb::{Database, WriteTransaction};
+
+use crate::error::StoreError;
+use crate::limits::{COMMIT_BATCH_MAX, COMMIT_QUEUE_MAX};
+
+/// Called after the batch's commit: `Ok` when durable, `Err` with the commit's failure.
+type Completion = Box<dyn FnOnce(Result<(), &str>) + Send>;
+type Job = Box<dyn FnOnce(&WriteTransaction) -> Result<Completion, redb::Error> + Send>;
+
+/// Handle to the committer thread. Dropping it drains the queue and stops the thread.
+#[derive(Debug)]
+pub struct Writer {
+    tx: Mutex<Option<SyncSender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Writer {
+    pub(crate) fn start(db: std::sync::Arc<Database>) -> Result<Writer, StoreError> {
+        let (tx, rx) = sync_channel::<Job>(COMMIT_QUEUE_MAX);
+        let thread = std::thread::Builder::new()
+            .name("store-committer".into())
+            .spawn(move || run(&db, &rx))
+            .map_err(|source| StoreError::Io {
+                op: "spawn committer thread",
+                path: Default::default(),
+                source,
+            })?;
+        Ok(Writer {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Runs `op` in the next batch and waits until that batch is durably committed.
+    pub fn write<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply_tx, reply_rx) = sync_channel::<Result<T, StoreError>>(1);
+        self.submit(op, move |result| {
+            // The waiter may have gone away (it never does in this function); nothing to do then.
+            let _ = reply_tx.send(result);
+        })?;
+        reply_rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues `op` and calls `done` (on the committer thread) once its batch is committed or
+    /// has failed. `done` must be quick: it runs before the next batch starts. This is the form
+    /// async callers use, bridging `done` to their own channel.
+    pub fn submit<T, F, D>(&self, op: F, done: D) -> Result<(), StoreError>
+    where
+        F: FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
+        T: Send + 'static,
+        D: FnOnce(Result<T, StoreError>) + Send + 'static,
+    {
+        let job: Job = Box::new(move |txn| {
+            let value = op(txn)?;
+            Ok(Box::new(move |commit: Result<(), &str>| match commit {
+                Ok(()) => done(Ok(value)),
+                Err(reason) => done(Err(StoreError::CommitFailed(reason.to_owned()))),
+            }) as Completion)
+        });
+        let tx = self
+            .tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        tx.send(job).map_err(|_| StoreError::Closed)
+    }
+
+    /// Stops accepting work, lets queued operations commit, and joins the thread.
+    pub fn close(&self) {
+        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            // A panic in an operation already failed its callers; nothing more to report.
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn run(db: &Database, rx: &Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < COMMIT_BATCH_MAX {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        commit_batch(db, batch);
+    }
+}
+
+fn commit_batch(db: &Database, batch: Vec<Job>) {
+    let txn = match db.begin_write() {
+        Ok(txn) => txn,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot begin write transaction");
+            // Dropping the jobs drops their reply channels: waiters see the store as closed.
+            return;
+        }
+    };
+    let mut completions = Vec::with_capacity(batch.len());
+    let mut failure: Option<String> = None;
+    for job in batch {
+        if failure.is_some() {
+            // Not run: its caller sees the store as closed for this operation.
+            continue;
+        }
+        match job(&txn) {
+            Ok(completion) => completions.push(completion),
+            Err(e) => failure = Some(e.to_string()),
+        }
+    }
+    let result = match failure {
+        None => txn.commit().map_err(|e| e.to_string()),
+        Some(reason) => {
+            if let Err(e) = txn.abort() {
+                tracing::error!(error = %e, "abort of a failed batch failed");
+            }
+            Err(reason)
+        }
+    };
+    if let Err(reason) = &result {
+        tracing::error!(error = %reason, ops = completions.len(), "write batch failed");
+    }
+    for completion in completions {
+        completion(result.as_ref().map(|_| ()).map_err(|e| e.as_str()));
+    }
+}
