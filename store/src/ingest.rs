@@ -1,7 +1,8 @@
 //! Ingest: the durability contract, step by step.
 //!
 //! ```text
-//! verify manifest (signature, trusted publisher, freshness, bounds)
+//! already stored, or evicted here before? → answer "have" (nothing is stored)
+//!   → verify manifest (signature, trusted publisher, freshness, bounds)
 //!   → reserve its full length under the ceiling (evicting what may go, else StoreFull)
 //!   → stream the payload into tmp/<id>.part while hashing          [ingest.stream]
 //!   → verify length and blake3                                     [ingest.after_write]
@@ -140,8 +141,6 @@ impl Store {
                 reason: "source label empty or longer than SOURCE_BYTES_MAX",
             });
         }
-        let cfg = self.config();
-        signed.verify(&cfg.trusted, now_ms, cfg.clock_skew_ms)?;
         let header_bytes = header_bytes(&signed).len() as u64;
         let file_len = header_bytes + signed.manifest().payload_len;
 
@@ -169,6 +168,10 @@ impl Store {
             if tombstoned && !opts.revive_tombstoned {
                 return Ok(Begin::Have(Holding::Tombstoned));
             }
+            // Verified only now: answering "have" stores nothing, so it needs no verification
+            // (and an expired copy this store already holds is still "have", not a rejection).
+            let cfg = self.config();
+            signed.verify(&cfg.trusted, now_ms, cfg.clock_skew_ms)?;
             let row = read
                 .open_table(PARTIALS)
                 .map_err(db)?
@@ -237,6 +240,12 @@ impl Store {
             Begin::Have(holding) => return Ok(IngestOutcome::AlreadyHave { id, holding }),
             Begin::Ingest(ingest) => ingest,
         };
+        // The reader is at payload offset 0: a partial left by an interrupted peer transfer is
+        // replaced by the file's own bytes, not resumed (that would append the payload's start
+        // at the checkpoint and fail as too long).
+        if ingest.resume_offset() > 0 {
+            ingest.start_fresh()?;
+        }
         let result = ingest.fill_from(&mut reader);
         if let Err(e) = result {
             // A file is not resumable: never keep a partial of it.

@@ -3,6 +3,7 @@
 //! ```text
 //! DATA_DIR/
 //!   edge.redb                 index and relay ledger (one database, one transaction per ingest)
+//!   edge.redb.new             only while a new store creates its database (renamed when ready)
 //!   segments/00/ … segments/ff/
 //!     <64 hex id>.seg         a stored segment, exactly the .seg file format
 //!   tmp/<64 hex id>.part      an ingest in flight, or a partial kept for resume

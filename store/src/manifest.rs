@@ -333,7 +333,9 @@ fn validate_name(name: &str) -> Result<(), ManifestError> {
     Ok(())
 }
 
-fn validate_channel(channel: &str) -> Result<(), ManifestError> {
+/// Checks a channel name against its bounds (`[a-z0-9][a-z0-9._-]*`, at most
+/// [`CHANNEL_BYTES_MAX`] bytes); config files use it for channels they name.
+pub fn validate_channel(channel: &str) -> Result<(), ManifestError> {
     if channel.is_empty() {
         return Err(ManifestError::ChannelEmpty);
     }

@@ -163,22 +163,41 @@ impl Store {
             return Err(StoreError::IndexMissing { path: db_path });
         }
         create_layout(fs.as_ref(), &layout)?;
-        let db = fs
-            .open_database(&db_path, !db_exists)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
-                    path: db_path.clone(),
-                },
+        let db_error = |path: &Path| {
+            let path = path.to_owned();
+            move |e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path },
                 other => StoreError::CorruptDatabase {
-                    path: db_path.clone(),
+                    path,
                     reason: other.to_string(),
                 },
-            })?;
-        if !db_exists {
+            }
+        };
+        let db = if db_exists {
+            fs.open_database(&db_path, false)
+                .map_err(db_error(&db_path))?
+        } else {
+            // Created under a temporary name and renamed into place once redb has initialised
+            // it (the open handle follows the file): a crash inside redb's creation must leave
+            // no `edge.redb`, since a half-initialised one would fail every later start as
+            // corrupt. A temporary left by such a crash is replaced.
+            let new_path = db_path.with_extension("redb.new");
+            match fs.remove_file(&new_path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io("remove", &new_path)(e));
+                }
+                _ => {}
+            }
+            let db = fs
+                .open_database(&new_path, true)
+                .map_err(db_error(&new_path))?;
+            fs.rename(&new_path, &db_path)
+                .map_err(io("rename", &new_path))?;
             // The new database file's directory entry must survive a power loss too.
             fs.sync_dir(layout.root())
                 .map_err(io("fsync", layout.root()))?;
-        }
+            db
+        };
         tables::init(&db, &db_path)?;
         let mut acct = Accounting::default();
         let report = recover(&cfg, fs.as_ref(), &layout, &db, now_ms, &mut acct)?;
@@ -424,7 +443,17 @@ impl Store {
                     available_bytes: need_bytes.saturating_sub(short) + evictable,
                 });
             }
+            let stored_before = acct.usage.stored_bytes;
             self.evict_locked(acct, &victims)?;
+            // A victim whose file could not be removed freed nothing: refuse, never overshoot.
+            let freed = stored_before - acct.usage.stored_bytes;
+            let short = evict::shortfall(acct.usage, need_bytes, self.limits(), available + freed);
+            if short > 0 {
+                return Err(crate::error::IngestError::StoreFull {
+                    needed_bytes: need_bytes,
+                    available_bytes: need_bytes.saturating_sub(short),
+                });
+            }
         }
         acct.usage.reserved_bytes += need_bytes;
         Ok(())
@@ -489,11 +518,17 @@ impl Store {
             for (id, bytes) in gone {
                 let row: SegmentRow = tables::decode("segments-v1", &bytes)?;
                 let path = self.inner.layout.segment_file(&id);
-                if let Err(e) = self.inner.fs.remove_file(&path) {
-                    // The row is gone: a leftover file is an orphan that recovery removes.
-                    tracing::warn!(seg_id = %id, path = %path.display(), error = %e, "evicted segment file not removed");
+                match self.inner.fs.remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        // The row is gone: a leftover file is an orphan that recovery removes.
+                        // Until then its bytes are still on disk, so they stay counted.
+                        tracing::warn!(seg_id = %id, path = %path.display(), error = %e, "evicted segment file not removed");
+                    }
+                    _ => {
+                        acct.usage.stored_bytes =
+                            acct.usage.stored_bytes.saturating_sub(row.file_len);
+                    }
                 }
-                acct.usage.stored_bytes = acct.usage.stored_bytes.saturating_sub(row.file_len);
                 dirs.insert(self.inner.layout.fanout(&id));
                 tracing::info!(seg_id = %id, bytes = row.file_len, "segment evicted");
                 evicted.push(id);
@@ -533,9 +568,10 @@ impl Store {
         let fs = &self.inner.fs;
         let from = layout.segment_file(id);
         let to = layout.quarantine_file(id);
-        let file_len = fs.file_len(&from).ok().flatten().unwrap_or(0);
+        let present = fs.file_len(&from).ok().flatten();
+        let file_len = present.unwrap_or(0);
         // File first: a crash after the move leaves a row without a file, which recovery drops.
-        if file_len > 0 || fs.file_len(&from).ok().flatten().is_some() {
+        if present.is_some() {
             fs.rename(&from, &to).map_err(|source| StoreError::Io {
                 op: "rename to quarantine",
                 path: from.clone(),
@@ -579,9 +615,16 @@ impl Store {
 }
 
 fn holds_segment_files(fs: &dyn Fs, layout: &Layout) -> Result<bool, StoreError> {
-    let segments = layout.segments();
-    if fs.file_len(&segments).ok().flatten().is_none() && fs.list_dir(&segments).is_err() {
-        return Ok(false);
+    match fs.list_dir(&layout.segments()) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => {
+            return Err(StoreError::Io {
+                op: "list",
+                path: layout.segments(),
+                source,
+            });
+        }
     }
     for dir in layout.fanouts() {
         match fs.list_dir(&dir) {

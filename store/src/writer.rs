@@ -91,6 +91,11 @@ impl Writer {
     pub fn close(&self) {
         drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
         if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            // The last handle to the store can be dropped by a completion running on the
+            // committer itself: it then exits on its own once the queue is drained.
+            if thread.thread().id() == std::thread::current().id() {
+                return;
+            }
             // A panic in an operation already failed its callers; nothing more to report.
             let _ = thread.join();
         }

@@ -658,6 +658,8 @@ impl Fs for SimFs {
         entries.extend(
             st.dirs
                 .range::<PathBuf, _>((Bound::Excluded(&norm), Bound::Unbounded))
+                // Paths order component-wise, so descendants of `norm` follow it contiguously.
+                .take_while(|(p, _)| p.starts_with(&norm))
                 .filter(|(p, _)| p.parent() == Some(norm.as_path()))
                 .filter_map(|(p, _)| p.file_name())
                 .map(|name| DirEntry {
