@@ -422,6 +422,13 @@ impl Sim {
         );
     }
 
+    /// Lets node `i` act now: call after changing its ledger from outside the simulation (an
+    /// operator's requeue), as the executor is woken by the scheduler changing.
+    pub fn poke(&mut self, i: usize) {
+        self.trace_line(format!("{} {} poke", self.now_ms, self.nodes[i].id));
+        self.step(i);
+    }
+
     /// Jumps node `i`'s wall clock by `delta_ms` now.
     pub fn jump_clock(&mut self, i: usize, delta_ms: i64) {
         self.nodes[i].clock_offset_ms += delta_ms;
