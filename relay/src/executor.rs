@@ -41,6 +41,8 @@ pub struct ExecutorReport {
     pub outcomes: u64,
     /// Attempts refunded at shutdown.
     pub refunded: u64,
+    /// Times the loop woke up (a measure of idle cost: it must not poll).
+    pub wakeups: u64,
 }
 
 /// Runs one node's transfers. See the module docs.
@@ -134,6 +136,7 @@ impl<T: Transport, C: Clock> Executor<T, C> {
                     }
                 } => Wake::Timer,
             };
+            report.wakeups += 1;
             match wake {
                 Wake::Shutdown => break,
                 Wake::Changed | Wake::Timer => {}

@@ -236,7 +236,18 @@ impl Relay {
             // change is committed and applied to the scheduler all the same.
             let _ = tx.send(r);
         })?;
-        rx.await.map_err(|_| RelayError::Closed)?
+        // The reply is awaited on tokio's blocking pool rather than on this task. Waiting there
+        // costs one pooled thread for the length of a commit, and it tells tokio that work is
+        // in progress: a paused test clock does not auto-advance to the next timer while a
+        // commit is on the committer thread, so tests on paused time see exactly the delays the
+        // executor chose, not delays stretched by however long fsync took.
+        match tokio::task::spawn_blocking(move || rx.blocking_recv()).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(RelayError::Closed),
+            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            // The runtime is shutting down: the commit goes on, nobody waits for it.
+            Err(_) => Err(RelayError::Closed),
+        }
     }
 
     // ---- scheduling new segments -------------------------------------------------------------
