@@ -567,6 +567,21 @@ impl Scheduler {
                 .any(|p| self.in_flight_to(p) < cfg.per_peer_concurrency_max)
     }
 
+    /// Clamps every waiting job's due time (ready or not) into `[now, now + backoff_max_ms]`
+    /// again, as at load: after the wall clock jumped.
+    pub fn reclamp(&mut self, now_ms: u64, cfg: &RelayConfig) {
+        let waiting: Vec<(JobKey, JobView)> = self
+            .jobs
+            .iter()
+            .filter(|(_, e)| e.slot != Slot::InFlight && !e.orphaned)
+            .map(|(k, e)| (k.clone(), e.view))
+            .collect();
+        for (key, mut view) in waiting {
+            view.due_ms = clamp_due_ms(view.due_ms, now_ms, cfg);
+            self.upsert(key, view);
+        }
+    }
+
     /// Remembers that the dead letter `key` pins its segment until `release_at_ms`.
     pub fn add_dead_pin(&mut self, key: JobKey, release_at_ms: u64) {
         self.dead_pins.insert((release_at_ms, key));

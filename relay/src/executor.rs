@@ -15,6 +15,10 @@
 //!   of those that had already ended, and refunds the attempts of those cut short, durably,
 //!   before `run` returns.
 //! - Jitter comes from a ChaCha RNG seeded by the caller.
+//! - A jump of the wall clock (wall-clock time moving more than [`CLOCK_JUMP_TOLERANCE_MS`] apart
+//!   from monotonic time between two wakes) is logged as a warning and waiting due times are
+//!   clamped again into `[now, now + backoff_max_ms]`, as at load: jobs are neither lost nor
+//!   frozen by it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -28,7 +32,7 @@ use crate::clock::{Clock, ms};
 use crate::core::{JobKey, Outcome};
 use crate::error::RelayError;
 use crate::ledger::{OutcomeIn, Start};
-use crate::limits::{OUTCOME_BATCH_MAX, START_BATCH_MAX};
+use crate::limits::{CLOCK_JUMP_TOLERANCE_MS, OUTCOME_BATCH_MAX, START_BATCH_MAX};
 use crate::relay::Relay;
 use crate::transport::Transport;
 
@@ -85,8 +89,21 @@ impl<T: Transport, C: Clock> Executor<T, C> {
         // Which job each task sends: to refund or fail the right job when a task is cancelled or
         // panics. Only looked up, never iterated.
         let mut running: HashMap<tokio::task::Id, JobKey> = HashMap::new();
+        // Wall-clock and monotonic time at the last wake, to notice jumps of the wall clock.
+        let mut last = (self.clock.now_ms(), self.clock.instant());
         loop {
             let now = self.clock.now_ms();
+            let mono_ms = self.clock.instant().duration_since(last.1).as_millis() as i64;
+            let wall_ms = now as i64 - last.0 as i64;
+            if (wall_ms - mono_ms).abs() > CLOCK_JUMP_TOLERANCE_MS {
+                tracing::warn!(
+                    node_id = %cfg.node_id,
+                    jump_ms = wall_ms - mono_ms,
+                    "wall clock jumped; due times clamped again"
+                );
+                relay.reclamp(now);
+            }
+            last = (now, self.clock.instant());
             relay.age_dead_pins(now).await?;
             loop {
                 let keys = relay.pick(now, START_BATCH_MAX);

@@ -29,6 +29,9 @@ pub const AGE_BATCH_MAX: usize = 256;
 /// Largest exponent used in `backoff_base_ms · 2^n`: beyond it the cap applies anyway, and the
 /// shift cannot overflow.
 pub const BACKOFF_EXPONENT_MAX: u32 = 40;
+/// Drift between wall-clock and monotonic time, between two executor wakes, that counts as a
+/// jump of the wall clock (logged, due times clamped again).
+pub const CLOCK_JUMP_TOLERANCE_MS: i64 = 2_000;
 /// Largest value of `jitter_percent`.
 pub const JITTER_PERCENT_MAX: u32 = 100;
 

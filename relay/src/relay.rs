@@ -318,6 +318,22 @@ impl Relay {
         self.inner.sched().in_flight()
     }
 
+    /// The scheduler's pending jobs with their views and whether each is in flight, in key order.
+    pub fn scheduled(&self) -> Vec<(JobKey, JobView, bool)> {
+        self.inner
+            .sched()
+            .jobs()
+            .map(|(k, v, f)| (k.clone(), v, f))
+            .collect()
+    }
+
+    /// Re-clamps waiting due times into `[now, now + backoff_max_ms]` after the wall clock
+    /// jumped (the executor calls it when it sees a jump), as at load.
+    pub fn reclamp(&self, now_ms: u64) {
+        self.inner.sched().reclamp(now_ms, &self.inner.cfg);
+        self.inner.wake.notify_one();
+    }
+
     /// Resolves when the scheduler changed (new jobs, outcomes, requeues): the executor's wake-up.
     pub async fn changed(&self) {
         self.inner.wake.notified().await
