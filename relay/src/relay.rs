@@ -45,11 +45,29 @@ pub struct Relay {
 struct Inner {
     store: Store,
     cfg: Arc<RelayConfig>,
+    shared: Arc<Shared>,
+}
+
+/// What the committer's completion callbacks touch. It holds no [`Store`]: a callback must
+/// never drop the last handle on the store on the committer thread (the store's drop joins that
+/// thread).
+#[derive(Debug)]
+struct Shared {
     sched: Mutex<Scheduler>,
     wake: Notify,
 }
 
 impl Inner {
+    fn sched(&self) -> MutexGuard<'_, Scheduler> {
+        self.shared.sched()
+    }
+
+    fn apply(&self, ops: &[SchedOp]) {
+        self.shared.apply(ops)
+    }
+}
+
+impl Shared {
     fn sched(&self) -> MutexGuard<'_, Scheduler> {
         self.sched.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -130,8 +148,10 @@ impl Relay {
             inner: Arc::new(Inner {
                 store,
                 cfg: Arc::new(cfg),
-                sched: Mutex::new(Scheduler::new()),
-                wake: Notify::new(),
+                shared: Arc::new(Shared {
+                    sched: Mutex::new(Scheduler::new()),
+                    wake: Notify::new(),
+                }),
             }),
         };
         let cfg = relay.inner.cfg.clone();
@@ -171,7 +191,7 @@ impl Relay {
             "relay ledger loaded"
         );
         *self.inner.sched() = s;
-        self.inner.wake.notify_one();
+        self.inner.shared.wake.notify_one();
         Ok(())
     }
 
@@ -194,12 +214,13 @@ impl Relay {
         T: Send + 'static,
         R: FnOnce(Result<(T, Vec<Event>), RelayError>) + Send + 'static,
     {
-        let inner = self.inner.clone();
+        // Only the scheduler goes into the callback, never the store (see `Shared`).
+        let shared = self.inner.shared.clone();
         self.inner.store.writer().submit(
             op,
             move |res: Result<(T, Effects), StoreError>| match res {
                 Ok((value, fx)) => {
-                    inner.apply(&fx.sched);
+                    shared.apply(&fx.sched);
                     reply(Ok((value, fx.events)))
                 }
                 Err(e) => reply(Err(e.into())),
@@ -331,12 +352,12 @@ impl Relay {
     /// jumped (the executor calls it when it sees a jump), as at load.
     pub fn reclamp(&self, now_ms: u64) {
         self.inner.sched().reclamp(now_ms, &self.inner.cfg);
-        self.inner.wake.notify_one();
+        self.inner.shared.wake.notify_one();
     }
 
     /// Resolves when the scheduler changed (new jobs, outcomes, requeues): the executor's wake-up.
     pub async fn changed(&self) {
-        self.inner.wake.notified().await
+        self.inner.shared.wake.notified().await
     }
 
     fn starts_op(&self, keys: Vec<JobKey>, now_ms: u64) -> TxnFn<Vec<Start>> {

@@ -540,7 +540,6 @@ impl World {
             .map(|(k, _)| k)
             .collect();
         assert_eq!(sched.iter().map(|(k, _, _)| k).collect::<Vec<_>>(), pending);
-        let now = self.now();
         for (k, view, in_flight) in &sched {
             assert_eq!(*in_flight, self.in_flight.contains(k));
             let m = &self.jobs[k];
