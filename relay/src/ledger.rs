@@ -292,16 +292,23 @@ fn retally(
 }
 
 /// Ends a pending job in a terminal state (or dead), keeping every table in step.
+/// Time and knobs of one ledger change.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    now_ms: u64,
+    cfg: &'a RelayConfig,
+}
+
 fn leave_pending(
     txn: &WriteTransaction,
     key: &JobKey,
     row: &mut JobRow,
     to: JobState,
     error: Option<String>,
-    now_ms: u64,
-    cfg: &RelayConfig,
+    at: At<'_>,
     fx: &mut Effects,
 ) -> Result<(), redb::Error> {
+    let (now_ms, cfg) = (at.now_ms, at.cfg);
     debug_assert_eq!(row.state, JobState::Pending);
     txn.open_table(DUE)?
         .remove(due_key(row.due_ms, key).as_slice())?;
@@ -436,8 +443,7 @@ fn cancel_owing(
                     &mut row,
                     JobState::Cancelled,
                     None,
-                    now_ms,
-                    cfg,
+                    At { now_ms, cfg },
                     fx,
                 )?;
             }
@@ -585,8 +591,7 @@ pub fn record_starts(
                     &mut row,
                     JobState::Cancelled,
                     Some("segment expired".into()),
-                    now_ms,
-                    cfg,
+                    At { now_ms, cfg },
                     &mut fx,
                 )?;
                 fx.events.push(Event::Cancelled {
@@ -613,8 +618,7 @@ pub fn record_starts(
                     &mut row,
                     JobState::Dead,
                     Some(error),
-                    now_ms,
-                    cfg,
+                    At { now_ms, cfg },
                     &mut fx,
                 )?;
                 out.push(Start::Skipped {
@@ -676,8 +680,7 @@ pub fn apply_outcomes(
                     &mut row,
                     JobState::Delivered,
                     None,
-                    now_ms,
-                    cfg,
+                    At { now_ms, cfg },
                     &mut fx,
                 )?;
                 fx.events.push(Event::Delivered {
@@ -693,8 +696,7 @@ pub fn apply_outcomes(
                     &mut row,
                     JobState::Refused,
                     Some(reason.clone()),
-                    now_ms,
-                    cfg,
+                    At { now_ms, cfg },
                     &mut fx,
                 )?;
                 fx.events.push(Event::Refused {
@@ -731,8 +733,7 @@ pub fn apply_outcomes(
                     &mut row,
                     JobState::Dead,
                     Some(error.clone()),
-                    now_ms,
-                    cfg,
+                    At { now_ms, cfg },
                     &mut fx,
                 )?;
             }
@@ -931,8 +932,7 @@ pub fn cancel_unknown_peers(
             &mut row,
             JobState::Cancelled,
             Some(reason.into()),
-            now_ms,
-            cfg,
+            At { now_ms, cfg },
             &mut fx,
         )?;
         fx.events.push(Event::Cancelled {

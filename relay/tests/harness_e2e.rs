@@ -326,7 +326,7 @@ fn inv_12_store_full_peer_is_retried_longer_not_dead_lettered_faster() {
             .and_then(|s| s.split_whitespace().next())
             .and_then(|s| s.parse().ok())
             .expect("delay field");
-        assert!(delay >= 3_200 && delay <= 16_000, "{line}");
+        assert!((3_200..=16_000).contains(&delay), "{line}");
     }
 }
 

@@ -143,10 +143,7 @@ fn seeds(base: u64, count: u64) -> Vec<u64> {
         vec![seed_from_env(base)]
     } else {
         (base..base + count)
-            .map(|s| {
-                eprintln!("relay sim seed={s} (replay: RELAY_SEED={s})");
-                s
-            })
+            .inspect(|s| eprintln!("relay sim seed={s} (replay: RELAY_SEED={s})"))
             .collect()
     }
 }
