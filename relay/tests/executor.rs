@@ -244,3 +244,46 @@ async fn executor_does_not_poll_when_idle() {
     let bound = elapsed / cfg.wake_interval_max_ms + 4 * u64::from(cfg.attempts_max) + 8;
     assert!(report.wakeups <= bound, "{report:?} > {bound}");
 }
+
+#[test]
+fn inv_14_executor_wall_clock_jump_back_neither_freezes_nor_loses_a_job() {
+    let publisher = Publisher::from_seed(14);
+    let ((), logs) = capture_logs(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let clock = Arc::new(TokioClock::starting_at(T0));
+            let mut cfg = fast_cfg();
+            cfg.jitter_percent = 0;
+            let n0 = open_node("n0", &["n1"], &publisher, &cfg);
+            let (done_tx, done_rx) = oneshot::channel();
+            let transport = Scripted {
+                clock: clock.clone(),
+                script: Arc::new(Mutex::new(VecDeque::from([Outcome::Unreachable(
+                    "down".into(),
+                )]))),
+                calls: Default::default(),
+                done: Arc::new(Mutex::new(Some(done_tx))),
+            };
+            let running = spawn_executor(&n0, transport.clone(), clock.clone());
+            let (_, file) = publisher.segment(&spec("z"));
+            import(&n0, &file, clock.now_ms());
+            // The first attempt failed at once; its retry is due 1 s later. Set the clock back a
+            // day before that: without re-clamping the job would wait a day.
+            tokio::time::sleep(relay::clock::ms(500)).await;
+            clock.jump(-86_400_000);
+            let jumped_at = tokio::time::Instant::now();
+            tokio::time::timeout(relay::clock::ms(60_000), done_rx)
+                .await
+                .expect("retried within a minute, not a day")
+                .unwrap();
+            let waited = jumped_at.elapsed().as_millis() as u64;
+            assert!(waited <= 500 + cfg.backoff_max_ms, "waited {waited} ms");
+            stop(running).await;
+        })
+    });
+    assert!(logs.contains("wall clock jumped"), "{logs}");
+}

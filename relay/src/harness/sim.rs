@@ -437,6 +437,10 @@ impl Sim {
             self.now_ms, self.nodes[i].id
         ));
         self.nodes[i].wake_at = None;
+        // As the executor does when it sees the wall clock jump.
+        if let Some((_, relay)) = &self.nodes[i].up {
+            relay.reclamp(self.node_now(i));
+        }
         self.step(i);
     }
 
