@@ -52,24 +52,45 @@ fn scenario(seed: u64, n: usize, segments: usize) -> Summary {
         &publisher.trusted(),
     );
     let t0 = sim.now_ms();
+    // Every link gets its own latency (some slow), restored after each fault.
+    let base: Vec<u64> = edges
+        .iter()
+        .map(|_| {
+            if rng.random_bool(0.1) {
+                rng.random_range(2_000..5_000)
+            } else {
+                rng.random_range(20..800)
+            }
+        })
+        .collect();
+    for (e, &(a, b)) in edges.iter().enumerate() {
+        sim.set_link(
+            a,
+            b,
+            Link::Up {
+                latency_ms: base[e],
+            },
+        );
+    }
+    // Segments are carried in at random hosts at random times during the faults.
     let mut ids = Vec::new();
     for s in 0..segments {
-        let condition = if s % 3 == 2 {
-            SuccessCondition::OnePeer
-        } else {
-            SuccessCondition::AllPeers
-        };
+        // all_peers only: under one_peer a node stops owing its other peers after the first
+        // delivery, and the design leaves the rest to catch-up (a later issue), so a faulty run
+        // may leave a host without the segment until then.
         let spec = spec(&format!("seg-{seed}-{s}"))
-            .condition(condition)
+            .condition(SuccessCondition::AllPeers)
             .priority(rng.random())
             .payload_len(rng.random_range(1..16_384));
-        let (_, file) = publisher.segment(&spec);
-        let at = rng.random_range(0..n);
-        ids.push(sim.import(at, &file));
+        let (id, file) = publisher.segment(&spec);
+        let at = t0 + rng.random_range(0..FAULT_WINDOW_MS / 2);
+        sim.import_at(at, rng.random_range(0..n), file);
+        ids.push(id);
     }
     // Transient link failures, each shorter than the retry budget.
     for _ in 0..n / 2 {
-        let (a, b) = edges[rng.random_range(0..edges.len())];
+        let e = rng.random_range(0..edges.len());
+        let (a, b) = edges[e];
         let start = t0 + rng.random_range(0..FAULT_WINDOW_MS);
         let end = start + rng.random_range(500..FAULT_MS_MAX);
         let link = if rng.random_bool(0.8) {
@@ -78,12 +99,14 @@ fn scenario(seed: u64, n: usize, segments: usize) -> Summary {
             Link::Failing { latency_ms: 200 }
         };
         sim.set_link_at(start, a, b, link);
-        sim.set_link_at(end, a, b, Link::Up { latency_ms: 20 });
-    }
-    // Slow links for the whole run.
-    for _ in 0..n / 10 {
-        let (a, b) = edges[rng.random_range(0..edges.len())];
-        sim.set_link_at(t0, a, b, Link::Up { latency_ms: 2_000 });
+        sim.set_link_at(
+            end,
+            a,
+            b,
+            Link::Up {
+                latency_ms: base[e],
+            },
+        );
     }
     // Node restarts: graceful or crash (power loss).
     for _ in 0..n / 5 {
@@ -151,7 +174,7 @@ fn seeds(base: u64, count: u64) -> Vec<u64> {
 #[test]
 fn inv_15_random_100_nodes_converge_despite_transient_faults() {
     for seed in seeds(1_000, 3) {
-        let s = scenario(seed, 100, 3);
+        let s = scenario(seed, 100, 4);
         eprintln!(
             "seed {seed}: {} transfers, {} dead letters, trace {}",
             s.transfers, s.dead_letters, s.digest
@@ -162,7 +185,11 @@ fn inv_15_random_100_nodes_converge_despite_transient_faults() {
 #[test]
 fn inv_15_many_seeds_20_nodes_converge() {
     for seed in seeds(2_000, 40) {
-        scenario(seed, 20, 2);
+        let s = scenario(seed, 20, 2);
+        eprintln!(
+            "seed {seed}: {} transfers, {} dead letters",
+            s.transfers, s.dead_letters
+        );
     }
 }
 

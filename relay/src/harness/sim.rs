@@ -137,6 +137,10 @@ enum Ev {
         b: usize,
         link: Link,
     },
+    Import {
+        node: usize,
+        file: Arc<Vec<u8>>,
+    },
 }
 
 /// What a run did.
@@ -354,6 +358,17 @@ impl Sim {
         id
     }
 
+    /// Imports `file` on node `i` at virtual time `at_ms` (later if the node is down then).
+    pub fn import_at(&mut self, at_ms: u64, i: usize, file: Vec<u8>) {
+        self.push(
+            at_ms,
+            Ev::Import {
+                node: i,
+                file: Arc::new(file),
+            },
+        );
+    }
+
     fn push(&mut self, at_ms: u64, ev: Ev) {
         self.seq += 1;
         self.queue.insert((at_ms.max(self.now_ms), self.seq), ev);
@@ -520,6 +535,14 @@ impl Sim {
                 }
             }
             Ev::SetLink { a, b, link } => self.set_link(a, b, link),
+            Ev::Import { node, file } => {
+                if self.nodes[node].up.is_some() {
+                    self.import(node, &file);
+                } else {
+                    // The operator waits for the host to come back.
+                    self.push(self.now_ms + 1_000, Ev::Import { node, file });
+                }
+            }
         }
     }
 
