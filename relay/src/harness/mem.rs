@@ -1,0 +1,117 @@
+//! [`MemTransport`]: an in-memory [`Transport`] for the tokio executor, over a [`MemNet`] of
+//! relays in the same process. A test double: a delivery runs the receiver's ingest inline on
+//! the calling task (blocking its thread for that ingest), after sleeping the link's latency on
+//! tokio's (pausable) clock.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use store::SegmentId;
+
+use crate::clock::{Clock, ms};
+use crate::core::Outcome;
+use crate::peer::PeerId;
+use crate::relay::Relay;
+use crate::transport::Transport;
+
+use super::sim::Link;
+
+#[derive(Debug, Default)]
+struct NetState {
+    nodes: BTreeMap<PeerId, Relay>,
+    links: BTreeMap<(PeerId, PeerId), Link>,
+}
+
+/// The nodes and links a [`MemTransport`] delivers over. Links not set are `Up` with 10 ms
+/// latency.
+#[derive(Debug, Clone, Default)]
+pub struct MemNet {
+    state: Arc<Mutex<NetState>>,
+    connect_timeout_ms: u64,
+}
+
+fn key(a: &PeerId, b: &PeerId) -> (PeerId, PeerId) {
+    if a <= b {
+        (a.clone(), b.clone())
+    } else {
+        (b.clone(), a.clone())
+    }
+}
+
+impl MemNet {
+    pub fn new() -> MemNet {
+        MemNet {
+            state: Default::default(),
+            connect_timeout_ms: 1_000,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, NetState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds (or replaces, after a restart) a node.
+    pub fn add(&self, relay: Relay) {
+        let id = relay.config().node_id.clone();
+        self.lock().nodes.insert(id, relay);
+    }
+
+    /// Removes a node (it is down).
+    pub fn remove(&self, id: &PeerId) {
+        self.lock().nodes.remove(id);
+    }
+
+    pub fn set_link(&self, a: &PeerId, b: &PeerId, link: Link) {
+        self.lock().links.insert(key(a, b), link);
+    }
+
+    /// A transport sending as `me`.
+    pub fn transport<C: Clock>(&self, me: PeerId, clock: Arc<C>) -> MemTransport<C> {
+        MemTransport {
+            net: self.clone(),
+            me,
+            clock,
+        }
+    }
+}
+
+/// Sends as one node over a [`MemNet`].
+#[derive(Debug)]
+pub struct MemTransport<C> {
+    net: MemNet,
+    me: PeerId,
+    clock: Arc<C>,
+}
+
+impl<C: Clock> Transport for MemTransport<C> {
+    async fn send(&self, peer: &PeerId, seg: SegmentId) -> Outcome {
+        let link = {
+            let st = self.net.lock();
+            st.links
+                .get(&key(&self.me, peer))
+                .cloned()
+                .unwrap_or(Link::Up { latency_ms: 10 })
+        };
+        let latency = match link {
+            Link::Down => {
+                tokio::time::sleep(ms(self.net.connect_timeout_ms)).await;
+                return Outcome::Unreachable(format!("no route to {peer}"));
+            }
+            Link::Failing { latency_ms } => {
+                tokio::time::sleep(ms(latency_ms)).await;
+                return Outcome::TimedOut("transfer stalled".into());
+            }
+            Link::Up { latency_ms } | Link::Flaky { latency_ms, .. } => latency_ms,
+        };
+        tokio::time::sleep(ms(latency)).await;
+        let (sender, receiver) = {
+            let st = self.net.lock();
+            (st.nodes.get(&self.me).cloned(), st.nodes.get(peer).cloned())
+        };
+        let (Some(sender), Some(receiver)) = (sender, receiver) else {
+            return Outcome::Unreachable(format!("{peer} is down"));
+        };
+        let now = self.clock.now_ms();
+        super::deliver(sender.store(), &self.me, &receiver, seg, now, now)
+    }
+}

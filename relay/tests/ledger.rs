@@ -1,0 +1,322 @@
+//! Direct tests of the ledger on one node: atomic scheduling, re-ingest, cancellation of removed
+//! peers, pins of dead letters, purge, expiry.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use relay::harness::segments::Publisher;
+use relay::ledger::{OutcomeIn, Purge, Requeue, Start};
+use relay::tables::JobState;
+use relay::{JobKey, Outcome, Relay, RelayConfig};
+use store::fs::Fs;
+use store::fs::sim::SimFs;
+use store::{IngestOptions, IngestOutcome, SegmentId, Store, StoreConfig};
+
+fn node_cfg(peers: &[&str]) -> RelayConfig {
+    let mut c = fast_cfg();
+    c.node_id = peer("n0");
+    c.known_peers = peers.iter().map(|p| peer(p)).collect();
+    c
+}
+
+fn open(fs: &SimFs, publisher: &Publisher, cfg: RelayConfig, now: u64) -> (Store, Relay) {
+    let mut store_cfg = StoreConfig::new("/data", 1 << 20, publisher.trusted());
+    store_cfg.min_free_bytes = 0;
+    let arc: Arc<dyn Fs> = Arc::new(fs.clone());
+    let (store, _) = Store::open(store_cfg, arc, now).unwrap();
+    let relay = Relay::open(store.clone(), cfg, now).unwrap();
+    (store, relay)
+}
+
+fn stored(out: IngestOutcome<relay::Scheduled>) -> SegmentId {
+    match out {
+        IngestOutcome::Stored(s) => s.id,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn key(seg: SegmentId, p: &str) -> JobKey {
+    JobKey { seg, peer: peer(p) }
+}
+
+/// Runs one attempt of `key` with `outcome`.
+fn attempt(relay: &Relay, k: &JobKey, outcome: Outcome, now: u64) {
+    let picked = relay.pick(now, usize::MAX);
+    assert!(picked.contains(k), "{k:?} not due at {now}: {picked:?}");
+    let starts = relay.record_starts_blocking(picked.clone(), now).unwrap();
+    let mut items = Vec::new();
+    for s in starts {
+        if let Start::Started { key, .. } = s {
+            let o = if key == *k {
+                outcome.clone()
+            } else {
+                Outcome::Busy
+            };
+            items.push(OutcomeIn {
+                key,
+                outcome: o,
+                jitter_sample: 0,
+            });
+        }
+    }
+    relay.apply_outcomes_blocking(items, now).unwrap();
+}
+
+#[test]
+fn inv_11_jobs_one_per_known_peer_but_the_source_pinned_in_the_ingest_transaction() {
+    let publisher = Publisher::from_seed(41);
+    let fs = SimFs::new();
+    let (store, relay) = open(&fs, &publisher, node_cfg(&["a", "b", "c"]), T0);
+    let (_, file) = publisher.segment(&spec("s"));
+    let id = stored(
+        relay
+            .ingest_reader(file.as_slice(), &IngestOptions::from_peer("b"), T0)
+            .unwrap(),
+    );
+    let jobs: Vec<String> = relay
+        .all_jobs()
+        .unwrap()
+        .into_iter()
+        .map(|(k, r)| {
+            assert_eq!((r.state, r.counts.attempts), (JobState::Pending, 0));
+            k.peer.to_string()
+        })
+        .collect();
+    assert_eq!(jobs, ["a", "c"], "none to the source");
+    assert_eq!(store.list().unwrap()[0].pins, ["relay:a", "relay:c"]);
+
+    // A receive again (duplicate, retry): one stored copy, one set of jobs (INV-10).
+    let again = relay
+        .ingest_reader(file.as_slice(), &IngestOptions::from_peer("c"), T0)
+        .unwrap();
+    assert!(matches!(again, IngestOutcome::AlreadyHave { .. }));
+    assert_eq!(relay.all_jobs().unwrap().len(), 2);
+    assert_eq!(relay.status(&id).unwrap().unwrap().tally.jobs, 2);
+}
+
+#[test]
+fn inv_11_a_failed_ingest_transaction_leaves_neither_segment_nor_jobs() {
+    let publisher = Publisher::from_seed(42);
+    let fs = SimFs::new();
+    let (store, relay) = open(&fs, &publisher, node_cfg(&["a", "b"]), T0);
+    let (id, file) = publisher.segment(&spec("s"));
+    let schedule = relay.schedule_fn(T0);
+    let result = store.ingest_reader(
+        file.as_slice(),
+        &IngestOptions::import(),
+        T0,
+        move |txn, s| {
+            schedule(txn, s)?;
+            // The scheduling wrote its rows; the transaction then fails as a storage error would.
+            Err::<relay::Scheduled, _>(redb::Error::Corrupted("injected".into()))
+        },
+    );
+    assert!(result.is_err());
+    assert!(store.get(&id).unwrap().is_none(), "no segment row");
+    assert!(relay.all_jobs().unwrap().is_empty(), "no jobs");
+    assert!(relay.status(&id).unwrap().is_none(), "no propagation row");
+    assert!(store.list().unwrap().is_empty());
+}
+
+#[test]
+fn jobs_of_peers_removed_from_known_peers_are_cancelled_at_start() {
+    let publisher = Publisher::from_seed(43);
+    let fs = SimFs::new();
+    let (store, relay) = open(&fs, &publisher, node_cfg(&["a", "b"]), T0);
+    let (_, file) = publisher.segment(&spec("s"));
+    let id = stored(
+        relay
+            .ingest_reader(file.as_slice(), &IngestOptions::import(), T0)
+            .unwrap(),
+    );
+    attempt(&relay, &key(id, "a"), Outcome::Delivered, T0);
+    drop((store, relay));
+    let ((store, relay), logs) =
+        capture_logs(|| open(&fs, &publisher, node_cfg(&["a"]), T0 + 1_000));
+    let status = relay.status(&id).unwrap().unwrap();
+    let states: Vec<_> = status
+        .jobs
+        .iter()
+        .map(|j| (j.peer.to_string(), j.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("a".to_owned(), JobState::Delivered),
+            ("b".to_owned(), JobState::Cancelled)
+        ]
+    );
+    assert_eq!(
+        status.jobs[1].last_error.as_deref(),
+        Some("peer no longer in known_peers")
+    );
+    // Every remaining job is delivered: all_peers now holds, marked in that transaction.
+    assert!(status.propagated_at_ms.is_some());
+    assert!(store.get(&id).unwrap().unwrap().propagated_at_ms.is_some());
+    assert!(store.list().unwrap()[0].pins.is_empty());
+    assert!(logs.contains("job cancelled"), "{logs}");
+    assert!(logs.contains("success condition met"), "{logs}");
+}
+
+#[test]
+fn inv_07_dead_letter_pins_until_its_max_age_then_only_the_record_stays() {
+    let publisher = Publisher::from_seed(44);
+    let fs = SimFs::new();
+    let mut cfg = node_cfg(&["a", "b"]);
+    cfg.attempts_max = 1;
+    let (store, relay) = open(&fs, &publisher, cfg.clone(), T0);
+    let (_, file) = publisher.segment(&spec("s"));
+    let id = stored(
+        relay
+            .ingest_reader(file.as_slice(), &IngestOptions::import(), T0)
+            .unwrap(),
+    );
+    attempt(
+        &relay,
+        &key(id, "a"),
+        Outcome::Unreachable("down".into()),
+        T0,
+    );
+    let dead = relay.dead_letters().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].key, key(id, "a"));
+    assert_eq!(dead[0].last_error, "unreachable: down");
+    assert_eq!(
+        dead[0].pin_release_at_ms,
+        Some(T0 + cfg.dead_letter_pin_max_age_ms)
+    );
+    // b is still pending (busy answers above): both pins held.
+    assert_eq!(store.list().unwrap()[0].pins, ["relay:a", "relay:b"]);
+    // Restart: the dead letter and its pin deadline survive (INV-14).
+    drop((store, relay));
+    let (store, relay) = open(&fs, &publisher, cfg.clone(), T0 + 10);
+    assert_eq!(relay.dead_letters().unwrap(), dead);
+    assert_eq!(
+        relay.next_wake_ms(),
+        Some(T0 + cfg.busy_retry_ms),
+        "b answered busy: its retry time survives the restart"
+    );
+    relay
+        .age_dead_pins_blocking(T0 + cfg.dead_letter_pin_max_age_ms - 1)
+        .unwrap();
+    assert_eq!(store.list().unwrap()[0].pins, ["relay:a", "relay:b"]);
+    relay
+        .age_dead_pins_blocking(T0 + cfg.dead_letter_pin_max_age_ms)
+        .unwrap();
+    assert_eq!(
+        store.list().unwrap()[0].pins,
+        ["relay:b"],
+        "only a's pin aged out"
+    );
+    let dead = relay.dead_letters().unwrap();
+    assert_eq!(
+        (dead.len(), dead[0].pin_release_at_ms),
+        (1, None),
+        "the record stays"
+    );
+}
+
+#[test]
+fn inv_22_purge_removes_the_dead_letter_and_only_its_pin_and_is_logged() {
+    let publisher = Publisher::from_seed(45);
+    let fs = SimFs::new();
+    let mut cfg = node_cfg(&["a", "b"]);
+    cfg.attempts_max = 1;
+    let (store, relay) = open(&fs, &publisher, cfg, T0);
+    let (_, file) = publisher.segment(&spec("s"));
+    let id = stored(
+        relay
+            .ingest_reader(file.as_slice(), &IngestOptions::import(), T0)
+            .unwrap(),
+    );
+    attempt(
+        &relay,
+        &key(id, "a"),
+        Outcome::TimedOut("stalled".into()),
+        T0,
+    );
+    let (results, logs) = capture_logs(|| {
+        let first = relay.purge_blocking(&key(id, "a"), T0).unwrap();
+        let second = relay.purge_blocking(&key(id, "a"), T0).unwrap();
+        let requeue = relay.requeue_blocking(&key(id, "a"), T0).unwrap();
+        (first, second, requeue)
+    });
+    assert_eq!(
+        results,
+        (
+            Purge::Purged,
+            Purge::NotDead(JobState::Dead),
+            Requeue::Purged
+        )
+    );
+    assert!(relay.dead_letters().unwrap().is_empty());
+    assert_eq!(store.list().unwrap()[0].pins, ["relay:b"], "b still owed");
+    let status = relay.status(&id).unwrap().unwrap();
+    assert!(status.jobs[0].purged);
+    assert_eq!(
+        status.verdict,
+        relay::core::Verdict::Never,
+        "all_peers cannot hold now"
+    );
+    assert!(logs.contains("dead letter purged"), "{logs}");
+    assert!(logs.contains("purge did nothing"), "{logs}");
+}
+
+#[test]
+fn inv_16_an_expired_segment_is_not_relayed_its_jobs_cancel() {
+    let publisher = Publisher::from_seed(46);
+    let fs = SimFs::new();
+    let (store, relay) = open(&fs, &publisher, node_cfg(&["a"]), T0);
+    let (_, file) = publisher.segment(&spec("s").expires_at_ms(T0 + 5_000));
+    let id = stored(
+        relay
+            .ingest_reader(file.as_slice(), &IngestOptions::import(), T0)
+            .unwrap(),
+    );
+    attempt(
+        &relay,
+        &key(id, "a"),
+        Outcome::Unreachable("down".into()),
+        T0,
+    );
+    let due = relay.next_wake_ms().unwrap();
+    let later = due.max(T0 + 5_000);
+    let picked = relay.pick(later, usize::MAX);
+    let starts = relay.record_starts_blocking(picked, later).unwrap();
+    assert_eq!(
+        starts,
+        [Start::Skipped {
+            key: key(id, "a"),
+            why: "segment expired"
+        }]
+    );
+    let row = relay.job(&key(id, "a")).unwrap().unwrap();
+    assert_eq!(row.state, JobState::Cancelled);
+    assert!(store.list().unwrap()[0].pins.is_empty(), "evictable now");
+    assert_eq!(relay.pending_count(), 0);
+}
+
+#[test]
+fn status_shows_pending_jobs_with_next_due_and_in_flight() {
+    let publisher = Publisher::from_seed(47);
+    let fs = SimFs::new();
+    let (_store, relay) = open(&fs, &publisher, node_cfg(&["a", "b"]), T0);
+    let (_, file) = publisher.segment(&spec("s"));
+    let id = stored(
+        relay
+            .ingest_reader(file.as_slice(), &IngestOptions::import(), T0)
+            .unwrap(),
+    );
+    let picked = relay.pick(T0, 1);
+    relay.record_starts_blocking(picked, T0).unwrap();
+    let status = relay.status(&id).unwrap().unwrap();
+    assert_eq!(status.jobs[0].peer.as_str(), "a");
+    assert!(status.jobs[0].in_flight);
+    assert_eq!(status.jobs[0].attempts, 1);
+    assert!(!status.jobs[1].in_flight);
+    assert_eq!(status.jobs[1].next_due_ms, Some(T0));
+    assert_eq!(status.verdict, relay::core::Verdict::NotYet);
+    assert_eq!(status.tally.pending, 2);
+}
