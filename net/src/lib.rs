@@ -52,14 +52,22 @@
 //!   `EndpointConfig::rng_seed`), wall-clock time from a [`Clock`].
 //! - **Packets go only to configured peers** (INV-27): no discovery, no lookup.
 
+pub mod catchup;
 pub mod clock;
 pub mod config;
 pub mod limits;
+pub mod node;
 pub mod pki;
 pub mod tls;
+pub mod transfer;
+pub mod wire;
 
+pub use catchup::CatchupReport;
 pub use clock::{Clock, SystemClock};
 pub use config::{ConfigError, NetConfig};
+pub use node::{NetError, Node, NodeSetup, PeerStatus, bind_udp};
 pub use pki::{
     CaFiles, NodeFiles, NodeId, NodeIdentity, PkiError, ca_init, ca_issue, load_node_identity,
 };
+pub use transfer::{NetHooks, NetStats, NoHooks, SendOutcome, StatsSnapshot};
+pub use wire::RejectReason;
