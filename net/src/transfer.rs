@@ -711,16 +711,24 @@ async fn pump_in(
         let mut buf = vec![0u8; want];
         let mut filled = 0;
         while filled < want {
-            match timeout(stall, recv.read(&mut buf[filled..])).await {
-                Err(_) => return Err(InFail::Stalled),
-                Ok(Ok(Some(n))) => filled += n,
-                Ok(Ok(None)) => {
-                    return Err(InFail::Truncated {
-                        got: got + filled as u64,
-                    });
+            let fail = match timeout(stall, recv.read(&mut buf[filled..])).await {
+                Ok(Ok(Some(n))) => {
+                    filled += n;
+                    continue;
                 }
-                Ok(Err(e)) => return Err(read_fail(e)),
+                Err(_) => InFail::Stalled,
+                Ok(Ok(None)) => InFail::Truncated {
+                    got: got + filled as u64,
+                },
+                Ok(Err(e)) => read_fail(e),
+            };
+            // Hand over what did arrive, so the checkpoint of the cut transfer includes it.
+            if filled > 0 {
+                buf.truncate(filled);
+                bump(&ctx.stats.payload_bytes_received, filled as u64);
+                let _ = tx.send(ToDisk::Data(buf)).await;
             }
+            return Err(fail);
         }
         remaining -= want as u64;
         got += want as u64;
