@@ -30,6 +30,9 @@ pub fn logs() {
         .try_init();
 }
 
+/// Creation time of test manifests: 2026-01-01T00:00:00Z (fixed, so ids are reproducible).
+pub const CREATED_AT_MS: u64 = 1_767_225_600_000;
+
 pub fn now_ms() -> u64 {
     SystemClock.now_ms()
 }
@@ -162,7 +165,7 @@ pub fn signed_for(
         name: name.to_owned(),
         channel: "default".to_owned(),
         sequence: 1,
-        created_at_ms: now_ms() - 60_000,
+        created_at_ms: CREATED_AT_MS,
         expires_at_ms,
         condition: SuccessCondition::AllPeers,
         priority: 128,
@@ -475,4 +478,69 @@ pub async fn app_data_gets_through(conn: &quinn::Connection) -> bool {
         tokio::time::timeout(Duration::from_secs(3), attempt).await,
         Ok(Some(net::wire::Msg::Digest { .. }))
     )
+}
+
+// ------------------------------------------------------------------------------------------
+// The socket seam: a UDP socket that can be cut off (every packet dropped both ways).
+
+#[derive(Debug)]
+pub struct CuttableSocket {
+    inner: Arc<dyn quinn::AsyncUdpSocket>,
+    pub cut: AtomicBool,
+}
+
+impl CuttableSocket {
+    pub fn wrap(inner: Arc<dyn quinn::AsyncUdpSocket>) -> Arc<CuttableSocket> {
+        Arc::new(CuttableSocket {
+            inner,
+            cut: AtomicBool::new(false),
+        })
+    }
+
+    pub fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::SeqCst);
+    }
+}
+
+impl quinn::AsyncUdpSocket for CuttableSocket {
+    fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
+        if self.cut.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut std::task::Context,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        loop {
+            match self.inner.poll_recv(cx, bufs, meta) {
+                std::task::Poll::Ready(Ok(_)) if self.cut.load(Ordering::SeqCst) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
 }
