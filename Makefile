@@ -17,6 +17,7 @@ lint:
 ## Benchmarks (not run in CI): medians of several runs, next to this machine's baselines.
 bench:
 	./scripts/bench-store.sh
+	$(CARGO) bench -p net --bench hop
 
 clean:
 	$(CARGO) clean
