@@ -43,24 +43,24 @@ pub struct CatchupReport {
     pub failed: u64,
 }
 
-/// Ids not to pull again while the process runs.
+/// Ids not to pull again while the process runs: refused by this node's store (for every
+/// peer), or not held by one peer (for that peer).
 #[derive(Debug, Default)]
-pub(crate) struct SkipSet(Mutex<BTreeSet<SegmentId>>);
+pub(crate) struct SkipSet(Mutex<BTreeSet<(Option<NodeId>, SegmentId)>>);
 
 impl SkipSet {
-    fn contains(&self, id: &SegmentId) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(id)
+    fn contains(&self, peer: &NodeId, id: &SegmentId) -> bool {
+        let set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        set.contains(&(None, *id)) || set.contains(&(Some(peer.clone()), *id))
     }
 
-    fn insert(&self, id: SegmentId) {
+    /// Skips `id` with `peer` only, or with every peer when `peer` is `None`.
+    fn insert(&self, peer: Option<&NodeId>, id: SegmentId) {
         let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if set.len() >= CATCHUP_SKIP_IDS_MAX {
             set.clear();
         }
-        set.insert(id);
+        set.insert((peer.cloned(), id));
     }
 }
 
@@ -110,10 +110,10 @@ pub(crate) async fn pull_round(
         .await
         .map_err(|e| e.to_string())?;
         let mut running = JoinSet::new();
-        for id in lacking.into_iter().filter(|id| !skip.contains(id)) {
+        for id in lacking.into_iter().filter(|id| !skip.contains(peer, id)) {
             while running.len() >= ctx.cfg.catchup_pulls_concurrent {
                 if let Some(done) = running.join_next().await {
-                    tally(done, skip, &mut report);
+                    tally(done, peer, skip, &mut report);
                 }
             }
             report.pulled += 1;
@@ -121,7 +121,7 @@ pub(crate) async fn pull_round(
             running.spawn(async move { (id, pull_one(&ctx, &peer, &conn, id).await) });
         }
         while let Some(done) = running.join_next().await {
-            tally(done, skip, &mut report);
+            tally(done, peer, skip, &mut report);
         }
         match last {
             Some(last) if more => after = Some(last),
@@ -133,16 +133,17 @@ pub(crate) async fn pull_round(
 
 fn tally(
     done: Result<(SegmentId, Pulled), tokio::task::JoinError>,
+    peer: &NodeId,
     skip: &SkipSet,
     report: &mut CatchupReport,
 ) {
     match done {
         Ok((_, Pulled::Got(Received::Stored(_)))) => report.stored += 1,
         Ok((_, Pulled::Got(Received::Had))) => {}
-        Ok((id, Pulled::NotHeld)) => skip.insert(id),
+        Ok((id, Pulled::NotHeld)) => skip.insert(Some(peer), id),
         Ok((id, Pulled::Got(Received::Rejected(reason)))) if reason.is_permanent() => {
             tracing::info!(seg_id = %id, %reason, "catch-up: refused for good; not pulled again");
-            skip.insert(id);
+            skip.insert(None, id);
         }
         Ok(_) | Err(_) => report.failed += 1,
     }

@@ -196,3 +196,44 @@ async fn inv_09_known_peer_gets_through_and_nodes_report_handshake_refusals() {
     }
     assert!(stored_ids(&c.store).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inv_18_unauthenticated_handshakes_are_capped_and_time_out() {
+    logs();
+    let fleet = Fleet::new();
+    let planned = plan(&["n", "good"], 1 << 30);
+    let nodes = start(&fleet, planned, &[("n", "good")], |cfg| {
+        cfg.handshakes_unauthenticated_max = 1;
+        cfg.handshake_timeout_ms = 1_000;
+    });
+    let n = &nodes[0];
+    // Let the node's own peer connect first (its handshake is done before the test starts).
+    assert!(
+        n.node
+            .wait_connected(&id("good"), Duration::from_secs(5))
+            .await
+    );
+    // A client that sends its Initial but never hears the answer holds the one slot...
+    let deaf = CuttableSocket::wrap(net::bind_udp("127.0.0.1:0".parse().unwrap(), 0).unwrap());
+    deaf.deaf.store(true, std::sync::atomic::Ordering::SeqCst);
+    let stuck = Raw::with_socket(&fleet.identity("good"), deaf.clone());
+    let connecting = stuck
+        .endpoint
+        .connect_with(stuck.config.clone(), n.addr, "n")
+        .unwrap();
+    let stuck_task =
+        tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(4), connecting).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...so the next handshake is refused before any TLS work.
+    let refused = Raw::new(&fleet.identity("good")).connect(n.addr, "n").await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(n.node.stats().handshakes_refused_cap, 1);
+    // The stuck handshake times out (handshake_timeout_ms) and frees its slot.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let conn = Raw::new(&fleet.identity("good"))
+        .connect(n.addr, "n")
+        .await
+        .expect("a slot is free again");
+    assert!(app_data_gets_through(&conn).await);
+    let _ = stuck_task.await;
+}

@@ -431,12 +431,22 @@ impl Raw {
     }
 
     pub fn with_tls(tls: rustls::ClientConfig) -> Raw {
+        let socket = net::bind_udp("127.0.0.1:0".parse().unwrap(), 8 << 20).expect("bind");
+        Raw::with_tls_on(tls, socket)
+    }
+
+    /// A raw client on a socket of the test's choosing (the socket seam).
+    pub fn with_socket(identity: &NodeIdentity, socket: Arc<dyn quinn::AsyncUdpSocket>) -> Raw {
+        let tls = net::tls::client_config(identity, Arc::new(SystemClock)).expect("client tls");
+        Raw::with_tls_on(tls, socket)
+    }
+
+    pub fn with_tls_on(tls: rustls::ClientConfig, socket: Arc<dyn quinn::AsyncUdpSocket>) -> Raw {
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
         let mut cfg = NetConfig::new(id("raw"), "127.0.0.1:0".parse().unwrap(), BTreeMap::new());
         quick(&mut cfg);
         config.transport_config(cfg.transport_config());
-        let socket = net::bind_udp("127.0.0.1:0".parse().unwrap(), 8 << 20).expect("bind");
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::default(),
             None,
@@ -487,6 +497,8 @@ pub async fn app_data_gets_through(conn: &quinn::Connection) -> bool {
 pub struct CuttableSocket {
     inner: Arc<dyn quinn::AsyncUdpSocket>,
     pub cut: AtomicBool,
+    /// Drop only what arrives (sending still works).
+    pub deaf: AtomicBool,
 }
 
 impl CuttableSocket {
@@ -494,6 +506,7 @@ impl CuttableSocket {
         Arc::new(CuttableSocket {
             inner,
             cut: AtomicBool::new(false),
+            deaf: AtomicBool::new(false),
         })
     }
 
@@ -522,7 +535,11 @@ impl quinn::AsyncUdpSocket for CuttableSocket {
     ) -> std::task::Poll<std::io::Result<usize>> {
         loop {
             match self.inner.poll_recv(cx, bufs, meta) {
-                std::task::Poll::Ready(Ok(_)) if self.cut.load(Ordering::SeqCst) => continue,
+                std::task::Poll::Ready(Ok(_))
+                    if self.cut.load(Ordering::SeqCst) || self.deaf.load(Ordering::SeqCst) =>
+                {
+                    continue;
+                }
                 other => return other,
             }
         }
