@@ -499,6 +499,8 @@ pub struct CuttableSocket {
     pub cut: AtomicBool,
     /// Drop only what arrives (sending still works).
     pub deaf: AtomicBool,
+    /// Every destination a datagram was sent to.
+    pub sent_to: Mutex<std::collections::BTreeSet<SocketAddr>>,
 }
 
 impl CuttableSocket {
@@ -507,6 +509,7 @@ impl CuttableSocket {
             inner,
             cut: AtomicBool::new(false),
             deaf: AtomicBool::new(false),
+            sent_to: Mutex::new(Default::default()),
         })
     }
 
@@ -521,6 +524,7 @@ impl quinn::AsyncUdpSocket for CuttableSocket {
     }
 
     fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
+        self.sent_to.lock().unwrap().insert(transmit.destination);
         if self.cut.load(Ordering::SeqCst) {
             return Ok(());
         }
