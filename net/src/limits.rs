@@ -68,6 +68,14 @@ pub const REDIAL_BACKOFF_BASE_MS_DEFAULT: u64 = 500;
 /// Longest re-dial delay.
 pub const REDIAL_BACKOFF_MAX_MS_DEFAULT: u64 = 30_000;
 
+// Tuning, measured with `cargo bench -p net --bench hop` on the 2-core machine of
+// MEASUREMENTS.md (both nodes in one process, medians of noisy runs): with these windows one
+// 1 GiB hop ran at ~190-300 MiB/s store-to-durable-ack (raw quinn in the same runs ~260-320);
+// with quinn's default windows ~188-245 MiB/s, i.e. up to ~20% slower, but peak RSS fell from
+// ~110 MiB to ~22 MiB: the windows are what the process's memory is made of. 8 MiB UDP
+// buffers against the 208 KiB default and 1 vs 2 vs 4 runtime workers made no difference
+// larger than the run-to-run noise (±30%) on loopback.
+
 /// QUIC per-stream receive window (MEASUREMENTS.md: 32 MiB).
 pub const STREAM_RECEIVE_WINDOW_BYTES_DEFAULT: u64 = 32 << 20;
 /// QUIC per-connection receive window (64 MiB).
