@@ -108,7 +108,7 @@ async fn supervised_connection_comes_back_after_the_network_heals() {
         cfg.redial_backoff_max_ms = 400;
     });
     let (a, b) = (&nodes[0], &nodes[1]);
-    // Kept up although nothing is due.
+    // Kept up although nothing is due: keep-alives outlast the idle timeout (1 s).
     assert!(
         a.node
             .wait_connected(&id("b"), Duration::from_secs(5))
@@ -119,6 +119,12 @@ async fn supervised_connection_comes_back_after_the_network_heals() {
             .wait_connected(&id("a"), Duration::from_secs(5))
             .await
     );
+    // (Let any duplicate from simultaneous dials settle first.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let closed_before = a.node.stats().connections_closed;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(a.node.peers()[0].connected);
+    assert_eq!(a.node.stats().connections_closed, closed_before);
 
     cuttable.set_cut(true);
     assert!(

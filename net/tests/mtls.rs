@@ -56,11 +56,17 @@ fn inv_09_pki_files_and_their_errors() {
     assert!("Bad_Id".parse::<net::NodeId>().is_err());
 }
 
-/// Starts node "n" knowing only "good"; returns it with its fleet.
+/// Starts node "n" knowing "good" (a running node) and "probe" (used by raw clients).
 fn server() -> (Fleet, Vec<TestNode>) {
     let fleet = Fleet::new();
     let planned = plan(&["n", "good"], 1 << 30);
-    let nodes = start(&fleet, planned, &[("n", "good")], |_| {});
+    let nodes = start(&fleet, planned, &[("n", "good")], |cfg| {
+        // "probe" is known but runs no node: raw clients use its identity.
+        if cfg.node_id.as_str() == "n" {
+            cfg.known_peers
+                .insert(id("probe"), "127.0.0.1:9".parse().unwrap());
+        }
+    });
     (fleet, nodes)
 }
 
@@ -97,7 +103,7 @@ async fn refused(client: Raw, n: &TestNode, server_name: &str) {
             .lock()
             .unwrap()
             .iter()
-            .all(|p| p == "good")
+            .all(|p| p == "good" || p == "probe")
     );
     assert!(stored_ids(&n.store).is_empty());
 }
@@ -167,7 +173,7 @@ async fn inv_09_wrong_alpn_is_refused() {
 async fn inv_09_known_peer_gets_through_and_nodes_report_handshake_refusals() {
     logs();
     let (fleet, nodes) = server();
-    let conn = Raw::new(&fleet.identity("good"))
+    let conn = Raw::new(&fleet.identity("probe"))
         .connect(nodes[0].addr, "n")
         .await
         .expect("a known peer connects");
@@ -205,6 +211,10 @@ async fn inv_18_unauthenticated_handshakes_are_capped_and_time_out() {
     let nodes = start(&fleet, planned, &[("n", "good")], |cfg| {
         cfg.handshakes_unauthenticated_max = 1;
         cfg.handshake_timeout_ms = 1_000;
+        if cfg.node_id.as_str() == "n" {
+            cfg.known_peers
+                .insert(id("probe"), "127.0.0.1:9".parse().unwrap());
+        }
     });
     let n = &nodes[0];
     // Let the node's own peer connect first (its handshake is done before the test starts).
@@ -216,7 +226,7 @@ async fn inv_18_unauthenticated_handshakes_are_capped_and_time_out() {
     // A client that sends its Initial but never hears the answer holds the one slot...
     let deaf = CuttableSocket::wrap(net::bind_udp("127.0.0.1:0".parse().unwrap(), 0).unwrap());
     deaf.deaf.store(true, std::sync::atomic::Ordering::SeqCst);
-    let stuck = Raw::with_socket(&fleet.identity("good"), deaf.clone());
+    let stuck = Raw::with_socket(&fleet.identity("probe"), deaf.clone());
     let connecting = stuck
         .endpoint
         .connect_with(stuck.config.clone(), n.addr, "n")
@@ -225,12 +235,14 @@ async fn inv_18_unauthenticated_handshakes_are_capped_and_time_out() {
         tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(4), connecting).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     // ...so the next handshake is refused before any TLS work.
-    let refused = Raw::new(&fleet.identity("good")).connect(n.addr, "n").await;
+    let refused = Raw::new(&fleet.identity("probe"))
+        .connect(n.addr, "n")
+        .await;
     assert!(refused.is_err(), "{refused:?}");
     assert_eq!(n.node.stats().handshakes_refused_cap, 1);
     // The stuck handshake times out (handshake_timeout_ms) and frees its slot.
     tokio::time::sleep(Duration::from_millis(1_300)).await;
-    let conn = Raw::new(&fleet.identity("good"))
+    let conn = Raw::new(&fleet.identity("probe"))
         .connect(n.addr, "n")
         .await
         .expect("a slot is free again");
