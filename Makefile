@@ -18,6 +18,7 @@ lint:
 bench:
 	./scripts/bench-store.sh
 	$(CARGO) bench -p relay --bench relay
+	$(CARGO) bench -p net --bench hop
 
 clean:
 	$(CARGO) clean

@@ -33,4 +33,4 @@ pub use error::{IngestError, StoreError};
 pub use id::SegmentId;
 pub use ingest::{Begin, Ingest, IngestOptions, IngestOutcome, Stored};
 pub use read::{Exported, ScrubReport, SegmentReader};
-pub use store::{Holding, RecoveryReport, SegmentInfo, Store, StoreConfig};
+pub use store::{HeldDigest, Holding, RecoveryReport, SegmentInfo, Store, StoreConfig};

@@ -1,6 +1,7 @@
 //! The store: opening a data directory, recovery, accounting, queries and eviction.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -91,6 +92,50 @@ pub struct SegmentInfo {
     pub row: SegmentRow,
     /// Owners pinning it (e.g. `relay:peer-b`), sorted.
     pub pins: Vec<String>,
+}
+
+/// Size and hash of the set of ids a store holds (stored or tombstoned), for catch-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldDigest {
+    pub count: u64,
+    /// blake3 over the sorted 32-byte ids, concatenated.
+    pub hash: [u8; 32],
+}
+
+/// Feeds the union of two id-sorted streams to `each`, in order and without duplicates, until
+/// `each` returns false or both end.
+fn merge_sorted<A, B, F>(a: A, b: B, mut each: F) -> Result<(), StoreError>
+where
+    A: Iterator<Item = Result<SegmentId, StoreError>>,
+    B: Iterator<Item = Result<SegmentId, StoreError>>,
+    F: FnMut(SegmentId) -> bool,
+{
+    let mut a = a.peekable();
+    let mut b = b.peekable();
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (None, None) => return Ok(()),
+            (Some(Err(_)), _) => {
+                return Err(a.next().and_then(Result::err).unwrap_or(StoreError::Closed));
+            }
+            (_, Some(Err(_))) => {
+                return Err(b.next().and_then(Result::err).unwrap_or(StoreError::Closed));
+            }
+            (Some(Ok(x)), Some(Ok(y))) if x == y => {
+                b.next();
+                a.next()
+            }
+            (Some(Ok(x)), Some(Ok(y))) if x < y => a.next(),
+            (Some(Ok(_)), Some(Ok(_))) => b.next(),
+            (Some(Ok(_)), None) => a.next(),
+            (None, Some(Ok(_))) => b.next(),
+        };
+        if let Some(Ok(id)) = next {
+            if !each(id) {
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// What this store holds of an id.
@@ -347,6 +392,64 @@ impl Store {
             return Ok(Holding::Partial { offset: row.offset });
         }
         Ok(Holding::Absent)
+    }
+
+    /// Ids this store holds for catch-up — stored or tombstoned (a tombstoned id counts as held:
+    /// re-offers of it are answered "have") — in id order, strictly after `after`, at most
+    /// `limit` of them. One read transaction; nothing is allocated beyond `limit` ids.
+    pub fn held_ids_after(
+        &self,
+        after: Option<&SegmentId>,
+        limit: usize,
+    ) -> Result<Vec<SegmentId>, StoreError> {
+        let read = self.inner.db.begin_read().map_err(db)?;
+        let segments = read.open_table(SEGMENTS).map_err(db)?;
+        let tombstones = read.open_table(tables::TOMBSTONES).map_err(db)?;
+        let lower = match after {
+            Some(id) => Bound::Excluded(&id.0),
+            None => Bound::Unbounded,
+        };
+        let a = segments
+            .range::<&[u8; 32]>((lower, Bound::Unbounded))
+            .map_err(db)?
+            .map(|e| e.map(|(k, _)| SegmentId(*k.value())).map_err(db));
+        let b = tombstones
+            .range::<&[u8; 32]>((lower, Bound::Unbounded))
+            .map_err(db)?
+            .map(|e| e.map(|(k, _)| SegmentId(*k.value())).map_err(db));
+        let mut out = Vec::with_capacity(limit.min(4096));
+        merge_sorted(a, b, |id| {
+            out.push(id);
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+
+    /// Digest of the held id set (see [`Store::held_ids_after`]): its size and the blake3 of the
+    /// sorted ids concatenated. Two stores with equal digests hold the same ids.
+    pub fn held_digest(&self) -> Result<HeldDigest, StoreError> {
+        let read = self.inner.db.begin_read().map_err(db)?;
+        let segments = read.open_table(SEGMENTS).map_err(db)?;
+        let tombstones = read.open_table(tables::TOMBSTONES).map_err(db)?;
+        let a = segments
+            .iter()
+            .map_err(db)?
+            .map(|e| e.map(|(k, _)| SegmentId(*k.value())).map_err(db));
+        let b = tombstones
+            .iter()
+            .map_err(db)?
+            .map(|e| e.map(|(k, _)| SegmentId(*k.value())).map_err(db));
+        let mut hasher = blake3::Hasher::new();
+        let mut count = 0u64;
+        merge_sorted(a, b, |id| {
+            hasher.update(&id.0);
+            count += 1;
+            true
+        })?;
+        Ok(HeldDigest {
+            count,
+            hash: *hasher.finalize().as_bytes(),
+        })
     }
 
     /// Quarantined segments with their reasons, in id order.

@@ -1,0 +1,148 @@
+//! The command line, as clap parses it. Validation beyond syntax happens in the commands.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Default configuration file.
+pub const CONFIG_DEFAULT: &str = "/etc/edged/edge.toml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edged",
+    version,
+    about = "Relay signed content through an airgapped fleet",
+    after_help = "Exit codes: 0 success; 1 the command failed (a file rejected, a segment not verified); \
+                  2 bad command line; 3 invalid configuration; 4 data directory held by another process; \
+                  5 storage failure."
+)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug). EDGED_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publisher keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Make and check signed segment files (.seg).
+    #[command(subcommand)]
+    Segment(SegmentCommand),
+    /// USB in: store every regular .seg file of DIR (verified; symlinks, FIFOs and devices skipped).
+    Import(ImportArgs),
+    /// USB out: write stored segments into DIR as <id>.seg, atomically.
+    Export(ExportArgs),
+    /// List stored segments and their propagation.
+    Segments(SegmentsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Configuration file.
+    #[arg(long, short = 'c', env = "EDGED_CONFIG", default_value = CONFIG_DEFAULT)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Generate a publisher key (file mode 0600) and print its public key as the config expects it.
+    Gen {
+        /// Where to write the secret key; an existing file is never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SegmentCommand {
+    /// Sign INPUT into a segment file.
+    Create(CreateArgs),
+    /// Show a segment file's manifest (does not check the signature: use verify).
+    Inspect {
+        file: PathBuf,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a segment file: signature by a trusted key, freshness, payload length and hash.
+    Verify {
+        /// A trusted publisher key (`ed25519:<hex>`); repeat for several.
+        #[arg(long = "trust", required = true)]
+        trust: Vec<String>,
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Publisher secret key file (from `edged key gen`).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Name shown to operators (at most 255 bytes).
+    #[arg(long)]
+    pub name: String,
+    /// Channel ([a-z0-9][a-z0-9._-]*).
+    #[arg(long, default_value = store::limits::CHANNEL_DEFAULT)]
+    pub channel: String,
+    /// Publisher's sequence number, recorded and shown.
+    #[arg(long, default_value_t = 1)]
+    pub sequence: u64,
+    /// When the segment counts as propagated: all_peers or one_peer.
+    #[arg(long, default_value = "all_peers")]
+    pub condition: String,
+    /// Lifetime from now, e.g. `30d`, `12h`; none by default.
+    #[arg(long)]
+    pub expires: Option<humantime::Duration>,
+    /// 0..=255, higher is more important (sent first, evicted last).
+    #[arg(long, default_value_t = store::limits::PRIORITY_DEFAULT)]
+    pub priority: u8,
+    /// File to sign.
+    pub input: PathBuf,
+    /// Segment file to write (written atomically; an existing file is not overwritten).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Directory to read (not recursive; never written to).
+    pub dir: PathBuf,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Directory to write into (must exist).
+    #[arg(long)]
+    pub to: PathBuf,
+    /// Export every stored segment.
+    #[arg(long, conflicts_with_all = ["channel", "ids"])]
+    pub all: bool,
+    /// Export the segments of this channel.
+    #[arg(long, conflicts_with = "ids")]
+    pub channel: Option<String>,
+    /// Segment ids or unique prefixes (at least 4 hex characters).
+    pub ids: Vec<String>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SegmentsArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}

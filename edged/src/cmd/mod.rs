@@ -1,0 +1,47 @@
+//! One module per command; each returns a [`Failure`] carrying its exit code.
+
+mod export;
+mod import;
+mod key;
+mod segment;
+mod segments;
+
+use std::sync::Arc;
+
+use crate::cli::{Cli, Command, KeyCommand, SegmentCommand};
+use crate::config::Config;
+use crate::exit::{BUSY, CliResult, Failure};
+
+pub fn run(cli: Cli) -> CliResult {
+    match cli.command {
+        Command::Key(KeyCommand::Gen { out }) => key::generate(&out),
+        Command::Segment(SegmentCommand::Create(args)) => segment::create(&args),
+        Command::Segment(SegmentCommand::Inspect { file, json }) => segment::inspect(&file, json),
+        Command::Segment(SegmentCommand::Verify { trust, file }) => segment::verify(&trust, &file),
+        Command::Import(args) => import::run(&args),
+        Command::Export(args) => export::run(&args),
+        Command::Segments(args) => segments::run(&args),
+    }
+}
+
+/// Opens the node's store directly (the daemon is not running), with a clear message when some
+/// other process holds it.
+pub(crate) fn open_store_direct(cfg: &Config) -> CliResult<store::Store> {
+    let fs: Arc<dyn store::fs::Fs> = Arc::new(store::fs::RealFs);
+    match store::Store::open(cfg.store.clone(), fs, crate::clock::now_ms()) {
+        Ok((store, report)) => {
+            if !report.is_clean() {
+                tracing::warn!(?report, "store recovered from an unclean shutdown");
+            }
+            Ok(store)
+        }
+        Err(store::StoreError::Locked { path }) => Err(Failure::new(
+            BUSY,
+            anyhow::anyhow!(
+                "the data directory's database {} is held by another process (a running edged daemon?); stop it, or run this command where it can reach the daemon",
+                path.display()
+            ),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}

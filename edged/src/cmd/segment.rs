@@ -1,0 +1,229 @@
+//! `edged segment create | inspect | verify`.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+use store::keys::{PublisherKey, PublisherSecret, TrustedPublishers};
+use store::limits::{MANIFEST_FORMAT_VERSION, STREAM_BUF_BYTES};
+use store::manifest::{Manifest, SignedManifest, SuccessCondition};
+use store::segfile;
+
+use crate::cli::CreateArgs;
+use crate::clock::{format_ms, now_ms};
+use crate::exit::{CliResult, Failure};
+use crate::output;
+
+pub fn create(args: &CreateArgs) -> CliResult {
+    let secret = PublisherSecret::load(&args.key).map_err(Failure::failed)?;
+    let condition: SuccessCondition = args.condition.parse().map_err(Failure::failed)?;
+    let now = now_ms();
+    let open =
+        || File::open(&args.input).with_context(|| format!("cannot read {}", args.input.display()));
+    // Two passes over the input: the manifest (signed first) carries the payload's hash.
+    let (payload_len, payload_hash) =
+        segfile::hash_reader(BufReader::new(open().map_err(Failure::failed)?))
+            .with_context(|| format!("cannot read {}", args.input.display()))
+            .map_err(Failure::failed)?;
+    let expires_at_ms = args
+        .expires
+        .map(|d| now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)));
+    let manifest = Manifest {
+        format_version: MANIFEST_FORMAT_VERSION,
+        publisher: secret.public(),
+        name: args.name.clone(),
+        channel: args.channel.clone(),
+        sequence: args.sequence,
+        created_at_ms: now,
+        expires_at_ms,
+        condition,
+        priority: args.priority,
+        payload_len,
+        payload_hash,
+    };
+    let signed = SignedManifest::sign(manifest, &secret).map_err(Failure::failed)?;
+    write_atomically(&args.out, |out| {
+        // The copy re-hashes the input: a file changed between the passes is refused.
+        segfile::write_seg(out, &signed, BufReader::new(open()?)).with_context(|| {
+            format!(
+                "{} changed while it was being signed, or cannot be read",
+                args.input.display()
+            )
+        })?;
+        Ok(())
+    })
+    .map_err(Failure::failed)?;
+    eprintln!(
+        "{} ({}) written",
+        args.out.display(),
+        output::bytes(payload_len)
+    );
+    println!("{}", signed.id());
+    Ok(())
+}
+
+/// Writes `path` through a temp file in the same directory: fsync, then a hard link (which
+/// refuses an existing target), so a crash never leaves a half-written file under `path`.
+fn write_atomically(
+    path: &Path,
+    fill: impl FnOnce(&mut BufWriter<&mut File>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    if path.symlink_metadata().is_ok() {
+        anyhow::bail!("{} already exists; not overwriting it", path.display());
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        {
+            let mut w = BufWriter::with_capacity(STREAM_BUF_BYTES, &mut file);
+            fill(&mut w)?;
+            w.flush()
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+        }
+        file.sync_all()
+            .with_context(|| format!("cannot fsync {}", tmp.display()))?;
+        std::fs::hard_link(&tmp, path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot fsync {}", dir.display()))?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+#[derive(Debug, Serialize)]
+struct Inspected {
+    id: String,
+    name: String,
+    channel: String,
+    sequence: u64,
+    publisher: String,
+    created_at: String,
+    expires_at: Option<String>,
+    condition: String,
+    priority: u8,
+    payload_bytes: u64,
+    payload_blake3: String,
+    file_bytes: u64,
+    file_length_ok: bool,
+}
+
+pub fn inspect(path: &Path, json: bool) -> CliResult {
+    let mut file = File::open(path)
+        .with_context(|| format!("cannot read {}", path.display()))
+        .map_err(Failure::failed)?;
+    let file_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let signed = segfile::read_header(&mut file)
+        .with_context(|| format!("{} is not a valid segment file", path.display()))
+        .map_err(Failure::failed)?;
+    let m = signed.manifest();
+    let expected = segfile::seg_file_len(signed.encoded_len() as u32, m.payload_len);
+    let info = Inspected {
+        id: signed.id().to_string(),
+        name: m.name.clone(),
+        channel: m.channel.clone(),
+        sequence: m.sequence,
+        publisher: m.publisher.to_string(),
+        created_at: format_ms(m.created_at_ms),
+        expires_at: m.expires_at_ms.map(format_ms),
+        condition: m.condition.to_string(),
+        priority: m.priority,
+        payload_bytes: m.payload_len,
+        payload_blake3: hex::encode(m.payload_hash),
+        file_bytes,
+        file_length_ok: expected == file_bytes,
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&info).map_err(Failure::failed)?
+        );
+    } else {
+        let rows = vec![
+            vec!["id".into(), info.id.clone()],
+            vec!["name".into(), info.name.clone()],
+            vec!["channel".into(), info.channel.clone()],
+            vec!["sequence".into(), info.sequence.to_string()],
+            vec!["publisher".into(), info.publisher.clone()],
+            vec!["created".into(), info.created_at.clone()],
+            vec![
+                "expires".into(),
+                info.expires_at.clone().unwrap_or_else(|| "never".into()),
+            ],
+            vec!["condition".into(), info.condition.clone()],
+            vec!["priority".into(), info.priority.to_string()],
+            vec![
+                "payload".into(),
+                format!(
+                    "{} ({} bytes)",
+                    output::bytes(info.payload_bytes),
+                    info.payload_bytes
+                ),
+            ],
+            vec!["blake3".into(), info.payload_blake3.clone()],
+            vec![
+                "file length".into(),
+                if info.file_length_ok {
+                    format!("{} bytes, as declared", file_bytes)
+                } else {
+                    format!("{file_bytes} bytes, header declares {expected}: truncated or padded")
+                },
+            ],
+            vec![
+                "signature".into(),
+                "not checked (use `edged segment verify`)".into(),
+            ],
+        ];
+        print!("{}", output::table(&["field", "value"], &rows));
+    }
+    Ok(())
+}
+
+pub fn verify(trust: &[String], path: &Path) -> CliResult {
+    let mut keys = Vec::with_capacity(trust.len());
+    for text in trust {
+        let key: PublisherKey = text
+            .parse()
+            .with_context(|| format!("--trust {text}"))
+            .map_err(|e| Failure::new(crate::exit::USAGE, e))?;
+        keys.push(key);
+    }
+    let trusted: TrustedPublishers = keys.into_iter().collect();
+    let file = File::open(path)
+        .with_context(|| format!("cannot read {}", path.display()))
+        .map_err(Failure::failed)?;
+    let skew_ms = crate::config::CLOCK_SKEW_MAX_S_DEFAULT * 1000;
+    let signed = segfile::verify_seg_file(
+        BufReader::with_capacity(STREAM_BUF_BYTES, file),
+        &trusted,
+        now_ms(),
+        skew_ms,
+    )
+    .with_context(|| format!("{} does not verify", path.display()))
+    .map_err(Failure::failed)?;
+    println!(
+        "{}  OK  {} ({})",
+        signed.id(),
+        signed.manifest().name,
+        signed.manifest().publisher
+    );
+    Ok(())
+}

@@ -1,0 +1,383 @@
+//! `edge.toml`: the node's one configuration file.
+//!
+//! Parsing is strict — an unknown key is an error, not a silent typo — and validation names the
+//! offending key and the file (INV-21). Every key, with its default, is documented in
+//! `edge.toml.example` at the repository root; keys put their unit last (`ceiling_bytes`).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use store::keys::{PublisherKey, TrustedPublishers};
+use store::limits::{
+    HEADER_BYTES_MAX, MIN_FREE_BYTES_DEFAULT, PARTIAL_AGE_MAX_MS_DEFAULT, PAYLOAD_BYTES_MAX,
+    SEG_PREAMBLE_BYTES, TOMBSTONES_MAX_DEFAULT,
+};
+
+/// Longest node id: a DNS label.
+pub const NODE_ID_BYTES_MAX: usize = 63;
+/// Unix socket paths are limited to 108 bytes including the terminating NUL.
+pub const SOCKET_PATH_BYTES_MAX: usize = 107;
+/// Largest config file read.
+pub const CONFIG_FILE_BYTES_MAX: u64 = 1 << 20;
+/// Default name of the control socket inside the data directory.
+pub const CONTROL_SOCKET_DEFAULT: &str = "control.sock";
+/// Default allowed clock skew in freshness checks.
+pub const CLOCK_SKEW_MAX_S_DEFAULT: u64 = 300;
+
+/// A config file that cannot be used, with the key and the file it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: file is {len} bytes, more than the {max} accepted")]
+    TooLarge { path: PathBuf, len: u64, max: u64 },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// The file as written, before validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node_id: String,
+    listen_addr: String,
+    data_dir: PathBuf,
+    control_socket: Option<PathBuf>,
+    #[serde(default)]
+    log_format: LogFormat,
+    metrics_addr: Option<String>,
+    #[serde(default = "default_clock_skew")]
+    clock_skew_max_s: u64,
+    tls: RawTls,
+    #[serde(default)]
+    known_peers: Vec<RawPeer>,
+    publishers: RawPublishers,
+    store: RawStore,
+}
+
+fn default_clock_skew() -> u64 {
+    CLOCK_SKEW_MAX_S_DEFAULT
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca_cert: PathBuf,
+    node_cert: PathBuf,
+    node_key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    id: String,
+    addr: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPublishers {
+    trusted: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    ceiling_bytes: u64,
+    #[serde(default = "default_min_free")]
+    min_free_bytes: u64,
+    #[serde(default)]
+    pinned_channels: Vec<String>,
+    #[serde(default = "default_tombstones")]
+    tombstones_max: u64,
+    #[serde(default = "default_partial_age")]
+    partial_age_max_ms: u64,
+}
+
+fn default_min_free() -> u64 {
+    MIN_FREE_BYTES_DEFAULT
+}
+fn default_tombstones() -> u64 {
+    TOMBSTONES_MAX_DEFAULT
+}
+fn default_partial_age() -> u64 {
+    PARTIAL_AGE_MAX_MS_DEFAULT
+}
+
+/// A peer this node talks to: its certificate id and where to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub id: String,
+    pub addr: SocketAddr,
+}
+
+/// Paths of the node's TLS material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub ca_cert: PathBuf,
+    pub node_cert: PathBuf,
+    pub node_key: PathBuf,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+#[allow(dead_code)] // network and daemon fields are read by `edged run`, added next
+pub struct Config {
+    /// The file it was read from (for messages).
+    pub path: PathBuf,
+    pub node_id: String,
+    pub listen_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub control_socket: PathBuf,
+    pub log_format: LogFormat,
+    pub metrics_addr: Option<SocketAddr>,
+    pub clock_skew_max_s: u64,
+    pub tls: Tls,
+    pub known_peers: Vec<Peer>,
+    pub trusted: TrustedPublishers,
+    pub store: store::StoreConfig,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let read = |source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let len = std::fs::metadata(path).map_err(read)?.len();
+        if len > CONFIG_FILE_BYTES_MAX {
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+                len,
+                max: CONFIG_FILE_BYTES_MAX,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and validates `text` as if read from `path`. Relative paths in it are taken
+    /// relative to the directory of `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        validate(path, raw)
+    }
+}
+
+fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        path: path.to_owned(),
+        key: key.to_owned(),
+        message,
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    let resolve = |p: &Path| {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            base.join(p)
+        }
+    };
+
+    check_node_id(&raw.node_id).map_err(|m| invalid("node_id", m))?;
+    let listen_addr: SocketAddr = raw
+        .listen_addr
+        .parse()
+        .map_err(|e| invalid("listen_addr", format!("`{}`: {e}", raw.listen_addr)))?;
+    let data_dir = resolve(&raw.data_dir);
+    let control_socket = raw
+        .control_socket
+        .as_deref()
+        .map(resolve)
+        .unwrap_or_else(|| data_dir.join(CONTROL_SOCKET_DEFAULT));
+    let socket_len = control_socket.as_os_str().len();
+    if socket_len > SOCKET_PATH_BYTES_MAX {
+        let key = if raw.control_socket.is_some() {
+            "control_socket"
+        } else {
+            "data_dir"
+        };
+        return Err(invalid(
+            key,
+            format!(
+                "control socket path {} is {socket_len} bytes; Unix sockets allow at most {SOCKET_PATH_BYTES_MAX} (set control_socket to a shorter path)",
+                control_socket.display()
+            ),
+        ));
+    }
+    let metrics_addr = match &raw.metrics_addr {
+        None => None,
+        Some(text) => {
+            let addr: SocketAddr = text
+                .parse()
+                .map_err(|e| invalid("metrics_addr", format!("`{text}`: {e}")))?;
+            if !addr.ip().is_loopback() {
+                return Err(invalid(
+                    "metrics_addr",
+                    format!(
+                        "`{text}` is not a loopback address; metrics are served on localhost only"
+                    ),
+                ));
+            }
+            Some(addr)
+        }
+    };
+
+    let tls = Tls {
+        ca_cert: resolve(&raw.tls.ca_cert),
+        node_cert: resolve(&raw.tls.node_cert),
+        node_key: resolve(&raw.tls.node_key),
+    };
+    for (key, file) in [
+        ("tls.ca_cert", &tls.ca_cert),
+        ("tls.node_cert", &tls.node_cert),
+        ("tls.node_key", &tls.node_key),
+    ] {
+        std::fs::File::open(file)
+            .map_err(|e| invalid(key, format!("cannot read {}: {e}", file.display())))?;
+    }
+
+    let mut known_peers = Vec::with_capacity(raw.known_peers.len());
+    let mut seen = BTreeSet::new();
+    for (i, peer) in raw.known_peers.iter().enumerate() {
+        let key = format!("known_peers[{i}]");
+        check_node_id(&peer.id).map_err(|m| invalid(&format!("{key}.id"), m))?;
+        if peer.id == raw.node_id {
+            return Err(invalid(
+                &format!("{key}.id"),
+                format!("`{}` is this node's own id", peer.id),
+            ));
+        }
+        if !seen.insert(peer.id.clone()) {
+            return Err(invalid(
+                &format!("{key}.id"),
+                format!("peer `{}` is listed twice", peer.id),
+            ));
+        }
+        let addr: SocketAddr = peer
+            .addr
+            .parse()
+            .map_err(|e| invalid(&format!("{key}.addr"), format!("`{}`: {e}", peer.addr)))?;
+        known_peers.push(Peer {
+            id: peer.id.clone(),
+            addr,
+        });
+    }
+
+    if raw.publishers.trusted.is_empty() {
+        return Err(invalid(
+            "publishers.trusted",
+            "no trusted publisher: this node would reject every segment".into(),
+        ));
+    }
+    let mut keys = Vec::new();
+    for (i, text) in raw.publishers.trusted.iter().enumerate() {
+        let key: PublisherKey = text
+            .parse()
+            .map_err(|e| invalid(&format!("publishers.trusted[{i}]"), format!("{e}")))?;
+        keys.push(key);
+    }
+    let trusted: TrustedPublishers = keys.into_iter().collect();
+
+    let smallest_ceiling = SEG_PREAMBLE_BYTES + u64::from(HEADER_BYTES_MAX);
+    if raw.store.ceiling_bytes <= smallest_ceiling {
+        return Err(invalid(
+            "store.ceiling_bytes",
+            format!(
+                "{} bytes cannot hold even an empty segment ({smallest_ceiling} bytes of header)",
+                raw.store.ceiling_bytes
+            ),
+        ));
+    }
+    let largest = SEG_PREAMBLE_BYTES + u64::from(HEADER_BYTES_MAX) + PAYLOAD_BYTES_MAX;
+    if raw.store.ceiling_bytes < largest {
+        tracing::debug!(
+            ceiling_bytes = raw.store.ceiling_bytes,
+            largest_segment_bytes = largest,
+            "store ceiling is below the largest allowed segment; larger segments are refused as store full"
+        );
+    }
+    if raw.store.tombstones_max == 0 {
+        return Err(invalid(
+            "store.tombstones_max",
+            "must be at least 1, or evicted segments are fetched again and again".into(),
+        ));
+    }
+    let mut pinned_channels = BTreeSet::new();
+    for (i, channel) in raw.store.pinned_channels.iter().enumerate() {
+        store::manifest::validate_channel(channel).map_err(|e| {
+            invalid(
+                &format!("store.pinned_channels[{i}]"),
+                format!("`{channel}`: {e}"),
+            )
+        })?;
+        pinned_channels.insert(channel.clone());
+    }
+
+    let mut store_cfg =
+        store::StoreConfig::new(&data_dir, raw.store.ceiling_bytes, trusted.clone());
+    store_cfg.min_free_bytes = raw.store.min_free_bytes;
+    store_cfg.tombstones_max = raw.store.tombstones_max;
+    store_cfg.partial_age_max_ms = raw.store.partial_age_max_ms;
+    store_cfg.pinned_channels = pinned_channels;
+    store_cfg.clock_skew_ms = raw.clock_skew_max_s.saturating_mul(1000);
+
+    Ok(Config {
+        path: path.to_owned(),
+        node_id: raw.node_id,
+        listen_addr,
+        data_dir,
+        control_socket,
+        log_format: raw.log_format,
+        metrics_addr,
+        clock_skew_max_s: raw.clock_skew_max_s,
+        tls,
+        known_peers,
+        trusted,
+        store: store_cfg,
+    })
+}
+
+/// A node id is a DNS label: `[a-z0-9-]{1,63}`, not starting or ending with `-`. It is the DNS
+/// name in the node's certificate.
+pub fn check_node_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > NODE_ID_BYTES_MAX {
+        return Err(format!(
+            "`{id}` must be 1 to {NODE_ID_BYTES_MAX} characters"
+        ));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        || id.starts_with('-')
+        || id.ends_with('-')
+    {
+        return Err(format!(
+            "`{id}` must use only a-z, 0-9 and '-', not at either end"
+        ));
+    }
+    Ok(())
+}

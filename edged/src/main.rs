@@ -1,0 +1,45 @@
+//! `edged`: relay signed content through an airgapped fleet.
+//!
+//! `main` parses the command line, runs the command, and maps its error to a documented exit
+//! code (see [`exit`]).
+
+mod cli;
+mod clock;
+mod cmd;
+mod config;
+#[allow(dead_code)] // the daemon side is added with `edged run`
+mod control;
+mod exit;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    init_logging(args.verbose);
+    match cmd::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("edged: error: {:#}", failure.error);
+            failure.exit_code()
+        }
+    }
+}
+
+/// Command-line tools log warnings to stderr; `-v` shows more. The daemon sets up its own.
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGED_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

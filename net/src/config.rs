@@ -1,0 +1,216 @@
+//! [`NetConfig`]: everything the network layer can be told, with defaults from [`crate::limits`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+use store::limits::SIGNED_MANIFEST_BYTES_MAX;
+
+use crate::limits::*;
+use crate::pki::NodeId;
+
+/// The network layer's configuration. Names put their unit last; [`NetConfig::new`] fills in the
+/// defaults of [`crate::limits`]; [`NetConfig::validate`] names the key of a bad value.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// This node's id; must be the id its certificate names.
+    pub node_id: NodeId,
+    /// Where the node's UDP socket listens (when the node binds it itself).
+    pub listen_addr: SocketAddr,
+    /// The peers this node connects to and accepts, by id, with the address to dial. The address
+    /// is only where to send packets (it may be a proxy); the id is checked in the certificate.
+    pub known_peers: BTreeMap<NodeId, SocketAddr>,
+    pub handshake_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub keep_alive_interval_ms: u64,
+    /// No payload progress for this long fails a transfer as `TimedOut` (INV-18).
+    pub stall_timeout_ms: u64,
+    /// Longest wait for a control frame, including the final `Ack`.
+    pub response_timeout_ms: u64,
+    pub frame_bytes_max: usize,
+    pub streams_per_peer_max: u32,
+    pub connections_per_peer_max: usize,
+    pub handshakes_unauthenticated_max: usize,
+    /// Periodic catch-up per connection; 0 disables the periodic rounds (the one on connect
+    /// still runs unless `catchup_on_connect` is false).
+    pub catchup_interval_ms: u64,
+    pub catchup_on_connect: bool,
+    pub catchup_pulls_concurrent: usize,
+    /// The receiver checkpoints (fsync + partial record) after this many payload bytes.
+    pub checkpoint_bytes: u64,
+    pub redial_backoff_base_ms: u64,
+    pub redial_backoff_max_ms: u64,
+    pub stream_receive_window_bytes: u64,
+    pub receive_window_bytes: u64,
+    pub send_window_bytes: u64,
+    /// Requested UDP socket buffers (receive and send); 0 keeps the system default.
+    pub udp_buffer_bytes: usize,
+    /// Seed of every random choice of the node (re-dial jitter) and of quinn's endpoint RNG
+    /// (connection ids, ...). `None` seeds from the clock and lets quinn pick its own.
+    pub rng_seed: Option<u64>,
+}
+
+/// A configuration value out of range; names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid network configuration: {key}: {reason}")]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub reason: String,
+}
+
+impl NetConfig {
+    /// A configuration with every default.
+    pub fn new(
+        node_id: NodeId,
+        listen_addr: SocketAddr,
+        known_peers: BTreeMap<NodeId, SocketAddr>,
+    ) -> Self {
+        NetConfig {
+            node_id,
+            listen_addr,
+            known_peers,
+            handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
+            idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
+            keep_alive_interval_ms: KEEP_ALIVE_INTERVAL_MS_DEFAULT,
+            stall_timeout_ms: STALL_TIMEOUT_MS_DEFAULT,
+            response_timeout_ms: RESPONSE_TIMEOUT_MS_DEFAULT,
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+            streams_per_peer_max: STREAMS_PER_PEER_MAX_DEFAULT,
+            connections_per_peer_max: CONNECTIONS_PER_PEER_MAX_DEFAULT,
+            handshakes_unauthenticated_max: HANDSHAKES_UNAUTHENTICATED_MAX_DEFAULT,
+            catchup_interval_ms: CATCHUP_INTERVAL_MS_DEFAULT,
+            catchup_on_connect: true,
+            catchup_pulls_concurrent: CATCHUP_PULLS_CONCURRENT_DEFAULT,
+            checkpoint_bytes: CHECKPOINT_BYTES_DEFAULT,
+            redial_backoff_base_ms: REDIAL_BACKOFF_BASE_MS_DEFAULT,
+            redial_backoff_max_ms: REDIAL_BACKOFF_MAX_MS_DEFAULT,
+            stream_receive_window_bytes: STREAM_RECEIVE_WINDOW_BYTES_DEFAULT,
+            receive_window_bytes: RECEIVE_WINDOW_BYTES_DEFAULT,
+            send_window_bytes: SEND_WINDOW_BYTES_DEFAULT,
+            udp_buffer_bytes: UDP_BUFFER_BYTES_DEFAULT,
+            rng_seed: None,
+        }
+    }
+
+    /// Checks every value and the relations between them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key, reason: String| Err(ConfigError { key, reason });
+        if self.known_peers.contains_key(&self.node_id) {
+            return err(
+                "known_peers",
+                format!("lists this node's own id {}", self.node_id),
+            );
+        }
+        for (key, v) in [
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("keep_alive_interval_ms", self.keep_alive_interval_ms),
+            ("stall_timeout_ms", self.stall_timeout_ms),
+            ("response_timeout_ms", self.response_timeout_ms),
+            ("checkpoint_bytes", self.checkpoint_bytes),
+            ("redial_backoff_base_ms", self.redial_backoff_base_ms),
+            (
+                "stream_receive_window_bytes",
+                self.stream_receive_window_bytes,
+            ),
+            ("receive_window_bytes", self.receive_window_bytes),
+            ("send_window_bytes", self.send_window_bytes),
+        ] {
+            if v == 0 {
+                return err(key, "must be greater than 0".into());
+            }
+        }
+        if self.keep_alive_interval_ms >= self.idle_timeout_ms {
+            return err(
+                "keep_alive_interval_ms",
+                format!(
+                    "{} must be less than idle_timeout_ms {}",
+                    self.keep_alive_interval_ms, self.idle_timeout_ms
+                ),
+            );
+        }
+        if self.idle_timeout_ms > (1 << 40) {
+            return err("idle_timeout_ms", "too large".into());
+        }
+        if self.redial_backoff_max_ms < self.redial_backoff_base_ms {
+            return err(
+                "redial_backoff_max_ms",
+                "must be at least redial_backoff_base_ms".into(),
+            );
+        }
+        let frame_min = (CATCHUP_PAGE_IDS_MAX * 32 + 16).max(SIGNED_MANIFEST_BYTES_MAX + 16);
+        if self.frame_bytes_max < frame_min || self.frame_bytes_max > u32::MAX as usize {
+            return err(
+                "frame_bytes_max",
+                format!("must be in {frame_min}..={}", u32::MAX),
+            );
+        }
+        if self.streams_per_peer_max == 0 {
+            return err("streams_per_peer_max", "must be greater than 0".into());
+        }
+        if self.connections_per_peer_max == 0 {
+            return err("connections_per_peer_max", "must be greater than 0".into());
+        }
+        if self.handshakes_unauthenticated_max == 0 {
+            return err(
+                "handshakes_unauthenticated_max",
+                "must be greater than 0".into(),
+            );
+        }
+        if self.catchup_pulls_concurrent == 0 {
+            return err("catchup_pulls_concurrent", "must be greater than 0".into());
+        }
+        for (key, v) in [
+            (
+                "stream_receive_window_bytes",
+                self.stream_receive_window_bytes,
+            ),
+            ("receive_window_bytes", self.receive_window_bytes),
+        ] {
+            if VarInt::from_u64(v).is_err() {
+                return err(key, "must be below 2^62".into());
+            }
+        }
+        if self.stream_receive_window_bytes > self.receive_window_bytes {
+            return err(
+                "stream_receive_window_bytes",
+                "must not exceed receive_window_bytes".into(),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    pub fn stall_timeout(&self) -> Duration {
+        Duration::from_millis(self.stall_timeout_ms)
+    }
+
+    pub fn response_timeout(&self) -> Duration {
+        Duration::from_millis(self.response_timeout_ms)
+    }
+
+    /// The QUIC transport settings of every connection (both directions). Call after
+    /// [`validate`](Self::validate).
+    pub fn transport_config(&self) -> Arc<TransportConfig> {
+        let mut t = TransportConfig::default();
+        // validate() bounds these below 2^62.
+        let varint = |v: u64| VarInt::from_u64(v).unwrap_or(VarInt::MAX);
+        t.max_concurrent_bidi_streams(VarInt::from_u32(self.streams_per_peer_max));
+        t.max_concurrent_uni_streams(VarInt::from_u32(0));
+        t.stream_receive_window(varint(self.stream_receive_window_bytes));
+        t.receive_window(varint(self.receive_window_bytes));
+        t.send_window(self.send_window_bytes);
+        t.max_idle_timeout(Some(
+            IdleTimeout::try_from(Duration::from_millis(self.idle_timeout_ms))
+                .unwrap_or(IdleTimeout::from(VarInt::from_u32(u32::MAX))),
+        ));
+        t.keep_alive_interval(Some(Duration::from_millis(self.keep_alive_interval_ms)));
+        t.datagram_receive_buffer_size(None);
+        Arc::new(t)
+    }
+}

@@ -1,0 +1,73 @@
+//! `net`: the network layer of `edged` — fleet PKI, the QUIC + mutual-TLS node endpoint, the
+//! wire protocol, resumable segment transfers and catch-up.
+//!
+//! # Where it sits
+//!
+//! ```text
+//!   relay (engine: jobs, retry, dead letters)        edged (config, CLI, wiring)
+//!        │  Transport trait (defined in relay)             │ ca_init / ca_issue / load_node_identity
+//!        ▼                                                 ▼
+//!   thin adapter ──────────────▶ net::Node ◀────────── NodeSetup
+//!                                  │ send_segment(peer, id) → SendOutcome
+//!                                  │ NetHooks: on_stored (in the ingest txn), on_delivered, …
+//!                                  ▼
+//!                                store (ingest, read, held ids)
+//! ```
+//!
+//! **Architecture decision**: the relay engine lives in the `relay` crate, written separately,
+//! which defines a `Transport` trait. `net` does NOT depend on `relay`: it exposes [`Node`]
+//! (`send_segment` returning a typed [`SendOutcome`]) and the [`NetHooks`] callbacks, and a thin
+//! adapter — written where both are visible (in `edged`, or in `relay` behind a feature) — maps
+//! them onto that trait. This keeps the engine testable without sockets, and the network layer
+//! testable without the engine.
+//!
+//! # Code map
+//!
+//! | module | what |
+//! |---|---|
+//! | [`limits`] | every bound and default, named, unit last |
+//! | [`pki`] | fleet CA, node certificates, PEM files, node ids |
+//! | [`tls`] | rustls configurations: mutual TLS against the fleet CA and `known_peers` |
+//! | [`wire`] | the wire protocol: frame layout, every message, stream and connection codes |
+//! | [`transfer`] | one segment over one stream: sender and receiver halves, disk threads |
+//! | [`catchup`] | anti-entropy: digests, pages, pulls |
+//! | [`node`] | the endpoint, supervised connections, stream dispatch, the client API |
+//! | [`config`] | [`NetConfig`] |
+//! | [`clock`] | the wall-clock seam (also used for certificate validity) |
+//!
+//! # Architecture invariants
+//!
+//! - **A peer is its certificate.** Identity is the DNS SAN of a certificate chaining to the
+//!   fleet CA and listed in `known_peers`, checked in the TLS handshake in both directions
+//!   (INV-09); addresses only say where to send packets, and may point at a proxy.
+//! - **Nothing is acknowledged before it is durable** (INV-03): `Ack` is written only after
+//!   `Ingest::finish` returned, and the node's `on_stored` hook runs inside that transaction.
+//! - **Only the offending stream fails** (INV-17, INV-18): frames are bounded before
+//!   allocation, decoding rejects trailing bytes, stalls time out; every such failure resets
+//!   one stream with a typed code.
+//! - **Memory does not grow with segment size** (INV-20): payloads move in fixed chunks
+//!   through bounded channels between the network tasks and the disk threads.
+//! - **Seams**: the UDP socket comes through quinn's abstract-socket API
+//!   ([`NodeSetup::socket`]), randomness from a seed ([`NetConfig::rng_seed`], also quinn's
+//!   `EndpointConfig::rng_seed`), wall-clock time from a [`Clock`].
+//! - **Packets go only to configured peers** (INV-27): no discovery, no lookup.
+
+pub mod catchup;
+pub mod clock;
+pub mod config;
+pub mod limits;
+pub mod node;
+pub mod pki;
+pub mod tls;
+pub mod transfer;
+pub mod wire;
+
+pub use catchup::CatchupReport;
+pub use clock::{Clock, SystemClock};
+pub use config::{ConfigError, NetConfig};
+pub use node::{NetError, Node, NodeSetup, PeerStatus, bind_udp};
+pub use pki::{
+    CaFiles, NodeFiles, NodeId, NodeIdentity, PkiError, ca_init, ca_issue, load_node_identity,
+};
+pub use transfer::{NetHooks, NetStats, NoHooks, SendOutcome, StatsSnapshot};
+pub use wire::RejectReason;

@@ -1,0 +1,894 @@
+//! The node endpoint: one quinn [`Endpoint`] (server and client), a supervised connection to
+//! every known peer, the streams peers open, and the client API [`Node::send_segment`].
+//!
+//! - **Supervision**: one task per known peer keeps a connection up whether or not anything is
+//!   due, re-dialling with jittered exponential backoff (`redial_backoff_base_ms` ·
+//!   2^failures, capped at `redial_backoff_max_ms`, jitter in [½, 1] from the seeded RNG).
+//!   A connection is reused by every transfer and catch-up round with that peer.
+//! - **Duplicates**: when both nodes dial each other at once, both keep the connection opened by
+//!   the node with the lower id and close the other ([`ConnCode::Duplicate`]); the rule is the
+//!   same on both sides, so they agree without talking. Between two connections opened by the
+//!   same side, the newer wins (the peer restarted). At most `connections_per_peer_max` are
+//!   kept per peer.
+//! - **Admission**: at most `handshakes_unauthenticated_max` inbound handshakes run at once (more
+//!   are refused before any TLS work), each bounded by `handshake_timeout_ms`; TLS refuses any
+//!   certificate that does not chain to the fleet CA or names an id not in `known_peers`
+//!   ([`crate::tls`]). A peer may open at most `streams_per_peer_max` streams at once (QUIC
+//!   flow control), and each stream must send its first frame within `response_timeout_ms`.
+//! - **Addresses**: the node sends packets only to the addresses in `known_peers` and to the
+//!   source of a handshake it accepts; connection migration is disabled (INV-27).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::{AsyncUdpSocket, Connection, Endpoint, EndpointConfig, Runtime, TokioRuntime};
+use rustls::pki_types::CertificateDer;
+use store::{SegmentId, Store};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, timeout};
+
+use crate::catchup::{self, CatchupReport, SkipSet};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{ConfigError, NetConfig};
+use crate::pki::{NodeId, NodeIdentity, node_id_of_cert};
+use crate::tls::{self, TlsError};
+use crate::transfer::{
+    self, Ctx, NetHooks, NetStats, NoHooks, SendOutcome, StatsSnapshot, bump, conn_outcome,
+};
+use crate::wire::{ConnCode, Msg, StreamCode};
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("node_id is {config} but the node certificate names {cert}")]
+    IdentityMismatch { config: NodeId, cert: NodeId },
+    #[error("UDP socket {addr}: {source}")]
+    Socket {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("QUIC endpoint: {0}")]
+    Endpoint(std::io::Error),
+}
+
+/// Everything a node is started with.
+pub struct NodeSetup {
+    pub config: NetConfig,
+    pub identity: NodeIdentity,
+    pub store: Store,
+    pub hooks: Arc<dyn NetHooks>,
+    pub clock: Arc<dyn Clock>,
+    /// The UDP socket seam: `None` binds `config.listen_addr` (with the configured buffer
+    /// sizes); tests and the fault-injection suite pass their own [`AsyncUdpSocket`].
+    pub socket: Option<Arc<dyn AsyncUdpSocket>>,
+}
+
+impl NodeSetup {
+    /// A setup with no hooks, the system clock and a socket the node binds itself.
+    pub fn new(config: NetConfig, identity: NodeIdentity, store: Store) -> Self {
+        NodeSetup {
+            config,
+            identity,
+            store,
+            hooks: Arc::new(NoHooks),
+            clock: Arc::new(SystemClock),
+            socket: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for NodeSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeSetup")
+            .field("config", &self.config)
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Binds a UDP socket with the requested buffer sizes and wraps it for quinn (the default of
+/// the socket seam).
+pub fn bind_udp(addr: SocketAddr, buffer_bytes: usize) -> std::io::Result<Arc<dyn AsyncUdpSocket>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if buffer_bytes > 0 {
+        // The kernel caps these at net.core.{r,w}mem_max; a smaller buffer only costs speed.
+        if let Err(e) = socket.set_recv_buffer_size(buffer_bytes) {
+            tracing::warn!(error = %e, "cannot set the UDP receive buffer size");
+        }
+        if let Err(e) = socket.set_send_buffer_size(buffer_bytes) {
+            tracing::warn!(error = %e, "cannot set the UDP send buffer size");
+        }
+    }
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    let std_socket: std::net::UdpSocket = socket.into();
+    TokioRuntime.wrap_udp_socket(std_socket)
+}
+
+/// The delay before re-dial number `failures` (≥ 1): `base · 2^(failures-1)` capped at `max`,
+/// then jittered into `[d/2, d]` by `random`.
+pub fn redial_delay_ms(base_ms: u64, max_ms: u64, failures: u32, random: u64) -> u64 {
+    let shift = failures.saturating_sub(1).min(40);
+    let d = base_ms.saturating_mul(1u64 << shift).min(max_ms);
+    d / 2 + random % (d / 2 + 1)
+}
+
+/// SplitMix64: a small seeded generator for jitter (not for anything secret).
+#[derive(Debug)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+#[derive(Clone)]
+struct Live {
+    conn: Connection,
+    opened_by_me: bool,
+}
+
+struct Peer {
+    id: NodeId,
+    addr: SocketAddr,
+    /// The connection in use; `send_modify` also wakes waiters when a dial ends.
+    current: watch::Sender<Option<Live>>,
+    /// Established connections not yet known closed (for `connections_per_peer_max`).
+    established: Mutex<Vec<Connection>>,
+    /// Why the last dial failed (what `send_segment` reports while there is no connection).
+    last_failure: Mutex<Option<SendOutcome>>,
+    dialing: AtomicBool,
+    /// One catch-up round at a time with this peer.
+    catchup: tokio::sync::Mutex<()>,
+}
+
+impl Peer {
+    fn live(&self) -> Option<Live> {
+        self.current
+            .borrow()
+            .clone()
+            .filter(|l| l.conn.close_reason().is_none())
+    }
+}
+
+struct Inner {
+    id: NodeId,
+    ctx: Ctx,
+    endpoint: Endpoint,
+    client_config: quinn::ClientConfig,
+    peers: BTreeMap<NodeId, Arc<Peer>>,
+    handshakes: Arc<Semaphore>,
+    shutdown: watch::Sender<bool>,
+    rng: Mutex<SplitMix64>,
+    skip: SkipSet,
+}
+
+/// A running node. Dropping it closes the endpoint and stops its tasks.
+pub struct Node {
+    inner: Arc<Inner>,
+    tasks: Mutex<JoinSet<()>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.inner.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Attempts of one `send_segment` when its connection is replaced by the duplicate rule.
+const DUPLICATE_RETRIES_MAX: u32 = 3;
+
+/// True if `conn` was closed by the duplicate rule (here or at the peer).
+fn is_duplicate_close(conn: &Connection) -> bool {
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::LocallyClosed) => true,
+        Some(quinn::ConnectionError::ApplicationClosed(c)) => {
+            c.error_code == ConnCode::Duplicate.varint()
+        }
+        _ => false,
+    }
+}
+
+/// A peer's connection state, for status displays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    pub connected: bool,
+    /// The address the current connection talks to.
+    pub remote: Option<SocketAddr>,
+    pub last_failure: Option<SendOutcome>,
+}
+
+impl Node {
+    /// Starts the node: binds (or takes) its socket, starts accepting, and starts one supervisor
+    /// per known peer. Must run inside a tokio runtime.
+    pub fn start(setup: NodeSetup) -> Result<Node, NetError> {
+        let NodeSetup {
+            config,
+            identity,
+            store,
+            hooks,
+            clock,
+            socket,
+        } = setup;
+        config.validate()?;
+        if identity.id != config.node_id {
+            return Err(NetError::IdentityMismatch {
+                config: config.node_id.clone(),
+                cert: identity.id.clone(),
+            });
+        }
+        let socket = match socket {
+            Some(s) => s,
+            None => bind_udp(config.listen_addr, config.udp_buffer_bytes).map_err(|source| {
+                NetError::Socket {
+                    addr: config.listen_addr,
+                    source,
+                }
+            })?,
+        };
+        let known = config.known_peers.keys().cloned().collect();
+        let server_tls = tls::server_config(&identity, known, clock.clone())?;
+        let client_tls = tls::client_config(&identity, clock.clone())?;
+        let (server_tls, client_tls) = tls::quic_configs(server_tls, client_tls)?;
+        let transport = config.transport_config();
+        let mut server_config = quinn::ServerConfig::with_crypto(server_tls);
+        server_config
+            .transport_config(transport.clone())
+            .migration(false)
+            .max_incoming(config.handshakes_unauthenticated_max);
+        let mut client_config = quinn::ClientConfig::new(client_tls);
+        client_config.transport_config(transport);
+        let mut endpoint_config = EndpointConfig::default();
+        let seed = config.rng_seed.unwrap_or_else(|| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            now ^ u64::from_le_bytes(
+                blake3::hash(config.node_id.as_str().as_bytes()).as_bytes()[..8]
+                    .try_into()
+                    .unwrap_or([0; 8]),
+            )
+        });
+        if let Some(s) = config.rng_seed {
+            let mut key = *blake3::hash(&s.to_le_bytes()).as_bytes();
+            key[0] ^= 0x51; // distinct from the jitter stream
+            endpoint_config.rng_seed(Some(key));
+        }
+        let endpoint = Endpoint::new_with_abstract_socket(
+            endpoint_config,
+            Some(server_config),
+            socket,
+            Arc::new(TokioRuntime),
+        )
+        .map_err(NetError::Endpoint)?;
+
+        let peers = config
+            .known_peers
+            .iter()
+            .map(|(id, addr)| {
+                let peer = Peer {
+                    id: id.clone(),
+                    addr: *addr,
+                    current: watch::channel(None).0,
+                    established: Mutex::new(Vec::new()),
+                    last_failure: Mutex::new(None),
+                    dialing: AtomicBool::new(true),
+                    catchup: tokio::sync::Mutex::new(()),
+                };
+                (id.clone(), Arc::new(peer))
+            })
+            .collect();
+        let handshakes = Arc::new(Semaphore::new(config.handshakes_unauthenticated_max));
+        let inner = Arc::new(Inner {
+            id: config.node_id.clone(),
+            ctx: Ctx {
+                store,
+                hooks,
+                clock,
+                cfg: Arc::new(config),
+                stats: Arc::new(NetStats::default()),
+            },
+            endpoint,
+            client_config,
+            peers,
+            handshakes,
+            shutdown: watch::channel(false).0,
+            rng: Mutex::new(SplitMix64(seed)),
+            skip: SkipSet::default(),
+        });
+        let mut tasks = JoinSet::new();
+        tasks.spawn(inner.clone().accept_loop());
+        for peer in inner.peers.values() {
+            tasks.spawn(inner.clone().supervise(peer.clone()));
+        }
+        tracing::info!(node = %inner.id, addr = ?inner.endpoint.local_addr().ok(), peers = inner.peers.len(), "node started");
+        Ok(Node {
+            inner,
+            tasks: Mutex::new(tasks),
+        })
+    }
+
+    pub fn id(&self) -> &NodeId {
+        &self.inner.id
+    }
+
+    /// The address the node's socket is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.endpoint.local_addr()
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.ctx.stats.snapshot()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.ctx.store
+    }
+
+    /// Sends one stored segment to `peer` over the supervised connection, streaming it from the
+    /// stored `.seg` file, and reports how it went. Waits up to `handshake_timeout_ms` for a
+    /// connection being dialled; never dials outside the supervisor.
+    pub async fn send_segment(&self, peer: &NodeId, id: SegmentId) -> SendOutcome {
+        let Some(p) = self.inner.peers.get(peer) else {
+            return SendOutcome::Unreachable(format!("{peer} is not a known peer"));
+        };
+        // A connection closed as a duplicate (both nodes dialled at once) is replaced by the
+        // kept one: the attempt is repeated on it, a bounded number of times.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let conn = match self.inner.connection(p).await {
+                Ok(c) => c,
+                Err(outcome) => return outcome,
+            };
+            let outcome = self.send_on(peer, &conn, id).await;
+            let replaced = matches!(
+                conn.close_reason(),
+                Some(quinn::ConnectionError::LocallyClosed)
+                    | Some(quinn::ConnectionError::ApplicationClosed(_))
+            ) && is_duplicate_close(&conn)
+                && !*self.inner.shutdown.borrow();
+            if replaced && tries < DUPLICATE_RETRIES_MAX && !outcome.is_delivered() {
+                tracing::debug!(peer = %peer, seg_id = %id, "connection replaced mid-send; retrying on the kept one");
+                continue;
+            }
+            tracing::debug!(peer = %peer, seg_id = %id, ?outcome, "send_segment");
+            return outcome;
+        }
+    }
+
+    async fn send_on(&self, peer: &NodeId, conn: &Connection, id: SegmentId) -> SendOutcome {
+        let ctx = &self.inner.ctx;
+        let reader = match transfer::open_for_send(ctx, id).await {
+            Ok(r) => r,
+            Err(outcome) => return outcome,
+        };
+        let (mut send, mut recv) = match timeout(ctx.cfg.response_timeout(), conn.open_bi()).await {
+            Err(_) => return SendOutcome::TimedOut,
+            Ok(Err(e)) => return conn_outcome(&e),
+            Ok(Ok(streams)) => streams,
+        };
+        transfer::send_with(ctx, peer, &mut send, &mut recv, reader).await
+    }
+
+    /// Runs one catch-up round with `peer` now, as the puller.
+    pub async fn catch_up(&self, peer: &NodeId) -> Result<CatchupReport, String> {
+        let p = self
+            .inner
+            .peers
+            .get(peer)
+            .ok_or_else(|| format!("{peer} is not a known peer"))?;
+        let conn = self
+            .inner
+            .connection(p)
+            .await
+            .map_err(|o| format!("{o:?}"))?;
+        self.inner.catch_up_on(p, &conn).await
+    }
+
+    /// Waits until a connection with `peer` is up, at most `within`.
+    pub async fn wait_connected(&self, peer: &NodeId, within: Duration) -> bool {
+        let Some(p) = self.inner.peers.get(peer) else {
+            return false;
+        };
+        let mut rx = p.current.subscribe();
+        let deadline = Instant::now() + within;
+        loop {
+            if p.live().is_some() {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                // The sender lives as long as the node; a dropped one means it is gone.
+                Ok(Err(_)) | Err(_) => return p.live().is_some(),
+            }
+        }
+    }
+
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.inner
+            .peers
+            .values()
+            .map(|p| {
+                let live = p.live();
+                PeerStatus {
+                    id: p.id.clone(),
+                    addr: p.addr,
+                    connected: live.is_some(),
+                    remote: live.map(|l| l.conn.remote_address()),
+                    last_failure: p
+                        .last_failure
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Stops the node: closes every connection (peers see [`ConnCode::Shutdown`]), waits up to
+    /// `grace` for them to drain, and stops its tasks.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.shutdown.send_replace(true);
+        self.inner
+            .endpoint
+            .close(ConnCode::Shutdown.varint(), b"shutdown");
+        let _ = timeout(grace, self.inner.endpoint.wait_idle()).await;
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .abort_all();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.inner.shutdown.send_replace(true);
+        self.inner
+            .endpoint
+            .close(ConnCode::Shutdown.varint(), b"shutdown");
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .abort_all();
+    }
+}
+
+impl Inner {
+    fn cfg(&self) -> &NetConfig {
+        &self.ctx.cfg
+    }
+
+    async fn accept_loop(self: Arc<Self>) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            match self.handshakes.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    tokio::spawn(self.clone().handle_incoming(incoming, permit));
+                }
+                Err(_) => {
+                    bump(&self.ctx.stats.handshakes_refused_cap, 1);
+                    tracing::warn!(remote = %incoming.remote_address(), "handshake refused: too many unauthenticated handshakes in flight");
+                    incoming.refuse();
+                }
+            }
+        }
+    }
+
+    async fn handle_incoming(
+        self: Arc<Self>,
+        incoming: quinn::Incoming,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let remote = incoming.remote_address();
+        let connecting = match incoming.accept() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(%remote, error = %e, "inbound connection failed before the handshake");
+                return;
+            }
+        };
+        let conn = match timeout(self.cfg().handshake_timeout(), connecting).await {
+            Err(_) => {
+                tracing::warn!(%remote, "inbound handshake timed out");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::info!(%remote, error = %e, "inbound handshake failed");
+                return;
+            }
+            Ok(Ok(conn)) => conn,
+        };
+        drop(permit);
+        let id = conn
+            .peer_identity()
+            .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .ok_or_else(|| "no client certificate".to_owned())
+            .and_then(|certs| match certs.first() {
+                Some(cert) => node_id_of_cert(cert),
+                None => Err("no client certificate".to_owned()),
+            });
+        match id.as_ref().ok().and_then(|id| self.peers.get(id)) {
+            Some(peer) => {
+                tracing::debug!(peer = %peer.id, %remote, "inbound connection");
+                self.adopt(peer, conn, false);
+            }
+            None => {
+                // TLS refuses these first; this is defence in depth.
+                tracing::warn!(%remote, presented = ?id, "connection closed: not a known peer");
+                conn.close(ConnCode::UnknownPeer.varint(), b"unknown peer");
+            }
+        }
+    }
+
+    async fn dial(&self, peer: &Peer) -> Result<Connection, SendOutcome> {
+        let connecting = self
+            .endpoint
+            .connect_with(self.client_config.clone(), peer.addr, peer.id.as_str())
+            .map_err(|e| SendOutcome::Unreachable(e.to_string()))?;
+        match timeout(self.cfg().handshake_timeout(), connecting).await {
+            Err(_) => Err(SendOutcome::Unreachable(format!(
+                "handshake with {} at {} timed out",
+                peer.id, peer.addr
+            ))),
+            Ok(Err(e)) => Err(conn_outcome(&e)),
+            Ok(Ok(conn)) => Ok(conn),
+        }
+    }
+
+    /// Takes an established connection into use, or closes it (duplicate, over the cap).
+    fn adopt(self: &Arc<Self>, peer: &Arc<Peer>, conn: Connection, opened_by_me: bool) -> bool {
+        let lower_is_me = self.id < peer.id;
+        let preferred = |by_me: bool| by_me == lower_is_me;
+        {
+            let mut established = peer.established.lock().unwrap_or_else(|e| e.into_inner());
+            established.retain(|c| c.close_reason().is_none());
+            if established.len() >= self.cfg().connections_per_peer_max {
+                bump(&self.ctx.stats.connections_closed, 1);
+                tracing::warn!(peer = %peer.id, "connection closed: connections_per_peer_max reached");
+                conn.close(
+                    ConnCode::TooManyConnections.varint(),
+                    b"too many connections",
+                );
+                return false;
+            }
+            let current = peer.live();
+            let keep_new = match &current {
+                Some(cur) => preferred(opened_by_me) || !preferred(cur.opened_by_me),
+                None => true,
+            };
+            if !keep_new {
+                bump(&self.ctx.stats.connections_closed, 1);
+                tracing::debug!(peer = %peer.id, "duplicate connection closed");
+                conn.close(ConnCode::Duplicate.varint(), b"duplicate");
+                return false;
+            }
+            if let Some(cur) = current {
+                bump(&self.ctx.stats.connections_closed, 1);
+                tracing::debug!(peer = %peer.id, "connection replaced by the preferred one");
+                cur.conn.close(ConnCode::Duplicate.varint(), b"duplicate");
+            }
+            established.push(conn.clone());
+            peer.current.send_replace(Some(Live {
+                conn: conn.clone(),
+                opened_by_me,
+            }));
+        }
+        *peer.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        tracing::info!(peer = %peer.id, remote = %conn.remote_address(), opened_by_me, "connected");
+        tokio::spawn(self.clone().serve_connection(peer.id.clone(), conn.clone()));
+        tokio::spawn(self.clone().catchup_loop(peer.clone(), conn));
+        self.ctx.hooks.on_peer_connected(&peer.id);
+        true
+    }
+
+    /// Keeps a connection to `peer` up for the node's lifetime.
+    async fn supervise(self: Arc<Self>, peer: Arc<Peer>) {
+        let mut shutdown = self.shutdown.subscribe();
+        let mut failures: u32 = 0;
+        if self.id > peer.id {
+            // Let the lower id's dial usually win, so that simultaneous starts rarely make
+            // duplicates; cut short if its connection arrives.
+            let wait_ms = self.redial_delay(1);
+            if !self
+                .wait_for_connection(&peer, &mut shutdown, wait_ms)
+                .await
+            {
+                return;
+            }
+        }
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            if let Some(live) = peer.live() {
+                peer.dialing.store(false, Ordering::SeqCst);
+                let since = Instant::now();
+                tokio::select! {
+                    _ = live.conn.closed() => {}
+                    _ = shutdown.changed() => return,
+                }
+                peer.dialing.store(true, Ordering::SeqCst);
+                let id = live.conn.stable_id();
+                peer.current.send_if_modified(|cur| {
+                    if cur.as_ref().is_some_and(|c| c.conn.stable_id() == id) {
+                        *cur = None;
+                        true
+                    } else {
+                        false
+                    }
+                });
+                let reason = live.conn.close_reason();
+                let refused = reason.as_ref().map(conn_outcome);
+                let duplicate = is_duplicate_close(&live.conn);
+                tracing::info!(peer = %peer.id, reason = ?reason, "disconnected");
+                if let Some(o @ SendOutcome::HandshakeRefused(_)) = refused {
+                    failures += 1;
+                    *peer.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(o);
+                } else if since.elapsed() < Duration::from_millis(self.cfg().redial_backoff_base_ms)
+                    && !duplicate
+                {
+                    failures += 1;
+                } else {
+                    failures = 0;
+                }
+                let wait_ms = if failures > 0 {
+                    self.redial_delay(failures)
+                } else if duplicate {
+                    // The kept connection is usually being adopted right now.
+                    self.cfg().redial_backoff_base_ms.min(1000)
+                } else {
+                    0
+                };
+                if wait_ms > 0
+                    && !self
+                        .wait_for_connection(&peer, &mut shutdown, wait_ms)
+                        .await
+                {
+                    return;
+                }
+                continue;
+            }
+            peer.dialing.store(true, Ordering::SeqCst);
+            peer.current.send_modify(|_| {});
+            let dialed = tokio::select! {
+                r = self.dial(&peer) => r,
+                _ = shutdown.changed() => return,
+            };
+            let failed = match dialed {
+                Ok(conn) => {
+                    // If an inbound connection was adopted meanwhile, the rule decides.
+                    self.adopt(&peer, conn, true);
+                    false
+                }
+                Err(outcome) => {
+                    failures += 1;
+                    tracing::info!(peer = %peer.id, addr = %peer.addr, failures, outcome = ?outcome, "dial failed");
+                    *peer.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+                    true
+                }
+            };
+            if failed || peer.live().is_some() {
+                peer.dialing.store(false, Ordering::SeqCst);
+            }
+            peer.current.send_modify(|_| {});
+            if failed {
+                let wait_ms = self.redial_delay(failures);
+                if !self
+                    .wait_for_connection(&peer, &mut shutdown, wait_ms)
+                    .await
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn redial_delay(&self, failures: u32) -> u64 {
+        let random = self.rng.lock().unwrap_or_else(|e| e.into_inner()).next();
+        let cfg = self.cfg();
+        redial_delay_ms(
+            cfg.redial_backoff_base_ms,
+            cfg.redial_backoff_max_ms,
+            failures,
+            random,
+        )
+    }
+
+    /// Sleeps `wait_ms`, cut short when a connection with `peer` appears. False at shutdown.
+    async fn wait_for_connection(
+        &self,
+        peer: &Peer,
+        shutdown: &mut watch::Receiver<bool>,
+        wait_ms: u64,
+    ) -> bool {
+        let deadline = Instant::now() + Duration::from_millis(wait_ms);
+        let mut rx = peer.current.subscribe();
+        loop {
+            if peer.live().is_some() {
+                return true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return true,
+                changed = rx.changed() => if changed.is_err() { return false },
+                _ = shutdown.changed() => return false,
+            }
+        }
+    }
+
+    /// The live connection with `peer`, waiting for a dial in progress.
+    async fn connection(&self, peer: &Peer) -> Result<Connection, SendOutcome> {
+        let mut rx = peer.current.subscribe();
+        let deadline = Instant::now() + self.cfg().handshake_timeout();
+        loop {
+            rx.borrow_and_update();
+            if let Some(live) = peer.live() {
+                return Ok(live.conn);
+            }
+            if !peer.dialing.load(Ordering::SeqCst) {
+                let last = peer
+                    .last_failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                return Err(last.unwrap_or_else(|| {
+                    SendOutcome::Unreachable(format!("not connected to {}", peer.id))
+                }));
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(SendOutcome::Unreachable("node stopped".into())),
+                Err(_) => {
+                    return Err(SendOutcome::Unreachable(format!(
+                        "no connection to {} within the handshake timeout",
+                        peer.id
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn serve_connection(self: Arc<Self>, peer: NodeId, conn: Connection) {
+        loop {
+            match conn.accept_bi().await {
+                Ok((send, recv)) => {
+                    tokio::spawn(self.clone().handle_stream(peer.clone(), send, recv));
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %peer, reason = %e, "connection ended");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn handle_stream(
+        self: Arc<Self>,
+        peer: NodeId,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let ctx = &self.ctx;
+        let first = match transfer::first_frame(ctx.cfg.as_ref(), &mut recv).await {
+            Ok(msg) => msg,
+            Err(e) => {
+                let code = e
+                    .as_ref()
+                    .and_then(|e| e.stream_code())
+                    .unwrap_or(StreamCode::Stalled);
+                if e.is_none() || e.as_ref().is_some_and(|e| e.stream_code().is_some()) {
+                    bump(&ctx.stats.streams_failed, 1);
+                    tracing::warn!(peer = %peer, error = ?e.map(|e| e.to_string()), "stream ended: bad or missing first frame");
+                }
+                let _ = send.reset(code.varint());
+                let _ = recv.stop(code.varint());
+                return;
+            }
+        };
+        match first {
+            Msg::Offer { manifest } => {
+                let received = transfer::receive(ctx, &peer, &mut send, &mut recv, manifest).await;
+                tracing::debug!(peer = %peer, ?received, "offer handled");
+            }
+            Msg::DigestRequest => catchup::serve_digest(ctx, &mut send).await,
+            Msg::PageRequest { after } => catchup::serve_page(ctx, &mut send, after).await,
+            Msg::Pull { id } => {
+                catchup::serve_pull(ctx, &peer, &mut send, &mut recv, SegmentId(id)).await
+            }
+            other => {
+                bump(&ctx.stats.streams_failed, 1);
+                tracing::warn!(peer = %peer, frame = other.name(), "stream ended: unexpected first frame");
+                let _ = send.reset(StreamCode::Protocol.varint());
+                let _ = recv.stop(StreamCode::Protocol.varint());
+            }
+        }
+    }
+
+    async fn catchup_loop(self: Arc<Self>, peer: Arc<Peer>, conn: Connection) {
+        let mut shutdown = self.shutdown.subscribe();
+        let interval_ms = self.cfg().catchup_interval_ms;
+        let mut first = true;
+        loop {
+            let is_current = peer
+                .live()
+                .is_some_and(|l| l.conn.stable_id() == conn.stable_id());
+            if !is_current {
+                return;
+            }
+            if !first || self.cfg().catchup_on_connect {
+                match self.catch_up_on(&peer, &conn).await {
+                    Ok(report) if report.in_sync => {
+                        tracing::debug!(peer = %peer.id, "catch-up: in sync")
+                    }
+                    Ok(report) => tracing::info!(peer = %peer.id, ?report, "catch-up round"),
+                    Err(e) => tracing::info!(peer = %peer.id, error = %e, "catch-up round failed"),
+                }
+            }
+            first = false;
+            if interval_ms == 0 {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(interval_ms)) => {}
+                _ = conn.closed() => return,
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn catch_up_on(&self, peer: &Peer, conn: &Connection) -> Result<CatchupReport, String> {
+        let _one_at_a_time = peer.catchup.lock().await;
+        catchup::pull_round(&self.ctx, &self.skip, &peer.id, conn).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redial_delay_grows_and_stays_bounded() {
+        for failures in 1..50 {
+            for random in [0u64, 1, 7, u64::MAX] {
+                let d = redial_delay_ms(500, 30_000, failures, random);
+                let full = (500u64 << (failures - 1).min(40)).min(30_000);
+                assert!(
+                    d >= full / 2 && d <= full,
+                    "failures {failures}: {d} not in [{}, {full}]",
+                    full / 2
+                );
+            }
+        }
+        assert!(redial_delay_ms(500, 30_000, 1, 0) >= 250);
+        // Capped at the maximum, jittered in its upper half.
+        assert!((15_000..=30_000).contains(&redial_delay_ms(500, 30_000, 30, u64::MAX)));
+    }
+
+    #[test]
+    fn jitter_is_reproducible_from_the_seed() {
+        let mut a = SplitMix64(42);
+        let mut b = SplitMix64(42);
+        let xs: Vec<u64> = (0..8).map(|_| a.next()).collect();
+        let ys: Vec<u64> = (0..8).map(|_| b.next()).collect();
+        assert_eq!(xs, ys);
+        assert_ne!(xs[0], xs[1]);
+    }
+}

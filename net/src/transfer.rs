@@ -1,0 +1,808 @@
+//! One segment over one stream: the sender's and the receiver's halves of a transfer.
+//!
+//! Both halves keep the disk and the hashing off the async worker threads (MEASUREMENTS.md:
+//! inline hashing and writing halves throughput): the receiver's network task fills
+//! [`PAYLOAD_CHUNK_BYTES`] buffers and hands them through a bounded channel
+//! ([`PAYLOAD_QUEUE_CHUNKS`] deep) to a blocking task that runs `Ingest::write` (hash + write)
+//! and the checkpoints; the sender's blocking task reads and hashes its stored `.seg` file and
+//! hands chunks to the network task the same way. Memory per transfer is bounded by the queue,
+//! whatever the segment size (INV-20).
+//!
+//! Receiver guarantees: nothing is acknowledged before `Ingest::finish` returned, i.e. after
+//! fsync, rename, directory fsync and the commit that also ran the node's `on_stored` hook
+//! (INV-03, INV-11); a payload that does not hash to its manifest is never stored (INV-02); a
+//! byte beyond the declared length, a bad frame or a stall ends the stream with a typed code
+//! and keeps what was received as a resumable partial (INV-17, INV-18).
+//!
+//! Sender guarantees: the bytes sent are hashed as they are read from the stored copy
+//! (including the prefix skipped when resuming); if the copy is corrupt the stream is reset
+//! with [`StreamCode::LocalCorrupt`] instead of being finished — so the receiver can never
+//! commit it — and the segment is quarantined (INV-24).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use quinn::{RecvStream, SendStream};
+use store::manifest::{SignedManifest, VerifyError};
+use store::segfile::SegFileError;
+use store::{Begin, Ingest, IngestError, IngestOptions, SegmentId, SegmentReader, Store, Stored};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+use crate::clock::Clock;
+use crate::config::NetConfig;
+use crate::limits::{PAYLOAD_CHUNK_BYTES, PAYLOAD_QUEUE_CHUNKS};
+use crate::pki::NodeId;
+use crate::wire::{
+    Msg, RejectReason, StreamCode, WireError, read_error, read_frame, write_error, write_frame,
+};
+
+/// What the node tells its owner (the relay) about transfers. Every method has a default that
+/// does nothing.
+pub trait NetHooks: Send + Sync + 'static {
+    /// Runs INSIDE the redb write transaction that stores a segment received from `from`, so the
+    /// relay's jobs and pins commit together with the segment (INV-11). An error aborts the
+    /// commit: nothing is stored and the sender gets `Reject(Internal)`.
+    fn on_stored(
+        &self,
+        txn: &redb::WriteTransaction,
+        stored: &Stored<()>,
+        from: &NodeId,
+    ) -> Result<(), redb::Error> {
+        let _ = (txn, stored, from);
+        Ok(())
+    }
+
+    /// After the commit of a segment received from `from` (it has been acknowledged).
+    fn on_received(&self, from: &NodeId, id: &SegmentId) {
+        let _ = (from, id);
+    }
+
+    /// A segment this node sent to `to` because `to` pulled it (catch-up) was acknowledged
+    /// durable, or `to` answered that it has it. The relay completes its job for that peer —
+    /// even a dead-lettered one (INV-15). Pushes report through [`SendOutcome`] instead.
+    fn on_delivered(&self, to: &NodeId, id: &SegmentId) {
+        let _ = (to, id);
+    }
+
+    /// A connection with `peer` was established (a good moment to retry what is due to it).
+    fn on_peer_connected(&self, peer: &NodeId) {
+        let _ = peer;
+    }
+}
+
+/// Hooks that do nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoHooks;
+
+impl NetHooks for NoHooks {}
+
+/// The result of offering one segment to one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// The peer stored it durably and acknowledged.
+    Delivered,
+    /// The peer has it already (stored or tombstoned): counts as delivered.
+    Have,
+    /// The peer is receiving the same segment from someone else: retry, no attempt counted.
+    Busy,
+    /// The peer refused it. `reason.is_permanent()` tells whether retrying can help.
+    Refused {
+        reason: RejectReason,
+        detail: String,
+    },
+    /// The peer has no room for it now (retryable, INV-08).
+    StoreFull,
+    /// No connection to the peer (never reached, dropped, or lost mid-transfer).
+    Unreachable(String),
+    /// The TLS handshake failed: certificates or ids do not match (INV-09).
+    HandshakeRefused(String),
+    /// No progress for `stall_timeout_ms`, or no answer within `response_timeout_ms` (INV-18).
+    TimedOut,
+    /// This node's stored copy failed verification while being read; it has been quarantined
+    /// and the stream aborted, so the peer stored nothing.
+    LocalCorrupt(String),
+    /// This node does not hold the segment (never stored, or evicted).
+    NotStored,
+    /// Any other failure of this attempt (a local read error, the peer breaking the protocol);
+    /// retryable.
+    Failed(String),
+}
+
+impl SendOutcome {
+    /// True when the peer now holds the segment.
+    pub fn is_delivered(&self) -> bool {
+        matches!(self, SendOutcome::Delivered | SendOutcome::Have)
+    }
+}
+
+/// Counters of a node's network activity.
+#[derive(Debug, Default)]
+pub struct NetStats {
+    pub payload_bytes_sent: AtomicU64,
+    pub payload_bytes_received: AtomicU64,
+    pub segments_delivered: AtomicU64,
+    pub segments_stored: AtomicU64,
+    /// Transfers (as sender) that started at an offset > 0.
+    pub transfers_resumed: AtomicU64,
+    /// Streams this node ended because of the peer (bad frame, stall, length, protocol).
+    pub streams_failed: AtomicU64,
+    /// Handshakes refused because `handshakes_unauthenticated_max` were in flight.
+    pub handshakes_refused_cap: AtomicU64,
+    /// Connections closed because another was kept (duplicates) or over the per-peer cap.
+    pub connections_closed: AtomicU64,
+    /// Segments requested with `Pull` during catch-up.
+    pub catchup_pulls: AtomicU64,
+}
+
+/// A plain copy of [`NetStats`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub payload_bytes_sent: u64,
+    pub payload_bytes_received: u64,
+    pub segments_delivered: u64,
+    pub segments_stored: u64,
+    pub transfers_resumed: u64,
+    pub streams_failed: u64,
+    pub handshakes_refused_cap: u64,
+    pub connections_closed: u64,
+    pub catchup_pulls: u64,
+}
+
+impl NetStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            payload_bytes_sent: g(&self.payload_bytes_sent),
+            payload_bytes_received: g(&self.payload_bytes_received),
+            segments_delivered: g(&self.segments_delivered),
+            segments_stored: g(&self.segments_stored),
+            transfers_resumed: g(&self.transfers_resumed),
+            streams_failed: g(&self.streams_failed),
+            handshakes_refused_cap: g(&self.handshakes_refused_cap),
+            connections_closed: g(&self.connections_closed),
+            catchup_pulls: g(&self.catchup_pulls),
+        }
+    }
+}
+
+pub(crate) fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// What a transfer needs from the node.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub store: Store,
+    pub hooks: Arc<dyn NetHooks>,
+    pub clock: Arc<dyn Clock>,
+    pub cfg: Arc<NetConfig>,
+    pub stats: Arc<NetStats>,
+}
+
+/// Maps a lost connection to an outcome.
+pub(crate) fn conn_outcome(e: &quinn::ConnectionError) -> SendOutcome {
+    let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match e {
+        quinn::ConnectionError::TransportError(t) if crypto(t.code) => {
+            SendOutcome::HandshakeRefused(e.to_string())
+        }
+        quinn::ConnectionError::ConnectionClosed(c) if crypto(c.error_code) => {
+            SendOutcome::HandshakeRefused(e.to_string())
+        }
+        _ => SendOutcome::Unreachable(e.to_string()),
+    }
+}
+
+fn end_stream(send: &mut SendStream, recv: &mut RecvStream, code: StreamCode) {
+    // Either half may be closed already; nothing more to do then.
+    let _ = send.reset(code.varint());
+    let _ = recv.stop(code.varint());
+}
+
+fn wire_outcome(e: WireError) -> SendOutcome {
+    match e {
+        WireError::ConnectionLost(c) => conn_outcome(&c),
+        other => SendOutcome::Failed(other.to_string()),
+    }
+}
+
+/// Drops an ingest on a blocking thread (its drop may remove files and write the index).
+fn drop_blocking(ingest: Box<Ingest>) {
+    tokio::task::spawn_blocking(move || drop(ingest));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sender.
+
+enum FromDisk {
+    Data(Vec<u8>),
+    Verified,
+    Corrupt(String),
+    Io(String),
+}
+
+/// Opens a stored segment for sending (off the async threads). `Err` is the outcome to report.
+pub(crate) async fn open_for_send(ctx: &Ctx, id: SegmentId) -> Result<SegmentReader, SendOutcome> {
+    let store = ctx.store.clone();
+    let now = ctx.clock.now_ms();
+    match tokio::task::spawn_blocking(move || store.open_for_read(&id, now)).await {
+        Ok(Ok(reader)) => Ok(reader),
+        Ok(Err(store::StoreError::NotFound(_) | store::StoreError::Evicting(_))) => {
+            Err(SendOutcome::NotStored)
+        }
+        Ok(Err(store::StoreError::Quarantined { reason, .. })) => {
+            Err(SendOutcome::LocalCorrupt(reason))
+        }
+        Ok(Err(e)) => Err(SendOutcome::Failed(format!(
+            "cannot open segment {id}: {e}"
+        ))),
+        Err(e) => Err(SendOutcome::Failed(format!("open task failed: {e}"))),
+    }
+}
+
+/// The sender's half: offer, stream from the offset the receiver wants, wait for its answer.
+pub(crate) async fn send_with(
+    ctx: &Ctx,
+    peer: &NodeId,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    reader: SegmentReader,
+) -> SendOutcome {
+    let id = reader.id();
+    let m = reader.manifest().manifest();
+    let (payload_len, payload_hash) = (m.payload_len, m.payload_hash);
+    let offer = Msg::Offer {
+        manifest: reader.manifest().encode(),
+    };
+    let response = ctx.cfg.response_timeout();
+    let max = ctx.cfg.frame_bytes_max;
+    if let Err(e) = write_frame(send, &offer).await {
+        return wire_outcome(e);
+    }
+    let answer = match timeout(response, read_frame(recv, max)).await {
+        Err(_) => {
+            end_stream(send, recv, StreamCode::Stalled);
+            return SendOutcome::TimedOut;
+        }
+        Ok(Err(e)) => {
+            if let Some(code) = e.stream_code() {
+                end_stream(send, recv, code);
+            }
+            return wire_outcome(e);
+        }
+        Ok(Ok(msg)) => msg,
+    };
+    let offset = match answer {
+        Msg::Have => {
+            let _ = send.finish();
+            return SendOutcome::Have;
+        }
+        Msg::Busy => {
+            let _ = send.finish();
+            return SendOutcome::Busy;
+        }
+        Msg::Reject { reason, detail } => {
+            let _ = send.finish();
+            return refused(reason, detail);
+        }
+        Msg::Want { offset } if offset <= payload_len => offset,
+        other => {
+            end_stream(send, recv, StreamCode::Protocol);
+            bump(&ctx.stats.streams_failed, 1);
+            return SendOutcome::Failed(format!(
+                "peer {peer} answered {} to an offer of {id} (payload {payload_len} bytes)",
+                describe(&other)
+            ));
+        }
+    };
+    if offset > 0 {
+        bump(&ctx.stats.transfers_resumed, 1);
+        tracing::info!(peer = %peer, seg_id = %id, offset, "peer resumes a partial transfer");
+    }
+
+    let (tx, mut rx) = mpsc::channel::<FromDisk>(PAYLOAD_QUEUE_CHUNKS);
+    let reading = tokio::task::spawn_blocking(move || {
+        read_payload(reader, offset, payload_len, payload_hash, &tx);
+    });
+    let stall = ctx.cfg.stall_timeout();
+    enum Stop {
+        Stalled,
+        Write(WireError),
+        Corrupt(String),
+        Io(String),
+    }
+    let streamed: Result<(), Stop> = loop {
+        match rx.recv().await {
+            Some(FromDisk::Data(buf)) => match timeout(stall, send.write_all(&buf)).await {
+                Err(_) => break Err(Stop::Stalled),
+                Ok(Err(e)) => break Err(Stop::Write(write_error(e))),
+                Ok(Ok(())) => bump(&ctx.stats.payload_bytes_sent, buf.len() as u64),
+            },
+            Some(FromDisk::Verified) => break Ok(()),
+            Some(FromDisk::Corrupt(reason)) => break Err(Stop::Corrupt(reason)),
+            Some(FromDisk::Io(e)) => break Err(Stop::Io(e)),
+            None => break Err(Stop::Io("disk reader ended early".into())),
+        }
+    };
+    drop(rx);
+    // The reader (and the eviction lease it holds) is gone once this returns.
+    let _ = reading.await;
+    match streamed {
+        Ok(()) => {}
+        Err(Stop::Corrupt(reason)) => {
+            let _ = send.reset(StreamCode::LocalCorrupt.varint());
+            tracing::error!(seg_id = %id, reason, "stored copy is corrupt; transfer aborted");
+            quarantine(ctx, id, &reason).await;
+            return SendOutcome::LocalCorrupt(reason);
+        }
+        Err(Stop::Io(e)) => {
+            end_stream(send, recv, StreamCode::Internal);
+            return SendOutcome::Failed(format!("reading segment {id}: {e}"));
+        }
+        Err(Stop::Stalled) => {
+            end_stream(send, recv, StreamCode::Stalled);
+            tracing::warn!(peer = %peer, seg_id = %id, "transfer stalled (peer not reading)");
+            return SendOutcome::TimedOut;
+        }
+        Err(Stop::Write(WireError::Stopped(code))) => {
+            // The receiver ended the stream; it may have said why first.
+            let said = timeout(Duration::from_millis(500), read_frame(recv, max)).await;
+            if let Ok(Ok(Msg::Reject { reason, detail })) = said {
+                return refused(reason, detail);
+            }
+            let _ = send.reset(StreamCode::Internal.varint());
+            if code == StreamCode::Stalled as u64 {
+                return SendOutcome::TimedOut;
+            }
+            return SendOutcome::Failed(format!("peer {peer} stopped the stream (code {code})"));
+        }
+        Err(Stop::Write(e)) => return wire_outcome(e),
+    }
+    if send.finish().is_err() {
+        return SendOutcome::Failed("stream closed before it could be finished".into());
+    }
+    match timeout(response, read_frame(recv, max)).await {
+        Err(_) => {
+            let _ = recv.stop(StreamCode::Stalled.varint());
+            SendOutcome::TimedOut
+        }
+        Ok(Ok(Msg::Ack)) => {
+            bump(&ctx.stats.segments_delivered, 1);
+            SendOutcome::Delivered
+        }
+        Ok(Ok(Msg::Have)) => SendOutcome::Have,
+        Ok(Ok(Msg::Reject { reason, detail })) => refused(reason, detail),
+        Ok(Ok(other)) => {
+            let _ = recv.stop(StreamCode::Protocol.varint());
+            SendOutcome::Failed(format!(
+                "peer {peer} answered {} after the payload",
+                other.name()
+            ))
+        }
+        Ok(Err(e)) => wire_outcome(e),
+    }
+}
+
+fn describe(msg: &Msg) -> String {
+    match msg {
+        Msg::Want { offset } => format!("Want({offset})"),
+        other => other.name().to_owned(),
+    }
+}
+
+fn refused(reason: RejectReason, detail: String) -> SendOutcome {
+    match reason {
+        RejectReason::StoreFull => SendOutcome::StoreFull,
+        reason => SendOutcome::Refused { reason, detail },
+    }
+}
+
+async fn quarantine(ctx: &Ctx, id: SegmentId, reason: &str) {
+    let store = ctx.store.clone();
+    let now = ctx.clock.now_ms();
+    let reason = reason.to_owned();
+    let done = tokio::task::spawn_blocking(move || store.quarantine(&id, &reason, now)).await;
+    match done {
+        Ok(Ok(())) => tracing::error!(seg_id = %id, "segment quarantined"),
+        Ok(Err(e)) => tracing::error!(seg_id = %id, error = %e, "quarantine failed"),
+        Err(e) => tracing::error!(seg_id = %id, error = %e, "quarantine task failed"),
+    }
+}
+
+/// Reads the payload of `reader`, hashing all of it and sending `[offset, len)` in chunks;
+/// ends with `Verified`, `Corrupt` or `Io`. Stops quietly when the network side hangs up.
+fn read_payload(
+    mut reader: SegmentReader,
+    offset: u64,
+    len: u64,
+    expected: [u8; 32],
+    tx: &mpsc::Sender<FromDisk>,
+) {
+    let mut hasher = blake3::Hasher::new();
+    let mut pos = 0u64;
+    let mut prefix_buf = Vec::new();
+    let file = reader.payload();
+    while pos < len {
+        let sending = pos >= offset;
+        let limit = if sending { len - pos } else { offset - pos };
+        // Cannot truncate: at most PAYLOAD_CHUNK_BYTES.
+        let want = limit.min(PAYLOAD_CHUNK_BYTES as u64) as usize;
+        let mut chunk = if sending {
+            vec![0u8; want]
+        } else {
+            prefix_buf.resize(want, 0);
+            std::mem::take(&mut prefix_buf)
+        };
+        match read_full(file, &mut chunk) {
+            Ok(n) if n == want => {}
+            Ok(n) => {
+                let _ = tx.blocking_send(FromDisk::Corrupt(format!(
+                    "file ends at payload byte {} of {len}",
+                    pos + n as u64
+                )));
+                return;
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(FromDisk::Io(e.to_string()));
+                return;
+            }
+        }
+        hasher.update(&chunk);
+        pos += want as u64;
+        if sending {
+            if tx.blocking_send(FromDisk::Data(chunk)).is_err() {
+                return;
+            }
+        } else {
+            prefix_buf = chunk;
+        }
+    }
+    let actual = *hasher.finalize().as_bytes();
+    let end = if actual == expected {
+        FromDisk::Verified
+    } else {
+        FromDisk::Corrupt(format!(
+            "payload hash mismatch: expected {}, got {}",
+            hex(&expected),
+            hex(&actual)
+        ))
+    };
+    let _ = tx.blocking_send(end);
+}
+
+fn hex(bytes: &[u8; 32]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn read_full(r: &mut dyn store::fs::FsRead, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Receiver.
+
+/// What the receiving half ended with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Received {
+    Stored(SegmentId),
+    Had,
+    Busy,
+    Rejected(RejectReason),
+    TimedOut,
+    Failed(String),
+}
+
+enum ToDisk {
+    Data(Vec<u8>),
+    End,
+    Abort,
+}
+
+enum WriterEnd {
+    Stored(Box<Stored<()>>),
+    Failed(IngestError),
+    Aborted,
+}
+
+enum InFail {
+    Stalled,
+    Truncated { got: u64 },
+    TooLong,
+    Reset(u64),
+    Lost(String),
+    WriterGone,
+}
+
+/// Maps an ingest error to the reason told to the sender.
+pub(crate) fn ingest_reason(e: &IngestError) -> RejectReason {
+    let verify = |v: &VerifyError| match v {
+        VerifyError::UntrustedPublisher { .. } => RejectReason::UntrustedPublisher,
+        VerifyError::BadSignature => RejectReason::BadSignature,
+        VerifyError::Expired { .. } => RejectReason::Expired,
+        VerifyError::CreatedInFuture { .. } => RejectReason::CreatedInFuture,
+    };
+    match e {
+        IngestError::Verify(v) | IngestError::Format(SegFileError::Verify(v)) => verify(v),
+        IngestError::Format(SegFileError::HashMismatch { .. }) => RejectReason::HashMismatch,
+        IngestError::Format(
+            SegFileError::TruncatedPayload { .. } | SegFileError::PayloadTooLong,
+        ) => RejectReason::LengthMismatch,
+        IngestError::Format(SegFileError::Io(_)) => RejectReason::Internal,
+        IngestError::Format(_) => RejectReason::Malformed,
+        IngestError::StoreFull { .. } => RejectReason::StoreFull,
+        IngestError::Busy(_) | IngestError::Io { .. } | IngestError::Store(_) => {
+            RejectReason::Internal
+        }
+        IngestError::Protocol { .. } => RejectReason::Internal,
+    }
+}
+
+async fn reject(
+    ctx: &Ctx,
+    send: &mut SendStream,
+    reason: RejectReason,
+    detail: String,
+) -> Received {
+    let _ = write_frame(send, &Msg::reject(reason, detail)).await;
+    let _ = send.finish();
+    if matches!(
+        reason,
+        RejectReason::HashMismatch | RejectReason::LengthMismatch | RejectReason::Protocol
+    ) {
+        bump(&ctx.stats.streams_failed, 1);
+    }
+    Received::Rejected(reason)
+}
+
+/// The receiver's half, after the peer's `Offer(manifest)` was read.
+pub(crate) async fn receive(
+    ctx: &Ctx,
+    peer: &NodeId,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    manifest: Vec<u8>,
+) -> Received {
+    let signed = match SignedManifest::decode(&manifest) {
+        Ok(s) => s,
+        Err(e) => return reject(ctx, send, RejectReason::Malformed, e.to_string()).await,
+    };
+    let id = signed.id();
+    let payload_len = signed.manifest().payload_len;
+    let file_len = store::limits::SEG_PREAMBLE_BYTES + signed.encoded_len() as u64 + payload_len;
+    let ceiling = ctx.store.config().ceiling_bytes;
+    if file_len > ceiling {
+        let detail =
+            format!("segment of {file_len} bytes can never fit under a ceiling of {ceiling}");
+        return reject(ctx, send, RejectReason::TooLarge, detail).await;
+    }
+    let store = ctx.store.clone();
+    let opts = IngestOptions::from_peer(peer.as_str());
+    let now = ctx.clock.now_ms();
+    let begun = tokio::task::spawn_blocking(move || store.begin_ingest(signed, &opts, now)).await;
+    let ingest = match begun {
+        Err(e) => return reject(ctx, send, RejectReason::Internal, format!("{e}")).await,
+        Ok(Ok(Begin::Have(_))) => {
+            let _ = write_frame(send, &Msg::Have).await;
+            let _ = send.finish();
+            return Received::Had;
+        }
+        Ok(Err(IngestError::Busy(_))) => {
+            let _ = write_frame(send, &Msg::Busy).await;
+            let _ = send.finish();
+            return Received::Busy;
+        }
+        Ok(Err(e)) => {
+            tracing::info!(peer = %peer, seg_id = %id, error = %e, "offer refused");
+            return reject(ctx, send, ingest_reason(&e), e.to_string()).await;
+        }
+        Ok(Ok(Begin::Ingest(ingest))) => ingest,
+    };
+    let offset = ingest.resume_offset();
+    if let Err(e) = write_frame(send, &Msg::Want { offset }).await {
+        drop_blocking(ingest);
+        return Received::Failed(e.to_string());
+    }
+
+    let (tx, rx) = mpsc::channel::<ToDisk>(PAYLOAD_QUEUE_CHUNKS);
+    let writer = {
+        let clock = ctx.clock.clone();
+        let hooks = ctx.hooks.clone();
+        let peer = peer.clone();
+        let checkpoint_bytes = ctx.cfg.checkpoint_bytes;
+        tokio::task::spawn_blocking(move || {
+            write_payload(ingest, rx, clock, hooks, peer, checkpoint_bytes)
+        })
+    };
+    let pumped = pump_in(ctx, recv, &tx, payload_len - offset).await;
+    let to_disk = if pumped.is_ok() {
+        ToDisk::End
+    } else {
+        ToDisk::Abort
+    };
+    // The writer may have stopped already (a disk error): then this send fails, which is fine.
+    let _ = tx.send(to_disk).await;
+    drop(tx);
+    let written = writer.await;
+    match (pumped, written) {
+        (_, Ok(WriterEnd::Failed(e))) => {
+            let reason = ingest_reason(&e);
+            tracing::warn!(peer = %peer, seg_id = %id, error = %e, "segment not stored");
+            let _ = recv.stop(StreamCode::Internal.varint());
+            reject(ctx, send, reason, e.to_string()).await
+        }
+        (_, Err(e)) => {
+            let _ = recv.stop(StreamCode::Internal.varint());
+            reject(ctx, send, RejectReason::Internal, e.to_string()).await
+        }
+        (Ok(()), Ok(WriterEnd::Stored(stored))) => {
+            bump(&ctx.stats.segments_stored, 1);
+            let _ = write_frame(send, &Msg::Ack).await;
+            let _ = send.finish();
+            tracing::info!(peer = %peer, seg_id = %stored.id, bytes = payload_len, offset, "segment received");
+            ctx.hooks.on_received(peer, &stored.id);
+            Received::Stored(stored.id)
+        }
+        (Ok(()), Ok(WriterEnd::Aborted)) => Received::Failed("disk writer stopped early".into()),
+        (Err(fail), _) => {
+            bump(&ctx.stats.streams_failed, 1);
+            match fail {
+                InFail::Stalled => {
+                    end_stream(send, recv, StreamCode::Stalled);
+                    tracing::warn!(peer = %peer, seg_id = %id, "transfer stalled; partial kept for resume");
+                    Received::TimedOut
+                }
+                InFail::TooLong => {
+                    let _ = recv.stop(StreamCode::PayloadTooLong.varint());
+                    let detail = format!("more than the {payload_len} payload bytes declared");
+                    tracing::warn!(peer = %peer, seg_id = %id, "payload longer than declared");
+                    reject(ctx, send, RejectReason::LengthMismatch, detail).await
+                }
+                InFail::Truncated { got } => {
+                    let detail = format!("stream ended after {got} of {payload_len} payload bytes");
+                    tracing::warn!(peer = %peer, seg_id = %id, got, "payload truncated");
+                    reject(ctx, send, RejectReason::LengthMismatch, detail).await
+                }
+                InFail::Reset(code) => {
+                    let _ = send.reset(StreamCode::Protocol.varint());
+                    let why = match StreamCode::from_varint(
+                        quinn::VarInt::from_u64(code).unwrap_or(quinn::VarInt::MAX),
+                    ) {
+                        Some(StreamCode::LocalCorrupt) => "its stored copy is corrupt".to_owned(),
+                        _ => format!("code {code}"),
+                    };
+                    tracing::warn!(peer = %peer, seg_id = %id, why, "sender aborted the transfer");
+                    Received::Failed(format!("sender aborted: {why}"))
+                }
+                InFail::Lost(e) => Received::Failed(e),
+                InFail::WriterGone => Received::Failed("disk writer stopped".into()),
+            }
+        }
+    }
+}
+
+/// Reads exactly `remaining` payload bytes into chunks for the disk thread, then requires the
+/// end of the stream.
+async fn pump_in(
+    ctx: &Ctx,
+    recv: &mut RecvStream,
+    tx: &mpsc::Sender<ToDisk>,
+    mut remaining: u64,
+) -> Result<(), InFail> {
+    let stall = ctx.cfg.stall_timeout();
+    let mut got = 0u64;
+    let read_fail = |e: quinn::ReadError| match read_error(e) {
+        WireError::Reset(code) => InFail::Reset(code),
+        other => InFail::Lost(other.to_string()),
+    };
+    while remaining > 0 {
+        // Cannot truncate: at most PAYLOAD_CHUNK_BYTES.
+        let want = remaining.min(PAYLOAD_CHUNK_BYTES as u64) as usize;
+        let mut buf = vec![0u8; want];
+        let mut filled = 0;
+        while filled < want {
+            let fail = match timeout(stall, recv.read(&mut buf[filled..])).await {
+                Ok(Ok(Some(n))) => {
+                    filled += n;
+                    continue;
+                }
+                Err(_) => InFail::Stalled,
+                Ok(Ok(None)) => InFail::Truncated {
+                    got: got + filled as u64,
+                },
+                Ok(Err(e)) => read_fail(e),
+            };
+            // Hand over what did arrive, so the checkpoint of the cut transfer includes it.
+            if filled > 0 {
+                buf.truncate(filled);
+                bump(&ctx.stats.payload_bytes_received, filled as u64);
+                let _ = tx.send(ToDisk::Data(buf)).await;
+            }
+            return Err(fail);
+        }
+        remaining -= want as u64;
+        got += want as u64;
+        bump(&ctx.stats.payload_bytes_received, want as u64);
+        if tx.send(ToDisk::Data(buf)).await.is_err() {
+            return Err(InFail::WriterGone);
+        }
+    }
+    let mut one = [0u8; 1];
+    match timeout(stall, recv.read(&mut one)).await {
+        Err(_) => Err(InFail::Stalled),
+        Ok(Ok(None)) => Ok(()),
+        Ok(Ok(Some(_))) => Err(InFail::TooLong),
+        Ok(Err(e)) => Err(read_fail(e)),
+    }
+}
+
+/// The disk thread of a receive: writes (and hashes) chunks, checkpoints, and finishes.
+fn write_payload(
+    mut ingest: Box<Ingest>,
+    mut rx: mpsc::Receiver<ToDisk>,
+    clock: Arc<dyn Clock>,
+    hooks: Arc<dyn NetHooks>,
+    peer: NodeId,
+    checkpoint_bytes: u64,
+) -> WriterEnd {
+    let mut since_checkpoint = 0u64;
+    while let Some(msg) = rx.blocking_recv() {
+        match msg {
+            ToDisk::Data(buf) => {
+                if let Err(e) = ingest.write(&buf) {
+                    return WriterEnd::Failed(e);
+                }
+                since_checkpoint += buf.len() as u64;
+                if since_checkpoint >= checkpoint_bytes {
+                    if let Err(e) = ingest.checkpoint(clock.now_ms()) {
+                        return WriterEnd::Failed(e);
+                    }
+                    since_checkpoint = 0;
+                }
+            }
+            ToDisk::End => {
+                let now = clock.now_ms();
+                let finished =
+                    ingest.finish(now, move |txn, stored| hooks.on_stored(txn, stored, &peer));
+                return match finished {
+                    Ok(stored) => WriterEnd::Stored(Box::new(stored)),
+                    Err(e) => WriterEnd::Failed(e),
+                };
+            }
+            ToDisk::Abort => break,
+        }
+    }
+    // Cut short: make what arrived durable so the next attempt resumes after it.
+    if since_checkpoint > 0 {
+        if let Err(e) = ingest.checkpoint(clock.now_ms()) {
+            tracing::warn!(seg_id = %ingest.id(), error = %e, "checkpoint of an interrupted transfer failed");
+        }
+    }
+    WriterEnd::Aborted
+}
+
+/// Reads the first frame of a stream the peer opened, bounded by the response timeout.
+pub(crate) async fn first_frame(
+    cfg: &NetConfig,
+    recv: &mut RecvStream,
+) -> Result<Msg, Option<WireError>> {
+    match timeout(
+        cfg.response_timeout(),
+        read_frame(recv, cfg.frame_bytes_max),
+    )
+    .await
+    {
+        Err(_) => Err(None),
+        Ok(r) => r.map_err(Some),
+    }
+}
