@@ -390,6 +390,15 @@ impl Scheduler {
         self.in_flight
     }
 
+    /// Transfers in flight whose job is still pending (those of jobs that ended meanwhile
+    /// excluded). O(pending jobs), in memory.
+    pub fn in_flight_pending(&self) -> usize {
+        self.jobs
+            .values()
+            .filter(|e| e.slot == Slot::InFlight && !e.orphaned)
+            .count()
+    }
+
     /// Transfers in flight to `peer`.
     pub fn in_flight_to(&self, peer: &PeerId) -> usize {
         self.in_flight_by_peer.get(peer).copied().unwrap_or(0)

@@ -19,7 +19,13 @@
 //!   never by dead-lettering (INV-13); under `one_peer` the other jobs are then cancelled;
 //! - counted attempts never exceed `attempts_max` (a job found at its bound when it is due
 //!   becomes a dead letter without another attempt), and a dead letter keeps its attempts and
-//!   last error (INV-12).
+//!   last error (INV-12);
+//! - a job whose peer pulled the segment from this node (catch-up) is completed as delivered,
+//!   pending or dead, with the same condition check as a delivery ([`deliver_out_of_band`],
+//!   INV-15);
+//! - `relay-job-counts-v1` counts the jobs in each state: every job change moves one count
+//!   (`retally` and the scheduling of new jobs are the only places that change a job's state
+//!   in the tallies, and they change the counts alike).
 
 use redb::{ReadableTable, WriteTransaction};
 use store::manifest::SuccessCondition;
@@ -29,8 +35,8 @@ use crate::core::{self, Counts, Decision, JobKey, JobView, Outcome, StartVerdict
 use crate::limits::RelayConfig;
 use crate::peer::PeerId;
 use crate::tables::{
-    DEAD, DUE, DeadRow, JOBS, JobRow, JobState, PROPAGATION, PropRow, decode, due_key, encode,
-    job_key, parse_job_key, segment_range,
+    CountSlot, DEAD, DUE, DeadRow, JOB_COUNTS, JOBS, JobRow, JobState, PROPAGATION, PropRow,
+    decode, due_key, encode, job_key, parse_job_key, segment_range,
 };
 
 /// A change to the in-memory scheduler, applied after the commit.
@@ -76,6 +82,9 @@ pub enum Event {
         attempts: u32,
         store_full_attempts: u32,
         error: String,
+        /// Found at its bound when due (its last attempt was cut short by a crash): no attempt
+        /// was made for this.
+        at_start: bool,
     },
     Refused {
         key: JobKey,
@@ -108,6 +117,24 @@ pub enum Event {
         key: JobKey,
         attempts: u32,
     },
+    /// The job was completed because `key.peer` pulled the segment from this node (catch-up)
+    /// and acknowledged it or answered "have" (INV-15).
+    DeliveredOutOfBand {
+        key: JobKey,
+        /// Its state before: `Pending` or `Dead`.
+        was: JobState,
+        /// It was a dead letter an operator had purged.
+        purged: bool,
+        attempts: u32,
+    },
+    /// An attempt's outcome (or its refund at shutdown) arrived for a job no longer pending
+    /// (cancelled, completed by catch-up, requeued meanwhile): nothing changed.
+    Ignored {
+        key: JobKey,
+        state: Option<JobState>,
+        /// `outcome` or `refund`.
+        what: &'static str,
+    },
 }
 
 impl Event {
@@ -125,7 +152,7 @@ impl Event {
                 attempt_num,
                 have,
             } => {
-                tracing::info!(seg_id = %key.seg, peer_id = %key.peer, attempt_num, have, "segment delivered")
+                tracing::info!(seg_id = %key.seg, peer_id = %key.peer, attempt_num, have, via = %"push", "segment delivered")
             }
             Event::Retry {
                 key,
@@ -145,11 +172,13 @@ impl Event {
                 attempts,
                 store_full_attempts,
                 error,
+                at_start,
             } => tracing::warn!(
                 seg_id = %key.seg,
                 peer_id = %key.peer,
                 attempts,
                 store_full_attempts,
+                at_start,
                 error = %error,
                 "dead-lettered"
             ),
@@ -192,6 +221,27 @@ impl Event {
             Event::Refunded { key, attempts } => {
                 tracing::info!(seg_id = %key.seg, peer_id = %key.peer, attempts, "attempt refunded")
             }
+            Event::DeliveredOutOfBand {
+                key,
+                was,
+                purged,
+                attempts,
+            } => tracing::info!(
+                seg_id = %key.seg,
+                peer_id = %key.peer,
+                was = %was,
+                purged,
+                attempts,
+                via = %"catch_up",
+                "segment delivered"
+            ),
+            Event::Ignored { key, state, what } => tracing::debug!(
+                seg_id = %key.seg,
+                peer_id = %key.peer,
+                state = %state.map_or("none", |s| s.as_str()),
+                what,
+                "attempt ending ignored: job no longer pending"
+            ),
         }
     }
 }
@@ -288,17 +338,42 @@ fn retally(
     let from_slot = tally_slot(&mut prop.tally, from.0, from.1);
     *from_slot = from_slot.saturating_sub(1);
     *tally_slot(&mut prop.tally, to.0, to.1) += 1;
-    put_prop(txn, seg, &prop)
+    put_prop(txn, seg, &prop)?;
+    count_job(txn, CountSlot::of(from.0, from.1), -1)?;
+    count_job(txn, CountSlot::of(to.0, to.1), 1)
 }
 
-/// Ends a pending job in a terminal state (or dead), keeping every table in step.
+/// Adds `delta` jobs to `slot` in `relay-job-counts-v1` (in the transaction of the change).
+/// Saturates at zero rather than failing: these rows only feed metrics, and a job change must
+/// never fail because of them (the model test checks they stay exact).
+fn count_job(txn: &WriteTransaction, slot: CountSlot, delta: i64) -> Result<(), redb::Error> {
+    let mut table = txn.open_table(JOB_COUNTS)?;
+    let old = table.get(slot.key())?.map_or(0, |v| v.value());
+    let new = old.saturating_add_signed(delta);
+    table.insert(slot.key(), new)?;
+    Ok(())
+}
+
 /// Time and knobs of one ledger change.
 #[derive(Clone, Copy)]
 struct At<'a> {
     now_ms: u64,
     cfg: &'a RelayConfig,
+    /// A job dead-lettered by this change was found at its bound when due (no attempt made).
+    at_start: bool,
 }
 
+impl<'a> At<'a> {
+    fn new(now_ms: u64, cfg: &'a RelayConfig) -> At<'a> {
+        At {
+            now_ms,
+            cfg,
+            at_start: false,
+        }
+    }
+}
+
+/// Ends a pending job in a terminal state (or dead), keeping every table in step.
 fn leave_pending(
     txn: &WriteTransaction,
     key: &JobKey,
@@ -338,6 +413,7 @@ fn leave_pending(
             attempts: row.counts.attempts,
             store_full_attempts: row.counts.store_full_attempts,
             error: dead.last_error,
+            at_start: at.at_start,
         });
     } else {
         store::index::unpin(txn, &key.seg, &key.peer.pin_owner())?;
@@ -443,7 +519,7 @@ fn cancel_owing(
                     &mut row,
                     JobState::Cancelled,
                     None,
-                    At { now_ms, cfg },
+                    At::new(now_ms, cfg),
                     fx,
                 )?;
             }
@@ -526,6 +602,7 @@ pub fn schedule_in_txn(
         store::index::pin(txn, &seg, &peer.pin_owner())?;
         prop.tally.jobs += 1;
         prop.tally.pending += 1;
+        count_job(txn, CountSlot::Pending, 1)?;
         let view = view_of(&job);
         fx.sched.push(SchedOp::Upsert(key.clone(), view));
         jobs.push((key, view));
@@ -591,7 +668,7 @@ pub fn record_starts(
                     &mut row,
                     JobState::Cancelled,
                     Some("segment expired".into()),
-                    At { now_ms, cfg },
+                    At::new(now_ms, cfg),
                     &mut fx,
                 )?;
                 fx.events.push(Event::Cancelled {
@@ -618,7 +695,10 @@ pub fn record_starts(
                     &mut row,
                     JobState::Dead,
                     Some(error),
-                    At { now_ms, cfg },
+                    At {
+                        at_start: true,
+                        ..At::new(now_ms, cfg)
+                    },
                     &mut fx,
                 )?;
                 out.push(Start::Skipped {
@@ -645,7 +725,8 @@ pub enum Applied {
     /// The job was pending and this is what the outcome did to it.
     Decided(Decision),
     /// The job was no longer pending (cancelled by a `one_peer` condition while in flight,
-    /// requeued/purged meanwhile): nothing changed.
+    /// completed by catch-up meanwhile, [`deliver_out_of_band`]): nothing changed, and the
+    /// transfer's slot is freed.
     Ignored { state: Option<JobState> },
 }
 
@@ -664,10 +745,14 @@ pub fn apply_outcomes(
         let key = &item.key;
         fx.sched.push(SchedOp::Finish(key.clone()));
         let row = get_job(txn, key)?;
+        let state = row.as_ref().map(|r| r.state);
         let Some(mut row) = row.filter(|r| r.state == JobState::Pending) else {
-            out.push(Applied::Ignored {
-                state: row_state(txn, key)?,
+            fx.events.push(Event::Ignored {
+                key: key.clone(),
+                state,
+                what: "outcome",
             });
+            out.push(Applied::Ignored { state });
             continue;
         };
         let attempt_num = row.counts.attempts + row.counts.store_full_attempts;
@@ -680,7 +765,7 @@ pub fn apply_outcomes(
                     &mut row,
                     JobState::Delivered,
                     None,
-                    At { now_ms, cfg },
+                    At::new(now_ms, cfg),
                     &mut fx,
                 )?;
                 fx.events.push(Event::Delivered {
@@ -696,7 +781,7 @@ pub fn apply_outcomes(
                     &mut row,
                     JobState::Refused,
                     Some(reason.clone()),
-                    At { now_ms, cfg },
+                    At::new(now_ms, cfg),
                     &mut fx,
                 )?;
                 fx.events.push(Event::Refused {
@@ -733,7 +818,7 @@ pub fn apply_outcomes(
                     &mut row,
                     JobState::Dead,
                     Some(error.clone()),
-                    At { now_ms, cfg },
+                    At::new(now_ms, cfg),
                     &mut fx,
                 )?;
             }
@@ -744,8 +829,92 @@ pub fn apply_outcomes(
     Ok((out, fx))
 }
 
-fn row_state(txn: &WriteTransaction, key: &JobKey) -> Result<Option<JobState>, redb::Error> {
-    Ok(get_job(txn, key)?.map(|r| r.state))
+/// What [`deliver_out_of_band`] did with one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutOfBand {
+    /// The job is now delivered. `was` is `Pending` (waiting, or with a transfer in flight whose
+    /// outcome will be ignored) or `Dead` (a dead letter, resolved: out of the queue, its pin
+    /// released; `purged` when an operator had purged it already).
+    Completed { was: JobState, purged: bool },
+    /// The job had ended already (delivered, refused, cancelled): nothing changed.
+    Ended(JobState),
+    /// This relay has no job for that segment and peer (e.g. the segment came from that peer, or
+    /// the peer is not a known peer): nothing changed.
+    NoJob,
+}
+
+/// Completes the job `key` as delivered because its peer pulled the segment from this node
+/// (catch-up) and acknowledged it durably or answered "have" (INV-15), whatever state the job
+/// was in:
+///
+/// - pending (waiting or in flight): delivered, out of `relay-due-v1`, pin released; a transfer
+///   still in flight then finds the job no longer pending and its outcome is ignored
+///   ([`apply_outcomes`] answers [`Applied::Ignored`]), so nothing is counted twice;
+/// - dead: delivered; the dead letter is resolved — its `relay-dead-letters-v1` record is
+///   removed (the queue lists what is still owed, and nothing is owed now) and its pin released
+///   if it still held one; the job row keeps its attempts and last error as the history. A dead
+///   letter an operator purged is completed the same way (it had no record or pin left): the
+///   peer does hold the segment, and status says so;
+/// - delivered, refused, cancelled: nothing changes ([`OutOfBand::Ended`]); so a second call
+///   does nothing.
+///
+/// The segment's condition is then evaluated in this transaction exactly as after a delivery
+/// by an attempt (INV-13): `one_peer` → marked propagated and the other owing jobs cancelled;
+/// `all_peers` → marked propagated when every job that was not cancelled is delivered.
+pub fn deliver_out_of_band(
+    txn: &WriteTransaction,
+    key: &JobKey,
+    now_ms: u64,
+    cfg: &RelayConfig,
+) -> Result<(OutOfBand, Effects), redb::Error> {
+    let mut fx = Effects::default();
+    let Some(mut row) = get_job(txn, key)? else {
+        return Ok((OutOfBand::NoJob, fx));
+    };
+    let was = row.state;
+    let purged = row.purged;
+    match was {
+        JobState::Pending => {
+            leave_pending(
+                txn,
+                key,
+                &mut row,
+                JobState::Delivered,
+                None,
+                At::new(now_ms, cfg),
+                &mut fx,
+            )?;
+        }
+        JobState::Dead => {
+            if !purged {
+                txn.open_table(DEAD)?.remove(job_key(key).as_slice())?;
+                // Idempotent: a pin already aged out is simply not there.
+                store::index::unpin(txn, &key.seg, &key.peer.pin_owner())?;
+                fx.sched.push(SchedOp::RemoveDeadPin(key.clone()));
+            }
+            row.state = JobState::Delivered;
+            row.purged = false;
+            row.updated_at_ms = now_ms;
+            put_job(txn, key, &row)?;
+            retally(
+                txn,
+                &key.seg,
+                (JobState::Dead, purged),
+                (JobState::Delivered, false),
+            )?;
+        }
+        JobState::Delivered | JobState::Refused | JobState::Cancelled => {
+            return Ok((OutOfBand::Ended(was), fx));
+        }
+    }
+    fx.events.push(Event::DeliveredOutOfBand {
+        key: key.clone(),
+        was,
+        purged,
+        attempts: row.counts.attempts,
+    });
+    check_condition(txn, &key.seg, now_ms, cfg, &mut fx)?;
+    Ok((OutOfBand::Completed { was, purged }, fx))
 }
 
 /// Refunds the attempts of transfers cut short by a graceful shutdown: each job stays pending,
@@ -758,7 +927,14 @@ pub fn refund(
     let mut fx = Effects::default();
     for key in keys {
         fx.sched.push(SchedOp::Finish(key.clone()));
-        let Some(mut row) = get_job(txn, key)?.filter(|r| r.state == JobState::Pending) else {
+        let row = get_job(txn, key)?;
+        let state = row.as_ref().map(|r| r.state);
+        let Some(mut row) = row.filter(|r| r.state == JobState::Pending) else {
+            fx.events.push(Event::Ignored {
+                key: key.clone(),
+                state,
+                what: "refund",
+            });
             continue;
         };
         let old_due = row.due_ms;
@@ -932,7 +1108,7 @@ pub fn cancel_unknown_peers(
             &mut row,
             JobState::Cancelled,
             Some(reason.into()),
-            At { now_ms, cfg },
+            At::new(now_ms, cfg),
             &mut fx,
         )?;
         fx.events.push(Event::Cancelled {

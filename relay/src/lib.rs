@@ -7,7 +7,10 @@
 //!   to them as a function inside a caller's write transaction (the ingest's, or the relay's own
 //!   batched ones through the store's committer).
 //! - [`relay`]: [`Relay`], one node's engine: ledger + in-memory scheduler, the operations the
-//!   executor, the harness and the operator use (status, dead letters, requeue, purge).
+//!   executor, the harness and the operator use (status, dead letters, requeue, purge), and the
+//!   network layer's catch-up completion ([`Relay::delivered_out_of_band`], INV-15).
+//! - [`counters`]: [`RelayCounters`] for metrics — jobs by state, totals since start, and the
+//!   identity `attempts = deliveries + failures + …` they satisfy (INV-26).
 //! - [`executor`]: the tokio shell that runs transfers through a [`transport::Transport`] and
 //!   sleeps until something is due, with time through a [`clock::Clock`].
 //! - [`harness`]: an in-process multi-node network on virtual time (discrete events), seeded
@@ -17,6 +20,7 @@
 
 pub mod clock;
 pub mod core;
+pub mod counters;
 pub mod error;
 pub mod executor;
 pub mod harness;
@@ -28,8 +32,9 @@ pub mod tables;
 pub mod transport;
 
 pub use crate::core::{JobKey, Outcome};
+pub use counters::{JobCounts, RelayCounters, RelayTotals};
 pub use error::RelayError;
-pub use ledger::{Scheduled, schedule_in_txn};
+pub use ledger::{OutOfBand, Scheduled, schedule_in_txn};
 pub use limits::RelayConfig;
 pub use peer::PeerId;
 pub use relay::{DeadLetter, JobStatus, Relay, SegmentStatus};

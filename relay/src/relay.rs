@@ -12,6 +12,9 @@
 //!   CLI and tests) and an async form (for the tokio executor and the control socket); both run
 //!   the same ledger function.
 //! - Never call a blocking operation while holding the scheduler lock (the committer takes it).
+//! - [`Relay::counters`] reads the ledger's job counts and, under the scheduler's lock, the
+//!   totals since the process started, which the completion callbacks update together with the
+//!   scheduler (see [`crate::counters`]).
 
 use std::io::Read;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,15 +25,16 @@ use store::{IngestError, IngestOptions, IngestOutcome, SegmentId, Store, StoreEr
 use tokio::sync::Notify;
 
 use crate::core::{self, JobKey, JobView, Scheduler, Tally, Verdict};
+use crate::counters::{JobCounts, RelayCounters, RelayTotals};
 use crate::error::RelayError;
 use crate::ledger::{
-    self, Applied, Effects, Event, OutcomeIn, Purge, Requeue, SchedOp, Scheduled, Start,
+    self, Applied, Effects, Event, OutOfBand, OutcomeIn, Purge, Requeue, SchedOp, Scheduled, Start,
 };
 use crate::limits::{AGE_BATCH_MAX, RelayConfig};
 use crate::peer::PeerId;
 use crate::tables::{
-    DEAD, DUE, DeadRow, JOBS, JobRow, JobState, PROPAGATION, PropRow, decode, job_key,
-    parse_due_key, parse_job_key, segment_range,
+    CountSlot, DEAD, DUE, DeadRow, JOB_COUNTS, JOBS, JobRow, JobState, PROPAGATION, PropRow,
+    decode, job_key, parse_due_key, parse_job_key, segment_range,
 };
 
 type TxnFn<T> = Box<dyn FnOnce(&WriteTransaction) -> Result<(T, Effects), redb::Error> + Send>;
@@ -54,6 +58,8 @@ struct Inner {
 #[derive(Debug)]
 struct Shared {
     sched: Mutex<Scheduler>,
+    /// Taken only while `sched` is held, so a snapshot of both sees whole transactions.
+    totals: Mutex<RelayTotals>,
     wake: Notify,
 }
 
@@ -62,8 +68,8 @@ impl Inner {
         self.shared.sched()
     }
 
-    fn apply(&self, ops: &[SchedOp]) {
-        self.shared.apply(ops)
+    fn apply(&self, fx: &Effects) {
+        self.shared.apply(fx)
     }
 }
 
@@ -72,13 +78,20 @@ impl Shared {
         self.sched.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn apply(&self, ops: &[SchedOp]) {
-        if ops.is_empty() {
+    fn totals(&self) -> MutexGuard<'_, RelayTotals> {
+        self.totals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies a committed transaction's scheduler changes and counts its events, under the
+    /// scheduler's lock (so [`Relay::counters`] sees whole transactions).
+    fn apply(&self, fx: &Effects) {
+        if fx.sched.is_empty() && fx.events.is_empty() {
             return;
         }
         {
             let mut s = self.sched();
-            for op in ops {
+            self.totals().record(&fx.events);
+            for op in &fx.sched {
                 match op {
                     SchedOp::Upsert(k, v) => s.upsert(k.clone(), *v),
                     SchedOp::Remove(k) => s.remove(k),
@@ -88,7 +101,9 @@ impl Shared {
                 }
             }
         }
-        self.wake.notify_one();
+        if !fx.sched.is_empty() {
+            self.wake.notify_one();
+        }
     }
 }
 
@@ -150,6 +165,7 @@ impl Relay {
                 cfg: Arc::new(cfg),
                 shared: Arc::new(Shared {
                     sched: Mutex::new(Scheduler::new()),
+                    totals: Mutex::new(RelayTotals::default()),
                     wake: Notify::new(),
                 }),
             }),
@@ -220,7 +236,7 @@ impl Relay {
             op,
             move |res: Result<(T, Effects), StoreError>| match res {
                 Ok((value, fx)) => {
-                    shared.apply(&fx.sched);
+                    shared.apply(&fx);
                     reply(Ok((value, fx.events)))
                 }
                 Err(e) => reply(Err(e.into())),
@@ -288,7 +304,7 @@ impl Relay {
     /// Tells the scheduler about the jobs a committed ingest created, logs, and wakes the
     /// executor.
     pub fn on_stored(&self, stored: &Stored<Scheduled>) {
-        self.inner.apply(&stored.extra.effects.sched);
+        self.inner.apply(&stored.extra.effects);
         stored.extra.effects.events.iter().for_each(Event::log);
     }
 
@@ -446,6 +462,58 @@ impl Relay {
         }
     }
 
+    // ---- catch-up -----------------------------------------------------------------------------
+
+    fn out_of_band_op(&self, key: JobKey, now_ms: u64) -> TxnFn<OutOfBand> {
+        let cfg = self.inner.cfg.clone();
+        Box::new(move |txn| ledger::deliver_out_of_band(txn, &key, now_ms, &cfg))
+    }
+
+    fn log_out_of_band(key: &JobKey, result: &OutOfBand) {
+        if !matches!(result, OutOfBand::Completed { .. }) {
+            tracing::debug!(seg_id = %key.seg, peer_id = %key.peer, result = ?result, "catch-up delivery changed nothing");
+        }
+    }
+
+    /// Completes the job (`seg`, `peer`) as delivered because `peer` pulled `seg` from this node
+    /// (catch-up) and acknowledged it durably or answered "have": the network layer's
+    /// `on_delivered` hook (INV-15). Whatever the job's state — pending (a transfer in flight
+    /// then has its outcome ignored), a dead letter (resolved: out of the queue, pin released) —
+    /// it ends delivered, the success condition is checked in the same transaction (INV-13), and
+    /// `segment delivered … via=catch_up` is logged. A job already ended, or no job at all (the
+    /// segment came from `peer`), is left alone; so calling it twice does nothing more. See
+    /// [`ledger::deliver_out_of_band`].
+    pub fn delivered_out_of_band_blocking(
+        &self,
+        seg: SegmentId,
+        peer: &PeerId,
+        now_ms: u64,
+    ) -> Result<OutOfBand, RelayError> {
+        let key = JobKey {
+            seg,
+            peer: peer.clone(),
+        };
+        let out = self.run_blocking(self.out_of_band_op(key.clone(), now_ms))?;
+        Self::log_out_of_band(&key, &out);
+        Ok(out)
+    }
+
+    /// Async form of [`Relay::delivered_out_of_band_blocking`].
+    pub async fn delivered_out_of_band(
+        &self,
+        seg: SegmentId,
+        peer: &PeerId,
+        now_ms: u64,
+    ) -> Result<OutOfBand, RelayError> {
+        let key = JobKey {
+            seg,
+            peer: peer.clone(),
+        };
+        let out = self.run(self.out_of_band_op(key.clone(), now_ms)).await?;
+        Self::log_out_of_band(&key, &out);
+        Ok(out)
+    }
+
     // ---- operator operations -----------------------------------------------------------------
 
     fn requeue_op(keys: Vec<JobKey>, now_ms: u64) -> TxnFn<Vec<(JobKey, Requeue)>> {
@@ -589,6 +657,42 @@ impl Relay {
             });
         }
         Ok(out)
+    }
+
+    /// Counters for metrics (INV-26): jobs by state over the whole ledger (six rows of
+    /// `relay-job-counts-v1`, kept in step by every ledger transaction: O(1) in the number of
+    /// jobs; the in-flight split is O(pending jobs) in memory), totals since this process
+    /// opened the relay, and the transfers running now. Cheap enough to call every few seconds.
+    /// See [`crate::counters`] for the identity the totals satisfy.
+    pub fn counters(&self) -> Result<RelayCounters, RelayError> {
+        let read = self.read()?;
+        let table = read.open_table(JOB_COUNTS).map_err(db)?;
+        let mut by_slot = [0u64; CountSlot::ALL.len()];
+        for (n, slot) in by_slot.iter_mut().zip(CountSlot::ALL) {
+            *n = table.get(slot.key()).map_err(db)?.map_or(0, |v| v.value());
+        }
+        let [pending, delivered, refused, cancelled, dead, purged] = by_slot;
+        let (in_flight, transfers_in_flight, totals) = {
+            let s = self.inner.sched();
+            let totals = *self.inner.shared.totals();
+            (s.in_flight_pending() as u64, s.in_flight() as u64, totals)
+        };
+        // The ledger was read just before the scheduler: a job that ended in between is at
+        // most briefly counted as pending and in flight both; never below zero.
+        let in_flight = in_flight.min(pending);
+        Ok(RelayCounters {
+            jobs: JobCounts {
+                pending: pending - in_flight,
+                in_flight,
+                delivered,
+                refused,
+                cancelled,
+                dead,
+                purged,
+            },
+            totals,
+            transfers_in_flight,
+        })
     }
 
     /// The ledger row of one job.

@@ -11,12 +11,16 @@
 //! | `relay-due-v1` | due ms (u64 BE) ‖ segment id ‖ peer id — pending jobs only | priority (u8) |
 //! | `relay-dead-letters-v1` | segment id ‖ peer id — unpurged dead letters only | [`DeadRow`] |
 //! | `relay-propagation-v1` | segment id | [`PropRow`] |
+//! | `relay-job-counts-v1` | state name ([`CountSlot::key`]) | u64: jobs in that state |
 //! | `relay-meta-v1` | key | u64 (`schema_version`) |
 //!
 //! Every job of a segment sits under one key prefix (its id), so the jobs of a segment are one
 //! range scan. `relay-due-v1` holds exactly the jobs whose state is `pending` (the ledger keeps
 //! the two in step inside every transaction), so start-up loads pending work without reading
-//! finished jobs.
+//! finished jobs. `relay-job-counts-v1` holds the number of jobs in each state (purged dead
+//! letters apart from the others), changed in the transaction of every job change, so the
+//! metrics read six rows instead of every job ([`crate::Relay::counters`]); a database created
+//! before the table existed gets it built once from `relay-jobs-v1` when the relay opens.
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -33,13 +37,16 @@ pub(crate) const DEAD: TableDefinition<&[u8], &[u8]> =
 pub(crate) const PROPAGATION: TableDefinition<&[u8], &[u8]> =
     TableDefinition::new("relay-propagation-v1");
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("relay-meta-v1");
+pub(crate) const JOB_COUNTS: TableDefinition<&str, u64> =
+    TableDefinition::new("relay-job-counts-v1");
 
 pub(crate) const META_SCHEMA_VERSION: &str = "schema_version";
 /// The ledger schema this build writes and reads.
 pub const SCHEMA_VERSION: u64 = 1;
 
 /// The state of a job. `Pending` is the only non-terminal state; `Dead` can go back to `Pending`
-/// by an operator's requeue (or to `Cancelled` when a `one_peer` condition is met).
+/// by an operator's requeue, to `Cancelled` when a `one_peer` condition is met, or to
+/// `Delivered` when the peer pulled the segment through catch-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum JobState {
     Pending,
@@ -64,6 +71,55 @@ impl JobState {
 impl std::fmt::Display for JobState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A row of `relay-job-counts-v1`: a job state, with purged dead letters counted apart from the
+/// dead letters still in the queue (as in a segment's [`Tally`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CountSlot {
+    Pending,
+    Delivered,
+    Refused,
+    Cancelled,
+    /// Dead letters not purged (in `relay-dead-letters-v1`).
+    Dead,
+    /// Dead jobs whose dead letter an operator purged.
+    Purged,
+}
+
+impl CountSlot {
+    pub const ALL: [CountSlot; 6] = [
+        CountSlot::Pending,
+        CountSlot::Delivered,
+        CountSlot::Refused,
+        CountSlot::Cancelled,
+        CountSlot::Dead,
+        CountSlot::Purged,
+    ];
+
+    /// The slot of a job in `state` (`purged`: its dead letter was purged).
+    pub fn of(state: JobState, purged: bool) -> CountSlot {
+        match state {
+            JobState::Pending => CountSlot::Pending,
+            JobState::Delivered => CountSlot::Delivered,
+            JobState::Refused => CountSlot::Refused,
+            JobState::Cancelled => CountSlot::Cancelled,
+            JobState::Dead if purged => CountSlot::Purged,
+            JobState::Dead => CountSlot::Dead,
+        }
+    }
+
+    /// Its key in `relay-job-counts-v1`.
+    pub fn key(&self) -> &'static str {
+        match self {
+            CountSlot::Pending => "pending",
+            CountSlot::Delivered => "delivered",
+            CountSlot::Refused => "refused",
+            CountSlot::Cancelled => "cancelled",
+            CountSlot::Dead => "dead",
+            CountSlot::Purged => "purged",
+        }
     }
 }
 
@@ -182,6 +238,29 @@ pub(crate) fn corrupt(table: &str, reason: &str) -> redb::Error {
     redb::Error::Corrupted(format!("relay table {table}: {reason}"))
 }
 
+/// Fills `relay-job-counts-v1` from `relay-jobs-v1` if it is empty (a new database, or one
+/// written before the table existed): one scan, once. Every slot gets a row, so the table is
+/// never empty afterwards.
+fn build_job_counts(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    use redb::ReadableTableMetadata;
+    if !txn.open_table(JOB_COUNTS)?.is_empty()? {
+        return Ok(());
+    }
+    let mut counts = std::collections::BTreeMap::new();
+    for entry in txn.open_table(JOBS)?.iter()? {
+        let (_, v) = entry?;
+        let row: JobRow = decode("relay-jobs-v1", v.value())?;
+        *counts
+            .entry(CountSlot::of(row.state, row.purged))
+            .or_insert(0u64) += 1;
+    }
+    let mut table = txn.open_table(JOB_COUNTS)?;
+    for slot in CountSlot::ALL {
+        table.insert(slot.key(), counts.get(&slot).copied().unwrap_or(0))?;
+    }
+    Ok(())
+}
+
 /// Creates the relay's tables (so readers never meet a missing one) and checks the schema
 /// version. Runs through the store's committer.
 pub(crate) fn init(store: &store::Store) -> Result<(), crate::RelayError> {
@@ -190,6 +269,7 @@ pub(crate) fn init(store: &store::Store) -> Result<(), crate::RelayError> {
         txn.open_table(DUE)?;
         txn.open_table(DEAD)?;
         txn.open_table(PROPAGATION)?;
+        build_job_counts(txn)?;
         let mut meta = txn.open_table(META)?;
         let found = meta.get(META_SCHEMA_VERSION)?.map(|v| v.value());
         if found.is_none() {

@@ -199,6 +199,15 @@ async fn inv_12_executor_retries_exactly_at_backoff_and_refunds_at_shutdown() {
         "the cut-short third attempt was refunded"
     );
     assert_eq!(row.last_error.as_deref(), Some("timed_out: stalled"));
+    // INV-26: the relay's totals agree with the executor's report and reconcile.
+    let c = n0.counters().unwrap();
+    assert_eq!(c.totals.attempts_started, report.started);
+    assert_eq!(
+        (c.totals.retries_scheduled, c.totals.refunded),
+        (2, report.refunded)
+    );
+    assert_eq!((c.transfers_in_flight, c.jobs.pending), (0, 1));
+    assert!(c.reconciles(), "{c:?}");
 }
 
 #[tokio::test(start_paused = true)]

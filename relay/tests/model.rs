@@ -7,7 +7,11 @@
 //! INV-11 (jobs created with the segment, one per known peer but the source), INV-12 (bounded
 //! attempts, dead letters keep attempts and error), INV-13 (propagated exactly when the
 //! condition holds, once, never by dead-lettering), INV-14 (attempts, due times and dead letters
-//! survive restarts; due times clamped on load).
+//! survive restarts; due times clamped on load), INV-15 (a catch-up delivery completes a
+//! pending job, in flight or not, or a dead letter, purged or not, and the condition is checked
+//! as for any delivery), INV-26 (the job counts equal the ledger's jobs by state, and the totals
+//! satisfy `attempts = deliveries + failures + ignored + refunded + in flight` after every
+//! step).
 
 mod common;
 
@@ -20,7 +24,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use relay::core::Counts;
 use relay::harness::segments::Publisher;
-use relay::ledger::{Applied, OutcomeIn, Purge, Requeue, Start};
+use relay::ledger::{Applied, OutOfBand, OutcomeIn, Purge, Requeue, Start};
 use relay::tables::JobState;
 use relay::{JobKey, Outcome, PeerId, Relay, RelayConfig};
 use store::fs::Fs;
@@ -55,6 +59,7 @@ enum Op {
     Outcome { pick: usize, kind: u8 },
     Requeue { pick: usize, twice: bool },
     Purge { pick: usize },
+    CatchUp { pick: usize },
     AgePins,
     Restart { crash: bool },
     Jump { delta_ms: i64 },
@@ -68,6 +73,7 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (0..8usize, 0..8u8).prop_map(|(pick, kind)| Op::Outcome { pick, kind }),
         1 => (0..16usize, any::<bool>()).prop_map(|(pick, twice)| Op::Requeue { pick, twice }),
         1 => (0..16usize).prop_map(|pick| Op::Purge { pick }),
+        2 => (0..16usize).prop_map(|pick| Op::CatchUp { pick }),
         1 => Just(Op::AgePins),
         1 => any::<bool>().prop_map(|crash| Op::Restart { crash }),
         1 => (-60_000i64..60_000).prop_map(|delta_ms| Op::Jump { delta_ms }),
@@ -429,6 +435,49 @@ impl World {
                     assert_eq!(got, Purge::NotDead(j.state));
                 }
             }
+            Op::CatchUp { pick } => {
+                // The peer pulled the segment from this node (INV-15); a third of the time the
+                // pick misses every job (a segment this node has no job for with that peer).
+                let keys: Vec<JobKey> = self.jobs.keys().cloned().collect();
+                let key = match keys.get(*pick % (keys.len() + keys.len() / 2).max(1)) {
+                    Some(k) => k.clone(),
+                    None => JobKey {
+                        seg: self.segs[*pick % SEGS].0,
+                        peer: peer("stranger"),
+                    },
+                };
+                let now = self.now();
+                let got = self
+                    .relay()
+                    .delivered_out_of_band_blocking(key.seg, &key.peer, now)
+                    .unwrap();
+                let Some(j) = self.jobs.get_mut(&key) else {
+                    assert_eq!(got, OutOfBand::NoJob);
+                    return;
+                };
+                match j.state {
+                    JobState::Pending | JobState::Dead => {
+                        assert_eq!(
+                            got,
+                            OutOfBand::Completed {
+                                was: j.state,
+                                purged: j.purged
+                            }
+                        );
+                        j.state = JobState::Delivered;
+                        j.purged = false;
+                        j.dead_pin_until = None;
+                        // A transfer in flight stays in flight; its outcome will be ignored.
+                        self.refresh_propagation(key.seg);
+                    }
+                    s => assert_eq!(got, OutOfBand::Ended(s)),
+                }
+                let again = self
+                    .relay()
+                    .delivered_out_of_band_blocking(key.seg, &key.peer, now)
+                    .unwrap();
+                assert_eq!(again, OutOfBand::Ended(self.jobs[&key].state), "idempotent");
+            }
             Op::AgePins => {
                 let now = self.now();
                 self.relay().age_dead_pins_blocking(now).unwrap();
@@ -553,6 +602,26 @@ impl World {
                 );
             }
         }
+        // INV-26: job counts by state equal the ledger's; the totals reconcile.
+        let counters = self.relay().counters().unwrap();
+        let count = |f: &dyn Fn(&MJob) -> bool| self.jobs.values().filter(|j| f(j)).count() as u64;
+        let pending_in_flight = self
+            .jobs
+            .iter()
+            .filter(|(k, j)| j.state == JobState::Pending && self.in_flight.contains(k))
+            .count() as u64;
+        let want = relay::JobCounts {
+            pending: count(&|j| j.state == JobState::Pending) - pending_in_flight,
+            in_flight: pending_in_flight,
+            delivered: count(&|j| j.state == JobState::Delivered),
+            refused: count(&|j| j.state == JobState::Refused),
+            cancelled: count(&|j| j.state == JobState::Cancelled),
+            dead: count(&|j| j.state == JobState::Dead && !j.purged),
+            purged: count(&|j| j.state == JobState::Dead && j.purged),
+        };
+        assert_eq!(counters.jobs, want, "INV-26: jobs by state");
+        assert_eq!(counters.transfers_in_flight, self.in_flight.len() as u64);
+        assert!(counters.reconciles(), "INV-26: {counters:?}");
         // Pins and propagation marks, per stored segment.
         for info in self.store().list().unwrap() {
             let want: Vec<String> = self
@@ -653,4 +722,44 @@ fn inv_12_dead_letter_after_max_attempts() {
         },
     ]);
     run(&ops, 1);
+}
+
+#[test]
+fn inv_15_catch_up_completes_a_dead_letter_and_a_purged_one_then_all_peers_holds() {
+    use Op::*;
+    // Segment 0 (all_peers) from peer a: jobs for b and c, both dead after three failures.
+    let mut ops = vec![Ingest { seg: 0, source: 1 }];
+    for _ in 0..3 {
+        ops.extend([
+            Advance { ms: 2_000 },
+            Start,
+            Outcome { pick: 0, kind: 5 },
+            Outcome { pick: 0, kind: 6 },
+        ]);
+    }
+    ops.extend([
+        Purge { pick: 1 },
+        CatchUp { pick: 0 },
+        AgePins,
+        CatchUp { pick: 1 },
+        Restart { crash: true },
+        CatchUp { pick: 1 },
+    ]);
+    run(&ops, 2);
+}
+
+#[test]
+fn inv_15_catch_up_while_in_flight_one_peer_cancels_the_rest_outcomes_ignored() {
+    use Op::*;
+    // Segment 1 (one_peer) imported: jobs a, b, c; a and b start (global cap 2).
+    let ops = vec![
+        Ingest { seg: 1, source: 0 },
+        Start,
+        CatchUp { pick: 0 },
+        Outcome { pick: 0, kind: 0 },
+        Outcome { pick: 0, kind: 5 },
+        Start,
+        Restart { crash: false },
+    ];
+    run(&ops, 3);
 }

@@ -12,6 +12,10 @@
 //!   ledger operations as the tokio executor. A crash restart reopens the node from its file
 //!   system's durable image ([`SimFs::crash_image`]), a graceful one refunds in-flight attempts
 //!   first, as the executor's shutdown does.
+//! - Catch-up runs only when a test asks ([`Sim::catch_up`], [`Sim::catch_up_all`]), so runs
+//!   that do not use it are exactly what they were: the puller pulls what it lacks, and each
+//!   segment served completes the server's job through the same call the network layer's
+//!   `on_delivered` hook makes ([`Relay::delivered_out_of_band_blocking`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -21,7 +25,7 @@ use rand_chacha::ChaCha8Rng;
 use store::fs::Fs;
 use store::fs::sim::SimFs;
 use store::keys::TrustedPublishers;
-use store::{IngestOptions, IngestOutcome, SegmentId, Store, StoreConfig};
+use store::{Holding, IngestOptions, IngestOutcome, SegmentId, Store, StoreConfig};
 
 use crate::core::{JobKey, Outcome};
 use crate::ledger::{Applied, OutcomeIn, Start};
@@ -149,6 +153,8 @@ pub struct RunStats {
     pub events: u64,
     pub transfers: u64,
     pub deliveries: u64,
+    /// Segments pulled by catch-up.
+    pub pulls: u64,
 }
 
 /// A simulated network of relay nodes. See the module docs.
@@ -457,6 +463,97 @@ impl Sim {
             relay.reclamp(self.node_now(i));
         }
         self.step(i);
+    }
+
+    // ---- catch-up -----------------------------------------------------------------------------
+
+    /// One catch-up round, as the network layer runs it on a connection, instantly (no transfer
+    /// time): `puller` pulls from `server` every segment `server` stores that `puller` neither
+    /// stores nor remembers as evicted; each one the puller then holds (stored, or already had)
+    /// completes `server`'s job for `puller` ([`Relay::delivered_out_of_band_blocking`], the
+    /// `on_delivered` hook; INV-15). Runs only between neighbours that are both up and joined by
+    /// an `Up` or `Flaky` link outside any partition; over a flaky link each pull fails with
+    /// the link's probability (drawn from the seed). Returns the segments pulled.
+    pub fn catch_up(&mut self, puller: usize, server: usize) -> usize {
+        let fail_percent = match self.reachable(puller, server) {
+            Link::Up { .. } => 0,
+            Link::Flaky { fail_percent, .. } => fail_percent,
+            Link::Down | Link::Failing { .. } => return 0,
+        };
+        let connected = self.links.contains_key(&pair(puller, server))
+            && self.nodes[puller].up.is_some()
+            && self.nodes[server].up.is_some();
+        if !connected {
+            return 0;
+        }
+        let server_store = self.store(server).clone();
+        let server_relay = self.relay(server).clone();
+        let receiver = self.relay(puller).clone();
+        let wanted: Vec<SegmentId> = server_store
+            .list()
+            .expect("store readable")
+            .into_iter()
+            .map(|info| info.id)
+            .filter(|id| {
+                matches!(
+                    self.store(puller).holding(id).expect("store readable"),
+                    Holding::Absent | Holding::Partial { .. }
+                )
+            })
+            .collect();
+        let mut pulled = 0;
+        for seg in wanted {
+            let outcome = if self.rng.random_range(0..100u8) < fail_percent {
+                Outcome::TimedOut("pull stalled (flaky link)".into())
+            } else {
+                super::deliver(
+                    &server_store,
+                    &self.nodes[server].id,
+                    &receiver,
+                    seg,
+                    self.node_now(server),
+                    self.node_now(puller),
+                )
+            };
+            let completed = if matches!(outcome, Outcome::Delivered | Outcome::Have) {
+                pulled += 1;
+                let r = server_relay
+                    .delivered_out_of_band_blocking(
+                        seg,
+                        &self.nodes[puller].id,
+                        self.node_now(server),
+                    )
+                    .expect("ledger write");
+                format!("{r:?}")
+            } else {
+                "-".to_owned()
+            };
+            let line = format!(
+                "{} {} pull {}<{} {} -> {completed}",
+                self.now_ms,
+                self.nodes[puller].id,
+                seg.short(),
+                self.nodes[server].id,
+                outcome.kind()
+            );
+            self.trace_line(line);
+        }
+        self.stats.pulls += pulled as u64;
+        self.step(server);
+        self.step(puller);
+        pulled
+    }
+
+    /// A catch-up round on every link, in both directions (in node order): what the network
+    /// layer's periodic rounds do. Returns the segments pulled.
+    pub fn catch_up_all(&mut self) -> usize {
+        let links: Vec<(usize, usize)> = self.links.keys().copied().collect();
+        let mut pulled = 0;
+        for (a, b) in links {
+            pulled += self.catch_up(a, b);
+            pulled += self.catch_up(b, a);
+        }
+        pulled
     }
 
     fn reachable(&self, a: usize, b: usize) -> Link {
