@@ -1,10 +1,15 @@
 # edged — build, test and measure.
 CARGO ?= cargo
 
-.PHONY: build test lint bench clean
+.PHONY: build test lint bench demo clean
 
 build:
 	$(CARGO) build --release --workspace
+
+## The main job: a local 4-node fleet seeded from a directory (see scripts/demo.sh).
+demo:
+	$(CARGO) build --release --locked -p edged
+	./scripts/demo.sh
 
 ## The test command (CI runs exactly this): unit, model, crash and integration tests.
 test:

@@ -14,7 +14,7 @@ pub const CONFIG_DEFAULT: &str = "/etc/edged/edge.toml";
     about = "Relay signed content through an airgapped fleet",
     after_help = "Exit codes: 0 success; 1 the command failed (a file rejected, a segment not verified); \
                   2 bad command line; 3 invalid configuration; 4 data directory held by another process; \
-                  5 storage failure."
+                  5 storage failure; 6 the daemon is not running (commands that need it)."
 )]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug). EDGED_LOG overrides.
@@ -26,6 +26,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: relay segments to and from the configured peers.
+    Run(RunArgs),
+    /// Fleet certificate authority and node certificates.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Publisher keys.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -38,6 +43,80 @@ pub enum Command {
     Export(ExportArgs),
     /// List stored segments and their propagation.
     Segments(SegmentsArgs),
+    /// The node at a glance (from the running daemon).
+    Status(QueryArgs),
+    /// Known peers and their connections (from the running daemon).
+    Peers(QueryArgs),
+    /// Dead letters: relay jobs that exhausted their attempts.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Log format on stderr (overrides the config's `log_format`).
+    #[arg(long, value_parser = ["human", "json"])]
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a fleet CA (key + self-signed certificate) in DIR. Keep it offline.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue a node certificate (DNS name = node id) signed by the fleet CA.
+    Issue {
+        /// Directory holding the fleet CA (from `ca init`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// Node id: [a-z0-9-]{1,63}.
+        #[arg(long)]
+        node: String,
+        /// Directory to write <node>.crt and <node>.key into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters.
+    List(QueryArgs),
+    /// Requeue a peer's dead letters (or one segment's) with fresh attempts.
+    Requeue(DlqTarget),
+    /// Remove a peer's dead letters (or one segment's); the segment may then be evicted.
+    Purge(DlqTarget),
+}
+
+#[derive(Debug, Args)]
+pub struct DlqTarget {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The peer whose dead letters to act on.
+    #[arg(long)]
+    pub peer: String,
+    /// Only this segment (id or unique prefix).
+    #[arg(long)]
+    pub segment: Option<String>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

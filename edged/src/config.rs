@@ -72,7 +72,69 @@ struct RawConfig {
     known_peers: Vec<RawPeer>,
     publishers: RawPublishers,
     store: RawStore,
+    #[serde(default)]
+    relay: RawRelay,
+    #[serde(default)]
+    net: RawNet,
 }
+
+/// Declares a config section whose keys are all optional overrides of a library's defaults,
+/// and the function that applies them.
+macro_rules! overrides {
+    ($raw:ident => $target:ty { $($field:ident: $ty:ty),* $(,)? }) => {
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct $raw {
+            $($field: Option<$ty>,)*
+        }
+
+        impl $raw {
+            fn apply(&self, target: &mut $target) {
+                $(if let Some(v) = self.$field {
+                    target.$field = v;
+                })*
+            }
+        }
+    };
+}
+
+overrides!(RawRelay => relay::RelayConfig {
+    attempts_max: u32,
+    backoff_base_ms: u64,
+    backoff_max_ms: u64,
+    jitter_percent: u32,
+    store_full_backoff_min_ms: u64,
+    store_full_attempts_max: u32,
+    busy_retry_ms: u64,
+    busy_retries_max: u32,
+    per_peer_concurrency_max: usize,
+    global_concurrency_max: usize,
+    dead_letter_pin_max_age_ms: u64,
+    attempt_timeout_ms: u64,
+    wake_interval_max_ms: u64,
+});
+
+overrides!(RawNet => net::NetConfig {
+    handshake_timeout_ms: u64,
+    idle_timeout_ms: u64,
+    keep_alive_interval_ms: u64,
+    stall_timeout_ms: u64,
+    response_timeout_ms: u64,
+    frame_bytes_max: usize,
+    streams_per_peer_max: u32,
+    connections_per_peer_max: usize,
+    handshakes_unauthenticated_max: usize,
+    catchup_interval_ms: u64,
+    catchup_on_connect: bool,
+    catchup_pulls_concurrent: usize,
+    checkpoint_bytes: u64,
+    redial_backoff_base_ms: u64,
+    redial_backoff_max_ms: u64,
+    stream_receive_window_bytes: u64,
+    receive_window_bytes: u64,
+    send_window_bytes: u64,
+    udp_buffer_bytes: usize,
+});
 
 fn default_clock_skew() -> u64 {
     CLOCK_SKEW_MAX_S_DEFAULT
@@ -140,21 +202,19 @@ pub struct Tls {
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // network and daemon fields are read by `edged run`, added next
 pub struct Config {
     /// The file it was read from (for messages).
     pub path: PathBuf,
     pub node_id: String,
     pub listen_addr: SocketAddr,
-    pub data_dir: PathBuf,
     pub control_socket: PathBuf,
     pub log_format: LogFormat,
     pub metrics_addr: Option<SocketAddr>,
-    pub clock_skew_max_s: u64,
     pub tls: Tls,
     pub known_peers: Vec<Peer>,
-    pub trusted: TrustedPublishers,
     pub store: store::StoreConfig,
+    pub relay: relay::RelayConfig,
+    pub net: net::NetConfig,
 }
 
 impl Config {
@@ -345,18 +405,50 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
     store_cfg.pinned_channels = pinned_channels;
     store_cfg.clock_skew_ms = raw.clock_skew_max_s.saturating_mul(1000);
 
+    let peer_ids = known_peers
+        .iter()
+        .map(|p| p.id.parse::<relay::PeerId>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("known_peers", e.to_string()))?;
+    let node_peer_id: relay::PeerId = raw
+        .node_id
+        .parse()
+        .map_err(|e: relay::peer::PeerIdError| invalid("node_id", e.to_string()))?;
+    let mut relay_cfg = relay::RelayConfig::new(node_peer_id, peer_ids);
+    raw.relay.apply(&mut relay_cfg);
+    relay_cfg
+        .validate()
+        .map_err(|e| invalid(&format!("relay.{}", e.key), e.reason))?;
+
+    let node_id: net::NodeId = raw
+        .node_id
+        .parse()
+        .map_err(|e: net::PkiError| invalid("node_id", e.to_string()))?;
+    let mut net_peers = std::collections::BTreeMap::new();
+    for (i, peer) in known_peers.iter().enumerate() {
+        let id: net::NodeId = peer
+            .id
+            .parse()
+            .map_err(|e: net::PkiError| invalid(&format!("known_peers[{i}].id"), e.to_string()))?;
+        net_peers.insert(id, peer.addr);
+    }
+    let mut net_cfg = net::NetConfig::new(node_id, listen_addr, net_peers);
+    raw.net.apply(&mut net_cfg);
+    net_cfg
+        .validate()
+        .map_err(|e| invalid(&format!("net.{}", e.key), e.reason))?;
+
     Ok(Config {
+        relay: relay_cfg,
+        net: net_cfg,
         path: path.to_owned(),
         node_id: raw.node_id,
         listen_addr,
-        data_dir,
         control_socket,
         log_format: raw.log_format,
         metrics_addr,
-        clock_skew_max_s: raw.clock_skew_max_s,
         tls,
         known_peers,
-        trusted,
         store: store_cfg,
     })
 }

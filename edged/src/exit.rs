@@ -8,6 +8,7 @@
 //! | 3 | invalid configuration: the message names the key and the file |
 //! | 4 | the data directory is held by another process (is the daemon running?) |
 //! | 5 | storage failure: corrupt database, I/O error on the data directory |
+//! | 6 | the command needs the running daemon, and none answers on the control socket |
 
 use std::process::ExitCode;
 
@@ -16,6 +17,7 @@ pub const USAGE: u8 = 2;
 pub const CONFIG: u8 = 3;
 pub const BUSY: u8 = 4;
 pub const STORAGE: u8 = 5;
+pub const DAEMON_DOWN: u8 = 6;
 
 /// An error with the exit code it maps to.
 #[derive(Debug)]

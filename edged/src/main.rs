@@ -7,9 +7,10 @@ mod cli;
 mod clock;
 mod cmd;
 mod config;
-#[allow(dead_code)] // the daemon side is added with `edged run`
 mod control;
+mod daemon;
 mod exit;
+mod metrics;
 mod output;
 
 use std::process::ExitCode;
@@ -18,7 +19,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    init_logging(args.verbose);
+    // The daemon sets up its own logging once it has read its config.
+    if !matches!(args.command, cli::Command::Run(_)) {
+        init_logging(args.verbose);
+    }
     match cmd::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
@@ -42,4 +46,18 @@ fn init_logging(verbose: u8) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+}
+
+/// The daemon logs at info (EDGED_LOG overrides), human-readable or as JSON lines.
+pub fn init_daemon_logging(format: config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGED_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        config::LogFormat::Json => builder.json().init(),
+        config::LogFormat::Human => builder.init(),
+    }
 }

@@ -230,7 +230,7 @@ impl Store {
             let path = path.to_owned();
             move |source| StoreError::Io { op, path, source }
         };
-        if same_segment_file(&target, id, reader.row().file_len) {
+        if file_holds_segment(&target, id, reader.row().file_len) {
             return Ok(Exported::AlreadyThere(target));
         }
         let tmp = dir.join(format!(".{id}.seg.tmp"));
@@ -299,7 +299,7 @@ use redb::{ReadableDatabase, ReadableTable};
 
 /// True if `path` already holds segment `id` completely (same length, header of that id, and a
 /// payload matching its hash).
-fn same_segment_file(path: &Path, id: &SegmentId, len: u64) -> bool {
+pub fn file_holds_segment(path: &Path, id: &SegmentId, len: u64) -> bool {
     let Ok(mut file) = File::open(path) else {
         return false;
     };

@@ -1,8 +1,14 @@
 //! `edged export --to DIR`: USB out. Each segment is written as `<id>.seg`, atomically, with its
 //! payload verified while copying; a file already there with the right content is left alone.
 
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::Context;
 use serde::Serialize;
 use store::{Exported, SegmentId};
+
+use crate::control::{Request, Response};
 
 use crate::cli::ExportArgs;
 use crate::config::Config;
@@ -35,6 +41,10 @@ pub fn run(args: &ExportArgs) -> CliResult {
         )));
     }
     let cfg = Config::load(&args.config.config)?;
+    if let Some(client) = super::client::connect(&cfg)? {
+        let lines = export_through_daemon(client, args)?;
+        return report(&lines, args.json);
+    }
     let store = super::open_store_direct(&cfg)?;
     let ids: Vec<SegmentId> = if args.all {
         store.list()?.into_iter().map(|s| s.id).collect()
@@ -78,8 +88,12 @@ pub fn run(args: &ExportArgs) -> CliResult {
         lines.push(line);
     }
     store.close();
+    report(&lines, args.json)
+}
+
+fn report(lines: &[Line], json: bool) -> CliResult {
     let failed = lines.iter().filter(|l| l.error.is_some()).count();
-    if args.json {
+    if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&lines).map_err(Failure::failed)?
@@ -107,4 +121,110 @@ pub fn run(args: &ExportArgs) -> CliResult {
         )));
     }
     Ok(())
+}
+
+/// Asks the daemon for each segment's bytes and writes them here: temp file, fsync, verified by
+/// reading it back (header id and payload hash), rename, directory fsync.
+fn export_through_daemon(
+    mut client: super::client::Client,
+    args: &ExportArgs,
+) -> CliResult<Vec<Line>> {
+    let chosen = client.call(&Request::ExportSelect {
+        all: args.all,
+        channel: args.channel.clone(),
+        ids: args.ids.clone(),
+    })?;
+    let ids: Vec<String> = serde_json::from_value(chosen).map_err(Failure::failed)?;
+    let mut lines = Vec::with_capacity(ids.len());
+    for id in ids {
+        let line = match export_one(&mut client, &id, &args.to)? {
+            Ok(Exported::Written(p)) => Line {
+                id,
+                status: "written",
+                path: Some(p.display().to_string()),
+                error: None,
+            },
+            Ok(Exported::AlreadyThere(p)) => Line {
+                id,
+                status: "already there",
+                path: Some(p.display().to_string()),
+                error: None,
+            },
+            Err(e) => Line {
+                id,
+                status: "FAILED",
+                path: None,
+                error: Some(format!("{e:#}")),
+            },
+        };
+        lines.push(line);
+    }
+    Ok(lines)
+}
+
+/// The outer error ends the connection (it is out of step); the inner one is this file's.
+fn export_one(
+    client: &mut super::client::Client,
+    id_text: &str,
+    dir: &Path,
+) -> CliResult<anyhow::Result<Exported>> {
+    let Ok(id) = id_text.parse::<SegmentId>() else {
+        return Ok(Err(anyhow::anyhow!("the daemon named a bad id {id_text}")));
+    };
+    let target = dir.join(format!("{id}.seg"));
+    client.send(&Request::Export {
+        id: id_text.to_owned(),
+    })?;
+    let len = match client.receive()? {
+        Response::ExportStream { len, .. } => len,
+        Response::Error { message, .. } => return Ok(Err(anyhow::anyhow!(message))),
+        Response::Ok { .. } => {
+            return Err(Failure::failed(anyhow::anyhow!(
+                "unexpected answer from the daemon"
+            )));
+        }
+    };
+    let tmp = dir.join(format!(".{id}.seg.tmp"));
+    let written = (|| -> anyhow::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let copied = std::io::copy(&mut (&mut client.reader).take(len), &mut file)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        if copied != len {
+            anyhow::bail!(
+                "the daemon sent {copied} of {len} bytes (its copy failed verification?)"
+            );
+        }
+        file.sync_all()
+            .with_context(|| format!("cannot fsync {}", tmp.display()))?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        // A short stream leaves the connection out of step.
+        return Err(Failure::failed(e));
+    }
+    let result = (|| -> anyhow::Result<Exported> {
+        if store::read::file_holds_segment(&target, &id, len) {
+            std::fs::remove_file(&tmp).ok();
+            return Ok(Exported::AlreadyThere(target.clone()));
+        }
+        if !store::read::file_holds_segment(&tmp, &id, len) {
+            anyhow::bail!("the copy written to {} does not verify", tmp.display());
+        }
+        std::fs::rename(&tmp, &target)
+            .with_context(|| format!("cannot create {}", target.display()))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot fsync {}", dir.display()))?;
+        Ok(Exported::Written(target.clone()))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(result)
 }

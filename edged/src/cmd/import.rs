@@ -15,7 +15,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use store::limits::STREAM_BUF_BYTES;
-use store::{IngestOptions, IngestOutcome, Store};
+use store::{IngestOptions, IngestOutcome};
 
 use crate::cli::ImportArgs;
 use crate::config::Config;
@@ -45,14 +45,27 @@ struct Line {
 pub fn run(args: &ImportArgs) -> CliResult {
     let cfg = Config::load(&args.config.config)?;
     let entries = scan(&args.dir).map_err(Failure::failed)?;
-    let store = super::open_store_direct(&cfg)?;
     let total: u64 = entries.iter().map(|e| e.len).sum();
     let bar = progress(total);
+    let mut target = match super::client::connect(&cfg)? {
+        Some(client) => Target::Daemon(client),
+        None => {
+            let store = super::open_store_direct(&cfg)?;
+            // Jobs for the peers are scheduled in the same transaction as each segment, as the
+            // daemon would; it sends them when it starts.
+            let relay = relay::Relay::open(store, cfg.relay.clone(), crate::clock::now_ms())
+                .map_err(|e| Failure::new(crate::exit::STORAGE, e))?;
+            Target::Direct(relay)
+        }
+    };
     let mut lines = Vec::with_capacity(entries.len());
     for entry in entries {
         bar.set_message(entry.name.clone());
         let result = match entry.kind {
-            Kind::Candidate => import_file(&store, &entry.path, &bar),
+            Kind::Candidate => match &mut target {
+                Target::Direct(relay) => import_file(relay, &entry.path, &bar),
+                Target::Daemon(client) => import_through_daemon(client, &entry, &bar)?,
+            },
             Kind::Skip(reason) => reason,
         };
         lines.push(Line {
@@ -61,8 +74,73 @@ pub fn run(args: &ImportArgs) -> CliResult {
         });
     }
     bar.finish_and_clear();
-    store.close();
+    if let Target::Direct(relay) = target {
+        relay.store().close();
+    }
     report(&lines, args.json)
+}
+
+/// Where segments go: the running daemon (over the control socket), or the data directory.
+enum Target {
+    Daemon(super::client::Client),
+    Direct(relay::Relay),
+}
+
+/// Streams one file to the daemon, which verifies and stores it. The daemon never opens the
+/// medium itself.
+fn import_through_daemon(
+    client: &mut super::client::Client,
+    entry: &Entry,
+    bar: &ProgressBar,
+) -> CliResult<FileResult> {
+    let file = match open_regular(&entry.path) {
+        Ok(f) => f,
+        Err(e) => {
+            return Ok(FileResult::Rejected {
+                reason: format!("{e:#}"),
+            });
+        }
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    client.send(&crate::control::Request::Import {
+        file_name: entry.name.clone(),
+        len,
+    })?;
+    let mut reader = Counting {
+        inner: BufReader::with_capacity(STREAM_BUF_BYTES, file).take(len),
+        bar,
+    };
+    let copied = std::io::copy(&mut reader, &mut client.writer)
+        .map_err(|e| Failure::failed(anyhow::anyhow!("{}: {e}", entry.path.display())))?;
+    if copied != len {
+        // The daemon waits for the announced bytes: this connection cannot continue.
+        return Err(Failure::failed(anyhow::anyhow!(
+            "{} shrank while being imported ({copied} of {len} bytes)",
+            entry.path.display()
+        )));
+    }
+    let body = match client.receive()? {
+        crate::control::Response::Ok { body } => body,
+        crate::control::Response::Error { code, message } => {
+            return Err(Failure::new(code, anyhow::anyhow!(message)));
+        }
+        crate::control::Response::ExportStream { .. } => {
+            return Err(Failure::failed(anyhow::anyhow!(
+                "unexpected answer from the daemon"
+            )));
+        }
+    };
+    let text = |k: &str| body[k].as_str().unwrap_or_default().to_owned();
+    Ok(match body["status"].as_str() {
+        Some("imported") => FileResult::Imported {
+            id: text("id"),
+            bytes: body["bytes"].as_u64().unwrap_or(0),
+        },
+        Some("already_present") => FileResult::AlreadyPresent { id: text("id") },
+        _ => FileResult::Rejected {
+            reason: text("reason"),
+        },
+    })
 }
 
 fn report(lines: &[Line], json: bool) -> CliResult {
@@ -220,7 +298,7 @@ pub fn open_regular(path: &Path) -> anyhow::Result<File> {
     Ok(file)
 }
 
-fn import_file(store: &Store, path: &Path, bar: &ProgressBar) -> FileResult {
+fn import_file(relay: &relay::Relay, path: &Path, bar: &ProgressBar) -> FileResult {
     let file = match open_regular(path) {
         Ok(f) => f,
         Err(e) => {
@@ -233,12 +311,7 @@ fn import_file(store: &Store, path: &Path, bar: &ProgressBar) -> FileResult {
         inner: BufReader::with_capacity(STREAM_BUF_BYTES, file),
         bar,
     };
-    match store.ingest_reader(
-        reader,
-        &IngestOptions::import(),
-        crate::clock::now_ms(),
-        |_, _| Ok(()),
-    ) {
+    match relay.ingest_reader(reader, &IngestOptions::import(), crate::clock::now_ms()) {
         Ok(IngestOutcome::Stored(s)) => FileResult::Imported {
             id: s.id.to_string(),
             bytes: s.row.file_len,

@@ -1,19 +1,35 @@
 //! One module per command; each returns a [`Failure`] carrying its exit code.
 
+mod ca;
+pub(crate) mod client;
 mod export;
 mod import;
 mod key;
+mod query;
 mod segment;
 mod segments;
 
 use std::sync::Arc;
 
-use crate::cli::{Cli, Command, KeyCommand, SegmentCommand};
+use crate::cli::{CaCommand, Cli, Command, DlqCommand, KeyCommand, SegmentCommand};
 use crate::config::Config;
 use crate::exit::{BUSY, CliResult, Failure};
 
 pub fn run(cli: Cli) -> CliResult {
     match cli.command {
+        Command::Run(args) => crate::daemon::run(&args),
+        Command::Ca(CaCommand::Init { out }) => ca::init(&out),
+        Command::Ca(CaCommand::Issue {
+            ca,
+            node,
+            out,
+            days,
+        }) => ca::issue(&ca, &node, &out, days),
+        Command::Status(args) => query::status(&args),
+        Command::Peers(args) => query::peers(&args),
+        Command::Dlq(DlqCommand::List(args)) => query::dlq_list(&args),
+        Command::Dlq(DlqCommand::Requeue(target)) => query::dlq_act(&target, true),
+        Command::Dlq(DlqCommand::Purge(target)) => query::dlq_act(&target, false),
         Command::Key(KeyCommand::Gen { out }) => key::generate(&out),
         Command::Segment(SegmentCommand::Create(args)) => segment::create(&args),
         Command::Segment(SegmentCommand::Inspect { file, json }) => segment::inspect(&file, json),

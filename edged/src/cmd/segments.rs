@@ -24,6 +24,10 @@ struct Row {
 
 pub fn run(args: &SegmentsArgs) -> CliResult {
     let cfg = Config::load(&args.config.config)?;
+    if let Some(mut daemon) = super::client::connect(&cfg)? {
+        let v = daemon.call(&crate::control::Request::Segments)?;
+        return super::query::segments_from_daemon(&v, args.json);
+    }
     let store = super::open_store_direct(&cfg)?;
     let rows: Vec<Row> = store
         .list()?

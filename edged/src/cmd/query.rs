@@ -1,0 +1,235 @@
+//! `edged status | peers | dlq …`: questions to the running daemon, as tables or JSON.
+
+use serde_json::Value;
+
+use super::client;
+use crate::cli::{DlqTarget, QueryArgs};
+use crate::clock::format_ms;
+use crate::config::Config;
+use crate::control::Request;
+use crate::exit::CliResult;
+use crate::output;
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+pub fn status(args: &QueryArgs) -> CliResult {
+    let cfg = Config::load(&args.config.config)?;
+    let v = client::require(&cfg)?.call(&Request::Status)?;
+    if args.json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows = vec![
+        vec!["node".into(), s(&v["node_id"])],
+        vec![
+            "uptime".into(),
+            humantime::format_duration(std::time::Duration::from_secs(u(&v["uptime_s"])))
+                .to_string(),
+        ],
+        vec![
+            "peers".into(),
+            format!(
+                "{} connected / {} known",
+                u(&v["peers_connected"]),
+                u(&v["peers_known"])
+            ),
+        ],
+        vec![
+            "segments".into(),
+            format!(
+                "{} stored, {} propagated, {} pending",
+                u(&v["segments_stored"]),
+                u(&v["segments_propagated"]),
+                u(&v["segments_pending"])
+            ),
+        ],
+        vec![
+            "jobs".into(),
+            format!(
+                "{} pending, {} in flight",
+                u(&v["jobs_pending"]),
+                u(&v["jobs_in_flight"])
+            ),
+        ],
+        vec![
+            "disk".into(),
+            format!(
+                "{} used / {} ceiling",
+                output::bytes(u(&v["bytes_used"])),
+                output::bytes(u(&v["ceiling_bytes"]))
+            ),
+        ],
+        vec!["dead letters".into(), u(&v["dead_letters"]).to_string()],
+    ];
+    print!(
+        "{}",
+        output::table(&["", ""], &rows)
+            .split_once('\n')
+            .map_or("", |(_, rest)| rest)
+    );
+    if let Some(warnings) = v["warnings"].as_array() {
+        for w in warnings {
+            println!("WARNING: {}", s(w));
+        }
+    }
+    Ok(())
+}
+
+pub fn peers(args: &QueryArgs) -> CliResult {
+    let cfg = Config::load(&args.config.config)?;
+    let v = client::require(&cfg)?.call(&Request::Peers)?;
+    if args.json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    vec![
+                        s(&p["id"]),
+                        s(&p["addr"]),
+                        if p["connected"].as_bool() == Some(true) {
+                            "connected".into()
+                        } else {
+                            "down".into()
+                        },
+                        s(&p["last_failure"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    print!(
+        "{}",
+        output::table(&["peer", "address", "state", "last failure"], &rows)
+    );
+    Ok(())
+}
+
+/// Per-segment propagation, from the daemon (peers acked / pending / dead).
+pub fn segments_from_daemon(v: &Value, json: bool) -> CliResult {
+    if json {
+        print_json(v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    vec![
+                        s(&r["id"]).chars().take(12).collect(),
+                        s(&r["name"]),
+                        s(&r["channel"]),
+                        output::bytes(u(&r["bytes"])),
+                        s(&r["condition"]),
+                        format!(
+                            "{}/{}/{}",
+                            u(&r["peers_acked"]),
+                            u(&r["peers_pending"]),
+                            u(&r["peers_dead"])
+                        ),
+                        r["propagated_at_ms"]
+                            .as_u64()
+                            .map(format_ms)
+                            .unwrap_or_else(|| "no".into()),
+                        s(&r["source"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    print!(
+        "{}",
+        output::table(
+            &[
+                "segment",
+                "name",
+                "channel",
+                "size",
+                "condition",
+                "acked/pending/dead",
+                "propagated",
+                "from"
+            ],
+            &rows
+        )
+    );
+    println!("{} segment(s)", rows.len());
+    Ok(())
+}
+
+pub fn dlq_list(args: &QueryArgs) -> CliResult {
+    let cfg = Config::load(&args.config.config)?;
+    let v = client::require(&cfg)?.call(&Request::DlqList)?;
+    if args.json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    vec![
+                        s(&d["segment"]).chars().take(12).collect(),
+                        s(&d["peer"]),
+                        u(&d["attempts"]).to_string(),
+                        d["dead_at_ms"].as_u64().map(format_ms).unwrap_or_default(),
+                        s(&d["last_error"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    print!(
+        "{}",
+        output::table(
+            &["segment", "peer", "attempts", "dead since", "last error"],
+            &rows
+        )
+    );
+    println!("{} dead letter(s)", rows.len());
+    Ok(())
+}
+
+pub fn dlq_act(target: &DlqTarget, requeue: bool) -> CliResult {
+    let cfg = Config::load(&target.config.config)?;
+    let request = if requeue {
+        Request::DlqRequeue {
+            peer: target.peer.clone(),
+            segment: target.segment.clone(),
+        }
+    } else {
+        Request::DlqPurge {
+            peer: target.peer.clone(),
+            segment: target.segment.clone(),
+        }
+    };
+    let v = client::require(&cfg)?.call(&request)?;
+    if target.json {
+        print_json(&v);
+        return Ok(());
+    }
+    for r in v.as_array().into_iter().flatten() {
+        let seg: String = s(&r["segment"]).chars().take(12).collect();
+        println!("{seg} {} {}", s(&r["peer"]), s(&r["result"]).to_lowercase());
+    }
+    Ok(())
+}

@@ -1,0 +1,259 @@
+//! `edged run`: the daemon.
+//!
+//! Wiring, in start order: the store (recovering from any crash), the relay ledger (cancelling
+//! jobs of peers no longer configured), the QUIC node (hooks into the relay), the relay's
+//! executor (transfers through the node), the control socket, the metrics endpoint, and the
+//! housekeeping timer. SIGTERM or SIGINT stops them in reverse: no new transfers, in-flight ones
+//! cut and their attempts refunded, partials checkpointed by the network layer, the committer
+//! drained. Nothing acknowledged is lost: acknowledgements only ever follow a commit.
+
+mod control_server;
+mod views;
+pub mod wiring;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use relay::Relay;
+use relay::executor::Executor;
+
+use crate::cli::RunArgs;
+use crate::config::{Config, LogFormat};
+use crate::exit::{CONFIG, CliResult, Failure, STORAGE};
+
+/// How often expired segments are swept and certificate expiry is checked.
+pub const HOUSEKEEPING_INTERVAL_MS: u64 = 60_000;
+/// Certificates closer than this to expiry are warned about, in logs and `status`.
+pub const CERT_EXPIRY_WARNING_S: i64 = 30 * 24 * 3600;
+/// How long shutdown waits for connections to close.
+pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
+/// Worker threads of the daemon's runtime: fewer threads cost less CPU per GiB on small hosts.
+pub const RUNTIME_WORKERS: usize = 2;
+
+/// Counters of what reached this node (INV-26): received = stored + duplicate + rejected.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub received: AtomicU64,
+    pub stored: AtomicU64,
+    pub duplicate: AtomicU64,
+    pub rejected: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Counters {
+    /// A segment arrived over the network and was stored (the network layer answers duplicates
+    /// and rejections itself, before anything is received).
+    pub fn received_from_peers(&self, n: u64) {
+        self.received.fetch_add(n, Ordering::Relaxed);
+        self.stored.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn import_stored(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        self.stored.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn import_duplicate(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        self.duplicate.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn import_rejected(&self, reason: &str) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        *self
+            .rejected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(reason.to_owned())
+            .or_insert(0) += 1;
+    }
+}
+
+/// Everything the control socket and metrics read.
+pub struct Daemon {
+    pub cfg: Config,
+    pub store: store::Store,
+    pub relay: Relay,
+    pub node: Arc<net::Node>,
+    pub counters: Arc<Counters>,
+    pub started: Instant,
+    pub cert_not_after_ms: Option<u64>,
+}
+
+pub fn run(args: &RunArgs) -> CliResult {
+    let cfg = Config::load(&args.config.config)?;
+    let format = match args.log_format.as_deref() {
+        Some("json") => LogFormat::Json,
+        Some(_) => LogFormat::Human,
+        None => cfg.log_format,
+    };
+    crate::init_daemon_logging(format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(RUNTIME_WORKERS)
+        .thread_name("edged")
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(STORAGE, e))?;
+    let result = runtime.block_on(serve(cfg));
+    // Blocking tasks (commits waited on) end with the runtime.
+    runtime.shutdown_timeout(Duration::from_millis(SHUTDOWN_GRACE_MS));
+    result
+}
+
+async fn serve(cfg: Config) -> CliResult {
+    let now = crate::clock::now_ms();
+    let store = crate::cmd::open_store_direct(&cfg)?;
+    let identity = net::load_node_identity(&cfg.tls.ca_cert, &cfg.tls.node_cert, &cfg.tls.node_key)
+        .map_err(|e| {
+            Failure::new(
+                CONFIG,
+                anyhow::anyhow!("{}: [tls]: {e}", cfg.path.display()),
+            )
+        })?;
+    let cert_not_after_ms = identity
+        .not_after
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64);
+    let relay =
+        Relay::open(store.clone(), cfg.relay.clone(), now).map_err(|e| Failure::new(STORAGE, e))?;
+    let counters = Arc::new(Counters::default());
+    let hooks = Arc::new(wiring::Hooks::new(relay.clone(), counters.clone()));
+    let mut setup = net::NodeSetup::new(cfg.net.clone(), identity, store.clone());
+    setup.hooks = hooks;
+    let node = Arc::new(
+        net::Node::start(setup)
+            .with_context(|| format!("cannot listen on {}", cfg.listen_addr))
+            .map_err(|e| Failure::new(CONFIG, e))?,
+    );
+    let daemon = Arc::new(Daemon {
+        cfg: cfg.clone(),
+        store: store.clone(),
+        relay: relay.clone(),
+        node: node.clone(),
+        counters,
+        started: Instant::now(),
+        cert_not_after_ms,
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let transport = Arc::new(wiring::QuicTransport { node: node.clone() });
+    let seed = now ^ u64::from(std::process::id());
+    let executor = Executor::new(
+        relay.clone(),
+        transport,
+        Arc::new(relay::clock::SystemClock),
+        seed,
+    );
+    let mut exec_stop = stop_rx.clone();
+    let executor = tokio::spawn(executor.run(async move {
+        let _ = exec_stop.wait_for(|stop| *stop).await;
+    }));
+
+    let control = control_server::start(daemon.clone()).map_err(|e| Failure::new(CONFIG, e))?;
+
+    let metrics = match cfg.metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics_addr {addr}"))
+                .map_err(|e| Failure::new(CONFIG, e))?;
+            let d = daemon.clone();
+            let source: Arc<dyn Fn() -> crate::metrics::Snapshot + Send + Sync> =
+                Arc::new(move || views::metrics_snapshot(&d));
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                source,
+                stop_rx.clone(),
+            )))
+        }
+        None => None,
+    };
+    let housekeeping = tokio::spawn(housekeeping(daemon.clone(), stop_rx.clone()));
+
+    tracing::info!(
+        node_id = %cfg.node_id,
+        listen_addr = %cfg.listen_addr,
+        peers = cfg.known_peers.len(),
+        control_socket = %cfg.control_socket.display(),
+        "edged started"
+    );
+
+    let exit = wait_for_signal_or(&executor).await;
+    tracing::info!(node_id = %cfg.node_id, reason = exit, "shutting down");
+    let _ = stop_tx.send(true);
+    let mut result = Ok(());
+    match executor.await {
+        Ok(Ok(report)) => tracing::info!(?report, "relay executor stopped"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "relay ledger failed");
+            result = Err(Failure::new(STORAGE, e));
+        }
+        Err(e) => tracing::error!(error = %e, "relay executor panicked"),
+    }
+    node.shutdown(Duration::from_millis(SHUTDOWN_GRACE_MS))
+        .await;
+    control.stop();
+    housekeeping.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
+    store.close();
+    tracing::info!(node_id = %cfg.node_id, "edged stopped");
+    result
+}
+
+/// Waits for SIGTERM or SIGINT, or for the executor to end on its own (a fatal ledger error).
+async fn wait_for_signal_or(
+    executor: &tokio::task::JoinHandle<Result<relay::executor::ExecutorReport, relay::RelayError>>,
+) -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return "no signal handlers";
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return "SIGTERM",
+            _ = int.recv() => return "SIGINT",
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                if executor.is_finished() {
+                    return "relay executor ended";
+                }
+            }
+        }
+    }
+}
+
+/// Expired segments go, certificate expiry is watched.
+async fn housekeeping(daemon: Arc<Daemon>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let now = crate::clock::now_ms();
+        let store = daemon.store.clone();
+        match tokio::task::spawn_blocking(move || store.sweep_expired(now)).await {
+            Ok(Ok(gone)) if !gone.is_empty() => {
+                tracing::info!(count = gone.len(), "expired segments evicted")
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "sweep of expired segments failed"),
+            _ => {}
+        }
+        if let Some(left) = views::cert_expires_in_s(&daemon, now) {
+            if left < CERT_EXPIRY_WARNING_S {
+                tracing::warn!(
+                    node_id = %daemon.cfg.node_id,
+                    expires_in_days = left / 86_400,
+                    "node certificate expires soon; issue a new one with `edged ca issue`"
+                );
+            }
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(Duration::from_millis(HOUSEKEEPING_INTERVAL_MS)) => {}
+        }
+    }
+}

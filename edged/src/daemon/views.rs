@@ -1,0 +1,182 @@
+//! What the control socket and the metrics endpoint show: plain JSON values built from the
+//! store, the relay and the node. The CLI renders them as tables.
+
+use serde_json::{Value, json};
+
+use super::Daemon;
+
+pub fn cert_expires_in_s(d: &Daemon, now_ms: u64) -> Option<i64> {
+    d.cert_not_after_ms
+        .map(|at| (at as i64 - now_ms as i64) / 1000)
+}
+
+pub fn status(d: &Daemon) -> Result<Value, anyhow::Error> {
+    let now = crate::clock::now_ms();
+    let segments = d.store.list()?;
+    let propagated = segments
+        .iter()
+        .filter(|s| s.row.propagated_at_ms.is_some())
+        .count();
+    let usage = d.store.usage();
+    let peers = d.node.peers();
+    let dead = d.relay.dead_letters()?.len();
+    let mut warnings = Vec::new();
+    if let Some(left) = cert_expires_in_s(d, now) {
+        if left < super::CERT_EXPIRY_WARNING_S {
+            warnings.push(format!(
+                "node certificate expires in {} days",
+                left.max(0) / 86_400
+            ));
+        }
+    }
+    if dead > 0 {
+        warnings.push(format!("{dead} dead letter(s): see `edged dlq list`"));
+    }
+    Ok(json!({
+        "node_id": d.cfg.node_id,
+        "uptime_s": d.started.elapsed().as_secs(),
+        "peers_connected": peers.iter().filter(|p| p.connected).count(),
+        "peers_known": peers.len(),
+        "segments_stored": segments.len(),
+        "segments_propagated": propagated,
+        "segments_pending": segments.len() - propagated,
+        "jobs_pending": d.relay.pending_count(),
+        "jobs_in_flight": d.relay.in_flight_count(),
+        "bytes_used": usage.total(),
+        "bytes_stored": usage.stored_bytes,
+        "ceiling_bytes": d.cfg.store.ceiling_bytes,
+        "dead_letters": dead,
+        "cert_expires_in_s": cert_expires_in_s(d, now),
+        "warnings": warnings,
+    }))
+}
+
+pub fn segments(d: &Daemon) -> Result<Value, anyhow::Error> {
+    let mut out = Vec::new();
+    for s in d.store.list()? {
+        let status = d.relay.status(&s.id)?;
+        let (acked, pending, dead, refused, peers) = match &status {
+            Some(st) => (
+                st.tally.delivered,
+                st.tally.pending,
+                st.tally.dead,
+                st.tally.refused,
+                st.jobs
+                    .iter()
+                    .map(|j| {
+                        json!({
+                            "peer": j.peer.to_string(),
+                            "state": j.state.as_str(),
+                            "attempts": j.attempts,
+                            "next_due_ms": j.next_due_ms,
+                            "last_error": j.last_error,
+                        })
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            None => (0, 0, 0, 0, Vec::new()),
+        };
+        out.push(json!({
+            "id": s.id.to_string(),
+            "name": s.row.name,
+            "channel": s.row.channel,
+            "bytes": s.row.file_len,
+            "priority": s.row.priority,
+            "condition": s.row.condition.to_string(),
+            "source": s.row.source,
+            "stored_at_ms": s.row.stored_at_ms,
+            "propagated_at_ms": s.row.propagated_at_ms,
+            "peers_acked": acked,
+            "peers_pending": pending,
+            "peers_dead": dead,
+            "peers_refused": refused,
+            "jobs": peers,
+            "pinned_by": s.pins,
+        }));
+    }
+    Ok(Value::Array(out))
+}
+
+pub fn peers(d: &Daemon) -> Value {
+    Value::Array(
+        d.node
+            .peers()
+            .into_iter()
+            .map(|p| {
+                json!({
+                    "id": p.id.to_string(),
+                    "addr": p.addr.to_string(),
+                    "connected": p.connected,
+                    "remote": p.remote.map(|r| r.to_string()),
+                    "last_failure": p.last_failure.map(|f| format!("{f:?}")),
+                })
+            })
+            .collect(),
+    )
+}
+
+pub fn dead_letters(d: &Daemon) -> Result<Value, anyhow::Error> {
+    Ok(Value::Array(
+        d.relay
+            .dead_letters()?
+            .into_iter()
+            .map(|dl| {
+                json!({
+                    "segment": dl.key.seg.to_string(),
+                    "peer": dl.key.peer.to_string(),
+                    "attempts": dl.attempts,
+                    "store_full_attempts": dl.store_full_attempts,
+                    "last_error": dl.last_error,
+                    "dead_at_ms": dl.dead_at_ms,
+                    "pin_release_at_ms": dl.pin_release_at_ms,
+                })
+            })
+            .collect(),
+    ))
+}
+
+pub fn metrics_snapshot(d: &Daemon) -> crate::metrics::Snapshot {
+    let now = crate::clock::now_ms();
+    let segments = d.store.list().unwrap_or_default();
+    let usage = d.store.usage();
+    let peers = d.node.peers();
+    let net = d.node.stats();
+    let rc = d.relay.counters().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "relay counters unavailable");
+        Default::default()
+    });
+    let c = &d.counters;
+    use std::sync::atomic::Ordering::Relaxed;
+    crate::metrics::Snapshot {
+        node_id: d.cfg.node_id.clone(),
+        uptime_s: d.started.elapsed().as_secs(),
+        segments_stored: segments.len() as u64,
+        segments_propagated: segments
+            .iter()
+            .filter(|s| s.row.propagated_at_ms.is_some())
+            .count() as u64,
+        bytes_stored: usage.stored_bytes,
+        ceiling_bytes: d.cfg.store.ceiling_bytes,
+        bytes_reserved: usage.reserved_bytes,
+        bytes_partial: usage.partial_bytes,
+        peers_known: peers.len() as u64,
+        peers_connected: peers.iter().filter(|p| p.connected).count() as u64,
+        jobs_pending: rc.jobs.pending,
+        jobs_in_flight: rc.jobs.in_flight,
+        jobs_delivered: rc.jobs.delivered,
+        jobs_refused: rc.jobs.refused,
+        jobs_cancelled: rc.jobs.cancelled,
+        jobs_dead: rc.jobs.dead,
+        attempts_total: rc.totals.attempts_started,
+        deliveries_total: rc.totals.deliveries,
+        retries_total: rc.totals.retries_scheduled,
+        dead_lettered_total: rc.totals.dead_lettered,
+        bytes_sent_total: net.payload_bytes_sent,
+        bytes_received_total: net.payload_bytes_received,
+        segments_received_total: c.received.load(Relaxed),
+        segments_stored_total: c.stored.load(Relaxed),
+        segments_duplicate_total: c.duplicate.load(Relaxed),
+        segments_rejected_total: c.rejected.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        cert_expires_in_s: cert_expires_in_s(d, now),
+    }
+}
