@@ -15,8 +15,6 @@ use store::limits::{
     SEG_PREAMBLE_BYTES, TOMBSTONES_MAX_DEFAULT,
 };
 
-/// Longest node id: a DNS label.
-pub const NODE_ID_BYTES_MAX: usize = 63;
 /// Unix socket paths are limited to 108 bytes including the terminating NUL.
 pub const SOCKET_PATH_BYTES_MAX: usize = 107;
 /// Largest config file read.
@@ -453,23 +451,77 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
     })
 }
 
-/// A node id is a DNS label: `[a-z0-9-]{1,63}`, not starting or ending with `-`. It is the DNS
-/// name in the node's certificate.
-pub fn check_node_id(id: &str) -> Result<(), String> {
-    if id.is_empty() || id.len() > NODE_ID_BYTES_MAX {
-        return Err(format!(
-            "`{id}` must be 1 to {NODE_ID_BYTES_MAX} characters"
-        ));
+/// A node id is the DNS name in the node's certificate: the network layer's rules apply.
+fn check_node_id(id: &str) -> Result<(), String> {
+    id.parse::<net::NodeId>()
+        .map(|_| ())
+        .map_err(|e| format!("`{id}`: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `edge.toml.example` is what operators copy: it must parse as shipped and with every
+    /// optional key uncommented (its documented defaults), with only its paths moved.
+    #[test]
+    fn inv_21_example_config_parses_with_and_without_its_optional_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        for f in ["ca.crt", "node-1.crt", "node-1.key"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let text = include_str!("../../edge.toml.example")
+            .replace("/etc/edged", root)
+            .replace("/var/lib/edged", root);
+        let path = dir.path().join("edge.toml");
+        let cfg = Config::parse(&path, &text).expect("example as shipped");
+        assert_eq!(cfg.node_id, "node-1");
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        Config::parse(&path, &uncommented).expect("example with every optional key");
     }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        || id.starts_with('-')
-        || id.ends_with('-')
-    {
-        return Err(format!(
-            "`{id}` must use only a-z, 0-9 and '-', not at either end"
-        ));
+
+    #[test]
+    fn inv_21_bad_values_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        for f in ["ca.crt", "node-1.crt", "node-1.key"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let base = include_str!("../../edge.toml.example")
+            .replace("/etc/edged", root)
+            .replace("/var/lib/edged", root);
+        let path = dir.path().join("edge.toml");
+        let check = |text: &str, key: &str| {
+            let err = Config::parse(&path, text).unwrap_err().to_string();
+            assert!(err.contains(key), "`{key}` not named in: {err}");
+            assert!(err.contains("edge.toml"), "file not named in: {err}");
+        };
+        check(
+            &base.replace("listen_addr = \"", "listen_addr = \"nowhere"),
+            "listen_addr",
+        );
+        check(
+            &base.replacen("node_id = \"node-1\"", "node_id = \"Node_1\"", 1),
+            "node_id",
+        );
+        check(
+            &base.replace("[relay]", "[relay]\nattempts_max = 0"),
+            "relay.attempts_max",
+        );
+        check(&base.replace("[net]", "[net]\ncolour = 1"), "colour");
+        let long = format!("control_socket = \"/{}\"\n", "s".repeat(120));
+        check(&format!("{long}{base}"), "control_socket");
+        check(
+            &base.replace("[store]", "[store]\ntombstones_max = 0"),
+            "tombstones_max",
+        );
     }
-    Ok(())
 }

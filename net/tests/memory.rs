@@ -54,7 +54,10 @@ fn main() {
         return;
     }
     let name = "inv_20_peak_memory_does_not_grow_with_segment_size";
-    if std::env::args().skip(1).any(|a| !a.starts_with('-') && !name.contains(a.as_str())) {
+    if std::env::args()
+        .skip(1)
+        .any(|a| !a.starts_with('-') && !name.contains(a.as_str()))
+    {
         println!("0 passed, 0 failed");
         return;
     }

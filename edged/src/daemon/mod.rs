@@ -30,6 +30,9 @@ pub const HOUSEKEEPING_INTERVAL_MS: u64 = 60_000;
 pub const CERT_EXPIRY_WARNING_S: i64 = 30 * 24 * 3600;
 /// How long shutdown waits for connections to close.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
+/// A wall clock that moved this much more or less than the monotonic clock between two
+/// housekeeping ticks is reported as a jump (logs and `status`).
+pub const CLOCK_JUMP_WARN_MS: i64 = 2_000;
 /// Worker threads of the daemon's runtime: fewer threads cost less CPU per GiB on small hosts.
 pub const RUNTIME_WORKERS: usize = 2;
 
@@ -80,6 +83,8 @@ pub struct Daemon {
     pub counters: Arc<Counters>,
     pub started: Instant,
     pub cert_not_after_ms: Option<u64>,
+    /// The last wall-clock jump seen: (when, by how many ms; negative = backwards).
+    pub last_clock_jump: Mutex<Option<(u64, i64)>>,
 }
 
 pub fn run(args: &RunArgs) -> CliResult {
@@ -136,6 +141,7 @@ async fn serve(cfg: Config) -> CliResult {
         counters,
         started: Instant::now(),
         cert_not_after_ms,
+        last_clock_jump: Mutex::new(None),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -232,8 +238,24 @@ async fn wait_for_signal_or(
 
 /// Expired segments go, certificate expiry is watched.
 async fn housekeeping(daemon: Arc<Daemon>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut last = (crate::clock::now_ms(), Instant::now());
     loop {
         let now = crate::clock::now_ms();
+        let wall_ms = now as i64 - last.0 as i64;
+        let mono_ms = last.1.elapsed().as_millis() as i64;
+        let jump_ms = wall_ms - mono_ms;
+        if jump_ms.abs() > CLOCK_JUMP_WARN_MS {
+            tracing::warn!(
+                node_id = %daemon.cfg.node_id,
+                jump_ms,
+                "wall clock jumped; freshness checks and due times follow the new time"
+            );
+            *daemon
+                .last_clock_jump
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some((now, jump_ms));
+        }
+        last = (now, Instant::now());
         let store = daemon.store.clone();
         match tokio::task::spawn_blocking(move || store.sweep_expired(now)).await {
             Ok(Ok(gone)) if !gone.is_empty() => {

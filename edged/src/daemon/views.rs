@@ -29,6 +29,13 @@ pub fn status(d: &Daemon) -> Result<Value, anyhow::Error> {
             ));
         }
     }
+    let jump = *d.last_clock_jump.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((at, jump_ms)) = jump {
+        warnings.push(format!(
+            "wall clock jumped by {jump_ms} ms at {}",
+            crate::clock::format_ms(at)
+        ));
+    }
     if dead > 0 {
         warnings.push(format!("{dead} dead letter(s): see `edged dlq list`"));
     }
