@@ -62,9 +62,11 @@ pub fn start(daemon: Arc<Daemon>) -> anyhow::Result<ControlServer> {
 impl ControlServer {
     pub fn stop(mut self) {
         self.stopping.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
-        let _ = UnixStream::connect(&self.path);
-        if let Some(t) = self.thread.take() {
+        // Wake the accept loop. If the socket file was removed meanwhile, nothing can reach the
+        // listener any more: leave its thread (it ends with the process) instead of waiting on
+        // it forever.
+        let woken = UnixStream::connect(&self.path).is_ok();
+        if let Some(t) = self.thread.take().filter(|_| woken) {
             let _ = t.join();
         }
         let _ = std::fs::remove_file(&self.path);
