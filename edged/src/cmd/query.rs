@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use super::client;
-use crate::cli::{DlqTarget, QueryArgs};
+use crate::cli::{ConfigArg, DlqTarget, QueryArgs};
 use crate::clock::format_ms;
 use crate::config::Config;
 use crate::control::Request;
@@ -26,13 +26,22 @@ fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-pub fn status(args: &QueryArgs) -> CliResult {
-    let cfg = Config::load(&args.config.config)?;
-    let v = client::require(&cfg)?.call(&Request::Status)?;
-    if args.json {
+/// Asks the daemon. With `--json` the answer is printed as is and `None` returned; otherwise
+/// the caller renders it.
+fn ask(config: &ConfigArg, json: bool, request: &Request) -> CliResult<Option<Value>> {
+    let cfg = Config::load(&config.config)?;
+    let v = client::require(&cfg)?.call(request)?;
+    if json {
         print_json(&v);
-        return Ok(());
+        return Ok(None);
     }
+    Ok(Some(v))
+}
+
+pub fn status(args: &QueryArgs) -> CliResult {
+    let Some(v) = ask(&args.config, args.json, &Request::Status)? else {
+        return Ok(());
+    };
     let rows = vec![
         vec!["node".into(), s(&v["node_id"])],
         vec![
@@ -90,12 +99,9 @@ pub fn status(args: &QueryArgs) -> CliResult {
 }
 
 pub fn peers(args: &QueryArgs) -> CliResult {
-    let cfg = Config::load(&args.config.config)?;
-    let v = client::require(&cfg)?.call(&Request::Peers)?;
-    if args.json {
-        print_json(&v);
+    let Some(v) = ask(&args.config, args.json, &Request::Peers)? else {
         return Ok(());
-    }
+    };
     let rows: Vec<Vec<String>> = v
         .as_array()
         .map(|a| {
@@ -176,12 +182,9 @@ pub fn segments_from_daemon(v: &Value, json: bool) -> CliResult {
 }
 
 pub fn dlq_list(args: &QueryArgs) -> CliResult {
-    let cfg = Config::load(&args.config.config)?;
-    let v = client::require(&cfg)?.call(&Request::DlqList)?;
-    if args.json {
-        print_json(&v);
+    let Some(v) = ask(&args.config, args.json, &Request::DlqList)? else {
         return Ok(());
-    }
+    };
     let rows: Vec<Vec<String>> = v
         .as_array()
         .map(|a| {
@@ -210,7 +213,6 @@ pub fn dlq_list(args: &QueryArgs) -> CliResult {
 }
 
 pub fn dlq_act(target: &DlqTarget, requeue: bool) -> CliResult {
-    let cfg = Config::load(&target.config.config)?;
     let request = if requeue {
         Request::DlqRequeue {
             peer: target.peer.clone(),
@@ -222,11 +224,9 @@ pub fn dlq_act(target: &DlqTarget, requeue: bool) -> CliResult {
             segment: target.segment.clone(),
         }
     };
-    let v = client::require(&cfg)?.call(&request)?;
-    if target.json {
-        print_json(&v);
+    let Some(v) = ask(&target.config, target.json, &request)? else {
         return Ok(());
-    }
+    };
     for r in v.as_array().into_iter().flatten() {
         let seg: String = s(&r["segment"]).chars().take(12).collect();
         println!("{seg} {} {}", s(&r["peer"]), s(&r["result"]).to_lowercase());
