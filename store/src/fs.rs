@@ -68,6 +68,10 @@ pub trait FsFile: Read + Write + Seek + Send + Debug {
     fn sync(&mut self) -> io::Result<()>;
     /// Truncates or extends (with zeros) the file to `len` bytes.
     fn set_len(&mut self, len: u64) -> io::Result<()>;
+    /// A hint: start writing `len` bytes from `offset` back to the device now, without waiting,
+    /// so the final [`FsFile::sync`] has little left to do. Makes nothing durable and reports
+    /// nothing (a writeback error still fails the next sync). The default does nothing.
+    fn start_writeback(&mut self, _offset: u64, _len: u64) {}
 }
 
 /// A file opened read-only.
@@ -202,6 +206,16 @@ impl FsFile for RealFile {
     }
     fn set_len(&mut self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
+    }
+    fn start_writeback(&mut self, offset: u64, len: u64) {
+        // POSIX_FADV_DONTNEED queues the range's dirty pages for writeback (WB_SYNC_NONE) and
+        // returns; pages still dirty or under writeback stay cached. Only a hint: ignore errors.
+        let _ = rustix::fs::fadvise(
+            &self.file,
+            offset,
+            std::num::NonZeroU64::new(len),
+            rustix::fs::Advice::DontNeed,
+        );
     }
 }
 

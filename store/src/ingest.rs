@@ -35,7 +35,7 @@ use crate::error::{IngestError, db};
 use crate::fs::FsFile;
 use crate::id::SegmentId;
 use crate::index;
-use crate::limits::STREAM_BUF_BYTES;
+use crate::limits::{STREAM_BUF_BYTES, WRITEBACK_CHUNK_BYTES};
 use crate::manifest::SignedManifest;
 use crate::segfile::{self, SegFileError};
 use crate::store::{Holding, Store};
@@ -112,6 +112,8 @@ pub struct Ingest {
     written: u64,
     /// Payload bytes fsynced and recorded in `partials-v1`.
     checkpoint: u64,
+    /// Payload bytes already handed to the kernel's writeback.
+    writeback_from: u64,
     resume_offset: u64,
     /// A partial row exists in the index for this id.
     has_partial_row: bool,
@@ -202,6 +204,7 @@ impl Store {
             file_len,
             written: 0,
             checkpoint: 0,
+            writeback_from: 0,
             resume_offset: 0,
             has_partial_row: partial.is_some(),
             state: State::Open,
@@ -314,6 +317,7 @@ impl Ingest {
                 self.hasher = hasher;
                 self.written = offset;
                 self.checkpoint = offset;
+                self.writeback_from = offset;
                 self.resume_offset = offset;
                 tracing::info!(seg_id = %self.id(), offset, "resuming partial ingest");
                 true
@@ -345,6 +349,7 @@ impl Ingest {
         self.hasher = blake3::Hasher::new();
         self.written = 0;
         self.checkpoint = 0;
+        self.writeback_from = 0;
         self.resume_offset = 0;
         Ok(())
     }
@@ -384,6 +389,11 @@ impl Ingest {
         }
         self.hasher.update(buf);
         self.written += buf.len() as u64;
+        if self.written - self.writeback_from >= WRITEBACK_CHUNK_BYTES {
+            let len = self.written - self.writeback_from;
+            file.start_writeback(self.header_bytes + self.writeback_from, len);
+            self.writeback_from = self.written;
+        }
         Ok(())
     }
 
@@ -394,7 +404,12 @@ impl Ingest {
         let remaining = self.payload_len() - self.written;
         let mut limited = reader.by_ref().take(remaining);
         loop {
-            let n = match limited.read(&mut buf) {
+            // Each read ends at the next STREAM_BUF_BYTES boundary of the temp file (the header
+            // puts the payload off alignment): writes then cover whole pages and folios instead
+            // of straddling them.
+            let file_pos = self.header_bytes + self.written;
+            let to_boundary = STREAM_BUF_BYTES - (file_pos % STREAM_BUF_BYTES as u64) as usize;
+            let n = match limited.read(&mut buf[..to_boundary]) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

@@ -25,6 +25,9 @@ pub const SIGNATURE_DOMAIN_TAG: &[u8] = b"edged/segment-manifest/v1\0";
 /// Buffer used to stream payloads (files and hashing): large enough for blake3's SIMD paths,
 /// small enough to stay in L2.
 pub const STREAM_BUF_BYTES: usize = 64 * 1024;
+/// Written bytes handed to the kernel's writeback at a time during an ingest, so the device
+/// writes while the rest arrives and the final fsync waits only for the tail.
+pub const WRITEBACK_CHUNK_BYTES: u64 = 8 << 20;
 /// Fan-out of `segments/`: one directory per first byte of the id (two hex digits).
 pub const FANOUT_DIRS: usize = 256;
 /// Default cap on remembered tombstones (32-byte ids each).
