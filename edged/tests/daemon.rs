@@ -140,7 +140,7 @@ fn inv_19_import_through_the_running_daemon_and_directly_when_stopped() {
 
 #[test]
 fn inv_20_relay_256_mib_stays_within_memory_bound() {
-    const LIMIT_BYTES: u64 = 160 * MIB;
+    const LIMIT_BYTES: u64 = 64 * MIB;
     let _turn = big_transfer_turn();
     let mut f = Fleet::new(2, &[(1, 2)], |_| NodeOptions::default());
     let usb = f.path("usb");

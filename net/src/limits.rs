@@ -69,19 +69,21 @@ pub const REDIAL_BACKOFF_BASE_MS_DEFAULT: u64 = 500;
 pub const REDIAL_BACKOFF_MAX_MS_DEFAULT: u64 = 30_000;
 
 // Tuning, measured with `cargo bench -p net --bench hop` on the 2-core machine of
-// MEASUREMENTS.md (both nodes in one process, medians of noisy runs): with these windows one
-// 1 GiB hop ran at ~190-300 MiB/s store-to-durable-ack (raw quinn in the same runs ~260-320);
-// with quinn's default windows ~188-245 MiB/s, i.e. up to ~20% slower, but peak RSS fell from
-// ~110 MiB to ~22 MiB: the windows are what the process's memory is made of. 8 MiB UDP
-// buffers against the 208 KiB default and 1 vs 2 vs 4 runtime workers made no difference
-// larger than the run-to-run noise (±30%) on loopback.
+// MEASUREMENTS.md (both nodes in one process, medians of noisy runs): with 32/64/64 MiB windows
+// one 1 GiB hop ran at ~190-300 MiB/s store-to-durable-ack (raw quinn in the same runs
+// ~260-320); with quinn's default windows ~188-245 MiB/s, up to ~20% slower. The windows are
+// what a node's memory is made of: with 32/64/64 MiB real daemons peaked at 66-85 MiB (VmHWM)
+// relaying 256 MiB; with the 8/16/16 MiB chosen here they peak at 33-37 MiB and relayed the same
+// segment no slower in the same test (INV-20: under 64 MiB per node). Raise them in `[net]` for
+// long fat links. 8 MiB UDP buffers against the 208 KiB default and 1 vs 2 vs 4 runtime workers
+// made no difference larger than the run-to-run noise (±30%) on loopback.
 
-/// QUIC per-stream receive window (MEASUREMENTS.md: 32 MiB).
-pub const STREAM_RECEIVE_WINDOW_BYTES_DEFAULT: u64 = 32 << 20;
-/// QUIC per-connection receive window (64 MiB).
-pub const RECEIVE_WINDOW_BYTES_DEFAULT: u64 = 64 << 20;
-/// QUIC per-connection send window (64 MiB).
-pub const SEND_WINDOW_BYTES_DEFAULT: u64 = 64 << 20;
+/// QUIC per-stream receive window (8 MiB).
+pub const STREAM_RECEIVE_WINDOW_BYTES_DEFAULT: u64 = 8 << 20;
+/// QUIC per-connection receive window (16 MiB).
+pub const RECEIVE_WINDOW_BYTES_DEFAULT: u64 = 16 << 20;
+/// QUIC per-connection send window (16 MiB).
+pub const SEND_WINDOW_BYTES_DEFAULT: u64 = 16 << 20;
 /// UDP socket receive and send buffers requested (8 MiB; the kernel caps at `rmem_max`).
 pub const UDP_BUFFER_BYTES_DEFAULT: usize = 8 << 20;
 
