@@ -571,4 +571,17 @@ fn inv_12_inv_22_dead_letter_then_requeue_delivers() {
             && metric(&body, "edged_relay_jobs{state=\"delivered\"}") == Some(1.0),
         || format!("metrics after the requeue: {code}\n{body}"),
     );
+    // INV-26: what reached node-1 (its import) reconciles.
+    let received = metric(&body, "edged_segments_received_total");
+    let rejected: f64 = body
+        .lines()
+        .filter(|l| l.starts_with("edged_segments_rejected_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let accounted = metric(&body, "edged_segments_stored_total").unwrap_or(-1.0)
+        + metric(&body, "edged_segments_duplicate_total").unwrap_or(-1.0)
+        + rejected;
+    f.check(received == Some(1.0) && received == Some(accounted), || {
+        format!("inv_26: received {received:?}, stored + duplicate + rejected {accounted}\n{body}")
+    });
 }

@@ -69,5 +69,5 @@ pub use node::{NetError, Node, NodeSetup, PeerStatus, bind_udp};
 pub use pki::{
     CaFiles, NodeFiles, NodeId, NodeIdentity, PkiError, ca_init, ca_issue, load_node_identity,
 };
-pub use transfer::{NetHooks, NetStats, NoHooks, SendOutcome, StatsSnapshot};
+pub use transfer::{NetHooks, NetStats, NoHooks, OfferResult, SendOutcome, StatsSnapshot};
 pub use wire::RejectReason;

@@ -66,6 +66,12 @@ pub trait NetHooks: Send + Sync + 'static {
         let _ = (to, id);
     }
 
+    /// Every offer this node received ended with `result` (the reconciling counters of INV-26:
+    /// offers = stored + duplicate + rejected + busy + interrupted).
+    fn on_offer(&self, from: &NodeId, result: OfferResult) {
+        let _ = (from, result);
+    }
+
     /// A connection with `peer` was established (a good moment to retry what is due to it).
     fn on_peer_connected(&self, peer: &NodeId) {
         let _ = peer;
@@ -493,6 +499,33 @@ fn read_full(r: &mut dyn store::fs::FsRead, buf: &mut [u8]) -> std::io::Result<u
 // Receiver.
 
 /// What the receiving half ended with.
+/// How an offer received from a peer ended, as counted by [`NetHooks::on_offer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfferResult {
+    /// Stored durably and acknowledged.
+    Stored,
+    /// Already held here (stored or tombstoned): answered "have".
+    Duplicate,
+    /// Being received from another peer: answered "busy".
+    Busy,
+    /// Refused with this reason.
+    Rejected(RejectReason),
+    /// The transfer stalled or the stream broke before a verdict (a partial may be kept).
+    Interrupted,
+}
+
+impl Received {
+    fn result(&self) -> OfferResult {
+        match self {
+            Received::Stored(_) => OfferResult::Stored,
+            Received::Had => OfferResult::Duplicate,
+            Received::Busy => OfferResult::Busy,
+            Received::Rejected(reason) => OfferResult::Rejected(*reason),
+            Received::TimedOut | Received::Failed(_) => OfferResult::Interrupted,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Received {
     Stored(SegmentId),
@@ -565,8 +598,21 @@ async fn reject(
     Received::Rejected(reason)
 }
 
-/// The receiver's half, after the peer's `Offer(manifest)` was read.
+/// The receiver's half, after the peer's `Offer(manifest)` was read. Every ending is reported
+/// to the hooks.
 pub(crate) async fn receive(
+    ctx: &Ctx,
+    peer: &NodeId,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    manifest: Vec<u8>,
+) -> Received {
+    let received = receive_offer(ctx, peer, send, recv, manifest).await;
+    ctx.hooks.on_offer(peer, received.result());
+    received
+}
+
+async fn receive_offer(
     ctx: &Ctx,
     peer: &NodeId,
     send: &mut SendStream,

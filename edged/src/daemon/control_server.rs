@@ -252,16 +252,16 @@ fn import<R: Read>(d: &Daemon, file_name: &str, len: u64, reader: &mut R) -> Res
     let _ = std::io::copy(&mut limited, &mut std::io::sink());
     match result {
         Ok(IngestOutcome::Stored(s)) => {
-            d.counters.import_stored();
+            d.counters.count_stored();
             tracing::info!(seg_id = %s.id, file = file_name, bytes = s.row.file_len, "segment imported");
             ok(json!({ "status": "imported", "id": s.id.to_string(), "bytes": s.row.file_len }))
         }
         Ok(IngestOutcome::AlreadyHave { id, .. }) => {
-            d.counters.import_duplicate();
+            d.counters.count_duplicate();
             ok(json!({ "status": "already_present", "id": id.to_string() }))
         }
         Err(e) => {
-            d.counters.import_rejected(reject_reason(&e));
+            d.counters.count_rejected(reject_reason(&e));
             tracing::warn!(file = file_name, error = %e, "import rejected");
             ok(json!({ "status": "rejected", "reason": e.to_string() }))
         }

@@ -36,7 +36,9 @@ pub const CLOCK_JUMP_WARN_MS: i64 = 2_000;
 /// Worker threads of the daemon's runtime: fewer threads cost less CPU per GiB on small hosts.
 pub const RUNTIME_WORKERS: usize = 2;
 
-/// Counters of what reached this node (INV-26): received = stored + duplicate + rejected.
+/// Counters of the segments that reached a verdict here, from peers or imports (INV-26):
+/// received = stored + duplicate + rejected (by reason). Offers answered "busy" and transfers
+/// cut before a verdict are not received: the sender tries again.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub received: AtomicU64,
@@ -46,24 +48,27 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// A segment arrived over the network and was stored (the network layer answers duplicates
-    /// and rejections itself, before anything is received).
-    pub fn received_from_peers(&self, n: u64) {
-        self.received.fetch_add(n, Ordering::Relaxed);
-        self.stored.fetch_add(n, Ordering::Relaxed);
+    /// How an offer from a peer ended.
+    pub fn offer(&self, result: net::OfferResult) {
+        match result {
+            net::OfferResult::Stored => self.count_stored(),
+            net::OfferResult::Duplicate => self.count_duplicate(),
+            net::OfferResult::Rejected(reason) => self.count_rejected(reason.as_str()),
+            net::OfferResult::Busy | net::OfferResult::Interrupted => {}
+        }
     }
 
-    pub fn import_stored(&self) {
+    pub fn count_stored(&self) {
         self.received.fetch_add(1, Ordering::Relaxed);
         self.stored.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn import_duplicate(&self) {
+    pub fn count_duplicate(&self) {
         self.received.fetch_add(1, Ordering::Relaxed);
         self.duplicate.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn import_rejected(&self, reason: &str) {
+    pub fn count_rejected(&self, reason: &str) {
         self.received.fetch_add(1, Ordering::Relaxed);
         *self
             .rejected

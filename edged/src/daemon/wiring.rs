@@ -90,8 +90,11 @@ impl NetHooks for Hooks {
         Ok(())
     }
 
+    fn on_offer(&self, _from: &NodeId, result: net::OfferResult) {
+        self.counters.offer(result);
+    }
+
     fn on_received(&self, from: &NodeId, id: &SegmentId) {
-        self.counters.received_from_peers(1);
         let entry = self
             .pending
             .lock()
