@@ -22,6 +22,7 @@ lint:
 ## Benchmarks (not run in CI): medians of several runs, next to this machine's baselines.
 bench:
 	./scripts/bench-store.sh
+	./scripts/bench-daemon.sh
 	$(CARGO) bench -p relay --bench relay
 	$(CARGO) bench -p net --bench hop
 
