@@ -4,14 +4,14 @@
 # node-1 (edged import), relays peer to peer, and is exported from node-4, two hops away; the
 # export must be byte-identical to the original. Exits 0 only if it is.
 #
-#   EDGED_BIN       edged binary to use (default: target/release/edged, built by `make demo`)
+#   EDGED_BIN       edged binary to use (default: $CARGO_TARGET_DIR or target, /release/edged)
 #   DEMO_DIR        keep everything here instead of a temp dir (not removed afterwards)
 #   DEMO_SIZE_MIB   payload size (default 8)
 #   DEMO_TIMEOUT_S  how long to wait for propagation (default 120)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-bin=${EDGED_BIN:-$root/target/release/edged}
+bin=${EDGED_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/edged}
 size_mib=${DEMO_SIZE_MIB:-8}
 timeout_s=${DEMO_TIMEOUT_S:-120}
 [ -x "$bin" ] || { echo "demo: $bin not found; run 'make demo'" >&2; exit 1; }
