@@ -17,7 +17,8 @@
 #                                                               target >= 1,000 segments/s
 #   3. fan-out: a 256 MiB segment imported on A with 3 direct peers (B, C, D; each knows only A)
 #      vs with 1 peer: total time (import start -> last peer holds it) and the ratio 3 / 1 (the
-#      relay-only ratio too). The two orders alternate from run to run.
+#      relay-only ratio too, and the CPU-seconds of the sender and the peers over the relay).
+#      The two orders alternate from run to run.
 #   4. peak RSS (VmHWM, /proc/<pid>/status) of the sender and the receiver daemon at the end of
 #      each big one-hop run (its own fresh daemons).
 #                                                               target < 64 MiB each
@@ -29,6 +30,9 @@
 # baselines from the same run. Before each big timed write the page cache is filled with holes of
 # a sparse file and freed (no disk writes): on this VM memory left unused for a few seconds is
 # handed back to the host and the next GiB written costs ~2 s more (see bench-store.sh).
+# Each fleet starts its peers first and the hub (node-a) once they listen, waits until the hub
+# is connected to all of them, then 1 s more (see fleet_up: a connection replaced during the
+# measured transfer costs ~2 s). Relay retries found in a fleet's logs are printed as notes.
 #
 # Environment (default / with BENCH_QUICK=1):
 #   BENCH_QUICK=1         smaller sizes, as below
@@ -94,7 +98,7 @@ done
 ((FAN_PEERS >= 2 && FAN_PEERS <= 7)) || die "BENCH_FANOUT_PEERS must be 2..7, got $FAN_PEERS"
 [[ -z $EXTRA_TOML || -r $EXTRA_TOML ]] || die "BENCH_EXTRA_TOML: cannot read '$EXTRA_TOML'"
 ((BASH_VERSINFO[0] >= 5)) || die "needs bash >= 5 (EPOCHREALTIME)"
-for tool in python3 awk dd split xargs truncate sync stat df find sort; do
+for tool in python3 awk dd split xargs truncate sync stat df find sort paste; do
   command -v "$tool" >/dev/null 2>&1 || die "'$tool' is required"
 done
 [[ -r /proc/self/status ]] || die "needs Linux /proc"
@@ -660,12 +664,16 @@ bench_fan() {
     return 1
   fi
   t1=$EPOCHREALTIME
+  cpu_begin "${fleet_pids[@]}"
   if ! wait_all_hold "$FAN_ID" "${fleet_cfg[@]:1}"; then
     fleet_logs
     fleet_down
     return 1
   fi
+  cpu_end
   fan_out="$(fsub "$t_done" "$t0") $(fsub "$t_done" "$t1")"
+  echo "  fan-out to $leaves: import $(fsub "$t1" "$t0") s, relay ${fan_out##* } s; over the relay:" \
+    "sender ${cpu_s[0]} CPU-s, peers $(printf '%s\n' "${cpu_s[@]:1}" | paste -sd+ -) CPU-s; $cpu_machine"
   fleet_down
 }
 
