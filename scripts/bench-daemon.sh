@@ -126,17 +126,23 @@ stats() {
     }'
 }
 
-# CPU ticks (user + system) of a process.
-proc_ticks() {
+# CPU ticks "user system" of a process.
+proc_ticks2() {
   local line rest
   line=$(<"/proc/$1/stat") || {
-    echo 0
+    echo "0 0"
     return
   }
   rest=${line##*) }
   # shellcheck disable=SC2086
   set -- $rest
-  echo $((${12} + ${13}))
+  echo "${12} ${13}"
+}
+# CPU ticks (user + system) of a process.
+proc_ticks() {
+  local u s
+  read -r u s <<<"$(proc_ticks2 "$1")"
+  echo $((u + s))
 }
 
 # "tid name ticks" for every thread of a process.
@@ -175,18 +181,22 @@ machine_ticks() {
 # CPU window: cpu_begin PID... ; ... ; cpu_end -> cpu_s (CPU-s of each PID, in order) and
 # cpu_machine ("busy B, others O, idle I, iowait W, steal S CPU-s": others = busy minus the
 # PIDs; it includes kernel writeback threads and this script's polling, not only other users).
+# cpu_us: "user U, sys S" of each PID.
 cpu_begin() {
   local p
   cpu_pids=("$@") cpu_t0=() cpu_m0=$(machine_ticks)
-  for p in "$@"; do cpu_t0+=("$(proc_ticks "$p")"); done
+  for p in "$@"; do cpu_t0+=("$(proc_ticks2 "$p")"); done
 }
 cpu_end() {
-  local i m1 sum=0
+  local i m1 sum=0 u0 s0 u1 s1
   m1=$(machine_ticks)
-  cpu_s=()
+  cpu_s=() cpu_us=()
   for i in "${!cpu_pids[@]}"; do
-    cpu_s+=("$(awk -v x=$(($(proc_ticks "${cpu_pids[i]}") - cpu_t0[i])) -v hz="$CLK_TCK" \
-      'BEGIN { printf "%.2f", x / hz }')")
+    read -r u0 s0 <<<"${cpu_t0[i]}"
+    read -r u1 s1 <<<"$(proc_ticks2 "${cpu_pids[i]}")"
+    cpu_s+=("$(awk -v x=$((u1 + s1 - u0 - s0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", x / hz }')")
+    cpu_us+=("$(awk -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v hz="$CLK_TCK" \
+      'BEGIN { printf "user %.2f, sys %.2f", u / hz, s / hz }')")
     sum=$(awk -v a="$sum" -v b="${cpu_s[-1]}" 'BEGIN { print a + b }')
   done
   cpu_machine=$(awk -v m0="$cpu_m0" -v m1="$m1" -v hz="$CLK_TCK" -v own="$sum" 'BEGIN {
@@ -523,7 +533,7 @@ wait_all_hold() {
 
 dd_vals=() imp_vals=() hop_mbs=() hop_mibs=() hop_s=() hop_total_s=()
 cpu_snd=() cpu_rcv=() rss_snd=() rss_rcv=()
-cpu_pids=() cpu_t0=() cpu_m0="" cpu_s=() cpu_machine=""
+cpu_pids=() cpu_t0=() cpu_m0="" cpu_s=() cpu_us=() cpu_machine=""
 small_imp=() small_rel=() small_tail=() small_total=()
 fan1_vals=() fanN_vals=() fan_ratio=() fan_ratio_relay=()
 
@@ -567,7 +577,7 @@ bench_big() {
   fi
   t1=$EPOCHREALTIME
   cpu_end
-  imp_cpu=${cpu_s[0]}
+  imp_cpu="${cpu_s[0]} CPU-s; $cpu_machine"
   cpu_begin "$a" "$b"
   thread_ticks "$a" >"$dir/threads-a.0"
   thread_ticks "$b" >"$dir/threads-b.0"
@@ -591,11 +601,12 @@ bench_big() {
   cpu_snd+=("$(awk -v c="$snd" -v b="$BIG_BYTES" 'BEGIN { printf "%.2f", c / (b / 1073741824) }')")
   cpu_rcv+=("$(awk -v c="$rcv" -v b="$BIG_BYTES" 'BEGIN { printf "%.2f", c / (b / 1073741824) }')")
   rss_snd+=("$(kb_mib "$hwm_a")") rss_rcv+=("$(kb_mib "$hwm_b")")
-  echo "one hop ${BIG_MIB} MiB: import ${imp} s (A $imp_cpu CPU-s);" \
-    "relay ${relay} s = $r_mb MB/s = $r_mib MiB/s; import start -> B ${total} s"
+  echo "one hop ${BIG_MIB} MiB: relay ${relay} s = $r_mb MB/s = $r_mib MiB/s;" \
+    "import start -> B ${total} s"
+  echo "  the import on A: ${imp} s (A $imp_cpu)"
   echo "  over the relay (${relay} s = $(awk -v r="$relay" 'BEGIN { printf "%.1f", 2 * r }') CPU-s on 2 cores):" \
-    "sender $snd CPU-s ($(pct "$snd" "$relay")% of a core), receiver $rcv ($(pct "$rcv" "$relay")%);" \
-    "$cpu_machine"
+    "sender $snd CPU-s ($(pct "$snd" "$relay")% of a core; ${cpu_us[0]})," \
+    "receiver $rcv ($(pct "$rcv" "$relay")%; ${cpu_us[1]}); $cpu_machine"
   echo "  CPU-s/GiB over the relay: sender ${cpu_snd[-1]}, receiver ${cpu_rcv[-1]}"
   echo "  sender threads: $ts_a"
   echo "  receiver threads: $ts_b"
