@@ -5,47 +5,24 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::*;
 use relay::core::Verdict;
 use relay::harness::segments::Publisher;
 use relay::harness::sim::{Link, topology};
 use relay::ledger::{Applied, OutcomeIn, Purge, Start};
 use relay::tables::JobState;
-use relay::{JobKey, OutOfBand, Outcome, Relay, RelayConfig};
-use store::fs::Fs;
+use relay::{JobKey, OutOfBand, Outcome, Relay};
 use store::fs::sim::SimFs;
 use store::manifest::SuccessCondition;
-use store::{IngestOptions, IngestOutcome, SegmentId, Store, StoreConfig};
+use store::{IngestOptions, IngestOutcome, SegmentId, Store};
 
 const EVENTS_MAX: u64 = 200_000;
-
-fn node_cfg(peers: &[&str]) -> RelayConfig {
-    let mut c = fast_cfg();
-    c.node_id = peer("n0");
-    c.known_peers = peers.iter().map(|p| peer(p)).collect();
-    c
-}
-
-fn open(fs: &SimFs, publisher: &Publisher, cfg: RelayConfig, now: u64) -> (Store, Relay) {
-    let mut store_cfg = StoreConfig::new("/data", 1 << 20, publisher.trusted());
-    store_cfg.min_free_bytes = 0;
-    let arc: Arc<dyn Fs> = Arc::new(fs.clone());
-    let (store, _) = Store::open(store_cfg, arc, now).unwrap();
-    let relay = Relay::open(store.clone(), cfg, now).unwrap();
-    (store, relay)
-}
 
 fn ingest(relay: &Relay, file: &[u8], opts: &IngestOptions) -> SegmentId {
     match relay.ingest_reader(file, opts, T0).unwrap() {
         IngestOutcome::Stored(s) => s.id,
         other => panic!("{other:?}"),
     }
-}
-
-fn key(seg: SegmentId, p: &str) -> JobKey {
-    JobKey { seg, peer: peer(p) }
 }
 
 /// Starts every due job; `key`'s attempt ends with `outcome`, the others are left in flight.

@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use common::*;
 use rand::{Rng, SeedableRng};
@@ -16,11 +15,10 @@ use relay::harness::segments::Publisher;
 use relay::harness::sim::{Link, NodeOverrides, Sim, SimConfig, topology};
 use relay::ledger::{OutcomeIn, Start};
 use relay::tables::JobState;
-use relay::{JobCounts, JobKey, Outcome, Relay, RelayConfig, RelayCounters, RelayTotals};
-use store::fs::Fs;
+use relay::{JobCounts, JobKey, Outcome, Relay, RelayCounters, RelayTotals};
 use store::fs::sim::SimFs;
 use store::manifest::SuccessCondition;
-use store::{IngestOptions, IngestOutcome, Store, StoreConfig};
+use store::{IngestOptions, IngestOutcome};
 
 const EVENTS_MAX: u64 = 400_000;
 
@@ -221,15 +219,6 @@ fn inv_26_attempts_reconcile_over_a_faulty_harness_run() {
             assert!(sim.holds(i, id), "node {i} lacks {id:?}; edges {edges:?}");
         }
     }
-}
-
-fn open(fs: &SimFs, publisher: &Publisher, cfg: RelayConfig, now: u64) -> (Store, Relay) {
-    let mut store_cfg = StoreConfig::new("/data", 1 << 20, publisher.trusted());
-    store_cfg.min_free_bytes = 0;
-    let arc: Arc<dyn Fs> = Arc::new(fs.clone());
-    let (store, _) = Store::open(store_cfg, arc, now).unwrap();
-    let relay = Relay::open(store.clone(), cfg, now).unwrap();
-    (store, relay)
 }
 
 #[test]

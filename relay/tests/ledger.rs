@@ -3,42 +3,19 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::*;
 use relay::harness::segments::Publisher;
 use relay::ledger::{OutcomeIn, Purge, Requeue, Start};
 use relay::tables::JobState;
-use relay::{JobKey, Outcome, Relay, RelayConfig};
-use store::fs::Fs;
+use relay::{JobKey, Outcome, Relay};
 use store::fs::sim::SimFs;
-use store::{IngestOptions, IngestOutcome, SegmentId, Store, StoreConfig};
-
-fn node_cfg(peers: &[&str]) -> RelayConfig {
-    let mut c = fast_cfg();
-    c.node_id = peer("n0");
-    c.known_peers = peers.iter().map(|p| peer(p)).collect();
-    c
-}
-
-fn open(fs: &SimFs, publisher: &Publisher, cfg: RelayConfig, now: u64) -> (Store, Relay) {
-    let mut store_cfg = StoreConfig::new("/data", 1 << 20, publisher.trusted());
-    store_cfg.min_free_bytes = 0;
-    let arc: Arc<dyn Fs> = Arc::new(fs.clone());
-    let (store, _) = Store::open(store_cfg, arc, now).unwrap();
-    let relay = Relay::open(store.clone(), cfg, now).unwrap();
-    (store, relay)
-}
+use store::{IngestOptions, IngestOutcome, SegmentId};
 
 fn stored(out: IngestOutcome<relay::Scheduled>) -> SegmentId {
     match out {
         IngestOutcome::Stored(s) => s.id,
         other => panic!("{other:?}"),
     }
-}
-
-fn key(seg: SegmentId, p: &str) -> JobKey {
-    JobKey { seg, peer: peer(p) }
 }
 
 /// Runs one attempt of `key` with `outcome`.

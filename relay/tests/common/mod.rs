@@ -6,7 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use relay::harness::segments::{Publisher, SegSpec, T0_MS};
 use relay::harness::sim::{Sim, SimConfig};
-use relay::{PeerId, RelayConfig};
+use relay::{JobKey, PeerId, Relay, RelayConfig};
+use store::fs::Fs;
+use store::fs::sim::SimFs;
+use store::{SegmentId, Store, StoreConfig};
 
 pub fn peer(s: &str) -> PeerId {
     PeerId::new(s).expect("valid peer id")
@@ -71,3 +74,25 @@ pub fn spec(name: &str) -> SegSpec {
 }
 
 pub const T0: u64 = T0_MS;
+
+/// A node `n0` whose known peers are `peers`, with the fast test timings.
+pub fn node_cfg(peers: &[&str]) -> RelayConfig {
+    let mut c = fast_cfg();
+    c.node_id = peer("n0");
+    c.known_peers = peers.iter().map(|p| peer(p)).collect();
+    c
+}
+
+/// A store (1 MiB ceiling) and its relay on `fs`, as a node opens them at start.
+pub fn open(fs: &SimFs, publisher: &Publisher, cfg: RelayConfig, now: u64) -> (Store, Relay) {
+    let mut store_cfg = StoreConfig::new("/data", 1 << 20, publisher.trusted());
+    store_cfg.min_free_bytes = 0;
+    let arc: Arc<dyn Fs> = Arc::new(fs.clone());
+    let (store, _) = Store::open(store_cfg, arc, now).unwrap();
+    let relay = Relay::open(store.clone(), cfg, now).unwrap();
+    (store, relay)
+}
+
+pub fn key(seg: SegmentId, p: &str) -> JobKey {
+    JobKey { seg, peer: peer(p) }
+}
