@@ -55,7 +55,11 @@ impl From<store::StoreError> for Failure {
         let code = match &e {
             E::Locked { .. } => BUSY,
             E::Config(_) => CONFIG,
-            E::NotFound(_) | E::PrefixNotFound(_) | E::AmbiguousPrefix { .. } => FAILED,
+            E::NotFound(_)
+            | E::PrefixNotFound(_)
+            | E::AmbiguousPrefix { .. }
+            | E::Untrusted { .. }
+            | E::Quarantined { .. } => FAILED,
             _ => STORAGE,
         };
         Failure::new(code, e)

@@ -34,6 +34,7 @@
 //! | [`node`] | the endpoint, supervised connections, stream dispatch, the client API |
 //! | [`config`] | [`NetConfig`] |
 //! | [`clock`] | the wall-clock seam (also used for certificate validity) |
+//! | [`logcap`] | rate-limited warnings: a peer cannot flood the log |
 //!
 //! # Architecture invariants
 //!
@@ -56,6 +57,7 @@ pub mod catchup;
 pub mod clock;
 pub mod config;
 pub mod limits;
+pub mod logcap;
 pub mod node;
 pub mod pki;
 pub mod tls;

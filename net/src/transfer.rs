@@ -111,6 +111,9 @@ pub enum SendOutcome {
     LocalCorrupt(String),
     /// This node does not hold the segment (never stored, or evicted).
     NotStored,
+    /// This node does not trust the stored segment's publisher (any more): it is not sent.
+    /// Permanent until the key is trusted again.
+    Untrusted(String),
     /// Any other failure of this attempt (a local read error, the peer breaking the protocol);
     /// retryable.
     Failed(String),
@@ -240,6 +243,9 @@ pub(crate) async fn open_for_send(ctx: &Ctx, id: SegmentId) -> Result<SegmentRea
         }
         Ok(Err(store::StoreError::Quarantined { reason, .. })) => {
             Err(SendOutcome::LocalCorrupt(reason))
+        }
+        Ok(Err(e @ store::StoreError::Untrusted { .. })) => {
+            Err(SendOutcome::Untrusted(e.to_string()))
         }
         Ok(Err(e)) => Err(SendOutcome::Failed(format!(
             "cannot open segment {id}: {e}"
@@ -578,6 +584,8 @@ pub(crate) fn ingest_reason(e: &IngestError) -> RejectReason {
             RejectReason::Internal
         }
         IngestError::Protocol { .. } => RejectReason::Internal,
+        // Only imports of a copy of a stored segment produce it; a peer is answered "have".
+        IngestError::CorruptCopy { .. } => RejectReason::Malformed,
     }
 }
 

@@ -56,6 +56,14 @@ pub enum StoreError {
     /// The segment's file is being evicted or its export target is unusable.
     #[error("segment {0} is being evicted")]
     Evicting(SegmentId),
+    /// The stored segment's publisher is not (or no longer) in the trusted set: it is neither
+    /// sent nor exported. Its bytes are intact, so it is not quarantined; trusting the key
+    /// again makes it servable.
+    #[error("segment {id} is signed by {publisher}, which this node does not trust")]
+    Untrusted {
+        id: SegmentId,
+        publisher: crate::keys::PublisherKey,
+    },
     /// Invalid store configuration.
     #[error("invalid store configuration: {0}")]
     Config(String),
@@ -99,6 +107,10 @@ pub enum IngestError {
     /// The ingest was used after it failed, or fed more bytes than the manifest declares.
     #[error("segment {id}: {reason}")]
     Protocol { id: SegmentId, reason: &'static str },
+    /// An import's copy of a segment this store already holds intact does not verify (bad
+    /// signature, wrong length or hash): the medium's copy is corrupt, the stored one is kept.
+    #[error("segment {id}: this copy is corrupt ({reason}); the node already holds a good copy")]
+    CorruptCopy { id: SegmentId, reason: String },
     /// The store failed underneath the ingest.
     #[error(transparent)]
     Store(#[from] StoreError),

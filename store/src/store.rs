@@ -166,6 +166,20 @@ pub(crate) struct Accounting {
     pub(crate) partials: BTreeMap<SegmentId, u64>,
 }
 
+/// Called with the id of every segment moved to quarantine, after the move.
+pub type QuarantineWatcher = Box<dyn Fn(&SegmentId) + Send + Sync>;
+
+/// Whoever wants to hear of quarantines (the network layer, to fetch a good copy again).
+#[derive(Default)]
+pub(crate) struct Watchers(Mutex<Vec<QuarantineWatcher>>);
+
+impl std::fmt::Debug for Watchers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map(|w| w.len()).unwrap_or(0);
+        write!(f, "Watchers({n})")
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) cfg: StoreConfig,
@@ -174,6 +188,7 @@ pub(crate) struct Inner {
     pub(crate) db: Arc<Database>,
     pub(crate) writer: Writer,
     pub(crate) acct: Mutex<Accounting>,
+    pub(crate) quarantine_watchers: Watchers,
 }
 
 /// A node's segment store. Cheap to clone; all clones share one database and one committer.
@@ -256,6 +271,7 @@ impl Store {
                 db,
                 writer,
                 acct: Mutex::new(acct),
+                quarantine_watchers: Watchers::default(),
             }),
         };
         Ok((store, report))
@@ -651,13 +667,38 @@ impl Store {
     }
 
     /// Moves a segment whose file failed verification out of `segments/` into `quarantine/`,
-    /// drops its row and records the reason. It is not tombstoned: catch-up may fetch it again.
+    /// drops its row and records the reason. It is not tombstoned: catch-up may fetch it again,
+    /// and every [`Store::watch_quarantine`] watcher is told so that it can.
     pub fn quarantine(&self, id: &SegmentId, reason: &str, now_ms: u64) -> Result<(), StoreError> {
-        let mut acct = self.acct();
-        acct.evicting.insert(*id);
-        let result = self.quarantine_locked(&mut acct, id, reason, now_ms);
-        acct.evicting.remove(id);
+        let result = {
+            let mut acct = self.acct();
+            acct.evicting.insert(*id);
+            let result = self.quarantine_locked(&mut acct, id, reason, now_ms);
+            acct.evicting.remove(id);
+            result
+        };
+        if result.is_ok() {
+            let watchers = self
+                .inner
+                .quarantine_watchers
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for watcher in watchers.iter() {
+                watcher(id);
+            }
+        }
         result
+    }
+
+    /// Registers `watcher`, called (outside the store's locks) after every quarantine.
+    pub fn watch_quarantine(&self, watcher: QuarantineWatcher) {
+        self.inner
+            .quarantine_watchers
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(watcher);
     }
 
     fn quarantine_locked(

@@ -283,6 +283,7 @@ pub fn reject_reason(e: &store::IngestError) -> &'static str {
         E::Busy(_) => "busy",
         E::Io { .. } => "io",
         E::Protocol { .. } => "protocol",
+        E::CorruptCopy { .. } => "corrupt_copy",
         E::Store(_) => "store",
     }
 }

@@ -46,6 +46,7 @@ pub fn outcome(sent: SendOutcome) -> Outcome {
         SendOutcome::TimedOut => Outcome::TimedOut("no progress within the stall timeout".into()),
         SendOutcome::LocalCorrupt(e) => Outcome::Failed(format!("local copy corrupt: {e}")),
         SendOutcome::NotStored => Outcome::Failed("segment no longer stored here".into()),
+        SendOutcome::Untrusted(e) => Outcome::Refused(e),
         SendOutcome::Failed(e) => Outcome::Failed(e),
     }
 }
