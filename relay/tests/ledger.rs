@@ -195,6 +195,58 @@ fn inv_07_dead_letter_pins_until_its_max_age_then_only_the_record_stays() {
     );
 }
 
+/// What the pin of a dead letter means for eviction: under pressure the dead letter's content is
+/// kept (the new segment is refused, retryable) until `dead_letter_pin_max_age_ms`; after it, the
+/// content may go to make room while the dead letter itself stays for the operator.
+#[test]
+fn inv_07_inv_08_dead_letter_content_survives_pressure_until_its_pin_ages_out() {
+    let publisher = Publisher::from_seed(46);
+    let fs = SimFs::new();
+    let mut cfg = node_cfg(&["a"]);
+    cfg.attempts_max = 1;
+    let (store, relay) = open(&fs, &publisher, cfg.clone(), T0);
+    // Each segment is a little over 0.6 MiB: two never fit under the 1 MiB ceiling together.
+    let big = |name: &str| publisher.segment(&spec(name).payload_len(640 << 10)).1;
+    let owed = stored(
+        relay
+            .ingest_reader(big("owed").as_slice(), &IngestOptions::import(), T0)
+            .unwrap(),
+    );
+    attempt(
+        &relay,
+        &key(owed, "a"),
+        Outcome::Unreachable("down".into()),
+        T0,
+    );
+    assert_eq!(relay.dead_letters().unwrap().len(), 1);
+    let newcomer = big("newcomer");
+    let refused = relay.ingest_reader(newcomer.as_slice(), &IngestOptions::import(), T0 + 1);
+    match refused {
+        Err(e @ store::IngestError::StoreFull { .. }) => assert!(e.is_retryable()),
+        other => panic!("the dead letter's content must not be evicted yet: {other:?}"),
+    }
+    assert!(store.get(&owed).unwrap().is_some());
+
+    let aged = T0 + cfg.dead_letter_pin_max_age_ms;
+    relay.age_dead_pins_blocking(aged).unwrap();
+    let now_stored = stored(
+        relay
+            .ingest_reader(newcomer.as_slice(), &IngestOptions::import(), aged)
+            .unwrap(),
+    );
+    assert!(store.get(&now_stored).unwrap().is_some());
+    assert!(
+        store.get(&owed).unwrap().is_none(),
+        "after its pin aged out the content made room"
+    );
+    let dead = relay.dead_letters().unwrap();
+    assert_eq!(
+        (dead.len(), dead[0].key.seg, dead[0].pin_release_at_ms),
+        (1, owed, None),
+        "the dead letter itself stays until purged"
+    );
+}
+
 #[test]
 fn inv_22_purge_removes_the_dead_letter_and_only_its_pin_and_is_logged() {
     let publisher = Publisher::from_seed(45);
