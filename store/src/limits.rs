@@ -19,6 +19,10 @@ pub const NAME_BYTES_MAX: usize = 255;
 pub const CHANNEL_BYTES_MAX: usize = 64;
 /// Largest payload a manifest may declare: 64 GiB.
 pub const PAYLOAD_BYTES_MAX: u64 = 64 << 30;
+/// Latest time a manifest may carry (`created_at_ms`, `expires_at_ms`): the last millisecond of
+/// year 9999 UTC, 9999-12-31T23:59:59.999Z. RFC 3339 renders every time up to it, so a manifest
+/// can always be shown; anything later is refused when decoded.
+pub const TIME_MS_MAX: u64 = 253_402_300_799_999;
 /// Domain-separation tag signed before the manifest bytes, so a manifest signature can never be
 /// replayed as a signature over anything else.
 pub const SIGNATURE_DOMAIN_TAG: &[u8] = b"edged/segment-manifest/v1\0";
