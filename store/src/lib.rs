@@ -23,14 +23,16 @@ pub mod keys;
 pub mod layout;
 pub mod limits;
 pub mod manifest;
+pub mod media;
 pub mod read;
 pub mod segfile;
 pub mod store;
 pub mod tables;
 pub mod writer;
 
-pub use error::{IngestError, StoreError};
+pub use error::{ExportError, IngestError, OpenError, StoreError};
 pub use id::SegmentId;
 pub use ingest::{Begin, Ingest, IngestOptions, IngestOutcome, Stored};
-pub use read::{Exported, ScrubReport, SegmentReader};
+pub use media::{ExportDir, Exported};
+pub use read::{ScrubReport, SegmentReader};
 pub use store::{HeldDigest, Holding, RecoveryReport, SegmentInfo, Store, StoreConfig};

@@ -1193,7 +1193,7 @@ impl Harness {
                 ));
                 prop_assert!(matches!(
                     store.export_to_dir(&s.id, self.export_dir.path(), self.now()),
-                    Err(StoreError::NotFound(_))
+                    Err(store::ExportError::Store(StoreError::NotFound(_)))
                 ));
             }
         }
