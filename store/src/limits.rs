@@ -32,6 +32,11 @@ pub const STREAM_BUF_BYTES: usize = 64 * 1024;
 /// Written bytes handed to the kernel's writeback at a time during an ingest, so the device
 /// writes while the rest arrives and the final fsync waits only for the tail.
 pub const WRITEBACK_CHUNK_BYTES: u64 = 8 << 20;
+/// Step by which an ingest's grant under the ceiling grows as its payload arrives, when it
+/// could not all be granted at once without evicting. Eviction itself is only ever for bytes
+/// already received; the step bounds how much of the room freed (or found free) one ingest
+/// takes ahead of its bytes, and how often a long ingest takes the accounting lock.
+pub const RESERVE_STEP_BYTES: u64 = 8 << 20;
 /// Fan-out of `segments/`: one directory per first byte of the id (two hex digits).
 pub const FANOUT_DIRS: usize = 256;
 /// Default cap on remembered tombstones (32-byte ids each).
