@@ -53,7 +53,7 @@ pub enum StoreError {
     /// The segment's file failed verification at rest and was moved to quarantine.
     #[error("segment {id} is corrupt at rest ({reason}); quarantined")]
     Quarantined { id: SegmentId, reason: String },
-    /// The segment's file is being evicted or its export target is unusable.
+    /// The segment's file is being evicted or quarantined right now.
     #[error("segment {0} is being evicted")]
     Evicting(SegmentId),
     /// The stored segment's publisher is not (or no longer) in the trusted set: it is neither

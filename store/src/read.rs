@@ -4,7 +4,7 @@
 //! [`Store::open_for_read`], which checks the file before anything is served: its size, that
 //! its header is the indexed segment's, and that the signature verifies strictly against a
 //! trusted publisher. The payload's hash is checked while it is read ([`SegmentReader::copy_to`],
-//! the network sender, [`Store::export_to`](crate::media)), and by [`Store::scrub`].
+//! the network sender, [`Store::export_to`]), and by [`Store::scrub`].
 //!
 //! - Corruption at rest — a file of the wrong size, another segment's header, a signature that
 //!   no longer verifies, a payload whose hash does not match — quarantines the segment with the

@@ -27,6 +27,10 @@
 //!   file, and hashes to the declared blake3 (INV-02). Writers that stream to a temporary file
 //!   ([`write_seg`], [`copy_payload`]) learn about a mismatch only at the end: the caller must
 //!   then discard what was written.
+//! - The header is the signed manifest's one canonical encoding (an overlong length varint is
+//!   refused), so a segment has exactly one `.seg` file. When a file's length is known before
+//!   it is read, a length other than [`file_len_of`] its header is refused at once
+//!   ([`SegFileError::FileLengthMismatch`]): a truncated or padded copy.
 
 use std::io::{self, Read, Write};
 

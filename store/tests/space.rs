@@ -421,3 +421,39 @@ fn an_honest_import_into_a_full_store_still_evicts_what_it_needs() {
     assert_eq!(sorted(tombstoned(&f.store, &filled)), filled);
     assert_within_ceiling(&f.store);
 }
+
+#[test]
+fn inv_06_a_grant_grows_by_at_most_one_step_ahead_of_its_bytes() {
+    use store::limits::RESERVE_STEP_BYTES;
+    const MIB: usize = 1 << 20;
+    // 10 MiB of room next to a 20 MiB segment; a 25 MiB segment is admitted (it fits once the
+    // 20 MiB one goes) and granted the 10 MiB there are.
+    let probe = open(1 << 30);
+    let (_, a, _) = make(&probe, "a", 51, 20 * MIB);
+    let f = open(a.len() as u64 + 10 * MIB as u64);
+    let id_a = ingest_ok(&f.store, &a);
+    let (signed, big, body) = make(&f, "big", 52, 25 * MIB);
+    let header = (big.len() - body.len()) as u64;
+    let Begin::Ingest(mut ingest) = f
+        .store
+        .begin_ingest(signed, &IngestOptions::from_peer("peer-b"), NOW_MS)
+        .unwrap()
+    else {
+        panic!("expected an ingest");
+    };
+    let room = 10 * MIB as u64;
+    assert_eq!(ingest.granted(), room);
+    let fits = (room - header) as usize;
+    ingest.write(&body[..fits]).unwrap();
+    assert_eq!(listed(&f.store), vec![id_a], "the room was enough so far");
+    // One byte more: `a` goes (20 MiB freed), but the grant takes one step, not all of it.
+    ingest.write(&body[fits..fits + 1]).unwrap();
+    assert_eq!(f.store.holding(&id_a).unwrap(), Holding::Tombstoned);
+    assert_eq!(ingest.granted(), room + RESERVE_STEP_BYTES);
+    assert_within_ceiling(&f.store);
+    // The rest: the grant reaches the whole file and no further.
+    ingest.write(&body[fits + 1..]).unwrap();
+    assert_eq!(ingest.granted(), big.len() as u64);
+    ingest.finish(NOW_MS, |_, _| Ok(())).unwrap();
+    assert_eq!(f.store.usage().total(), big.len() as u64);
+}
