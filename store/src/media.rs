@@ -23,7 +23,8 @@
 //!   segment, signed by a trusted publisher, the length (when known up front) must be the
 //!   declared one, and the payload must have the declared length and blake3, followed by the
 //!   end of the stream. Only then: fsync, rename, fsync of the directory. On any failure the
-//!   temporary file is removed and `<id>.seg` is as it was.
+//!   temporary file is removed; before the rename, `<id>.seg` is as it was (a failed fsync of
+//!   the directory after it is reported: the new file may not survive a power loss).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
