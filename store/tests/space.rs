@@ -66,6 +66,14 @@ fn tombstoned(store: &Store, ids: &[SegmentId]) -> Vec<SegmentId> {
         .collect()
 }
 
+/// A peer's offer of `signed`, admitted.
+fn offer(store: &Store, signed: store::manifest::SignedManifest) -> Box<store::Ingest> {
+    match store.begin_ingest(signed, &IngestOptions::from_peer("peer-b"), NOW_MS) {
+        Ok(Begin::Ingest(ingest)) => ingest,
+        other => panic!("expected the offer admitted, got {other:?}"),
+    }
+}
+
 fn assert_within_ceiling(store: &Store) {
     let usage = store.usage();
     assert!(
@@ -169,13 +177,7 @@ fn inv_07_inv_08_offer_then_five_bytes_then_drop_evicts_nothing() {
     let (signed, big, _) = make(&f, "big", 9, BIG_BYTES);
     let header = (big.len() - BIG_BYTES) as u64;
     let before = f.store.usage();
-    let Begin::Ingest(mut ingest) = f
-        .store
-        .begin_ingest(signed, &IngestOptions::from_peer("peer-b"), NOW_MS)
-        .expect("admitted: it fits after evicting both")
-    else {
-        panic!("expected an ingest");
-    };
+    let mut ingest = offer(&f.store, signed);
     // Granted only the room there is, not the 60 kB announced.
     assert_eq!(ingest.granted(), 8 << 10);
     assert_eq!(f.store.usage().total(), ceiling);
@@ -217,13 +219,7 @@ fn inv_06_inv_07_growth_evicts_only_as_bytes_arrive() {
     }
     let (signed, big, body) = make(&f, "big", 9, BIG_BYTES);
     let header = (big.len() - BIG_BYTES) as u64;
-    let Begin::Ingest(mut ingest) = f
-        .store
-        .begin_ingest(signed, &IngestOptions::from_peer("peer-b"), NOW_MS)
-        .unwrap()
-    else {
-        panic!("expected an ingest");
-    };
+    let mut ingest = offer(&f.store, signed);
     // The header needed room: one segment went for it, no more.
     assert_eq!(listed(&f.store).len(), 3, "one eviction for the header");
     let chunk = 10_000;
@@ -307,13 +303,7 @@ fn inv_06_inv_07_growth_at_n_and_n_plus_1_bytes() {
     let id_a = ingest_ok(&f.store, &a);
     let signed = store::segfile::read_header(&b[..]).unwrap();
     let header = b.len() - (FILL_BYTES + 1234);
-    let Begin::Ingest(mut ingest) = f
-        .store
-        .begin_ingest(signed, &IngestOptions::from_peer("peer-b"), NOW_MS)
-        .unwrap()
-    else {
-        panic!("expected an ingest");
-    };
+    let mut ingest = offer(&f.store, signed);
     assert_eq!(
         ingest.granted(),
         b.len() as u64 - 1,
@@ -355,13 +345,7 @@ fn inv_06_inv_08_growth_that_cannot_be_met_is_store_full_and_keeps_the_checkpoin
     let id_a = ingest_ok(&f.store, &a);
     let signed = store::segfile::read_header(&b[..]).unwrap();
     let header = b.len() - (FILL_BYTES + 1234);
-    let Begin::Ingest(mut ingest) = f
-        .store
-        .begin_ingest(signed.clone(), &IngestOptions::from_peer("peer-b"), NOW_MS)
-        .unwrap()
-    else {
-        panic!("expected an ingest");
-    };
+    let mut ingest = offer(&f.store, signed.clone());
     let half = header + 20_000;
     ingest.write(&b[header..half]).unwrap();
     ingest.checkpoint(NOW_MS).unwrap();
@@ -386,13 +370,7 @@ fn inv_06_inv_08_growth_that_cannot_be_met_is_store_full_and_keeps_the_checkpoin
     // Unpinned, the offer resumes from the checkpoint and completes, evicting `a` for its
     // last bytes only.
     f.store.set_pin(&id_a, "relay:peer-c", false).unwrap();
-    let Begin::Ingest(mut ingest) = f
-        .store
-        .begin_ingest(signed, &IngestOptions::from_peer("peer-b"), NOW_MS)
-        .unwrap()
-    else {
-        panic!("expected an ingest");
-    };
+    let mut ingest = offer(&f.store, signed);
     assert_eq!(ingest.resume_offset(), 20_000);
     assert!(
         ingest.granted() >= half as u64,
@@ -434,13 +412,7 @@ fn inv_06_a_grant_grows_by_at_most_one_step_ahead_of_its_bytes() {
     let id_a = ingest_ok(&f.store, &a);
     let (signed, big, body) = make(&f, "big", 52, 25 * MIB);
     let header = (big.len() - body.len()) as u64;
-    let Begin::Ingest(mut ingest) = f
-        .store
-        .begin_ingest(signed, &IngestOptions::from_peer("peer-b"), NOW_MS)
-        .unwrap()
-    else {
-        panic!("expected an ingest");
-    };
+    let mut ingest = offer(&f.store, signed);
     let room = 10 * MIB as u64;
     assert_eq!(ingest.granted(), room);
     let fits = (room - header) as usize;
