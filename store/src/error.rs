@@ -53,7 +53,7 @@ pub enum StoreError {
     /// The segment's file failed verification at rest and was moved to quarantine.
     #[error("segment {id} is corrupt at rest ({reason}); quarantined")]
     Quarantined { id: SegmentId, reason: String },
-    /// The segment's file is being evicted or its export target is unusable.
+    /// The segment's file is being evicted or quarantined right now.
     #[error("segment {0} is being evicted")]
     Evicting(SegmentId),
     /// The stored segment's publisher is not (or no longer) in the trusted set: it is neither
@@ -124,6 +124,59 @@ impl IngestError {
             IngestError::Busy(_) | IngestError::StoreFull { .. } | IngestError::Io { .. }
         )
     }
+}
+
+/// Opening a file on a medium (a USB stick, a file named on the command line) for reading.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Something other than a regular file is at the path: it was not followed, and not opened
+    /// when the name said so before opening.
+    #[error("{path} is a {kind}, not a regular file (symlinks are not followed)")]
+    NotRegular { path: PathBuf, kind: &'static str },
+    /// The file cannot be opened or examined.
+    #[error("cannot open {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// Exporting a segment into a directory (USB out).
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The export directory cannot be opened as a directory (missing, not a directory, or a
+    /// symlink, which is not followed).
+    #[error("export directory {path}: {source}")]
+    Dir { path: PathBuf, source: io::Error },
+    /// Something other than a regular file is at a name the export uses (`<id>.seg`, or a
+    /// directory at the temporary name): it is neither followed nor replaced.
+    #[error("{path} is a {kind}, not a regular file; it is left as it is and not exported over")]
+    NotRegular { path: PathBuf, kind: &'static str },
+    /// The bytes handed to the export are another segment.
+    #[error("asked to export segment {wanted}, was given segment {found}")]
+    WrongSegment { wanted: SegmentId, found: SegmentId },
+    /// The bytes handed to the export are not a valid copy of the segment (bad signature,
+    /// truncated, padded, wrong hash): nothing was exported.
+    #[error("copy of segment {id} does not verify: {source}")]
+    BadCopy {
+        id: SegmentId,
+        #[source]
+        source: SegFileError,
+    },
+    /// Reading the copy failed (the stored file, or the daemon's stream).
+    #[error("reading segment {id}: {source}")]
+    Read {
+        id: SegmentId,
+        #[source]
+        source: io::Error,
+    },
+    /// A file operation in the export directory failed. No temporary file is left behind.
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// The stored segment cannot be read (not stored, quarantined, untrusted, store error).
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Converts any redb error family into [`StoreError::Database`].

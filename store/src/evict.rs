@@ -10,7 +10,8 @@ use crate::id::SegmentId;
 pub struct Usage {
     /// `.seg` files in `segments/`.
     pub stored_bytes: u64,
-    /// Full lengths of the ingests in flight.
+    /// Grants of the ingests in flight: at least what each has written (its header and the
+    /// payload received), at most its full length.
     pub reserved_bytes: u64,
     /// Checkpointed bytes of idle partials kept for resume.
     pub partial_bytes: u64,
@@ -37,6 +38,16 @@ pub fn shortfall(usage: Usage, need_bytes: u64, limits: Limits, available_bytes:
     let over_floor =
         (limits.min_free_bytes + usage.reserved_bytes + need_bytes).saturating_sub(available_bytes);
     over_ceiling.max(over_floor)
+}
+
+/// Bytes that can be reserved now without evicting anything: the largest `need_bytes` whose
+/// [`shortfall`] is zero.
+pub fn headroom(usage: Usage, limits: Limits, available_bytes: u64) -> u64 {
+    let under_ceiling = limits.ceiling_bytes.saturating_sub(usage.total());
+    let above_floor = available_bytes
+        .saturating_sub(limits.min_free_bytes)
+        .saturating_sub(usage.reserved_bytes);
+    under_ceiling.min(above_floor)
 }
 
 /// A stored segment as eviction sees it.
@@ -152,6 +163,37 @@ mod tests {
         // Free space: 10 floor + 10 reserved + 20 needed = 40 > 35 available.
         assert_eq!(shortfall(usage, 20, limits, 35), 5);
         assert_eq!(shortfall(usage, 30, limits, 1_000), 10);
+    }
+
+    #[test]
+    fn inv_06_headroom_is_the_largest_need_without_shortfall() {
+        let limits = Limits {
+            ceiling_bytes: 100,
+            min_free_bytes: 10,
+        };
+        let usage = Usage {
+            stored_bytes: 60,
+            reserved_bytes: 10,
+            partial_bytes: 10,
+        };
+        // (available, headroom): the ceiling binds, then the floor.
+        for (available, want) in [(1_000, 20), (35, 15), (20, 0)] {
+            let room = headroom(usage, limits, available);
+            assert_eq!(room, want, "available {available}");
+            assert_eq!(shortfall(usage, room, limits, available), 0);
+            assert_eq!(shortfall(usage, room + 1, limits, available), 1);
+        }
+        // Below the floor already: no room, and a shortfall even for nothing.
+        assert_eq!(headroom(usage, limits, 0), 0);
+        assert_eq!(shortfall(usage, 0, limits, 0), 20);
+        // Over the ceiling already (a lowered ceiling): no room, and the shortfall says by how
+        // much more than asked.
+        let over = Usage {
+            stored_bytes: 120,
+            ..Usage::default()
+        };
+        assert_eq!(headroom(over, limits, 1_000), 0);
+        assert_eq!(shortfall(over, 1, limits, 1_000), 21);
     }
 
     #[test]

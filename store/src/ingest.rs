@@ -1,10 +1,16 @@
 //! Ingest: the durability contract, step by step.
 //!
 //! ```text
-//! already stored, or evicted here before? → answer "have" (nothing is stored)
+//! already stored, or evicted here before? → answer "have" (nothing is stored; an import's
+//!     copy of a stored segment is still read through and verified: CorruptCopy if it fails)
+//!   → a file whose length is known and differs from its header's: refused (nothing reserved)
 //!   → verify manifest (signature, trusted publisher, freshness, bounds)
-//!   → reserve its full length under the ceiling (evicting what may go, else StoreFull)
-//!   → stream the payload into tmp/<id>.part while hashing          [ingest.stream]
+//!   → admit: StoreFull unless it could fit after every eviction the plan allows (planned,
+//!     not applied); grant at once only what fits without evicting
+//!   → create tmp/<id>.part and write the header (within the grant)
+//!   → stream the payload into it while hashing, growing the grant     [ingest.stream]
+//!     before each write that needs it: room first, then eviction of only what the bytes in
+//!     hand need (StoreFull if the plan cannot free it)
 //!   → verify length and blake3                                     [ingest.after_write]
 //!   → fsync the temp file                                          [ingest.after_fsync]
 //!   → rename into segments/<xx>/<id>.seg                           [ingest.after_rename]
@@ -15,15 +21,33 @@
 //!   → only now report success.
 //! ```
 //!
+//! Space (INV-06, INV-08). Each ingest holds a *grant*: file bytes counted in
+//! `usage.reserved_bytes`, never less than its temp file holds and never more than its file's
+//! length. `stored + reserved + partials <= ceiling` holds at every moment, because a grant only
+//! grows into room that is there ([`evict::headroom`](crate::evict::headroom)), possibly after
+//! evicting. Eviction happens only as bytes arrive and only for the bytes in hand, so an offer
+//! that announces a large segment and sends a few bytes (or a truncated file) destroys nothing
+//! it would not have needed for those bytes; in a store with that much room to spare, nothing.
+//! A resumed partial's bytes move from `partials` into the grant. Once room is granted, the
+//! grant takes up to [`RESERVE_STEP_BYTES`] more per growth, so a long ingest does not take the
+//! accounting lock for every chunk.
+//!
 //! Crash analysis. Before the rename, a crash leaves only a temp file: recovery removes it unless
 //! a checkpoint recorded it as a partial. Between rename and commit, a crash leaves a file
 //! without a row: recovery removes it, and since success was never reported nobody relies on
 //! it. After the commit, file and row agree; the file was fsynced before the rename and its
 //! directory entry before the commit, so a power loss cannot leave a row without its file.
+//! Evictions made while the payload streams commit their own transaction (rows gone, tombstones
+//! written) before their files are removed, exactly as evictions at any other time; a crash
+//! after them loses only those segments, which the plan allowed to go, and the ingest itself is
+//! then a temp file or a partial as above. Grants live in memory only: after a restart usage is
+//! recomputed from the files and rows.
 //!
 //! Failures (ENOSPC, EIO, a failed fsync) abandon the ingest: the temp file is removed, its
 //! descriptor is never synced again (after a failed fsync the kernel may have dropped the dirty
-//! pages), the reservation is released, and the error is returned.
+//! pages), the grant is released, and the error is returned. A write refused for lack of room
+//! (`StoreFull` while growing) writes nothing and does not fail the ingest: dropped, it keeps
+//! its checkpointed prefix as a partial, and the sender retries later.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
@@ -35,9 +59,9 @@ use crate::error::{IngestError, db};
 use crate::fs::FsFile;
 use crate::id::SegmentId;
 use crate::index;
-use crate::limits::{STREAM_BUF_BYTES, WRITEBACK_CHUNK_BYTES};
-use crate::manifest::SignedManifest;
-use crate::segfile::{self, SegFileError};
+use crate::limits::{RESERVE_STEP_BYTES, STREAM_BUF_BYTES, WRITEBACK_CHUNK_BYTES};
+use crate::manifest::{SignedManifest, VerifyError};
+use crate::segfile::{self, PayloadReader, SegFileError};
 use crate::store::{Holding, Store};
 use crate::tables::{self, PARTIALS, PartialRow, SEGMENTS, SegmentRow, TOMBSTONES};
 
@@ -52,6 +76,10 @@ pub struct IngestOptions {
     /// Store the segment even if it was evicted here before (an operator's explicit import).
     /// Peers' re-offers of evicted ids are answered "have" instead.
     pub revive_tombstoned: bool,
+    /// The whole `.seg` file's length, when the caller knows it before reading it (a file's
+    /// metadata, a stream's announced length). [`Store::ingest_reader`] refuses a file whose
+    /// header declares another length before anything is reserved or evicted.
+    pub expected_file_len: Option<u64>,
 }
 
 impl IngestOptions {
@@ -59,6 +87,7 @@ impl IngestOptions {
         IngestOptions {
             source: peer.to_owned(),
             revive_tombstoned: false,
+            expected_file_len: None,
         }
     }
 
@@ -66,7 +95,14 @@ impl IngestOptions {
         IngestOptions {
             source: "import".to_owned(),
             revive_tombstoned: true,
+            expected_file_len: None,
         }
+    }
+
+    /// The same options, for a file of `len` bytes (see [`IngestOptions::expected_file_len`]).
+    pub fn with_file_len(mut self, len: u64) -> Self {
+        self.expected_file_len = Some(len);
+        self
     }
 }
 
@@ -108,6 +144,12 @@ pub struct Ingest {
     hasher: blake3::Hasher,
     header_bytes: u64,
     file_len: u64,
+    /// File bytes this ingest holds under the ceiling (in `usage.reserved_bytes`): never less
+    /// than what its temp file holds, never more than `file_len` (or the idle partial it took
+    /// over). Grows as the payload arrives (INV-06).
+    granted: u64,
+    /// Time of the last call that gave one: eviction plans made while growing the grant use it.
+    now_ms: u64,
     /// Payload bytes written so far.
     written: u64,
     /// Payload bytes fsynced and recorded in `partials-v1`.
@@ -182,14 +224,21 @@ impl Store {
             row.map(|v| tables::decode::<PartialRow>("partials-v1", v.value()))
                 .transpose()?
         };
-        // An idle partial's bytes become part of this ingest's reservation.
+        // An idle partial's bytes become part of this ingest's grant.
         let idle = acct.partials.remove(&id).unwrap_or(0);
         acct.usage.partial_bytes -= idle;
-        if let Err(e) = self.reserve_locked(&mut acct, file_len, now_ms) {
-            acct.partials.insert(id, idle);
-            acct.usage.partial_bytes += idle;
-            return Err(e);
-        }
+        let room = match self.admit_locked(&acct, file_len, now_ms) {
+            Ok(room) => room,
+            Err(e) => {
+                acct.partials.insert(id, idle);
+                acct.usage.partial_bytes += idle;
+                return Err(e);
+            }
+        };
+        // Only what fits without evicting: segments are evicted for bytes that arrive, never
+        // for bytes an offer merely announces.
+        let granted = idle.max(room.min(file_len));
+        acct.usage.reserved_bytes += granted;
         acct.ingesting.insert(id);
         drop(acct);
 
@@ -202,6 +251,8 @@ impl Store {
             hasher: blake3::Hasher::new(),
             header_bytes,
             file_len,
+            granted,
+            now_ms,
             written: 0,
             checkpoint: 0,
             writeback_from: 0,
@@ -239,7 +290,29 @@ impl Store {
     {
         let signed = segfile::read_header(&mut reader)?;
         let id = signed.id();
-        let mut ingest = match self.begin_ingest(signed, opts, now_ms)? {
+        let declared = segfile::file_len_of(&signed);
+        if let Some(actual) = opts.expected_file_len.filter(|&len| len != declared) {
+            // Refused before anything is reserved: a truncated or padded copy never costs a
+            // stored segment its place.
+            let e = SegFileError::FileLengthMismatch { declared, actual };
+            if self.holding(&id)? == Holding::Stored {
+                return Err(IngestError::CorruptCopy {
+                    id,
+                    reason: e.to_string(),
+                });
+            }
+            return Err(e.into());
+        }
+        let mut ingest = match self.begin_ingest(signed.clone(), opts, now_ms)? {
+            Begin::Have(Holding::Stored) => {
+                // Already stored, but this copy is still read through: a stick holding a
+                // corrupt copy must be told so, not "already present".
+                self.check_copy(&signed, reader)?;
+                return Ok(IngestOutcome::AlreadyHave {
+                    id,
+                    holding: Holding::Stored,
+                });
+            }
             Begin::Have(holding) => return Ok(IngestOutcome::AlreadyHave { id, holding }),
             Begin::Ingest(ingest) => ingest,
         };
@@ -256,6 +329,25 @@ impl Store {
             return Err(e);
         }
         ingest.finish(now_ms, extra).map(IngestOutcome::Stored)
+    }
+
+    /// Verifies the rest of a copy of a segment this store already holds (`reader` is at its
+    /// payload): signature, trust, exact length, hash, nothing trailing. A copy that fails is
+    /// [`IngestError::CorruptCopy`]; the stored one is not touched.
+    fn check_copy<R: Read>(&self, signed: &SignedManifest, reader: R) -> Result<(), IngestError> {
+        let id = signed.id();
+        let corrupt = |reason: String| IngestError::CorruptCopy { id, reason };
+        match signed.verify_signature(&self.config().trusted) {
+            Ok(()) => {}
+            // Not the copy's fault: the publisher is not trusted (any more).
+            Err(e @ VerifyError::UntrustedPublisher { .. }) => return Err(e.into()),
+            Err(e) => return Err(corrupt(e.to_string())),
+        }
+        match PayloadReader::for_manifest(reader, signed).finish() {
+            Ok(_) => Ok(()),
+            Err(SegFileError::Io(e)) => Err(SegFileError::Io(e).into()),
+            Err(e) => Err(corrupt(e.to_string())),
+        }
     }
 }
 
@@ -336,6 +428,11 @@ impl Ingest {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(self.fail(self.io_err("remove stale temp file")(e))),
         }
+        // The header is written now: it needs room (the only bytes an ingest holds before its
+        // payload arrives).
+        if let Err(e) = self.ensure_grant(self.header_bytes) {
+            return Err(self.fail(e));
+        }
         let created = fs.create_new(&self.tmp_path);
         let mut file = match created {
             Ok(file) => file,
@@ -370,13 +467,38 @@ impl Ingest {
         }
     }
 
+    /// Grows the grant to cover `need_bytes` of the file (see [`Store::grow_grant`]), taking up
+    /// to [`RESERVE_STEP_BYTES`] more while there is room for it.
+    fn ensure_grant(&mut self, need_bytes: u64) -> Result<(), IngestError> {
+        if need_bytes <= self.granted {
+            return Ok(());
+        }
+        let target = self
+            .file_len
+            .min(need_bytes.max(self.granted.saturating_add(RESERVE_STEP_BYTES)));
+        self.granted =
+            self.store
+                .grow_grant(self.file_len, self.granted, need_bytes, target, self.now_ms)?;
+        Ok(())
+    }
+
+    /// File bytes this ingest holds under the ceiling right now.
+    pub fn granted(&self) -> u64 {
+        self.granted
+    }
+
     /// Appends payload bytes. More bytes than the manifest declares fail the ingest.
+    ///
+    /// Bytes beyond the grant grow it first, evicting (by the plan's rules) only what these
+    /// bytes need. If that cannot be done the write returns `StoreFull` having written nothing;
+    /// the ingest is not failed, so dropping it keeps its checkpointed prefix for a resume.
     pub fn write(&mut self, buf: &[u8]) -> Result<(), IngestError> {
         self.ensure_open()?;
         if self.written + buf.len() as u64 > self.payload_len() {
             let e = SegFileError::PayloadTooLong;
             return Err(self.fail(e.into()));
         }
+        self.ensure_grant(self.header_bytes + self.written + buf.len() as u64)?;
         crash::point(crash::INGEST_STREAM);
         let Some(file) = self.file.as_mut() else {
             return Err(self.fail(IngestError::Protocol {
@@ -438,6 +560,7 @@ impl Ingest {
     /// Fsyncs what was received and records it as a partial, so a later attempt resumes here.
     pub fn checkpoint(&mut self, now_ms: u64) -> Result<(), IngestError> {
         self.ensure_open()?;
+        self.now_ms = self.now_ms.max(now_ms);
         if self.written == self.checkpoint {
             return Ok(());
         }
@@ -504,6 +627,10 @@ impl Ingest {
             };
             return Err(self.fail(e.into()));
         }
+        debug_assert!(
+            self.granted >= self.file_len,
+            "a complete file lies within its grant"
+        );
         crash::point(crash::INGEST_AFTER_WRITE);
         let synced = match self.file.as_mut() {
             Some(file) => file.sync(),
@@ -577,7 +704,7 @@ impl Ingest {
         self.state = State::Finished;
         {
             let mut acct = self.store.acct();
-            acct.usage.reserved_bytes -= self.file_len;
+            acct.usage.reserved_bytes -= self.granted;
             acct.usage.stored_bytes += self.file_len;
             acct.ingesting.remove(&id);
         }
@@ -623,7 +750,7 @@ impl Drop for Ingest {
             }
         }
         let mut acct = self.store.acct();
-        acct.usage.reserved_bytes -= self.file_len;
+        acct.usage.reserved_bytes -= self.granted;
         acct.ingesting.remove(&id);
         if keep {
             let kept = self.header_bytes + self.checkpoint;

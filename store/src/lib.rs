@@ -3,8 +3,12 @@
 //! - Format: [`manifest`] (what a publisher signs), [`id`] (content ids), [`keys`] (publisher
 //!   keys and the trusted set), [`segfile`] (the `.seg` file, byte layout in its docs).
 //! - Store: [`Store`] opens a data directory ([`layout`]), ingests with the durability contract
-//!   of [`ingest`], keeps usage under a ceiling and evicts by the rules of [`evict`], recovers
-//!   after any crash, scrubs and quarantines corruption at rest ([`read`]).
+//!   of [`ingest`], keeps usage under a ceiling with grants that grow as bytes arrive and evicts
+//!   by the rules of [`evict`], recovers after any crash, checks signature, trust and hash of
+//!   every segment it serves, scrubs, and quarantines corruption at rest ([`read`]).
+//! - Media: [`media`] opens files on removable media only if regular (never following a
+//!   symlink, never blocking on a FIFO) and is the one export writer: `<id>.seg` files written
+//!   only inside their directory, verified as written, atomically.
 //! - Seams: every file operation of the ingest path goes through [`fs::Fs`] (with a power-loss
 //!   double, [`fs::sim`]); named [`crash`] points abort the process at exact steps; time is
 //!   always passed in (`now_ms`, wall-clock UTC milliseconds).
@@ -23,14 +27,16 @@ pub mod keys;
 pub mod layout;
 pub mod limits;
 pub mod manifest;
+pub mod media;
 pub mod read;
 pub mod segfile;
 pub mod store;
 pub mod tables;
 pub mod writer;
 
-pub use error::{IngestError, StoreError};
+pub use error::{ExportError, IngestError, OpenError, StoreError};
 pub use id::SegmentId;
 pub use ingest::{Begin, Ingest, IngestOptions, IngestOutcome, Stored};
-pub use read::{Exported, ScrubReport, SegmentReader};
+pub use media::{ExportDir, Exported};
+pub use read::{ScrubReport, SegmentReader};
 pub use store::{HeldDigest, Holding, RecoveryReport, SegmentInfo, Store, StoreConfig};

@@ -19,6 +19,10 @@ pub const NAME_BYTES_MAX: usize = 255;
 pub const CHANNEL_BYTES_MAX: usize = 64;
 /// Largest payload a manifest may declare: 64 GiB.
 pub const PAYLOAD_BYTES_MAX: u64 = 64 << 30;
+/// Latest time a manifest may carry (`created_at_ms`, `expires_at_ms`): the last millisecond of
+/// year 9999 UTC, 9999-12-31T23:59:59.999Z. RFC 3339 renders every time up to it, so a manifest
+/// can always be shown; anything later is refused when decoded.
+pub const TIME_MS_MAX: u64 = 253_402_300_799_999;
 /// Domain-separation tag signed before the manifest bytes, so a manifest signature can never be
 /// replayed as a signature over anything else.
 pub const SIGNATURE_DOMAIN_TAG: &[u8] = b"edged/segment-manifest/v1\0";
@@ -28,6 +32,11 @@ pub const STREAM_BUF_BYTES: usize = 64 * 1024;
 /// Written bytes handed to the kernel's writeback at a time during an ingest, so the device
 /// writes while the rest arrives and the final fsync waits only for the tail.
 pub const WRITEBACK_CHUNK_BYTES: u64 = 8 << 20;
+/// Step by which an ingest's grant under the ceiling grows as its payload arrives, when it
+/// could not all be granted at once without evicting. Eviction itself is only ever for bytes
+/// already received; the step bounds how much of the room freed (or found free) one ingest
+/// takes ahead of its bytes, and how often a long ingest takes the accounting lock.
+pub const RESERVE_STEP_BYTES: u64 = 8 << 20;
 /// Fan-out of `segments/`: one directory per first byte of the id (two hex digits).
 pub const FANOUT_DIRS: usize = 256;
 /// Default cap on remembered tombstones (32-byte ids each).

@@ -15,11 +15,16 @@
 //!
 //! | bytes | content |
 //! |---|---|
-//! | 1..=2 | varint length `n` of the manifest bytes |
+//! | 1..=2 | varint length `n` of the manifest bytes, canonical (shortest form) |
 //! | `n` | canonical manifest bytes |
 //! | 64 | ed25519 signature over [`SIGNATURE_DOMAIN_TAG`] followed by the manifest bytes |
 //!
-//! Its encoded length never exceeds [`SIGNED_MANIFEST_BYTES_MAX`] (≤ [`HEADER_BYTES_MAX`]).
+//! [`SignedManifest::decode`] re-encodes what it decoded and refuses anything but these exact
+//! bytes (an overlong length varint included), so a signed manifest has one encoding too. Its
+//! encoded length never exceeds [`SIGNED_MANIFEST_BYTES_MAX`] (≤ [`HEADER_BYTES_MAX`]).
+//!
+//! Times (`created_at_ms`, `expires_at_ms`) are at most [`TIME_MS_MAX`], the end of year 9999
+//! UTC, so every valid manifest can be rendered as an RFC 3339 date.
 //!
 //! # Guarantees
 //!
@@ -40,6 +45,7 @@ use crate::keys::{PublisherKey, PublisherSecret, TrustedPublishers};
 use crate::limits::{
     CHANNEL_BYTES_MAX, CHANNEL_DEFAULT, HEADER_BYTES_MAX, MANIFEST_FORMAT_VERSION, NAME_BYTES_MAX,
     PAYLOAD_BYTES_MAX, PRIORITY_DEFAULT, SIGNATURE_DOMAIN_TAG, SIGNED_MANIFEST_BYTES_MAX,
+    TIME_MS_MAX,
 };
 
 /// Errors decoding, validating or signing a manifest.
@@ -110,6 +116,14 @@ pub enum ManifestError {
     PayloadTooLarge {
         /// The declared payload length, in bytes.
         len: u64,
+    },
+    /// A time field is later than [`TIME_MS_MAX`] (the end of year 9999 UTC).
+    #[error("{field} {ms} is later than {TIME_MS_MAX} (9999-12-31T23:59:59.999Z)")]
+    TimeOutOfRange {
+        /// The field: `created_at_ms` or `expires_at_ms`.
+        field: &'static str,
+        /// The value found, ms since the Unix epoch.
+        ms: u64,
     },
     /// `expires_at_ms` is not after `created_at_ms`.
     #[error("expires_at_ms {expires_at_ms} is not after created_at_ms {created_at_ms}")]
@@ -221,9 +235,10 @@ pub struct Manifest {
     pub channel: String,
     /// Publisher-chosen sequence number; recorded and shown.
     pub sequence: u64,
-    /// Creation time, ms since the Unix epoch (UTC).
+    /// Creation time, ms since the Unix epoch (UTC), at most [`TIME_MS_MAX`].
     pub created_at_ms: u64,
-    /// Expiry time, ms since the Unix epoch (UTC); if present, after `created_at_ms`.
+    /// Expiry time, ms since the Unix epoch (UTC); if present, after `created_at_ms` and at most
+    /// [`TIME_MS_MAX`].
     pub expires_at_ms: Option<u64>,
     /// When the segment counts as propagated.
     pub condition: SuccessCondition,
@@ -274,7 +289,19 @@ impl Manifest {
                 len: self.payload_len,
             });
         }
+        if self.created_at_ms > TIME_MS_MAX {
+            return Err(ManifestError::TimeOutOfRange {
+                field: "created_at_ms",
+                ms: self.created_at_ms,
+            });
+        }
         if let Some(expires_at_ms) = self.expires_at_ms {
+            if expires_at_ms > TIME_MS_MAX {
+                return Err(ManifestError::TimeOutOfRange {
+                    field: "expires_at_ms",
+                    ms: expires_at_ms,
+                });
+            }
             if expires_at_ms <= self.created_at_ms {
                 return Err(ManifestError::ExpiryNotAfterCreation {
                     created_at_ms: self.created_at_ms,
@@ -435,12 +462,18 @@ impl SignedManifest {
             return Err(ManifestError::TrailingBytes { count: rest.len() });
         }
         let manifest = Manifest::decode_canonical(manifest_bytes)?;
-        Ok(Self {
+        let signed = Self {
             id: SegmentId::of_manifest_bytes(manifest_bytes),
             manifest_bytes: manifest_bytes.to_vec(),
             manifest,
             signature: join_signature(sig),
-        })
+        };
+        // postcard accepts an overlong length varint (`85 00` for 5): the outer encoding must be
+        // canonical too, or one signed manifest would have two headers (and `.seg` files).
+        if signed.encode() != bytes {
+            return Err(ManifestError::NotCanonical);
+        }
+        Ok(signed)
     }
 
     /// The wire/disk encoding: `(manifest_bytes, signature)` in postcard.
@@ -492,19 +525,8 @@ impl SignedManifest {
         now_ms: u64,
         clock_skew_ms: u64,
     ) -> Result<(), VerifyError> {
+        self.verify_signature(trusted)?;
         let m = &self.manifest;
-        if !trusted.contains(&m.publisher) {
-            return Err(VerifyError::UntrustedPublisher {
-                publisher: m.publisher,
-            });
-        }
-        let key = VerifyingKey::from_bytes(m.publisher.as_bytes())
-            .map_err(|_| VerifyError::BadSignature)?;
-        key.verify_strict(
-            &signed_message(&self.manifest_bytes),
-            &Signature::from_bytes(&self.signature),
-        )
-        .map_err(|_| VerifyError::BadSignature)?;
         if let Some(expires_at_ms) = m.expires_at_ms {
             if expires_at_ms.saturating_add(clock_skew_ms) <= now_ms {
                 return Err(VerifyError::Expired {
@@ -520,6 +542,25 @@ impl SignedManifest {
             });
         }
         Ok(())
+    }
+
+    /// Checks that the publisher is trusted and the signature verifies strictly, without any
+    /// freshness check: what a stored segment must pass each time it is read (an expired segment
+    /// already stored is still served until it is evicted).
+    pub fn verify_signature(&self, trusted: &TrustedPublishers) -> Result<(), VerifyError> {
+        let m = &self.manifest;
+        if !trusted.contains(&m.publisher) {
+            return Err(VerifyError::UntrustedPublisher {
+                publisher: m.publisher,
+            });
+        }
+        let key = VerifyingKey::from_bytes(m.publisher.as_bytes())
+            .map_err(|_| VerifyError::BadSignature)?;
+        key.verify_strict(
+            &signed_message(&self.manifest_bytes),
+            &Signature::from_bytes(&self.signature),
+        )
+        .map_err(|_| VerifyError::BadSignature)
     }
 }
 
@@ -573,8 +614,8 @@ pub(crate) mod tests {
             name: "n".repeat(NAME_BYTES_MAX),
             channel: "c".repeat(CHANNEL_BYTES_MAX),
             sequence: u64::MAX,
-            created_at_ms: u64::MAX - 1,
-            expires_at_ms: Some(u64::MAX),
+            created_at_ms: TIME_MS_MAX - 1,
+            expires_at_ms: Some(TIME_MS_MAX),
             condition: SuccessCondition::OnePeer,
             priority: u8::MAX,
             payload_len: PAYLOAD_BYTES_MAX,
@@ -811,6 +852,95 @@ pub(crate) mod tests {
                 created_at_ms: NOW_MS,
                 expires_at_ms: NOW_MS,
             }),
+        );
+    }
+
+    #[test]
+    fn inv_17_time_bound_n_and_n_plus_1() {
+        let created = |created_at_ms| Manifest {
+            created_at_ms,
+            expires_at_ms: None,
+            ..sample()
+        };
+        check_bound(created(TIME_MS_MAX), Ok(()));
+        check_bound(
+            created(TIME_MS_MAX + 1),
+            Err(ManifestError::TimeOutOfRange {
+                field: "created_at_ms",
+                ms: TIME_MS_MAX + 1,
+            }),
+        );
+        check_bound(
+            created(u64::MAX),
+            Err(ManifestError::TimeOutOfRange {
+                field: "created_at_ms",
+                ms: u64::MAX,
+            }),
+        );
+        let expires = |expires_at_ms| Manifest {
+            expires_at_ms: Some(expires_at_ms),
+            ..sample()
+        };
+        check_bound(expires(TIME_MS_MAX), Ok(()));
+        check_bound(
+            expires(TIME_MS_MAX + 1),
+            Err(ManifestError::TimeOutOfRange {
+                field: "expires_at_ms",
+                ms: TIME_MS_MAX + 1,
+            }),
+        );
+        // No signature is needed to be refused: the decoder refuses an unsigned far-future time
+        // inside a signed manifest's envelope before anyone looks at the signature.
+        let far = created(u64::MAX - 1);
+        let signed = SignedManifest::sign(sample(), &secret()).unwrap();
+        let wire = (ByteStr(&raw(&far)), split_signature(signed.signature()));
+        assert_eq!(
+            SignedManifest::decode(&postcard::to_allocvec(&wire).unwrap()),
+            Err(ManifestError::TimeOutOfRange {
+                field: "created_at_ms",
+                ms: u64::MAX - 1,
+            })
+        );
+    }
+
+    #[test]
+    fn inv_17_overlong_outer_length_varint_rejected() {
+        let signed = SignedManifest::sign(sample(), &secret()).unwrap();
+        let bytes = signed.encode();
+        let n = signed.manifest_bytes().len();
+        assert!(n < 0x80, "the sample's length fits one varint byte");
+        assert_eq!(bytes[0] as usize, n);
+        // The same length as two bytes: `n | 0x80, 0x00`.
+        let mut overlong = vec![bytes[0] | 0x80, 0x00];
+        overlong.extend_from_slice(&bytes[1..]);
+        let ((inner, _), rest) =
+            postcard::take_from_bytes::<(&[u8], WireSignature)>(&overlong).unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(inner, signed.manifest_bytes(), "postcard itself accepts it");
+        assert_eq!(
+            SignedManifest::decode(&overlong),
+            Err(ManifestError::NotCanonical)
+        );
+        // Three bytes, and a two-byte length near its bound: the same.
+        let mut longer = vec![bytes[0] | 0x80, 0x80, 0x00];
+        longer.extend_from_slice(&bytes[1..]);
+        assert_eq!(
+            SignedManifest::decode(&longer),
+            Err(ManifestError::NotCanonical)
+        );
+        let long_name = Manifest {
+            name: "n".repeat(NAME_BYTES_MAX),
+            ..sample()
+        };
+        let signed = SignedManifest::sign(long_name, &secret()).unwrap();
+        let bytes = signed.encode();
+        assert!(signed.manifest_bytes().len() >= 0x80);
+        assert_eq!(SignedManifest::decode(&bytes).as_ref(), Ok(&signed));
+        let mut overlong = vec![bytes[0], bytes[1] | 0x80, 0x00];
+        overlong.extend_from_slice(&bytes[2..]);
+        assert_eq!(
+            SignedManifest::decode(&overlong),
+            Err(ManifestError::NotCanonical)
         );
     }
 
@@ -1075,7 +1205,7 @@ pub(crate) mod tests {
                 name in "[^\\p{Cc}]{1,60}",
                 channel in "[a-z0-9][a-z0-9._-]{0,63}",
                 sequence in any::<u64>(),
-                created_at_ms in 0..u64::MAX,
+                created_at_ms in 0..TIME_MS_MAX,
                 expiry in proptest::option::of(any::<u64>()),
                 one_peer in any::<bool>(),
                 priority in any::<u8>(),
@@ -1089,8 +1219,8 @@ pub(crate) mod tests {
                     channel,
                     sequence,
                     created_at_ms,
-                    // Map any u64 into (created_at_ms, u64::MAX].
-                    expires_at_ms: expiry.map(|e| created_at_ms + 1 + e % (u64::MAX - created_at_ms)),
+                    // Map any u64 into (created_at_ms, TIME_MS_MAX].
+                    expires_at_ms: expiry.map(|e| created_at_ms + 1 + e % (TIME_MS_MAX - created_at_ms)),
                     condition: if one_peer { SuccessCondition::OnePeer } else { SuccessCondition::AllPeers },
                     priority,
                     payload_len,

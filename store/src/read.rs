@@ -1,19 +1,26 @@
 //! Reading stored segments: for sending, for export, and for scrub.
 //!
-//! A reader holds a lease that keeps its segment from being evicted. Corruption at rest — a file
-//! of the wrong size, a header that is not the indexed segment's, a payload whose hash does not
-//! match — is found before or while a segment is served, and the segment is quarantined, never
-//! served (INV-24).
+//! A reader holds a lease that keeps its segment from being evicted. Every reader is opened by
+//! [`Store::open_for_read`], which checks the file before anything is served: its size, that
+//! its header is the indexed segment's, and that the signature verifies strictly against a
+//! trusted publisher. The payload's hash is checked while it is read ([`SegmentReader::copy_to`],
+//! the network sender, [`Store::export_to`]), and by [`Store::scrub`].
+//!
+//! - Corruption at rest — a file of the wrong size, another segment's header, a signature that
+//!   no longer verifies, a payload whose hash does not match — quarantines the segment with the
+//!   reason ([`StoreError::Quarantined`]); it is never served (INV-01, INV-24), and the
+//!   quarantine watchers hear of it so that a good copy can be fetched again.
+//! - A segment whose publisher is no longer trusted is refused with [`StoreError::Untrusted`]
+//!   and stays stored: its bytes are intact, and trusting the key again makes it servable.
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 
 use crate::error::{StoreError, db};
 use crate::fs::FsRead;
 use crate::id::SegmentId;
-use crate::limits::STREAM_BUF_BYTES;
-use crate::manifest::SignedManifest;
+use crate::keys::PublisherKey;
+use crate::manifest::{SignedManifest, VerifyError};
 use crate::segfile::{self, SegFileError};
 use crate::store::Store;
 use crate::tables::{self, SEGMENTS, SegmentRow};
@@ -103,25 +110,30 @@ impl SegmentReader {
     }
 }
 
-/// Outcome of exporting one segment into a directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Exported {
-    Written(PathBuf),
-    /// A file with the same name and the same content was already there.
-    AlreadyThere(PathBuf),
-}
-
 /// What a scrub found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ScrubReport {
+    /// Segments read through and found intact.
     pub checked: usize,
     pub bytes: u64,
+    /// Segments found corrupt at rest, with the reason; moved to quarantine.
     pub quarantined: Vec<(SegmentId, String)>,
+    /// Intact segments whose publisher is not trusted (any more): kept, but neither sent nor
+    /// exported.
+    pub untrusted: Vec<(SegmentId, PublisherKey)>,
+}
+
+/// Why a stored file is not servable.
+enum Problem {
+    /// Corrupt at rest: quarantine it with this reason.
+    Corrupt(String),
+    Untrusted(PublisherKey),
 }
 
 impl Store {
     /// Opens a stored segment for reading (sending or export), after checking that its file is
-    /// the indexed segment. Records the use for least-recently-used eviction.
+    /// the indexed segment and that its signature verifies against a trusted publisher (see the
+    /// module docs). Records the use for least-recently-used eviction.
     pub fn open_for_read(&self, id: &SegmentId, now_ms: u64) -> Result<SegmentReader, StoreError> {
         {
             let mut acct = self.acct();
@@ -137,8 +149,11 @@ impl Store {
         let row = self.get(id)?.ok_or(StoreError::NotFound(*id))?;
         let path = self.layout().segment_file(id);
         let opened = self.inner.fs.open_read(&path);
+        let corrupt = |reason: String| Err(Problem::Corrupt(reason));
         let problem = match opened {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("file missing".to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                corrupt("file missing".to_owned())
+            }
             Err(source) => {
                 return Err(StoreError::Io {
                     op: "open",
@@ -147,7 +162,7 @@ impl Store {
                 });
             }
             Ok(mut file) => match file.len() {
-                Ok(len) if len != row.file_len => Err(format!(
+                Ok(len) if len != row.file_len => corrupt(format!(
                     "file holds {len} bytes, index says {}",
                     row.file_len
                 )),
@@ -159,8 +174,16 @@ impl Store {
                     });
                 }
                 Ok(_) => match segfile::read_header(&mut file) {
-                    Ok(signed) if signed.id() == *id => Ok((signed, file)),
-                    Ok(signed) => Err(format!("file holds segment {}", signed.id())),
+                    Ok(signed) if signed.id() == *id => {
+                        match signed.verify_signature(&self.config().trusted) {
+                            Ok(()) => Ok((signed, file)),
+                            Err(VerifyError::UntrustedPublisher { publisher }) => {
+                                Err(Problem::Untrusted(publisher))
+                            }
+                            Err(e) => corrupt(e.to_string()),
+                        }
+                    }
+                    Ok(signed) => corrupt(format!("file holds segment {}", signed.id())),
                     Err(SegFileError::Io(source)) => {
                         return Err(StoreError::Io {
                             op: "read",
@@ -168,7 +191,7 @@ impl Store {
                             source,
                         });
                     }
-                    Err(e) => Err(format!("bad header: {e}")),
+                    Err(e) => corrupt(format!("bad header: {e}")),
                 },
             },
         };
@@ -184,7 +207,8 @@ impl Store {
                     file,
                 })
             }
-            Err(reason) => {
+            Err(Problem::Untrusted(publisher)) => Err(StoreError::Untrusted { id: *id, publisher }),
+            Err(Problem::Corrupt(reason)) => {
                 drop(lease);
                 self.quarantine(id, &reason, now_ms)?;
                 Err(StoreError::Quarantined { id: *id, reason })
@@ -215,51 +239,9 @@ impl Store {
         }
     }
 
-    /// Writes a stored segment into `dir` as `<id>.seg`, atomically (temp file, fsync, rename,
-    /// directory fsync), verifying the payload as it is copied. A file already there with the
-    /// right length and content is left alone.
-    pub fn export_to_dir(
-        &self,
-        id: &SegmentId,
-        dir: &Path,
-        now_ms: u64,
-    ) -> Result<Exported, StoreError> {
-        let reader = self.open_for_read(id, now_ms)?;
-        let target = dir.join(format!("{id}.seg"));
-        let io = |op: &'static str, path: &Path| {
-            let path = path.to_owned();
-            move |source| StoreError::Io { op, path, source }
-        };
-        if file_holds_segment(&target, id, reader.row().file_len) {
-            return Ok(Exported::AlreadyThere(target));
-        }
-        let tmp = dir.join(format!(".{id}.seg.tmp"));
-        let result = (|| {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(io("create", &tmp))?;
-            let mut buffered = std::io::BufWriter::with_capacity(STREAM_BUF_BYTES, &mut file);
-            reader.copy_to(&mut buffered, now_ms)?;
-            buffered.flush().map_err(io("write", &tmp))?;
-            drop(buffered);
-            file.sync_all().map_err(io("fsync", &tmp))?;
-            std::fs::rename(&tmp, &target).map_err(io("rename", &target))?;
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io("fsync", dir))?;
-            Ok(Exported::Written(target.clone()))
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
-    }
-
-    /// Re-verifies every stored segment (header, length, payload hash) and quarantines those that
-    /// fail, with the reason.
+    /// Re-verifies every stored segment (length, header, signature and trust, payload hash) and
+    /// quarantines those that fail, with the reason. Segments of publishers no longer trusted
+    /// are reported apart and kept.
     pub fn scrub(&self, now_ms: u64) -> Result<ScrubReport, StoreError> {
         let ids: Vec<SegmentId> = {
             let read = self.database().begin_read().map_err(db)?;
@@ -276,6 +258,10 @@ impl Store {
                 Ok(r) => r,
                 Err(StoreError::Quarantined { id, reason }) => {
                     report.quarantined.push((id, reason));
+                    continue;
+                }
+                Err(StoreError::Untrusted { id, publisher }) => {
+                    report.untrusted.push((id, publisher));
                     continue;
                 }
                 // Evicted since listing: nothing to check.
@@ -296,29 +282,3 @@ impl Store {
 }
 
 use redb::{ReadableDatabase, ReadableTable};
-
-/// True if `path` already holds segment `id` completely (same length, header of that id, and a
-/// payload matching its hash).
-pub fn file_holds_segment(path: &Path, id: &SegmentId, len: u64) -> bool {
-    let Ok(mut file) = File::open(path) else {
-        return false;
-    };
-    if file.metadata().map(|m| m.len()).ok() != Some(len) {
-        return false;
-    }
-    let Ok(signed) = segfile::read_header(&mut file) else {
-        return false;
-    };
-    if signed.id() != *id {
-        return false;
-    }
-    let m = signed.manifest();
-    segfile::copy_payload(
-        &mut file,
-        &mut std::io::sink(),
-        m.payload_len,
-        m.payload_hash,
-    )
-    .is_ok()
-        && file.read(&mut [0u8; 1]).ok() == Some(0)
-}

@@ -27,6 +27,10 @@
 //!   file, and hashes to the declared blake3 (INV-02). Writers that stream to a temporary file
 //!   ([`write_seg`], [`copy_payload`]) learn about a mismatch only at the end: the caller must
 //!   then discard what was written.
+//! - The header is the signed manifest's one canonical encoding (an overlong length varint is
+//!   refused), so a segment has exactly one `.seg` file. When a file's length is known before
+//!   it is read, a length other than [`file_len_of`] its header is refused at once
+//!   ([`SegFileError::FileLengthMismatch`]): a truncated or padded copy.
 
 use std::io::{self, Read, Write};
 
@@ -72,6 +76,15 @@ pub enum SegFileError {
     /// Bytes follow the declared payload.
     #[error("segment payload longer than its declared length")]
     PayloadTooLong,
+    /// The file's length, known before its payload is read (file metadata, an announced stream
+    /// length), is not what its header declares: the file is truncated or padded.
+    #[error("file is {actual} bytes but its header declares {declared}: truncated or padded copy")]
+    FileLengthMismatch {
+        /// Preamble + header + declared payload, in bytes.
+        declared: u64,
+        /// The length of the file as given.
+        actual: u64,
+    },
     /// The payload does not hash to the declared blake3.
     #[error("segment payload hash mismatch: expected {}, got {}", hex::encode(.expected), hex::encode(.actual))]
     HashMismatch {
@@ -88,6 +101,12 @@ pub enum SegFileError {
 /// Total length of a `.seg` file with the given header and payload lengths.
 pub fn seg_file_len(header_len: u32, payload_len: u64) -> u64 {
     SEG_PREAMBLE_BYTES + u64::from(header_len) + payload_len
+}
+
+/// Total length of the `.seg` file of `signed`.
+pub fn file_len_of(signed: &SignedManifest) -> u64 {
+    // Cannot truncate: an encoded signed manifest is at most SIGNED_MANIFEST_BYTES_MAX bytes.
+    seg_file_len(signed.encoded_len() as u32, signed.manifest().payload_len)
 }
 
 /// Writes the preamble and the signed manifest; returns the bytes written, which is the offset
@@ -511,6 +530,27 @@ mod tests {
             read_header(&b[..]),
             Err(SegFileError::Manifest(ManifestError::Decode(_)))
         ));
+    }
+
+    #[test]
+    fn inv_17_overlong_header_length_varint_rejected_by_verify() {
+        // The signed manifest's length varint written in two bytes (`n | 0x80, 0x00`), the
+        // header length grown by one to match: the same manifest, the same id, another file.
+        let data = b"abc";
+        let (signed, bytes) = seg(data);
+        let header = signed.encode();
+        assert!(header[0] < 0x80);
+        let mut overlong = vec![header[0] | 0x80, 0x00];
+        overlong.extend_from_slice(&header[1..]);
+        let mut file = preamble(&SEG_MAGIC, SEG_FORMAT_VERSION, overlong.len() as u32);
+        file.extend_from_slice(&overlong);
+        file.extend_from_slice(data);
+        assert_eq!(file.len(), bytes.len() + 1);
+        assert!(matches!(
+            verify(&file),
+            Err(SegFileError::Manifest(ManifestError::NotCanonical))
+        ));
+        assert!(verify(&bytes).is_ok());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use redb::{Database, ReadableDatabase, ReadableTable};
 
 use crate::crash;
-use crate::error::{StoreError, db};
+use crate::error::{IngestError, StoreError, db};
 use crate::evict::{self, Candidate, Limits, Usage};
 use crate::fs::{EntryKind, Fs};
 use crate::id::{SegmentId, parse_prefix};
@@ -530,52 +530,95 @@ impl Store {
         Ok(out)
     }
 
-    /// Reserves `need_bytes` under the ceiling and the free-space floor, evicting what the plan
-    /// allows when it does not fit. Called with the accounting lock held, so reservations and
-    /// evictions are serialised.
-    pub(crate) fn reserve_locked(
-        &self,
-        acct: &mut Accounting,
-        need_bytes: u64,
-        now_ms: u64,
-    ) -> Result<(), crate::error::IngestError> {
+    /// Free space on the data directory's file system.
+    fn available_bytes(&self) -> Result<u64, IngestError> {
         let data_dir = self.inner.layout.root();
-        let available = self.inner.fs.available_bytes(data_dir).map_err(|source| {
-            crate::error::IngestError::Io {
+        self.inner
+            .fs
+            .available_bytes(data_dir)
+            .map_err(|source| IngestError::Io {
                 op: "statvfs",
                 path: data_dir.to_owned(),
                 source,
-            }
-        })?;
-        let short = evict::shortfall(acct.usage, need_bytes, self.limits(), available);
+            })
+    }
+
+    /// What a refusal tells: `file_len` bytes needed, and how many could be made available
+    /// (room now, plus everything evictable).
+    fn store_full(
+        &self,
+        acct: &Accounting,
+        file_len: u64,
+        room: u64,
+    ) -> Result<IngestError, StoreError> {
+        let evictable: u64 = self
+            .candidates(acct)?
+            .iter()
+            .filter(|c| !c.pinned && !c.busy)
+            .map(|c| c.file_len)
+            .sum();
+        Ok(IngestError::StoreFull {
+            needed_bytes: file_len,
+            available_bytes: room.saturating_add(evictable),
+        })
+    }
+
+    /// Admits an ingest of `file_len` bytes: refuses with `StoreFull` if it could not fit even
+    /// after every eviction the plan allows (the plan is made, not applied), and returns the
+    /// bytes that can be granted at once without evicting. Called with the accounting lock held.
+    pub(crate) fn admit_locked(
+        &self,
+        acct: &Accounting,
+        file_len: u64,
+        now_ms: u64,
+    ) -> Result<u64, IngestError> {
+        let available = self.available_bytes()?;
+        let short = evict::shortfall(acct.usage, file_len, self.limits(), available);
+        let room = evict::headroom(acct.usage, self.limits(), available);
+        if short > 0 && evict::plan(&self.candidates(acct)?, short, now_ms).is_empty() {
+            return Err(self.store_full(acct, file_len, room)?);
+        }
+        Ok(room)
+    }
+
+    /// Grows an ingest's grant from `granted` to at least `need_bytes` and at most
+    /// `target_bytes`: first from the room there is, then — only for what `need_bytes` (bytes
+    /// the ingest has in hand) still lacks — by evicting what the plan allows. Returns the new
+    /// grant, already counted in `usage.reserved_bytes`, or `StoreFull` (nothing granted,
+    /// nothing evicted) if the plan cannot free enough.
+    pub(crate) fn grow_grant(
+        &self,
+        file_len: u64,
+        granted: u64,
+        need_bytes: u64,
+        target_bytes: u64,
+        now_ms: u64,
+    ) -> Result<u64, IngestError> {
+        debug_assert!(granted < need_bytes && need_bytes <= target_bytes);
+        let mut acct = self.acct();
+        let mut available = self.available_bytes()?;
+        let more = need_bytes - granted;
+        let short = evict::shortfall(acct.usage, more, self.limits(), available);
         if short > 0 {
-            let candidates = self.candidates(acct)?;
+            let candidates = self.candidates(&acct)?;
             let victims = evict::plan(&candidates, short, now_ms);
             if victims.is_empty() {
-                let evictable: u64 = candidates
-                    .iter()
-                    .filter(|c| !c.pinned && !c.busy)
-                    .map(|c| c.file_len)
-                    .sum();
-                return Err(crate::error::IngestError::StoreFull {
-                    needed_bytes: need_bytes,
-                    available_bytes: need_bytes.saturating_sub(short) + evictable,
-                });
+                let room = evict::headroom(acct.usage, self.limits(), available);
+                return Err(self.store_full(&acct, file_len, granted + room)?);
             }
             let stored_before = acct.usage.stored_bytes;
-            self.evict_locked(acct, &victims)?;
+            self.evict_locked(&mut acct, &victims)?;
+            available += stored_before - acct.usage.stored_bytes;
             // A victim whose file could not be removed freed nothing: refuse, never overshoot.
-            let freed = stored_before - acct.usage.stored_bytes;
-            let short = evict::shortfall(acct.usage, need_bytes, self.limits(), available + freed);
-            if short > 0 {
-                return Err(crate::error::IngestError::StoreFull {
-                    needed_bytes: need_bytes,
-                    available_bytes: need_bytes.saturating_sub(short),
-                });
+            if evict::shortfall(acct.usage, more, self.limits(), available) > 0 {
+                let room = evict::headroom(acct.usage, self.limits(), available);
+                return Err(self.store_full(&acct, file_len, granted + room)?);
             }
         }
-        acct.usage.reserved_bytes += need_bytes;
-        Ok(())
+        let room = evict::headroom(acct.usage, self.limits(), available);
+        let add = (target_bytes - granted).min(room);
+        acct.usage.reserved_bytes += add;
+        Ok(granted + add)
     }
 
     /// Evicts expired segments that nobody pins. Returns the evicted ids.

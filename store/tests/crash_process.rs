@@ -47,7 +47,9 @@ use store::fs::{Fs, RealFs};
 use store::ingest::Stored;
 use store::keys::PublisherSecret;
 use store::manifest::SignedManifest;
-use store::{Begin, Holding, Ingest, IngestOptions, IngestOutcome, Store, StoreConfig};
+use store::{
+    Begin, Holding, Ingest, IngestOptions, IngestOutcome, RecoveryReport, Store, StoreConfig,
+};
 
 /// Set in the child's environment: the data directory it runs the workload on.
 const CHILD_ENV: &str = "STORE_CRASH_CHILD";
@@ -951,11 +953,13 @@ fn check_report(
                 orphans[0].name
             );
         }
-        // Rows gone and tombstoned, files still there: each evicted file is an orphan.
+        // Rows gone and tombstoned, files still there: each evicted file is an orphan. Evictions
+        // happen while the payload that needs the room streams in: that ingest's temp file (no
+        // partial record) is removed too.
         After::Crash(crash::EVICT_AFTER_COMMIT) => {
             ensure!(
-                !orphans.is_empty() && temps == 0 && kept == 0,
-                "expected the evicted files removed as orphans"
+                !orphans.is_empty() && temps == 1 && kept == 0,
+                "expected the evicted files removed as orphans, and the evicting ingest's temp file"
             );
             for item in &orphans {
                 ensure!(
@@ -965,9 +969,17 @@ fn check_report(
                 );
             }
         }
-        After::Crash(crash::INGEST_AFTER_COMMIT | crash::EVICT_AFTER_REMOVE)
-        | After::InDbCreate
-        | After::Completed => {
+        After::Crash(crash::EVICT_AFTER_REMOVE) => {
+            let clean_but_temp = RecoveryReport {
+                temp_removed: Vec::new(),
+                ..report.clone()
+            };
+            ensure!(
+                temps == 1 && kept == 0 && clean_but_temp.is_clean(),
+                "expected only the evicting ingest's temp file removed"
+            )
+        }
+        After::Crash(crash::INGEST_AFTER_COMMIT) | After::InDbCreate | After::Completed => {
             ensure!(report.is_clean() && kept == 0, "expected a clean recovery")
         }
         After::Crash(other) => return Err(format!("no expectation for crash point {other}")),

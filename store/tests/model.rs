@@ -8,14 +8,17 @@
 //! - INV-04: a partial is never listed, never `Holding::Stored`, never opened for reading or
 //!   exported; every listed segment's file is the signed segment, byte for byte, and verifies.
 //! - INV-06: `usage().total() <= ceiling` after every step and inside every op (an ingest in
-//!   flight, a reader held); `stored_bytes` equals the listed `file_len`s and the bytes of the
-//!   `.seg` files in the `SimFs`; `reserved_bytes` is 0 when nothing is in flight; `partial_bytes`
-//!   is the sum of the checkpointed partials.
+//!   flight before and after each write, a reader held); an ingest's grant is exactly the
+//!   model's (what fitted without evicting at begin, grown as bytes arrive) and always covers
+//!   the bytes it wrote; `stored_bytes` equals the listed `file_len`s and the bytes of the
+//!   `.seg` files in the `SimFs`; `reserved_bytes` is the grants in flight, 0 when nothing is;
+//!   `partial_bytes` is the sum of the checkpointed partials.
 //! - INV-07: a pinned segment stays stored across every later op; each eviction made to fit an
 //!   ingest took only unpinned, non-busy segments, took every expired evictable one before any
 //!   unexpired one, never an unexpired channel-pinned one, and left no evictable survivor with a
-//!   lower (priority, last used) than an unexpired victim. Evictions happen only when the ingest
-//!   would not fit, and an ingest refused with `StoreFull` evicts nothing.
+//!   lower (priority, last used) than an unexpired victim. Evictions happen only when the bytes
+//!   an ingest has in hand would not fit (a transfer cut short evicts only for what arrived), and
+//!   an ingest refused with `StoreFull` evicts nothing.
 //! - INV-10: ingesting the same segment N times yields one row, one file and unchanged usage; a
 //!   peer's re-offer of an evicted id answers `Have(Tombstoned)` while its tombstone is kept.
 //! - INV-13 (store side): `propagated_at_ms` is set once, and stays until the segment is evicted.
@@ -267,6 +270,13 @@ struct RowM {
     propagated_at_ms: Option<u64>,
 }
 
+/// An ingest in flight in the model: file bytes granted under the ceiling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Flight {
+    i: usize,
+    granted: u64,
+}
+
 /// A checkpointed partial in the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PartialM {
@@ -391,43 +401,96 @@ impl Model {
         }
     }
 
-    /// Begins an ingest of `i`: checks in the store's order, then reserves its full length,
-    /// evicting by the plan. `in_flight` is another ingest holding a reservation; `busy` ids
-    /// are being read.
+    /// Bytes counted against the ceiling: stored, the grants of `flights`, and the idle
+    /// partials (not those of the ingests in flight, which their grants took over).
+    fn used(&self, flights: &[&Flight]) -> u64 {
+        let except: Vec<usize> = flights.iter().map(|f| f.i).collect();
+        self.stored_bytes()
+            + flights.iter().map(|f| f.granted).sum::<u64>()
+            + self.partial_bytes_except(&except)
+    }
+
+    /// Begins an ingest of `i`, checks in the store's order: refused with `StoreFull` only if
+    /// it could not fit after every eviction the plan allows (nothing is evicted for that);
+    /// granted at once only the room there is (an idle partial's bytes included). A fresh
+    /// ingest writes its header now, which may need room. `in_flight` is another ingest holding
+    /// a grant; `busy` ids are being read.
     fn begin(
         &mut self,
         i: usize,
         revive_tombstoned: bool,
-        in_flight: Option<usize>,
+        in_flight: Option<&Flight>,
         busy: &[usize],
-    ) -> Got {
-        if in_flight == Some(i) {
-            return Got::Busy;
+    ) -> (Got, Option<Flight>) {
+        if in_flight.is_some_and(|f| f.i == i) {
+            return (Got::Busy, None);
         }
         // "Have" needs no verification: an expired copy already held is still "have".
         match self.holding(i) {
-            Holding::Stored => return Got::Have(Holding::Stored),
-            Holding::Tombstoned if !revive_tombstoned => return Got::Have(Holding::Tombstoned),
+            Holding::Stored => return (Got::Have(Holding::Stored), None),
+            Holding::Tombstoned if !revive_tombstoned => {
+                return (Got::Have(Holding::Tombstoned), None);
+            }
             _ => {}
         }
         if self.rejected_as_expired(i) {
-            return Got::Expired;
+            return (Got::Expired, None);
         }
-        let reserved = in_flight.map_or(0, |k| pool().segs[k].file_len);
-        // An idle partial's bytes become part of the reservation (so do those of the ingest in
-        // flight, whose partial is not idle).
-        let except: Vec<usize> = std::iter::once(i).chain(in_flight).collect();
-        let used = self.stored_bytes() + reserved + self.partial_bytes_except(&except);
-        let short = (used + pool().segs[i].file_len).saturating_sub(CEILING_BYTES);
+        let s = &pool().segs[i];
+        let mut flights: Vec<&Flight> = in_flight.into_iter().collect();
+        let idle = self
+            .partials
+            .get(&i)
+            .map_or(0, |p| s.header_bytes + p.offset);
+        // The ingest's own idle partial counts as if already granted: leave it out here.
+        let probe = Flight { i, granted: 0 };
+        flights.push(&probe);
+        let used = self.used(&flights);
+        let short = (used + s.file_len).saturating_sub(CEILING_BYTES);
+        if short > 0 && self.plan(short, busy).is_none() {
+            return (Got::StoreFull, None);
+        }
+        let room = CEILING_BYTES.saturating_sub(used);
+        let mut flight = Flight {
+            i,
+            granted: idle.max(room.min(s.file_len)),
+        };
+        let resume = self.partials.get(&i).map_or(0, |p| p.offset);
+        if resume == 0 {
+            let grown = self.grow(&mut flight, s.header_bytes, in_flight, busy);
+            assert!(grown, "admitted, so its header fits");
+        }
+        (Got::Receive { resume }, Some(flight))
+    }
+
+    /// `flight` needs `need` bytes of its file granted: from the room there is, then by evicting
+    /// by the plan only what is still missing; the grant then takes all the room there is up to
+    /// the whole file (the store's growth step is far larger than this pool). False (nothing
+    /// granted, nothing evicted) when the plan cannot free enough.
+    fn grow(
+        &mut self,
+        flight: &mut Flight,
+        need: u64,
+        other: Option<&Flight>,
+        busy: &[usize],
+    ) -> bool {
+        if need <= flight.granted {
+            return true;
+        }
+        let file_len = pool().segs[flight.i].file_len;
+        let flights: Vec<&Flight> = std::iter::once(&*flight).chain(other).collect();
+        let used = self.used(&flights);
+        let short = (used + need - flight.granted).saturating_sub(CEILING_BYTES);
         if short > 0 {
             match self.plan(short, busy) {
                 Some(victims) => self.evict(&victims),
-                None => return Got::StoreFull,
+                None => return false,
             }
         }
-        Got::Receive {
-            resume: self.partials.get(&i).map_or(0, |p| p.offset),
-        }
+        let flights: Vec<&Flight> = std::iter::once(&*flight).chain(other).collect();
+        let room = CEILING_BYTES.saturating_sub(self.used(&flights));
+        flight.granted += (file_len - flight.granted).min(room);
+        true
     }
 
     /// A begun ingest of `i` committed.
@@ -445,21 +508,24 @@ impl Model {
         );
     }
 
-    /// A whole ingest: begin, then finish if the payload was asked for.
+    /// A whole ingest from a reader: begin, the whole file granted as it streams in, commit.
     fn ingest(
         &mut self,
         i: usize,
         source: &str,
         revive_tombstoned: bool,
-        in_flight: Option<usize>,
+        in_flight: Option<&Flight>,
         busy: &[usize],
     ) -> Got {
         match self.begin(i, revive_tombstoned, in_flight, busy) {
-            Got::Receive { .. } => {
+            (Got::Receive { .. }, Some(mut flight)) => {
+                let file_len = pool().segs[i].file_len;
+                let grown = self.grow(&mut flight, file_len, in_flight, busy);
+                assert!(grown, "admitted alone, so it fits");
                 self.finish(i, source);
                 Got::Stored
             }
-            other => other,
+            (other, _) => other,
         }
     }
 
@@ -640,11 +706,33 @@ impl Harness {
         })
     }
 
-    /// INV-06 inside an op: the ceiling holds with `reserved` bytes in flight.
+    /// INV-06 inside an op: the ceiling holds with `reserved` bytes granted in flight.
     fn check_in_flight(&self, reserved: u64) -> Result<(), TestCaseError> {
         let usage = self.store().usage();
         prop_assert!(usage.total() <= CEILING_BYTES, "INV-06: {usage:?}");
         prop_assert_eq!(usage.reserved_bytes, reserved, "INV-06: reserved in flight");
+        Ok(())
+    }
+
+    /// INV-06 for one ingest in flight: its grant is the model's, and covers what it wrote.
+    fn check_grant(
+        &self,
+        ingest: &store::Ingest,
+        flight: &Flight,
+        written: u64,
+    ) -> Result<(), TestCaseError> {
+        let header = pool().segs[flight.i].header_bytes;
+        prop_assert_eq!(
+            ingest.granted(),
+            flight.granted,
+            "INV-06: grant of the ingest"
+        );
+        prop_assert!(
+            ingest.granted() >= header + written,
+            "INV-06: {} bytes written beyond a grant of {}",
+            header + written,
+            ingest.granted()
+        );
         Ok(())
     }
 
@@ -764,17 +852,22 @@ impl Harness {
     /// A peer offers `i` and, if asked, streams all of it from the offset the store names.
     fn peer_offer(&mut self, before: &Observed, i: usize, peer: &str) -> Result<(), TestCaseError> {
         let s = &pool().segs[i];
-        let want = self.model.begin(i, false, None, &[]);
+        let (want, flight) = self.model.begin(i, false, None, &[]);
         let (got, ingest) = self.begin_peer(i, peer)?;
         prop_assert_eq!(got, want, "offer of {} by {}", s.name, peer);
         let mut outcome = got;
-        if let Some(mut ingest) = ingest {
-            self.check_in_flight(s.file_len)?;
+        if let (Some(mut ingest), Some(mut flight)) = (ingest, flight) {
+            let resume = ingest.resume_offset();
+            self.check_in_flight(flight.granted)?;
+            self.check_grant(&ingest, &flight, resume)?;
             let holding = self.store().holding(&s.id).expect("holding");
             prop_assert_eq!(holding, Holding::Ingesting);
             ingest
-                .write(&s.body[ingest.resume_offset() as usize..])
+                .write(&s.body[resume as usize..])
                 .expect("stream the payload");
+            prop_assert!(self.model.grow(&mut flight, s.file_len, None, &[]));
+            self.check_in_flight(flight.granted)?;
+            self.check_grant(&ingest, &flight, s.body.len() as u64)?;
             let stored = ingest
                 .finish(self.now(), |_, _| Ok(()))
                 .expect("finish a peer's ingest");
@@ -796,20 +889,28 @@ impl Harness {
         overrun: bool,
     ) -> Result<(), TestCaseError> {
         let s = &pool().segs[i];
-        let want = self.model.begin(i, false, None, &[]);
+        let (want, flight) = self.model.begin(i, false, None, &[]);
         let (got, ingest) = self.begin_peer(i, PEERS[0])?;
         prop_assert_eq!(got, want, "partial offer of {}", s.name);
         let after_begin = observe(self.store());
         self.check_eviction(before, &after_begin, i, got, &[])?;
-        let (Some(mut ingest), Got::Receive { resume }) = (ingest, got) else {
+        let (Some(mut ingest), Some(mut flight), Got::Receive { resume }) = (ingest, flight, got)
+        else {
             return Ok(());
         };
-        self.check_in_flight(s.file_len)?;
+        self.check_in_flight(flight.granted)?;
+        self.check_grant(&ingest, &flight, resume)?;
         let len = s.body.len() as u64;
         let target = resume.max(len * u64::from(quarters) / 4);
         ingest
             .write(&s.body[resume as usize..target as usize])
             .expect("stream a part");
+        prop_assert!(
+            self.model
+                .grow(&mut flight, s.header_bytes + target, None, &[])
+        );
+        self.check_in_flight(flight.granted)?;
+        self.check_grant(&ingest, &flight, target)?;
         ingest.checkpoint(self.now()).expect("checkpoint");
         let extra = if overrun {
             OVERRUN_BYTES.min(len - target)
@@ -819,6 +920,15 @@ impl Harness {
         ingest
             .write(&s.body[target as usize..(target + extra) as usize])
             .expect("bytes past the checkpoint");
+        prop_assert!(
+            self.model
+                .grow(&mut flight, s.header_bytes + target + extra, None, &[])
+        );
+        self.check_in_flight(flight.granted)?;
+        self.check_grant(&ingest, &flight, target + extra)?;
+        // Segments go only as the bytes that need their room arrive, by the plan's rules.
+        let after_writes = observe(self.store());
+        self.check_eviction(before, &after_writes, i, got, &[])?;
         let listed = self.store().list().expect("list");
         prop_assert!(
             !listed.iter().any(|r| r.id == s.id),
@@ -876,7 +986,7 @@ impl Harness {
         i: usize,
         k: usize,
     ) -> Result<(), TestCaseError> {
-        let want = self.model.begin(k, false, None, &[]);
+        let (want, flight_k) = self.model.begin(k, false, None, &[]);
         let (got_k, in_flight) = self.begin_peer(k, PEERS[1])?;
         prop_assert_eq!(got_k, want, "offer of {}", pool().segs[k].name);
         let mid = observe(self.store());
@@ -886,10 +996,12 @@ impl Harness {
             receiving: Seg(k),
         };
         check_transition(before, &mid, &op)?;
-        let reserved = in_flight.as_ref().map_or(0, |_| pool().segs[k].file_len);
+        let reserved = flight_k.map_or(0, |f| f.granted);
         self.check_in_flight(reserved)?;
-        let flying = in_flight.as_ref().map(|_| k);
-        let want = self.model.ingest(i, "import", true, flying, &[]);
+        if let (Some(ingest), Some(flight)) = (&in_flight, &flight_k) {
+            self.check_grant(ingest, flight, ingest.resume_offset())?;
+        }
+        let want = self.model.ingest(i, "import", true, flight_k.as_ref(), &[]);
         let got = self.import(i)?;
         let name = pool().segs[i].name;
         prop_assert_eq!(got, want, "import of {} while receiving", name);
@@ -1193,7 +1305,7 @@ impl Harness {
                 ));
                 prop_assert!(matches!(
                     store.export_to_dir(&s.id, self.export_dir.path(), self.now()),
-                    Err(StoreError::NotFound(_))
+                    Err(store::ExportError::Store(StoreError::NotFound(_)))
                 ));
             }
         }

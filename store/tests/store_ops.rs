@@ -610,3 +610,112 @@ fn sweep_expired_evicts_unpinned_expired_segments() {
     assert!(store.sweep_expired(NOW_MS).unwrap().is_empty());
     assert_eq!(store.sweep_expired(NOW_MS + 100).unwrap(), vec![id_a]);
 }
+
+#[test]
+fn inv_17_overlong_header_length_varint_is_rejected_through_ingest() {
+    let (dir, store, p) = fresh(64 * MIB);
+    let body = payload(40, 1000);
+    let (signed, file) = seg(&p, &SegSpec::named("x"), &body);
+    // The signed manifest's length varint in two bytes: the same manifest and id, another file.
+    let header = signed.encode();
+    assert!(header[0] < 0x80);
+    let mut overlong = b"EDGSEG".to_vec();
+    overlong.extend_from_slice(&1u16.to_le_bytes());
+    overlong.extend_from_slice(&(header.len() as u32 + 1).to_le_bytes());
+    overlong.extend_from_slice(&[header[0] | 0x80, 0x00]);
+    overlong.extend_from_slice(&header[1..]);
+    overlong.extend_from_slice(&body);
+    assert_eq!(overlong.len(), file.len() + 1);
+    let err = ingest(&store, &overlong).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            IngestError::Format(SegFileError::Manifest(
+                store::manifest::ManifestError::NotCanonical
+            ))
+        ),
+        "{err:?}"
+    );
+    assert_nothing_left(dir.path(), &store);
+    // Once the canonical file is stored, the overlong one is still no copy of it.
+    ingest_ok(&store, &file);
+    assert!(ingest(&store, &overlong).is_err());
+}
+
+#[test]
+fn inv_02_inv_19_a_corrupt_copy_of_a_stored_segment_is_reported_corrupt() {
+    let (dir, store, p) = fresh(64 * MIB);
+    let body = payload(41, 100_000);
+    let (_, file) = seg(&p, &SegSpec::named("x"), &body);
+    let id = ingest_ok(&store, &file);
+    let stored_before = std::fs::read(store.layout().segment_file(&id)).unwrap();
+    let header = file.len() - body.len();
+    let flipped = |at: usize| {
+        let mut b = file.clone();
+        b[at] ^= 1;
+        b
+    };
+    let mut padded = file.clone();
+    padded.push(0);
+    let cases: Vec<(&str, Vec<u8>, Option<u64>, &str)> = vec![
+        (
+            "payload byte",
+            flipped(file.len() - 1),
+            None,
+            "hash mismatch",
+        ),
+        ("signature byte", flipped(header - 1), None, "signature"),
+        (
+            "truncated",
+            file[..file.len() - 1].to_vec(),
+            None,
+            "truncated",
+        ),
+        ("padded", padded, None, "longer than"),
+        (
+            "truncated, length known",
+            file[..4096].to_vec(),
+            Some(4096),
+            "truncated or padded",
+        ),
+    ];
+    for (what, bytes, len, reason_part) in cases {
+        let opts = match len {
+            Some(len) => IngestOptions::import().with_file_len(len),
+            None => IngestOptions::import(),
+        };
+        let err = store
+            .ingest_reader(&bytes[..], &opts, NOW_MS, |_, _| Ok(()))
+            .unwrap_err();
+        match &err {
+            IngestError::CorruptCopy { id: got, reason } => {
+                assert_eq!(*got, id, "{what}");
+                assert!(reason.contains(reason_part), "{what}: {reason}");
+            }
+            other => panic!("{what}: expected CorruptCopy, got {other:?}"),
+        }
+        assert!(!err.is_retryable(), "{what}");
+        assert!(err.to_string().contains("this copy is corrupt"), "{err}");
+    }
+    // The stored copy is untouched, and an intact copy is still "already present".
+    assert_eq!(
+        std::fs::read(store.layout().segment_file(&id)).unwrap(),
+        stored_before
+    );
+    assert!(matches!(
+        ingest(&store, &file).unwrap(),
+        IngestOutcome::AlreadyHave {
+            holding: Holding::Stored,
+            ..
+        }
+    ));
+    let opts = IngestOptions::import().with_file_len(file.len() as u64);
+    assert!(matches!(
+        store
+            .ingest_reader(&file[..], &opts, NOW_MS, |_, _| Ok(()))
+            .unwrap(),
+        IngestOutcome::AlreadyHave { .. }
+    ));
+    assert_eq!(store.list().unwrap().len(), 1);
+    assert!(tmp_files(dir.path()).is_empty());
+}

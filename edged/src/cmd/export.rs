@@ -1,12 +1,14 @@
-//! `edged export --to DIR`: USB out. Each segment is written as `<id>.seg`, atomically, with its
-//! payload verified while copying; a file already there with the right content is left alone.
+//! `edged export --to DIR`: USB out. Each segment is written as `<id>.seg` by the store's one
+//! export writer ([`store::ExportDir`]): only inside DIR (opened once, never through a symlink),
+//! atomically, verified as it is written; a file already there with exactly the segment is left
+//! alone; a symlink, FIFO, device or directory at the target name is refused, never followed.
+//! Through the daemon the bytes come over the control socket; without it, from the data dir.
 
 use std::io::Read;
-use std::path::Path;
 
-use anyhow::Context;
 use serde::Serialize;
-use store::{Exported, SegmentId};
+use store::keys::TrustedPublishers;
+use store::{ExportDir, Exported, SegmentId};
 
 use crate::control::{Request, Response};
 
@@ -23,6 +25,31 @@ struct Line {
     error: Option<String>,
 }
 
+impl Line {
+    fn of(id: String, result: Result<Exported, String>) -> Line {
+        match result {
+            Ok(Exported::Written(p)) => Line {
+                id,
+                status: "written",
+                path: Some(p.display().to_string()),
+                error: None,
+            },
+            Ok(Exported::AlreadyThere(p)) => Line {
+                id,
+                status: "already there",
+                path: Some(p.display().to_string()),
+                error: None,
+            },
+            Err(e) => Line {
+                id,
+                status: "FAILED",
+                path: None,
+                error: Some(e),
+            },
+        }
+    }
+}
+
 pub fn run(args: &ExportArgs) -> CliResult {
     if !args.all && args.channel.is_none() && args.ids.is_empty() {
         return Err(Failure::new(
@@ -30,19 +57,10 @@ pub fn run(args: &ExportArgs) -> CliResult {
             anyhow::anyhow!("say what to export: --all, --channel C, or segment ids"),
         ));
     }
-    let meta = args
-        .to
-        .symlink_metadata()
-        .map_err(|e| Failure::failed(anyhow::anyhow!("{}: {e}", args.to.display())))?;
-    if !meta.is_dir() {
-        return Err(Failure::failed(anyhow::anyhow!(
-            "{} is not a directory",
-            args.to.display()
-        )));
-    }
+    let dir = ExportDir::open(&args.to).map_err(Failure::failed)?;
     let cfg = Config::load(&args.config.config)?;
     if let Some(client) = super::client::connect(&cfg)? {
-        let lines = export_through_daemon(client, args)?;
+        let lines = export_through_daemon(client, args, &dir, &cfg.store.trusted)?;
         return report(&lines, args.json);
     }
     let store = super::open_store_direct(&cfg)?;
@@ -63,30 +81,13 @@ pub fn run(args: &ExportArgs) -> CliResult {
         ids
     };
     let now = crate::clock::now_ms();
-    let mut lines = Vec::new();
-    for id in ids {
-        let line = match store.export_to_dir(&id, &args.to, now) {
-            Ok(Exported::Written(p)) => Line {
-                id: id.to_string(),
-                status: "written",
-                path: Some(p.display().to_string()),
-                error: None,
-            },
-            Ok(Exported::AlreadyThere(p)) => Line {
-                id: id.to_string(),
-                status: "already there",
-                path: Some(p.display().to_string()),
-                error: None,
-            },
-            Err(e) => Line {
-                id: id.to_string(),
-                status: "FAILED",
-                path: None,
-                error: Some(e.to_string()),
-            },
-        };
-        lines.push(line);
-    }
+    let lines: Vec<Line> = ids
+        .into_iter()
+        .map(|id| {
+            let result = store.export_to(&id, &dir, now).map_err(|e| e.to_string());
+            Line::of(id.to_string(), result)
+        })
+        .collect();
     store.close();
     report(&lines, args.json)
 }
@@ -103,7 +104,7 @@ fn report(lines: &[Line], json: bool) -> CliResult {
             .iter()
             .map(|l| {
                 vec![
-                    l.id[..12].to_owned(),
+                    l.id.chars().take(12).collect(),
                     l.status.to_owned(),
                     l.path
                         .clone()
@@ -123,11 +124,12 @@ fn report(lines: &[Line], json: bool) -> CliResult {
     Ok(())
 }
 
-/// Asks the daemon for each segment's bytes and writes them here: temp file, fsync, verified by
-/// reading it back (header id and payload hash), rename, directory fsync.
+/// Asks the daemon for each segment's bytes and hands them to the export writer.
 fn export_through_daemon(
     mut client: super::client::Client,
     args: &ExportArgs,
+    dir: &ExportDir,
+    trusted: &TrustedPublishers,
 ) -> CliResult<Vec<Line>> {
     let chosen = client.call(&Request::ExportSelect {
         all: args.all,
@@ -137,27 +139,8 @@ fn export_through_daemon(
     let ids: Vec<String> = serde_json::from_value(chosen).map_err(Failure::failed)?;
     let mut lines = Vec::with_capacity(ids.len());
     for id in ids {
-        let line = match export_one(&mut client, &id, &args.to)? {
-            Ok(Exported::Written(p)) => Line {
-                id,
-                status: "written",
-                path: Some(p.display().to_string()),
-                error: None,
-            },
-            Ok(Exported::AlreadyThere(p)) => Line {
-                id,
-                status: "already there",
-                path: Some(p.display().to_string()),
-                error: None,
-            },
-            Err(e) => Line {
-                id,
-                status: "FAILED",
-                path: None,
-                error: Some(format!("{e:#}")),
-            },
-        };
-        lines.push(line);
+        let result = export_one(&mut client, &id, dir, trusted)?;
+        lines.push(Line::of(id, result));
     }
     Ok(lines)
 }
@@ -166,65 +149,41 @@ fn export_through_daemon(
 fn export_one(
     client: &mut super::client::Client,
     id_text: &str,
-    dir: &Path,
-) -> CliResult<anyhow::Result<Exported>> {
+    dir: &ExportDir,
+    trusted: &TrustedPublishers,
+) -> CliResult<Result<Exported, String>> {
     let Ok(id) = id_text.parse::<SegmentId>() else {
-        return Ok(Err(anyhow::anyhow!("the daemon named a bad id {id_text}")));
+        return Ok(Err(format!("the daemon named a bad id {id_text}")));
     };
-    let target = dir.join(format!("{id}.seg"));
+    // A copy already there needs nothing from the daemon.
+    match dir.holds(&id, trusted) {
+        Ok(true) => return Ok(Ok(Exported::AlreadyThere(dir.target(&id)))),
+        Ok(false) => {}
+        Err(e) => return Ok(Err(e.to_string())),
+    }
     client.send(&Request::Export {
         id: id_text.to_owned(),
     })?;
     let len = match client.receive()? {
         Response::ExportStream { len, .. } => len,
-        Response::Error { message, .. } => return Ok(Err(anyhow::anyhow!(message))),
+        Response::Error { message, .. } => return Ok(Err(message)),
         Response::Ok { .. } => {
             return Err(Failure::failed(anyhow::anyhow!(
                 "unexpected answer from the daemon"
             )));
         }
     };
-    let tmp = dir.join(format!(".{id}.seg.tmp"));
-    let written = (|| -> anyhow::Result<()> {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        let copied = std::io::copy(&mut (&mut client.reader).take(len), &mut file)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        if copied != len {
-            anyhow::bail!(
-                "the daemon sent {copied} of {len} bytes (its copy failed verification?)"
-            );
-        }
-        file.sync_all()
-            .with_context(|| format!("cannot fsync {}", tmp.display()))?;
-        Ok(())
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        // A short stream leaves the connection out of step.
-        return Err(Failure::failed(e));
+    let mut stream = (&mut client.reader).take(len);
+    let written = dir.write(&id, trusted, Some(len), &mut stream);
+    // The connection stays in step only if exactly `len` bytes were consumed: drain what the
+    // writer left (it stops at the first byte that does not verify).
+    let drained = std::io::copy(&mut stream, &mut std::io::sink());
+    if drained.is_err() || stream.limit() > 0 {
+        let why = written.err().map(|e| format!(": {e}")).unwrap_or_default();
+        return Err(Failure::failed(anyhow::anyhow!(
+            "the daemon's stream of {id} ended {} bytes short of {len} (its copy failed verification?){why}",
+            stream.limit()
+        )));
     }
-    let result = (|| -> anyhow::Result<Exported> {
-        if store::read::file_holds_segment(&target, &id, len) {
-            std::fs::remove_file(&tmp).ok();
-            return Ok(Exported::AlreadyThere(target.clone()));
-        }
-        if !store::read::file_holds_segment(&tmp, &id, len) {
-            anyhow::bail!("the copy written to {} does not verify", tmp.display());
-        }
-        std::fs::rename(&tmp, &target)
-            .with_context(|| format!("cannot create {}", target.display()))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("cannot fsync {}", dir.display()))?;
-        Ok(Exported::Written(target.clone()))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    Ok(result)
+    Ok(written.map(Exported::Written).map_err(|e| e.to_string()))
 }

@@ -6,9 +6,9 @@
 //! between listing and opening is refused. Nothing is ever written to the medium. Every segment
 //! is verified by the store before anything is stored; importing twice changes nothing (INV-19).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufReader, Read};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -281,21 +281,9 @@ fn scan(dir: &Path) -> anyhow::Result<Vec<Entry>> {
 }
 
 /// Opens a regular file for reading without following a symlink or blocking on a FIFO, and
-/// checks the opened descriptor is a regular file.
+/// checks the opened descriptor is a regular file (the store's one such function).
 pub fn open_regular(path: &Path) -> anyhow::Result<File> {
-    let flags = (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits();
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(flags as i32)
-        .open(path)
-        .with_context(|| format!("cannot open {} (symlinks are not followed)", path.display()))?;
-    let meta = file
-        .metadata()
-        .with_context(|| format!("cannot stat {}", path.display()))?;
-    if !meta.file_type().is_file() {
-        anyhow::bail!("{} is not a regular file", path.display());
-    }
-    Ok(file)
+    Ok(store::media::open_regular(path)?)
 }
 
 fn import_file(relay: &relay::Relay, path: &Path, bar: &ProgressBar) -> FileResult {

@@ -1,4 +1,9 @@
 //! `edged segment create | inspect | verify`.
+//!
+//! `inspect` and `verify` open the file with [`store::media::open_regular`]: a symlink is not
+//! followed, and a FIFO or device is refused at once instead of blocking the command. Times are
+//! bounded by [`TIME_MS_MAX`] (the end of year 9999 UTC): `create --expires` refuses an expiry
+//! beyond it, and `inspect` shows any time without panicking.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
@@ -7,19 +12,38 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 use store::keys::{PublisherKey, PublisherSecret, TrustedPublishers};
-use store::limits::{MANIFEST_FORMAT_VERSION, STREAM_BUF_BYTES};
+use store::limits::{MANIFEST_FORMAT_VERSION, STREAM_BUF_BYTES, TIME_MS_MAX};
 use store::manifest::{Manifest, SignedManifest, SuccessCondition};
 use store::segfile;
 
 use crate::cli::CreateArgs;
 use crate::clock::{format_ms, now_ms};
-use crate::exit::{CliResult, Failure};
+use crate::exit::{CliResult, Failure, USAGE};
 use crate::output;
+
+/// The expiry `lifetime` after `now_ms`, if it is no later than [`TIME_MS_MAX`].
+fn expiry_ms(now_ms: u64, lifetime: std::time::Duration) -> Option<u64> {
+    u64::try_from(lifetime.as_millis())
+        .ok()
+        .and_then(|ms| now_ms.checked_add(ms))
+        .filter(|&at| at <= TIME_MS_MAX)
+}
 
 pub fn create(args: &CreateArgs) -> CliResult {
     let secret = PublisherSecret::load(&args.key).map_err(Failure::failed)?;
     let condition: SuccessCondition = args.condition.parse().map_err(Failure::failed)?;
     let now = now_ms();
+    let expires_at_ms = match args.expires {
+        None => None,
+        Some(lifetime) => Some(expiry_ms(now, *lifetime).ok_or_else(|| {
+            Failure::new(
+                USAGE,
+                anyhow::anyhow!(
+                    "--expires {lifetime}: the segment would expire after 9999-12-31T23:59:59Z, the latest time a segment can carry"
+                ),
+            )
+        })?),
+    };
     let open =
         || File::open(&args.input).with_context(|| format!("cannot read {}", args.input.display()));
     // Two passes over the input: the manifest (signed first) carries the payload's hash.
@@ -27,9 +51,6 @@ pub fn create(args: &CreateArgs) -> CliResult {
         segfile::hash_reader(BufReader::new(open().map_err(Failure::failed)?))
             .with_context(|| format!("cannot read {}", args.input.display()))
             .map_err(Failure::failed)?;
-    let expires_at_ms = args
-        .expires
-        .map(|d| now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)));
     let manifest = Manifest {
         format_version: MANIFEST_FORMAT_VERSION,
         publisher: secret.public(),
@@ -127,15 +148,18 @@ struct Inspected {
 }
 
 pub fn inspect(path: &Path, json: bool) -> CliResult {
-    let mut file = File::open(path)
+    let file = store::media::open_regular(path).map_err(Failure::failed)?;
+    let file_bytes = file
+        .metadata()
         .with_context(|| format!("cannot read {}", path.display()))
-        .map_err(Failure::failed)?;
-    let file_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        .map_err(Failure::failed)?
+        .len();
+    let mut file = BufReader::with_capacity(STREAM_BUF_BYTES, file);
     let signed = segfile::read_header(&mut file)
         .with_context(|| format!("{} is not a valid segment file", path.display()))
         .map_err(Failure::failed)?;
     let m = signed.manifest();
-    let expected = segfile::seg_file_len(signed.encoded_len() as u32, m.payload_len);
+    let expected = segfile::file_len_of(&signed);
     let info = Inspected {
         id: signed.id().to_string(),
         name: m.name.clone(),
@@ -207,9 +231,7 @@ pub fn verify(trust: &[String], path: &Path) -> CliResult {
         keys.push(key);
     }
     let trusted: TrustedPublishers = keys.into_iter().collect();
-    let file = File::open(path)
-        .with_context(|| format!("cannot read {}", path.display()))
-        .map_err(Failure::failed)?;
+    let file = store::media::open_regular(path).map_err(Failure::failed)?;
     let skew_ms = crate::config::CLOCK_SKEW_MAX_S_DEFAULT * 1000;
     let signed = segfile::verify_seg_file(
         BufReader::with_capacity(STREAM_BUF_BYTES, file),
@@ -226,4 +248,29 @@ pub fn verify(trust: &[String], path: &Path) -> CliResult {
         signed.manifest().publisher
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn inv_17_expiry_bound_n_and_n_plus_1() {
+        let now = 1_767_225_600_000;
+        let to_bound = Duration::from_millis(TIME_MS_MAX - now);
+        assert_eq!(expiry_ms(now, to_bound), Some(TIME_MS_MAX));
+        assert_eq!(expiry_ms(now, to_bound + Duration::from_millis(1)), None);
+        assert_eq!(
+            expiry_ms(now, Duration::from_secs(30 * 86_400)),
+            Some(now + 2_592_000_000)
+        );
+        // 9000 years, and more milliseconds than a u64 holds: refused, not wrapped or saturated.
+        assert_eq!(
+            expiry_ms(now, Duration::from_secs(9000 * 365 * 86_400)),
+            None
+        );
+        assert_eq!(expiry_ms(now, Duration::MAX), None);
+        assert_eq!(expiry_ms(TIME_MS_MAX, Duration::ZERO), Some(TIME_MS_MAX));
+    }
 }
