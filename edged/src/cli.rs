@@ -111,7 +111,7 @@ pub struct DlqTarget {
     /// The peer whose dead letters to act on.
     #[arg(long)]
     pub peer: String,
-    /// Only this segment (id or unique prefix).
+    /// Only this segment (id or unique prefix of at least 4 hex characters).
     #[arg(long)]
     pub segment: Option<String>,
     /// Print JSON for scripts.

@@ -1,140 +1,913 @@
-//! The daemon's side of the control socket (protocol in [`crate::control`]).
+//! The daemon's side of the control socket (protocol and bounds in [`crate::control`]).
 //!
-//! Blocking threads, not async tasks: every request is a short read of the store or the ledger,
-//! or a streamed import/export whose disk work is blocking anyway. At most
-//! [`CONTROL_CONNECTIONS_MAX`] connections are served at once.
+//! # The socket file
+//!
+//! [`bind`] never removes what it did not make: whatever exists at `control_socket` is examined
+//! without following it. A socket nobody answers on (left by a daemon that did not stop
+//! cleanly) is removed; a socket that answers is in use (exit 4); anything else — a regular
+//! file, a directory, a symlink, a FIFO, a device — is a config error naming the key and the
+//! file (exit 3), and is left untouched. At shutdown the socket file is removed only if it is
+//! still the one this daemon bound (same device and inode).
+//!
+//! # Connections
+//!
+//! Accepting runs on the runtime; each admitted connection is served by a blocking thread
+//! (every request is a short read of the store or the ledger, or a streamed import/export whose
+//! disk work is blocking anyway). What one connection may hold is bounded in time from the
+//! first byte of a request, not by an idle gap that each byte restarts: see
+//! [`crate::control`] for the rules and [`crate::control::ControlLimits`] for the knobs.
+//! Warnings a client can cause (bad requests, late requests, slow or cut streams, rejected
+//! imports, closed connections) go through one [`LogLimiter`], per client uid and reason.
 
-use std::io::{BufReader, Read};
-use std::os::unix::fs::PermissionsExt;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use net::logcap::LogLimiter;
 use serde_json::json;
 use store::{IngestOptions, IngestOutcome, SegmentId};
+use tokio::sync::{Notify, watch};
 
 use super::{Daemon, views};
 use crate::control::{
-    CONTROL_CONNECTIONS_MAX, CONTROL_IDLE_TIMEOUT_MS, Request, Response, read_frame, write_frame,
+    CONTROL_FRAME_BYTES_MAX, CONTROL_IMPORT_BYTES_MAX, ControlLimits, Request, Response,
+    write_frame,
 };
 use crate::exit;
+use crate::output::Escaped;
 
-/// The running control server; [`ControlServer::stop`] closes it and removes the socket file.
-pub struct ControlServer {
-    path: PathBuf,
-    stopping: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// Pause after a failed `accept` (out of file descriptors, …) before the next one.
+pub const CONTROL_ACCEPT_RETRY_MS: u64 = 100;
+/// While every connection slot is executing a request, how often admission looks again even
+/// without a wake-up.
+pub const CONTROL_ADMIT_RECHECK_MS: u64 = 100;
+/// Buffer of each connection's reader, in bytes.
+pub const CONTROL_READ_BUF_BYTES: usize = 64 * 1024;
+/// A request frame's body is read in steps of at most this many bytes, so memory grows with the
+/// bytes that arrived, not with the length a client announced.
+pub const CONTROL_FRAME_STEP_BYTES: usize = 64 * 1024;
+/// Threads of connections (served, or closed and still ending) at most, as a multiple of
+/// `connections_max`: a closed connection's thread ends at its next read, but a flood of
+/// admissions must not outrun that.
+pub const CONTROL_THREADS_PER_CONNECTION_MAX: usize = 2;
+/// Shortest read or write timeout set on a socket: a zero timeout means "none" to the OS.
+const SOCKET_TIMEOUT_MIN: Duration = Duration::from_millis(1);
+
+/// Why the control socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlSocketError {
+    /// Something that is not a socket is at the path: never removed.
+    #[error(
+        "{config}: key `control_socket`: {path} is {kind}, not a socket; it was left as it is (set control_socket to a free path)"
+    )]
+    NotASocket {
+        config: PathBuf,
+        path: PathBuf,
+        kind: &'static str,
+    },
+    /// A socket at the path answers: another process serves it.
+    #[error(
+        "{config}: key `control_socket`: {path} is in use by another process (another edged daemon?)"
+    )]
+    InUse { config: PathBuf, path: PathBuf },
+    /// A file system operation on the path failed.
+    #[error("{config}: key `control_socket`: cannot {op} {path}: {source}")]
+    Io {
+        config: PathBuf,
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
 }
 
-pub fn start(daemon: Arc<Daemon>) -> anyhow::Result<ControlServer> {
-    let path = daemon.cfg.control_socket.clone();
-    if path.exists() {
-        if UnixStream::connect(&path).is_ok() {
-            anyhow::bail!(
-                "control socket {} is in use by another process",
-                path.display()
-            );
+impl ControlSocketError {
+    /// The documented exit code: in use is "held by another process", the rest is config.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ControlSocketError::InUse { .. } => exit::BUSY,
+            _ => exit::CONFIG,
         }
-        // Left by a daemon that did not stop cleanly.
-        std::fs::remove_file(&path)
-            .with_context(|| format!("cannot remove stale control socket {}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(&path).with_context(|| format!("control_socket {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", path.display()))?;
-    let stopping = Arc::new(AtomicBool::new(false));
-    let flag = stopping.clone();
-    let thread = std::thread::Builder::new()
-        .name("edged-control".into())
-        .spawn(move || accept_loop(listener, daemon, flag))
-        .context("cannot start the control thread")?;
+}
+
+/// What a file type is, for messages.
+fn kind_of(ft: std::fs::FileType) -> &'static str {
+    if ft.is_file() {
+        "a regular file"
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// (device, inode) of what is at `path` now, if it is a socket; never follows a symlink.
+fn socket_ident(path: &Path) -> Option<(u64, u64)> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    meta.file_type()
+        .is_socket()
+        .then(|| (meta.dev(), meta.ino()))
+}
+
+/// The bound control socket, not yet served. Dropping it removes the socket file if it is
+/// still the one bound here.
+#[derive(Debug)]
+pub struct BoundSocket {
+    path: PathBuf,
+    ident: (u64, u64),
+    listener: Option<UnixListener>,
+}
+
+impl BoundSocket {
+    /// Removes the socket file if it is still ours (same device and inode): a file someone put
+    /// at the path since is not ours to remove.
+    fn remove_if_ours(&self) {
+        let path = Escaped(&self.path.to_string_lossy()).to_string();
+        if socket_ident(&self.path) == Some(self.ident) {
+            let _ = std::fs::remove_file(&self.path);
+        } else if std::fs::symlink_metadata(&self.path).is_ok() {
+            tracing::warn!(
+                path = %path,
+                "control socket file was replaced while the daemon ran; left as it is"
+            );
+        } else {
+            tracing::debug!(path = %path, "control socket file already gone");
+        }
+    }
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        self.remove_if_ours();
+    }
+}
+
+/// Examines `cfg.control_socket` (without following it), removes only a stale socket, and binds
+/// a new one with mode 0600.
+pub fn bind(cfg: &crate::config::Config) -> Result<BoundSocket, ControlSocketError> {
+    let path = cfg.control_socket.clone();
+    let io = |op: &'static str| {
+        let (config, path) = (cfg.path.clone(), path.clone());
+        move |source| ControlSocketError::Io {
+            config,
+            path,
+            op,
+            source,
+        }
+    };
+    match std::fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("examine")(e)),
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(ControlSocketError::NotASocket {
+                config: cfg.path.clone(),
+                path,
+                kind: kind_of(meta.file_type()),
+            });
+        }
+        Ok(_) => match UnixStream::connect(&path) {
+            Ok(_) => {
+                return Err(ControlSocketError::InUse {
+                    config: cfg.path.clone(),
+                    path,
+                });
+            }
+            // Nobody listens: left by a daemon that did not stop cleanly.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(&path).map_err(io("remove the stale socket"))?;
+                tracing::info!(path = %Escaped(&path.to_string_lossy()), "stale control socket removed");
+            }
+            Err(e) => return Err(io("probe the socket")(e)),
+        },
+    }
+    let listener = UnixListener::bind(&path).map_err(io("bind"))?;
+    let ident = socket_ident(&path).ok_or_else(|| {
+        io("examine the bound socket")(std::io::Error::other("it is gone or not a socket"))
+    })?;
+    let socket = BoundSocket {
+        path: path.clone(),
+        ident,
+        listener: Some(listener),
+    };
+    // On failure `socket` is dropped, which removes the file bound above.
+    std::fs::set_permissions(&socket.path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("restrict the permissions of"))?;
+    Ok(socket)
+}
+
+/// The running control server; [`ControlServer::stop`] ends it and removes the socket file.
+#[derive(Debug)]
+pub struct ControlServer {
+    socket: BoundSocket,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts serving `socket` until `stop` becomes true.
+pub fn start(
+    mut socket: BoundSocket,
+    daemon: Arc<Daemon>,
+    stop: watch::Receiver<bool>,
+) -> Result<ControlServer, ControlSocketError> {
+    let io = |op: &'static str| {
+        let (config, path) = (daemon.cfg.path.clone(), socket.path.clone());
+        move |source| ControlSocketError::Io {
+            config,
+            path,
+            op,
+            source,
+        }
+    };
+    let listener = socket
+        .listener
+        .take()
+        .ok_or_else(|| io("serve")(std::io::Error::other("the socket is already being served")))?;
+    listener.set_nonblocking(true).map_err(io("serve"))?;
+    let listener = tokio::net::UnixListener::from_std(listener).map_err(io("serve"))?;
+    let shared = Arc::new(Shared::new(daemon.cfg.control));
+    let task = tokio::spawn(accept_loop(listener, daemon, shared.clone(), stop));
     Ok(ControlServer {
-        path,
-        stopping,
-        thread: Some(thread),
+        socket,
+        shared,
+        task,
     })
 }
 
 impl ControlServer {
-    pub fn stop(mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        // Wake the accept loop. If the socket file was removed meanwhile, nothing can reach the
-        // listener any more: leave its thread (it ends with the process) instead of waiting on
-        // it forever.
-        let woken = UnixStream::connect(&self.path).is_ok();
-        if let Some(t) = self.thread.take().filter(|_| woken) {
-            let _ = t.join();
+    /// Stops accepting (the stop signal must have been sent), closes every connection, waits
+    /// at most `grace` for their threads to end, and removes the socket file if it is ours.
+    pub async fn stop(self, grace: Duration) {
+        let ControlServer {
+            socket,
+            shared,
+            task,
+        } = self;
+        let _ = task.await;
+        shared.close_all();
+        let deadline = Instant::now() + grace;
+        while shared.threads() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let _ = std::fs::remove_file(&self.path);
+        // Removes the file if it is still ours.
+        drop(socket);
     }
 }
 
-fn accept_loop(listener: UnixListener, daemon: Arc<Daemon>, stopping: Arc<AtomicBool>) {
-    let active = Arc::new(AtomicUsize::new(0));
-    for conn in listener.incoming() {
-        if stopping.load(Ordering::SeqCst) {
-            return;
+// ---------------------------------------------------------------------------------------------
+// Admission.
+
+/// State shared by the accept task and the connection threads.
+#[derive(Debug)]
+struct Shared {
+    limits: ControlLimits,
+    conns: Mutex<Conns>,
+    /// A connection ended or started waiting for a request: admission may find room.
+    changed: Notify,
+    /// Imports and exports streaming now.
+    streams: AtomicUsize,
+    log: LogLimiter,
+}
+
+#[derive(Debug, Default)]
+struct Conns {
+    next_id: u64,
+    /// Admitted connections, by admission order.
+    live: BTreeMap<u64, Conn>,
+    /// Connection threads still running, admitted or closed.
+    threads: usize,
+}
+
+#[derive(Debug)]
+struct Conn {
+    /// A handle on the socket, to close it from outside its thread.
+    stream: UnixStream,
+    who: String,
+    /// Since when it waits for a request of its own (idle, or still sending its frame); `None`
+    /// while a request is executed.
+    waiting_since: Option<Instant>,
+}
+
+/// What admitting a connection gave.
+enum Admit {
+    /// Admitted under this id; `shed` names the client of a connection closed to make room.
+    In { id: u64, shed: Option<String> },
+    /// Every slot executes a request: wait until one ends or starts waiting.
+    Full,
+}
+
+impl Shared {
+    fn new(limits: ControlLimits) -> Shared {
+        Shared {
+            limits,
+            conns: Mutex::new(Conns::default()),
+            changed: Notify::new(),
+            streams: AtomicUsize::new(0),
+            log: LogLimiter::default(),
         }
-        let Ok(mut conn) = conn else { continue };
-        if active.fetch_add(1, Ordering::SeqCst) >= CONTROL_CONNECTIONS_MAX {
-            active.fetch_sub(1, Ordering::SeqCst);
-            let _ = write_frame(
-                &mut conn,
-                &Response::Error {
-                    code: exit::BUSY,
-                    message: "too many control connections; try again".into(),
-                },
-            );
-            continue;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Conns> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits `stream`, closing the connection that has waited longest for a request when
+    /// every slot is taken.
+    fn admit(&self, stream: &UnixStream, who: &str) -> std::io::Result<Admit> {
+        let mut conns = self.lock();
+        let threads_max = self.limits.connections_max * CONTROL_THREADS_PER_CONNECTION_MAX;
+        if conns.threads >= threads_max {
+            return Ok(Admit::Full);
         }
-        let daemon = daemon.clone();
-        let active = active.clone();
+        let mut shed = None;
+        if conns.live.len() >= self.limits.connections_max {
+            let victim = conns
+                .live
+                .iter()
+                .filter_map(|(id, c)| c.waiting_since.map(|since| (since, *id)))
+                .min();
+            let Some((_, victim)) = victim else {
+                return Ok(Admit::Full);
+            };
+            if let Some(c) = conns.live.remove(&victim) {
+                let _ = c.stream.shutdown(Shutdown::Both);
+                shed = Some(c.who);
+            }
+        }
+        let handle = stream.try_clone()?;
+        let id = conns.next_id;
+        conns.next_id += 1;
+        conns.live.insert(
+            id,
+            Conn {
+                stream: handle,
+                who: who.to_owned(),
+                waiting_since: Some(Instant::now()),
+            },
+        );
+        conns.threads += 1;
+        Ok(Admit::In { id, shed })
+    }
+
+    /// Marks `id` as waiting for its next request; false if it was closed meanwhile.
+    fn set_waiting(&self, id: u64) -> bool {
+        let present = match self.lock().live.get_mut(&id) {
+            Some(c) => {
+                c.waiting_since = Some(Instant::now());
+                true
+            }
+            None => false,
+        };
+        self.changed.notify_one();
+        present
+    }
+
+    /// Marks `id` as executing a request (not to be closed for room); false if it was closed
+    /// meanwhile.
+    fn set_executing(&self, id: u64) -> bool {
+        match self.lock().live.get_mut(&id) {
+            Some(c) => {
+                c.waiting_since = None;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The thread of `id` ends.
+    fn leave(&self, id: u64) {
+        {
+            let mut conns = self.lock();
+            conns.live.remove(&id);
+            conns.threads = conns.threads.saturating_sub(1);
+        }
+        self.changed.notify_one();
+    }
+
+    fn threads(&self) -> usize {
+        self.lock().threads
+    }
+
+    /// Closes every connection (shutdown): their threads end at their next read or write.
+    fn close_all(&self) {
+        for c in self.lock().live.values() {
+            let _ = c.stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// A slot for an import or export, if fewer than `streams_max` run.
+    fn stream_slot(&self) -> Option<StreamSlot<'_>> {
+        let taken = self
+            .streams
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.limits.streams_max).then_some(n + 1)
+            });
+        taken.is_ok().then_some(StreamSlot(self))
+    }
+}
+
+/// One of the `streams_max` stream slots, released when dropped.
+struct StreamSlot<'a>(&'a Shared);
+
+impl Drop for StreamSlot<'_> {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Leaves the registry when a connection thread ends, however it ends.
+struct Leave<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.shared.leave(self.id);
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::UnixListener,
+    daemon: Arc<Daemon>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _addr)) => stream,
+            Err(e) => {
+                net::warn_limited!(shared.log, "accept", "accept_failed", error = %e, "control socket: accept failed");
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    () = tokio::time::sleep(Duration::from_millis(CONTROL_ACCEPT_RETRY_MS)) => {}
+                }
+                continue;
+            }
+        };
+        // The socket is 0600, so this is the daemon's own user or root; the uid still tells
+        // clients apart in the logs and in the log budget.
+        let who = stream
+            .peer_cred()
+            .map(|c| format!("uid {}", c.uid()))
+            .unwrap_or_else(|_| "unknown".into());
+        let stream = match stream.into_std().and_then(|s| {
+            s.set_nonblocking(false)?;
+            Ok(s)
+        }) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "control connection unusable");
+                continue;
+            }
+        };
+        let id = loop {
+            match shared.admit(&stream, &who) {
+                Ok(Admit::In { id, shed }) => {
+                    if let Some(victim) = shed {
+                        net::warn_limited!(
+                            shared.log,
+                            &victim,
+                            "shed",
+                            client = %victim,
+                            "control socket: every connection slot taken; closed the connection that waited longest for a request"
+                        );
+                    }
+                    break Some(id);
+                }
+                Ok(Admit::Full) => {
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return,
+                        () = shared.changed.notified() => {}
+                        () = tokio::time::sleep(Duration::from_millis(CONTROL_ADMIT_RECHECK_MS)) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "control connection unusable");
+                    break None;
+                }
+            }
+        };
+        let Some(id) = id else { continue };
+        let (d, s) = (daemon.clone(), shared.clone());
         let spawned = std::thread::Builder::new()
             .name("edged-control-conn".into())
-            .spawn(move || {
-                serve_connection(conn, &daemon);
-                active.fetch_sub(1, Ordering::SeqCst);
-            });
+            .spawn(move || serve_connection(&d, &s, id, stream, &who));
         if spawned.is_err() {
+            shared.leave(id);
             tracing::error!("cannot start a control connection thread");
         }
     }
 }
 
-fn serve_connection(conn: UnixStream, daemon: &Daemon) {
-    let timeout = Some(Duration::from_millis(CONTROL_IDLE_TIMEOUT_MS));
-    let _ = conn.set_read_timeout(timeout);
-    let _ = conn.set_write_timeout(timeout);
-    let Ok(mut writer) = conn.try_clone() else {
+// ---------------------------------------------------------------------------------------------
+// Reading requests and streams, bounded in time.
+
+/// What reading a request gave.
+#[derive(Debug)]
+enum RequestRead {
+    Request(Request),
+    /// The client closed before a request began.
+    Closed,
+    /// No request began within the idle timeout.
+    Idle,
+    /// The request was not complete by its deadline.
+    Late,
+    /// Malformed, oversized, or cut short.
+    Bad(String),
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// Fills `buf` from `reader`, all of it by `deadline`. `Err(true)` on the deadline, `Err(false)`
+/// when the client closed or failed first.
+fn read_exact_by<R: BufRead>(
+    reader: &mut R,
+    stream: &UnixStream,
+    buf: &mut [u8],
+    deadline: Instant,
+) -> Result<(), bool> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(true);
+        }
+        // The deadline runs from the request's first byte: every read gets only what is left
+        // of it, so trickling bytes never extend it.
+        if stream
+            .set_read_timeout(Some(left.max(SOCKET_TIMEOUT_MIN)))
+            .is_err()
+        {
+            return Err(false);
+        }
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => return Err(false),
+            Ok(n) => filled += n,
+            Err(e) if is_timeout(&e) || e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(false),
+        }
+    }
+    Ok(())
+}
+
+/// Reads one request frame: the first byte within the idle timeout, then the whole frame within
+/// the request deadline from that byte.
+fn read_request(reader: &mut BufReader<UnixStream>, limits: &ControlLimits) -> RequestRead {
+    let stream = match reader.get_ref().try_clone() {
+        Ok(s) => s,
+        Err(e) => return RequestRead::Bad(e.to_string()),
+    };
+    let idle = Duration::from_millis(limits.idle_timeout_ms).max(SOCKET_TIMEOUT_MIN);
+    if stream.set_read_timeout(Some(idle)).is_err() {
+        return RequestRead::Closed;
+    }
+    loop {
+        match reader.fill_buf() {
+            Ok([]) => return RequestRead::Closed,
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) => return RequestRead::Idle,
+            Err(_) => return RequestRead::Closed,
+        }
+    }
+    let deadline = Instant::now() + Duration::from_millis(limits.request_deadline_ms);
+    let cut = |late: bool| {
+        if late {
+            RequestRead::Late
+        } else {
+            RequestRead::Bad("the connection ended in the middle of a request".into())
+        }
+    };
+    let mut len = [0u8; 4];
+    if let Err(late) = read_exact_by(reader, &stream, &mut len, deadline) {
+        return cut(late);
+    }
+    let len = u32::from_le_bytes(len);
+    if len > CONTROL_FRAME_BYTES_MAX {
+        return RequestRead::Bad(format!(
+            "control frame of {len} bytes exceeds {CONTROL_FRAME_BYTES_MAX}"
+        ));
+    }
+    let len = len as usize;
+    let mut body = Vec::with_capacity(len.min(CONTROL_FRAME_STEP_BYTES));
+    while body.len() < len {
+        let step = (len - body.len()).min(CONTROL_FRAME_STEP_BYTES);
+        let at = body.len();
+        body.resize(at + step, 0);
+        if let Err(late) = read_exact_by(reader, &stream, &mut body[at..], deadline) {
+            return cut(late);
+        }
+    }
+    match serde_json::from_slice(&body) {
+        Ok(request) => RequestRead::Request(request),
+        Err(e) => RequestRead::Bad(e.to_string()),
+    }
+}
+
+/// The minimum-rate rule of a stream: over every window of `window` spent waiting for the
+/// client, at least `min_bytes` must move. Time the daemon spends elsewhere (its own disk) is
+/// not counted, so only the client's slowness can trip it.
+#[derive(Debug, Clone, Copy)]
+struct RateGuard {
+    window: Duration,
+    min_bytes: u64,
+    waited: Duration,
+    bytes: u64,
+}
+
+/// A stream moved fewer than the minimum bytes in a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TooSlow {
+    bytes: u64,
+    window_ms: u64,
+}
+
+impl std::fmt::Display for TooSlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "only {} bytes moved in {} ms of waiting for the client",
+            self.bytes, self.window_ms
+        )
+    }
+}
+
+impl RateGuard {
+    fn new(limits: &ControlLimits) -> RateGuard {
+        RateGuard {
+            window: Duration::from_millis(limits.stream_rate_window_ms),
+            min_bytes: limits.stream_window_bytes_min(),
+            waited: Duration::ZERO,
+            bytes: 0,
+        }
+    }
+
+    /// Longest the next wait may take before the window must be judged.
+    fn wait_left(&self) -> Duration {
+        self.window
+            .saturating_sub(self.waited)
+            .max(SOCKET_TIMEOUT_MIN)
+    }
+
+    /// Counts `bytes` moved after waiting `waited`; judges the window once it is full.
+    fn record(&mut self, bytes: usize, waited: Duration) -> Result<(), TooSlow> {
+        self.bytes = self.bytes.saturating_add(bytes as u64);
+        self.waited += waited;
+        if self.waited >= self.window {
+            if self.bytes < self.min_bytes {
+                return Err(TooSlow {
+                    bytes: self.bytes,
+                    window_ms: self.window.as_millis() as u64,
+                });
+            }
+            self.waited = Duration::ZERO;
+            self.bytes = 0;
+        }
+        Ok(())
+    }
+}
+
+/// Why an import body stopped before the announced length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cut {
+    /// The client closed (or half-closed) its side after this many bytes.
+    Closed { received: u64 },
+    /// The client sent too slowly.
+    Slow(TooSlow),
+    /// Reading the socket failed.
+    Failed(String),
+}
+
+impl std::fmt::Display for Cut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cut::Closed { received } => {
+                write!(f, "the client stopped sending after {received} bytes")
+            }
+            Cut::Slow(slow) => write!(f, "the client sent too slowly: {slow}"),
+            Cut::Failed(e) => write!(f, "reading from the client failed: {e}"),
+        }
+    }
+}
+
+/// The `len` bytes of an import body, read under the minimum-rate rule. Ends with `Ok(0)` after
+/// exactly `len` bytes; a cut (client gone, too slow) is an error and is remembered.
+struct BodyReader<'a> {
+    inner: &'a mut BufReader<UnixStream>,
+    stream: UnixStream,
+    len: u64,
+    left: u64,
+    rate: RateGuard,
+    cut: Option<Cut>,
+}
+
+impl<'a> BodyReader<'a> {
+    fn new(
+        inner: &'a mut BufReader<UnixStream>,
+        len: u64,
+        limits: &ControlLimits,
+    ) -> std::io::Result<BodyReader<'a>> {
+        let stream = inner.get_ref().try_clone()?;
+        Ok(BodyReader {
+            inner,
+            stream,
+            len,
+            left: len,
+            rate: RateGuard::new(limits),
+            cut: None,
+        })
+    }
+
+    fn fail(&mut self, cut: Cut) -> std::io::Error {
+        let e = std::io::Error::new(std::io::ErrorKind::TimedOut, cut.to_string());
+        self.cut = Some(cut);
+        e
+    }
+}
+
+impl Read for BodyReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        if let Some(cut) = &self.cut {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                cut.to_string(),
+            ));
+        }
+        let want = usize::try_from(self.left).map_or(buf.len(), |left| left.min(buf.len()));
+        loop {
+            if let Err(e) = self.stream.set_read_timeout(Some(self.rate.wait_left())) {
+                return Err(self.fail(Cut::Failed(e.to_string())));
+            }
+            let started = Instant::now();
+            match self.inner.read(&mut buf[..want]) {
+                Ok(0) => {
+                    let received = self.len - self.left;
+                    return Err(self.fail(Cut::Closed { received }));
+                }
+                Ok(n) => {
+                    self.left -= n as u64;
+                    if let Err(slow) = self.rate.record(n, started.elapsed()) {
+                        return Err(self.fail(Cut::Slow(slow)));
+                    }
+                    return Ok(n);
+                }
+                Err(e) if is_timeout(&e) => {
+                    if let Err(slow) = self.rate.record(0, started.elapsed()) {
+                        return Err(self.fail(Cut::Slow(slow)));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.fail(Cut::Failed(e.to_string()))),
+            }
+        }
+    }
+}
+
+/// Writes to a client under the minimum-rate rule (responses and export streams).
+struct RateWriter<'a> {
+    stream: &'a UnixStream,
+    rate: RateGuard,
+}
+
+impl<'a> RateWriter<'a> {
+    fn new(stream: &'a UnixStream, limits: &ControlLimits) -> RateWriter<'a> {
+        RateWriter {
+            stream,
+            rate: RateGuard::new(limits),
+        }
+    }
+}
+
+impl Write for RateWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        loop {
+            self.stream.set_write_timeout(Some(self.rate.wait_left()))?;
+            let started = Instant::now();
+            let mut stream = self.stream;
+            match stream.write(buf) {
+                Ok(n) => {
+                    self.rate.record(n, started.elapsed()).map_err(|slow| {
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, slow.to_string())
+                    })?;
+                    return Ok(n);
+                }
+                Err(e) if is_timeout(&e) => {
+                    self.rate.record(0, started.elapsed()).map_err(|slow| {
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, slow.to_string())
+                    })?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Serving one connection.
+
+fn serve_connection(daemon: &Daemon, shared: &Shared, id: u64, conn: UnixStream, who: &str) {
+    let _leave = Leave { shared, id };
+    let limits = shared.limits;
+    let Ok(writer) = conn.try_clone() else {
         return;
     };
-    let mut reader = BufReader::new(conn);
+    let respond =
+        |response: &Response| write_frame(&mut RateWriter::new(&writer, &limits), response).is_ok();
+    let mut reader = BufReader::with_capacity(CONTROL_READ_BUF_BYTES, conn);
     loop {
-        let request: Request = match read_frame(&mut reader) {
-            Ok(Some(r)) => r,
-            Ok(None) => return,
-            Err(e) => {
-                let _ = write_frame(
-                    &mut writer,
-                    &Response::Error {
-                        code: exit::USAGE,
-                        message: format!("bad control request: {e}"),
-                    },
+        if !shared.set_waiting(id) {
+            return;
+        }
+        let request = match read_request(&mut reader, &limits) {
+            RequestRead::Request(r) => r,
+            RequestRead::Closed => return,
+            RequestRead::Idle => {
+                tracing::debug!(client = who, "control connection idle; closed");
+                return;
+            }
+            RequestRead::Late => {
+                net::warn_limited!(
+                    shared.log,
+                    who,
+                    "request_late",
+                    client = who,
+                    deadline_ms = limits.request_deadline_ms,
+                    "control socket: request not complete by its deadline; connection closed"
                 );
+                respond(&failed(
+                    exit::USAGE,
+                    format!(
+                        "request not complete within {} ms of its first byte",
+                        limits.request_deadline_ms
+                    ),
+                ));
+                return;
+            }
+            RequestRead::Bad(why) => {
+                net::warn_limited!(
+                    shared.log,
+                    who,
+                    "bad_request",
+                    client = who,
+                    why = %Escaped(&why),
+                    "control socket: bad request; connection closed"
+                );
+                respond(&failed(exit::USAGE, format!("bad control request: {why}")));
                 return;
             }
         };
+        if !shared.set_executing(id) {
+            return;
+        }
         let keep_going = match request {
-            Request::Export { id } => export(daemon, &id, &mut writer),
-            Request::Import { file_name, len } => {
-                let response = import(daemon, &file_name, len, &mut reader);
-                write_frame(&mut writer, &response).is_ok()
-            }
-            other => write_frame(&mut writer, &answer(daemon, other)).is_ok(),
+            Request::Import { file_name, len } => match shared.stream_slot() {
+                Some(_slot) => {
+                    let (response, keep) =
+                        import(daemon, shared, who, &file_name, len, &mut reader);
+                    respond(&response) && keep
+                }
+                None => {
+                    // The body that follows is not read: answer and close.
+                    respond(&busy(&limits));
+                    false
+                }
+            },
+            Request::Export { id } => match shared.stream_slot() {
+                Some(_slot) => export(daemon, &id, &mut RateWriter::new(&writer, &limits)),
+                None => respond(&busy(&limits)),
+            },
+            other => respond(&answer(daemon, other)),
         };
         if !keep_going {
             return;
@@ -153,6 +926,16 @@ fn failed(code: u8, e: impl std::fmt::Display) -> Response {
     }
 }
 
+fn busy(limits: &ControlLimits) -> Response {
+    failed(
+        exit::FAILED,
+        format!(
+            "the daemon already runs {} imports and exports (control.streams_max); try again",
+            limits.streams_max
+        ),
+    )
+}
+
 fn answer(d: &Daemon, request: Request) -> Response {
     let result = match request {
         Request::Status => views::status(d).map(ok),
@@ -169,32 +952,54 @@ fn answer(d: &Daemon, request: Request) -> Response {
     result.unwrap_or_else(|e| failed(exit::FAILED, format!("{e:#}")))
 }
 
+/// Requeues or purges the dead letters of `peer`: all of them, or those of the one segment
+/// `segment` names (a prefix of at least [`store::limits::ID_PREFIX_HEX_MIN`] hex characters,
+/// as everywhere else; one that matches several segments is refused as ambiguous).
 fn dlq(d: &Daemon, peer: &str, segment: Option<&str>, requeue: bool) -> anyhow::Result<Response> {
     let peer: relay::PeerId = match peer.parse() {
         Ok(p) => p,
-        Err(e) => return Ok(failed(exit::USAGE, format!("--peer {peer}: {e}"))),
+        Err(e) => return Ok(failed(exit::USAGE, format!("--peer {peer:?}: {e}"))),
+    };
+    let prefix = match segment.map(store::id::parse_prefix).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            let given = segment.unwrap_or_default();
+            return Ok(failed(exit::USAGE, format!("--segment {given:?}: {e}")));
+        }
     };
     let now = crate::clock::now_ms();
-    let letters = d.relay.dead_letters()?;
-    let mut keys: Vec<relay::JobKey> = letters
+    let mut keys: Vec<relay::JobKey> = d
+        .relay
+        .dead_letters()?
         .into_iter()
         .filter(|l| l.key.peer == peer)
-        .filter(|l| {
-            segment.is_none_or(|s| l.key.seg.to_string().starts_with(&s.to_ascii_lowercase()))
-        })
+        .filter(|l| prefix.is_none_or(|p| p.matches(&l.key.seg)))
         .map(|l| l.key)
         .collect();
+    keys.sort();
     keys.dedup();
     if keys.is_empty() {
         return Ok(failed(
             exit::FAILED,
             format!(
                 "no dead letter for peer {peer}{}",
-                segment
-                    .map(|s| format!(" and segment {s}"))
+                prefix
+                    .map(|p| format!(" and segment {p}"))
                     .unwrap_or_default()
             ),
         ));
+    }
+    if let Some(p) = prefix {
+        let segments: std::collections::BTreeSet<SegmentId> = keys.iter().map(|k| k.seg).collect();
+        if segments.len() > 1 {
+            return Ok(failed(
+                exit::FAILED,
+                format!(
+                    "segment prefix {p} matches {} dead letters of peer {peer}; give more characters",
+                    segments.len()
+                ),
+            ));
+        }
     }
     let mut done = Vec::new();
     for key in keys {
@@ -240,30 +1045,67 @@ fn select(
     Ok(ok(json!(chosen)))
 }
 
-/// Stores `len` bytes of a `.seg` stream read from the control connection. Whatever happens,
-/// exactly `len` bytes are consumed so the connection stays in step.
-fn import<R: Read>(d: &Daemon, file_name: &str, len: u64, reader: &mut R) -> Response {
-    let mut limited = reader.take(len);
+/// Stores the `len` bytes of a `.seg` stream that follow an `Import` request. Returns the answer
+/// and whether the connection can carry another request: only if the whole body was read
+/// (otherwise the rest of it is still on its way, and the connection is closed after the
+/// answer). An import cut by the client (it closed early or sent too slowly) reached no verdict:
+/// it is answered as cut, stores nothing and is not counted as received (INV-26).
+fn import(
+    d: &Daemon,
+    shared: &Shared,
+    who: &str,
+    file_name: &str,
+    len: u64,
+    reader: &mut BufReader<UnixStream>,
+) -> (Response, bool) {
+    let file = Escaped(file_name);
+    if len > CONTROL_IMPORT_BYTES_MAX {
+        net::warn_limited!(shared.log, who, "import_too_large", client = who, file = %file, len, "control socket: import larger than any segment refused");
+        return (
+            failed(
+                exit::USAGE,
+                format!(
+                    "an import of {len} bytes is larger than any segment ({CONTROL_IMPORT_BYTES_MAX} bytes)"
+                ),
+            ),
+            false,
+        );
+    }
+    let mut body = match BodyReader::new(reader, len, &shared.limits) {
+        Ok(b) => b,
+        Err(e) => return (failed(exit::FAILED, e), false),
+    };
     let now = crate::clock::now_ms();
     let result = d
         .relay
-        .ingest_reader(&mut limited, &IngestOptions::import(), now);
-    // Drain what the ingest did not read (a rejected header, a file longer than declared).
-    let _ = std::io::copy(&mut limited, &mut std::io::sink());
-    match result {
-        Ok(IngestOutcome::Stored(s)) => {
+        .ingest_reader(&mut body, &IngestOptions::import(), now);
+    let whole = body.left == 0;
+    let cut = body.cut.take();
+    match (result, cut) {
+        (Ok(IngestOutcome::Stored(s)), _) => {
             d.counters.count_stored();
-            tracing::info!(seg_id = %s.id, file = file_name, bytes = s.row.file_len, "segment imported");
-            ok(json!({ "status": "imported", "id": s.id.to_string(), "bytes": s.row.file_len }))
+            tracing::info!(seg_id = %s.id, file = %file, bytes = s.row.file_len, "segment imported");
+            let response = ok(
+                json!({ "status": "imported", "id": s.id.to_string(), "bytes": s.row.file_len }),
+            );
+            (response, whole)
         }
-        Ok(IngestOutcome::AlreadyHave { id, .. }) => {
+        (Ok(IngestOutcome::AlreadyHave { id, .. }), _) => {
             d.counters.count_duplicate();
-            ok(json!({ "status": "already_present", "id": id.to_string() }))
+            let response = ok(json!({ "status": "already_present", "id": id.to_string() }));
+            (response, whole)
         }
-        Err(e) => {
+        (Err(_), Some(cut)) => {
+            net::warn_limited!(shared.log, who, "import_cut", client = who, file = %file, why = %cut, "control socket: import cut before its verdict; nothing stored");
+            (failed(exit::FAILED, format!("import cut: {cut}")), false)
+        }
+        (Err(e), None) => {
             d.counters.count_rejected(reject_reason(&e));
-            tracing::warn!(file = file_name, error = %e, "import rejected");
-            ok(json!({ "status": "rejected", "reason": e.to_string() }))
+            net::warn_limited!(shared.log, who, "import_rejected", client = who, file = %file, error = %Escaped(&e.to_string()), "import rejected");
+            (
+                ok(json!({ "status": "rejected", "reason": e.to_string() })),
+                whole,
+            )
         }
     }
 }
@@ -311,8 +1153,162 @@ fn export<W: std::io::Write>(d: &Daemon, id: &str, writer: &mut W) -> bool {
     match reader.copy_to(writer, now) {
         Ok(_) => true,
         Err(e) => {
-            tracing::error!(seg_id = id, error = %e, "export stream failed");
+            tracing::error!(seg_id = %Escaped(id), error = %e, "export stream failed");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(window_ms: u64, rate: u64) -> ControlLimits {
+        ControlLimits {
+            stream_rate_window_ms: window_ms,
+            stream_rate_min_bytes_per_s: rate,
+            ..ControlLimits::default()
+        }
+    }
+
+    #[test]
+    fn rate_guard_judges_each_full_window_at_n_and_n_minus_1() {
+        let ms = Duration::from_millis;
+        // 1000 B/s over 100 ms: at least 100 bytes per window.
+        let mut g = RateGuard::new(&limits(100, 1000));
+        assert_eq!(g.wait_left(), ms(100));
+        assert_eq!(g.record(60, ms(40)), Ok(()));
+        assert_eq!(g.wait_left(), ms(60));
+        assert_eq!(g.record(40, ms(60)), Ok(()), "exactly 100 bytes pass");
+        assert_eq!(g.wait_left(), ms(100), "a new window began");
+        assert_eq!(
+            g.record(99, ms(100)),
+            Err(TooSlow {
+                bytes: 99,
+                window_ms: 100
+            })
+        );
+        // Time not spent waiting never judges a window.
+        let mut g = RateGuard::new(&limits(100, 1000));
+        for _ in 0..1000 {
+            assert_eq!(g.record(0, Duration::ZERO), Ok(()));
+        }
+        assert_eq!(
+            g.record(0, ms(100)),
+            Err(TooSlow {
+                bytes: 0,
+                window_ms: 100
+            })
+        );
+        // The timeout never reaches zero (which means "none" to the OS).
+        let mut g = RateGuard::new(&limits(100, 0));
+        assert_eq!(g.record(1, ms(99)), Ok(()));
+        assert_eq!(g.wait_left(), ms(1));
+        g.waited = ms(150);
+        assert_eq!(g.wait_left(), SOCKET_TIMEOUT_MIN);
+    }
+
+    /// A connected pair: the server's buffered reader and the client's end.
+    fn pair() -> (BufReader<UnixStream>, UnixStream) {
+        let (server, client) = UnixStream::pair().unwrap();
+        (BufReader::new(server), client)
+    }
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut out = (body.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn read_request_takes_a_whole_frame_and_refuses_garbage() {
+        let l = ControlLimits::default();
+        let (mut server, mut client) = pair();
+        client.write_all(&frame(br#"{"op":"status"}"#)).unwrap();
+        assert!(matches!(
+            read_request(&mut server, &l),
+            RequestRead::Request(Request::Status)
+        ));
+        client.write_all(&frame(b"{not json")).unwrap();
+        assert!(matches!(read_request(&mut server, &l), RequestRead::Bad(_)));
+        client
+            .write_all(&(CONTROL_FRAME_BYTES_MAX + 1).to_le_bytes())
+            .unwrap();
+        assert!(
+            matches!(read_request(&mut server, &l), RequestRead::Bad(m) if m.contains("exceeds"))
+        );
+        // A frame cut by the client's close.
+        let (mut server, mut client) = pair();
+        client
+            .write_all(&frame(br#"{"op":"status"}"#)[..6])
+            .unwrap();
+        drop(client);
+        assert!(
+            matches!(read_request(&mut server, &l), RequestRead::Bad(m) if m.contains("ended"))
+        );
+        let (mut server, client) = pair();
+        drop(client);
+        assert!(matches!(read_request(&mut server, &l), RequestRead::Closed));
+    }
+
+    #[test]
+    fn a_silent_client_is_idle_and_a_trickling_one_is_late() {
+        let l = ControlLimits {
+            idle_timeout_ms: 100,
+            request_deadline_ms: 300,
+            ..ControlLimits::default()
+        };
+        let (mut server, _client) = pair();
+        let started = Instant::now();
+        assert!(matches!(read_request(&mut server, &l), RequestRead::Idle));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // One byte every 50 ms: each byte would restart an idle gap of 100 ms, but the request
+        // has 300 ms from its first byte.
+        let (mut server, mut client) = pair();
+        let trickle = std::thread::spawn(move || {
+            let bytes = frame(&[b' '; 200]);
+            for b in bytes.iter().take(100) {
+                if client.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let started = Instant::now();
+        assert!(matches!(read_request(&mut server, &l), RequestRead::Late));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        drop(server);
+        trickle.join().unwrap();
+    }
+
+    #[test]
+    fn body_reader_reads_exactly_len_and_remembers_a_cut() {
+        let l = limits(200, 1000);
+        let (mut server, mut client) = pair();
+        client.write_all(b"0123456789tail").unwrap();
+        let mut body = BodyReader::new(&mut server, 10, &l).unwrap();
+        let mut got = Vec::new();
+        body.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"0123456789");
+        assert!(body.cut.is_none());
+        // The client closes after 4 of 10 bytes.
+        let (mut server, mut client) = pair();
+        client.write_all(b"0123").unwrap();
+        drop(client);
+        let mut body = BodyReader::new(&mut server, 10, &l).unwrap();
+        let mut got = Vec::new();
+        assert!(body.read_to_end(&mut got).is_err());
+        assert_eq!(body.cut, Some(Cut::Closed { received: 4 }));
+        // The client sends nothing: cut after one window of waiting.
+        let (mut server, _client) = pair();
+        let mut body = BodyReader::new(&mut server, 10, &l).unwrap();
+        let started = Instant::now();
+        assert!(body.read(&mut [0u8; 10]).is_err());
+        assert!(matches!(body.cut, Some(Cut::Slow(_))), "{:?}", body.cut);
+        assert!(started.elapsed() < Duration::from_secs(3));
     }
 }
