@@ -415,7 +415,8 @@ impl Shared {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < self.limits.streams_max).then_some(n + 1)
             });
-        taken.is_ok().then_some(StreamSlot(self))
+        // Built only when taken: dropping a slot gives one back.
+        taken.is_ok().then(|| StreamSlot(self))
     }
 }
 
@@ -1206,6 +1207,82 @@ mod tests {
         assert_eq!(g.wait_left(), ms(1));
         g.waited = ms(150);
         assert_eq!(g.wait_left(), SOCKET_TIMEOUT_MIN);
+    }
+
+    #[test]
+    fn admission_sheds_the_longest_waiting_and_never_an_executing_request() {
+        let shared = Shared::new(ControlLimits {
+            connections_max: 2,
+            ..ControlLimits::default()
+        });
+        let (a, mut a_client) = UnixStream::pair().unwrap();
+        let (b, _b_client) = UnixStream::pair().unwrap();
+        let admitted = |s: &UnixStream, who: &str| match shared.admit(s, who).unwrap() {
+            Admit::In { id, shed } => (id, shed),
+            Admit::Full => panic!("{who} not admitted"),
+        };
+        let (a_id, shed) = admitted(&a, "a");
+        assert_eq!(shed, None);
+        std::thread::sleep(Duration::from_millis(5));
+        let (b_id, shed) = admitted(&b, "b");
+        assert_eq!(shed, None);
+        // Both wait for a request: the third client closes the one waiting longest (a).
+        let (c, _c_client) = UnixStream::pair().unwrap();
+        let (c_id, shed) = admitted(&c, "c");
+        assert_eq!(shed.as_deref(), Some("a"));
+        a_client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(a_client.read(&mut [0u8; 1]).unwrap(), 0, "a was shut down");
+        assert!(!shared.set_waiting(a_id), "a learns it was closed");
+        // While b and c execute requests, nobody is closed: the next client waits.
+        assert!(shared.set_executing(b_id) && shared.set_executing(c_id));
+        let (d, _d_client) = UnixStream::pair().unwrap();
+        assert!(matches!(shared.admit(&d, "d").unwrap(), Admit::Full));
+        // c goes back to waiting for its next request: it may now make room.
+        assert!(shared.set_waiting(c_id));
+        let (_, shed) = admitted(&d, "d");
+        assert_eq!(shed.as_deref(), Some("c"));
+        // Threads of closed connections still count until they end, within a bound.
+        assert_eq!(shared.threads(), 4);
+        shared.leave(a_id);
+        shared.leave(c_id);
+        assert_eq!(shared.threads(), 2);
+    }
+
+    #[test]
+    fn admission_waits_while_closed_connections_still_end() {
+        let shared = Shared::new(ControlLimits {
+            connections_max: 1,
+            ..ControlLimits::default()
+        });
+        let mut pairs = Vec::new();
+        for i in 0..CONTROL_THREADS_PER_CONNECTION_MAX {
+            let (s, c) = UnixStream::pair().unwrap();
+            assert!(matches!(
+                shared.admit(&s, &i.to_string()).unwrap(),
+                Admit::In { .. }
+            ));
+            pairs.push((s, c));
+        }
+        // Each admission shed the one before; their threads have not ended yet.
+        let (s, _c) = UnixStream::pair().unwrap();
+        assert!(matches!(shared.admit(&s, "late").unwrap(), Admit::Full));
+    }
+
+    #[test]
+    fn stream_slots_bound_imports_and_exports() {
+        let shared = Shared::new(ControlLimits {
+            streams_max: 2,
+            ..ControlLimits::default()
+        });
+        let first = shared.stream_slot().expect("first");
+        let second = shared.stream_slot().expect("second");
+        assert!(shared.stream_slot().is_none(), "a third stream waits");
+        drop(first);
+        let third = shared.stream_slot().expect("a slot was released");
+        drop((second, third));
+        assert_eq!(shared.streams.load(Ordering::SeqCst), 0);
     }
 
     /// A connected pair: the server's buffered reader and the client's end.
