@@ -431,6 +431,48 @@ fn idle_connections_at_the_cap_make_room_for_a_new_client() {
     );
 }
 
+#[test]
+fn warnings_a_local_client_can_repeat_are_rate_limited() {
+    const TRIES: usize = 30;
+    let mut f = Fleet::new(1, &[], |_| NodeOptions::default());
+    f.start(1);
+    let socket = f.node(1).control_socket();
+    for _ in 0..TRIES {
+        // A request that is not JSON…
+        let mut s = UnixStream::connect(&socket).unwrap();
+        s.write_all(&5u32.to_le_bytes()).unwrap();
+        s.write_all(b"{nope").unwrap();
+        let answer = read_frame(&mut s, Duration::from_secs(10));
+        f.check(answer.is_some_and(|a| a["kind"] == "error"), || {
+            "bad request answered".into()
+        });
+        // …and an import of something that is no segment.
+        let mut s = UnixStream::connect(&socket).unwrap();
+        let junk = b"junk junk junk junk";
+        send_frame(
+            &mut s,
+            &json!({ "op": "import", "file_name": "junk.seg", "len": junk.len() }),
+        );
+        s.write_all(junk).unwrap();
+        let answer = read_frame(&mut s, Duration::from_secs(10));
+        f.check(
+            answer.is_some_and(|a| a["body"]["status"] == "rejected"),
+            || "import rejected".into(),
+        );
+    }
+    // Every request was answered; the log got a handful of lines, not one per request.
+    for message in [
+        "control socket: bad request; connection closed",
+        "import rejected",
+    ] {
+        let logged = f.events(1, 0, message).len();
+        f.check(
+            (1..=net::logcap::LOG_WARNINGS_PER_WINDOW as usize).contains(&logged),
+            || format!("{logged} lines of {message:?} for {TRIES} requests"),
+        );
+    }
+}
+
 /// Dead letters of node 1, from its daemon.
 fn dead_letters(f: &Fleet) -> Vec<Value> {
     f.json(1, &["dlq", "list"])
@@ -448,6 +490,16 @@ fn dlq_requeue_and_purge_need_a_segment_prefix_of_4_hex_characters() {
     let usb = f.path("usb");
     std::fs::create_dir(&usb).unwrap();
     let (_, id) = f.make_segment("policy", 4096, &usb);
+    // The CLI checks before it asks: with no daemon, a bad prefix is still a usage error
+    // (exit 2), not "the daemon is not running" (exit 6).
+    let o = f.cli(
+        1,
+        &["dlq", "requeue", "--peer", "node-2", "--segment", "abc"],
+    );
+    f.check(
+        o.status.code() == Some(2) && stderr(&o).contains("--segment"),
+        || format!("no daemon: {} {}", o.status, stderr(&o)),
+    );
     f.start(1);
     let o = f.cli(1, &["import", p(&usb)]);
     f.check(o.status.success(), || format!("import: {}", stderr(&o)));
