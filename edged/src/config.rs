@@ -832,7 +832,8 @@ mod tests {
         let (_dir, base, path) = example();
         let cfg = Config::parse(&path, &base).unwrap();
         assert_eq!(cfg.control, crate::control::ControlLimits::default());
-        let with = |keys: &str| base.replace("[relay]", &format!("[control]\n{keys}\n[relay]"));
+        assert!(base.contains("\n[control]\n"));
+        let with = |keys: &str| base.replace("\n[control]\n", &format!("\n[control]\n{keys}\n"));
         let cfg = Config::parse(
             &path,
             &with("request_deadline_ms = 250\nconnections_max = 3"),
