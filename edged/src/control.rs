@@ -16,8 +16,8 @@
 //!
 //! # Bounds
 //!
-//! Frames are bounded by [`CONTROL_FRAME_BYTES_MAX`], checked before allocating, and an import
-//! body by [`CONTROL_IMPORT_BYTES_MAX`]. What a local client can hold is bounded in time, not
+//! Frames are bounded by [`CONTROL_FRAME_BYTES_MAX`], checked before allocating, an import
+//! body by [`CONTROL_IMPORT_BYTES_MAX`] and its file name by [`CONTROL_FILE_NAME_BYTES_MAX`]. What a local client can hold is bounded in time, not
 //! only in count ([`ControlLimits`], config section `[control]`):
 //!
 //! - a connection that starts no request within `idle_timeout_ms` is closed;
@@ -43,6 +43,9 @@ pub const CONTROL_FRAME_BYTES_MAX: u32 = 4 << 20;
 /// Largest import body a client may announce: the largest `.seg` file the format allows.
 pub const CONTROL_IMPORT_BYTES_MAX: u64 =
     SEG_PREAMBLE_BYTES + HEADER_BYTES_MAX as u64 + PAYLOAD_BYTES_MAX;
+/// Longest file name an import may carry, in bytes: it is shown and logged. File systems allow
+/// 255 bytes per name; the rest is headroom for lossy UTF-8 conversion.
+pub const CONTROL_FILE_NAME_BYTES_MAX: usize = 1024;
 /// Default of `[control] connections_max`: connections served at once.
 pub const CONTROL_CONNECTIONS_MAX: usize = 8;
 /// Largest `connections_max` accepted: each connection is served by a thread.

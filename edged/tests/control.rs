@@ -473,6 +473,35 @@ fn warnings_a_local_client_can_repeat_are_rate_limited() {
     }
 }
 
+#[test]
+fn import_file_name_bound_at_n_and_n_plus_1() {
+    const NAME_BYTES_MAX: usize = 1024;
+    let mut f = Fleet::new(1, &[], |_| NodeOptions::default());
+    f.start(1);
+    let junk = b"no segment";
+    for (len, accepted) in [(NAME_BYTES_MAX, true), (NAME_BYTES_MAX + 1, false)] {
+        let mut s = UnixStream::connect(f.node(1).control_socket()).unwrap();
+        let name = "n".repeat(len);
+        send_frame(
+            &mut s,
+            &json!({ "op": "import", "file_name": name, "len": junk.len() }),
+        );
+        // The daemon may close before it reads the body it refuses.
+        let _ = s.write_all(junk);
+        let answer = read_frame(&mut s, Duration::from_secs(10)).unwrap_or_default();
+        let ok = if accepted {
+            // Read, judged as a segment (it is none).
+            answer["body"]["status"] == "rejected"
+        } else {
+            answer["kind"] == "error"
+                && answer["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("file name"))
+        };
+        f.check(ok, || format!("file name of {len} bytes: {answer}"));
+    }
+}
+
 /// Dead letters of node 1, from its daemon.
 fn dead_letters(f: &Fleet) -> Vec<Value> {
     f.json(1, &["dlq", "list"])

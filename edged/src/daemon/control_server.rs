@@ -36,8 +36,8 @@ use tokio::sync::{Notify, watch};
 
 use super::{Daemon, views};
 use crate::control::{
-    CONTROL_FRAME_BYTES_MAX, CONTROL_IMPORT_BYTES_MAX, ControlLimits, Request, Response,
-    write_frame,
+    CONTROL_FILE_NAME_BYTES_MAX, CONTROL_FRAME_BYTES_MAX, CONTROL_IMPORT_BYTES_MAX, ControlLimits,
+    Request, Response, write_frame,
 };
 use crate::exit;
 use crate::output::Escaped;
@@ -1059,6 +1059,26 @@ fn import(
     len: u64,
     reader: &mut BufReader<UnixStream>,
 ) -> (Response, bool) {
+    if file_name.len() > CONTROL_FILE_NAME_BYTES_MAX {
+        net::warn_limited!(
+            shared.log,
+            who,
+            "import_name_too_long",
+            client = who,
+            bytes = file_name.len(),
+            "control socket: import with an oversized file name refused"
+        );
+        return (
+            failed(
+                exit::USAGE,
+                format!(
+                    "a file name of {} bytes is longer than {CONTROL_FILE_NAME_BYTES_MAX}",
+                    file_name.len()
+                ),
+            ),
+            false,
+        );
+    }
     let file = Escaped(file_name);
     if len > CONTROL_IMPORT_BYTES_MAX {
         net::warn_limited!(shared.log, who, "import_too_large", client = who, file = %file, len, "control socket: import larger than any segment refused");

@@ -38,8 +38,9 @@ pub const CLOCK_JUMP_WARN_MS: i64 = 2_000;
 pub const RUNTIME_WORKERS: usize = 2;
 
 /// Counters of the segments that reached a verdict here, from peers or imports (INV-26):
-/// received = stored + duplicate + rejected (by reason). Offers answered "busy" and transfers
-/// cut before a verdict are not received: the sender tries again.
+/// received = stored + duplicate + rejected (by reason). Offers answered "busy", transfers cut
+/// before a verdict and imports cut by their client (it closed early or sent too slowly) are
+/// not received: no verdict was reached, and the sender tries again.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub received: AtomicU64,
