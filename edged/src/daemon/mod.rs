@@ -8,6 +8,7 @@
 //! cut and their attempts refunded, partials checkpointed by the network layer, the committer
 //! drained. Nothing acknowledged is lost: acknowledgements only ever follow a commit.
 
+mod control_io;
 mod control_server;
 mod views;
 pub mod wiring;
