@@ -401,7 +401,7 @@ mod tests {
     }
 
     #[test]
-    fn read_request_takes_a_whole_frame_and_refuses_garbage() {
+    fn inv_17_read_request_takes_a_whole_frame_and_refuses_garbage_and_oversize() {
         let l = ControlLimits::default();
         let (mut server, mut client) = pair();
         client.write_all(&frame(br#"{"op":"status"}"#)).unwrap();
