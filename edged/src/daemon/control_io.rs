@@ -491,4 +491,34 @@ mod tests {
         assert!(matches!(body.cut, Some(Cut::Slow(_))), "{:?}", body.cut);
         assert!(started.elapsed() < Duration::from_secs(3));
     }
+
+    #[test]
+    fn rate_writer_cuts_a_client_that_stops_reading() {
+        let l = limits(200, 1000);
+        let (server, client) = UnixStream::pair().unwrap();
+        // A client that reads nothing: once the socket buffers are full, writes wait, and one
+        // window of waiting without enough bytes ends the stream.
+        let (done, wait) = std::sync::mpsc::channel();
+        let writer = std::thread::spawn(move || {
+            let big = vec![7u8; 16 << 20];
+            let result = RateWriter::new(&server, &l).write_all(&big);
+            let _ = done.send(result.map_err(|e| e.kind()));
+        });
+        let result = wait
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer gave up on a client that does not read");
+        assert_eq!(result, Err(std::io::ErrorKind::TimedOut));
+        writer.join().unwrap();
+        drop(client);
+        // A client that reads keeps the stream going.
+        let (server, mut client) = UnixStream::pair().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).map(|_| got.len())
+        });
+        let big = vec![7u8; 4 << 20];
+        RateWriter::new(&server, &l).write_all(&big).unwrap();
+        drop(server);
+        assert_eq!(reader.join().unwrap().unwrap(), 4 << 20);
+    }
 }
