@@ -78,6 +78,19 @@ fn closed_within(s: &mut UnixStream, limit: Duration) -> bool {
     }
 }
 
+/// Writes `bytes` one at a time, `every` apart, until the daemon cuts the connection: whether
+/// it did, and after how long.
+fn trickle(s: &mut UnixStream, bytes: &[u8], every: Duration) -> (bool, Duration) {
+    let started = Instant::now();
+    for b in bytes {
+        if s.write_all(&[*b]).is_err() {
+            return (true, started.elapsed());
+        }
+        std::thread::sleep(every);
+    }
+    (false, started.elapsed())
+}
+
 /// `edged run` on node `i`, which must fail at start with `code`; its stderr.
 fn run_fails(f: &Fleet, i: usize, code: i32) -> String {
     let o = f.cli(i, &["run", "--log-format", "json"]);
@@ -314,17 +327,8 @@ fn a_request_must_complete_within_its_deadline_from_the_first_byte() {
     f.start(1);
     let mut s = UnixStream::connect(f.node(1).control_socket()).unwrap();
     s.write_all(&1000u32.to_le_bytes()).unwrap();
-    let started = Instant::now();
     // One byte every 100 ms, far inside the 60 s idle timeout: only the deadline can end it.
-    let mut cut = false;
-    for _ in 0..50 {
-        if s.write_all(b" ").is_err() {
-            cut = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let took = started.elapsed();
+    let (cut, took) = trickle(&mut s, &[b' '; 50], Duration::from_millis(100));
     f.check(cut, || {
         format!("a trickling request was still open after {took:?}")
     });
@@ -365,16 +369,7 @@ fn an_import_body_must_keep_a_minimum_rate() {
         &json!({ "op": "import", "file_name": "slow.seg", "len": bytes.len() }),
     );
     // 20 bytes per second: every byte keeps the connection busy, none is enough.
-    let started = Instant::now();
-    let mut cut = false;
-    for b in bytes.iter().take(200) {
-        if s.write_all(&[*b]).is_err() {
-            cut = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let took = started.elapsed();
+    let (cut, took) = trickle(&mut s, &bytes[..200], Duration::from_millis(50));
     f.check(cut, || {
         format!("a trickled import body was still read after {took:?}")
     });
