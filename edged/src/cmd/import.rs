@@ -152,6 +152,9 @@ fn import_through_daemon(cfg: &Config, entry: &Entry, bar: &ProgressBar) -> File
     );
     let copied = std::io::copy(&mut reader, &mut client.writer);
     let sent = reader.bytes;
+    // Bytes the daemon did not need (its verdict came from the header) or that never came
+    // still count as done for the bar.
+    bar.inc(len.saturating_sub(sent));
     match copied {
         Ok(_) if sent == len => answer(&mut client),
         Ok(_) => {
