@@ -13,7 +13,7 @@ pub const CONFIG_DEFAULT: &str = "/etc/edged/edge.toml";
     version,
     about = "Relay signed content through an airgapped fleet",
     after_help = "Exit codes: 0 success; 1 the command failed (a file rejected, a segment not verified); \
-                  2 bad command line; 3 invalid configuration; 4 data directory held by another process; \
+                  2 bad command line; 3 invalid configuration; 4 data directory or control socket held by another process; \
                   5 storage failure; 6 the daemon is not running (commands that need it)."
 )]
 pub struct Cli {
@@ -111,7 +111,7 @@ pub struct DlqTarget {
     /// The peer whose dead letters to act on.
     #[arg(long)]
     pub peer: String,
-    /// Only this segment (id or unique prefix).
+    /// Only this segment (id or unique prefix of at least 4 hex characters).
     #[arg(long)]
     pub segment: Option<String>,
     /// Print JSON for scripts.

@@ -3,9 +3,16 @@
 //! Parsing is strict — an unknown key is an error, not a silent typo — and validation names the
 //! offending key and the file (INV-21). Every key, with its default, is documented in
 //! `edge.toml.example` at the repository root; keys put their unit last (`ceiling_bytes`).
+//!
+//! Beyond types and ranges, validation refuses what would hurt the node itself: an empty
+//! `data_dir`; a `control_socket` that is empty, the data directory, or one of the store's own
+//! paths (`edge.redb`, `edge.redb.new`, anything under `segments/`, `tmp/`, `quarantine/`); a
+//! peer address that names no single host (unspecified, port 0, multicast, broadcast); a
+//! `listen_addr` on port 0, multicast or broadcast. What can only be checked when the daemon
+//! starts (whatever exists at `control_socket`) is checked there, with the same key named.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -74,6 +81,8 @@ struct RawConfig {
     relay: RawRelay,
     #[serde(default)]
     net: RawNet,
+    #[serde(default)]
+    control: RawControl,
 }
 
 /// Declares a config section whose keys are all optional overrides of a library's defaults,
@@ -132,6 +141,15 @@ overrides!(RawNet => net::NetConfig {
     receive_window_bytes: u64,
     send_window_bytes: u64,
     udp_buffer_bytes: usize,
+});
+
+overrides!(RawControl => crate::control::ControlLimits {
+    connections_max: usize,
+    streams_max: usize,
+    idle_timeout_ms: u64,
+    request_deadline_ms: u64,
+    stream_rate_min_bytes_per_s: u64,
+    stream_rate_window_ms: u64,
 });
 
 fn default_clock_skew() -> u64 {
@@ -213,6 +231,8 @@ pub struct Config {
     pub store: store::StoreConfig,
     pub relay: relay::RelayConfig,
     pub net: net::NetConfig,
+    /// Bounds on the control socket's clients (`[control]`).
+    pub control: crate::control::ControlLimits,
 }
 
 impl Config {
@@ -239,7 +259,7 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+            message: parse_message(text, &e),
         })?;
         validate(path, raw)
     }
@@ -265,12 +285,38 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         .listen_addr
         .parse()
         .map_err(|e| invalid("listen_addr", format!("`{}`: {e}", raw.listen_addr)))?;
+    check_listen_addr(listen_addr).map_err(|m| invalid("listen_addr", m))?;
+    if raw.data_dir.as_os_str().is_empty() {
+        return Err(invalid(
+            "data_dir",
+            "is empty; give the directory that holds this node's segments and database".into(),
+        ));
+    }
     let data_dir = resolve(&raw.data_dir);
+    if raw
+        .control_socket
+        .as_deref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        return Err(invalid(
+            "control_socket",
+            "is empty; remove the key to use control.sock in data_dir".into(),
+        ));
+    }
     let control_socket = raw
         .control_socket
         .as_deref()
         .map(resolve)
         .unwrap_or_else(|| data_dir.join(CONTROL_SOCKET_DEFAULT));
+    if let Some(why) = store_owned(&control_socket, &data_dir) {
+        return Err(invalid(
+            "control_socket",
+            format!(
+                "{} is {why}; the daemon would replace it with its socket (choose another path)",
+                control_socket.display()
+            ),
+        ));
+    }
     let socket_len = control_socket.as_os_str().len();
     if socket_len > SOCKET_PATH_BYTES_MAX {
         let key = if raw.control_socket.is_some() {
@@ -298,6 +344,12 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
                     format!(
                         "`{text}` is not a loopback address; metrics are served on localhost only"
                     ),
+                ));
+            }
+            if addr.port() == 0 {
+                return Err(invalid(
+                    "metrics_addr",
+                    format!("`{text}`: port 0 would serve on a random port no scraper knows"),
                 ));
             }
             Some(addr)
@@ -339,6 +391,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             .addr
             .parse()
             .map_err(|e| invalid(&format!("{key}.addr"), format!("`{}`: {e}", peer.addr)))?;
+        check_peer_addr(addr).map_err(|m| invalid(&format!("{key}.addr"), m))?;
         known_peers.push(Peer {
             id: peer.id.clone(),
             addr,
@@ -436,7 +489,18 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         .validate()
         .map_err(|e| invalid(&format!("net.{}", e.key), e.reason))?;
 
+    let mut control = crate::control::ControlLimits::default();
+    raw.control.apply(&mut control);
+    if raw.control.streams_max.is_none() {
+        // Unset, it follows a lowered connections_max instead of contradicting it.
+        control.streams_max = control.streams_max.min(control.connections_max);
+    }
+    control
+        .validate()
+        .map_err(|e| invalid(&format!("control.{}", e.key), e.reason))?;
+
     Ok(Config {
+        control,
         relay: relay_cfg,
         net: net_cfg,
         path: path.to_owned(),
@@ -448,6 +512,139 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         tls,
         known_peers,
         store: store_cfg,
+    })
+}
+
+/// A TOML error on one line: its message and where it is (line and column, 1-based). The
+/// parser's own rendering spans several lines, quoting the file.
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', "; ");
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before
+                .rsplit_once('\n')
+                .map_or(before, |(_, last)| last)
+                .chars()
+                .count()
+                + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+/// The address as IPv4 when it is an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), where the
+/// same rules apply.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// A peer address must name one host and one port: packets go only to configured peers, so an
+/// address that means "any", "everyone" or "a random port" is a mistake, never a peer.
+fn check_peer_addr(addr: SocketAddr) -> Result<(), String> {
+    let ip = canonical_ip(addr.ip());
+    if ip.is_unspecified() {
+        return Err(format!(
+            "`{addr}`: the unspecified address (0.0.0.0 or ::) names no host; give the peer's own address"
+        ));
+    }
+    if ip.is_multicast() {
+        return Err(format!(
+            "`{addr}`: a multicast address names a group, not one peer"
+        ));
+    }
+    if ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
+        return Err(format!(
+            "`{addr}`: the broadcast address names every host, not one peer"
+        ));
+    }
+    if addr.port() == 0 {
+        return Err(format!("`{addr}`: port 0 is no port a peer listens on"));
+    }
+    Ok(())
+}
+
+/// This node listens on one unicast address (or every interface) and a fixed port its peers
+/// know.
+fn check_listen_addr(addr: SocketAddr) -> Result<(), String> {
+    let ip = canonical_ip(addr.ip());
+    if addr.port() == 0 {
+        return Err(format!(
+            "`{addr}`: port 0 would listen on a random port no peer knows"
+        ));
+    }
+    if ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
+        return Err(format!(
+            "`{addr}`: a multicast or broadcast address cannot be listened on"
+        ));
+    }
+    Ok(())
+}
+
+/// `path` with `.` dropped and `..` applied, without touching the file system.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push(c);
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// `path` with its parent directory resolved by the file system (symlinks, `..`), when that
+/// directory exists.
+fn resolved(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?;
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty())?;
+    Some(parent.canonicalize().ok()?.join(name))
+}
+
+/// What `socket` is, if it is the data directory or a path the store owns in it. Compared both
+/// as written and, where the directories exist, as the file system resolves them.
+fn store_owned(socket: &Path, data_dir: &Path) -> Option<String> {
+    let check = |socket: &Path, data_dir: &Path| -> Option<String> {
+        if socket == data_dir {
+            return Some("the data directory itself".into());
+        }
+        let layout = store::layout::Layout::new(data_dir);
+        let db = layout.db();
+        let mut db_new = db.clone().into_os_string();
+        db_new.push(".new");
+        let db_new = PathBuf::from(db_new);
+        if socket == db {
+            return Some("the node's database".into());
+        }
+        if socket == db_new {
+            return Some("the database the store creates at first start".into());
+        }
+        for (dir, what) in [
+            (layout.segments(), "the store's segments"),
+            (layout.tmp(), "the store's partial ingests"),
+            (layout.quarantine(), "the store's quarantine"),
+        ] {
+            if socket.starts_with(&dir) {
+                return Some(format!("in {}, {what}", dir.display()));
+            }
+        }
+        None
+    };
+    check(&normalize(socket), &normalize(data_dir)).or_else(|| {
+        let socket = resolved(socket)?;
+        let data_dir = data_dir.canonicalize().ok()?;
+        check(&socket, &data_dir)
     })
 }
 
@@ -486,6 +683,201 @@ mod tests {
             .collect::<Vec<_>>()
             .join("\n");
         Config::parse(&path, &uncommented).expect("example with every optional key");
+    }
+
+    /// The example config with its paths moved into a temp dir (TLS files present), and the
+    /// path of the `edge.toml` it is parsed as.
+    fn example() -> (tempfile::TempDir, String, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap().to_owned();
+        for f in ["ca.crt", "node-1.crt", "node-1.key"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let text = include_str!("../../edge.toml.example")
+            .replace("/etc/edged", &root)
+            .replace("/var/lib/edged", &root);
+        let path = dir.path().join("edge.toml");
+        (dir, text, path)
+    }
+
+    /// Parsing `text` fails naming `key` (and the file), with `detail` in the message.
+    fn refused(path: &Path, text: &str, key: &str, detail: &str) {
+        let err = Config::parse(path, text).expect_err(key).to_string();
+        assert!(
+            err.contains(&format!("`{key}`")),
+            "`{key}` not named in: {err}"
+        );
+        assert!(err.contains("edge.toml"), "file not named in: {err}");
+        assert!(err.contains(detail), "`{detail}` not in: {err}");
+    }
+
+    #[test]
+    fn inv_21_empty_data_dir_and_control_socket_are_refused() {
+        let (dir, base, path) = example();
+        let root = dir.path().to_str().unwrap();
+        let data_dir = format!("data_dir = \"{root}\"");
+        assert!(base.contains(&data_dir), "{base}");
+        refused(
+            &path,
+            &base.replace(&data_dir, "data_dir = \"\""),
+            "data_dir",
+            "empty",
+        );
+        refused(
+            &path,
+            &format!("control_socket = \"\"\n{base}"),
+            "control_socket",
+            "empty",
+        );
+        // Relative paths stay fine.
+        let cfg = Config::parse(&path, &base.replace(&data_dir, "data_dir = \"data\"")).unwrap();
+        assert_eq!(cfg.store.data_dir, dir.path().join("data"));
+    }
+
+    #[test]
+    fn inv_21_control_socket_on_the_stores_own_paths_is_refused() {
+        let (dir, base, path) = example();
+        let root = dir.path().to_str().unwrap();
+        let with_socket = |socket: &str| format!("control_socket = \"{socket}\"\n{base}");
+        for (socket, detail) in [
+            (root.to_owned(), "the data directory itself"),
+            (format!("{root}/"), "the data directory itself"),
+            (format!("{root}/edge.redb"), "database"),
+            (format!("{root}/./edge.redb"), "database"),
+            (format!("{root}/segments/../edge.redb"), "database"),
+            (format!("{root}/edge.redb.new"), "database"),
+            (format!("{root}/segments"), "segments"),
+            (format!("{root}/segments/ab/control.sock"), "segments"),
+            (format!("{root}/tmp/control.sock"), "partial ingests"),
+            (format!("{root}/quarantine/x.sock"), "quarantine"),
+        ] {
+            refused(&path, &with_socket(&socket), "control_socket", detail);
+        }
+        // Through a symlink to the data directory, once the directory exists.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+        refused(
+            &path,
+            &with_socket(&format!("{}/edge.redb", link.display())),
+            "control_socket",
+            "database",
+        );
+        // Neighbours of those paths are fine.
+        for socket in [
+            format!("{root}/control.sock"),
+            format!("{root}/edge.redb.sock"),
+            format!("{root}/segments.sock"),
+            format!("{root}/run/control.sock"),
+        ] {
+            Config::parse(&path, &with_socket(&socket)).expect(&socket);
+        }
+    }
+
+    #[test]
+    fn inv_21_peer_addresses_must_name_one_host_and_port() {
+        let (_dir, base, path) = example();
+        let peer = "addr = \"192.0.2.12:7401\"";
+        assert!(base.contains(peer));
+        for (addr, detail) in [
+            ("0.0.0.0:0", "unspecified"),
+            ("0.0.0.0:7401", "unspecified"),
+            ("[::]:7401", "unspecified"),
+            ("[::ffff:0.0.0.0]:7401", "unspecified"),
+            ("192.0.2.12:0", "port 0"),
+            ("[::1]:0", "port 0"),
+            ("224.0.0.1:7401", "multicast"),
+            ("239.255.255.250:1900", "multicast"),
+            ("[ff02::1]:7401", "multicast"),
+            ("[::ffff:224.0.0.1]:7401", "multicast"),
+            ("255.255.255.255:7401", "broadcast"),
+            ("[::ffff:255.255.255.255]:7401", "broadcast"),
+        ] {
+            let text = base.replace(peer, &format!("addr = \"{addr}\""));
+            refused(&path, &text, "known_peers[0].addr", detail);
+        }
+        for addr in ["10.0.0.255:7401", "[2001:db8::1]:7401", "127.0.0.1:1"] {
+            let text = base.replace(peer, &format!("addr = \"{addr}\""));
+            Config::parse(&path, &text).expect(addr);
+        }
+    }
+
+    #[test]
+    fn inv_21_listen_and_metrics_addresses_need_a_fixed_port() {
+        let (_dir, base, path) = example();
+        let listen = "listen_addr = \"0.0.0.0:7401\"";
+        assert!(base.contains(listen));
+        for (addr, detail) in [
+            ("0.0.0.0:0", "port 0"),
+            ("[::]:0", "port 0"),
+            ("224.0.0.1:7401", "multicast"),
+            ("255.255.255.255:7401", "broadcast"),
+        ] {
+            let text = base.replace(listen, &format!("listen_addr = \"{addr}\""));
+            refused(&path, &text, "listen_addr", detail);
+        }
+        for addr in ["[::]:7401", "127.0.0.1:7401", "192.0.2.1:7401"] {
+            let text = base.replace(listen, &format!("listen_addr = \"{addr}\""));
+            Config::parse(&path, &text).expect(addr);
+        }
+        refused(
+            &path,
+            &format!("metrics_addr = \"127.0.0.1:0\"\n{base}"),
+            "metrics_addr",
+            "port 0",
+        );
+    }
+
+    #[test]
+    fn inv_21_control_section_is_strict_and_checked() {
+        let (_dir, base, path) = example();
+        let cfg = Config::parse(&path, &base).unwrap();
+        assert_eq!(cfg.control, crate::control::ControlLimits::default());
+        assert!(base.contains("\n[control]\n"));
+        let with = |keys: &str| base.replace("\n[control]\n", &format!("\n[control]\n{keys}\n"));
+        let cfg = Config::parse(
+            &path,
+            &with("request_deadline_ms = 250\nconnections_max = 3"),
+        )
+        .unwrap();
+        assert_eq!(cfg.control.request_deadline_ms, 250);
+        assert_eq!(cfg.control.connections_max, 3);
+        assert_eq!(
+            cfg.control.streams_max, 3,
+            "an unset streams_max follows connections_max"
+        );
+        refused(
+            &path,
+            &with("request_deadline_ms = 0"),
+            "control.request_deadline_ms",
+            "outside",
+        );
+        refused(
+            &path,
+            &with("connections_max = 2\nstreams_max = 3"),
+            "control.streams_max",
+            "connections_max",
+        );
+        let err = Config::parse(&path, &with("deadline_ms = 1"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("deadline_ms") && err.contains("edge.toml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn inv_21_parse_errors_are_one_line_with_their_position() {
+        let (_dir, base, path) = example();
+        let err = Config::parse(&path, &format!("{base}\nstray = [\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains('\n'), "{err:?}");
+        assert!(err.contains("edge.toml") && err.contains("line "), "{err}");
+        let err = Config::parse(&path, "node_id = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 1, column 11"), "{err}");
     }
 
     #[test]

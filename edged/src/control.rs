@@ -1,27 +1,157 @@
 //! The control socket: how operator commands talk to the running daemon.
 //!
-//! A Unix stream socket in the data directory (mode 0600, so only the daemon's user can use it).
-//! Each message is a frame: a u32 little-endian length, then that many bytes of JSON. A request
-//! gets one response frame, except:
+//! A Unix stream socket (mode 0600, so only the daemon's user can use it), by default in the
+//! data directory. Each message is a frame: a u32 little-endian length, then that many bytes of
+//! JSON. A request gets one response frame, except:
 //!
 //! - `Import { len, .. }`: the request frame is followed by exactly `len` raw bytes of a `.seg`
 //!   file, read by the CLI from the medium and streamed here (the daemon never opens the
-//!   medium); the daemon verifies and stores it and answers with the outcome.
+//!   medium); the daemon verifies and stores it and answers with the outcome. If the daemon did
+//!   not read the whole body (the header was enough for its verdict, or the client stopped
+//!   sending), it closes the connection after its answer: the client opens one connection per
+//!   imported file. A client that cannot send all it announced (the file shrank) half-closes
+//!   its side; the daemon answers that the import was cut and stores nothing.
 //! - `Export { id }`: the response frame `ExportStream { len, .. }` is followed by exactly `len`
 //!   raw bytes of the stored `.seg` file; the CLI writes it atomically and verifies it.
 //!
-//! Frames are bounded by [`CONTROL_FRAME_BYTES_MAX`], checked before allocating.
+//! # Bounds
+//!
+//! Frames are bounded by [`CONTROL_FRAME_BYTES_MAX`], checked before allocating, an import
+//! body by [`CONTROL_IMPORT_BYTES_MAX`] and its file name by [`CONTROL_FILE_NAME_BYTES_MAX`]. What a local client can hold is bounded in time, not
+//! only in count ([`ControlLimits`], config section `[control]`):
+//!
+//! - a connection that starts no request within `idle_timeout_ms` is closed;
+//! - a request frame must be complete `request_deadline_ms` after its first byte, however the
+//!   bytes trickle in;
+//! - an import body, an export stream and every response must move at least
+//!   `stream_rate_min_bytes_per_s`, measured over windows of `stream_rate_window_ms` of waiting
+//!   for the client (time the daemon spends on its own disk work does not count against it);
+//! - at most `connections_max` connections are served at once; at the cap, a new client is
+//!   admitted by closing the connection that has waited longest for a request of its own (idle
+//!   or still sending its frame), so idle or slow clients cannot keep anyone out; only requests
+//!   being executed are never cut;
+//! - at most `streams_max` imports and exports run at once, so streams alone never fill every
+//!   connection slot.
 
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use store::limits::{HEADER_BYTES_MAX, PAYLOAD_BYTES_MAX, SEG_PREAMBLE_BYTES};
 
 /// Largest control frame (JSON), in bytes.
 pub const CONTROL_FRAME_BYTES_MAX: u32 = 4 << 20;
-/// Most control connections served at once; more wait in the listen backlog.
+/// Largest import body a client may announce: the largest `.seg` file the format allows.
+pub const CONTROL_IMPORT_BYTES_MAX: u64 =
+    SEG_PREAMBLE_BYTES + HEADER_BYTES_MAX as u64 + PAYLOAD_BYTES_MAX;
+/// Longest file name an import may carry, in bytes: it is shown and logged. File systems allow
+/// 255 bytes per name; the rest is headroom for lossy UTF-8 conversion.
+pub const CONTROL_FILE_NAME_BYTES_MAX: usize = 1024;
+/// Default of `[control] connections_max`: connections served at once.
 pub const CONTROL_CONNECTIONS_MAX: usize = 8;
-/// A control client that sends nothing for this long is disconnected.
+/// Largest `connections_max` accepted: each connection is served by a thread.
+pub const CONTROL_CONNECTIONS_LIMIT: usize = 256;
+/// Default of `[control] streams_max`: imports and exports streaming at once.
+pub const CONTROL_STREAMS_MAX: usize = 4;
+/// Default of `[control] idle_timeout_ms`: a connection that starts no request for this long
+/// is closed.
 pub const CONTROL_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Default of `[control] request_deadline_ms`: a request frame must be complete this long after
+/// its first byte.
+pub const CONTROL_REQUEST_DEADLINE_MS: u64 = 10_000;
+/// Default of `[control] stream_rate_min_bytes_per_s`: slowest import body, export stream or
+/// response accepted (a USB 1.1 stick reads about 1 MB/s).
+pub const CONTROL_STREAM_RATE_MIN_BYTES_PER_S: u64 = 64 * 1024;
+/// Default of `[control] stream_rate_window_ms`: the window the minimum rate is measured over.
+pub const CONTROL_STREAM_RATE_WINDOW_MS: u64 = 10_000;
+/// Longest `idle_timeout_ms`, `request_deadline_ms` and `stream_rate_window_ms` accepted: one
+/// hour.
+pub const CONTROL_TIMEOUT_MS_LIMIT: u64 = 3_600_000;
+
+/// The control socket's bounds on its clients; `[control]` in `edge.toml` overrides each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlLimits {
+    /// Connections served at once; at the cap the one waiting longest for a request is closed
+    /// to admit a new one.
+    pub connections_max: usize,
+    /// Imports and exports streaming at once; at most `connections_max`.
+    pub streams_max: usize,
+    /// A connection that starts no request for this long is closed, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// A request frame must be complete this long after its first byte, in milliseconds.
+    pub request_deadline_ms: u64,
+    /// Slowest import body, export stream or response accepted, in bytes per second; 0 only
+    /// refuses a window with no byte at all.
+    pub stream_rate_min_bytes_per_s: u64,
+    /// Window of waiting for the client over which that rate is measured, in milliseconds.
+    pub stream_rate_window_ms: u64,
+}
+
+impl Default for ControlLimits {
+    fn default() -> Self {
+        ControlLimits {
+            connections_max: CONTROL_CONNECTIONS_MAX,
+            streams_max: CONTROL_STREAMS_MAX,
+            idle_timeout_ms: CONTROL_IDLE_TIMEOUT_MS,
+            request_deadline_ms: CONTROL_REQUEST_DEADLINE_MS,
+            stream_rate_min_bytes_per_s: CONTROL_STREAM_RATE_MIN_BYTES_PER_S,
+            stream_rate_window_ms: CONTROL_STREAM_RATE_WINDOW_MS,
+        }
+    }
+}
+
+/// A `[control]` value out of its range: the key (without the section) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ControlLimitsError {
+    pub key: &'static str,
+    pub reason: String,
+}
+
+impl ControlLimits {
+    /// Checks every value against its range and the relations between them.
+    pub fn validate(&self) -> Result<(), ControlLimitsError> {
+        let err = |key, reason: String| Err(ControlLimitsError { key, reason });
+        if !(1..=CONTROL_CONNECTIONS_LIMIT).contains(&self.connections_max) {
+            return err(
+                "connections_max",
+                format!(
+                    "{} is outside 1..={CONTROL_CONNECTIONS_LIMIT}",
+                    self.connections_max
+                ),
+            );
+        }
+        if !(1..=self.connections_max).contains(&self.streams_max) {
+            return err(
+                "streams_max",
+                format!(
+                    "{} is outside 1..=connections_max ({})",
+                    self.streams_max, self.connections_max
+                ),
+            );
+        }
+        for (key, value) in [
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("request_deadline_ms", self.request_deadline_ms),
+            ("stream_rate_window_ms", self.stream_rate_window_ms),
+        ] {
+            if !(1..=CONTROL_TIMEOUT_MS_LIMIT).contains(&value) {
+                return err(
+                    key,
+                    format!("{value} is outside 1..={CONTROL_TIMEOUT_MS_LIMIT} ms"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes a window must carry: the minimum rate over the window, at least one byte.
+    pub fn stream_window_bytes_min(&self) -> u64 {
+        let bytes = u128::from(self.stream_rate_min_bytes_per_s)
+            * u128::from(self.stream_rate_window_ms)
+            / 1000;
+        u64::try_from(bytes).unwrap_or(u64::MAX).max(1)
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -124,6 +254,63 @@ mod tests {
         assert_eq!(got, req);
         let none: Option<Request> = read_frame(&mut [].as_slice()).unwrap();
         assert!(none.is_none());
+    }
+
+    #[test]
+    fn control_limits_defaults_validate_and_bounds_name_their_key() {
+        let ok = ControlLimits::default();
+        assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(
+            ok.stream_window_bytes_min(),
+            CONTROL_STREAM_RATE_MIN_BYTES_PER_S * CONTROL_STREAM_RATE_WINDOW_MS / 1000
+        );
+        let key = |l: ControlLimits| l.validate().map_err(|e| e.key);
+        let at = |f: fn(&mut ControlLimits)| {
+            let mut l = ControlLimits::default();
+            f(&mut l);
+            l
+        };
+        assert_eq!(key(at(|l| l.connections_max = 0)), Err("connections_max"));
+        assert_eq!(
+            key(at(|l| l.connections_max = CONTROL_CONNECTIONS_LIMIT)),
+            Ok(())
+        );
+        assert_eq!(
+            key(at(|l| l.connections_max = CONTROL_CONNECTIONS_LIMIT + 1)),
+            Err("connections_max")
+        );
+        assert_eq!(key(at(|l| l.streams_max = 0)), Err("streams_max"));
+        assert_eq!(key(at(|l| l.streams_max = CONTROL_CONNECTIONS_MAX)), Ok(()));
+        assert_eq!(
+            key(at(|l| l.streams_max = CONTROL_CONNECTIONS_MAX + 1)),
+            Err("streams_max")
+        );
+        assert_eq!(key(at(|l| l.idle_timeout_ms = 0)), Err("idle_timeout_ms"));
+        assert_eq!(
+            key(at(|l| l.request_deadline_ms = 0)),
+            Err("request_deadline_ms")
+        );
+        assert_eq!(
+            key(at(|l| l.request_deadline_ms = CONTROL_TIMEOUT_MS_LIMIT)),
+            Ok(())
+        );
+        assert_eq!(
+            key(at(|l| l.request_deadline_ms = CONTROL_TIMEOUT_MS_LIMIT + 1)),
+            Err("request_deadline_ms")
+        );
+        assert_eq!(
+            key(at(|l| l.stream_rate_window_ms = 0)),
+            Err("stream_rate_window_ms")
+        );
+        // A rate of 0 still wants one byte per window; a huge one saturates.
+        assert_eq!(
+            at(|l| l.stream_rate_min_bytes_per_s = 0).stream_window_bytes_min(),
+            1
+        );
+        assert_eq!(
+            at(|l| l.stream_rate_min_bytes_per_s = u64::MAX).stream_window_bytes_min(),
+            u64::MAX
+        );
     }
 
     #[test]

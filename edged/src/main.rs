@@ -26,7 +26,10 @@ fn main() -> ExitCode {
     match cmd::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("edged: error: {:#}", failure.error);
+            // Errors quote paths, file names and what the daemon said: escaped, so none of them
+            // can drive the terminal (see `output`).
+            let message = format!("{:#}", failure.error);
+            eprintln!("edged: error: {}", output::escape(&message));
             failure.exit_code()
         }
     }

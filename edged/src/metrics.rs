@@ -27,16 +27,23 @@
 //! A deliberately small HTTP/1.1 responder on tokio rather than an HTTP stack: it answers one
 //! `GET /metrics` per connection and closes it. The config refuses a non-loopback
 //! `metrics_addr`, so only local processes reach it. Everything a client controls is bounded:
-//! the request head ([`METRICS_REQUEST_HEAD_BYTES_MAX`]), the time to send it
-//! ([`METRICS_REQUEST_TIMEOUT_MS`]) and to take the answer ([`METRICS_RESPONSE_TIMEOUT_MS`]),
-//! and the connections served at once ([`METRICS_CONNECTIONS_MAX`]; more wait in the listen
-//! backlog). Garbage gets a 4xx and a closed connection, never a panic; the snapshot is taken on
-//! a blocking thread (it may read the store), so a slow one never stalls the runtime.
+//! the request head ([`METRICS_REQUEST_HEAD_BYTES_MAX`]), the time to send it, measured from
+//! the accept however slowly its bytes come ([`METRICS_REQUEST_TIMEOUT_MS`]), the time to take
+//! the answer ([`METRICS_RESPONSE_TIMEOUT_MS`]), and the connections open at once
+//! ([`METRICS_CONNECTIONS_MAX`]).
+//!
+//! Idle or slow clients cannot delay a scrape: the endpoint keeps accepting, and when a new
+//! connection finds every slot taken it closes the oldest connection that has not yet sent a
+//! complete request head. Only connections already being answered are never cut; they are
+//! bounded by the response and drain timeouts, and a new connection waits for one of them only
+//! when every slot is one. Garbage gets a 4xx and a closed connection, never a panic; the
+//! snapshot is taken on a blocking thread (it may read the store), so a slow one never stalls
+//! the runtime.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
@@ -46,8 +53,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
+use tokio::task::{AbortHandle, JoinSet};
 
 /// Prefix of every metric name.
 pub const METRIC_PREFIX: &str = "edged";
@@ -55,11 +62,13 @@ pub const METRIC_PREFIX: &str = "edged";
 pub const METRICS_PATH: &str = "/metrics";
 /// Largest request head (request line and headers) read, in bytes; a larger one gets 431.
 pub const METRICS_REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
-/// A client has this long to send its request head; then it gets 408 and is disconnected.
+/// A client has this long from its accept to send its request head; then it gets 408 and is
+/// disconnected.
 pub const METRICS_REQUEST_TIMEOUT_MS: u64 = 5_000;
 /// A client has this long to take the whole response.
 pub const METRICS_RESPONSE_TIMEOUT_MS: u64 = 10_000;
-/// Connections served at once; more wait in the listen backlog until one ends.
+/// Connections open at once; at the cap a new one closes the oldest that has not sent its
+/// request head yet.
 pub const METRICS_CONNECTIONS_MAX: usize = 4;
 /// After the response, bytes of an unread request body read and dropped before closing (so the
 /// close does not reset the connection under the client's feet).
@@ -487,46 +496,136 @@ async fn serve_with(
 ) -> std::io::Result<()> {
     let stop = stopped(shutdown);
     tokio::pin!(stop);
-    let permits = Arc::new(Semaphore::new(limits.connections_max));
+    let open = Arc::new(Open::default());
     let mut connections = JoinSet::new();
-    loop {
-        // Reap finished connections so the set stays at most `connections_max` long. A handler
-        // that panicked is just gone: its permit was dropped with it.
+    'serve: loop {
+        // Reap finished connections so the set does not grow with the ones already gone.
         while connections.try_join_next().is_some() {}
-        // Take a permit before accepting: beyond the cap, clients wait in the listen backlog.
-        let permit = tokio::select! {
-            biased;
-            () = &mut stop => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break, // never closed; nothing sensible to serve without it
-            },
-        };
         let accepted = tokio::select! {
             biased;
             () = &mut stop => break,
             accepted = listener.accept() => accepted,
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                let source = source.clone();
-                connections.spawn(async move {
-                    handle(stream, source, limits).await;
-                    tracing::trace!(%peer, "metrics connection closed");
-                    drop(permit);
-                });
-            }
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "metrics endpoint: accept failed");
                 tokio::select! {
                     () = &mut stop => break,
                     () = tokio::time::sleep(Duration::from_millis(METRICS_ACCEPT_RETRY_MS)) => {}
                 }
+                continue;
+            }
+        };
+        // Make room: shed the oldest connection still sending its head; if every one is being
+        // answered, wait for one to end (bounded by the response and drain timeouts).
+        while open.len() >= limits.connections_max {
+            if open.shed_oldest_reading() {
+                continue;
+            }
+            tokio::select! {
+                biased;
+                () = &mut stop => break 'serve,
+                _ = connections.join_next() => {}
             }
         }
+        let source = source.clone();
+        // Registered under the lock, so the handler cannot mark or remove itself before it is
+        // in the table.
+        let mut table = open.lock();
+        let seq = table.next;
+        table.next += 1;
+        let guard = Leave {
+            open: open.clone(),
+            seq,
+        };
+        let abort = connections.spawn(async move {
+            let guard = guard;
+            handle(stream, source, limits, &guard).await;
+            tracing::trace!(%peer, "metrics connection closed");
+        });
+        table.live.insert(
+            seq,
+            Slot {
+                accepted: Instant::now(),
+                head_done: false,
+                abort,
+            },
+        );
     }
     connections.shutdown().await;
     Ok(())
+}
+
+/// The connections open now, in accept order.
+#[derive(Debug, Default)]
+struct Open(Mutex<Table>);
+
+#[derive(Debug, Default)]
+struct Table {
+    next: u64,
+    live: BTreeMap<u64, Slot>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    accepted: Instant,
+    /// The request head is complete: the connection is being answered and is not shed.
+    head_done: bool,
+    abort: AbortHandle,
+}
+
+impl Open {
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn len(&self) -> usize {
+        self.lock().live.len()
+    }
+
+    /// Closes the oldest connection that has not completed its request head; false if there is
+    /// none.
+    fn shed_oldest_reading(&self) -> bool {
+        let mut table = self.lock();
+        let oldest = table
+            .live
+            .iter()
+            .filter(|(_, s)| !s.head_done)
+            .min_by_key(|(seq, s)| (s.accepted, **seq))
+            .map(|(seq, _)| *seq);
+        match oldest.and_then(|seq| table.live.remove(&seq)) {
+            Some(slot) => {
+                slot.abort.abort();
+                tracing::debug!(
+                    "metrics endpoint: every slot taken; closed the oldest connection still sending its request"
+                );
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A connection's place in [`Open`]: marks its head complete, and leaves when the handler ends
+/// however it ends (finished, panicked or aborted).
+struct Leave {
+    open: Arc<Open>,
+    seq: u64,
+}
+
+impl Leave {
+    fn head_done(&self) {
+        if let Some(slot) = self.open.lock().live.get_mut(&self.seq) {
+            slot.head_done = true;
+        }
+    }
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.open.lock().live.remove(&self.seq);
+    }
 }
 
 /// What reading a request head gave.
@@ -539,17 +638,19 @@ enum Head {
     Closed(usize),
 }
 
-/// One connection: read the head, answer, close.
+/// One connection: read the head (by its deadline from the accept), answer, close.
 async fn handle(
     mut stream: TcpStream,
     source: Arc<dyn Fn() -> Snapshot + Send + Sync>,
     limits: Limits,
+    slot: &Leave,
 ) {
     let head = tokio::time::timeout(
         limits.request_timeout,
         read_head(&mut stream, limits.request_head_bytes_max),
     )
     .await;
+    slot.head_done();
     let response = match head {
         Err(_elapsed) => Response::error(408, "Request Timeout"),
         Ok(Err(e)) => {
@@ -1173,34 +1274,152 @@ mod tests {
         server.task.await.unwrap().unwrap();
     }
 
+    /// Whether the server closed `stream` (EOF or reset) within `limit`.
+    async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+        let mut rest = Vec::new();
+        match tokio::time::timeout(limit, stream.read_to_end(&mut rest)).await {
+            Ok(_) => true,
+            Err(_elapsed) => false,
+        }
+    }
+
     #[tokio::test]
     async fn connections_bound_at_n_and_n_plus_1() {
         let server = start(Limits::default()).await;
-        // N silent connections hold every permit…
+        // N silent connections fill every slot…
         let mut idle = Vec::new();
         for _ in 0..METRICS_CONNECTIONS_MAX {
             idle.push(TcpStream::connect(server.addr).await.unwrap());
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // …(the N-th was accepted: the server is reading from it)…
         tokio::time::sleep(Duration::from_millis(100)).await;
-        // …so the N+1-th waits in the backlog, unanswered.
-        let mut waiting = TcpStream::connect(server.addr).await.unwrap();
-        waiting
-            .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
-        let mut first = [0u8; 1];
-        let early =
-            tokio::time::timeout(Duration::from_millis(300), waiting.read(&mut first)).await;
-        assert!(early.is_err(), "answered beyond the connection cap");
-        // One ends: the waiting one is served.
-        drop(idle.pop());
+        // …and the N+1-th is answered at once: the oldest silent one makes room.
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            exchange(server.addr, b"GET /metrics HTTP/1.1\r\n\r\n"),
+        )
+        .await
+        .expect("answered while silent connections held every slot");
+        assert_eq!(status(&answer), "HTTP/1.1 200 OK");
+        assert!(
+            closed_within(&mut idle[0], Duration::from_secs(5)).await,
+            "the oldest silent connection was closed"
+        );
+        for later in &mut idle[1..] {
+            assert!(
+                !closed_within(later, Duration::from_millis(50)).await,
+                "only the oldest was closed"
+            );
+        }
+        server.stop.send(true).unwrap();
+        server.task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn connections_being_answered_are_never_shed() {
+        let server = start(Limits::default()).await;
+        // N clients send a whole request and keep their end open: each is answered, then held
+        // (at most the drain timeout) while the server waits for the client to close.
+        let mut answered = Vec::new();
+        for _ in 0..METRICS_CONNECTIONS_MAX {
+            let mut c = TcpStream::connect(server.addr).await.unwrap();
+            c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
+            let mut first = [0u8; 1];
+            tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut first))
+                .await
+                .expect("answered")
+                .unwrap();
+            answered.push(c);
+        }
+        // The N+1-th waits for one of them rather than cutting an answer short…
+        let started = Instant::now();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            exchange(server.addr, b"GET /metrics HTTP/1.1\r\n\r\n"),
+        )
+        .await
+        .expect("served once an answered connection ended");
+        assert_eq!(status(&answer), "HTTP/1.1 200 OK");
+        // …which happens within the drain timeout, never before the answer went out.
+        assert!(started.elapsed() < Duration::from_millis(METRICS_DRAIN_TIMEOUT_MS) * 5);
+        for mut c in answered {
+            let mut rest = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest))
+                .await
+                .expect("closed after the drain timeout")
+                .unwrap();
+            assert!(
+                String::from_utf8_lossy(&rest).contains("200 OK"),
+                "the answer arrived whole"
+            );
+        }
+        server.stop.send(true).unwrap();
+        server.task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_scrape_is_answered_at_once_past_40_idle_connections() {
+        // The default limits: a silent client would hold its slot for the whole request
+        // timeout, so waiting for slots would take 40 / N timeouts.
+        let server = start(Limits::default()).await;
+        let mut idle = Vec::new();
+        for _ in 0..40 {
+            idle.push(TcpStream::connect(server.addr).await.unwrap());
+        }
+        let started = Instant::now();
+        let answer = tokio::time::timeout(
+            Duration::from_millis(METRICS_REQUEST_TIMEOUT_MS),
+            exchange(server.addr, b"GET /metrics HTTP/1.1\r\n\r\n"),
+        )
+        .await
+        .expect("a scrape waited on idle connections");
+        assert_eq!(status(&answer), "HTTP/1.1 200 OK");
+        eprintln!("scrape past 40 idle connections: {:?}", started.elapsed());
+        // The server holds at most N of them.
+        let mut open = 0;
+        for c in &mut idle {
+            if !closed_within(c, Duration::from_millis(20)).await {
+                open += 1;
+            }
+        }
+        assert!(
+            open <= METRICS_CONNECTIONS_MAX,
+            "{open} idle connections still open"
+        );
+        server.stop.send(true).unwrap();
+        server.task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_trickling_client_gets_408_at_the_deadline_from_its_accept() {
+        let server = start(Limits {
+            request_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        })
+        .await;
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let started = Instant::now();
+        // One byte every 50 ms never completes a head, and never restarts the deadline.
         let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), waiting.read_to_end(&mut answer))
-            .await
-            .expect("served once a connection ended")
-            .unwrap();
-        assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200 OK"));
+        for b in b"GET /metrics HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if stream.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            let mut buf = [0u8; 256];
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(50), stream.read(&mut buf)).await
+            {
+                answer.extend_from_slice(&buf[..n]);
+                break;
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        let took = started.elapsed();
+        assert!(
+            String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408 "),
+            "{answer:?}"
+        );
+        assert!(took < Duration::from_secs(3), "{took:?}");
         server.stop.send(true).unwrap();
         server.task.await.unwrap().unwrap();
     }

@@ -1,32 +1,122 @@
-//! Plain-text tables for humans; commands print JSON instead when asked (`--json`).
+//! Output for humans: tables, sizes, and the one escaping function every shown name goes through.
+//!
+//! # Escaping
+//!
+//! Names come from parties this node does not trust to behave: file names on a stick, segment
+//! names chosen by a publisher, paths and reasons that quote them, strings a local client sent.
+//! Printed raw, an escape sequence could erase the line above, a newline could forge a row, and a
+//! bidi control (U+202E) could reverse what an operator reads. [`escape`] renders every such
+//! character visibly instead:
+//!
+//! | characters | shown as |
+//! |---|---|
+//! | `\n`, `\r`, `\t` | `\n`, `\r`, `\t` |
+//! | other C0 controls (U+0000–U+001F) and DEL (U+007F) | `\x1b`, `\x7f`, … |
+//! | C1 controls (U+0080–U+009F) | `\u{9b}`, … |
+//! | bidi controls U+061C, U+200E, U+200F, U+202A–U+202E, U+2066–U+2069 | `\u{202e}`, … |
+//! | line and paragraph separators U+2028, U+2029 | `\u{2028}`, `\u{2029}` |
+//!
+//! Everything else, including a backslash, is shown as it is. [`table`] escapes every cell; the
+//! commands escape every other line that shows a name, file name or path, and `main` escapes the
+//! error it prints.
+//!
+//! JSON output (`--json`) is not escaped, so that it stays lossless: the JSON encoder writes
+//! control characters as `\uXXXX`, so JSON cannot drive a terminal, but bidi controls and the
+//! separators are ordinary characters to JSON and are kept as they are. A tool that shows JSON
+//! fields to people must escape them itself.
 
-/// Renders rows under a header, each column as wide as its widest cell.
+use std::borrow::Cow;
+use std::fmt;
+
+/// Whether `c` must not reach a terminal as it is.
+fn needs_escape(c: char) -> bool {
+    matches!(c,
+        '\u{0}'..='\u{1f}'
+        | '\u{7f}'..='\u{9f}'
+        | '\u{61c}'
+        | '\u{200e}'
+        | '\u{200f}'
+        | '\u{2028}'..='\u{202e}'
+        | '\u{2066}'..='\u{2069}')
+}
+
+/// `s` with every control, bidi control and line separator rendered visibly (see the module
+/// docs); borrowed when there is nothing to escape.
+pub fn escape(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(needs_escape) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        push_escaped(&mut out, c);
+    }
+    Cow::Owned(out)
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    use std::fmt::Write as _;
+    match c {
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        // Writing into a String cannot fail.
+        '\u{0}'..='\u{1f}' | '\u{7f}' => {
+            let _ = write!(out, "\\x{:02x}", u32::from(c));
+        }
+        c if needs_escape(c) => {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        }
+        c => out.push(c),
+    }
+}
+
+/// Displays a string through [`escape`], for `format!` and log fields.
+#[derive(Debug, Clone, Copy)]
+pub struct Escaped<'a>(pub &'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&escape(self.0))
+    }
+}
+
+/// A path for a line shown to people: lossy UTF-8, escaped.
+pub fn path(p: &std::path::Path) -> String {
+    escape(&p.to_string_lossy()).into_owned()
+}
+
+/// Renders rows under a header, each column as wide as its widest cell. Every cell is escaped
+/// ([`escape`]): a cell cannot break its row or drive the terminal.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
+    let header: Vec<Cow<'_, str>> = header.iter().map(|h| escape(h)).collect();
+    let rows: Vec<Vec<Cow<'_, str>>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| escape(cell)).collect())
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
         for (i, cell) in row.iter().enumerate() {
             if let Some(w) = widths.get_mut(i) {
                 *w = (*w).max(cell.chars().count());
             }
         }
     }
-    let line = |cells: Vec<&str>| {
+    let line = |cells: &[Cow<'_, str>]| {
         let mut out = String::new();
         for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(cell);
-            } else {
-                let pad = widths[i].saturating_sub(cell.chars().count());
-                out.push_str(cell);
+            out.push_str(cell);
+            if i + 1 < cells.len() {
+                let width = widths.get(i).copied().unwrap_or(0);
+                let pad = width.saturating_sub(cell.chars().count());
                 out.push_str(&" ".repeat(pad + 2));
             }
         }
         out.trim_end().to_owned()
     };
-    let mut out = line(header.to_vec());
+    let mut out = line(&header);
     out.push('\n');
-    for row in rows {
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    for row in &rows {
+        out.push_str(&line(row));
         out.push('\n');
     }
     out
@@ -69,5 +159,52 @@ mod tests {
         assert_eq!(bytes(12), "12 B");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(5 << 30), "5.0 GiB");
+    }
+
+    #[test]
+    fn escape_renders_controls_and_bidi_visibly() {
+        let check = |input: &str, expected: &str| assert_eq!(escape(input), expected, "{input:?}");
+        check("plain name.seg", "plain name.seg");
+        check(
+            "caf\u{e9} \u{4e2d} back\\slash",
+            "caf\u{e9} \u{4e2d} back\\slash",
+        );
+        check("a\nb\rc\td", "a\\nb\\rc\\td");
+        check("\u{1b}[1A\u{1b}[2K", "\\x1b[1A\\x1b[2K");
+        check("\u{0}\u{7}\u{7f}", "\\x00\\x07\\x7f");
+        check("\u{80}\u{9b}\u{9f}\u{a0}", "\\u{80}\\u{9b}\\u{9f}\u{a0}");
+        check("evil\u{202e}gpj.seg", "evil\\u{202e}gpj.seg");
+        for c in [
+            '\u{61c}', '\u{200e}', '\u{200f}', '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}',
+            '\u{202e}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}', '\u{2028}', '\u{2029}',
+        ] {
+            let shown = escape(&c.to_string()).into_owned();
+            assert_eq!(shown, format!("\\u{{{:x}}}", u32::from(c)));
+        }
+        // Neighbours of the escaped ranges pass through.
+        for c in [
+            '\u{20}', '\u{7e}', '\u{200d}', '\u{2027}', '\u{202f}', '\u{2065}', '\u{206a}',
+        ] {
+            assert_eq!(escape(&c.to_string()), c.to_string(), "{c:?}");
+        }
+        assert!(matches!(escape("nothing to do"), Cow::Borrowed(_)));
+        assert_eq!(Escaped("a\u{1b}b").to_string(), "a\\x1bb");
+    }
+
+    #[test]
+    fn table_cells_cannot_break_rows_or_reach_the_terminal() {
+        let t = table(
+            &["file", "result"],
+            &[vec![
+                "x\u{1b}[1A\u{1b}[2K\nfake row\u{202e}.seg".into(),
+                "ok".into(),
+            ]],
+        );
+        assert_eq!(t.lines().count(), 2, "{t}");
+        assert!(!t.contains(['\u{1b}', '\u{202e}', '\r']), "{t:?}");
+        assert!(
+            t.contains("x\\x1b[1A\\x1b[2K\\nfake row\\u{202e}.seg  ok"),
+            "{t}"
+        );
     }
 }

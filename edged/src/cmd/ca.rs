@@ -15,6 +15,7 @@ use net::pki::{CA_CERT_FILE, CA_KEY_FILE, NODE_VALIDITY_DAYS_MAX};
 use net::{NodeId, PkiError};
 
 use crate::exit::{CliResult, Failure, USAGE};
+use crate::output;
 
 /// Mode of a CA directory created here.
 const CA_DIR_MODE: u32 = 0o700;
@@ -23,15 +24,15 @@ const CA_DIR_MODE: u32 = 0o700;
 pub fn init(out: &Path) -> CliResult {
     prepare_ca_dir(out)?;
     let files = net::ca_init(out).map_err(pki_failure)?;
-    println!("wrote {}", shown(&files.cert).display());
-    println!("wrote {}", shown(&files.key).display());
+    println!("wrote {}", output::path(&shown(&files.cert)));
+    println!("wrote {}", output::path(&shown(&files.key)));
     eprintln!(
         "fleet CA created. {} goes to every node ([tls] ca_cert); {} (mode 0600) signs node certificates: keep it offline, never on a node.",
         CA_CERT_FILE, CA_KEY_FILE
     );
     eprintln!(
         "next: edged ca issue --ca {} --node <node-id> --out <dir>",
-        out.display()
+        output::path(out)
     );
     Ok(())
 }
@@ -73,8 +74,8 @@ pub fn issue(ca: &Path, node: &str, out: &Path, days: u32) -> CliResult {
         )));
     }
     let (ca_cert, cert, key) = (shown(&ca_cert), shown(&files.cert), shown(&files.key));
-    eprintln!("wrote {}", cert.display());
-    eprintln!("wrote {} (mode 0600)", key.display());
+    eprintln!("wrote {}", output::path(&cert));
+    eprintln!("wrote {} (mode 0600)", output::path(&key));
     eprintln!(
         "certificate for node {node_id}, valid {days} days; copy the three files named below to the node and put this section in its edge.toml:"
     );

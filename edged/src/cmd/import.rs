@@ -1,15 +1,24 @@
 //! `edged import DIR`: USB in.
 //!
 //! Reads only regular files directly in DIR: the directory itself and every entry are examined
-//! without following symlinks, files are opened with `O_NOFOLLOW | O_NONBLOCK` (a FIFO cannot
+//! without following symlinks, and FIFOs, devices and sockets are refused from the listing
+//! alone, without being opened. Files are opened with `O_NOFOLLOW | O_NONBLOCK` (a FIFO cannot
 //! block the import) and checked again on the open descriptor, so a file swapped for a symlink
-//! between listing and opening is refused. Nothing is ever written to the medium. Every segment
-//! is verified by the store before anything is stored; importing twice changes nothing (INV-19).
+//! or a FIFO between listing and opening is refused. Nothing is ever written to the medium.
+//! Every segment is verified by the store before anything is stored; importing twice changes
+//! nothing (INV-19).
+//!
+//! Each file ends with one line of the report, whatever happens to it: a file that cannot be
+//! opened, that shrinks while it is read, or that the daemon refuses or cuts is reported as
+//! rejected with its reason, and the import goes on with the next file. Through the daemon,
+//! each file travels on a connection of its own, so a file that stops short never leaves a
+//! connection out of step for the next one.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -19,11 +28,15 @@ use store::{IngestOptions, IngestOutcome};
 
 use crate::cli::ImportArgs;
 use crate::config::Config;
+use crate::control::{Request, Response};
 use crate::exit::{CliResult, Failure};
 use crate::output;
 
 /// Largest number of directory entries examined in one import.
 pub const IMPORT_ENTRIES_MAX: usize = 100_000;
+/// After a file came up short, how long the CLI waits for the daemon's answer on that file's
+/// connection (the daemon answers as soon as it sees the end of the stream).
+pub const IMPORT_CUT_ANSWER_TIMEOUT_MS: u64 = 5_000;
 
 /// What happened to one entry of the directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -33,6 +46,14 @@ pub enum FileResult {
     AlreadyPresent { id: String },
     Rejected { reason: String },
     Skipped { reason: String },
+}
+
+impl FileResult {
+    fn rejected(reason: impl std::fmt::Display) -> FileResult {
+        FileResult::Rejected {
+            reason: reason.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -47,8 +68,9 @@ pub fn run(args: &ImportArgs) -> CliResult {
     let entries = scan(&args.dir).map_err(Failure::failed)?;
     let total: u64 = entries.iter().map(|e| e.len).sum();
     let bar = progress(total);
-    let mut target = match super::client::connect(&cfg)? {
-        Some(client) => Target::Daemon(client),
+    let target = match super::client::connect(&cfg)? {
+        // Each file opens a connection of its own; this one only told that a daemon answers.
+        Some(_probe) => Target::Daemon(&cfg),
         None => {
             let store = super::open_store_direct(&cfg)?;
             // Jobs for the peers are scheduled in the same transaction as each segment, as the
@@ -60,11 +82,11 @@ pub fn run(args: &ImportArgs) -> CliResult {
     };
     let mut lines = Vec::with_capacity(entries.len());
     for entry in entries {
-        bar.set_message(entry.name.clone());
+        bar.set_message(output::escape(&entry.name).into_owned());
         let result = match entry.kind {
-            Kind::Candidate => match &mut target {
+            Kind::Candidate => match &target {
                 Target::Direct(relay) => import_file(relay, &entry.path, &bar),
-                Target::Daemon(client) => import_through_daemon(client, &entry, &bar)?,
+                Target::Daemon(cfg) => import_through_daemon(cfg, &entry, &bar),
             },
             Kind::Skip(reason) => reason,
         };
@@ -81,57 +103,108 @@ pub fn run(args: &ImportArgs) -> CliResult {
 }
 
 /// Where segments go: the running daemon (over the control socket), or the data directory.
-enum Target {
-    Daemon(super::client::Client),
+enum Target<'a> {
+    Daemon(&'a Config),
     Direct(relay::Relay),
 }
 
-/// Streams one file to the daemon, which verifies and stores it. The daemon never opens the
-/// medium itself.
-fn import_through_daemon(
-    client: &mut super::client::Client,
-    entry: &Entry,
-    bar: &ProgressBar,
-) -> CliResult<FileResult> {
+/// The file's reason when it came up short: it shrank after its length was taken.
+fn shrank(path: &Path, read: u64, len: u64) -> String {
+    format!(
+        "{} shrank while being imported ({read} of {len} bytes read)",
+        path.display()
+    )
+}
+
+/// Streams one file to the daemon on a connection of its own; the daemon verifies and stores
+/// it. The daemon never opens the medium itself. Every outcome is a line of the report.
+fn import_through_daemon(cfg: &Config, entry: &Entry, bar: &ProgressBar) -> FileResult {
     let file = match open_regular(&entry.path) {
         Ok(f) => f,
+        Err(e) => return FileResult::rejected(format!("{e:#}")),
+    };
+    let len = match file.metadata() {
+        Ok(m) => m.len(),
         Err(e) => {
-            return Ok(FileResult::Rejected {
-                reason: format!("{e:#}"),
-            });
+            return FileResult::rejected(format!("cannot stat {}: {e}", entry.path.display()));
         }
     };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    client.send(&crate::control::Request::Import {
+    let mut client = match super::client::connect(cfg) {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            return FileResult::rejected(format!(
+                "the daemon no longer answers on {}",
+                cfg.control_socket.display()
+            ));
+        }
+        Err(f) => return FileResult::rejected(format!("{:#}", f.error)),
+    };
+    let request = Request::Import {
         file_name: entry.name.clone(),
         len,
-    })?;
-    let mut reader = Counting {
-        inner: BufReader::with_capacity(STREAM_BUF_BYTES, file).take(len),
-        bar,
     };
-    let copied = std::io::copy(&mut reader, &mut client.writer)
-        .map_err(|e| Failure::failed(anyhow::anyhow!("{}: {e}", entry.path.display())))?;
-    if copied != len {
-        // The daemon waits for the announced bytes: this connection cannot continue.
-        return Err(Failure::failed(anyhow::anyhow!(
-            "{} shrank while being imported ({copied} of {len} bytes)",
-            entry.path.display()
-        )));
+    if let Err(f) = client.send(&request) {
+        return FileResult::rejected(format!("{:#}", f.error));
     }
-    let body = match client.receive()? {
-        crate::control::Response::Ok { body } => body,
-        crate::control::Response::Error { code, message } => {
-            return Err(Failure::new(code, anyhow::anyhow!(message)));
+    let mut reader = Counting::new(
+        BufReader::with_capacity(STREAM_BUF_BYTES, file).take(len),
+        bar,
+    );
+    let copied = std::io::copy(&mut reader, &mut client.writer);
+    let sent = reader.bytes;
+    // Bytes the daemon did not need (its verdict came from the header) or that never came
+    // still count as done for the bar.
+    bar.inc(len.saturating_sub(sent));
+    match copied {
+        Ok(_) if sent == len => answer(&mut client),
+        Ok(_) => {
+            // The file shrank after its length was announced. Half-close: the daemon sees the
+            // end of the stream, stores nothing, and answers; this connection ends with it.
+            let _ = client.writer.shutdown(std::net::Shutdown::Write);
+            let _ = client
+                .writer
+                .set_read_timeout(Some(Duration::from_millis(IMPORT_CUT_ANSWER_TIMEOUT_MS)));
+            match answer(&mut client) {
+                // The header and payload were complete before the file's end moved: the daemon
+                // stored the segment, and says so.
+                imported @ FileResult::Imported { .. } => imported,
+                _ => FileResult::rejected(shrank(&entry.path, sent, len)),
+            }
         }
-        crate::control::Response::ExportStream { .. } => {
-            return Err(Failure::failed(anyhow::anyhow!(
-                "unexpected answer from the daemon"
-            )));
+        Err(e) => match reader.read_error.take() {
+            Some(read) => {
+                let _ = client.writer.shutdown(std::net::Shutdown::Write);
+                FileResult::rejected(format!("cannot read {}: {read}", entry.path.display()))
+            }
+            // Writing failed: the daemon answered before taking the whole body (its verdict
+            // needed only the header, or it refused the request) and closed. Its answer waits
+            // in this end's buffer.
+            None => match client.receive() {
+                Ok(response) => answer_of(response),
+                Err(_) => FileResult::rejected(format!("the daemon closed the connection: {e}")),
+            },
+        },
+    }
+}
+
+/// The daemon's answer to an import, as a line of the report.
+fn answer(client: &mut super::client::Client) -> FileResult {
+    match client.receive() {
+        Ok(response) => answer_of(response),
+        Err(f) => FileResult::rejected(format!("{:#}", f.error)),
+    }
+}
+
+fn answer_of(response: Response) -> FileResult {
+    let body = match response {
+        Response::Ok { body } => body,
+        Response::Error { message, .. } => return FileResult::Rejected { reason: message },
+        Response::ExportStream { .. } => {
+            return FileResult::rejected("unexpected answer from the daemon");
         }
     };
     let text = |k: &str| body[k].as_str().unwrap_or_default().to_owned();
-    Ok(match body["status"].as_str() {
+    match body["status"].as_str() {
         Some("imported") => FileResult::Imported {
             id: text("id"),
             bytes: body["bytes"].as_u64().unwrap_or(0),
@@ -140,7 +213,12 @@ fn import_through_daemon(
         _ => FileResult::Rejected {
             reason: text("reason"),
         },
-    })
+    }
+}
+
+/// The first 12 characters of an id (all of it if shorter: it came from the daemon).
+fn short(id: &str) -> String {
+    id.chars().take(12).collect()
 }
 
 fn report(lines: &[Line], json: bool) -> CliResult {
@@ -161,14 +239,10 @@ fn report(lines: &[Line], json: bool) -> CliResult {
                 FileResult::Imported { id, bytes } => vec![
                     l.file.clone(),
                     "imported".into(),
-                    format!("{} {}", &id[..12], output::bytes(*bytes)),
+                    format!("{} {}", short(id), output::bytes(*bytes)),
                 ],
                 FileResult::AlreadyPresent { id } => {
-                    vec![
-                        l.file.clone(),
-                        "already present".into(),
-                        id[..12].to_owned(),
-                    ]
+                    vec![l.file.clone(), "already present".into(), short(id)]
                 }
                 FileResult::Rejected { reason } => {
                     vec![l.file.clone(), "REJECTED".into(), reason.clone()]
@@ -218,6 +292,23 @@ struct Entry {
     kind: Kind,
 }
 
+/// Why an entry that is neither a regular file nor a directory is refused, from its listed
+/// type alone (it is never opened: opening a device can act on the hardware, and reading a
+/// FIFO takes its bytes from whoever writes them).
+fn special_file(ft: std::fs::FileType) -> Option<&'static str> {
+    if ft.is_fifo() {
+        Some("FIFO: not a regular file (not opened)")
+    } else if ft.is_char_device() {
+        Some("character device: not a regular file (not opened)")
+    } else if ft.is_block_device() {
+        Some("block device: not a regular file (not opened)")
+    } else if ft.is_socket() {
+        Some("socket: not a regular file (not opened)")
+    } else {
+        None
+    }
+}
+
 /// Lists DIR without following anything, sorted by name.
 fn scan(dir: &Path) -> anyhow::Result<Vec<Entry>> {
     let meta = dir
@@ -246,11 +337,7 @@ fn scan(dir: &Path) -> anyhow::Result<Vec<Entry>> {
         let ft = item
             .file_type()
             .with_context(|| format!("cannot stat {}", path.display()))?;
-        let rejected = |reason: &str| {
-            Kind::Skip(FileResult::Rejected {
-                reason: reason.into(),
-            })
-        };
+        let rejected = |reason: &str| Kind::Skip(FileResult::rejected(reason));
         let skipped = |reason: &str| {
             Kind::Skip(FileResult::Skipped {
                 reason: reason.into(),
@@ -259,8 +346,8 @@ fn scan(dir: &Path) -> anyhow::Result<Vec<Entry>> {
         let is_seg = name.ends_with(".seg");
         let (kind, len) = if ft.is_symlink() {
             (rejected("symlink: not followed"), 0)
-        } else if ft.is_fifo() || ft.is_block_device() || ft.is_char_device() || ft.is_socket() {
-            (rejected("not a regular file (FIFO, device or socket)"), 0)
+        } else if let Some(reason) = special_file(ft) {
+            (rejected(reason), 0)
         } else if ft.is_dir() {
             (skipped("directory (import is not recursive)"), 0)
         } else if !is_seg {
@@ -289,17 +376,22 @@ pub fn open_regular(path: &Path) -> anyhow::Result<File> {
 fn import_file(relay: &relay::Relay, path: &Path, bar: &ProgressBar) -> FileResult {
     let file = match open_regular(path) {
         Ok(f) => f,
-        Err(e) => {
-            return FileResult::Rejected {
-                reason: format!("{e:#}"),
-            };
-        }
+        Err(e) => return FileResult::rejected(format!("{e:#}")),
     };
-    let reader = Counting {
-        inner: BufReader::with_capacity(STREAM_BUF_BYTES, file),
+    let len = match file.metadata() {
+        Ok(m) => m.len(),
+        Err(e) => return FileResult::rejected(format!("cannot stat {}: {e}", path.display())),
+    };
+    let mut reader = Counting::new(
+        BufReader::with_capacity(STREAM_BUF_BYTES, file).take(len),
         bar,
-    };
-    match relay.ingest_reader(reader, &IngestOptions::import(), crate::clock::now_ms()) {
+    );
+    let result = relay.ingest_reader(
+        &mut reader,
+        &IngestOptions::import(),
+        crate::clock::now_ms(),
+    );
+    match result {
         Ok(IngestOutcome::Stored(s)) => FileResult::Imported {
             id: s.id.to_string(),
             bytes: s.row.file_len,
@@ -307,22 +399,53 @@ fn import_file(relay: &relay::Relay, path: &Path, bar: &ProgressBar) -> FileResu
         Ok(IngestOutcome::AlreadyHave { id, .. }) => {
             FileResult::AlreadyPresent { id: id.to_string() }
         }
-        Err(e) => FileResult::Rejected {
-            reason: e.to_string(),
-        },
+        Err(_) if reader.short => FileResult::rejected(shrank(path, reader.bytes, len)),
+        Err(e) => FileResult::rejected(e),
     }
 }
 
-/// Advances the progress bar as bytes are read.
+/// Reads a file for an import: advances the progress bar, counts the bytes, and remembers
+/// whether the file ended before its length (it shrank) or a read failed.
 struct Counting<'a, R> {
-    inner: R,
+    inner: std::io::Take<R>,
     bar: &'a ProgressBar,
+    bytes: u64,
+    /// The file ended before the length it had when opened.
+    short: bool,
+    read_error: Option<std::io::Error>,
+}
+
+impl<'a, R: Read> Counting<'a, R> {
+    fn new(inner: std::io::Take<R>, bar: &'a ProgressBar) -> Self {
+        Counting {
+            inner,
+            bar,
+            bytes: 0,
+            short: false,
+            read_error: None,
+        }
+    }
 }
 
 impl<R: Read> Read for Counting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.bar.inc(n as u64);
-        Ok(n)
+        match self.inner.read(buf) {
+            Ok(0) if !buf.is_empty() && self.inner.limit() > 0 => {
+                self.short = true;
+                Ok(0)
+            }
+            Ok(n) => {
+                self.bytes += n as u64;
+                self.bar.inc(n as u64);
+                Ok(n)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Err(e),
+            Err(e) => {
+                let kind = e.kind();
+                let message = e.to_string();
+                self.read_error = Some(e);
+                Err(std::io::Error::new(kind, message))
+            }
+        }
     }
 }

@@ -11,7 +11,7 @@ pub fn generate(out: &Path) -> CliResult {
     secret.save(out).map_err(Failure::failed)?;
     eprintln!(
         "secret key written to {} (mode 0600); keep it off the fleet",
-        out.display()
+        crate::output::path(out)
     );
     eprintln!("add the public key to each node's edge.toml under [publishers] trusted:");
     println!("{}", secret.public());

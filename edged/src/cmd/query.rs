@@ -1,4 +1,7 @@
 //! `edged status | peers | dlq …`: questions to the running daemon, as tables or JSON.
+//!
+//! Tables escape every cell and the other lines escape what they show ([`output::escape`]); JSON
+//! is printed as the daemon sent it.
 
 use serde_json::Value;
 
@@ -7,8 +10,8 @@ use crate::cli::{ConfigArg, DlqTarget, QueryArgs};
 use crate::clock::format_ms;
 use crate::config::Config;
 use crate::control::Request;
-use crate::exit::CliResult;
-use crate::output;
+use crate::exit::{CliResult, Failure, USAGE};
+use crate::output::{self, Escaped};
 
 fn s(v: &Value) -> String {
     match v {
@@ -92,7 +95,7 @@ pub fn status(args: &QueryArgs) -> CliResult {
     );
     if let Some(warnings) = v["warnings"].as_array() {
         for w in warnings {
-            println!("WARNING: {}", s(w));
+            println!("WARNING: {}", Escaped(&s(w)));
         }
     }
     Ok(())
@@ -213,6 +216,22 @@ pub fn dlq_list(args: &QueryArgs) -> CliResult {
 }
 
 pub fn dlq_act(target: &DlqTarget, requeue: bool) -> CliResult {
+    // Checked here for a clear message before anything is asked; the daemon checks again (the
+    // control socket is a door of its own).
+    target
+        .peer
+        .parse::<relay::PeerId>()
+        .map_err(|e| Failure::new(USAGE, anyhow::anyhow!("--peer {:?}: {e}", target.peer)))?;
+    if let Some(segment) = &target.segment {
+        store::id::parse_prefix(segment).map_err(|e| {
+            Failure::new(
+                USAGE,
+                anyhow::anyhow!(
+                    "--segment {segment:?}: {e}; omit --segment to act on every dead letter of the peer"
+                ),
+            )
+        })?;
+    }
     let request = if requeue {
         Request::DlqRequeue {
             peer: target.peer.clone(),
@@ -229,7 +248,8 @@ pub fn dlq_act(target: &DlqTarget, requeue: bool) -> CliResult {
     };
     for r in v.as_array().into_iter().flatten() {
         let seg: String = s(&r["segment"]).chars().take(12).collect();
-        println!("{seg} {} {}", s(&r["peer"]), s(&r["result"]).to_lowercase());
+        let line = format!("{seg} {} {}", s(&r["peer"]), s(&r["result"]).to_lowercase());
+        println!("{}", Escaped(&line));
     }
     Ok(())
 }

@@ -1,140 +1,597 @@
-//! The daemon's side of the control socket (protocol in [`crate::control`]).
+//! The daemon's side of the control socket (protocol and bounds in [`crate::control`]).
 //!
-//! Blocking threads, not async tasks: every request is a short read of the store or the ledger,
-//! or a streamed import/export whose disk work is blocking anyway. At most
-//! [`CONTROL_CONNECTIONS_MAX`] connections are served at once.
+//! # The socket file
+//!
+//! [`bind`] never removes what it did not make: whatever exists at `control_socket` is examined
+//! without following it. A socket nobody answers on (left by a daemon that did not stop
+//! cleanly) is removed; a socket that answers is in use (exit 4); anything else — a regular
+//! file, a directory, a symlink, a FIFO, a device — is a config error naming the key and the
+//! file (exit 3), and is left untouched. At shutdown the socket file is removed only if it is
+//! still the one this daemon bound (same device and inode).
+//!
+//! # Connections
+//!
+//! Accepting runs on the runtime; each admitted connection is served by a blocking thread
+//! (every request is a short read of the store or the ledger, or a streamed import/export whose
+//! disk work is blocking anyway). What one connection may hold is bounded in time from the
+//! first byte of a request, not by an idle gap that each byte restarts: see
+//! [`crate::control`] for the rules, [`crate::control::ControlLimits`] for the knobs and
+//! `control_io` for the bounded reads and writes. Admission keeps at most `connections_max`
+//! connections; at the cap it closes the one waiting longest for a request of its own, never
+//! one executing a request, and otherwise waits until one ends.
+//! Warnings a client can cause (bad requests, late requests, slow or cut streams, rejected
+//! imports, closed connections) go through one [`LogLimiter`], per client uid and reason.
 
-use std::io::{BufReader, Read};
-use std::os::unix::fs::PermissionsExt;
+use std::collections::BTreeMap;
+use std::io::BufReader;
+use std::net::Shutdown;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use net::logcap::LogLimiter;
 use serde_json::json;
 use store::{IngestOptions, IngestOutcome, SegmentId};
+use tokio::sync::{Notify, watch};
 
+use super::control_io::{BodyReader, RateWriter, RequestRead, read_request};
 use super::{Daemon, views};
 use crate::control::{
-    CONTROL_CONNECTIONS_MAX, CONTROL_IDLE_TIMEOUT_MS, Request, Response, read_frame, write_frame,
+    CONTROL_FILE_NAME_BYTES_MAX, CONTROL_IMPORT_BYTES_MAX, ControlLimits, Request, Response,
+    write_frame,
 };
 use crate::exit;
+use crate::output::Escaped;
 
-/// The running control server; [`ControlServer::stop`] closes it and removes the socket file.
-pub struct ControlServer {
-    path: PathBuf,
-    stopping: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// Pause after a failed `accept` (out of file descriptors, …) before the next one.
+pub const CONTROL_ACCEPT_RETRY_MS: u64 = 100;
+/// While every connection slot is executing a request, how often admission looks again even
+/// without a wake-up.
+pub const CONTROL_ADMIT_RECHECK_MS: u64 = 100;
+/// Buffer of each connection's reader, in bytes.
+pub const CONTROL_READ_BUF_BYTES: usize = 64 * 1024;
+/// Threads of connections (served, or closed and still ending) at most, as a multiple of
+/// `connections_max`: a closed connection's thread ends at its next read, but a flood of
+/// admissions must not outrun that.
+pub const CONTROL_THREADS_PER_CONNECTION_MAX: usize = 2;
+
+/// Why the control socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlSocketError {
+    /// Something that is not a socket is at the path: never removed.
+    #[error(
+        "{config}: key `control_socket`: {path} is {kind}, not a socket; it was left as it is (set control_socket to a free path)"
+    )]
+    NotASocket {
+        config: PathBuf,
+        path: PathBuf,
+        kind: &'static str,
+    },
+    /// A socket at the path answers: another process serves it.
+    #[error(
+        "{config}: key `control_socket`: {path} is in use by another process (another edged daemon?)"
+    )]
+    InUse { config: PathBuf, path: PathBuf },
+    /// A file system operation on the path failed.
+    #[error("{config}: key `control_socket`: cannot {op} {path}: {source}")]
+    Io {
+        config: PathBuf,
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
 }
 
-pub fn start(daemon: Arc<Daemon>) -> anyhow::Result<ControlServer> {
-    let path = daemon.cfg.control_socket.clone();
-    if path.exists() {
-        if UnixStream::connect(&path).is_ok() {
-            anyhow::bail!(
-                "control socket {} is in use by another process",
-                path.display()
-            );
+impl ControlSocketError {
+    /// The documented exit code: in use is "held by another process", the rest is config.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ControlSocketError::InUse { .. } => exit::BUSY,
+            _ => exit::CONFIG,
         }
-        // Left by a daemon that did not stop cleanly.
-        std::fs::remove_file(&path)
-            .with_context(|| format!("cannot remove stale control socket {}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(&path).with_context(|| format!("control_socket {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", path.display()))?;
-    let stopping = Arc::new(AtomicBool::new(false));
-    let flag = stopping.clone();
-    let thread = std::thread::Builder::new()
-        .name("edged-control".into())
-        .spawn(move || accept_loop(listener, daemon, flag))
-        .context("cannot start the control thread")?;
+}
+
+/// What a file type is, for messages.
+fn kind_of(ft: std::fs::FileType) -> &'static str {
+    if ft.is_file() {
+        "a regular file"
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// (device, inode) of what is at `path` now, if it is a socket; never follows a symlink.
+fn socket_ident(path: &Path) -> Option<(u64, u64)> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    meta.file_type()
+        .is_socket()
+        .then(|| (meta.dev(), meta.ino()))
+}
+
+/// The bound control socket, not yet served. Dropping it removes the socket file if it is
+/// still the one bound here.
+#[derive(Debug)]
+pub struct BoundSocket {
+    path: PathBuf,
+    ident: (u64, u64),
+    listener: Option<UnixListener>,
+}
+
+impl BoundSocket {
+    /// Removes the socket file if it is still ours (same device and inode): a file someone put
+    /// at the path since is not ours to remove.
+    fn remove_if_ours(&self) {
+        let path = Escaped(&self.path.to_string_lossy()).to_string();
+        if socket_ident(&self.path) == Some(self.ident) {
+            let _ = std::fs::remove_file(&self.path);
+        } else if std::fs::symlink_metadata(&self.path).is_ok() {
+            tracing::warn!(
+                path = %path,
+                "control socket file was replaced while the daemon ran; left as it is"
+            );
+        } else {
+            tracing::debug!(path = %path, "control socket file already gone");
+        }
+    }
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        self.remove_if_ours();
+    }
+}
+
+/// Examines `cfg.control_socket` (without following it), removes only a stale socket, and binds
+/// a new one with mode 0600.
+pub fn bind(cfg: &crate::config::Config) -> Result<BoundSocket, ControlSocketError> {
+    let path = cfg.control_socket.clone();
+    let io = |op: &'static str| {
+        let (config, path) = (cfg.path.clone(), path.clone());
+        move |source| ControlSocketError::Io {
+            config,
+            path,
+            op,
+            source,
+        }
+    };
+    match std::fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("examine")(e)),
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(ControlSocketError::NotASocket {
+                config: cfg.path.clone(),
+                path,
+                kind: kind_of(meta.file_type()),
+            });
+        }
+        Ok(_) => match UnixStream::connect(&path) {
+            Ok(_) => {
+                return Err(ControlSocketError::InUse {
+                    config: cfg.path.clone(),
+                    path,
+                });
+            }
+            // Nobody listens: left by a daemon that did not stop cleanly.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(&path).map_err(io("remove the stale socket"))?;
+                tracing::info!(path = %Escaped(&path.to_string_lossy()), "stale control socket removed");
+            }
+            Err(e) => return Err(io("probe the socket")(e)),
+        },
+    }
+    let listener = UnixListener::bind(&path).map_err(io("bind"))?;
+    let ident = socket_ident(&path).ok_or_else(|| {
+        io("examine the bound socket")(std::io::Error::other("it is gone or not a socket"))
+    })?;
+    let socket = BoundSocket {
+        path: path.clone(),
+        ident,
+        listener: Some(listener),
+    };
+    // On failure `socket` is dropped, which removes the file bound above.
+    std::fs::set_permissions(&socket.path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("restrict the permissions of"))?;
+    Ok(socket)
+}
+
+/// The running control server; [`ControlServer::stop`] ends it and removes the socket file.
+#[derive(Debug)]
+pub struct ControlServer {
+    socket: BoundSocket,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts serving `socket` until `stop` becomes true.
+pub fn start(
+    mut socket: BoundSocket,
+    daemon: Arc<Daemon>,
+    stop: watch::Receiver<bool>,
+) -> Result<ControlServer, ControlSocketError> {
+    let io = |op: &'static str| {
+        let (config, path) = (daemon.cfg.path.clone(), socket.path.clone());
+        move |source| ControlSocketError::Io {
+            config,
+            path,
+            op,
+            source,
+        }
+    };
+    let listener = socket
+        .listener
+        .take()
+        .ok_or_else(|| io("serve")(std::io::Error::other("the socket is already being served")))?;
+    listener.set_nonblocking(true).map_err(io("serve"))?;
+    let listener = tokio::net::UnixListener::from_std(listener).map_err(io("serve"))?;
+    let shared = Arc::new(Shared::new(daemon.cfg.control));
+    let task = tokio::spawn(accept_loop(listener, daemon, shared.clone(), stop));
     Ok(ControlServer {
-        path,
-        stopping,
-        thread: Some(thread),
+        socket,
+        shared,
+        task,
     })
 }
 
 impl ControlServer {
-    pub fn stop(mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        // Wake the accept loop. If the socket file was removed meanwhile, nothing can reach the
-        // listener any more: leave its thread (it ends with the process) instead of waiting on
-        // it forever.
-        let woken = UnixStream::connect(&self.path).is_ok();
-        if let Some(t) = self.thread.take().filter(|_| woken) {
-            let _ = t.join();
+    /// Stops accepting (the stop signal must have been sent), closes every connection, waits
+    /// at most `grace` for their threads to end, and removes the socket file if it is ours.
+    pub async fn stop(self, grace: Duration) {
+        let ControlServer {
+            socket,
+            shared,
+            task,
+        } = self;
+        let _ = task.await;
+        shared.close_all();
+        let deadline = Instant::now() + grace;
+        while shared.threads() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let _ = std::fs::remove_file(&self.path);
+        // Removes the file if it is still ours.
+        drop(socket);
     }
 }
 
-fn accept_loop(listener: UnixListener, daemon: Arc<Daemon>, stopping: Arc<AtomicBool>) {
-    let active = Arc::new(AtomicUsize::new(0));
-    for conn in listener.incoming() {
-        if stopping.load(Ordering::SeqCst) {
-            return;
+// ---------------------------------------------------------------------------------------------
+// Admission.
+
+/// State shared by the accept task and the connection threads.
+#[derive(Debug)]
+struct Shared {
+    limits: ControlLimits,
+    conns: Mutex<Conns>,
+    /// A connection ended or started waiting for a request: admission may find room.
+    changed: Notify,
+    /// Imports and exports streaming now.
+    streams: AtomicUsize,
+    log: LogLimiter,
+}
+
+#[derive(Debug, Default)]
+struct Conns {
+    next_id: u64,
+    /// Admitted connections, by admission order.
+    live: BTreeMap<u64, Conn>,
+    /// Connection threads still running, admitted or closed.
+    threads: usize,
+}
+
+#[derive(Debug)]
+struct Conn {
+    /// A handle on the socket, to close it from outside its thread.
+    stream: UnixStream,
+    who: String,
+    /// Since when it waits for a request of its own (idle, or still sending its frame); `None`
+    /// while a request is executed.
+    waiting_since: Option<Instant>,
+}
+
+/// What admitting a connection gave.
+enum Admit {
+    /// Admitted under this id; `shed` names the client of a connection closed to make room.
+    In { id: u64, shed: Option<String> },
+    /// Every slot executes a request: wait until one ends or starts waiting.
+    Full,
+}
+
+impl Shared {
+    fn new(limits: ControlLimits) -> Shared {
+        Shared {
+            limits,
+            conns: Mutex::new(Conns::default()),
+            changed: Notify::new(),
+            streams: AtomicUsize::new(0),
+            log: LogLimiter::default(),
         }
-        let Ok(mut conn) = conn else { continue };
-        if active.fetch_add(1, Ordering::SeqCst) >= CONTROL_CONNECTIONS_MAX {
-            active.fetch_sub(1, Ordering::SeqCst);
-            let _ = write_frame(
-                &mut conn,
-                &Response::Error {
-                    code: exit::BUSY,
-                    message: "too many control connections; try again".into(),
-                },
-            );
-            continue;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Conns> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits `stream`, closing the connection that has waited longest for a request when
+    /// every slot is taken.
+    fn admit(&self, stream: &UnixStream, who: &str) -> std::io::Result<Admit> {
+        let mut conns = self.lock();
+        let threads_max = self.limits.connections_max * CONTROL_THREADS_PER_CONNECTION_MAX;
+        if conns.threads >= threads_max {
+            return Ok(Admit::Full);
         }
-        let daemon = daemon.clone();
-        let active = active.clone();
+        let mut shed = None;
+        if conns.live.len() >= self.limits.connections_max {
+            let victim = conns
+                .live
+                .iter()
+                .filter_map(|(id, c)| c.waiting_since.map(|since| (since, *id)))
+                .min();
+            let Some((_, victim)) = victim else {
+                return Ok(Admit::Full);
+            };
+            if let Some(c) = conns.live.remove(&victim) {
+                let _ = c.stream.shutdown(Shutdown::Both);
+                shed = Some(c.who);
+            }
+        }
+        let handle = stream.try_clone()?;
+        let id = conns.next_id;
+        conns.next_id += 1;
+        conns.live.insert(
+            id,
+            Conn {
+                stream: handle,
+                who: who.to_owned(),
+                waiting_since: Some(Instant::now()),
+            },
+        );
+        conns.threads += 1;
+        Ok(Admit::In { id, shed })
+    }
+
+    /// Marks `id` as waiting for its next request; false if it was closed meanwhile.
+    fn set_waiting(&self, id: u64) -> bool {
+        let present = match self.lock().live.get_mut(&id) {
+            Some(c) => {
+                c.waiting_since = Some(Instant::now());
+                true
+            }
+            None => false,
+        };
+        self.changed.notify_one();
+        present
+    }
+
+    /// Marks `id` as executing a request (not to be closed for room); false if it was closed
+    /// meanwhile.
+    fn set_executing(&self, id: u64) -> bool {
+        match self.lock().live.get_mut(&id) {
+            Some(c) => {
+                c.waiting_since = None;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The thread of `id` ends.
+    fn leave(&self, id: u64) {
+        {
+            let mut conns = self.lock();
+            conns.live.remove(&id);
+            conns.threads = conns.threads.saturating_sub(1);
+        }
+        self.changed.notify_one();
+    }
+
+    fn threads(&self) -> usize {
+        self.lock().threads
+    }
+
+    /// Closes every connection (shutdown): their threads end at their next read or write.
+    fn close_all(&self) {
+        for c in self.lock().live.values() {
+            let _ = c.stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// A slot for an import or export, if fewer than `streams_max` run.
+    fn stream_slot(&self) -> Option<StreamSlot<'_>> {
+        let taken = self
+            .streams
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.limits.streams_max).then_some(n + 1)
+            });
+        // Built only when taken: dropping a slot gives one back.
+        taken.is_ok().then(|| StreamSlot(self))
+    }
+}
+
+/// One of the `streams_max` stream slots, released when dropped.
+struct StreamSlot<'a>(&'a Shared);
+
+impl Drop for StreamSlot<'_> {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Leaves the registry when a connection thread ends, however it ends.
+struct Leave<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.shared.leave(self.id);
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::UnixListener,
+    daemon: Arc<Daemon>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _addr)) => stream,
+            Err(e) => {
+                net::warn_limited!(shared.log, "accept", "accept_failed", error = %e, "control socket: accept failed");
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    () = tokio::time::sleep(Duration::from_millis(CONTROL_ACCEPT_RETRY_MS)) => {}
+                }
+                continue;
+            }
+        };
+        // The socket is 0600, so this is the daemon's own user or root; the uid still tells
+        // clients apart in the logs and in the log budget.
+        let who = stream
+            .peer_cred()
+            .map(|c| format!("uid {}", c.uid()))
+            .unwrap_or_else(|_| "unknown".into());
+        let stream = match stream.into_std().and_then(|s| {
+            s.set_nonblocking(false)?;
+            Ok(s)
+        }) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "control connection unusable");
+                continue;
+            }
+        };
+        let id = loop {
+            match shared.admit(&stream, &who) {
+                Ok(Admit::In { id, shed }) => {
+                    if let Some(victim) = shed {
+                        net::warn_limited!(
+                            shared.log,
+                            &victim,
+                            "shed",
+                            client = %victim,
+                            "control socket: every connection slot taken; closed the connection that waited longest for a request"
+                        );
+                    }
+                    break Some(id);
+                }
+                Ok(Admit::Full) => {
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return,
+                        () = shared.changed.notified() => {}
+                        () = tokio::time::sleep(Duration::from_millis(CONTROL_ADMIT_RECHECK_MS)) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "control connection unusable");
+                    break None;
+                }
+            }
+        };
+        let Some(id) = id else { continue };
+        let (d, s) = (daemon.clone(), shared.clone());
         let spawned = std::thread::Builder::new()
             .name("edged-control-conn".into())
-            .spawn(move || {
-                serve_connection(conn, &daemon);
-                active.fetch_sub(1, Ordering::SeqCst);
-            });
+            .spawn(move || serve_connection(&d, &s, id, stream, &who));
         if spawned.is_err() {
+            shared.leave(id);
             tracing::error!("cannot start a control connection thread");
         }
     }
 }
 
-fn serve_connection(conn: UnixStream, daemon: &Daemon) {
-    let timeout = Some(Duration::from_millis(CONTROL_IDLE_TIMEOUT_MS));
-    let _ = conn.set_read_timeout(timeout);
-    let _ = conn.set_write_timeout(timeout);
-    let Ok(mut writer) = conn.try_clone() else {
+// ---------------------------------------------------------------------------------------------
+// Serving one connection.
+
+fn serve_connection(daemon: &Daemon, shared: &Shared, id: u64, conn: UnixStream, who: &str) {
+    let _leave = Leave { shared, id };
+    let limits = shared.limits;
+    let Ok(writer) = conn.try_clone() else {
         return;
     };
-    let mut reader = BufReader::new(conn);
+    let respond =
+        |response: &Response| write_frame(&mut RateWriter::new(&writer, &limits), response).is_ok();
+    let mut reader = BufReader::with_capacity(CONTROL_READ_BUF_BYTES, conn);
     loop {
-        let request: Request = match read_frame(&mut reader) {
-            Ok(Some(r)) => r,
-            Ok(None) => return,
-            Err(e) => {
-                let _ = write_frame(
-                    &mut writer,
-                    &Response::Error {
-                        code: exit::USAGE,
-                        message: format!("bad control request: {e}"),
-                    },
+        if !shared.set_waiting(id) {
+            return;
+        }
+        let request = match read_request(&mut reader, &limits) {
+            RequestRead::Request(r) => r,
+            RequestRead::Closed => return,
+            RequestRead::Idle => {
+                tracing::debug!(client = who, "control connection idle; closed");
+                return;
+            }
+            RequestRead::Late => {
+                net::warn_limited!(
+                    shared.log,
+                    who,
+                    "request_late",
+                    client = who,
+                    deadline_ms = limits.request_deadline_ms,
+                    "control socket: request not complete by its deadline; connection closed"
                 );
+                respond(&failed(
+                    exit::USAGE,
+                    format!(
+                        "request not complete within {} ms of its first byte",
+                        limits.request_deadline_ms
+                    ),
+                ));
+                return;
+            }
+            RequestRead::Bad(why) => {
+                net::warn_limited!(
+                    shared.log,
+                    who,
+                    "bad_request",
+                    client = who,
+                    why = %Escaped(&why),
+                    "control socket: bad request; connection closed"
+                );
+                respond(&failed(exit::USAGE, format!("bad control request: {why}")));
                 return;
             }
         };
+        if !shared.set_executing(id) {
+            return;
+        }
         let keep_going = match request {
-            Request::Export { id } => export(daemon, &id, &mut writer),
-            Request::Import { file_name, len } => {
-                let response = import(daemon, &file_name, len, &mut reader);
-                write_frame(&mut writer, &response).is_ok()
-            }
-            other => write_frame(&mut writer, &answer(daemon, other)).is_ok(),
+            Request::Import { file_name, len } => match shared.stream_slot() {
+                Some(_slot) => {
+                    let (response, keep) =
+                        import(daemon, shared, who, &file_name, len, &mut reader);
+                    respond(&response) && keep
+                }
+                None => {
+                    // The body that follows is not read: answer and close.
+                    respond(&busy(&limits));
+                    false
+                }
+            },
+            Request::Export { id } => match shared.stream_slot() {
+                Some(_slot) => export(daemon, &id, &mut RateWriter::new(&writer, &limits)),
+                None => respond(&busy(&limits)),
+            },
+            other => respond(&answer(daemon, other)),
         };
         if !keep_going {
             return;
@@ -153,6 +610,16 @@ fn failed(code: u8, e: impl std::fmt::Display) -> Response {
     }
 }
 
+fn busy(limits: &ControlLimits) -> Response {
+    failed(
+        exit::FAILED,
+        format!(
+            "the daemon already runs {} imports and exports (control.streams_max); try again",
+            limits.streams_max
+        ),
+    )
+}
+
 fn answer(d: &Daemon, request: Request) -> Response {
     let result = match request {
         Request::Status => views::status(d).map(ok),
@@ -169,32 +636,54 @@ fn answer(d: &Daemon, request: Request) -> Response {
     result.unwrap_or_else(|e| failed(exit::FAILED, format!("{e:#}")))
 }
 
+/// Requeues or purges the dead letters of `peer`: all of them, or those of the one segment
+/// `segment` names (a prefix of at least [`store::limits::ID_PREFIX_HEX_MIN`] hex characters,
+/// as everywhere else; one that matches several segments is refused as ambiguous).
 fn dlq(d: &Daemon, peer: &str, segment: Option<&str>, requeue: bool) -> anyhow::Result<Response> {
     let peer: relay::PeerId = match peer.parse() {
         Ok(p) => p,
-        Err(e) => return Ok(failed(exit::USAGE, format!("--peer {peer}: {e}"))),
+        Err(e) => return Ok(failed(exit::USAGE, format!("--peer {peer:?}: {e}"))),
+    };
+    let prefix = match segment.map(store::id::parse_prefix).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            let given = segment.unwrap_or_default();
+            return Ok(failed(exit::USAGE, format!("--segment {given:?}: {e}")));
+        }
     };
     let now = crate::clock::now_ms();
-    let letters = d.relay.dead_letters()?;
-    let mut keys: Vec<relay::JobKey> = letters
+    let mut keys: Vec<relay::JobKey> = d
+        .relay
+        .dead_letters()?
         .into_iter()
         .filter(|l| l.key.peer == peer)
-        .filter(|l| {
-            segment.is_none_or(|s| l.key.seg.to_string().starts_with(&s.to_ascii_lowercase()))
-        })
+        .filter(|l| prefix.is_none_or(|p| p.matches(&l.key.seg)))
         .map(|l| l.key)
         .collect();
+    keys.sort();
     keys.dedup();
     if keys.is_empty() {
         return Ok(failed(
             exit::FAILED,
             format!(
                 "no dead letter for peer {peer}{}",
-                segment
-                    .map(|s| format!(" and segment {s}"))
+                prefix
+                    .map(|p| format!(" and segment {p}"))
                     .unwrap_or_default()
             ),
         ));
+    }
+    if let Some(p) = prefix {
+        let segments: std::collections::BTreeSet<SegmentId> = keys.iter().map(|k| k.seg).collect();
+        if segments.len() > 1 {
+            return Ok(failed(
+                exit::FAILED,
+                format!(
+                    "segment prefix {p} matches {} dead letters of peer {peer}; give more characters",
+                    segments.len()
+                ),
+            ));
+        }
     }
     let mut done = Vec::new();
     for key in keys {
@@ -240,30 +729,87 @@ fn select(
     Ok(ok(json!(chosen)))
 }
 
-/// Stores `len` bytes of a `.seg` stream read from the control connection. Whatever happens,
-/// exactly `len` bytes are consumed so the connection stays in step.
-fn import<R: Read>(d: &Daemon, file_name: &str, len: u64, reader: &mut R) -> Response {
-    let mut limited = reader.take(len);
+/// Stores the `len` bytes of a `.seg` stream that follow an `Import` request. Returns the answer
+/// and whether the connection can carry another request: only if the whole body was read
+/// (otherwise the rest of it is still on its way, and the connection is closed after the
+/// answer). An import cut by the client (it closed early or sent too slowly) reached no verdict:
+/// it is answered as cut, stores nothing and is not counted as received (INV-26).
+fn import(
+    d: &Daemon,
+    shared: &Shared,
+    who: &str,
+    file_name: &str,
+    len: u64,
+    reader: &mut BufReader<UnixStream>,
+) -> (Response, bool) {
+    if file_name.len() > CONTROL_FILE_NAME_BYTES_MAX {
+        net::warn_limited!(
+            shared.log,
+            who,
+            "import_name_too_long",
+            client = who,
+            bytes = file_name.len(),
+            "control socket: import with an oversized file name refused"
+        );
+        return (
+            failed(
+                exit::USAGE,
+                format!(
+                    "a file name of {} bytes is longer than {CONTROL_FILE_NAME_BYTES_MAX}",
+                    file_name.len()
+                ),
+            ),
+            false,
+        );
+    }
+    let file = Escaped(file_name);
+    if len > CONTROL_IMPORT_BYTES_MAX {
+        net::warn_limited!(shared.log, who, "import_too_large", client = who, file = %file, len, "control socket: import larger than any segment refused");
+        return (
+            failed(
+                exit::USAGE,
+                format!(
+                    "an import of {len} bytes is larger than any segment ({CONTROL_IMPORT_BYTES_MAX} bytes)"
+                ),
+            ),
+            false,
+        );
+    }
+    let mut body = match BodyReader::new(reader, len, &shared.limits) {
+        Ok(b) => b,
+        Err(e) => return (failed(exit::FAILED, e), false),
+    };
     let now = crate::clock::now_ms();
     let result = d
         .relay
-        .ingest_reader(&mut limited, &IngestOptions::import(), now);
-    // Drain what the ingest did not read (a rejected header, a file longer than declared).
-    let _ = std::io::copy(&mut limited, &mut std::io::sink());
-    match result {
-        Ok(IngestOutcome::Stored(s)) => {
+        .ingest_reader(&mut body, &IngestOptions::import(), now);
+    let whole = body.left == 0;
+    let cut = body.cut.take();
+    match (result, cut) {
+        (Ok(IngestOutcome::Stored(s)), _) => {
             d.counters.count_stored();
-            tracing::info!(seg_id = %s.id, file = file_name, bytes = s.row.file_len, "segment imported");
-            ok(json!({ "status": "imported", "id": s.id.to_string(), "bytes": s.row.file_len }))
+            tracing::info!(seg_id = %s.id, file = %file, bytes = s.row.file_len, "segment imported");
+            let response = ok(
+                json!({ "status": "imported", "id": s.id.to_string(), "bytes": s.row.file_len }),
+            );
+            (response, whole)
         }
-        Ok(IngestOutcome::AlreadyHave { id, .. }) => {
+        (Ok(IngestOutcome::AlreadyHave { id, .. }), _) => {
             d.counters.count_duplicate();
-            ok(json!({ "status": "already_present", "id": id.to_string() }))
+            let response = ok(json!({ "status": "already_present", "id": id.to_string() }));
+            (response, whole)
         }
-        Err(e) => {
+        (Err(_), Some(cut)) => {
+            net::warn_limited!(shared.log, who, "import_cut", client = who, file = %file, why = %cut, "control socket: import cut before its verdict; nothing stored");
+            (failed(exit::FAILED, format!("import cut: {cut}")), false)
+        }
+        (Err(e), None) => {
             d.counters.count_rejected(reject_reason(&e));
-            tracing::warn!(file = file_name, error = %e, "import rejected");
-            ok(json!({ "status": "rejected", "reason": e.to_string() }))
+            net::warn_limited!(shared.log, who, "import_rejected", client = who, file = %file, error = %Escaped(&e.to_string()), "import rejected");
+            (
+                ok(json!({ "status": "rejected", "reason": e.to_string() })),
+                whole,
+            )
         }
     }
 }
@@ -311,8 +857,91 @@ fn export<W: std::io::Write>(d: &Daemon, id: &str, writer: &mut W) -> bool {
     match reader.copy_to(writer, now) {
         Ok(_) => true,
         Err(e) => {
-            tracing::error!(seg_id = id, error = %e, "export stream failed");
+            tracing::error!(seg_id = %Escaped(id), error = %e, "export stream failed");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    #[test]
+    fn admission_sheds_the_longest_waiting_and_never_an_executing_request() {
+        let shared = Shared::new(ControlLimits {
+            connections_max: 2,
+            ..ControlLimits::default()
+        });
+        let (a, mut a_client) = UnixStream::pair().unwrap();
+        let (b, _b_client) = UnixStream::pair().unwrap();
+        let admitted = |s: &UnixStream, who: &str| match shared.admit(s, who).unwrap() {
+            Admit::In { id, shed } => (id, shed),
+            Admit::Full => panic!("{who} not admitted"),
+        };
+        let (a_id, shed) = admitted(&a, "a");
+        assert_eq!(shed, None);
+        std::thread::sleep(Duration::from_millis(5));
+        let (b_id, shed) = admitted(&b, "b");
+        assert_eq!(shed, None);
+        // Both wait for a request: the third client closes the one waiting longest (a).
+        let (c, _c_client) = UnixStream::pair().unwrap();
+        let (c_id, shed) = admitted(&c, "c");
+        assert_eq!(shed.as_deref(), Some("a"));
+        a_client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(a_client.read(&mut [0u8; 1]).unwrap(), 0, "a was shut down");
+        assert!(!shared.set_waiting(a_id), "a learns it was closed");
+        // While b and c execute requests, nobody is closed: the next client waits.
+        assert!(shared.set_executing(b_id) && shared.set_executing(c_id));
+        let (d, _d_client) = UnixStream::pair().unwrap();
+        assert!(matches!(shared.admit(&d, "d").unwrap(), Admit::Full));
+        // c goes back to waiting for its next request: it may now make room.
+        assert!(shared.set_waiting(c_id));
+        let (_, shed) = admitted(&d, "d");
+        assert_eq!(shed.as_deref(), Some("c"));
+        // Threads of closed connections still count until they end, within a bound.
+        assert_eq!(shared.threads(), 4);
+        shared.leave(a_id);
+        shared.leave(c_id);
+        assert_eq!(shared.threads(), 2);
+    }
+
+    #[test]
+    fn admission_waits_while_closed_connections_still_end() {
+        let shared = Shared::new(ControlLimits {
+            connections_max: 1,
+            ..ControlLimits::default()
+        });
+        let mut pairs = Vec::new();
+        for i in 0..CONTROL_THREADS_PER_CONNECTION_MAX {
+            let (s, c) = UnixStream::pair().unwrap();
+            assert!(matches!(
+                shared.admit(&s, &i.to_string()).unwrap(),
+                Admit::In { .. }
+            ));
+            pairs.push((s, c));
+        }
+        // Each admission shed the one before; their threads have not ended yet.
+        let (s, _c) = UnixStream::pair().unwrap();
+        assert!(matches!(shared.admit(&s, "late").unwrap(), Admit::Full));
+    }
+
+    #[test]
+    fn stream_slots_bound_imports_and_exports() {
+        let shared = Shared::new(ControlLimits {
+            streams_max: 2,
+            ..ControlLimits::default()
+        });
+        let first = shared.stream_slot().expect("first");
+        let second = shared.stream_slot().expect("second");
+        assert!(shared.stream_slot().is_none(), "a third stream waits");
+        drop(first);
+        let third = shared.stream_slot().expect("a slot was released");
+        drop((second, third));
+        assert_eq!(shared.streams.load(Ordering::SeqCst), 0);
     }
 }

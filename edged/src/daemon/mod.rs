@@ -1,12 +1,14 @@
 //! `edged run`: the daemon.
 //!
-//! Wiring, in start order: the store (recovering from any crash), the relay ledger (cancelling
-//! jobs of peers no longer configured), the QUIC node (hooks into the relay), the relay's
-//! executor (transfers through the node), the control socket, the metrics endpoint, and the
-//! housekeeping timer. SIGTERM or SIGINT stops them in reverse: no new transfers, in-flight ones
+//! Wiring, in start order: the store (recovering from any crash), the control socket's file
+//! (bound now, so a bad `control_socket` stops the start before anything runs; served later),
+//! the relay ledger (cancelling jobs of peers no longer configured), the QUIC node (hooks into
+//! the relay), the relay's executor (transfers through the node), the control server, the
+//! metrics endpoint, and the housekeeping timer. SIGTERM or SIGINT stops them in reverse: no new transfers, in-flight ones
 //! cut and their attempts refunded, partials checkpointed by the network layer, the committer
 //! drained. Nothing acknowledged is lost: acknowledgements only ever follow a commit.
 
+mod control_io;
 mod control_server;
 mod views;
 pub mod wiring;
@@ -37,8 +39,9 @@ pub const CLOCK_JUMP_WARN_MS: i64 = 2_000;
 pub const RUNTIME_WORKERS: usize = 2;
 
 /// Counters of the segments that reached a verdict here, from peers or imports (INV-26):
-/// received = stored + duplicate + rejected (by reason). Offers answered "busy" and transfers
-/// cut before a verdict are not received: the sender tries again.
+/// received = stored + duplicate + rejected (by reason). Offers answered "busy", transfers cut
+/// before a verdict and imports cut by their client (it closed early or sent too slowly) are
+/// not received: no verdict was reached, and the sender tries again.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub received: AtomicU64,
@@ -115,6 +118,15 @@ pub fn run(args: &RunArgs) -> CliResult {
 async fn serve(cfg: Config) -> CliResult {
     let now = crate::clock::now_ms();
     let store = crate::cmd::open_store_direct(&cfg)?;
+    // After the store's lock (a second daemon on this data dir stops there, before touching the
+    // socket) and before anything that would have to be stopped.
+    let control_socket = match control_server::bind(&cfg) {
+        Ok(socket) => socket,
+        Err(e) => {
+            store.close();
+            return Err(Failure::new(e.exit_code(), e));
+        }
+    };
     let identity = net::load_node_identity(&cfg.tls.ca_cert, &cfg.tls.node_cert, &cfg.tls.node_key)
         .map_err(|e| {
             Failure::new(
@@ -163,7 +175,8 @@ async fn serve(cfg: Config) -> CliResult {
         let _ = exec_stop.wait_for(|stop| *stop).await;
     }));
 
-    let control = control_server::start(daemon.clone()).map_err(|e| Failure::new(CONFIG, e))?;
+    let control = control_server::start(control_socket, daemon.clone(), stop_rx.clone())
+        .map_err(|e| Failure::new(e.exit_code(), e))?;
 
     let metrics = match cfg.metrics_addr {
         Some(addr) => {
@@ -188,7 +201,7 @@ async fn serve(cfg: Config) -> CliResult {
         node_id = %cfg.node_id,
         listen_addr = %cfg.listen_addr,
         peers = cfg.known_peers.len(),
-        control_socket = %cfg.control_socket.display(),
+        control_socket = %crate::output::Escaped(&cfg.control_socket.to_string_lossy()),
         "edged started"
     );
 
@@ -206,7 +219,7 @@ async fn serve(cfg: Config) -> CliResult {
     }
     node.shutdown(Duration::from_millis(SHUTDOWN_GRACE_MS))
         .await;
-    control.stop();
+    control.stop(Duration::from_millis(SHUTDOWN_GRACE_MS)).await;
     housekeeping.abort();
     if let Some(m) = metrics {
         m.abort();

@@ -5,6 +5,9 @@
 //! message carries the tail of each node's log, and every daemon is SIGKILLed and reaped when
 //! the fleet is dropped, also on panic. Every wait is bounded in time; every CLI call too.
 
+// Each test file uses a part of these helpers.
+#![allow(dead_code)]
+
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -246,11 +249,12 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Per-node settings: the `[relay]` and `[net]` keys written into its config.
+/// Per-node settings: the `[relay]`, `[net]` and `[control]` keys written into its config.
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
     pub relay: BTreeMap<&'static str, String>,
     pub net: BTreeMap<&'static str, String>,
+    pub control: BTreeMap<&'static str, String>,
     pub metrics: bool,
 }
 
@@ -271,6 +275,7 @@ impl Default for NodeOptions {
         NodeOptions {
             relay: relay.iter().map(|(k, v)| (*k, v.to_string())).collect(),
             net: net.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+            control: BTreeMap::new(),
             metrics: false,
         }
     }
@@ -284,6 +289,11 @@ impl NodeOptions {
 
     pub fn net(mut self, key: &'static str, value: impl ToString) -> Self {
         self.net.insert(key, value.to_string());
+        self
+    }
+
+    pub fn control(mut self, key: &'static str, value: impl ToString) -> Self {
+        self.control.insert(key, value.to_string());
         self
     }
 
@@ -392,7 +402,11 @@ impl Fleet {
                 text,
                 "[publishers]\ntrusted = [\"{publisher}\"]\n[store]\nceiling_bytes = 2147483648\nmin_free_bytes = 0\n"
             );
-            for (section, keys) in [("relay", &opts.relay), ("net", &opts.net)] {
+            for (section, keys) in [
+                ("relay", &opts.relay),
+                ("net", &opts.net),
+                ("control", &opts.control),
+            ] {
                 let _ = writeln!(text, "[{section}]");
                 for (k, v) in keys {
                     let _ = writeln!(text, "{k} = {v}");
@@ -480,6 +494,13 @@ impl Fleet {
     /// Starts node `i`'s daemon (JSON logs appended to its log file) and waits until its
     /// control socket answers.
     pub fn start(&mut self, i: usize) {
+        let socket = self.nodes[i - 1].control_socket();
+        self.start_waiting_on(i, &socket);
+    }
+
+    /// [`Fleet::start`] for a node whose config names another control socket: waits until
+    /// `socket` answers.
+    pub fn start_waiting_on(&mut self, i: usize, socket: &Path) {
         assert!(self.nodes[i - 1].child.is_none(), "node-{i} already runs");
         let node = &self.nodes[i - 1];
         let log = std::fs::OpenOptions::new()
@@ -497,7 +518,6 @@ impl Fleet {
             .stderr(err)
             .spawn()
             .expect("spawn edged run");
-        let socket = node.control_socket();
         self.nodes[i - 1].child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -509,7 +529,7 @@ impl Fleet {
                 self.nodes[i - 1].child = None;
                 self.fail(format!("node-{i} exited at start with {status}"));
             }
-            if UnixStream::connect(&socket).is_ok() {
+            if UnixStream::connect(socket).is_ok() {
                 return;
             }
             if Instant::now() >= deadline {
