@@ -177,7 +177,8 @@ fn inv_26_received_reconciles_after_imports_of_every_kind_and_a_peer_duplicate()
         ("bad_signature", 1),
         ("untrusted_publisher", 1),
         ("hash_mismatch", 1),
-        ("malformed", 2), // the truncated file and the one that is no segment at all
+        ("length_mismatch", 1), // the truncated file, refused before anything was reserved
+        ("malformed", 1),       // the one that is no segment at all
     ]
     .into_iter()
     .map(|(reason, n)| {

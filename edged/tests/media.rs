@@ -316,6 +316,49 @@ fn inv_01_inv_24_signature_flipped_at_rest_is_not_exported_and_is_quarantined() 
     assert!(!listed.contains(&s.id), "{listed}");
 }
 
+/// A payload byte that went bad at rest is found while the daemon streams the segment: that
+/// segment fails (and is quarantined), the export goes on with the others on a new connection.
+#[test]
+fn inv_02_inv_24_payload_corrupt_at_rest_fails_only_its_segment_through_the_daemon() {
+    let mut s = Setup::new();
+    let stick = s.f.path("stick2");
+    std::fs::create_dir(&stick).unwrap();
+    let (_, other) = s.f.make_segment("other", MIB / 2, &stick);
+    let o = cli(&s.f, &["import", p(&stick)]);
+    s.f.check(o.status.success(), || format!("import: {}", stderr(&o)));
+    s.f.start(1);
+    let stored = s.stored_file();
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&stored, bytes).unwrap();
+    let o = cli(&s.f, &["export", "--to", p(&s.usb), "--all"]);
+    s.f.check(o.status.code() == Some(1), || {
+        format!("export: {} {} {}", o.status, stdout(&o), stderr(&o))
+    });
+    s.f.check(stdout(&o).contains("1 exported, 1 failed"), || {
+        format!("one failed, the other went on: {}", stdout(&o))
+    });
+    s.f.check(s.usb.join(format!("{other}.seg")).is_file(), || {
+        "the intact segment was exported".into()
+    });
+    s.f.check(!s.usb.join(format!("{}.seg", s.id)).exists(), || {
+        "nothing of the corrupt one on the stick".into()
+    });
+    let leftovers: Vec<_> = std::fs::read_dir(&s.usb)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    s.f.check(leftovers.is_empty(), || {
+        format!("temp files left: {leftovers:?}")
+    });
+    s.f.check(!s.f.segment_ids(1).contains(&s.id), || {
+        "the corrupt segment was quarantined".into()
+    });
+    s.f.sigterm(1);
+}
+
 /// The import of a stick holding only a corrupt copy of a stored segment.
 fn check_corrupt_copy(f: &Fleet, o: &Output, path: &str) {
     f.check(o.status.code() == Some(1), || {

@@ -60,7 +60,7 @@ pub fn run(args: &ExportArgs) -> CliResult {
     let dir = ExportDir::open(&args.to).map_err(Failure::failed)?;
     let cfg = Config::load(&args.config.config)?;
     if let Some(client) = super::client::connect(&cfg)? {
-        let lines = export_through_daemon(client, args, &dir, &cfg.store.trusted)?;
+        let lines = export_through_daemon(client, &cfg, args, &dir)?;
         return report(&lines, args.json);
     }
     let store = super::open_store_direct(&cfg)?;
@@ -124,13 +124,16 @@ fn report(lines: &[Line], json: bool) -> CliResult {
     Ok(())
 }
 
-/// Asks the daemon for each segment's bytes and hands them to the export writer.
+/// Asks the daemon for each segment's bytes and hands them to the export writer. A stream the
+/// daemon cuts (its copy failed verification while being read, and it quarantined it) fails
+/// that segment only: the next one is asked for on a new connection.
 fn export_through_daemon(
     mut client: super::client::Client,
+    cfg: &Config,
     args: &ExportArgs,
     dir: &ExportDir,
-    trusted: &TrustedPublishers,
 ) -> CliResult<Vec<Line>> {
+    let trusted = &cfg.store.trusted;
     let chosen = client.call(&Request::ExportSelect {
         all: args.all,
         channel: args.channel.clone(),
@@ -138,9 +141,17 @@ fn export_through_daemon(
     })?;
     let ids: Vec<String> = serde_json::from_value(chosen).map_err(Failure::failed)?;
     let mut lines = Vec::with_capacity(ids.len());
-    for id in ids {
-        let result = export_one(&mut client, &id, dir, trusted)?;
-        lines.push(Line::of(id, result));
+    let last = ids.len().saturating_sub(1);
+    for (i, id) in ids.into_iter().enumerate() {
+        match export_one(&mut client, &id, dir, trusted) {
+            Ok(result) => lines.push(Line::of(id, result)),
+            Err(cut) => {
+                lines.push(Line::of(id, Err(format!("{:#}", cut.error))));
+                if i < last {
+                    client = super::client::require(cfg)?;
+                }
+            }
+        }
     }
     Ok(lines)
 }

@@ -388,7 +388,7 @@ fn import_file(relay: &relay::Relay, path: &Path, bar: &ProgressBar) -> FileResu
     );
     let result = relay.ingest_reader(
         &mut reader,
-        &IngestOptions::import(),
+        &IngestOptions::import().with_file_len(len),
         crate::clock::now_ms(),
     );
     match result {

@@ -78,7 +78,7 @@ pub fn create(args: &CreateArgs) -> CliResult {
     .map_err(Failure::failed)?;
     eprintln!(
         "{} ({}) written",
-        args.out.display(),
+        output::path(&args.out),
         output::bytes(payload_len)
     );
     println!("{}", signed.id());
@@ -244,7 +244,7 @@ pub fn verify(trust: &[String], path: &Path) -> CliResult {
     println!(
         "{}  OK  {} ({})",
         signed.id(),
-        signed.manifest().name,
+        output::escape(&signed.manifest().name),
         signed.manifest().publisher
     );
     Ok(())

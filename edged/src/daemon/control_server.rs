@@ -782,7 +782,7 @@ fn import(
     let now = crate::clock::now_ms();
     let result = d
         .relay
-        .ingest_reader(&mut body, &IngestOptions::import(), now);
+        .ingest_reader(&mut body, &IngestOptions::import().with_file_len(len), now);
     let whole = body.left == 0;
     let cut = body.cut.take();
     match (result, cut) {
@@ -818,12 +818,18 @@ fn import(
 pub fn reject_reason(e: &store::IngestError) -> &'static str {
     use store::IngestError as E;
     use store::manifest::VerifyError as V;
+    use store::segfile::SegFileError;
     match e {
         E::Verify(V::UntrustedPublisher { .. }) => "untrusted_publisher",
         E::Verify(V::BadSignature) => "bad_signature",
         E::Verify(V::Expired { .. }) => "expired",
         E::Verify(V::CreatedInFuture { .. }) => "created_in_future",
-        E::Format(store::segfile::SegFileError::HashMismatch { .. }) => "hash_mismatch",
+        E::Format(SegFileError::HashMismatch { .. }) => "hash_mismatch",
+        E::Format(
+            SegFileError::TruncatedPayload { .. }
+            | SegFileError::PayloadTooLong
+            | SegFileError::FileLengthMismatch { .. },
+        ) => "length_mismatch",
         E::Format(_) => "malformed",
         E::StoreFull { .. } => "store_full",
         E::Busy(_) => "busy",
