@@ -805,7 +805,8 @@ impl Inner {
             }));
         }
         *peer.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        tracing::info!(peer = %peer.id, remote = %conn.remote_address(), opened_by_me, "connected");
+        // A peer reconnecting in a loop must not flood the log either.
+        info_limited!(self.ctx.limiter, peer.id.as_str(), "connected", peer = %peer.id, remote = %conn.remote_address(), opened_by_me, "connected");
         tokio::spawn(self.clone().serve_connection(peer.id.clone(), conn.clone()));
         tokio::spawn(self.clone().catchup_loop(peer.clone(), conn));
         self.ctx.hooks.on_peer_connected(&peer.id);
@@ -851,7 +852,7 @@ impl Inner {
                 let reason = live.conn.close_reason();
                 let refused = reason.as_ref().map(conn_outcome);
                 let duplicate = is_duplicate_close(&live.conn);
-                tracing::info!(peer = %peer.id, reason = ?reason, "disconnected");
+                info_limited!(self.ctx.limiter, peer.id.as_str(), "disconnected", peer = %peer.id, reason = ?reason, "disconnected");
                 if let Some(o @ SendOutcome::HandshakeRefused(_)) = refused {
                     failures += 1;
                     *peer.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(o);
@@ -1061,8 +1062,12 @@ impl Inner {
                     Ok(report) if report.in_sync => {
                         tracing::debug!(peer = %peer.id, "catch-up: in sync")
                     }
-                    Ok(report) => tracing::info!(peer = %peer.id, ?report, "catch-up round"),
-                    Err(e) => tracing::info!(peer = %peer.id, error = %e, "catch-up round failed"),
+                    Ok(report) => {
+                        info_limited!(self.ctx.limiter, peer.id.as_str(), "catchup_round", peer = %peer.id, ?report, "catch-up round")
+                    }
+                    Err(e) => {
+                        info_limited!(self.ctx.limiter, peer.id.as_str(), "catchup_failed", peer = %peer.id, error = %e, "catch-up round failed")
+                    }
                 }
                 next = catchup::next_round_in(self.cfg(), report.as_ref().ok())
                     .map(|d| Instant::now() + d);

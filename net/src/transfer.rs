@@ -104,7 +104,8 @@ pub enum SendOutcome {
     Delivered,
     /// The peer has it already (stored or tombstoned): counts as delivered.
     Have,
-    /// The peer is receiving the same segment from someone else: retry, no attempt counted.
+    /// The peer is receiving the same segment from someone else, or handed it to a faster
+    /// sender while this one was sending (takeover): retry, no attempt counted.
     Busy,
     /// The peer refused it. `reason.is_permanent()` tells whether retrying can help.
     Refused {
@@ -117,7 +118,8 @@ pub enum SendOutcome {
     Unreachable(String),
     /// The TLS handshake failed: certificates or ids do not match (INV-09).
     HandshakeRefused(String),
-    /// No progress for `stall_timeout_ms`, or no answer within `response_timeout_ms` (INV-18).
+    /// The peer read less than `stall_rate_min_bytes_per_s` (or nothing) over a
+    /// `stall_timeout_ms` window, or did not answer within `response_timeout_ms` (INV-18).
     TimedOut,
     /// This node's stored copy failed verification while being read; it has been quarantined
     /// and the stream aborted, so the peer stored nothing.
