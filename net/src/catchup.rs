@@ -25,7 +25,7 @@
 //!   after a round the next one comes after `catchup_interval_ms`, or after
 //!   `catchup_followup_ms` when the round was cut by its pull or page bound while it stored
 //!   more than it wasted — so a node that was away long converges quickly, and a peer whose
-//!   pulls store nothing cannot make rounds come faster ([`next_round_in`]);
+//!   pulls store nothing cannot make rounds come faster;
 //! - ids this node's store refused for good (untrusted, expired, …) or that the peer did not
 //!   hold are remembered (up to [`CATCHUP_SKIP_IDS_MAX`]) and not pulled again while the
 //!   process runs.

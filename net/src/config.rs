@@ -20,7 +20,9 @@ pub struct NetConfig {
     /// Where the node's UDP socket listens (when the node binds it itself).
     pub listen_addr: SocketAddr,
     /// The peers this node connects to and accepts, by id, with the address to dial. The address
-    /// is only where to send packets (it may be a proxy); the id is checked in the certificate.
+    /// is where to send packets (it may be a proxy) and, unless `accept_unknown_addresses` is
+    /// set, the only address heard from: the peer (or its proxy) must send from it. It is never
+    /// an identity: the id is checked in the certificate.
     pub known_peers: BTreeMap<NodeId, SocketAddr>,
     /// Accept handshakes from addresses that are no configured peer's (a peer behind NAT, or
     /// with a changing address). Off by default: datagrams from other addresses are dropped

@@ -11,7 +11,7 @@
 //!   ([`crate::node`]) validates the address with a QUIC Retry and gives strangers a handshake
 //!   budget of their own.
 //! - **Outbound** (the guard): a datagram to an address that is neither a configured peer's nor
-//!   one the node chose to answer ([`AddrFilter::answer`], [`AddrFilter::hold`]) is dropped,
+//!   one the node chose to answer (a stranger whose handshake it admitted) is dropped,
 //!   counted in [`NetStats::datagrams_blocked_send`] and logged (rate-limited). With
 //!   `accept_unknown_addresses` off the guard never fires: quinn only ever hears configured
 //!   addresses. It is the backstop should anything else try.

@@ -43,7 +43,8 @@
 //!
 //! - **A peer is its certificate.** Identity is the DNS SAN of a certificate chaining to the
 //!   fleet CA and listed in `known_peers`, checked in the TLS handshake in both directions
-//!   (INV-09); addresses only say where to send packets, and may point at a proxy.
+//!   (INV-09); addresses only say where to send packets and whom to hear, and may point at a
+//!   proxy.
 //! - **Nothing is acknowledged before it is durable** (INV-03): `Ack` is written only after
 //!   `Ingest::finish` returned, and the node's `on_stored` hook runs inside that transaction.
 //! - **Only the offending stream fails** (INV-17, INV-18): frames are bounded before

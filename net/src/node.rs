@@ -1045,7 +1045,7 @@ impl Inner {
         kick.borrow_and_update();
         let followup = Duration::from_millis(self.cfg().catchup_followup_ms);
         let mut next = if self.cfg().catchup_on_connect {
-            Some(self.soonest_round(&peer, followup).await)
+            Some(self.soonest_round(&peer, followup))
         } else {
             catchup::next_round_in(self.cfg(), None).map(|d| Instant::now() + d)
         };
@@ -1085,7 +1085,7 @@ impl Inner {
                     if changed.is_err() {
                         return;
                     }
-                    let soon = self.soonest_round(&peer, followup).await;
+                    let soon = self.soonest_round(&peer, followup);
                     next = Some(next.map_or(soon, |n| n.min(soon)));
                 }
                 _ = conn.closed() => return,
@@ -1095,7 +1095,7 @@ impl Inner {
     }
 
     /// The earliest a new round with `peer` may start: `gap` after its last one.
-    async fn soonest_round(&self, peer: &Peer, gap: Duration) -> Instant {
+    fn soonest_round(&self, peer: &Peer, gap: Duration) -> Instant {
         let now = Instant::now();
         // A round in progress holds the lock; the next one comes after it anyway.
         match peer.catchup.try_lock() {

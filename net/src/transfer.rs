@@ -36,8 +36,7 @@ use store::manifest::{SignedManifest, VerifyError};
 use store::segfile::SegFileError;
 use store::{Begin, Ingest, IngestError, IngestOptions, SegmentId, SegmentReader, Store, Stored};
 use tokio::sync::mpsc;
-use tokio::time::timeout;
-use tokio::time::{Instant, timeout_at};
+use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::clock::Clock;
 use crate::config::NetConfig;

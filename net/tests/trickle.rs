@@ -132,7 +132,7 @@ async fn inv_18_a_trickling_sender_is_cut_within_about_one_window() {
     }
     let took = started.elapsed();
     assert!(
-        took < Duration::from_millis(2_500),
+        took < Duration::from_millis(3_000),
         "cut after {took:?}, not within about one 1 s window"
     );
     assert!(n.node.stats().transfers_stalled >= 1);
