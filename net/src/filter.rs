@@ -255,6 +255,72 @@ mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
+    fn filter(configured: &[&str], accept_unknown: bool) -> AddrFilter {
+        let socket = crate::bind_udp("127.0.0.1:0".parse().unwrap(), 0).unwrap();
+        AddrFilter::new(
+            socket,
+            configured.iter().map(|a| a.parse().unwrap()),
+            accept_unknown,
+            Arc::new(NetStats::default()),
+            Arc::new(LogLimiter::default()),
+        )
+    }
+
+    fn stranger(i: usize) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i as u32)), 7401)
+    }
+
+    #[tokio::test]
+    async fn inv_27_only_configured_addresses_unless_strangers_are_accepted_and_answered() {
+        let closed = filter(&["192.0.2.1:7401"], false);
+        let mapped = SocketAddr::new(
+            IpAddr::V6(Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped()),
+            7401,
+        );
+        assert!(closed.may_hear(mapped) && closed.may_send_to(mapped));
+        let later = Instant::now() + Duration::from_secs(60);
+        // Without accept_unknown_addresses nothing opens the door, not even `answer`.
+        assert!(closed.answer(stranger(1), later));
+        assert!(!closed.may_hear(stranger(1)) && !closed.may_send_to(stranger(1)));
+
+        let open = filter(&["192.0.2.1:7401"], true);
+        assert!(open.may_hear(stranger(1)));
+        assert!(!open.may_send_to(stranger(1)), "heard is not answered");
+        assert!(open.answer(stranger(1), later));
+        assert!(open.may_send_to(stranger(1)));
+        // A connection holds the address past its handshake's window, until released.
+        let past = Instant::now() - Duration::from_millis(1);
+        assert!(open.answer(stranger(2), past));
+        assert!(!open.may_send_to(stranger(2)));
+        open.hold(stranger(2));
+        assert!(open.may_send_to(stranger(2)));
+        open.release(stranger(2));
+        assert!(!open.may_send_to(stranger(2)));
+    }
+
+    #[tokio::test]
+    async fn the_table_of_answered_strangers_is_bounded_and_expired_entries_make_room() {
+        let open = filter(&[], true);
+        let later = Instant::now() + Duration::from_secs(60);
+        for i in 0..ANSWERED_ADDRESSES_MAX {
+            assert!(open.answer(stranger(i), later));
+        }
+        assert!(
+            !open.answer(stranger(ANSWERED_ADDRESSES_MAX), later),
+            "N+1 refused"
+        );
+        assert!(!open.may_send_to(stranger(ANSWERED_ADDRESSES_MAX)));
+        // Entries whose window passed (and no connection holds) give their place.
+        let open = filter(&[], true);
+        let past = Instant::now() - Duration::from_millis(1);
+        for i in 0..ANSWERED_ADDRESSES_MAX {
+            assert!(open.answer(stranger(i), past));
+        }
+        open.hold(stranger(0));
+        assert!(open.answer(stranger(ANSWERED_ADDRESSES_MAX), later));
+        assert!(open.may_send_to(stranger(0)), "held entries stay");
+    }
+
     #[test]
     fn ipv4_mapped_addresses_compare_as_ipv4() {
         let v4: SocketAddr = "192.0.2.1:7401".parse().unwrap();
