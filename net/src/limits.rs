@@ -58,6 +58,9 @@ pub const TAKEOVER_BELOW_RATE_BYTES_PER_S_DEFAULT: u64 = 64 * 1024;
 /// final `Ack` after the payload, which includes the receiver's fsync and commit).
 pub const RESPONSE_TIMEOUT_MS_DEFAULT: u64 = 60_000;
 
+/// Longest a peer taking a segment over waits for the preempted receive to checkpoint what it
+/// got and let go (a fsync and a commit).
+pub const TAKEOVER_RELEASE_WAIT_MS: u64 = 10_000;
 /// After the receiver stopped a stream, how long the sender waits for the frame that says why
 /// (`Reject`, or `Busy` after a takeover).
 pub const STOPPED_REASON_WAIT_MS: u64 = 500;

@@ -28,6 +28,7 @@ use store::SegmentId;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::limits::TAKEOVER_RELEASE_WAIT_MS;
 use crate::pki::NodeId;
 
 /// What a holder shows waiters.
@@ -256,7 +257,7 @@ impl Receiving {
             if !gone {
                 holder.send_modify(|s| s.preempt = true);
                 let released = tokio::time::timeout_at(
-                    deadline.max(Instant::now() + RELEASE_WAIT),
+                    deadline.max(Instant::now() + Duration::from_millis(TAKEOVER_RELEASE_WAIT_MS)),
                     rx.wait_for(|s| s.gone),
                 )
                 .await
@@ -274,9 +275,6 @@ impl Receiving {
         self.lock().slots.len()
     }
 }
-
-/// Longest a waiter waits for a preempted holder to checkpoint and release its claim.
-const RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
