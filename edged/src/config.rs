@@ -122,18 +122,28 @@ overrides!(RawRelay => relay::RelayConfig {
 });
 
 overrides!(RawNet => net::NetConfig {
+    accept_unknown_addresses: bool,
     handshake_timeout_ms: u64,
+    handshake_unauthenticated_timeout_ms: u64,
     idle_timeout_ms: u64,
     keep_alive_interval_ms: u64,
     stall_timeout_ms: u64,
+    stall_rate_min_bytes_per_s: u64,
+    takeover_below_rate_bytes_per_s: u64,
     response_timeout_ms: u64,
     frame_bytes_max: usize,
     streams_per_peer_max: u32,
     connections_per_peer_max: usize,
     handshakes_unauthenticated_max: usize,
+    handshakes_per_addr_max: usize,
+    handshakes_unknown_addresses_max: usize,
     catchup_interval_ms: u64,
     catchup_on_connect: bool,
     catchup_pulls_concurrent: usize,
+    catchup_pulls_per_round_max: usize,
+    catchup_pages_per_round_max: usize,
+    catchup_wasted_pulls_per_peer_per_min: u64,
+    catchup_followup_ms: u64,
     checkpoint_bytes: u64,
     redial_backoff_base_ms: u64,
     redial_backoff_max_ms: u64,
@@ -141,6 +151,8 @@ overrides!(RawNet => net::NetConfig {
     receive_window_bytes: u64,
     send_window_bytes: u64,
     udp_buffer_bytes: usize,
+    log_warnings_per_window: u32,
+    log_window_ms: u64,
 });
 
 overrides!(RawControl => crate::control::ControlLimits {

@@ -20,24 +20,58 @@ pub struct NetConfig {
     /// Where the node's UDP socket listens (when the node binds it itself).
     pub listen_addr: SocketAddr,
     /// The peers this node connects to and accepts, by id, with the address to dial. The address
-    /// is only where to send packets (it may be a proxy); the id is checked in the certificate.
+    /// is where to send packets (it may be a proxy) and, unless `accept_unknown_addresses` is
+    /// set, the only address heard from: the peer (or its proxy) must send from it. It is never
+    /// an identity: the id is checked in the certificate.
     pub known_peers: BTreeMap<NodeId, SocketAddr>,
+    /// Accept handshakes from addresses that are no configured peer's (a peer behind NAT, or
+    /// with a changing address). Off by default: datagrams from other addresses are dropped
+    /// before QUIC sees them (INV-27). When on, strangers get a handshake budget of their own
+    /// (`handshakes_unknown_addresses_max`) and the node answers only the sources of the
+    /// handshakes it admits.
+    pub accept_unknown_addresses: bool,
+    /// Dials: a handshake that takes longer fails.
     pub handshake_timeout_ms: u64,
+    /// Inbound handshakes (the client is not authenticated yet): dropped after this long (or
+    /// after `handshake_timeout_ms`, if that is shorter).
+    pub handshake_unauthenticated_timeout_ms: u64,
     pub idle_timeout_ms: u64,
     pub keep_alive_interval_ms: u64,
-    /// No payload progress for this long fails a transfer as `TimedOut` (INV-18).
+    /// The window of the minimum-rate rule (INV-18): a transfer that moved less than
+    /// `stall_rate_min_bytes_per_s` × this (and at least one byte) during one full window, in
+    /// either direction, fails as `TimedOut`.
     pub stall_timeout_ms: u64,
+    /// The minimum payload rate of a transfer over each `stall_timeout_ms` window; 0 keeps only
+    /// the "no progress at all" rule.
+    pub stall_rate_min_bytes_per_s: u64,
+    /// A segment received more slowly than this over the sender's last full window is handed
+    /// to another peer offering it (takeover); 0 disables takeovers.
+    pub takeover_below_rate_bytes_per_s: u64,
     /// Longest wait for a control frame, including the final `Ack`.
     pub response_timeout_ms: u64,
     pub frame_bytes_max: usize,
     pub streams_per_peer_max: u32,
     pub connections_per_peer_max: usize,
+    /// Handshakes in flight from configured peers' addresses (after address validation).
     pub handshakes_unauthenticated_max: usize,
+    /// Handshakes in flight from one source address.
+    pub handshakes_per_addr_max: usize,
+    /// Handshakes in flight from strangers' addresses, when `accept_unknown_addresses` is set.
+    pub handshakes_unknown_addresses_max: usize,
     /// Periodic catch-up per connection; 0 disables the periodic rounds (the one on connect
     /// still runs unless `catchup_on_connect` is false).
     pub catchup_interval_ms: u64,
     pub catchup_on_connect: bool,
     pub catchup_pulls_concurrent: usize,
+    /// Pulls one catch-up round starts at most.
+    pub catchup_pulls_per_round_max: usize,
+    /// Pages of ids one catch-up round reads at most.
+    pub catchup_pages_per_round_max: usize,
+    /// Pulls that store nothing one peer can make this node run per minute (a token bucket).
+    pub catchup_wasted_pulls_per_peer_per_min: u64,
+    /// Delay before a follow-up round (after a productive round cut by a bound, or a
+    /// quarantine), and the least gap between two rounds with one peer for a quarantine.
+    pub catchup_followup_ms: u64,
     /// The receiver checkpoints (fsync + partial record) after this many payload bytes.
     pub checkpoint_bytes: u64,
     pub redial_backoff_base_ms: u64,
@@ -50,6 +84,9 @@ pub struct NetConfig {
     /// Seed of every random choice of the node (re-dial jitter) and of quinn's endpoint RNG
     /// (connection ids, ...). `None` seeds from the clock and lets quinn pick its own.
     pub rng_seed: Option<u64>,
+    /// Warnings a remote party can trigger, logged per (peer or address, reason) and window.
+    pub log_warnings_per_window: u32,
+    pub log_window_ms: u64,
 }
 
 /// A configuration value out of range; names the key.
@@ -71,18 +108,28 @@ impl NetConfig {
             node_id,
             listen_addr,
             known_peers,
+            accept_unknown_addresses: false,
             handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
+            handshake_unauthenticated_timeout_ms: HANDSHAKE_UNAUTHENTICATED_TIMEOUT_MS_DEFAULT,
             idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
             keep_alive_interval_ms: KEEP_ALIVE_INTERVAL_MS_DEFAULT,
             stall_timeout_ms: STALL_TIMEOUT_MS_DEFAULT,
+            stall_rate_min_bytes_per_s: STALL_RATE_MIN_BYTES_PER_S_DEFAULT,
+            takeover_below_rate_bytes_per_s: TAKEOVER_BELOW_RATE_BYTES_PER_S_DEFAULT,
             response_timeout_ms: RESPONSE_TIMEOUT_MS_DEFAULT,
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             streams_per_peer_max: STREAMS_PER_PEER_MAX_DEFAULT,
             connections_per_peer_max: CONNECTIONS_PER_PEER_MAX_DEFAULT,
             handshakes_unauthenticated_max: HANDSHAKES_UNAUTHENTICATED_MAX_DEFAULT,
+            handshakes_per_addr_max: HANDSHAKES_PER_ADDR_MAX_DEFAULT,
+            handshakes_unknown_addresses_max: HANDSHAKES_UNKNOWN_ADDRESSES_MAX_DEFAULT,
             catchup_interval_ms: CATCHUP_INTERVAL_MS_DEFAULT,
             catchup_on_connect: true,
             catchup_pulls_concurrent: CATCHUP_PULLS_CONCURRENT_DEFAULT,
+            catchup_pulls_per_round_max: CATCHUP_PULLS_PER_ROUND_MAX_DEFAULT,
+            catchup_pages_per_round_max: CATCHUP_PAGES_PER_ROUND_MAX_DEFAULT,
+            catchup_wasted_pulls_per_peer_per_min: CATCHUP_WASTED_PULLS_PER_PEER_PER_MIN_DEFAULT,
+            catchup_followup_ms: CATCHUP_FOLLOWUP_MS_DEFAULT,
             checkpoint_bytes: CHECKPOINT_BYTES_DEFAULT,
             redial_backoff_base_ms: REDIAL_BACKOFF_BASE_MS_DEFAULT,
             redial_backoff_max_ms: REDIAL_BACKOFF_MAX_MS_DEFAULT,
@@ -91,6 +138,8 @@ impl NetConfig {
             send_window_bytes: SEND_WINDOW_BYTES_DEFAULT,
             udp_buffer_bytes: UDP_BUFFER_BYTES_DEFAULT,
             rng_seed: None,
+            log_warnings_per_window: LOG_WARNINGS_PER_WINDOW_DEFAULT,
+            log_window_ms: LOG_WINDOW_MS_DEFAULT,
         }
     }
 
@@ -105,6 +154,10 @@ impl NetConfig {
         }
         for (key, v) in [
             ("handshake_timeout_ms", self.handshake_timeout_ms),
+            (
+                "handshake_unauthenticated_timeout_ms",
+                self.handshake_unauthenticated_timeout_ms,
+            ),
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("keep_alive_interval_ms", self.keep_alive_interval_ms),
             ("stall_timeout_ms", self.stall_timeout_ms),
@@ -117,6 +170,16 @@ impl NetConfig {
             ),
             ("receive_window_bytes", self.receive_window_bytes),
             ("send_window_bytes", self.send_window_bytes),
+            (
+                "catchup_wasted_pulls_per_peer_per_min",
+                self.catchup_wasted_pulls_per_peer_per_min,
+            ),
+            ("catchup_followup_ms", self.catchup_followup_ms),
+            (
+                "log_warnings_per_window",
+                u64::from(self.log_warnings_per_window),
+            ),
+            ("log_window_ms", self.log_window_ms),
         ] {
             if v == 0 {
                 return err(key, "must be greater than 0".into());
@@ -159,8 +222,42 @@ impl NetConfig {
                 "must be greater than 0".into(),
             );
         }
-        if self.catchup_pulls_concurrent == 0 {
-            return err("catchup_pulls_concurrent", "must be greater than 0".into());
+        for (key, v) in [
+            ("catchup_pulls_concurrent", self.catchup_pulls_concurrent),
+            (
+                "catchup_pulls_per_round_max",
+                self.catchup_pulls_per_round_max,
+            ),
+            (
+                "catchup_pages_per_round_max",
+                self.catchup_pages_per_round_max,
+            ),
+            ("handshakes_per_addr_max", self.handshakes_per_addr_max),
+        ] {
+            if v == 0 {
+                return err(key, "must be greater than 0".into());
+            }
+        }
+        if self.handshakes_per_addr_max > self.handshakes_unauthenticated_max {
+            return err(
+                "handshakes_per_addr_max",
+                format!(
+                    "{} must not exceed handshakes_unauthenticated_max {}",
+                    self.handshakes_per_addr_max, self.handshakes_unauthenticated_max
+                ),
+            );
+        }
+        if self.accept_unknown_addresses && self.handshakes_unknown_addresses_max == 0 {
+            return err(
+                "handshakes_unknown_addresses_max",
+                "must be greater than 0 when accept_unknown_addresses is true".into(),
+            );
+        }
+        if self.stall_timeout_ms > (1 << 40) {
+            return err("stall_timeout_ms", "too large".into());
+        }
+        if self.stall_rate_min_bytes_per_s > (1 << 40) {
+            return err("stall_rate_min_bytes_per_s", "too large".into());
         }
         for (key, v) in [
             (
@@ -188,6 +285,14 @@ impl NetConfig {
 
     pub fn stall_timeout(&self) -> Duration {
         Duration::from_millis(self.stall_timeout_ms)
+    }
+
+    /// The deadline of an inbound handshake: the shorter of the two handshake timeouts.
+    pub fn handshake_unauthenticated_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.handshake_unauthenticated_timeout_ms
+                .min(self.handshake_timeout_ms),
+        )
     }
 
     pub fn response_timeout(&self) -> Duration {

@@ -30,8 +30,11 @@
 //! | [`tls`] | rustls configurations: mutual TLS against the fleet CA and `known_peers` |
 //! | [`wire`] | the wire protocol: frame layout, every message, stream and connection codes |
 //! | [`transfer`] | one segment over one stream: sender and receiver halves, disk threads |
-//! | [`catchup`] | anti-entropy: digests, pages, pulls |
-//! | [`node`] | the endpoint, supervised connections, stream dispatch, the client API |
+//! | [`rate`] | the minimum-rate rule of a transfer, without I/O |
+//! | [`takeover`] | who receives which segment; a slow sender is taken over |
+//! | [`catchup`] | anti-entropy: digests, pages, pulls, and their bounds |
+//! | [`filter`] | the address filter of the node's socket: who is heard, who is answered |
+//! | [`node`] | the endpoint, admission, supervised connections, stream dispatch, the client API |
 //! | [`config`] | [`NetConfig`] |
 //! | [`clock`] | the wall-clock seam (also used for certificate validity) |
 //! | [`logcap`] | rate-limited warnings: a peer cannot flood the log |
@@ -40,7 +43,8 @@
 //!
 //! - **A peer is its certificate.** Identity is the DNS SAN of a certificate chaining to the
 //!   fleet CA and listed in `known_peers`, checked in the TLS handshake in both directions
-//!   (INV-09); addresses only say where to send packets, and may point at a proxy.
+//!   (INV-09); addresses only say where to send packets and whom to hear, and may point at a
+//!   proxy.
 //! - **Nothing is acknowledged before it is durable** (INV-03): `Ack` is written only after
 //!   `Ingest::finish` returned, and the node's `on_stored` hook runs inside that transaction.
 //! - **Only the offending stream fails** (INV-17, INV-18): frames are bounded before
@@ -51,20 +55,34 @@
 //! - **Seams**: the UDP socket comes through quinn's abstract-socket API
 //!   ([`NodeSetup::socket`]), randomness from a seed ([`NetConfig::rng_seed`], also quinn's
 //!   `EndpointConfig::rng_seed`), wall-clock time from a [`Clock`].
-//! - **Packets go only to configured peers** (INV-27): no discovery, no lookup.
+//! - **Packets go only to configured peers** (INV-27): no discovery, no lookup; the socket's
+//!   [`filter`] drops datagrams from other addresses before QUIC sees them and keeps any
+//!   datagram from leaving for an address the node did not choose to answer.
+//! - **A peer cannot make the node spend without bound** (INV-18): transfers keep a minimum
+//!   rate per window in both directions, a slow sender is taken over, catch-up rounds and the
+//!   pulls one peer can waste are bounded by count and by rate, handshakes by budgets and
+//!   deadlines after a stateless address check, and warnings by [`logcap`].
 
 pub mod catchup;
 pub mod clock;
 pub mod config;
+pub mod filter;
 pub mod limits;
 pub mod logcap;
 pub mod node;
 pub mod pki;
+pub mod rate;
+pub mod takeover;
 pub mod tls;
 pub mod transfer;
 pub mod wire;
 
-pub use catchup::CatchupReport;
+/// The QUIC implementation, re-exported: the socket seam ([`NodeSetup::socket`]) takes its
+/// `AsyncUdpSocket`, so a caller implementing one (or a test speaking QUIC to a node) needs
+/// the very same version.
+pub use quinn;
+
+pub use catchup::{CatchupReport, RoundCut};
 pub use clock::{Clock, SystemClock};
 pub use config::{ConfigError, NetConfig};
 pub use node::{NetError, Node, NodeSetup, PeerStatus, bind_udp};

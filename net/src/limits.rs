@@ -32,33 +32,80 @@ pub const PAYLOAD_QUEUE_CHUNKS: usize = 16;
 /// A receiver fsyncs and records a resumable checkpoint after this many payload bytes.
 pub const CHECKPOINT_BYTES_DEFAULT: u64 = 64 << 20;
 
-/// A QUIC + TLS handshake (either direction) that takes longer fails.
+/// A QUIC + TLS handshake this node dials that takes longer fails.
 pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// An inbound handshake (the peer is not authenticated yet) that takes longer is dropped: a few
+/// round trips of a slow link, so a client that never finishes holds its slot only this long.
+pub const HANDSHAKE_UNAUTHENTICATED_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 /// A connection with no packets for this long is closed (QUIC idle timeout).
 pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// Keep-alive packets are sent this often so an idle connection stays up.
 pub const KEEP_ALIVE_INTERVAL_MS_DEFAULT: u64 = 10_000;
-/// A transfer with no payload progress (in either direction) for this long fails as `TimedOut`
-/// (INV-18).
+/// The window of the minimum-rate rule of a transfer, in both directions (INV-18): a transfer
+/// whose payload moved less than `stall_rate_min_bytes_per_s` × this window during one full
+/// window (or nothing at all) fails as `TimedOut`.
 pub const STALL_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Slowest payload rate a transfer may keep up, per direction, judged over each full
+/// `stall_timeout_ms` window (7.5 KiB per 30 s window by default); 0 keeps only the "no progress
+/// at all" rule. 256 B/s is far below any link this fleet runs on (a 9.6 kbit/s radio link
+/// carries ~1.2 KB/s) and far above what a peer trickling bytes to hold a transfer open sends.
+pub const STALL_RATE_MIN_BYTES_PER_S_DEFAULT: u64 = 256;
+/// A segment being received from one peer more slowly than this over its last full
+/// `stall_timeout_ms` window is handed to another peer that offers it (the first one is
+/// preempted, its checkpoint kept, and the newcomer resumes from it); 0 disables takeovers.
+pub const TAKEOVER_BELOW_RATE_BYTES_PER_S_DEFAULT: u64 = 64 * 1024;
 /// Longest wait for a control frame (an answer to an offer, a first frame on a new stream, the
 /// final `Ack` after the payload, which includes the receiver's fsync and commit).
 pub const RESPONSE_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+
+/// Longest a peer taking a segment over waits for the preempted receive to checkpoint what it
+/// got and let go (a fsync and a commit).
+pub const TAKEOVER_RELEASE_WAIT_MS: u64 = 10_000;
+/// After the receiver stopped a stream, how long the sender waits for the frame that says why
+/// (`Reject`, or `Busy` after a takeover).
+pub const STOPPED_REASON_WAIT_MS: u64 = 500;
 
 /// Streams one peer may have open at once on a connection (QUIC `max_streams`, bidirectional).
 pub const STREAMS_PER_PEER_MAX_DEFAULT: u32 = 64;
 /// Established connections kept per peer; more are closed at once.
 pub const CONNECTIONS_PER_PEER_MAX_DEFAULT: usize = 2;
-/// Handshakes from not yet authenticated clients in flight at once; more are refused.
+/// Handshakes from not yet authenticated clients at configured peers' addresses in flight at
+/// once; more are refused. Counted only after the client proved its address (QUIC Retry).
 pub const HANDSHAKES_UNAUTHENTICATED_MAX_DEFAULT: usize = 64;
+/// Handshakes in flight at once from one source address (a configured `ip:port`; for a
+/// stranger, its IP); more are refused. A peer needs at most `connections_per_peer_max`.
+pub const HANDSHAKES_PER_ADDR_MAX_DEFAULT: usize = 4;
+/// Handshakes in flight at once from addresses that are no configured peer's, when
+/// `accept_unknown_addresses` lets them in: a budget of their own, so strangers never take the
+/// configured peers' slots.
+pub const HANDSHAKES_UNKNOWN_ADDRESSES_MAX_DEFAULT: usize = 16;
+/// Addresses that are no configured peer's which the node may answer at once (handshakes in
+/// flight and connections of peers that came from an unexpected address), when
+/// `accept_unknown_addresses` is set. Beyond it, new strangers are not answered.
+pub const ANSWERED_ADDRESSES_MAX: usize = 4096;
+/// Lifetime of the token of a QUIC Retry: a client must come back with it within this long.
+pub const RETRY_TOKEN_LIFETIME_MS: u64 = 15_000;
+/// Receive batches from strangers dropped in one poll of the socket before the endpoint task
+/// yields (a flood of dropped datagrams cannot monopolise it).
+pub const DROPPED_BATCHES_PER_POLL_MAX: usize = 16;
 
 /// Catch-up runs on every connect and then this often per connection.
 pub const CATCHUP_INTERVAL_MS_DEFAULT: u64 = 60_000;
 /// Pulls one catch-up round runs at once.
 pub const CATCHUP_PULLS_CONCURRENT_DEFAULT: usize = 8;
-/// Pages one catch-up round reads at most (bounds a round at this × [`CATCHUP_PAGE_IDS_MAX`]
-/// ids).
-pub const CATCHUP_PAGES_MAX: usize = 16_384;
+/// Pages one catch-up round reads at most (a round sees at most this × [`CATCHUP_PAGE_IDS_MAX`]
+/// ids; the next round goes on after the last id seen).
+pub const CATCHUP_PAGES_PER_ROUND_MAX_DEFAULT: usize = 64;
+/// Pulls one catch-up round starts at most.
+pub const CATCHUP_PULLS_PER_ROUND_MAX_DEFAULT: usize = 1024;
+/// Pulls that store nothing (not held, refused, failed) one peer can make this node run per
+/// minute, across rounds and reconnections: a token bucket of this size, refilled at this rate;
+/// a pull that stores a segment gives its token back.
+pub const CATCHUP_WASTED_PULLS_PER_PEER_PER_MIN_DEFAULT: u64 = 256;
+/// Delay before the next round when a round was cut by its pull or page bound while it stored
+/// more than it wasted (a node that was away long converges quickly), and the least gap
+/// between two rounds with one peer when a quarantine asks for a round.
+pub const CATCHUP_FOLLOWUP_MS_DEFAULT: u64 = 1_000;
 /// Ids remembered as refused by this node's store during catch-up (not pulled again while this
 /// process runs); the set is cleared when full.
 pub const CATCHUP_SKIP_IDS_MAX: usize = 65_536;
@@ -67,6 +114,12 @@ pub const CATCHUP_SKIP_IDS_MAX: usize = 65_536;
 pub const REDIAL_BACKOFF_BASE_MS_DEFAULT: u64 = 500;
 /// Longest re-dial delay.
 pub const REDIAL_BACKOFF_MAX_MS_DEFAULT: u64 = 30_000;
+
+/// Warnings a remote party can trigger that are logged per (peer or address, reason) and
+/// window (see [`crate::logcap`]).
+pub const LOG_WARNINGS_PER_WINDOW_DEFAULT: u32 = crate::logcap::LOG_WARNINGS_PER_WINDOW;
+/// The rate-limiting window of those warnings.
+pub const LOG_WINDOW_MS_DEFAULT: u64 = crate::logcap::LOG_WINDOW_MS;
 
 // Tuning, measured with `cargo bench -p net --bench hop` on the 2-core machine of
 // MEASUREMENTS.md (both nodes in one process, medians of noisy runs): with 32/64/64 MiB windows
@@ -97,3 +150,8 @@ const _: () = assert!(CHECKPOINT_BYTES_DEFAULT >= PAYLOAD_CHUNK_BYTES as u64);
 const _: () = assert!(KEEP_ALIVE_INTERVAL_MS_DEFAULT < IDLE_TIMEOUT_MS_DEFAULT);
 const _: () = assert!(REDIAL_BACKOFF_BASE_MS_DEFAULT <= REDIAL_BACKOFF_MAX_MS_DEFAULT);
 const _: () = assert!(STREAM_RECEIVE_WINDOW_BYTES_DEFAULT <= RECEIVE_WINDOW_BYTES_DEFAULT);
+const _: () = assert!(HANDSHAKE_UNAUTHENTICATED_TIMEOUT_MS_DEFAULT <= HANDSHAKE_TIMEOUT_MS_DEFAULT);
+const _: () = assert!(STALL_TIMEOUT_MS_DEFAULT < RESPONSE_TIMEOUT_MS_DEFAULT);
+const _: () =
+    assert!(STALL_RATE_MIN_BYTES_PER_S_DEFAULT <= TAKEOVER_BELOW_RATE_BYTES_PER_S_DEFAULT);
+const _: () = assert!(CATCHUP_PULLS_CONCURRENT_DEFAULT <= CATCHUP_PULLS_PER_ROUND_MAX_DEFAULT);

@@ -10,13 +10,30 @@
 //!   same on both sides, so they agree without talking. Between two connections opened by the
 //!   same side, the newer wins (the peer restarted). At most `connections_per_peer_max` are
 //!   kept per peer.
-//! - **Admission**: at most `handshakes_unauthenticated_max` inbound handshakes run at once (more
-//!   are refused before any TLS work), each bounded by `handshake_timeout_ms`; TLS refuses any
+//! - **Addresses** (INV-27): the node's socket is wrapped in an [`AddrFilter`]: a datagram from
+//!   an address that is not a configured peer's is dropped before QUIC sees it (no state, no
+//!   answer, counted in `datagrams_dropped_unknown`), unless `accept_unknown_addresses` is set;
+//!   and a send guard keeps every datagram from leaving for an address that is neither a
+//!   configured peer's nor the source of a handshake the node admitted (counted in
+//!   `datagrams_blocked_send`, logged rate-limited). An address is never an identity: it only
+//!   decides who is heard. Connection migration is disabled.
+//! - **Admission**, in this order, before any TLS work: (1) the address filter; (2) a client
+//!   whose address is not validated yet gets a QUIC Retry — a small stateless packet — and
+//!   nothing else, so a flood of handshakes whose replies go nowhere holds no state at all;
+//!   (3) budgets of handshakes in flight: at most `handshakes_per_addr_max` per source address
+//!   (a configured `ip:port`; for strangers, their IP), inside `handshakes_unauthenticated_max`
+//!   for configured addresses, while strangers (only with `accept_unknown_addresses`) draw on
+//!   `handshakes_unknown_addresses_max`, a budget of their own; more are refused (strangers
+//!   are not even answered); (4) each admitted handshake must finish within
+//!   `handshake_unauthenticated_timeout_ms` (shorter than the dial timeout); (5) TLS refuses any
 //!   certificate that does not chain to the fleet CA or names an id not in `known_peers`
 //!   ([`crate::tls`]). A peer may open at most `streams_per_peer_max` streams at once (QUIC
 //!   flow control), and each stream must send its first frame within `response_timeout_ms`.
-//! - **Addresses**: the node sends packets only to the addresses in `known_peers` and to the
-//!   source of a handshake it accepts; connection migration is disabled (INV-27).
+//! - **Catch-up** runs per connection, paced per peer ([`crate::catchup`]); a segment this
+//!   node's store quarantines triggers a round with every connected peer within
+//!   `catchup_followup_ms`, so a good copy is fetched again from a peer that holds it.
+//! - **Logs**: everything a remote party can make the node log over and over goes through one
+//!   [`LogLimiter`] per node, keyed by peer id (or, for strangers, IP) and reason.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,15 +48,20 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout};
 
-use crate::catchup::{self, CatchupReport, SkipSet};
+use crate::catchup::{self, CatchupReport, PeerCatchup, SkipSet};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, NetConfig};
+use crate::filter::{AddrFilter, answer_for, canonical};
+use crate::limits::RETRY_TOKEN_LIFETIME_MS;
+use crate::logcap::LogLimiter;
 use crate::pki::{NodeId, NodeIdentity, node_id_of_cert};
+use crate::takeover::Receiving;
 use crate::tls::{self, TlsError};
 use crate::transfer::{
     self, Ctx, NetHooks, NetStats, NoHooks, SendOutcome, StatsSnapshot, bump, conn_outcome,
 };
 use crate::wire::{ConnCode, Msg, StreamCode};
+use crate::{info_limited, warn_limited};
 
 /// Errors starting a node.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +89,8 @@ pub struct NodeSetup {
     pub hooks: Arc<dyn NetHooks>,
     pub clock: Arc<dyn Clock>,
     /// The UDP socket seam: `None` binds `config.listen_addr` (with the configured buffer
-    /// sizes); tests and the fault-injection suite pass their own [`AsyncUdpSocket`].
+    /// sizes); tests and the fault-injection suite pass their own [`AsyncUdpSocket`]. Either
+    /// way the node wraps it in its [`AddrFilter`].
     pub socket: Option<Arc<dyn AsyncUdpSocket>>,
 }
 
@@ -152,8 +175,8 @@ struct Peer {
     /// Why the last dial failed (what `send_segment` reports while there is no connection).
     last_failure: Mutex<Option<SendOutcome>>,
     dialing: AtomicBool,
-    /// One catch-up round at a time with this peer.
-    catchup: tokio::sync::Mutex<()>,
+    /// One catch-up round at a time with this peer, and what catch-up keeps about it.
+    catchup: tokio::sync::Mutex<PeerCatchup>,
 }
 
 impl Peer {
@@ -165,14 +188,108 @@ impl Peer {
     }
 }
 
+/// Inbound handshakes in flight: the budgets of the module docs.
+struct Admission {
+    configured: Arc<Semaphore>,
+    strangers: Arc<Semaphore>,
+    per_addr_max: usize,
+    per_addr: Mutex<BTreeMap<SocketAddr, usize>>,
+}
+
+/// Why a handshake was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Its budget (configured addresses', or strangers') is spent.
+    Budget,
+    /// Its source address has `handshakes_per_addr_max` in flight.
+    Address,
+}
+
+/// One admitted handshake's place in the budgets, given back on drop.
+struct Admitted {
+    _permit: OwnedSemaphorePermit,
+    key: SocketAddr,
+    admission: Arc<Admission>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut per_addr = self
+            .admission
+            .per_addr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = per_addr.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                per_addr.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl Admission {
+    fn new(cfg: &NetConfig) -> Admission {
+        Admission {
+            configured: Arc::new(Semaphore::new(cfg.handshakes_unauthenticated_max)),
+            strangers: Arc::new(Semaphore::new(cfg.handshakes_unknown_addresses_max)),
+            per_addr_max: cfg.handshakes_per_addr_max,
+            per_addr: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The per-address key of `remote`: the exact address of a configured peer; a stranger's
+    /// IP (a stranger can use every port).
+    fn key(remote: SocketAddr, configured: bool) -> SocketAddr {
+        let remote = canonical(remote);
+        if configured {
+            remote
+        } else {
+            SocketAddr::new(remote.ip(), 0)
+        }
+    }
+
+    fn try_admit(
+        self: &Arc<Self>,
+        remote: SocketAddr,
+        configured: bool,
+    ) -> Result<Admitted, Refusal> {
+        let key = Admission::key(remote, configured);
+        let mut per_addr = self.per_addr.lock().unwrap_or_else(|e| e.into_inner());
+        let n = per_addr.get(&key).copied().unwrap_or(0);
+        if n >= self.per_addr_max {
+            return Err(Refusal::Address);
+        }
+        let pool = if configured {
+            &self.configured
+        } else {
+            &self.strangers
+        };
+        let permit = pool
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::Budget)?;
+        per_addr.insert(key, n + 1);
+        Ok(Admitted {
+            _permit: permit,
+            key,
+            admission: self.clone(),
+        })
+    }
+}
+
 struct Inner {
     id: NodeId,
     ctx: Ctx,
     endpoint: Endpoint,
+    filter: Arc<AddrFilter>,
     client_config: quinn::ClientConfig,
     peers: BTreeMap<NodeId, Arc<Peer>>,
-    handshakes: Arc<Semaphore>,
+    admission: Arc<Admission>,
     shutdown: watch::Sender<bool>,
+    /// Bumped when the store quarantines a segment: every connection's catch-up loop runs a
+    /// round soon.
+    kick: Arc<watch::Sender<u64>>,
     rng: Mutex<SplitMix64>,
     skip: SkipSet,
 }
@@ -244,16 +361,34 @@ impl Node {
                 }
             })?,
         };
+        let stats = Arc::new(NetStats::default());
+        let limiter = Arc::new(LogLimiter::new(
+            config.log_warnings_per_window,
+            Duration::from_millis(config.log_window_ms),
+        ));
+        let filter = Arc::new(AddrFilter::new(
+            socket,
+            config.known_peers.values().copied(),
+            config.accept_unknown_addresses,
+            stats.clone(),
+            limiter.clone(),
+        ));
         let known = config.known_peers.keys().cloned().collect();
-        let server_tls = tls::server_config(&identity, known, clock.clone())?;
+        let server_tls =
+            tls::server_config_logged(&identity, known, clock.clone(), limiter.clone())?;
         let client_tls = tls::client_config(&identity, clock.clone())?;
         let (server_tls, client_tls) = tls::quic_configs(server_tls, client_tls)?;
         let transport = config.transport_config();
         let mut server_config = quinn::ServerConfig::with_crypto(server_tls);
+        // Incoming connections wait in quinn only until the accept loop takes them (at once),
+        // so quinn's own cap is the sum of the budgets; the budgets are enforced there.
         server_config
             .transport_config(transport.clone())
             .migration(false)
-            .max_incoming(config.handshakes_unauthenticated_max);
+            .retry_token_lifetime(Duration::from_millis(RETRY_TOKEN_LIFETIME_MS))
+            .max_incoming(
+                config.handshakes_unauthenticated_max + config.handshakes_unknown_addresses_max,
+            );
         let mut client_config = quinn::ClientConfig::new(client_tls);
         client_config.transport_config(transport);
         let mut endpoint_config = EndpointConfig::default();
@@ -276,10 +411,11 @@ impl Node {
         let endpoint = Endpoint::new_with_abstract_socket(
             endpoint_config,
             Some(server_config),
-            socket,
+            filter.clone(),
             Arc::new(TokioRuntime),
         )
         .map_err(NetError::Endpoint)?;
+        let now = Instant::now();
 
         let peers = config
             .known_peers
@@ -292,12 +428,22 @@ impl Node {
                     established: Mutex::new(Vec::new()),
                     last_failure: Mutex::new(None),
                     dialing: AtomicBool::new(true),
-                    catchup: tokio::sync::Mutex::new(()),
+                    catchup: tokio::sync::Mutex::new(PeerCatchup::new(&config, now)),
                 };
                 (id.clone(), Arc::new(peer))
             })
             .collect();
-        let handshakes = Arc::new(Semaphore::new(config.handshakes_unauthenticated_max));
+        let admission = Arc::new(Admission::new(&config));
+        let kick = Arc::new(watch::channel(0u64).0);
+        // The store outlives the node (and may serve a later one): the watcher holds the kick
+        // weakly and does nothing once the node is gone.
+        let weak_kick = Arc::downgrade(&kick);
+        store.watch_quarantine(Box::new(move |id| {
+            if let Some(kick) = weak_kick.upgrade() {
+                tracing::info!(seg_id = %id, "segment quarantined: catch-up will fetch it again from a peer");
+                kick.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }));
         let inner = Arc::new(Inner {
             id: config.node_id.clone(),
             ctx: Ctx {
@@ -305,13 +451,17 @@ impl Node {
                 hooks,
                 clock,
                 cfg: Arc::new(config),
-                stats: Arc::new(NetStats::default()),
+                stats,
+                limiter,
+                receiving: Arc::new(Receiving::default()),
             },
             endpoint,
+            filter,
             client_config,
             peers,
-            handshakes,
+            admission,
             shutdown: watch::channel(false).0,
+            kick,
             rng: Mutex::new(SplitMix64(seed)),
             skip: SkipSet::default(),
         });
@@ -478,16 +628,65 @@ impl Inner {
         &self.ctx.cfg
     }
 
+    /// The log key of a remote address: a configured peer's exact address, a stranger's IP.
+    fn who(&self, remote: SocketAddr) -> String {
+        let remote = canonical(remote);
+        if self.filter.is_configured(remote) {
+            remote.to_string()
+        } else {
+            remote.ip().to_string()
+        }
+    }
+
     async fn accept_loop(self: Arc<Self>) {
+        let accept_unknown = self.cfg().accept_unknown_addresses;
+        let answer_window = answer_for(self.cfg().handshake_unauthenticated_timeout());
         while let Some(incoming) = self.endpoint.accept().await {
-            match self.handshakes.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    tokio::spawn(self.clone().handle_incoming(incoming, permit));
+            let remote = incoming.remote_address();
+            let configured = self.filter.is_configured(remote);
+            if !configured {
+                // The filter drops strangers' datagrams unless they are accepted; and even then
+                // the table of addresses answered is bounded.
+                let until = std::time::Instant::now() + answer_window;
+                if !accept_unknown || !self.filter.answer(remote, until) {
+                    warn_limited!(self.ctx.limiter, &self.who(remote), "handshake_not_answered", %remote, "handshake from an address that is no configured peer's not answered");
+                    incoming.ignore();
+                    continue;
                 }
-                Err(_) => {
-                    bump(&self.ctx.stats.handshakes_refused_cap, 1);
-                    tracing::warn!(remote = %incoming.remote_address(), "handshake refused: too many unauthenticated handshakes in flight");
-                    incoming.refuse();
+            }
+            if !incoming.remote_address_validated() {
+                // A Retry costs a small stateless packet and proves, when the client comes back
+                // with its token, that it receives at its address.
+                match incoming.retry() {
+                    Ok(()) => bump(&self.ctx.stats.handshakes_retried, 1),
+                    Err(e) => e.into_incoming().ignore(),
+                }
+                continue;
+            }
+            match self.admission.try_admit(remote, configured) {
+                Ok(admitted) => {
+                    tokio::spawn(self.clone().handle_incoming(incoming, admitted, configured));
+                }
+                Err(refusal) => {
+                    let (counter, reason, why) = match refusal {
+                        Refusal::Budget => (
+                            &self.ctx.stats.handshakes_refused_cap,
+                            "handshake_cap",
+                            "handshake refused: too many unauthenticated handshakes in flight",
+                        ),
+                        Refusal::Address => (
+                            &self.ctx.stats.handshakes_refused_addr_cap,
+                            "handshake_addr_cap",
+                            "handshake refused: too many handshakes in flight from this address",
+                        ),
+                    };
+                    bump(counter, 1);
+                    warn_limited!(self.ctx.limiter, &self.who(remote), reason, %remote, configured, "{why}");
+                    if configured {
+                        incoming.refuse();
+                    } else {
+                        incoming.ignore();
+                    }
                 }
             }
         }
@@ -496,7 +695,8 @@ impl Inner {
     async fn handle_incoming(
         self: Arc<Self>,
         incoming: quinn::Incoming,
-        permit: OwnedSemaphorePermit,
+        admitted: Admitted,
+        configured: bool,
     ) {
         let remote = incoming.remote_address();
         let connecting = match incoming.accept() {
@@ -506,18 +706,20 @@ impl Inner {
                 return;
             }
         };
-        let conn = match timeout(self.cfg().handshake_timeout(), connecting).await {
+        let deadline = self.cfg().handshake_unauthenticated_timeout();
+        let conn = match timeout(deadline, connecting).await {
             Err(_) => {
-                tracing::warn!(%remote, "inbound handshake timed out");
+                bump(&self.ctx.stats.handshakes_timed_out, 1);
+                warn_limited!(self.ctx.limiter, &self.who(remote), "handshake_timeout", %remote, "inbound handshake timed out");
                 return;
             }
             Ok(Err(e)) => {
-                tracing::info!(%remote, error = %e, "inbound handshake failed");
+                info_limited!(self.ctx.limiter, &self.who(remote), "handshake_failed", %remote, error = %e, "inbound handshake failed");
                 return;
             }
             Ok(Ok(conn)) => conn,
         };
-        drop(permit);
+        drop(admitted);
         let id = conn
             .peer_identity()
             .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
@@ -529,11 +731,21 @@ impl Inner {
         match id.as_ref().ok().and_then(|id| self.peers.get(id)) {
             Some(peer) => {
                 tracing::debug!(peer = %peer.id, %remote, "inbound connection");
+                if !configured {
+                    // A known peer at an unexpected address: answered while its connection
+                    // lives.
+                    self.filter.hold(remote);
+                    let (filter, conn) = (self.filter.clone(), conn.clone());
+                    tokio::spawn(async move {
+                        conn.closed().await;
+                        filter.release(remote);
+                    });
+                }
                 self.adopt(peer, conn, false);
             }
             None => {
                 // TLS refuses these first; this is defence in depth.
-                tracing::warn!(%remote, presented = ?id, "connection closed: not a known peer");
+                warn_limited!(self.ctx.limiter, &self.who(remote), "unknown_peer", %remote, presented = ?id, "connection closed: not a known peer");
                 conn.close(ConnCode::UnknownPeer.varint(), b"unknown peer");
             }
         }
@@ -563,7 +775,7 @@ impl Inner {
             established.retain(|c| c.close_reason().is_none());
             if established.len() >= self.cfg().connections_per_peer_max {
                 bump(&self.ctx.stats.connections_closed, 1);
-                tracing::warn!(peer = %peer.id, "connection closed: connections_per_peer_max reached");
+                warn_limited!(self.ctx.limiter, peer.id.as_str(), "connections_cap", peer = %peer.id, "connection closed: connections_per_peer_max reached");
                 conn.close(
                     ConnCode::TooManyConnections.varint(),
                     b"too many connections",
@@ -593,7 +805,8 @@ impl Inner {
             }));
         }
         *peer.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        tracing::info!(peer = %peer.id, remote = %conn.remote_address(), opened_by_me, "connected");
+        // A peer reconnecting in a loop must not flood the log either.
+        info_limited!(self.ctx.limiter, peer.id.as_str(), "connected", peer = %peer.id, remote = %conn.remote_address(), opened_by_me, "connected");
         tokio::spawn(self.clone().serve_connection(peer.id.clone(), conn.clone()));
         tokio::spawn(self.clone().catchup_loop(peer.clone(), conn));
         self.ctx.hooks.on_peer_connected(&peer.id);
@@ -639,7 +852,7 @@ impl Inner {
                 let reason = live.conn.close_reason();
                 let refused = reason.as_ref().map(conn_outcome);
                 let duplicate = is_duplicate_close(&live.conn);
-                tracing::info!(peer = %peer.id, reason = ?reason, "disconnected");
+                info_limited!(self.ctx.limiter, peer.id.as_str(), "disconnected", peer = %peer.id, reason = ?reason, "disconnected");
                 if let Some(o @ SendOutcome::HandshakeRefused(_)) = refused {
                     failures += 1;
                     *peer.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(o);
@@ -796,7 +1009,7 @@ impl Inner {
                     .unwrap_or(StreamCode::Stalled);
                 if e.is_none() || e.as_ref().is_some_and(|e| e.stream_code().is_some()) {
                     bump(&ctx.stats.streams_failed, 1);
-                    tracing::warn!(peer = %peer, error = ?e.map(|e| e.to_string()), "stream ended: bad or missing first frame");
+                    warn_limited!(ctx.limiter, peer.as_str(), "bad_first_frame", peer = %peer, error = ?e.map(|e| e.to_string()), "stream ended: bad or missing first frame");
                 }
                 let _ = send.reset(code.varint());
                 let _ = recv.stop(code.varint());
@@ -815,17 +1028,27 @@ impl Inner {
             }
             other => {
                 bump(&ctx.stats.streams_failed, 1);
-                tracing::warn!(peer = %peer, frame = other.name(), "stream ended: unexpected first frame");
+                warn_limited!(ctx.limiter, peer.as_str(), "unexpected_first_frame", peer = %peer, frame = other.name(), "stream ended: unexpected first frame");
                 let _ = send.reset(StreamCode::Protocol.varint());
                 let _ = recv.stop(StreamCode::Protocol.varint());
             }
         }
     }
 
+    /// Runs catch-up rounds on `conn` while it is `peer`'s current connection: on connect (if
+    /// `catchup_on_connect`), then as [`catchup::next_round_in`] decides, and within
+    /// `catchup_followup_ms` of a quarantine — never two rounds with one peer closer than
+    /// `catchup_followup_ms` (the last round's end is kept across connections).
     async fn catchup_loop(self: Arc<Self>, peer: Arc<Peer>, conn: Connection) {
         let mut shutdown = self.shutdown.subscribe();
-        let interval_ms = self.cfg().catchup_interval_ms;
-        let mut first = true;
+        let mut kick = self.kick.subscribe();
+        kick.borrow_and_update();
+        let followup = Duration::from_millis(self.cfg().catchup_followup_ms);
+        let mut next = if self.cfg().catchup_on_connect {
+            Some(self.soonest_round(&peer, followup))
+        } else {
+            catchup::next_round_in(self.cfg(), None).map(|d| Instant::now() + d)
+        };
         loop {
             let is_current = peer
                 .live()
@@ -833,30 +1056,57 @@ impl Inner {
             if !is_current {
                 return;
             }
-            if !first || self.cfg().catchup_on_connect {
-                match self.catch_up_on(&peer, &conn).await {
+            if next.is_some_and(|at| at <= Instant::now()) {
+                let report = self.catch_up_on(&peer, &conn).await;
+                match &report {
                     Ok(report) if report.in_sync => {
                         tracing::debug!(peer = %peer.id, "catch-up: in sync")
                     }
-                    Ok(report) => tracing::info!(peer = %peer.id, ?report, "catch-up round"),
-                    Err(e) => tracing::info!(peer = %peer.id, error = %e, "catch-up round failed"),
+                    Ok(report) => {
+                        info_limited!(self.ctx.limiter, peer.id.as_str(), "catchup_round", peer = %peer.id, ?report, "catch-up round")
+                    }
+                    Err(e) => {
+                        info_limited!(self.ctx.limiter, peer.id.as_str(), "catchup_failed", peer = %peer.id, error = %e, "catch-up round failed")
+                    }
                 }
+                next = catchup::next_round_in(self.cfg(), report.as_ref().ok())
+                    .map(|d| Instant::now() + d);
+                continue;
             }
-            first = false;
-            if interval_ms == 0 {
-                return;
-            }
+            let until_next = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(interval_ms)) => {}
+                _ = until_next => {}
+                changed = kick.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let soon = self.soonest_round(&peer, followup);
+                    next = Some(next.map_or(soon, |n| n.min(soon)));
+                }
                 _ = conn.closed() => return,
                 _ = shutdown.changed() => return,
             }
         }
     }
 
+    /// The earliest a new round with `peer` may start: `gap` after its last one.
+    fn soonest_round(&self, peer: &Peer, gap: Duration) -> Instant {
+        let now = Instant::now();
+        // A round in progress holds the lock; the next one comes after it anyway.
+        match peer.catchup.try_lock() {
+            Ok(state) => state.last_end.map_or(now, |end| (end + gap).max(now)),
+            Err(_) => now + gap,
+        }
+    }
+
     async fn catch_up_on(&self, peer: &Peer, conn: &Connection) -> Result<CatchupReport, String> {
-        let _one_at_a_time = peer.catchup.lock().await;
-        catchup::pull_round(&self.ctx, &self.skip, &peer.id, conn).await
+        let mut state = peer.catchup.lock().await;
+        catchup::pull_round(&self.ctx, &self.skip, &peer.id, conn, &mut state).await
     }
 }
 

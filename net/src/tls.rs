@@ -5,7 +5,8 @@
 //!   verifier); then [`KnownPeerVerifier`] requires that the one node id it names is in
 //!   `known_peers`. Anything else fails the handshake with a TLS alert — before the connection
 //!   exists for the application, so before any application data — and is logged with the id
-//!   the certificate presented.
+//!   the certificate presented, rate-limited ([`crate::logcap`]: per presented id for
+//!   certificates of the fleet, one budget for all the others, whose names anyone can choose).
 //! - **Client side**: the server certificate must chain to the fleet CA, be valid now, and name
 //!   the peer id being dialled (the TLS server name is the peer id, never an address: a
 //!   `known_peers` address may point at a proxy).
@@ -29,6 +30,7 @@ use rustls::{
 
 use crate::clock::{Clock, ClockTime};
 use crate::limits::ALPN;
+use crate::logcap::LogLimiter;
 use crate::pki::{NodeId, NodeIdentity, node_id_of_cert, presented_names};
 
 /// Errors building a TLS configuration (a bad certificate or key caught at start).
@@ -81,6 +83,21 @@ pub fn server_config(
     known_peers: BTreeSet<NodeId>,
     clock: Arc<dyn Clock>,
 ) -> Result<rustls::ServerConfig, TlsError> {
+    server_config_logged(
+        identity,
+        known_peers,
+        clock,
+        Arc::new(LogLimiter::default()),
+    )
+}
+
+/// [`server_config`], logging refusals through the node's `limiter`.
+pub fn server_config_logged(
+    identity: &NodeIdentity,
+    known_peers: BTreeSet<NodeId>,
+    clock: Arc<dyn Clock>,
+    limiter: Arc<LogLimiter>,
+) -> Result<rustls::ServerConfig, TlsError> {
     let provider = provider();
     let inner =
         WebPkiClientVerifier::builder_with_provider(roots(&identity.ca_cert)?, provider.clone())
@@ -89,6 +106,7 @@ pub fn server_config(
     let verifier = Arc::new(KnownPeerVerifier {
         inner,
         known: known_peers,
+        limiter,
     });
     let mut cfg = rustls::ServerConfig::builder_with_details(provider, Arc::new(ClockTime(clock)))
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -146,6 +164,7 @@ pub fn quic_configs(
 pub struct KnownPeerVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     known: BTreeSet<NodeId>,
+    limiter: Arc<LogLimiter>,
 }
 
 impl ClientCertVerifier for KnownPeerVerifier {
@@ -171,19 +190,19 @@ impl ClientCertVerifier for KnownPeerVerifier {
             .inner
             .verify_client_cert(end_entity, intermediates, now)
         {
-            tracing::warn!(presented_id = %presented_names(end_entity), error = %e, "peer refused: certificate not valid under the fleet CA");
+            crate::warn_limited!(self.limiter, "unverified", "tls_untrusted_certificate", presented_id = %presented_names(end_entity), error = %e, "peer refused: certificate not valid under the fleet CA");
             return Err(e);
         }
         match node_id_of_cert(end_entity) {
             Ok(id) if self.known.contains(&id) => Ok(ClientCertVerified::assertion()),
             Ok(id) => {
-                tracing::warn!(presented_id = %id, "peer refused: id not in known_peers");
+                crate::warn_limited!(self.limiter, id.as_str(), "tls_unknown_id", presented_id = %id, "peer refused: id not in known_peers");
                 Err(rustls::Error::InvalidCertificate(
                     CertificateError::ApplicationVerificationFailure,
                 ))
             }
             Err(reason) => {
-                tracing::warn!(presented_id = %presented_names(end_entity), reason, "peer refused: no usable node id");
+                crate::warn_limited!(self.limiter, "unverified", "tls_no_node_id", presented_id = %presented_names(end_entity), reason, "peer refused: no usable node id");
                 Err(rustls::Error::InvalidCertificate(
                     CertificateError::ApplicationVerificationFailure,
                 ))

@@ -14,6 +14,14 @@
 //! byte beyond the declared length, a bad frame or a stall ends the stream with a typed code
 //! and keeps what was received as a resumable partial (INV-17, INV-18).
 //!
+//! Stalls (INV-18) follow the minimum-rate rule of [`crate::rate`] in both directions: the
+//! receiver judges the bytes it reads, the sender the bytes the receiver lets it write, over
+//! each `stall_timeout_ms` window. A receive first claims its segment id in the node's
+//! [`crate::takeover`] table, so a second peer offering a segment that is being received
+//! slowly from a first one takes it over (resuming from the first one's checkpoint) instead of
+//! being told `Busy` for as long as the first one likes; the preempted sender is answered
+//! `Busy` and its stream is stopped with [`StreamCode::Preempted`].
+//!
 //! Sender guarantees: the bytes sent are hashed as they are read from the stored copy
 //! (including the prefix skipped when resuming); if the copy is corrupt the stream is reset
 //! with [`StreamCode::LocalCorrupt`] instead of being finished — so the receiver can never
@@ -28,15 +36,19 @@ use store::manifest::{SignedManifest, VerifyError};
 use store::segfile::SegFileError;
 use store::{Begin, Ingest, IngestError, IngestOptions, SegmentId, SegmentReader, Store, Stored};
 use tokio::sync::mpsc;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::clock::Clock;
 use crate::config::NetConfig;
-use crate::limits::{PAYLOAD_CHUNK_BYTES, PAYLOAD_QUEUE_CHUNKS};
+use crate::limits::{PAYLOAD_CHUNK_BYTES, PAYLOAD_QUEUE_CHUNKS, STOPPED_REASON_WAIT_MS};
+use crate::logcap::LogLimiter;
 use crate::pki::NodeId;
+use crate::rate::{Progress, Stalled};
+use crate::takeover::{Claim, Receiving};
 use crate::wire::{
     Msg, RejectReason, StreamCode, WireError, read_error, read_frame, write_error, write_frame,
 };
+use crate::{info_limited, warn_limited};
 
 /// What the node tells its owner (the relay) about transfers. Every method has a default that
 /// does nothing.
@@ -91,7 +103,8 @@ pub enum SendOutcome {
     Delivered,
     /// The peer has it already (stored or tombstoned): counts as delivered.
     Have,
-    /// The peer is receiving the same segment from someone else: retry, no attempt counted.
+    /// The peer is receiving the same segment from someone else, or handed it to a faster
+    /// sender while this one was sending (takeover): retry, no attempt counted.
     Busy,
     /// The peer refused it. `reason.is_permanent()` tells whether retrying can help.
     Refused {
@@ -104,7 +117,8 @@ pub enum SendOutcome {
     Unreachable(String),
     /// The TLS handshake failed: certificates or ids do not match (INV-09).
     HandshakeRefused(String),
-    /// No progress for `stall_timeout_ms`, or no answer within `response_timeout_ms` (INV-18).
+    /// The peer read less than `stall_rate_min_bytes_per_s` (or nothing) over a
+    /// `stall_timeout_ms` window, or did not answer within `response_timeout_ms` (INV-18).
     TimedOut,
     /// This node's stored copy failed verification while being read; it has been quarantined
     /// and the stream aborted, so the peer stored nothing.
@@ -143,6 +157,24 @@ pub struct NetStats {
     pub connections_closed: AtomicU64,
     /// Segments requested with `Pull` during catch-up.
     pub catchup_pulls: AtomicU64,
+    /// Catch-up rounds ended early: by a bound (pulls, pages, the peer's budget) or by the peer
+    /// answering `NotHeld` for an id it listed.
+    pub catchup_rounds_cut: AtomicU64,
+    /// Datagrams dropped because their source is no configured peer's address (INV-27).
+    pub datagrams_dropped_unknown: AtomicU64,
+    /// Datagrams the send guard kept from an address that is no configured peer's and was not
+    /// answered (INV-27); 0 unless `accept_unknown_addresses` is set.
+    pub datagrams_blocked_send: AtomicU64,
+    /// QUIC Retry packets sent: a client's address is validated before any handshake state.
+    pub handshakes_retried: AtomicU64,
+    /// Handshakes refused because their source address had `handshakes_per_addr_max` in flight.
+    pub handshakes_refused_addr_cap: AtomicU64,
+    /// Inbound handshakes dropped at `handshake_unauthenticated_timeout_ms`.
+    pub handshakes_timed_out: AtomicU64,
+    /// Transfers (either direction) cut by the minimum-rate rule.
+    pub transfers_stalled: AtomicU64,
+    /// Receives handed to another peer by the takeover rule.
+    pub transfers_preempted: AtomicU64,
 }
 
 /// A plain copy of [`NetStats`].
@@ -157,6 +189,14 @@ pub struct StatsSnapshot {
     pub handshakes_refused_cap: u64,
     pub connections_closed: u64,
     pub catchup_pulls: u64,
+    pub catchup_rounds_cut: u64,
+    pub datagrams_dropped_unknown: u64,
+    pub datagrams_blocked_send: u64,
+    pub handshakes_retried: u64,
+    pub handshakes_refused_addr_cap: u64,
+    pub handshakes_timed_out: u64,
+    pub transfers_stalled: u64,
+    pub transfers_preempted: u64,
 }
 
 impl NetStats {
@@ -172,6 +212,14 @@ impl NetStats {
             handshakes_refused_cap: g(&self.handshakes_refused_cap),
             connections_closed: g(&self.connections_closed),
             catchup_pulls: g(&self.catchup_pulls),
+            catchup_rounds_cut: g(&self.catchup_rounds_cut),
+            datagrams_dropped_unknown: g(&self.datagrams_dropped_unknown),
+            datagrams_blocked_send: g(&self.datagrams_blocked_send),
+            handshakes_retried: g(&self.handshakes_retried),
+            handshakes_refused_addr_cap: g(&self.handshakes_refused_addr_cap),
+            handshakes_timed_out: g(&self.handshakes_timed_out),
+            transfers_stalled: g(&self.transfers_stalled),
+            transfers_preempted: g(&self.transfers_preempted),
         }
     }
 }
@@ -188,6 +236,10 @@ pub(crate) struct Ctx {
     pub clock: Arc<dyn Clock>,
     pub cfg: Arc<NetConfig>,
     pub stats: Arc<NetStats>,
+    /// One per node: what remote parties can make it log (see [`crate::logcap`]).
+    pub limiter: Arc<LogLimiter>,
+    /// One per node: who receives which segment (see [`crate::takeover`]).
+    pub receiving: Arc<Receiving>,
 }
 
 /// Maps a lost connection to an outcome.
@@ -217,9 +269,10 @@ fn wire_outcome(e: WireError) -> SendOutcome {
     }
 }
 
-/// Drops an ingest on a blocking thread (its drop may remove files and write the index).
-fn drop_blocking(ingest: Box<Ingest>) {
-    tokio::task::spawn_blocking(move || drop(ingest));
+/// Drops an ingest on a blocking thread (its drop may remove files and write the index), and
+/// waits for it: the store must be free of it before the claim on its id goes.
+async fn drop_blocking(ingest: Box<Ingest>) {
+    let _ = tokio::task::spawn_blocking(move || drop(ingest)).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -318,20 +371,44 @@ pub(crate) async fn send_with(
     let reading = tokio::task::spawn_blocking(move || {
         read_payload(reader, offset, payload_len, payload_hash, &tx);
     });
-    let stall = ctx.cfg.stall_timeout();
     enum Stop {
-        Stalled,
+        Stalled(Stalled),
         Write(WireError),
         Corrupt(String),
         Io(String),
     }
-    let streamed: Result<(), Stop> = loop {
+    // The reader's progress shows here only in steps of flow-control credit: an eighth of its
+    // stream window, taken to be this node's own (a fleet shares its defaults).
+    let slack = ctx.cfg.stream_receive_window_bytes / 8;
+    let mut owed = payload_len - offset;
+    let mut progress = Progress::new(
+        Instant::now(),
+        ctx.cfg.stall_timeout(),
+        ctx.cfg.stall_rate_min_bytes_per_s,
+        slack,
+        owed,
+    );
+    let streamed: Result<(), Stop> = 'stream: loop {
         match rx.recv().await {
-            Some(FromDisk::Data(buf)) => match timeout(stall, send.write_all(&buf)).await {
-                Err(_) => break Err(Stop::Stalled),
-                Ok(Err(e)) => break Err(Stop::Write(write_error(e))),
-                Ok(Ok(())) => bump(&ctx.stats.payload_bytes_sent, buf.len() as u64),
-            },
+            Some(FromDisk::Data(buf)) => {
+                let mut pos = 0;
+                while pos < buf.len() {
+                    match timeout_at(progress.deadline(), send.write(&buf[pos..])).await {
+                        Ok(Ok(n)) => {
+                            pos += n;
+                            owed = owed.saturating_sub(n as u64);
+                            progress.record(n as u64);
+                            bump(&ctx.stats.payload_bytes_sent, n as u64);
+                        }
+                        Ok(Err(e)) => break 'stream Err(Stop::Write(write_error(e))),
+                        // The window ended while the peer let nothing more be written.
+                        Err(_) => {}
+                    }
+                    if let Err(stalled) = progress.roll(Instant::now(), owed) {
+                        break 'stream Err(Stop::Stalled(stalled));
+                    }
+                }
+            }
             Some(FromDisk::Verified) => break Ok(()),
             Some(FromDisk::Corrupt(reason)) => break Err(Stop::Corrupt(reason)),
             Some(FromDisk::Io(e)) => break Err(Stop::Io(e)),
@@ -353,20 +430,26 @@ pub(crate) async fn send_with(
             end_stream(send, recv, StreamCode::Internal);
             return SendOutcome::Failed(format!("reading segment {id}: {e}"));
         }
-        Err(Stop::Stalled) => {
+        Err(Stop::Stalled(stalled)) => {
             end_stream(send, recv, StreamCode::Stalled);
-            tracing::warn!(peer = %peer, seg_id = %id, "transfer stalled (peer not reading)");
+            bump(&ctx.stats.transfers_stalled, 1);
+            warn_limited!(ctx.limiter, peer.as_str(), "send_stalled", peer = %peer, seg_id = %id, moved = stalled.moved, required = stalled.required, "transfer stalled: the peer read less than the minimum rate over a window");
             return SendOutcome::TimedOut;
         }
         Err(Stop::Write(WireError::Stopped(code))) => {
             // The receiver ended the stream; it may have said why first.
-            let said = timeout(Duration::from_millis(500), read_frame(recv, max)).await;
-            if let Ok(Ok(Msg::Reject { reason, detail })) = said {
-                return refused(reason, detail);
+            let wait = Duration::from_millis(STOPPED_REASON_WAIT_MS);
+            match timeout(wait, read_frame(recv, max)).await {
+                Ok(Ok(Msg::Reject { reason, detail })) => return refused(reason, detail),
+                Ok(Ok(Msg::Busy)) => return SendOutcome::Busy,
+                _ => {}
             }
             let _ = send.reset(StreamCode::Internal.varint());
             if code == StreamCode::Stalled as u64 {
                 return SendOutcome::TimedOut;
+            }
+            if code == StreamCode::Preempted as u64 {
+                return SendOutcome::Busy;
             }
             return SendOutcome::Failed(format!("peer {peer} stopped the stream (code {code})"));
         }
@@ -385,6 +468,8 @@ pub(crate) async fn send_with(
             SendOutcome::Delivered
         }
         Ok(Ok(Msg::Have)) => SendOutcome::Have,
+        // Another sender took the segment over (see the takeover rule).
+        Ok(Ok(Msg::Busy)) => SendOutcome::Busy,
         Ok(Ok(Msg::Reject { reason, detail })) => refused(reason, detail),
         Ok(Ok(other)) => {
             let _ = recv.stop(StreamCode::Protocol.varint());
@@ -516,7 +601,8 @@ pub enum OfferResult {
     Busy,
     /// Refused with this reason.
     Rejected(RejectReason),
-    /// The transfer stalled or the stream broke before a verdict (a partial may be kept).
+    /// The transfer stalled, was handed to another sender, or the stream broke before a
+    /// verdict (a partial may be kept).
     Interrupted,
 }
 
@@ -527,7 +613,9 @@ impl Received {
             Received::Had => OfferResult::Duplicate,
             Received::Busy => OfferResult::Busy,
             Received::Rejected(reason) => OfferResult::Rejected(*reason),
-            Received::TimedOut | Received::Failed(_) => OfferResult::Interrupted,
+            Received::TimedOut | Received::Preempted | Received::Failed(_) => {
+                OfferResult::Interrupted
+            }
         }
     }
 }
@@ -539,6 +627,8 @@ pub(crate) enum Received {
     Busy,
     Rejected(RejectReason),
     TimedOut,
+    /// Another peer took the segment over (the takeover rule); the partial was kept.
+    Preempted,
     Failed(String),
 }
 
@@ -555,7 +645,8 @@ enum WriterEnd {
 }
 
 enum InFail {
-    Stalled,
+    Stalled(Stalled),
+    Preempted,
     Truncated { got: u64 },
     TooLong,
     Reset(u64),
@@ -640,6 +731,28 @@ async fn receive_offer(
             format!("segment of {file_len} bytes can never fit under a ceiling of {ceiling}");
         return reject(ctx, send, RejectReason::TooLarge, detail).await;
     }
+    // Held (or evicted) already: "have", without waiting for anyone's claim.
+    let store = ctx.store.clone();
+    let holding = tokio::task::spawn_blocking(move || store.holding(&id)).await;
+    if let Ok(Ok(store::Holding::Stored | store::Holding::Tombstoned)) = holding {
+        let _ = write_frame(send, &Msg::Have).await;
+        let _ = send.finish();
+        return Received::Had;
+    }
+    let claim = ctx
+        .receiving
+        .claim(
+            id,
+            peer,
+            takeover_wait(&ctx.cfg),
+            ctx.cfg.takeover_below_rate_bytes_per_s,
+        )
+        .await;
+    let Some(claim) = claim else {
+        let _ = write_frame(send, &Msg::Busy).await;
+        let _ = send.finish();
+        return Received::Busy;
+    };
     let store = ctx.store.clone();
     let opts = IngestOptions::from_peer(peer.as_str());
     let now = ctx.clock.now_ms();
@@ -652,19 +765,28 @@ async fn receive_offer(
             return Received::Had;
         }
         Ok(Err(IngestError::Busy(_))) => {
+            // Being imported, or received outside this node's table: the store decides.
             let _ = write_frame(send, &Msg::Busy).await;
             let _ = send.finish();
             return Received::Busy;
         }
         Ok(Err(e)) => {
-            tracing::info!(peer = %peer, seg_id = %id, error = %e, "offer refused");
-            return reject(ctx, send, ingest_reason(&e), e.to_string()).await;
+            let reason = ingest_reason(&e);
+            if matches!(
+                reason,
+                RejectReason::BadSignature | RejectReason::UntrustedPublisher
+            ) {
+                warn_limited!(ctx.limiter, peer.as_str(), "offer_refused", peer = %peer, seg_id = %id, %reason, error = %e, "offer refused");
+            } else {
+                info_limited!(ctx.limiter, peer.as_str(), "offer_refused", peer = %peer, seg_id = %id, %reason, error = %e, "offer refused");
+            }
+            return reject(ctx, send, reason, e.to_string()).await;
         }
         Ok(Ok(Begin::Ingest(ingest))) => ingest,
     };
     let offset = ingest.resume_offset();
     if let Err(e) = write_frame(send, &Msg::Want { offset }).await {
-        drop_blocking(ingest);
+        drop_blocking(ingest).await;
         return Received::Failed(e.to_string());
     }
 
@@ -678,7 +800,7 @@ async fn receive_offer(
             write_payload(ingest, rx, clock, hooks, peer, checkpoint_bytes)
         })
     };
-    let pumped = pump_in(ctx, recv, &tx, payload_len - offset).await;
+    let pumped = pump_in(ctx, recv, &tx, payload_len - offset, &claim).await;
     let to_disk = if pumped.is_ok() {
         ToDisk::End
     } else {
@@ -691,7 +813,7 @@ async fn receive_offer(
     match (pumped, written) {
         (_, Ok(WriterEnd::Failed(e))) => {
             let reason = ingest_reason(&e);
-            tracing::warn!(peer = %peer, seg_id = %id, error = %e, "segment not stored");
+            warn_limited!(ctx.limiter, peer.as_str(), "not_stored", peer = %peer, seg_id = %id, %reason, error = %e, "segment not stored");
             let _ = recv.stop(StreamCode::Internal.varint());
             reject(ctx, send, reason, e.to_string()).await
         }
@@ -708,23 +830,34 @@ async fn receive_offer(
             Received::Stored(stored.id)
         }
         (Ok(()), Ok(WriterEnd::Aborted)) => Received::Failed("disk writer stopped early".into()),
+        (Err(InFail::Preempted), _) => {
+            // Not the peer's fault: a faster peer offered the same segment.
+            bump(&ctx.stats.transfers_preempted, 1);
+            let _ = write_frame(send, &Msg::Busy).await;
+            let _ = send.finish();
+            let _ = recv.stop(StreamCode::Preempted.varint());
+            info_limited!(ctx.limiter, peer.as_str(), "preempted", peer = %peer, seg_id = %id, "transfer handed to a faster peer; partial kept for it");
+            Received::Preempted
+        }
         (Err(fail), _) => {
             bump(&ctx.stats.streams_failed, 1);
             match fail {
-                InFail::Stalled => {
+                InFail::Stalled(stalled) => {
                     end_stream(send, recv, StreamCode::Stalled);
-                    tracing::warn!(peer = %peer, seg_id = %id, "transfer stalled; partial kept for resume");
+                    bump(&ctx.stats.transfers_stalled, 1);
+                    warn_limited!(ctx.limiter, peer.as_str(), "receive_stalled", peer = %peer, seg_id = %id, moved = stalled.moved, required = stalled.required, "transfer stalled: less than the minimum rate over a window; partial kept for resume");
                     Received::TimedOut
                 }
+                InFail::Preempted => Received::Preempted,
                 InFail::TooLong => {
                     let _ = recv.stop(StreamCode::PayloadTooLong.varint());
                     let detail = format!("more than the {payload_len} payload bytes declared");
-                    tracing::warn!(peer = %peer, seg_id = %id, "payload longer than declared");
+                    warn_limited!(ctx.limiter, peer.as_str(), "payload_too_long", peer = %peer, seg_id = %id, "payload longer than declared");
                     reject(ctx, send, RejectReason::LengthMismatch, detail).await
                 }
                 InFail::Truncated { got } => {
                     let detail = format!("stream ended after {got} of {payload_len} payload bytes");
-                    tracing::warn!(peer = %peer, seg_id = %id, got, "payload truncated");
+                    warn_limited!(ctx.limiter, peer.as_str(), "payload_truncated", peer = %peer, seg_id = %id, got, "payload truncated");
                     reject(ctx, send, RejectReason::LengthMismatch, detail).await
                 }
                 InFail::Reset(code) => {
@@ -735,7 +868,7 @@ async fn receive_offer(
                         Some(StreamCode::LocalCorrupt) => "its stored copy is corrupt".to_owned(),
                         _ => format!("code {code}"),
                     };
-                    tracing::warn!(peer = %peer, seg_id = %id, why, "sender aborted the transfer");
+                    warn_limited!(ctx.limiter, peer.as_str(), "sender_aborted", peer = %peer, seg_id = %id, why, "sender aborted the transfer");
                     Received::Failed(format!("sender aborted: {why}"))
                 }
                 InFail::Lost(e) => Received::Failed(e),
@@ -745,15 +878,34 @@ async fn receive_offer(
     }
 }
 
-/// Reads exactly `remaining` payload bytes into chunks for the disk thread, then requires the
-/// end of the stream.
+/// How long a second peer offering a segment waits for the one it is received from: a little
+/// more than one rate window (so the holder finishes a window and shows its rate), and never
+/// more than half the sender's response timeout (so the sender hears an answer in time).
+pub(crate) fn takeover_wait(cfg: &NetConfig) -> Duration {
+    let window = cfg.stall_timeout();
+    (window + window / 4).min(cfg.response_timeout() / 2)
+}
+
+/// Reads exactly `remaining` payload bytes into chunks for the disk thread under the
+/// minimum-rate rule, publishing each window's rate to the claim (and stopping when a waiter
+/// takes over), then requires the end of the stream.
 async fn pump_in(
     ctx: &Ctx,
     recv: &mut RecvStream,
     tx: &mpsc::Sender<ToDisk>,
     mut remaining: u64,
+    claim: &Claim,
 ) -> Result<(), InFail> {
     let stall = ctx.cfg.stall_timeout();
+    let mut progress = Progress::new(
+        Instant::now(),
+        stall,
+        ctx.cfg.stall_rate_min_bytes_per_s,
+        0,
+        remaining,
+    );
+    let preempted = claim.preempted();
+    tokio::pin!(preempted);
     let mut got = 0u64;
     let read_fail = |e: quinn::ReadError| match read_error(e) {
         WireError::Reset(code) => InFail::Reset(code),
@@ -765,24 +917,42 @@ async fn pump_in(
         let mut buf = vec![0u8; want];
         let mut filled = 0;
         while filled < want {
-            let fail = match timeout(stall, recv.read(&mut buf[filled..])).await {
-                Ok(Ok(Some(n))) => {
-                    filled += n;
-                    continue;
-                }
-                Err(_) => InFail::Stalled,
-                Ok(Ok(None)) => InFail::Truncated {
-                    got: got + filled as u64,
+            let read = tokio::select! {
+                biased;
+                _ = &mut preempted => Err(InFail::Preempted),
+                r = timeout_at(progress.deadline(), recv.read(&mut buf[filled..])) => match r {
+                    Ok(Ok(Some(n))) => {
+                        filled += n;
+                        progress.record(n as u64);
+                        Ok(())
+                    }
+                    // The window ended: judged below.
+                    Err(_) => Ok(()),
+                    Ok(Ok(None)) => Err(InFail::Truncated {
+                        got: got + filled as u64,
+                    }),
+                    Ok(Err(e)) => Err(read_fail(e)),
                 },
-                Ok(Err(e)) => read_fail(e),
             };
-            // Hand over what did arrive, so the checkpoint of the cut transfer includes it.
-            if filled > 0 {
-                buf.truncate(filled);
-                bump(&ctx.stats.payload_bytes_received, filled as u64);
-                let _ = tx.send(ToDisk::Data(buf)).await;
+            let judged = read.and_then(|()| {
+                match progress.roll(Instant::now(), remaining - filled as u64) {
+                    Err(stalled) => Err(InFail::Stalled(stalled)),
+                    Ok(Some(rate)) => {
+                        claim.publish_rate(rate);
+                        Ok(())
+                    }
+                    Ok(None) => Ok(()),
+                }
+            });
+            if let Err(fail) = judged {
+                // Hand over what did arrive, so the checkpoint of the cut transfer includes it.
+                if filled > 0 {
+                    buf.truncate(filled);
+                    bump(&ctx.stats.payload_bytes_received, filled as u64);
+                    let _ = tx.send(ToDisk::Data(buf)).await;
+                }
+                return Err(fail);
             }
-            return Err(fail);
         }
         remaining -= want as u64;
         got += want as u64;
@@ -793,7 +963,10 @@ async fn pump_in(
     }
     let mut one = [0u8; 1];
     match timeout(stall, recv.read(&mut one)).await {
-        Err(_) => Err(InFail::Stalled),
+        Err(_) => Err(InFail::Stalled(Stalled {
+            moved: 0,
+            required: 0,
+        })),
         Ok(Ok(None)) => Ok(()),
         Ok(Ok(Some(_))) => Err(InFail::TooLong),
         Ok(Err(e)) => Err(read_fail(e)),
@@ -839,6 +1012,7 @@ fn write_payload(
     // Cut short: make what arrived durable so the next attempt resumes after it.
     if since_checkpoint > 0 {
         if let Err(e) = ingest.checkpoint(clock.now_ms()) {
+            // A local disk failure, not the peer's doing: never rate-limited.
             tracing::warn!(seg_id = %ingest.id(), error = %e, "checkpoint of an interrupted transfer failed");
         }
     }

@@ -52,6 +52,10 @@
 //! | LengthMismatch | StoreFull | Internal)`) and finishes. The sender hashes what it reads
 //! from its own stored copy as it sends (the prefix `[0, offset)` too), and if its copy turns
 //! out corrupt it resets the stream with [`StreamCode::LocalCorrupt`] instead of finishing.
+//! A receiver may answer `← Busy` after `Want` too, while the payload flows: another peer
+//! offered the same segment while this sender was below `takeover_below_rate_bytes_per_s` over
+//! a full window, and takes it over from the checkpoint; the receiver then stops the stream
+//! with [`StreamCode::Preempted`] (the sender retries later, no attempt counted).
 //!
 //! **Catch-up** (pull), run by the receiving side on every connect and periodically:
 //! `→ DigestRequest`, `← Digest(count, hash)`; if it differs from its own, pages:
@@ -62,7 +66,8 @@
 //! # Errors
 //!
 //! A bad frame (too large, undecodable, trailing bytes, unexpected in that place), a stall
-//! (no payload progress for `stall_timeout_ms`) or a payload longer than declared ends THAT
+//! (less payload than `stall_rate_min_bytes_per_s` allows, or none at all, over a window of
+//! `stall_timeout_ms`, in either direction) or a payload longer than declared ends THAT
 //! stream — a QUIC `RESET_STREAM` / `STOP_SENDING` carrying a [`StreamCode`] — and nothing
 //! else: the connection and the node go on. Connections are closed with a [`ConnCode`].
 
@@ -210,7 +215,8 @@ pub enum StreamCode {
     Protocol = 1,
     /// A frame's length prefix exceeded `frame_bytes_max`.
     FrameTooLarge = 2,
-    /// No progress for `stall_timeout_ms` (or no first frame within `response_timeout_ms`).
+    /// Below the minimum rate over a `stall_timeout_ms` window (or no first frame within
+    /// `response_timeout_ms`).
     Stalled = 3,
     /// The sender's stored copy failed verification while being sent; it is quarantined.
     LocalCorrupt = 4,
@@ -220,6 +226,9 @@ pub enum StreamCode {
     Internal = 6,
     /// The node is shutting down.
     Shutdown = 7,
+    /// The receiver handed the segment to another, faster sender (the takeover rule); it
+    /// answered `Busy` first and kept the partial, which the other sender resumes.
+    Preempted = 8,
 }
 
 impl StreamCode {
@@ -236,6 +245,7 @@ impl StreamCode {
             5 => StreamCode::PayloadTooLong,
             6 => StreamCode::Internal,
             7 => StreamCode::Shutdown,
+            8 => StreamCode::Preempted,
             _ => return None,
         })
     }

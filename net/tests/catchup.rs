@@ -209,3 +209,63 @@ async fn inv_27_packets_go_only_to_configured_peers() {
         "packets to unconfigured addresses: {sent_to:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inv_15_a_productive_round_cut_by_its_bound_is_followed_up_soon() {
+    logs();
+    let fleet = Fleet::new();
+    let planned = plan(&["a", "b"], 1 << 30);
+    let mut all: Vec<_> = (0..30)
+        .map(|i| seed(&planned[0].store, 200 + i, 4_000))
+        .collect();
+    all.sort();
+    // Rounds of at most 8 pulls, a minute apart unless a round was cut while productive.
+    let nodes = start(&fleet, planned, &[("a", "b")], |cfg| {
+        cfg.catchup_on_connect = true;
+        cfg.catchup_interval_ms = 60_000;
+        cfg.catchup_pulls_per_round_max = 8;
+        cfg.catchup_followup_ms = 200;
+    });
+    let b = &nodes[1];
+    assert!(
+        eventually(Duration::from_secs(10), || stored_ids(&b.store) == all).await,
+        "b holds {} of 30 within the bound",
+        stored_ids(&b.store).len()
+    );
+    assert!(b.node.stats().catchup_rounds_cut >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inv_15_24_a_segment_quarantined_here_is_fetched_again_from_a_peer() {
+    logs();
+    let fleet = Fleet::new();
+    let planned = plan(&["a", "b"], 1 << 30);
+    let seg = seed(&planned[0].store, 300, 64_000);
+    assert_eq!(seed(&planned[1].store, 300, 64_000), seg);
+    // Periodic rounds are a minute apart: only the quarantine can bring the next one soon.
+    let nodes = start(&fleet, planned, &[("a", "b")], |cfg| {
+        cfg.catchup_on_connect = true;
+        cfg.catchup_interval_ms = 60_000;
+        cfg.catchup_followup_ms = 300;
+    });
+    let a = &nodes[0];
+    assert!(
+        a.node
+            .wait_connected(&id("b"), Duration::from_secs(5))
+            .await
+    );
+    // Let the rounds on connect (in sync) pass.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.store
+        .quarantine(&seg, "test: corrupt at rest", now_ms())
+        .unwrap();
+    assert_eq!(a.store.holding(&seg).unwrap(), store::Holding::Absent);
+    assert!(
+        eventually(Duration::from_secs(5), || a.store.holding(&seg).unwrap()
+            == store::Holding::Stored)
+        .await,
+        "a holds the segment again"
+    );
+    // The good copy came from b, through a's ingest hook.
+    assert_eq!(test_jobs(&a.store).get(&seg).map(String::as_str), Some("b"));
+}

@@ -46,15 +46,16 @@ async fn setup(tweak: impl Fn(&mut net::NetConfig) + Clone) -> Setup {
     let planned = plan(&["n", "good"], 1 << 30);
     let honest_seg = seed(&planned[1].store, 99, 2 << 20);
     let n_addr = planned[0].addr;
+    let liar_socket = raw_socket();
     let nodes = start(&fleet, planned, &[("n", "good")], |cfg| {
         if cfg.node_id.as_str() == "n" {
-            // The liar is known (its certificate is valid); n cannot dial it back.
-            cfg.known_peers
-                .insert(id("liar"), "127.0.0.1:9".parse().unwrap());
+            // The liar is known (its certificate is valid, its address listed); n's dials to
+            // it go nowhere (a raw client serves nothing).
+            cfg.known_peers.insert(id("liar"), liar_socket.addr);
         }
         tweak(cfg);
     });
-    let raw = Raw::new(&fleet.identity("liar"));
+    let raw = Raw::on(&fleet.identity("liar"), &liar_socket);
     let liar = raw.connect(n_addr, "n").await.expect("liar connects");
     Setup {
         _fleet: fleet,
@@ -279,10 +280,10 @@ async fn inv_18_stream_flood_stays_within_limits_and_honest_peer_is_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inv_18_connection_flood_keeps_at_most_the_cap() {
     let s = setup(|cfg| cfg.connections_per_peer_max = 2).await;
-    let raw = Raw::new(&s._fleet.identity("liar"));
+    // More connections from the liar's own endpoint (its listed address).
     let mut conns = vec![s.liar.clone()];
     for _ in 0..6 {
-        if let Ok(c) = raw.connect(s.n().addr, "n").await {
+        if let Ok(c) = s._raw.connect(s.n().addr, "n").await {
             conns.push(c);
         }
     }

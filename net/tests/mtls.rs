@@ -1,10 +1,14 @@
 //! INV-09: only a peer whose certificate chains to the fleet CA and whose id is in
-//! `known_peers` gets to application data, in either direction.
+//! `known_peers` gets to application data, in either direction. The raw clients send from
+//! addresses the node lists for peers (a node does not even hear other addresses), so what
+//! refuses them here is TLS. Admission before TLS (INV-18): address validation, budgets per
+//! address and in total, the unauthenticated deadline; and strangers (INV-27).
 
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
@@ -56,18 +60,28 @@ fn inv_09_pki_files_and_their_errors() {
     assert!("Bad_Id".parse::<net::NodeId>().is_err());
 }
 
-/// Starts node "n" knowing "good" (a running node) and "probe" (used by raw clients).
-fn server() -> (Fleet, Vec<TestNode>) {
+/// Ids under which "n" lists the raw clients' addresses (no node runs under them).
+const PROBES: [&str; 3] = ["probe", "probe-2", "probe-3"];
+
+/// Starts node "n" knowing "good" (a running node) and the [`PROBES`], whose addresses are the
+/// returned sockets (for raw clients).
+fn server_with(tweak: impl Fn(&mut net::NetConfig)) -> (Fleet, Vec<TestNode>, Vec<RawSocket>) {
     let fleet = Fleet::new();
     let planned = plan(&["n", "good"], 1 << 30);
+    let probes: Vec<RawSocket> = PROBES.iter().map(|_| raw_socket()).collect();
     let nodes = start(&fleet, planned, &[("n", "good")], |cfg| {
-        // "probe" is known but runs no node: raw clients use its identity.
         if cfg.node_id.as_str() == "n" {
-            cfg.known_peers
-                .insert(id("probe"), "127.0.0.1:9".parse().unwrap());
+            for (name, probe) in PROBES.iter().zip(&probes) {
+                cfg.known_peers.insert(id(name), probe.addr);
+            }
         }
+        tweak(cfg);
     });
-    (fleet, nodes)
+    (fleet, nodes, probes)
+}
+
+fn server() -> (Fleet, Vec<TestNode>, Vec<RawSocket>) {
+    server_with(|_| {})
 }
 
 /// Asserts that a raw client's attempt fails before application data and left nothing.
@@ -103,7 +117,7 @@ async fn refused(client: Raw, n: &TestNode, server_name: &str) {
             .lock()
             .unwrap()
             .iter()
-            .all(|p| p == "good" || p == "probe")
+            .all(|p| p == "good" || PROBES.contains(&p.as_str()))
     );
     assert!(stored_ids(&n.store).is_empty());
 }
@@ -111,24 +125,29 @@ async fn refused(client: Raw, n: &TestNode, server_name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inv_09_certificate_from_another_ca_is_refused() {
     logs();
-    let (_fleet, nodes) = server();
+    let (_fleet, nodes, probes) = server();
     let rogue = Fleet::new();
-    refused(Raw::new(&rogue.identity("good")), &nodes[0], "n").await;
+    refused(Raw::on(&rogue.identity("good"), &probes[0]), &nodes[0], "n").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inv_09_right_ca_but_unknown_id_is_refused() {
     logs();
-    let (fleet, nodes) = server();
-    refused(Raw::new(&fleet.identity("stranger")), &nodes[0], "n").await;
+    let (fleet, nodes, probes) = server();
+    refused(
+        Raw::on(&fleet.identity("stranger"), &probes[0]),
+        &nodes[0],
+        "n",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inv_09_dialled_id_must_match_the_server_certificate() {
     logs();
-    let (fleet, nodes) = server();
+    let (fleet, nodes, probes) = server();
     // A known peer dials n's address but expects "good" there: n's certificate says "n".
-    let client = Raw::new(&fleet.identity("good"));
+    let client = Raw::on(&fleet.identity("good"), &probes[0]);
     let outcome = client.connect(nodes[0].addr, "good").await;
     assert!(
         outcome.is_err(),
@@ -140,14 +159,19 @@ async fn inv_09_dialled_id_must_match_the_server_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inv_09_expired_certificate_is_refused() {
     logs();
-    let (fleet, nodes) = server();
-    refused(Raw::new(&fleet.expired_identity("good")), &nodes[0], "n").await;
+    let (fleet, nodes, probes) = server();
+    refused(
+        Raw::on(&fleet.expired_identity("good"), &probes[0]),
+        &nodes[0],
+        "n",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inv_09_client_without_certificate_is_refused() {
     logs();
-    let (fleet, nodes) = server();
+    let (fleet, nodes, probes) = server();
     let identity = fleet.identity("good");
     let mut roots = rustls::RootCertStore::empty();
     roots.add(identity.ca_cert.clone()).unwrap();
@@ -157,23 +181,33 @@ async fn inv_09_client_without_certificate_is_refused() {
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"edge/1".to_vec()];
-    refused(Raw::with_tls(tls), &nodes[0], "n").await;
+    refused(
+        Raw::with_tls_on(tls, probes[0].socket.clone()),
+        &nodes[0],
+        "n",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inv_09_wrong_alpn_is_refused() {
     logs();
-    let (fleet, nodes) = server();
+    let (fleet, nodes, probes) = server();
     let mut tls = net::tls::client_config(&fleet.identity("good"), Arc::new(SystemClock)).unwrap();
     tls.alpn_protocols = vec![b"edge/2".to_vec()];
-    refused(Raw::with_tls(tls), &nodes[0], "n").await;
+    refused(
+        Raw::with_tls_on(tls, probes[0].socket.clone()),
+        &nodes[0],
+        "n",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inv_09_known_peer_gets_through_and_nodes_report_handshake_refusals() {
     logs();
-    let (fleet, nodes) = server();
-    let conn = Raw::new(&fleet.identity("probe"))
+    let (fleet, nodes, probes) = server();
+    let conn = Raw::on(&fleet.identity("probe"), &probes[0])
         .connect(nodes[0].addr, "n")
         .await
         .expect("a known peer connects");
@@ -183,10 +217,15 @@ async fn inv_09_known_peer_gets_through_and_nodes_report_handshake_refusals() {
     // the dial fails on the certificate, and send_segment says so.
     let planned = plan(&["a", "c"], 1 << 30);
     let seg = seed(&planned[0].store, 1, 1000);
-    let c_addr = planned[1].addr;
+    let (a_addr, c_addr) = (planned[0].addr, planned[1].addr);
     let nodes2 = start(&fleet, planned, &[], |cfg| {
         if cfg.node_id.as_str() == "a" {
             cfg.known_peers.insert(id("b"), c_addr);
+        }
+        // c lists a's address (as "a"), so that it hears a at all: what refuses the dial is
+        // then the certificate check.
+        if cfg.node_id.as_str() == "c" {
+            cfg.known_peers.insert(id("a"), a_addr);
         }
     });
     let (a, c) = (&nodes2[..1], &nodes2[1]);
@@ -203,18 +242,44 @@ async fn inv_09_known_peer_gets_through_and_nodes_report_handshake_refusals() {
     assert!(stored_ids(&c.store).is_empty());
 }
 
+/// A raw client at `socket` that hears only QUIC Retry packets: it proves its address and then
+/// never hears the handshake, so each of its handshakes holds server state until the deadline.
+fn hears_only_retry(fleet: &Fleet, socket: &RawSocket) -> Raw {
+    let filter = CuttableSocket::wrap(socket.socket.clone());
+    filter.hear_only_retry.store(true, Ordering::SeqCst);
+    Raw::with_socket(&fleet.identity("probe"), filter)
+}
+
+/// Starts `count` handshakes from `raw` to `to` without waiting for them (each bounded by
+/// `within`).
+fn start_handshakes(
+    raw: &Raw,
+    to: std::net::SocketAddr,
+    count: usize,
+    within: Duration,
+) -> tokio::task::JoinSet<()> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let connecting = raw
+            .endpoint
+            .connect_with(raw.config.clone(), to, "n")
+            .unwrap();
+        set.spawn(async move {
+            let _ = tokio::time::timeout(within, connecting).await;
+        });
+    }
+    set
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inv_18_unauthenticated_handshakes_are_capped_and_time_out() {
+async fn inv_18_unauthenticated_handshakes_are_capped_per_address_and_in_total_and_time_out() {
     logs();
-    let fleet = Fleet::new();
-    let planned = plan(&["n", "good"], 1 << 30);
-    let nodes = start(&fleet, planned, &[("n", "good")], |cfg| {
-        cfg.handshakes_unauthenticated_max = 1;
-        cfg.handshake_timeout_ms = 1_000;
-        if cfg.node_id.as_str() == "n" {
-            cfg.known_peers
-                .insert(id("probe"), "127.0.0.1:9".parse().unwrap());
-        }
+    let (fleet, nodes, probes) = server_with(|cfg| {
+        cfg.handshakes_unauthenticated_max = 2;
+        cfg.handshakes_per_addr_max = 1;
+        // Inbound handshakes end after 1 s; this node's own dials may take 10.
+        cfg.handshake_timeout_ms = 10_000;
+        cfg.handshake_unauthenticated_timeout_ms = 1_000;
     });
     let n = &nodes[0];
     // Let the node's own peer connect first (its handshake is done before the test starts).
@@ -223,29 +288,263 @@ async fn inv_18_unauthenticated_handshakes_are_capped_and_time_out() {
             .wait_connected(&id("good"), Duration::from_secs(5))
             .await
     );
-    // A client that sends its Initial but never hears the answer holds the one slot...
-    let deaf = CuttableSocket::wrap(net::bind_udp("127.0.0.1:0".parse().unwrap(), 0).unwrap());
-    deaf.deaf.store(true, std::sync::atomic::Ordering::SeqCst);
-    let stuck = Raw::with_socket(&fleet.identity("probe"), deaf.clone());
-    let connecting = stuck
-        .endpoint
-        .connect_with(stuck.config.clone(), n.addr, "n")
-        .unwrap();
-    let stuck_task =
-        tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(4), connecting).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // ...so the next handshake is refused before any TLS work.
-    let refused = Raw::new(&fleet.identity("probe"))
-        .connect(n.addr, "n")
-        .await;
+    // Two handshakes from one address that never complete: the first holds the address's one
+    // slot, the second is refused.
+    let stuck = hears_only_retry(&fleet, &probes[0]);
+    let stuck_tasks = start_handshakes(&stuck, n.addr, 2, Duration::from_secs(4));
+    assert!(
+        eventually(Duration::from_secs(3), || n
+            .node
+            .stats()
+            .handshakes_refused_addr_cap
+            >= 1)
+        .await,
+        "{:?}",
+        n.node.stats()
+    );
+    assert!(n.node.stats().handshakes_retried >= 2, "validated first");
+    // A second address takes the second slot of the total...
+    let stuck2 = hears_only_retry(&fleet, &probes[1]);
+    let stuck2_tasks = start_handshakes(&stuck2, n.addr, 1, Duration::from_secs(4));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...so a third address is refused by the total, before any TLS work.
+    let third = Raw::on(&fleet.identity("probe"), &probes[2]);
+    let refused = third.connect(n.addr, "n").await;
     assert!(refused.is_err(), "{refused:?}");
-    assert_eq!(n.node.stats().handshakes_refused_cap, 1);
-    // The stuck handshake times out (handshake_timeout_ms) and frees its slot.
-    tokio::time::sleep(Duration::from_millis(1_300)).await;
-    let conn = Raw::new(&fleet.identity("probe"))
+    assert!(n.node.stats().handshakes_refused_cap >= 1);
+    // The stuck handshakes time out (1 s, not the 10 s of a dial)...
+    assert!(
+        eventually(Duration::from_secs(4), || n
+            .node
+            .stats()
+            .handshakes_timed_out
+            >= 2)
+        .await,
+        "{:?}",
+        n.node.stats()
+    );
+    // ...and once their clients are gone, the slots are free.
+    drop((stuck, stuck2, stuck_tasks, stuck2_tasks));
+    let mut conn = None;
+    for _ in 0..10 {
+        if let Ok(c) = third.connect(n.addr, "n").await {
+            conn = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let conn = conn.expect("a slot is free again");
+    assert!(app_data_gets_through(&conn).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inv_18_handshake_flood_does_not_keep_a_real_peer_out() {
+    logs();
+    let (fleet, nodes, probes) =
+        server_with(|cfg| cfg.handshake_unauthenticated_timeout_ms = 1_500);
+    let n = &nodes[0];
+    assert!(
+        n.node
+            .wait_connected(&id("good"), Duration::from_secs(5))
+            .await
+    );
+    // 100 handshakes whose replies go nowhere: each gets a Retry and nothing else, so none
+    // even reaches admission — no budget is touched, no state waits for a deadline.
+    let deaf = CuttableSocket::wrap(probes[0].socket.clone());
+    deaf.deaf.store(true, Ordering::SeqCst);
+    let deaf = Raw::with_socket(&fleet.identity("probe"), deaf);
+    let deaf_tasks = start_handshakes(&deaf, n.addr, 100, Duration::from_secs(6));
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let st = n.node.stats();
+    assert!(st.handshakes_retried >= 100, "{st:?}");
+    assert_eq!(
+        (
+            st.handshakes_timed_out,
+            st.handshakes_refused_addr_cap,
+            st.handshakes_refused_cap
+        ),
+        (0, 0, 0),
+        "{st:?}"
+    );
+    // 100 more from a client that proves its address and then goes deaf: at most
+    // handshakes_per_addr_max of them get state.
+    let half = hears_only_retry(&fleet, &probes[1]);
+    let half_tasks = start_handshakes(&half, n.addr, 100, Duration::from_secs(6));
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            n.node.stats().handshakes_refused_addr_cap >= 90
+        })
+        .await,
+        "{:?}",
+        n.node.stats()
+    );
+    // Meanwhile a real peer gets in at once.
+    let real = Raw::on(&fleet.identity("probe"), &probes[2]);
+    let started = std::time::Instant::now();
+    let conn = real
         .connect(n.addr, "n")
         .await
-        .expect("a slot is free again");
+        .expect("the real peer connects");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "kept out for {:?}",
+        started.elapsed()
+    );
     assert!(app_data_gets_through(&conn).await);
-    let _ = stuck_task.await;
+    assert_eq!(
+        n.node.stats().handshakes_refused_cap,
+        0,
+        "the total was never reached"
+    );
+    // Only the half-open ones held state, and they time out; the deaf ones never held any.
+    drop((deaf_tasks, half_tasks));
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let st = n.node.stats();
+    assert!(
+        st.handshakes_timed_out <= 2 * net::limits::HANDSHAKES_PER_ADDR_MAX_DEFAULT as u64,
+        "{st:?}"
+    );
+    assert_eq!(st.datagrams_blocked_send, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inv_18_strangers_have_a_handshake_budget_of_their_own() {
+    logs();
+    let (fleet, nodes, probes) = server_with(|cfg| {
+        cfg.accept_unknown_addresses = true;
+        cfg.handshakes_unauthenticated_max = 8;
+        cfg.handshakes_per_addr_max = 8;
+        cfg.handshakes_unknown_addresses_max = 4;
+        cfg.handshake_unauthenticated_timeout_ms = 1_500;
+    });
+    let n = &nodes[0];
+    assert!(
+        n.node
+            .wait_connected(&id("good"), Duration::from_secs(5))
+            .await
+    );
+    // 50 half-open handshakes from an address no peer is configured at.
+    let stranger = hears_only_retry(&fleet, &raw_socket());
+    let tasks = start_handshakes(&stranger, n.addr, 50, Duration::from_secs(5));
+    assert!(
+        eventually(Duration::from_secs(5), || n
+            .node
+            .stats()
+            .handshakes_refused_cap
+            >= 40)
+        .await,
+        "{:?}",
+        n.node.stats()
+    );
+    // A configured address is not affected.
+    let conn = Raw::on(&fleet.identity("probe"), &probes[0])
+        .connect(n.addr, "n")
+        .await
+        .expect("a configured peer connects while strangers flood");
+    assert!(app_data_gets_through(&conn).await);
+    drop(tasks);
+    drop(stranger);
+    // And a known peer at an address nobody configured gets in once the flood is over (that
+    // is what accept_unknown_addresses is for); the node answered it, nothing else.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let moved = Raw::on(&fleet.identity("probe-2"), &raw_socket());
+    let conn = moved
+        .connect(n.addr, "n")
+        .await
+        .expect("known id, new address");
+    assert!(app_data_gets_through(&conn).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inv_27_strangers_are_dropped_unanswered_and_the_send_guard_never_fires() {
+    logs();
+    let (fleet, nodes, _probes) = server();
+    let n = &nodes[0];
+    assert!(
+        n.node
+            .wait_connected(&id("good"), Duration::from_secs(5))
+            .await
+    );
+    let before = n.node.stats();
+    // A real QUIC client with a valid certificate of a known id, from an address no peer is
+    // configured at.
+    let socket = raw_socket();
+    let counting = CuttableSocket::wrap(socket.socket.clone());
+    let stranger = Raw::with_socket(&fleet.identity("good"), counting.clone());
+    let connecting = stranger
+        .endpoint
+        .connect_with(stranger.config.clone(), n.addr, "n")
+        .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(2), connecting).await;
+    assert!(
+        !matches!(outcome, Ok(Ok(_))),
+        "a stranger completed a handshake"
+    );
+    // Garbage, and a datagram that looks like a QUIC Initial, from another stranger socket.
+    let plain = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_millis(1_500)))
+        .unwrap();
+    let mut initial_like = vec![0xc3, 0, 0, 0, 1, 8];
+    initial_like.resize(1200, 0xab);
+    for datagram in [b"hello?".to_vec(), vec![0; 1200], initial_like] {
+        plain.send_to(&datagram, n.addr).unwrap();
+    }
+    let mut buf = [0u8; 2048];
+    let heard = plain.recv_from(&mut buf);
+    assert!(heard.is_err(), "the node answered garbage: {heard:?}");
+    assert_eq!(
+        counting.received.load(Ordering::SeqCst),
+        0,
+        "zero datagrams back to the stranger"
+    );
+    let st = n.node.stats();
+    assert!(st.datagrams_dropped_unknown >= 4, "{st:?}");
+    assert_eq!(st.datagrams_blocked_send, 0, "the send guard never fired");
+    assert_eq!(
+        st.handshakes_retried, before.handshakes_retried,
+        "not even a Retry"
+    );
+    // The node still serves its peer.
+    assert!(
+        n.node
+            .peers()
+            .iter()
+            .any(|p| p.id == id("good") && p.connected)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inv_27_the_send_guard_drops_answers_to_strangers_the_node_did_not_admit() {
+    logs();
+    // Strangers reach QUIC here; QUIC answers an unknown version with a Version Negotiation
+    // packet, statelessly, to whatever address sent it. The node never chose to answer that
+    // address, so the guard keeps the answer in.
+    let (_fleet, nodes, _probes) = server_with(|cfg| cfg.accept_unknown_addresses = true);
+    let n = &nodes[0];
+    let plain = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_millis(1_500)))
+        .unwrap();
+    // Long header, version 0x1a2a3a4a (a reserved, never supported one), 8-byte connection ids,
+    // padded to the 1200 bytes a server must see before it answers.
+    let mut packet = vec![0xc0, 0x1a, 0x2a, 0x3a, 0x4a, 8];
+    packet.extend_from_slice(&[1; 8]);
+    packet.push(8);
+    packet.extend_from_slice(&[2; 8]);
+    packet.resize(1200, 0);
+    plain.send_to(&packet, n.addr).unwrap();
+    let mut buf = [0u8; 2048];
+    let heard = plain.recv_from(&mut buf);
+    assert!(heard.is_err(), "a stranger heard the node: {heard:?}");
+    assert!(
+        eventually(Duration::from_secs(2), || n
+            .node
+            .stats()
+            .datagrams_blocked_send
+            >= 1)
+        .await,
+        "{:?}",
+        n.node.stats()
+    );
 }

@@ -19,19 +19,19 @@ async fn inv_18_cut_transfer_resumes_from_the_checkpoint() {
     let planned = plan(&["a", "n"], 1 << 30);
     let seg = seed(&planned[0].store, 21, SEG_BYTES);
     let n_addr = planned[1].addr;
+    let cutter = raw_socket();
     let nodes = start(&fleet, planned, &[("a", "n")], |cfg| {
         cfg.checkpoint_bytes = 8 << 20;
         cfg.stall_timeout_ms = 5_000;
         cfg.response_timeout_ms = 10_000;
         if cfg.node_id.as_str() == "n" {
-            cfg.known_peers
-                .insert(id("cutter"), "127.0.0.1:9".parse().unwrap());
+            cfg.known_peers.insert(id("cutter"), cutter.addr);
         }
     });
     let (a, n) = (&nodes[0], &nodes[1]);
 
     // First attempt: a peer sends half the payload and its connection dies.
-    let raw = Raw::new(&fleet.identity("cutter"));
+    let raw = Raw::on(&fleet.identity("cutter"), &cutter);
     let conn = raw.connect(n_addr, "n").await.expect("connect");
     let signed = segment(21, SEG_BYTES);
     assert_eq!(signed.id(), seg);

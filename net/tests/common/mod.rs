@@ -6,12 +6,14 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use net::pki::{ca_issue_valid_between, load_node_identity};
-use net::{Clock, NetConfig, NetHooks, Node, NodeId, NodeIdentity, NodeSetup, SystemClock};
+use net::{
+    Clock, NetConfig, NetHooks, Node, NodeId, NodeIdentity, NodeSetup, OfferResult, SystemClock,
+};
 use redb::{ReadableDatabase, TableDefinition, WriteTransaction};
 use store::fs::{Fs, RealFs};
 use store::keys::{PublisherSecret, TrustedPublishers};
@@ -216,6 +218,27 @@ pub fn stored_ids(store: &Store) -> Vec<SegmentId> {
         .collect()
 }
 
+/// `.seg` files under the store's `segments/` directory (fanned out by id prefix).
+pub fn seg_files(dir: &Path) -> usize {
+    fn count(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .map(|e| {
+                        let path = e.path();
+                        if path.is_dir() {
+                            count(&path)
+                        } else {
+                            usize::from(path.extension().is_some_and(|x| x == "seg"))
+                        }
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    count(&dir.join("segments"))
+}
+
 /// Temp files under the store's data dir (partials and abandoned ingests).
 pub fn tmp_files(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("tmp"))
@@ -234,6 +257,7 @@ pub struct RecHooks {
     pub received: Mutex<Vec<(String, SegmentId)>>,
     pub delivered: Mutex<Vec<(String, SegmentId)>>,
     pub connected: Mutex<Vec<String>>,
+    pub offers: Mutex<Vec<(String, OfferResult)>>,
     pub fail_on_stored: AtomicBool,
 }
 
@@ -266,6 +290,10 @@ impl NetHooks for RecHooks {
 
     fn on_peer_connected(&self, peer: &NodeId) {
         self.connected.lock().unwrap().push(peer.to_string());
+    }
+
+    fn on_offer(&self, from: &NodeId, result: OfferResult) {
+        self.offers.lock().unwrap().push((from.to_string(), result));
     }
 }
 
@@ -418,6 +446,21 @@ pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> boo
 // ------------------------------------------------------------------------------------------
 // A raw client: real QUIC and mTLS, but the test writes whatever bytes it likes.
 
+/// A UDP socket on 127.0.0.1 for a raw client, bound before the nodes start: a node hears only
+/// the addresses it lists for its peers, so a test lists this one (for the raw client's id, or
+/// for a peer that does not run) to reach the node's TLS at all.
+#[derive(Clone)]
+pub struct RawSocket {
+    pub socket: Arc<dyn quinn::AsyncUdpSocket>,
+    pub addr: SocketAddr,
+}
+
+pub fn raw_socket() -> RawSocket {
+    let socket = net::bind_udp("127.0.0.1:0".parse().unwrap(), 1 << 20).expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    RawSocket { socket, addr }
+}
+
 pub struct Raw {
     pub endpoint: quinn::Endpoint,
     pub config: quinn::ClientConfig,
@@ -435,6 +478,11 @@ impl Raw {
         Raw::with_tls_on(tls, socket)
     }
 
+    /// A raw client presenting `identity` from a socket bound beforehand (see [`RawSocket`]).
+    pub fn on(identity: &NodeIdentity, socket: &RawSocket) -> Raw {
+        Raw::with_socket(identity, socket.socket.clone())
+    }
+
     /// A raw client on a socket of the test's choosing (the socket seam).
     pub fn with_socket(identity: &NodeIdentity, socket: Arc<dyn quinn::AsyncUdpSocket>) -> Raw {
         let tls = net::tls::client_config(identity, Arc::new(SystemClock)).expect("client tls");
@@ -442,10 +490,29 @@ impl Raw {
     }
 
     pub fn with_tls_on(tls: rustls::ClientConfig, socket: Arc<dyn quinn::AsyncUdpSocket>) -> Raw {
+        Raw::with_tls_tuned(tls, socket, |_| {})
+    }
+
+    /// A raw client at `socket` whose QUIC transport (windows, timeouts) `tweak` adjusts.
+    pub fn on_tuned(
+        identity: &NodeIdentity,
+        socket: &RawSocket,
+        tweak: impl FnOnce(&mut NetConfig),
+    ) -> Raw {
+        let tls = net::tls::client_config(identity, Arc::new(SystemClock)).expect("client tls");
+        Raw::with_tls_tuned(tls, socket.socket.clone(), tweak)
+    }
+
+    fn with_tls_tuned(
+        tls: rustls::ClientConfig,
+        socket: Arc<dyn quinn::AsyncUdpSocket>,
+        tweak: impl FnOnce(&mut NetConfig),
+    ) -> Raw {
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
         let mut cfg = NetConfig::new(id("raw"), "127.0.0.1:0".parse().unwrap(), BTreeMap::new());
         quick(&mut cfg);
+        tweak(&mut cfg);
         config.transport_config(cfg.transport_config());
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::default(),
@@ -457,7 +524,7 @@ impl Raw {
         Raw { endpoint, config }
     }
 
-    /// Connects to `addr` expecting the server to be `server`.
+    /// Connects to `addr` expecting the server to be `server`; bounded by 5 s.
     pub async fn connect(
         &self,
         addr: SocketAddr,
@@ -499,8 +566,18 @@ pub struct CuttableSocket {
     pub cut: AtomicBool,
     /// Drop only what arrives (sending still works).
     pub deaf: AtomicBool,
+    /// Hear only QUIC Retry packets: a client that proves its address, then never hears the
+    /// server's handshake (it holds the server's handshake state until its deadline).
+    pub hear_only_retry: AtomicBool,
+    /// Datagrams that arrived (before any dropping).
+    pub received: AtomicU64,
     /// Every destination a datagram was sent to.
     pub sent_to: Mutex<std::collections::BTreeSet<SocketAddr>>,
+}
+
+/// A QUIC Retry packet: long header (0x80), fixed bit (0x40), type 3 (0x30).
+pub fn is_quic_retry(datagram: &[u8]) -> bool {
+    datagram.first().is_some_and(|b| b & 0xf0 == 0xf0)
 }
 
 impl CuttableSocket {
@@ -509,6 +586,8 @@ impl CuttableSocket {
             inner,
             cut: AtomicBool::new(false),
             deaf: AtomicBool::new(false),
+            hear_only_retry: AtomicBool::new(false),
+            received: AtomicU64::new(0),
             sent_to: Mutex::new(Default::default()),
         })
     }
@@ -539,10 +618,27 @@ impl quinn::AsyncUdpSocket for CuttableSocket {
     ) -> std::task::Poll<std::io::Result<usize>> {
         loop {
             match self.inner.poll_recv(cx, bufs, meta) {
-                std::task::Poll::Ready(Ok(_))
-                    if self.cut.load(Ordering::SeqCst) || self.deaf.load(Ordering::SeqCst) =>
-                {
-                    continue;
+                std::task::Poll::Ready(Ok(n)) => {
+                    self.received.fetch_add(n as u64, Ordering::SeqCst);
+                    if self.cut.load(Ordering::SeqCst) || self.deaf.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    if self.hear_only_retry.load(Ordering::SeqCst) {
+                        // Keep the Retry packets (moved to the front with their metadata).
+                        let mut kept = 0;
+                        for i in 0..n {
+                            if is_quic_retry(&bufs[i][..meta[i].len]) {
+                                bufs.swap(i, kept);
+                                meta.swap(i, kept);
+                                kept += 1;
+                            }
+                        }
+                        if kept == 0 {
+                            continue;
+                        }
+                        return std::task::Poll::Ready(Ok(kept));
+                    }
+                    return std::task::Poll::Ready(Ok(n));
                 }
                 other => return other,
             }
