@@ -14,8 +14,6 @@
 //!
 //! Every command runs bounded by [`STEP_LIMIT`]; a daemon is SIGKILLed when its test ends.
 
-// Shared with the other binaries' tests, which use the helpers this file does not.
-#[allow(dead_code)]
 mod support;
 
 use std::path::{Path, PathBuf};

@@ -6,8 +6,6 @@
 //! unnamed Unix sockets the async runtime uses to deliver signals to itself), none connected
 //! to any address outside the configured peers.
 
-// Shared helpers of the daemon tests; this one uses a few of them.
-#[allow(dead_code)]
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
