@@ -115,6 +115,8 @@ pub struct Snapshot {
     pub segments_duplicate_total: u64,
     pub segments_rejected_total: BTreeMap<String, u64>, // by reason
     pub cert_expires_in_s: Option<i64>,
+    /// The network layer's own counters since start.
+    pub net: net::StatsSnapshot,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -424,7 +426,82 @@ impl Exposition {
                 .map(|(reason, n)| (vec![("reason", reason.clone())], *n))
                 .collect(),
         );
+        e.net(&s.net);
         e
+    }
+
+    /// What peers and strangers made the network layer do, and what it refused them.
+    fn net(&mut self, n: &net::StatsSnapshot) {
+        let reason = |name: &str, v: u64| (vec![("reason", name.to_owned())], v);
+        self.counter(
+            "net_streams_failed",
+            "Streams this node ended because of the peer (bad frame, stall, length, protocol)",
+            None,
+            n.streams_failed,
+        );
+        self.counter(
+            "net_transfers_resumed",
+            "Transfers sent from an offset above 0 (the peer kept a partial)",
+            None,
+            n.transfers_resumed,
+        );
+        self.counter(
+            "net_transfers_stalled",
+            "Transfers cut for falling below the minimum rate over a window",
+            None,
+            n.transfers_stalled,
+        );
+        self.counter(
+            "net_transfers_preempted",
+            "Receptions handed over from a slow sender to another one offering the same segment",
+            None,
+            n.transfers_preempted,
+        );
+        self.counter(
+            "net_connections_closed",
+            "Connections closed as duplicates or over the per-peer cap",
+            None,
+            n.connections_closed,
+        );
+        self.counter(
+            "net_handshakes_retried",
+            "Inbound handshakes answered with a QUIC Retry to validate their address first",
+            None,
+            n.handshakes_retried,
+        );
+        self.counter_by(
+            "net_handshakes_refused",
+            "Inbound handshakes refused before or during TLS, by reason",
+            vec![
+                reason("cap", n.handshakes_refused_cap),
+                reason("addr_cap", n.handshakes_refused_addr_cap),
+                reason("timed_out", n.handshakes_timed_out),
+            ],
+        );
+        self.counter(
+            "net_datagrams_dropped_unknown",
+            "Datagrams dropped unread because their source is no configured peer's address",
+            None,
+            n.datagrams_dropped_unknown,
+        );
+        self.counter(
+            "net_datagrams_blocked_send",
+            "Datagrams this node tried to send to an address that is no peer's; dropped (INV-27: stays 0)",
+            None,
+            n.datagrams_blocked_send,
+        );
+        self.counter(
+            "net_catchup_pulls",
+            "Segments requested from peers by catch-up",
+            None,
+            n.catchup_pulls,
+        );
+        self.counter(
+            "net_catchup_rounds_cut",
+            "Catch-up rounds that ended at one of their bounds (pulls, pages, wasted pulls)",
+            None,
+            n.catchup_rounds_cut,
+        );
     }
 }
 
@@ -888,6 +965,22 @@ mod tests {
             segments_rejected_total: [("bad_signature".to_owned(), 3), ("expired".to_owned(), 1)]
                 .into(),
             cert_expires_in_s: Some(-42),
+            net: net::StatsSnapshot {
+                streams_failed: 140,
+                transfers_resumed: 141,
+                transfers_stalled: 142,
+                transfers_preempted: 143,
+                connections_closed: 144,
+                handshakes_retried: 145,
+                handshakes_refused_cap: 146,
+                handshakes_refused_addr_cap: 147,
+                handshakes_timed_out: 148,
+                datagrams_dropped_unknown: 149,
+                datagrams_blocked_send: 150,
+                catchup_pulls: 151,
+                catchup_rounds_cut: 152,
+                ..Default::default()
+            },
         }
     }
 
@@ -977,6 +1070,25 @@ mod tests {
             ("edged_segments_duplicate_total", 4),
             ("edged_segments_rejected_total{reason=\"bad_signature\"}", 3),
             ("edged_segments_rejected_total{reason=\"expired\"}", 1),
+            ("edged_net_streams_failed_total", 140),
+            ("edged_net_transfers_resumed_total", 141),
+            ("edged_net_transfers_stalled_total", 142),
+            ("edged_net_transfers_preempted_total", 143),
+            ("edged_net_connections_closed_total", 144),
+            ("edged_net_handshakes_retried_total", 145),
+            ("edged_net_handshakes_refused_total{reason=\"cap\"}", 146),
+            (
+                "edged_net_handshakes_refused_total{reason=\"addr_cap\"}",
+                147,
+            ),
+            (
+                "edged_net_handshakes_refused_total{reason=\"timed_out\"}",
+                148,
+            ),
+            ("edged_net_datagrams_dropped_unknown_total", 149),
+            ("edged_net_datagrams_blocked_send_total", 150),
+            ("edged_net_catchup_pulls_total", 151),
+            ("edged_net_catchup_rounds_cut_total", 152),
         ];
         for (name, value) in expected {
             assert_eq!(series.get(*name), Some(value), "{name} in\n{text}");

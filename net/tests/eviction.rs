@@ -80,13 +80,14 @@ async fn setup() -> Setup {
     });
     assert_eq!(n.store.usage().total(), filled);
     let n_addr = n.addr;
+    // The liar sends from the address n lists for it (n hears only its peers' addresses).
+    let liar_socket = raw_socket();
     let nodes = start(&fleet, vec![n, good], &[("n", "good")], |cfg| {
         if cfg.node_id.as_str() == "n" {
-            cfg.known_peers
-                .insert(id("liar"), "127.0.0.1:9".parse().unwrap());
+            cfg.known_peers.insert(id("liar"), liar_socket.addr);
         }
     });
-    let raw = Raw::new(&fleet.identity("liar"));
+    let raw = Raw::on(&fleet.identity("liar"), &liar_socket);
     let liar = raw.connect(n_addr, "n").await.expect("liar connects");
     Setup {
         _fleet: fleet,

@@ -185,5 +185,6 @@ pub fn metrics_snapshot(d: &Daemon) -> crate::metrics::Snapshot {
         segments_duplicate_total: c.duplicate.load(Relaxed),
         segments_rejected_total: c.rejected.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         cert_expires_in_s: cert_expires_in_s(d, now),
+        net,
     }
 }
