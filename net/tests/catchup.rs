@@ -236,7 +236,7 @@ async fn inv_15_a_productive_round_cut_by_its_bound_is_followed_up_soon() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inv_15_24_a_segment_quarantined_here_is_fetched_again_from_a_peer() {
+async fn inv_15_inv_24_a_segment_quarantined_here_is_fetched_again_from_a_peer() {
     logs();
     let fleet = Fleet::new();
     let planned = plan(&["a", "b"], 1 << 30);

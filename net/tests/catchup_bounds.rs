@@ -223,7 +223,7 @@ async fn inv_18_pulls_are_bounded_per_round_and_per_peer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inv_15_18_a_round_cut_by_its_page_bound_goes_on_after_it_next_time() {
+async fn inv_15_inv_18_a_round_cut_by_its_page_bound_goes_on_after_it_next_time() {
     // n holds 6 segments; the liar lists them one per page first: 4 pages and nothing to pull.
     let s = setup(
         |cfg| cfg.catchup_pages_per_round_max = 4,

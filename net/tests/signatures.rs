@@ -107,7 +107,7 @@ async fn refused_and_nothing_left(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inv_01_26_a_manifest_whose_signature_does_not_verify_is_refused_over_the_network() {
+async fn inv_01_inv_26_a_manifest_whose_signature_does_not_verify_is_refused_over_the_network() {
     let s = setup().await;
     let signed = segment(1, SEG_BYTES);
     let body = payload(1, SEG_BYTES as usize);
@@ -123,7 +123,7 @@ async fn inv_01_26_a_manifest_whose_signature_does_not_verify_is_refused_over_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inv_01_26_a_manifest_changed_after_signing_is_refused_over_the_network() {
+async fn inv_01_inv_26_a_manifest_changed_after_signing_is_refused_over_the_network() {
     let s = setup().await;
     // The trusted publisher signed a manifest for payload 2; the liar swaps in the manifest
     // of payload 3 (same publisher key in it) and keeps the old signature.
@@ -137,7 +137,7 @@ async fn inv_01_26_a_manifest_changed_after_signing_is_refused_over_the_network(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inv_01_26_a_segment_of_an_untrusted_publisher_is_refused_over_the_network() {
+async fn inv_01_inv_26_a_segment_of_an_untrusted_publisher_is_refused_over_the_network() {
     let s = setup().await;
     let rogue = PublisherSecret::from_seed([99; 32]);
     let body = payload(4, SEG_BYTES as usize);
@@ -148,7 +148,7 @@ async fn inv_01_26_a_segment_of_an_untrusted_publisher_is_refused_over_the_netwo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inv_02_26_a_re_signed_manifest_with_a_payload_that_does_not_match_is_refused() {
+async fn inv_02_inv_26_a_re_signed_manifest_with_a_payload_that_does_not_match_is_refused() {
     let s = setup().await;
     // Properly signed by the trusted publisher, for payload 5; the liar sends payload 6.
     let signed = segment(5, SEG_BYTES);

@@ -11,7 +11,7 @@ use store::SegmentId;
 const SEG_BYTES: u64 = 3 << 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inv_03_11_send_segment_stores_and_runs_hook_in_ingest_txn() {
+async fn inv_03_inv_11_send_segment_stores_and_runs_hook_in_ingest_txn() {
     logs();
     let fleet = Fleet::new();
     let planned = plan(&["a", "b"], 1 << 30);
@@ -81,7 +81,7 @@ async fn inv_11_failing_hook_stores_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inv_01_16_untrusted_expired_and_too_large_are_refused_for_good() {
+async fn inv_01_inv_16_untrusted_expired_and_too_large_are_refused_for_good() {
     logs();
     let fleet = Fleet::new();
     let a = plan_one("a", |dir| open_store(dir, 1 << 30));

@@ -693,7 +693,7 @@ proptest! {
     })]
 
     #[test]
-    fn inv_11_12_13_14_ledger_and_core_match_the_model(
+    fn inv_11_inv_12_inv_13_inv_14_ledger_and_core_match_the_model(
         ops in prop::collection::vec(op(), 1..120),
         seed in any::<u64>(),
     ) {
