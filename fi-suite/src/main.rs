@@ -6,12 +6,222 @@
 //! USB media), checks the outcome from outside (the CLI's `--json`, `/metrics`, files on disk,
 //! the logs), runs the mutants against the tests and scenarios that claim their invariants, and
 //! writes `traceability/report.{md,json,html}`.
+//!
+//! ```text
+//! edge-fi build                 build target/fi/bin/edged (shipped) and edged-fi (crash points, mutants)
+//! edge-fi list                  the scenarios, their invariants, the quick subset
+//! edge-fi run NAME… [--seed N] [--mutant M]
+//! edge-fi scenarios [--quick]   every scenario (or the quick subset)
+//! ```
 
-// The modules are filled in by the parts of the suite as they land.
+// Parts of the suite land one by one; some helpers are used by later ones.
 #![allow(dead_code)]
 
+mod check;
+mod fleet;
+mod proc;
 mod results;
+mod scenario;
+mod scenarios;
 
-fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use results::{Layout, Verdict};
+use scenario::Bins;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edge-fi",
+    about = "Failure injection against real edged processes, and the traceability report"
+)]
+struct Cli {
+    /// The workspace root (default: the one this binary was built from).
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Build the shipped edged and the fault-injection build (crash points, mutants).
+    Build,
+    /// List the scenarios.
+    List,
+    /// Run scenarios by name.
+    Run {
+        names: Vec<String>,
+        /// Seed of every random choice (default: EDGE_FI_SEED, else random; printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Run every node with this mutant active (the fault-injection build).
+        #[arg(long)]
+        mutant: Option<String>,
+    },
+    /// Run every scenario, or the quick subset.
+    Scenarios {
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+/// Where the suite keeps its builds, runs and results.
+struct Paths {
+    root: PathBuf,
+}
+
+impl Paths {
+    fn fi(&self) -> PathBuf {
+        self.root.join("target").join("fi")
+    }
+    fn bins(&self) -> Bins {
+        let bin = self.fi().join("bin");
+        Bins {
+            shipped: bin.join("edged"),
+            fi: bin.join("edged-fi"),
+        }
+    }
+    fn runs(&self) -> PathBuf {
+        self.fi().join("runs")
+    }
+    fn results(&self) -> Layout {
+        Layout::new(self.fi().join("results"))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let root = cli
+        .root
+        .clone()
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+    // Canonical: paths under it end up in Unix socket addresses, which are short.
+    let root = root.canonicalize().unwrap_or(root);
+    let paths = Paths { root };
+    match dispatch(&paths, cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("edge-fi: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn dispatch(paths: &Paths, cmd: Cmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Cmd::Build => {
+            build(paths)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::List => {
+            for s in scenarios::all() {
+                println!(
+                    "{:<28} {:<5} {}",
+                    s.name,
+                    if s.quick { "quick" } else { "" },
+                    s.invariants.join(" ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run {
+            names,
+            seed,
+            mutant,
+        } => {
+            let chosen = names
+                .iter()
+                .map(|n| {
+                    scenarios::find(n)
+                        .with_context(|| format!("no scenario named {n} (see `edge-fi list`)"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            run_scenarios(paths, &chosen, seed, mutant)
+        }
+        Cmd::Scenarios { quick } => {
+            let chosen: Vec<_> = scenarios::all()
+                .into_iter()
+                .filter(|s| !quick || s.quick)
+                .collect();
+            run_scenarios(paths, &chosen, None, None)
+        }
+    }
+}
+
+fn run_scenarios(
+    paths: &Paths,
+    chosen: &[scenario::Scenario],
+    seed: Option<u64>,
+    mutant: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let bins = paths.bins();
+    if !bins.shipped.exists() || !bins.fi.exists() {
+        build(paths)?;
+    }
+    let seed = match seed.or_else(|| {
+        std::env::var(scenario::SEED_ENV)
+            .ok()
+            .and_then(|s| s.parse().ok())
+    }) {
+        Some(s) => s,
+        None => rand::random(),
+    };
+    let layout = paths.results();
+    let mut all = Vec::new();
+    for (k, sc) in chosen.iter().enumerate() {
+        // One seed per run; each scenario's derived from it and its position, so a whole run
+        // replays from the one printed seed, and one scenario from its own.
+        let sc_seed = if chosen.len() == 1 {
+            seed
+        } else {
+            seed.wrapping_add(k as u64)
+        };
+        let result = scenario::run(sc, sc_seed, &paths.runs(), &bins, mutant.clone());
+        if mutant.is_none() {
+            results::write_json(&layout.scenario(&result.scenario), &result)?;
+        }
+        all.push(result);
+    }
+    let tally = scenario::tally(&all);
+    let line: Vec<String> = tally
+        .iter()
+        .map(|(v, n)| format!("{n} {}", v.as_str()))
+        .collect();
+    println!("\n{} scenario(s): {}", all.len(), line.join(", "));
+    let bad = all
+        .iter()
+        .any(|r| matches!(r.verdict, Verdict::Fail | Verdict::Unknown));
+    Ok(if bad {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Builds both binaries with cargo and copies them to `target/fi/bin`.
+fn build(paths: &Paths) -> anyhow::Result<()> {
+    let bins = paths.bins();
+    let dir = bins.shipped.parent().context("bin dir")?.to_owned();
+    std::fs::create_dir_all(&dir)?;
+    for (features, to) in [(None, &bins.shipped), (Some("fi"), &bins.fi)] {
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(&paths.root)
+            .args(["build", "--release", "--locked", "-p", "edged"]);
+        if let Some(f) = features {
+            cmd.args(["--features", f]);
+        }
+        println!("edge-fi: {cmd:?}");
+        let status = cmd.status().context("cannot run cargo")?;
+        if !status.success() {
+            bail!("cargo build failed ({status})");
+        }
+        let built = paths.root.join("target").join("release").join("edged");
+        std::fs::copy(&built, to)
+            .with_context(|| format!("cannot copy {} to {}", built.display(), to.display()))?;
+    }
+    Ok(())
 }
