@@ -190,6 +190,12 @@ pub struct FleetSpec {
     /// Environment given to every daemon (e.g. `EDGED_MUTANT`), and per node on top.
     pub env: BTreeMap<String, String>,
     pub node_env: BTreeMap<usize, BTreeMap<String, String>>,
+    /// Extra config lines of one node, per section (`"store"`, `"relay"`, `"net"`,
+    /// `"control"`, and `""` for top-level keys), after the tuning's.
+    pub node_extra: BTreeMap<usize, BTreeMap<&'static str, Vec<String>>>,
+    /// Peers outside the fleet a node also lists (id, address): an evil peer holding a valid
+    /// certificate of the fleet's CA.
+    pub extra_peers: BTreeMap<usize, Vec<(String, SocketAddr)>>,
 }
 
 impl FleetSpec {
@@ -199,7 +205,19 @@ impl FleetSpec {
             tuning: Tuning::default(),
             env: BTreeMap::new(),
             node_env: BTreeMap::new(),
+            node_extra: BTreeMap::new(),
+            extra_peers: BTreeMap::new(),
         }
+    }
+
+    /// Adds config line `line` to section `section` of node `i`.
+    pub fn node_line(&mut self, i: usize, section: &'static str, line: impl Into<String>) {
+        self.node_extra
+            .entry(i)
+            .or_default()
+            .entry(section)
+            .or_default()
+            .push(line.into());
     }
 }
 
@@ -336,7 +354,18 @@ impl Fleet {
                 daemon: None,
                 env: spec.node_env.get(&index).cloned().unwrap_or_default(),
             };
-            let text = config_text(&node, &spec.tuning, &publisher, &|j| peer_addr(index, j));
+            let no_extra = BTreeMap::new();
+            let text = config_text(
+                &node,
+                &spec.tuning,
+                spec.node_extra.get(&index).unwrap_or(&no_extra),
+                spec.extra_peers
+                    .get(&index)
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]),
+                &publisher,
+                &|j| peer_addr(index, j),
+            );
             std::fs::write(&node.config, text)?;
             nodes.push(node);
         }
@@ -643,9 +672,20 @@ pub fn write_payload(path: &Path, len: u64, name: &str) -> anyhow::Result<()> {
 fn config_text(
     node: &Node,
     t: &Tuning,
+    node_extra: &BTreeMap<&'static str, Vec<String>>,
+    extra_peers: &[(String, SocketAddr)],
     publisher: &str,
     peer_addr: &dyn Fn(usize) -> SocketAddr,
 ) -> String {
+    let extra = |section: &str| {
+        t.extra
+            .get(section)
+            .into_iter()
+            .flatten()
+            .chain(node_extra.get(section).into_iter().flatten())
+            .cloned()
+            .collect::<Vec<String>>()
+    };
     let mut s = String::new();
     let mut line = |l: String| {
         s.push_str(&l);
@@ -658,6 +698,10 @@ fn config_text(
     line("control_socket = \"ctl.sock\"".into());
     line("log_format = \"json\"".into());
     line(format!("metrics_addr = \"{}\"", node.metrics));
+    // Top-level keys (e.g. `clock_skew_max_s`) come under the section name "".
+    for l in extra("") {
+        line(l);
+    }
     line("[tls]".into());
     line("ca_cert = \"../ca/ca.crt\"".into());
     line(format!("node_cert = \"{}.crt\"", node.id));
@@ -667,13 +711,18 @@ fn config_text(
         line(format!("id = \"node-{}\"", p + 1));
         line(format!("addr = \"{}\"", peer_addr(p)));
     }
+    for (id, addr) in extra_peers {
+        line("[[known_peers]]".into());
+        line(format!("id = \"{id}\""));
+        line(format!("addr = \"{addr}\""));
+    }
     line("[publishers]".into());
     line(format!("trusted = [\"{publisher}\"]"));
     line("[store]".into());
     line(format!("ceiling_bytes = {}", t.ceiling_bytes));
     line("min_free_bytes = 0".into());
-    for l in t.extra.get("store").into_iter().flatten() {
-        line(l.clone());
+    for l in extra("store") {
+        line(l);
     }
     line("[relay]".into());
     line(format!("backoff_base_ms = {}", t.backoff_base_ms));
@@ -681,8 +730,8 @@ fn config_text(
     line(format!("attempts_max = {}", t.attempts_max));
     line(format!("busy_retry_ms = {}", t.busy_retry_ms));
     line(format!("store_full_backoff_min_ms = {}", t.backoff_max_ms));
-    for l in t.extra.get("relay").into_iter().flatten() {
-        line(l.clone());
+    for l in extra("relay") {
+        line(l);
     }
     line("[net]".into());
     line(format!("catchup_interval_ms = {}", t.catchup_interval_ms));
@@ -702,13 +751,14 @@ fn config_text(
     ));
     line(format!("stall_timeout_ms = {}", t.stall_timeout_ms));
     line(format!("response_timeout_ms = {}", t.response_timeout_ms));
-    for l in t.extra.get("net").into_iter().flatten() {
-        line(l.clone());
+    for l in extra("net") {
+        line(l);
     }
-    if let Some(control) = t.extra.get("control") {
+    let control = extra("control");
+    if !control.is_empty() {
         line("[control]".into());
         for l in control {
-            line(l.clone());
+            line(l);
         }
     }
     s
