@@ -131,6 +131,8 @@ pub struct Tuning {
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
     pub attempts_max: u32,
+    /// Raised to `attempts_max` if below it (the daemon requires it).
+    pub store_full_attempts_max: u32,
     pub busy_retry_ms: u64,
     pub catchup_interval_ms: u64,
     pub redial_backoff_base_ms: u64,
@@ -151,6 +153,7 @@ impl Default for Tuning {
             backoff_base_ms: 200,
             backoff_max_ms: 2_000,
             attempts_max: 10,
+            store_full_attempts_max: 20,
             busy_retry_ms: 200,
             catchup_interval_ms: 3_000,
             redial_backoff_base_ms: 200,
@@ -668,7 +671,8 @@ pub fn write_payload(path: &Path, len: u64, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `edge.toml` of `node`.
+/// The `edge.toml` of `node`: its own keys, the tuning, then the tuning's and the node's extra
+/// lines; a later line replaces an earlier one of the same key in the same section.
 fn config_text(
     node: &Node,
     t: &Tuning,
@@ -677,90 +681,116 @@ fn config_text(
     publisher: &str,
     peer_addr: &dyn Fn(usize) -> SocketAddr,
 ) -> String {
-    let extra = |section: &str| {
-        t.extra
-            .get(section)
-            .into_iter()
-            .flatten()
-            .chain(node_extra.get(section).into_iter().flatten())
-            .cloned()
-            .collect::<Vec<String>>()
+    // (section, key) → line, in first-seen order per section.
+    let mut sections: Vec<(&str, Vec<(String, String)>)> = Vec::new();
+    let mut set = |section: &'static str, l: String| {
+        let key = l.split('=').next().unwrap_or("").trim().to_owned();
+        let idx = match sections.iter().position(|(name, _)| *name == section) {
+            Some(i) => i,
+            None => {
+                sections.push((section, Vec::new()));
+                sections.len() - 1
+            }
+        };
+        let lines = &mut sections[idx].1;
+        match lines.iter_mut().find(|(k, _)| !key.is_empty() && *k == key) {
+            Some(existing) => existing.1 = l,
+            None => lines.push((key, l)),
+        }
     };
-    let mut s = String::new();
-    let mut line = |l: String| {
-        s.push_str(&l);
-        s.push('\n');
-    };
-    line(format!("node_id = \"{}\"", node.id));
-    line(format!("listen_addr = \"{}\"", node.addr));
-    line("data_dir = \"data\"".into());
+    set("", format!("node_id = \"{}\"", node.id));
+    set("", format!("listen_addr = \"{}\"", node.addr));
+    set("", "data_dir = \"data\"".into());
     // Beside the config rather than in data/: socket addresses are at most 107 bytes.
-    line("control_socket = \"ctl.sock\"".into());
-    line("log_format = \"json\"".into());
-    line(format!("metrics_addr = \"{}\"", node.metrics));
-    // Top-level keys (e.g. `clock_skew_max_s`) come under the section name "".
-    for l in extra("") {
-        line(l);
-    }
-    line("[tls]".into());
-    line("ca_cert = \"../ca/ca.crt\"".into());
-    line(format!("node_cert = \"{}.crt\"", node.id));
-    line(format!("node_key = \"{}.key\"", node.id));
-    for &p in &node.peers {
-        line("[[known_peers]]".into());
-        line(format!("id = \"node-{}\"", p + 1));
-        line(format!("addr = \"{}\"", peer_addr(p)));
-    }
-    for (id, addr) in extra_peers {
-        line("[[known_peers]]".into());
-        line(format!("id = \"{id}\""));
-        line(format!("addr = \"{addr}\""));
-    }
-    line("[publishers]".into());
-    line(format!("trusted = [\"{publisher}\"]"));
-    line("[store]".into());
-    line(format!("ceiling_bytes = {}", t.ceiling_bytes));
-    line("min_free_bytes = 0".into());
-    for l in extra("store") {
-        line(l);
-    }
-    line("[relay]".into());
-    line(format!("backoff_base_ms = {}", t.backoff_base_ms));
-    line(format!("backoff_max_ms = {}", t.backoff_max_ms));
-    line(format!("attempts_max = {}", t.attempts_max));
-    line(format!("busy_retry_ms = {}", t.busy_retry_ms));
-    line(format!("store_full_backoff_min_ms = {}", t.backoff_max_ms));
-    for l in extra("relay") {
-        line(l);
-    }
-    line("[net]".into());
-    line(format!("catchup_interval_ms = {}", t.catchup_interval_ms));
-    line(format!(
-        "redial_backoff_base_ms = {}",
-        t.redial_backoff_base_ms
-    ));
-    line(format!(
-        "redial_backoff_max_ms = {}",
-        t.redial_backoff_max_ms
-    ));
-    line(format!("handshake_timeout_ms = {}", t.handshake_timeout_ms));
-    line(format!("idle_timeout_ms = {}", t.idle_timeout_ms));
-    line(format!(
-        "keep_alive_interval_ms = {}",
-        t.keep_alive_interval_ms
-    ));
-    line(format!("stall_timeout_ms = {}", t.stall_timeout_ms));
-    line(format!("response_timeout_ms = {}", t.response_timeout_ms));
-    for l in extra("net") {
-        line(l);
-    }
-    let control = extra("control");
-    if !control.is_empty() {
-        line("[control]".into());
-        for l in control {
-            line(l);
+    set("", "control_socket = \"ctl.sock\"".into());
+    set("", "log_format = \"json\"".into());
+    set("", format!("metrics_addr = \"{}\"", node.metrics));
+    set("tls", "ca_cert = \"../ca/ca.crt\"".into());
+    set("tls", format!("node_cert = \"{}.crt\"", node.id));
+    set("tls", format!("node_key = \"{}.key\"", node.id));
+    set("publishers", format!("trusted = [\"{publisher}\"]"));
+    set("store", format!("ceiling_bytes = {}", t.ceiling_bytes));
+    set("store", "min_free_bytes = 0".into());
+    set("relay", format!("backoff_base_ms = {}", t.backoff_base_ms));
+    set("relay", format!("backoff_max_ms = {}", t.backoff_max_ms));
+    set("relay", format!("attempts_max = {}", t.attempts_max));
+    set(
+        "relay",
+        format!(
+            "store_full_attempts_max = {}",
+            t.store_full_attempts_max.max(t.attempts_max)
+        ),
+    );
+    set("relay", format!("busy_retry_ms = {}", t.busy_retry_ms));
+    set(
+        "relay",
+        format!("store_full_backoff_min_ms = {}", t.backoff_max_ms),
+    );
+    set(
+        "net",
+        format!("catchup_interval_ms = {}", t.catchup_interval_ms),
+    );
+    set(
+        "net",
+        format!("redial_backoff_base_ms = {}", t.redial_backoff_base_ms),
+    );
+    set(
+        "net",
+        format!("redial_backoff_max_ms = {}", t.redial_backoff_max_ms),
+    );
+    set(
+        "net",
+        format!("handshake_timeout_ms = {}", t.handshake_timeout_ms),
+    );
+    set("net", format!("idle_timeout_ms = {}", t.idle_timeout_ms));
+    set(
+        "net",
+        format!("keep_alive_interval_ms = {}", t.keep_alive_interval_ms),
+    );
+    set("net", format!("stall_timeout_ms = {}", t.stall_timeout_ms));
+    set(
+        "net",
+        format!("response_timeout_ms = {}", t.response_timeout_ms),
+    );
+    for extra in [&t.extra, node_extra] {
+        for (section, lines) in extra {
+            for l in lines.iter().filter(|l| !l.trim().is_empty()) {
+                set(section, l.clone());
+            }
         }
     }
+    let mut s = String::new();
+    let mut emit = |section: &str| {
+        if let Some((_, lines)) = sections.iter().find(|(name, _)| *name == section) {
+            if !section.is_empty() {
+                s.push_str(&format!("[{section}]\n"));
+            }
+            for (_, l) in lines {
+                s.push_str(l);
+                s.push('\n');
+            }
+        }
+    };
+    emit("");
+    emit("tls");
+    let mut peers = String::new();
+    for &p in &node.peers {
+        peers.push_str(&format!(
+            "[[known_peers]]\nid = \"node-{}\"\naddr = \"{}\"\n",
+            p + 1,
+            peer_addr(p)
+        ));
+    }
+    for (id, addr) in extra_peers {
+        peers.push_str(&format!(
+            "[[known_peers]]\nid = \"{id}\"\naddr = \"{addr}\"\n"
+        ));
+    }
+    for section in ["publishers", "store", "relay", "net", "control"] {
+        emit(section);
+    }
+    // Known peers after the tables: an array of tables may come anywhere after the top keys.
+    s.push_str(&peers);
     s
 }
 

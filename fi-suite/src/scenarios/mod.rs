@@ -2,6 +2,7 @@
 
 mod basic;
 mod process;
+mod relay;
 
 use crate::scenario::Scenario;
 
@@ -10,6 +11,7 @@ pub fn all() -> Vec<Scenario> {
     let mut out = Vec::new();
     out.extend(basic::scenarios());
     out.extend(process::scenarios());
+    out.extend(relay::scenarios());
     out
 }
 
