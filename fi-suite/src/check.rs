@@ -393,3 +393,110 @@ pub fn same_state(with: &FinalState, without: &FinalState) -> CheckResult {
         Some(nodes.len() as u64),
     )
 }
+
+/// INV-11 and INV-13 on every running node, from `segments --json`: each stored segment has
+/// one job per known peer except the one it came from, and is marked propagated exactly when
+/// its condition holds (`all_peers`: every job delivered; `one_peer`: one delivered, the others
+/// cancelled).
+pub fn jobs_and_propagation(fleet: &Fleet) -> Vec<CheckResult> {
+    let mut wrong_jobs = Vec::new();
+    let mut wrong_marks = Vec::new();
+    let mut seen = 0u64;
+    for node in fleet.nodes.iter().filter(|n| n.running()) {
+        let Ok(v) = fleet.try_json(node.index, &["segments"]) else {
+            wrong_jobs.push(format!("{}: cannot list", node.id));
+            continue;
+        };
+        let mut peers: BTreeSet<String> = node
+            .peers
+            .iter()
+            .map(|p| fleet.node(*p).id.clone())
+            .collect();
+        for (id, _) in fleet
+            .spec
+            .extra_peers
+            .get(&node.index)
+            .into_iter()
+            .flatten()
+        {
+            peers.insert(id.clone());
+        }
+        for s in v.as_array().into_iter().flatten() {
+            seen += 1;
+            let id = s["id"].as_str().unwrap_or_default();
+            let source = s["source"].as_str().unwrap_or_default();
+            let jobs: BTreeMap<String, String> = s["jobs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|j| {
+                    (
+                        j["peer"].as_str().unwrap_or_default().to_owned(),
+                        j["state"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect();
+            let want: BTreeSet<String> = peers
+                .iter()
+                .filter(|p| p.as_str() != source)
+                .cloned()
+                .collect();
+            let have: BTreeSet<String> = jobs.keys().cloned().collect();
+            if want != have {
+                wrong_jobs.push(format!(
+                    "{} {}: jobs for {have:?}, peers but the source {want:?}",
+                    node.id,
+                    short(id)
+                ));
+            }
+            let delivered = jobs.values().filter(|s| *s == "delivered").count();
+            let holds = match s["condition"].as_str() {
+                Some("one_peer") => delivered >= 1 || jobs.is_empty(),
+                _ => delivered == jobs.len(),
+            };
+            let marked = !s["propagated_at_ms"].is_null();
+            if holds != marked {
+                wrong_marks.push(format!(
+                    "{} {}: condition holds {holds}, marked {marked}",
+                    node.id,
+                    short(id)
+                ));
+            }
+        }
+    }
+    let verdict = |bad: &Vec<String>| {
+        if seen == 0 {
+            Verdict::Unknown
+        } else if bad.is_empty() {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        }
+    };
+    vec![
+        result(
+            "jobs_one_per_peer_but_the_source",
+            &["INV-11"],
+            verdict(&wrong_jobs),
+            if wrong_jobs.is_empty() {
+                format!("{seen} stored segment(s) checked")
+            } else {
+                wrong_jobs.join("; ")
+            },
+            Some(wrong_jobs.len() as u64),
+            Some(seen),
+        ),
+        result(
+            "propagated_exactly_when_the_condition_holds",
+            &["INV-13"],
+            verdict(&wrong_marks),
+            if wrong_marks.is_empty() {
+                format!("{seen} stored segment(s) checked")
+            } else {
+                wrong_marks.join("; ")
+            },
+            Some(wrong_marks.len() as u64),
+            Some(seen),
+        ),
+    ]
+}

@@ -97,5 +97,9 @@ fn line_baseline(ctx: &mut Ctx) -> anyhow::Result<World> {
     let all: Vec<usize> = (0..world.fleet.len()).collect();
     ctx.converge(&world.fleet, &acked, &all, topology.diameter(), 1_000);
     ctx.record(crate::check::lost(&world.fleet, &acked, &all));
+    super::process::settle(&world.fleet);
+    for c in crate::check::jobs_and_propagation(&world.fleet) {
+        ctx.record(c);
+    }
     Ok(world)
 }

@@ -3,6 +3,7 @@
 mod basic;
 mod process;
 mod relay;
+mod trust;
 
 use crate::scenario::Scenario;
 
@@ -12,6 +13,7 @@ pub fn all() -> Vec<Scenario> {
     out.extend(basic::scenarios());
     out.extend(process::scenarios());
     out.extend(relay::scenarios());
+    out.extend(trust::scenarios());
     out
 }
 

@@ -137,7 +137,7 @@ fn kill9_line(ctx: &mut Ctx) -> anyhow::Result<World> {
 }
 
 /// Waits (bounded) until no node has a pending or in-flight job, so states are final.
-fn settle(fleet: &crate::fleet::Fleet) {
+pub fn settle(fleet: &crate::fleet::Fleet) {
     let quiet = |f: &crate::fleet::Fleet| {
         (0..f.len()).all(|i| {
             f.try_json(i, &["status"])
