@@ -1,6 +1,7 @@
 //! The scenario catalogue. Each module groups scenarios by the kind of fault they apply.
 
 mod basic;
+mod crash;
 mod process;
 mod relay;
 mod trust;
@@ -11,6 +12,7 @@ use crate::scenario::Scenario;
 pub fn all() -> Vec<Scenario> {
     let mut out = Vec::new();
     out.extend(basic::scenarios());
+    out.extend(crash::scenarios());
     out.extend(process::scenarios());
     out.extend(relay::scenarios());
     out.extend(trust::scenarios());
