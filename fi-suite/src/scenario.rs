@@ -325,7 +325,33 @@ pub fn run(
         duration_ms: started.elapsed().as_millis() as u64,
     };
     print_result(&result);
+    if result.verdict == Verdict::Pass {
+        prune(&dir);
+    }
     result
+}
+
+/// Keeps a passing run's logs, configs and results, and drops its bulk (segment files, partials,
+/// payloads): runs of many scenarios would otherwise fill the disk.
+fn prune(dir: &std::path::Path) {
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => dirs.push(path),
+                Ok(t) if t.is_file() => {
+                    let bulk = path
+                        .extension()
+                        .is_some_and(|x| x == "seg" || x == "part" || x == "bin" || x == "redb");
+                    if bulk {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// The checks every scenario gets, then a clean stop of every node.
