@@ -994,6 +994,22 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_cap_saves_up_at_most_one_burst() {
+        let mut d = with(LinkFaults {
+            rate_bytes_per_s: Some(10_000),
+            ..LinkFaults::default()
+        });
+        // A minute idle would be 600 kB at the rate; the bucket holds one burst.
+        let t = Duration::from_secs(60);
+        let at_once = (0..100)
+            .filter(|&i| {
+                matches!(d.on_datagram(t, payload(i, 1000)), Fate::Scheduled { at, .. } if at == t)
+            })
+            .count() as u64;
+        assert_eq!(at_once, RATE_BURST_BYTES / 1000);
+    }
+
+    #[test]
     fn the_delay_queue_is_bounded() {
         let mut d = with(LinkFaults {
             delay_ms: 1000,
