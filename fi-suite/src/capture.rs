@@ -646,6 +646,9 @@ pub struct Captured {
     pub pcap: Pcap,
     /// The flush marker reached the file: everything sent before [`Capture::stop`] is in it.
     pub flushed: bool,
+    /// Where the flush marker came from (its datagram is not among the datagrams; another
+    /// capture's marker, from another address, may be).
+    pub marker: SocketAddr,
     /// tcpdump's "packets dropped by kernel", when it printed it.
     pub kernel_dropped: Option<u64>,
     /// tcpdump's standard error (bounded).
@@ -932,6 +935,7 @@ impl Capture {
             file: self.file.clone(),
             pcap,
             flushed,
+            marker,
             kernel_dropped: kernel_dropped(&stderr),
             stderr,
         })
@@ -1431,6 +1435,7 @@ mod tests {
                 truncated_tail: false,
             },
             flushed,
+            marker: "127.0.0.1:9".parse().unwrap(),
             kernel_dropped: kernel,
             stderr: Vec::new(),
         }
@@ -1507,10 +1512,14 @@ mod tests {
             }
             Err(e) => panic!("{e}"),
         };
-        // A "node" at 127.78.1.1, its "side" at 127.78.1.2, and one address it may not use.
-        let node = UdpSocket::bind("127.78.1.1:0").unwrap();
-        let side = UdpSocket::bind("127.78.1.2:0").unwrap();
-        let elsewhere = UdpSocket::bind("127.78.1.3:0").unwrap();
+        // A "node", its "side", and one address it may not use. The capture sees all of `lo`,
+        // and a datagram from a node's IP is the node's: the addresses are this process's own,
+        // so that another run of this test at the same time is not taken for it.
+        let pid = std::process::id().to_be_bytes();
+        let addr = |host: u8| SocketAddr::from(([127, 100 + host, pid[2], pid[3]], 0));
+        let node = UdpSocket::bind(addr(1)).unwrap();
+        let side = UdpSocket::bind(addr(2)).unwrap();
+        let elsewhere = UdpSocket::bind(addr(3)).unwrap();
         let (n, s, e) = (
             node.local_addr().unwrap(),
             side.local_addr().unwrap(),
@@ -1569,10 +1578,7 @@ mod tests {
             skipped("the IPv6 part of a_real_capture…", "no IPv6 on loopback");
         }
         assert!(
-            !got.pcap
-                .datagrams
-                .iter()
-                .any(|d| d.src.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST) && d.src == d.dst),
+            !got.pcap.datagrams.iter().any(|d| d.src == got.marker),
             "the flush marker is not reported"
         );
         let nodes = vec![NodeAllowance {

@@ -711,6 +711,10 @@ mod quic {
     const ROUND_MS: u64 = 60_000;
     /// How long a handshake through a blackholed direction is given (it can never complete).
     const CUT_HANDSHAKE_MS: u64 = 1_500;
+    /// Connections the echo server takes (the test makes three).
+    const CONNECTIONS_MAX: usize = 4;
+    /// Streams it echoes per connection (the test opens two).
+    const STREAMS_MAX: usize = 4;
 
     struct Ends {
         client: quinn::Endpoint,
@@ -747,11 +751,17 @@ mod quic {
     fn echo(server: quinn::Endpoint) -> tokio::sync::mpsc::UnboundedReceiver<SocketAddr> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
-            while let Some(incoming) = server.accept().await {
+            for _ in 0..CONNECTIONS_MAX {
+                let Some(incoming) = server.accept().await else {
+                    return;
+                };
                 let Ok(conn) = incoming.await else { continue };
                 let _ = tx.send(conn.remote_address());
                 tokio::spawn(async move {
-                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    for _ in 0..STREAMS_MAX {
+                        let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+                            return;
+                        };
                         let Ok(data) = recv.read_to_end(ROUND_BYTES).await else {
                             return;
                         };
