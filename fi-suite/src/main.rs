@@ -17,9 +17,11 @@
 // Parts of the suite land one by one; some helpers are used by later ones.
 #![allow(dead_code)]
 
+mod capture;
 mod check;
 mod fleet;
 mod proc;
+mod proxy;
 mod results;
 mod scenario;
 mod scenarios;
