@@ -237,6 +237,9 @@ pub struct Node {
     pub log: PathBuf,
     /// Its peers' indexes.
     pub peers: Vec<usize>,
+    /// The addresses its config lists for its peers (fleet peers, then extra peers): the only
+    /// addresses it may send datagrams to (INV-27).
+    pub peer_addrs: Vec<SocketAddr>,
     daemon: Option<Daemon>,
     /// Extra environment of this node's daemon.
     pub env: BTreeMap<String, String>,
@@ -260,10 +263,23 @@ impl Node {
     }
 }
 
-/// The node ip of node `index`.
-pub fn node_ip(index: usize) -> IpAddr {
-    // Cannot truncate: NODES_MAX keeps it far below 255.
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, NODE_IP_BASE + index as u8))
+/// The loopback /24 a run's nodes, proxies and evil peers live in: `127.A.B.0/24`. Each run
+/// picks its own, so runs at the same time on one machine never share an address (a capture
+/// attributes datagrams to nodes by address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpBase(pub u8, pub u8);
+
+impl IpBase {
+    /// The address `127.A.B.last`.
+    pub fn ip(self, last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, self.0, self.1, last))
+    }
+
+    /// The address of node `index`.
+    pub fn node(self, index: usize) -> IpAddr {
+        // Cannot truncate: NODES_MAX keeps it far below 255.
+        self.ip(NODE_IP_BASE + index as u8)
+    }
 }
 
 /// A fleet of real daemons in one directory.
@@ -344,6 +360,15 @@ impl Fleet {
                 })
                 .collect();
             let metrics = SocketAddr::new(addr.ip(), proc::free_tcp_port(addr.ip())?);
+            let mut peer_addrs: Vec<SocketAddr> =
+                peers.iter().map(|&j| peer_addr(index, j)).collect();
+            peer_addrs.extend(
+                spec.extra_peers
+                    .get(&index)
+                    .into_iter()
+                    .flatten()
+                    .map(|(_, a)| *a),
+            );
             let node = Node {
                 index,
                 id,
@@ -354,6 +379,7 @@ impl Fleet {
                 log: node_dir.join("edged.log"),
                 dir: node_dir,
                 peers,
+                peer_addrs,
                 daemon: None,
                 env: spec.node_env.get(&index).cloned().unwrap_or_default(),
             };

@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::capture::{self, Capture, CaptureError, NodeAllowance};
 use crate::check::{self, Acked};
-use crate::fleet::{Fleet, FleetSpec};
+use crate::fleet::{Fleet, FleetSpec, IpBase};
+use crate::proxy::{Dir, LinkFaults, LinkSpec, Proxies};
 use crate::results::{
     Build, CheckResult, Convergence, FaultRecord, ScenarioResult, Verdict, check as names,
 };
@@ -42,6 +44,36 @@ pub struct Skip(pub String);
 #[derive(Debug)]
 pub struct World {
     pub fleet: Fleet,
+    /// The link proxies, when the fleet runs behind them.
+    pub proxies: Option<Proxies>,
+}
+
+impl World {
+    pub fn new(fleet: Fleet) -> World {
+        World {
+            fleet,
+            proxies: None,
+        }
+    }
+
+    pub fn proxies(&self) -> &Proxies {
+        // Only proxied scenarios call this; a scenario calling it on a direct fleet is wrong.
+        self.proxies
+            .as_ref()
+            .expect("a proxied fleet (Ctx::proxied_fleet)")
+    }
+
+    /// The index of the link between nodes `a` and `b` (in topology order).
+    pub fn link(&self, a: usize, b: usize) -> usize {
+        let (lo, hi) = (a.min(b), a.max(b));
+        self.fleet
+            .spec
+            .topology
+            .links()
+            .iter()
+            .position(|&l| l == (lo, hi))
+            .expect("a link of the topology")
+    }
 }
 
 /// One scenario of the catalogue.
@@ -74,6 +106,12 @@ pub struct Ctx {
     checks: Vec<CheckResult>,
     convergence: Option<Convergence>,
     notes: Vec<String>,
+    /// The loopback capture of the scenario's fleet (INV-27 evidence), from its creation.
+    capture: Option<Result<Capture, CaptureError>>,
+    /// The runtime the proxies (and an evil peer) run on.
+    rt: Option<tokio::runtime::Runtime>,
+    /// This run's loopback /24 (see [`IpBase`]).
+    pub ip_base: IpBase,
 }
 
 impl Ctx {
@@ -95,7 +133,124 @@ impl Ctx {
             checks: Vec::new(),
             convergence: None,
             notes: Vec::new(),
+            capture: None,
+            rt: None,
+            ip_base: ip_base(seed),
         }
+    }
+
+    /// An address of this run's /24 (`127.A.B.last`): nodes use 10.., proxy sides 100.., an
+    /// evil peer or a stranger anything else.
+    pub fn ip(&self, last: u8) -> std::net::IpAddr {
+        self.ip_base.ip(last)
+    }
+
+    /// The scenario's tokio runtime (made on first use).
+    pub fn runtime(&mut self) -> anyhow::Result<&tokio::runtime::Runtime> {
+        if self.rt.is_none() {
+            self.rt = Some(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()?,
+            );
+        }
+        Ok(self.rt.as_ref().expect("made above"))
+    }
+
+    /// Starts the capture of everything on loopback, for the INV-27 check at the end.
+    fn start_capture(&mut self) {
+        if self.capture.is_none() {
+            self.capture = Some(Capture::start(&self.dir.join("lo.pcap")));
+        }
+    }
+
+    /// Makes the scenario's fleet behind one proxy per link (the address each node has for a
+    /// peer is that link's side), and starts the capture.
+    pub fn proxied_fleet(&mut self, mut spec: FleetSpec) -> anyhow::Result<World> {
+        if let Some(m) = &self.mutant {
+            spec.env.insert("EDGED_MUTANT".into(), m.clone());
+        }
+        let n = spec.topology.nodes();
+        let mut addrs = Vec::with_capacity(n);
+        for i in 0..n {
+            let ip = self.ip_base.node(i);
+            addrs.push(std::net::SocketAddr::new(
+                ip,
+                crate::proc::free_udp_port(ip)?,
+            ));
+        }
+        let links = spec.topology.links();
+        let specs: Vec<LinkSpec> = links
+            .iter()
+            .enumerate()
+            .map(|(k, &(a, b))| LinkSpec {
+                a_name: format!("node-{}", a + 1),
+                a: addrs[a],
+                b_name: format!("node-{}", b + 1),
+                b: addrs[b],
+                side_ip_a: side_ip(self.ip_base, 2 * k),
+                side_ip_b: side_ip(self.ip_base, 2 * k + 1),
+            })
+            .collect();
+        let seed = self.seed;
+        let proxies = Proxies::start(self.runtime()?.handle(), specs, seed)?;
+        let peer = |i: usize, j: usize| {
+            let (lo, hi) = (i.min(j), i.max(j));
+            let k = links.iter().position(|&l| l == (lo, hi)).expect("a link");
+            let (side_a, side_b) = proxies.sides(k);
+            if i == lo { side_a } else { side_b }
+        };
+        self.start_capture();
+        let fleet = Fleet::create(&self.dir.join("fleet"), self.bin(), spec, &addrs, &peer)?;
+        Ok(World {
+            fleet,
+            proxies: Some(proxies),
+        })
+    }
+
+    /// Sets the faults of one direction of a link (or both, `dir` `None`) and records them.
+    pub fn net_fault(
+        &mut self,
+        world: &World,
+        a: usize,
+        b: usize,
+        dir: Option<Dir>,
+        faults: LinkFaults,
+    ) -> anyhow::Result<()> {
+        let link = world.link(a, b);
+        let proxies = world.proxies();
+        let started = proxies.started_at();
+        let events = match dir {
+            Some(d) => vec![proxies.set(link, d, faults)?],
+            None => proxies.set_both(link, faults)?.to_vec(),
+        };
+        for e in events {
+            let at = started.saturating_duration_since(self.started).as_millis() as u64;
+            for rec in e.fault_records(at) {
+                println!(
+                    "  [{:>6} ms] fault {} on {}: {}",
+                    rec.at_ms, rec.kind, rec.target, rec.detail
+                );
+                self.faults.push(rec);
+            }
+        }
+        Ok(())
+    }
+
+    /// Heals every link, recording it.
+    pub fn heal_all(&mut self, world: &World) {
+        let proxies = world.proxies();
+        let at = proxies
+            .started_at()
+            .saturating_duration_since(self.started)
+            .as_millis() as u64;
+        for e in proxies.heal_all() {
+            for rec in e.fault_records(at) {
+                self.faults.push(rec);
+            }
+        }
+        println!("  [{:>6} ms] every link healed", self.now_ms());
     }
 
     /// The binary this scenario's nodes run.
@@ -111,8 +266,10 @@ impl Ctx {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Makes a fleet in this scenario's directory, unproxied (peers at their own addresses).
-    pub fn direct_fleet(&self, spec: FleetSpec) -> anyhow::Result<Fleet> {
+    /// Makes the scenario's fleet, unproxied (peers at their own addresses), and starts the
+    /// capture.
+    pub fn direct_fleet(&mut self, spec: FleetSpec) -> anyhow::Result<Fleet> {
+        self.start_capture();
         self.direct_fleet_in("fleet", spec)
     }
 
@@ -125,7 +282,7 @@ impl Ctx {
         let n = spec.topology.nodes();
         let mut addrs = Vec::with_capacity(n);
         for i in 0..n {
-            let ip = crate::fleet::node_ip(i);
+            let ip = self.ip_base.node(i);
             addrs.push(std::net::SocketAddr::new(
                 ip,
                 crate::proc::free_udp_port(ip)?,
@@ -354,8 +511,45 @@ fn prune(dir: &std::path::Path) {
     }
 }
 
+/// The loopback address of proxy side `k`.
+fn side_ip(base: IpBase, k: usize) -> std::net::IpAddr {
+    // Cannot truncate: a fleet of NODES_MAX nodes has far fewer than 150 link sides.
+    base.ip(PROXY_IP_FIRST + k as u8)
+}
+
+/// Last octet of the first proxy side's address.
+const PROXY_IP_FIRST: u8 = 100;
+
+/// A run's /24: from the seed and the process, so two runs at once differ (and one run's
+/// fleets all share it). `127.0.x.x` is left to everything else on the machine.
+fn ip_base(seed: u64) -> IpBase {
+    let h = blake3::hash(
+        &[
+            seed.to_le_bytes(),
+            u64::from(std::process::id()).to_le_bytes(),
+        ]
+        .concat(),
+    );
+    let b = h.as_bytes();
+    IpBase(64 + b[0] % 64, b[1])
+}
+
 /// The checks every scenario gets, then a clean stop of every node.
 fn finish(ctx: &mut Ctx, world: &mut World) {
+    if let Some(capture) = ctx.capture.take() {
+        let captured = capture.and_then(Capture::stop);
+        let nodes: Vec<NodeAllowance> = world
+            .fleet
+            .nodes
+            .iter()
+            .map(|n| NodeAllowance {
+                name: n.id.clone(),
+                addr: n.addr,
+                allowed: n.peer_addrs.iter().copied().collect(),
+            })
+            .collect();
+        ctx.record(capture::check_packets_only_to_peers(&captured, &nodes));
+    }
     let fleet = &mut world.fleet;
     ctx.record(check::counters(fleet));
     ctx.record(check::duplicates(fleet));

@@ -84,7 +84,7 @@ fn line_baseline(ctx: &mut Ctx) -> anyhow::Result<World> {
     let topology = Topology::Line(4);
     let mut fleet = ctx.direct_fleet(FleetSpec::new(topology))?;
     fleet.start_all()?;
-    let world = World { fleet };
+    let world = World::new(fleet);
     let acked = import_segments(ctx, &world, 0, "base", 6, 256 << 10)?;
     ctx.check(
         "workload_ran",

@@ -125,7 +125,7 @@ fn crashpoints_receive(ctx: &mut Ctx) -> anyhow::Result<World> {
     spec.node_line(1, "net", "catchup_interval_ms = 0");
     let mut fleet = ctx.direct_fleet(spec)?;
     fleet.start(0)?;
-    let mut world = World { fleet };
+    let mut world = World::new(fleet);
     let mut acked: Vec<Acked> = Vec::new();
     let (mut early_acks, mut checked_acks, mut disagreements) = (Vec::new(), 0u64, Vec::new());
     for (k, point) in RECEIVE_POINTS.iter().enumerate() {
@@ -213,7 +213,7 @@ fn crashpoints_evict(ctx: &mut Ctx) -> anyhow::Result<World> {
     spec.node_line(1, "store", format!("ceiling_bytes = {ceiling}"));
     let mut fleet = ctx.direct_fleet(spec)?;
     fleet.start_all()?;
-    let mut world = World { fleet };
+    let mut world = World::new(fleet);
     // Fill node-2: two segments, propagated there (it has no other peer), so evictable.
     let first = import_segments(ctx, &world, 0, "fill", 2, seg)?;
     ctx.converge(&world.fleet, &first, &[1], 1, 1_000);

@@ -2,6 +2,7 @@
 
 mod basic;
 mod crash;
+mod network;
 mod process;
 mod relay;
 mod trust;
@@ -13,6 +14,7 @@ pub fn all() -> Vec<Scenario> {
     let mut out = Vec::new();
     out.extend(basic::scenarios());
     out.extend(crash::scenarios());
+    out.extend(network::scenarios());
     out.extend(process::scenarios());
     out.extend(relay::scenarios());
     out.extend(trust::scenarios());

@@ -63,7 +63,7 @@ fn kill9_line(ctx: &mut Ctx) -> anyhow::Result<World> {
     let reference = {
         let mut fleet = ctx.direct_fleet_in("reference", FleetSpec::new(topology))?;
         fleet.start_all()?;
-        let world = World { fleet };
+        let world = World::new(fleet);
         let acked = import_segments(ctx, &world, 0, "k", count, len)?;
         let all: Vec<usize> = (0..world.fleet.len()).collect();
         if check::converge(
@@ -94,7 +94,7 @@ fn kill9_line(ctx: &mut Ctx) -> anyhow::Result<World> {
 
     let mut fleet = ctx.direct_fleet(FleetSpec::new(topology))?;
     fleet.start_all()?;
-    let mut world = World { fleet };
+    let mut world = World::new(fleet);
     let (stick, files) = make_stick(&world, "k", count, len)?;
     // The import runs while nodes die: kills land in the middle of imports and relays.
     let import = world
@@ -156,7 +156,7 @@ fn sigstop_frozen_peer(ctx: &mut Ctx) -> anyhow::Result<World> {
     let topology = Topology::Star(4);
     let mut fleet = ctx.direct_fleet(FleetSpec::new(topology))?;
     fleet.start_all()?;
-    let world = World { fleet };
+    let world = World::new(fleet);
     let frozen = 2;
     world.fleet.signal(frozen, Signal::STOP)?;
     let frozen_id = world.fleet.node(frozen).id.clone();
@@ -199,7 +199,7 @@ fn sigterm_storm(ctx: &mut Ctx) -> anyhow::Result<World> {
     let topology = Topology::Ring(5);
     let mut fleet = ctx.direct_fleet(FleetSpec::new(topology))?;
     fleet.start_all()?;
-    let mut world = World { fleet };
+    let mut world = World::new(fleet);
     let acked: Vec<Acked> = import_segments(ctx, &world, 0, "storm", 10, 512 << 10)?;
     let mut unclean = Vec::new();
     for _ in 0..STOPS {

@@ -106,7 +106,7 @@ fn dead_letter_requeue(ctx: &mut Ctx) -> anyhow::Result<World> {
     spec.node_line(1, "net", "catchup_interval_ms = 0");
     let mut fleet = ctx.direct_fleet(spec)?;
     fleet.start(0)?;
-    let mut world = World { fleet };
+    let mut world = World::new(fleet);
     ctx.fault("proc.down", "node-2", "not started: every attempt fails");
     let acked = import_segments(ctx, &world, 0, "dl", 3, 64 << 10)?;
     let dead = world.fleet.wait_until(Duration::from_secs(30), |f| {
@@ -246,7 +246,7 @@ fn expiry(ctx: &mut Ctx) -> anyhow::Result<World> {
     let mut fleet = ctx.direct_fleet(spec.clone())?;
     fleet.start(0)?;
     fleet.start(1)?;
-    let mut world = World { fleet };
+    let mut world = World::new(fleet);
     ctx.fault(
         "proc.down",
         "node-3",
@@ -357,7 +357,7 @@ fn ceiling_pressure(ctx: &mut Ctx) -> anyhow::Result<World> {
     let mut fleet = ctx.direct_fleet(spec)?;
     fleet.start(0)?;
     fleet.start(1)?;
-    let mut world = World { fleet };
+    let mut world = World::new(fleet);
     ctx.fault(
         "proc.down",
         "node-3",
@@ -471,7 +471,7 @@ fn memory_big_segment(ctx: &mut Ctx) -> anyhow::Result<World> {
     let topology = Topology::Line(2);
     let mut fleet = ctx.direct_fleet(FleetSpec::new(topology))?;
     fleet.start_all()?;
-    let world = World { fleet };
+    let world = World::new(fleet);
     let acked = import_segments(ctx, &world, 0, "big", 1, 256 << 20)?;
     let ok = ctx.converge(&world.fleet, &acked, &all(&world.fleet), 1, 20_000);
     let peaks: Vec<(String, Option<u64>)> = world
@@ -589,7 +589,7 @@ fn config_invalid(ctx: &mut Ctx) -> anyhow::Result<World> {
     );
     // The good config still starts.
     fleet.start_all()?;
-    Ok(World { fleet })
+    Ok(World::new(fleet))
 }
 
 fn replace_peer_addr(config: &str, addr: &str) -> String {

@@ -106,7 +106,7 @@ fn impostor_certificate(ctx: &mut Ctx) -> anyhow::Result<World> {
         "node-2",
         "certificate of another CA under the id node-2",
     );
-    let mut world = World { fleet };
+    let mut world = World::new(fleet);
     let acked = import_segments(ctx, &world, 0, "imp", 2, 128 << 10)?;
     std::thread::sleep(Duration::from_millis(
         2 * world.fleet.spec.tuning.handshake_timeout_ms,
@@ -141,7 +141,7 @@ fn partial_resume(ctx: &mut Ctx) -> anyhow::Result<World> {
     spec.node_line(1, "net", "checkpoint_bytes = 4194304");
     let mut fleet = ctx.direct_fleet(spec)?;
     fleet.start(0)?;
-    let world = World { fleet };
+    let world = World::new(fleet);
     // Made while node-2 is down, then node-2 starts and the transfer begins.
     let acked = import_segments(ctx, &world, 0, "part", 1, 256 << 20)?;
     let mut world = world;
@@ -215,7 +215,7 @@ fn one_peer_star(ctx: &mut Ctx) -> anyhow::Result<World> {
     let topology = Topology::Star(5);
     let mut fleet = ctx.direct_fleet(FleetSpec::new(topology))?;
     fleet.start_all()?;
-    let world = World { fleet };
+    let world = World::new(fleet);
     let stick = world.fleet.dir.join("stick-one");
     let mut files = Vec::new();
     for k in 0..3 {
