@@ -110,7 +110,7 @@ fn ring_loss_jitter(ctx: &mut Ctx) -> anyhow::Result<World> {
         ..LinkFaults::default()
     };
     for (a, b) in topology.links() {
-        ctx.net_fault(&world, a, b, None, faults.clone())?;
+        ctx.net_fault(&world, a, b, None, faults)?;
     }
     let acked = import_segments(ctx, &world, 0, "loss", 4, 256 << 10)?;
     ctx.converge(
@@ -137,7 +137,7 @@ fn mesh_dup_reorder_corrupt(ctx: &mut Ctx) -> anyhow::Result<World> {
         ..LinkFaults::default()
     };
     for (a, b) in topology.links() {
-        ctx.net_fault(&world, a, b, None, faults.clone())?;
+        ctx.net_fault(&world, a, b, None, faults)?;
     }
     let acked = import_segments(ctx, &world, 0, "dup", 6, 512 << 10)?;
     ctx.converge(
@@ -163,7 +163,7 @@ fn star_partition_heal(ctx: &mut Ctx) -> anyhow::Result<World> {
         ..LinkFaults::default()
     };
     for leaf in [3, 4] {
-        ctx.net_fault(&world, 0, leaf, None, cut.clone())?;
+        ctx.net_fault(&world, 0, leaf, None, cut)?;
     }
     let acked = import_segments(ctx, &world, 0, "part", 4, 256 << 10)?;
     ctx.converge(&world.fleet, &acked, &[0, 1, 2], 1, 2_000);
@@ -254,7 +254,7 @@ fn one_way_partitions(ctx: &mut Ctx) -> anyhow::Result<World> {
         blackhole: true,
         ..LinkFaults::default()
     };
-    ctx.net_fault(&world, 0, 1, Some(Dir::AtoB), one_way.clone())?;
+    ctx.net_fault(&world, 0, 1, Some(Dir::AtoB), one_way)?;
     let first = import_segments(ctx, &world, 0, "oneway", 2, 256 << 10)?;
     // Long enough for a dead connection to be noticed and re-dials to fail.
     std::thread::sleep(Duration::from_millis(
