@@ -18,6 +18,7 @@
 #![allow(dead_code)]
 
 mod check;
+mod evil;
 mod fleet;
 mod proc;
 mod results;
