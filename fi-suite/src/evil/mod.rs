@@ -26,7 +26,7 @@ pub mod serve;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +59,9 @@ pub const EVIL_FRAME_BYTES_MAX: usize = net::limits::FRAME_BYTES_MAX_DEFAULT;
 pub const TRICKLE_STEP_BYTES_MAX: usize = 256;
 /// Interval between two steps of a trickle.
 pub const TRICKLE_STEP_MS: u64 = 100;
+/// Longest the evil peer spends writing one payload (a few MiB on loopback take far less; a
+/// victim that neither reads nor stops the stream is reported, not waited for).
+pub const PAYLOAD_WRITE_TIMEOUT_MS: u64 = 20_000;
 
 /// What can go wrong running the evil peer itself (not what the victim does to it: that is a
 /// [`StreamEnd`]).
@@ -121,7 +124,6 @@ impl EvilSocket {
 #[derive(Debug)]
 pub struct EvilPeer {
     pub addr: SocketAddr,
-    pub dir: PathBuf,
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     handle: tokio::runtime::Handle,
@@ -129,9 +131,9 @@ pub struct EvilPeer {
 }
 
 impl EvilPeer {
-    /// Issues the evil peer's certificate with the fleet's CA (`edged ca issue`), and starts
-    /// its endpoint on `socket`, accepting connections from the fleet's nodes and answering
-    /// their streams by `mode`.
+    /// Issues the evil peer's certificate with the fleet's CA (`edged ca issue`, in the
+    /// fleet's `evil/` directory), and starts its endpoint on `socket`, accepting connections
+    /// from the fleet's nodes and answering their streams by `mode`.
     pub fn start(
         rt: &Runtime,
         socket: EvilSocket,
@@ -139,22 +141,36 @@ impl EvilPeer {
         mode: serve::Mode,
     ) -> Result<EvilPeer, EvilError> {
         let dir = fleet.dir.join(EVIL_ID);
-        issue_certificate(&fleet.bin, &fleet.dir.join("ca"), &dir)?;
+        let ca = fleet.dir.join("ca");
+        issue_certificate(&fleet.bin, &ca, &dir)?;
         let identity = net::load_node_identity(
-            &fleet.dir.join("ca").join("ca.crt"),
+            &ca.join("ca.crt"),
             &dir.join(format!("{EVIL_ID}.crt")),
             &dir.join(format!("{EVIL_ID}.key")),
         )?;
-        let known: BTreeMap<net::NodeId, SocketAddr> = fleet
+        let known = fleet
             .nodes
             .iter()
             .filter_map(|n| Some((n.id.parse().ok()?, n.addr)))
             .collect();
-        let transport = transport(&identity.id, socket.addr, known.clone(), &fleet.spec.tuning);
+        EvilPeer::with_identity(rt, socket, &identity, known, &fleet.spec.tuning, mode)
+    }
+
+    /// Starts the evil peer's endpoint on `socket` with `identity`, accepting the nodes of
+    /// `known` (their certificates must name them) with the fleet's timings.
+    pub fn with_identity(
+        rt: &Runtime,
+        socket: EvilSocket,
+        identity: &net::NodeIdentity,
+        known: BTreeMap<net::NodeId, SocketAddr>,
+        tuning: &Tuning,
+        mode: serve::Mode,
+    ) -> Result<EvilPeer, EvilError> {
+        let transport = transport(&identity.id, socket.addr, known.clone(), tuning);
         let clock: Arc<dyn net::Clock> = Arc::new(net::SystemClock);
         let server_tls =
-            net::tls::server_config(&identity, known.keys().cloned().collect(), clock.clone())?;
-        let client_tls = net::tls::client_config(&identity, clock)?;
+            net::tls::server_config(identity, known.keys().cloned().collect(), clock.clone())?;
+        let client_tls = net::tls::client_config(identity, clock)?;
         let (server_tls, client_tls) = net::tls::quic_configs(server_tls, client_tls)?;
         let mut server = quinn::ServerConfig::with_crypto(server_tls);
         server.transport_config(transport.clone());
@@ -172,7 +188,6 @@ impl EvilPeer {
         rt.spawn(serve::accept_loop(endpoint.clone(), served.clone()));
         Ok(EvilPeer {
             addr: socket.addr,
-            dir,
             endpoint,
             client,
             handle: rt.handle().clone(),
@@ -386,13 +401,22 @@ pub async fn exchange(conn: &Connection, bytes: &[u8], finish: bool) -> StreamEn
         Ok(s) => s,
         Err(end) => return end,
     };
-    if let Err(e) = send.write_all(bytes).await {
-        return write_end(e);
+    if let Err(end) = write(&mut send, bytes, answer_timeout()).await {
+        return end;
     }
     if finish {
         let _ = send.finish();
     }
     answer(&mut recv).await
+}
+
+/// Writes all of `bytes` within `limit`: how the victim ended the stream otherwise.
+pub async fn write(send: &mut SendStream, bytes: &[u8], limit: Duration) -> Result<(), StreamEnd> {
+    match timeout(limit, send.write_all(bytes)).await {
+        Err(_) => Err(StreamEnd::Silent),
+        Ok(Err(e)) => Err(write_end(e)),
+        Ok(Ok(())) => Ok(()),
+    }
 }
 
 fn write_end(e: quinn::WriteError) -> StreamEnd {
@@ -423,9 +447,7 @@ pub async fn offer(conn: &Connection, manifest: &[u8]) -> Result<Offered, Stream
     let frame = encode_frame(&Msg::Offer {
         manifest: manifest.to_vec(),
     });
-    if let Err(e) = send.write_all(&frame).await {
-        return Err(write_end(e));
-    }
+    write(&mut send, &frame, answer_timeout()).await?;
     let answer = answer(&mut recv).await;
     Ok(Offered { send, recv, answer })
 }
@@ -438,8 +460,9 @@ pub async fn push_payload(t: &mut Offered, payload: &[u8], extra: &[u8]) -> Stre
         if part.is_empty() || stopped.is_some() {
             continue;
         }
-        if let Err(e) = t.send.write_all(part).await {
-            stopped = Some(write_end(e));
+        let limit = Duration::from_millis(PAYLOAD_WRITE_TIMEOUT_MS);
+        if let Err(end) = write(&mut t.send, part, limit).await {
+            stopped = Some(end);
         }
     }
     let _ = t.send.finish();
@@ -512,5 +535,208 @@ pub async fn trickle(
         lasted_ms: started.elapsed().as_millis() as u64,
         end,
         said,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::serve::Mode;
+    use super::*;
+
+    /// An evil peer and a client presenting `node-1`'s certificate of the same CA (what a
+    /// victim's dial looks like), both on loopback.
+    struct Pair {
+        evil: EvilPeer,
+        node: Dialer,
+        _pki: tempfile::TempDir,
+        // Last: the endpoints live on it.
+        rt: Runtime,
+    }
+
+    fn pair(mode: Mode) -> Pair {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let pki = tempfile::tempdir().unwrap();
+        let ca = pki.path().join("ca");
+        net::ca_init(&ca).unwrap();
+        let identity = |id: &str| {
+            let out = pki.path().join(id);
+            let files = net::ca_issue(&ca, &id.parse().unwrap(), &out, 1).unwrap();
+            net::load_node_identity(&ca.join("ca.crt"), &files.cert, &files.key).unwrap()
+        };
+        let (evil_id, node_id) = (identity(EVIL_ID), identity("node-1"));
+        let lo = Ipv4Addr::LOCALHOST;
+        let node_socket = EvilSocket::bind(&rt, lo).unwrap();
+        let known = [("node-1".parse().unwrap(), node_socket.addr)].into();
+        let evil_socket = EvilSocket::bind(&rt, lo).unwrap();
+        let evil =
+            EvilPeer::with_identity(&rt, evil_socket, &evil_id, known, &Tuning::default(), mode)
+                .unwrap();
+        // The node's side: the evil peer's own dialer, re-made with the node's certificate.
+        let tls = net::tls::client_config(&node_id, Arc::new(net::SystemClock)).unwrap();
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let _entered = rt.enter();
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            None,
+            node_socket.socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .unwrap();
+        let node = Dialer {
+            addr: node_socket.addr,
+            endpoint,
+            client: quinn::ClientConfig::new(Arc::new(quic)),
+            limit: Duration::from_millis(CONNECT_TIMEOUT_MS),
+        };
+        drop(_entered);
+        Pair {
+            evil,
+            node,
+            _pki: pki,
+            rt,
+        }
+    }
+
+    impl Pair {
+        fn conn(&self) -> Connection {
+            self.rt
+                .block_on(self.node.connect(self.evil.addr, EVIL_ID))
+                .unwrap()
+        }
+    }
+
+    #[test]
+    fn quiet_answers_like_a_peer_holding_nothing() {
+        let p = pair(Mode::Quiet);
+        let conn = p.conn();
+        let ask = |msg: Msg| p.rt.block_on(request(&conn, &msg));
+        assert!(matches!(
+            ask(Msg::DigestRequest),
+            StreamEnd::Frame(Msg::Digest { count: 0, .. })
+        ));
+        assert_eq!(
+            ask(Msg::PageRequest { after: None }),
+            StreamEnd::Frame(Msg::Page {
+                ids: Vec::new(),
+                more: false
+            })
+        );
+        assert_eq!(
+            ask(Msg::Pull { id: [7; 32] }),
+            StreamEnd::Frame(Msg::NotHeld)
+        );
+        let offered = p.rt.block_on(offer(&conn, &[1, 2, 3])).unwrap();
+        assert_eq!(offered.answer, StreamEnd::Frame(Msg::Have));
+        // Not a request: the stream is reset.
+        assert_eq!(
+            ask(Msg::Ack),
+            StreamEnd::Reset(net::wire::StreamCode::Protocol as u64)
+        );
+        let seen = p.evil.served.observed();
+        assert_eq!(
+            (
+                seen.offers,
+                seen.digests,
+                seen.pages,
+                seen.pulls,
+                seen.odd_streams
+            ),
+            (1, 1, 1, 1, 1)
+        );
+        assert_eq!(seen.rounds.len(), 1);
+        assert_eq!((seen.rounds[0].pages, seen.rounds[0].pulls), (1, 1));
+    }
+
+    #[test]
+    fn a_huge_digest_never_ends_and_holds_nothing() {
+        let p = pair(Mode::HugeDigest {
+            seed: 5,
+            not_held_delay_ms: 0,
+        });
+        let conn = p.conn();
+        let ask = |msg: Msg| p.rt.block_on(request(&conn, &msg));
+        let (d1, d2) = (ask(Msg::DigestRequest), ask(Msg::DigestRequest));
+        assert!(matches!(d1, StreamEnd::Frame(Msg::Digest { .. })));
+        assert_ne!(d1, d2, "a different digest every time");
+        let mut after = None;
+        for _ in 0..3 {
+            match ask(Msg::PageRequest { after }) {
+                StreamEnd::Frame(Msg::Page { ids, more: true }) => {
+                    assert_eq!(ids.len(), serve::HUGE_PAGE_IDS);
+                    assert!(after.is_none_or(|a| ids[0] > a));
+                    after = ids.last().copied();
+                }
+                other => panic!("expected a full page with more to come, got {other:?}"),
+            }
+        }
+        let id = after.unwrap();
+        assert_eq!(ask(Msg::Pull { id }), StreamEnd::Frame(Msg::NotHeld));
+        let seen = p.evil.served.observed();
+        assert_eq!(seen.rounds.len(), 2);
+        assert_eq!((seen.rounds[1].pages, seen.rounds[1].pulls), (3, 1));
+    }
+
+    #[test]
+    fn a_poisoned_catchup_offers_its_lies_when_pulled() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let secret = store::keys::PublisherSecret::from_seed([3; 32]);
+        let body = craft::payload(&mut rng, 1000);
+        let lie = craft::bad_signature(&secret, "lie", body, 1_800_000_000_000).unwrap();
+        let p = pair(Mode::Poisoned(vec![lie.clone()]));
+        let conn = p.conn();
+        assert_eq!(
+            p.rt.block_on(request(&conn, &Msg::PageRequest { after: None })),
+            StreamEnd::Frame(Msg::Page {
+                ids: vec![lie.id.0],
+                more: false
+            })
+        );
+        // Pulled: the lie is offered; wanted, its payload follows; the answer is recorded.
+        let (payload, end) = p.rt.block_on(async {
+            let (mut send, mut recv) = open(&conn).await.unwrap();
+            let pull = encode_frame(&Msg::Pull { id: lie.id.0 });
+            write(&mut send, &pull, answer_timeout()).await.unwrap();
+            assert_eq!(
+                answer(&mut recv).await,
+                StreamEnd::Frame(Msg::Offer {
+                    manifest: lie.manifest.clone()
+                })
+            );
+            let want = encode_frame(&Msg::Want { offset: 10 });
+            write(&mut send, &want, answer_timeout()).await.unwrap();
+            let mut got = Vec::new();
+            let read = recv.read_to_end(lie.payload.len());
+            got.extend(timeout(answer_timeout(), read).await.unwrap().unwrap());
+            let reject = encode_frame(&Msg::reject(net::RejectReason::BadSignature, "no"));
+            write(&mut send, &reject, answer_timeout()).await.unwrap();
+            let _ = send.finish();
+            // The evil peer records the answer once it has read it.
+            let deadline = Instant::now() + answer_timeout();
+            while p.evil.served.observed().pulled.is_empty() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (got, p.evil.served.observed().pulled)
+        });
+        assert_eq!(payload, lie.payload[10..]);
+        assert_eq!(end.len(), 1);
+        assert_eq!(end[0].0, lie.id);
+        assert!(
+            matches!(
+                &end[0].1,
+                StreamEnd::Frame(Msg::Reject {
+                    reason: net::RejectReason::BadSignature,
+                    ..
+                })
+            ),
+            "{:?}",
+            end[0].1
+        );
     }
 }

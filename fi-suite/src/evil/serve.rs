@@ -10,14 +10,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use net::quinn::{self, Connection, RecvStream, SendStream};
-use net::wire::{Msg, StreamCode, read_frame, write_frame};
+use net::wire::{Msg, StreamCode, encode_frame, read_frame};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use store::SegmentId;
 use tokio::time::{Instant, timeout};
 
 use super::craft::Crafted;
-use super::{ANSWER_TIMEOUT_MS, CONNECT_TIMEOUT_MS, EVIL_FRAME_BYTES_MAX, StreamEnd, answer};
+use super::{
+    ANSWER_TIMEOUT_MS, CONNECT_TIMEOUT_MS, EVIL_FRAME_BYTES_MAX, PAYLOAD_WRITE_TIMEOUT_MS,
+    StreamEnd, answer, write,
+};
 
 /// Rounds remembered (a scenario sees a few dozen; the bound keeps a runaway victim from
 /// growing the list without end).
@@ -34,8 +37,9 @@ pub enum Mode {
     /// a digest and one empty page to catch-up, `NotHeld` to pulls.
     Quiet,
     /// A different digest every time, endless full pages of random ids (`more` always set),
-    /// and `NotHeld` to every pull.
-    HugeDigest { seed: u64 },
+    /// and `NotHeld` to every pull, `not_held_delay_ms` after it came (so the pulls a round
+    /// starts before its first `NotHeld` are bounded by the round's own limits only).
+    HugeDigest { seed: u64, not_held_delay_ms: u64 },
     /// Lists these crafted segments in catch-up and, when the victim pulls one, offers it (and
     /// streams its payload if the victim wants it), recording the victim's answers.
     Poisoned(Vec<Crafted>),
@@ -79,7 +83,7 @@ pub struct Served {
 impl Served {
     pub fn new(mode: Mode) -> Served {
         let seed = match &mode {
-            Mode::HugeDigest { seed } => *seed,
+            Mode::HugeDigest { seed, .. } => *seed,
             _ => 0,
         };
         Served {
@@ -240,6 +244,12 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, served: Arc<Se
                     r.pulls += 1;
                 }
             });
+            if let Mode::HugeDigest {
+                not_held_delay_ms, ..
+            } = &served.mode
+            {
+                tokio::time::sleep(Duration::from_millis(*not_held_delay_ms)).await;
+            }
             if let Mode::Poisoned(crafted) = &served.mode {
                 if let Some(c) = crafted.iter().find(|c| c.id.0 == id) {
                     let end = serve_poisoned(&mut send, &mut recv, c).await;
@@ -259,24 +269,26 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, served: Arc<Se
             return;
         }
     };
-    let _ = write_frame(&mut send, &reply).await;
+    let _ = write(&mut send, &encode_frame(&reply), limit).await;
     let _ = send.finish();
 }
 
 /// Offers a pulled poisoned segment, sends its payload if wanted; the victim's last answer.
 async fn serve_poisoned(send: &mut SendStream, recv: &mut RecvStream, c: &Crafted) -> StreamEnd {
-    let offer = Msg::Offer {
+    let offer = encode_frame(&Msg::Offer {
         manifest: c.manifest.clone(),
-    };
-    if write_frame(send, &offer).await.is_err() {
-        return StreamEnd::Lost("cannot write the offer".into());
+    });
+    let limit = Duration::from_millis(ANSWER_TIMEOUT_MS);
+    if let Err(end) = write(send, &offer, limit).await {
+        return end;
     }
     match answer(recv).await {
         StreamEnd::Frame(Msg::Want { offset }) => {
             // Cannot truncate: offsets are at most the payload's length, checked here.
             let from = (offset.min(c.payload.len() as u64)) as usize;
-            if send.write_all(&c.payload[from..]).await.is_err() {
-                return StreamEnd::Reset(0);
+            let limit = Duration::from_millis(PAYLOAD_WRITE_TIMEOUT_MS);
+            if let Err(end) = write(send, &c.payload[from..], limit).await {
+                return end;
             }
             let _ = send.finish();
             answer(recv).await
@@ -311,8 +323,12 @@ mod tests {
 
     #[test]
     fn the_same_seed_gives_the_same_pages() {
-        let a = Served::new(Mode::HugeDigest { seed: 3 });
-        let b = Served::new(Mode::HugeDigest { seed: 3 });
+        let mode = Mode::HugeDigest {
+            seed: 3,
+            not_held_delay_ms: 0,
+        };
+        let a = Served::new(mode.clone());
+        let b = Served::new(mode);
         assert_eq!(a.digest(), b.digest());
         assert_eq!(a.page(None), b.page(None));
         assert_ne!(a.digest(), a.digest());
@@ -320,7 +336,10 @@ mod tests {
 
     #[test]
     fn a_full_huge_page_fits_in_a_frame() {
-        let s = Served::new(Mode::HugeDigest { seed: 1 });
+        let s = Served::new(Mode::HugeDigest {
+            seed: 1,
+            not_held_delay_ms: 0,
+        });
         let frame = net::wire::encode_frame(&s.page(Some([0; 32])));
         assert!(frame.len() - net::limits::FRAME_PREFIX_BYTES <= EVIL_FRAME_BYTES_MAX);
     }
