@@ -213,6 +213,7 @@ fn arena(
     let victim_started = Instant::now();
     for &i in start {
         fleet.start(i)?;
+        metrics_ready(&fleet, i)?;
     }
     Ok(Arena {
         evil,
@@ -220,6 +221,20 @@ fn arena(
         victim_started,
         rt,
     })
+}
+
+/// Waits until node `i` serves `/metrics`: a daemon answers on its control socket a moment
+/// before its metrics listener is bound.
+fn metrics_ready(fleet: &Fleet, i: usize) -> anyhow::Result<()> {
+    let limit = Duration::from_millis(crate::fleet::START_TIMEOUT_MS);
+    match fleet.wait_until(limit, |f| f.metrics(i).is_ok()) {
+        Some(_) => Ok(()),
+        None => bail!(
+            "{} does not serve /metrics within {} ms of answering",
+            fleet.node(i).id,
+            limit.as_millis()
+        ),
+    }
 }
 
 /// An import running on the honest peer while the evil peer does its worst.
@@ -1562,6 +1577,7 @@ fn huge_digest(ctx: &mut Ctx) -> anyhow::Result<World> {
     // The victim starts: it dials the evil peer and the honest one and pulls from both.
     a.victim_started = Instant::now();
     a.world.fleet.start(VICTIM)?;
+    metrics_ready(a.fleet(), VICTIM)?;
     let victim = a.victim_id();
     let mut fired = false;
     // Watched for its whole time: the condition never holds.
