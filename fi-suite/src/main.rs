@@ -19,6 +19,7 @@
 
 mod capture;
 mod check;
+mod evil;
 mod fleet;
 mod proc;
 mod proxy;

@@ -175,9 +175,6 @@ async fn serve(cfg: Config) -> CliResult {
         let _ = exec_stop.wait_for(|stop| *stop).await;
     }));
 
-    let control = control_server::start(control_socket, daemon.clone(), stop_rx.clone())
-        .map_err(|e| Failure::new(e.exit_code(), e))?;
-
     let metrics = match cfg.metrics_addr {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -195,6 +192,10 @@ async fn serve(cfg: Config) -> CliResult {
         }
         None => None,
     };
+    // Last: once the control socket answers, the daemon is up — metrics included (scripts
+    // and the service manager wait for it, then scrape).
+    let control = control_server::start(control_socket, daemon.clone(), stop_rx.clone())
+        .map_err(|e| Failure::new(e.exit_code(), e))?;
     let housekeeping = tokio::spawn(housekeeping(daemon.clone(), stop_rx.clone()));
 
     tracing::info!(

@@ -2,6 +2,7 @@
 
 mod basic;
 mod crash;
+mod evil;
 mod network;
 mod process;
 mod relay;
@@ -18,6 +19,7 @@ pub fn all() -> Vec<Scenario> {
     out.extend(process::scenarios());
     out.extend(relay::scenarios());
     out.extend(trust::scenarios());
+    out.extend(evil::scenarios());
     out
 }
 
