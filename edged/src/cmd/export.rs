@@ -124,9 +124,9 @@ fn report(lines: &[Line], json: bool) -> CliResult {
     Ok(())
 }
 
-/// Asks the daemon for each segment's bytes and hands them to the export writer. A stream the
-/// daemon cuts (its copy failed verification while being read, and it quarantined it) fails
-/// that segment only: the next one is asked for on a new connection.
+/// Asks the daemon for each segment's bytes and hands them to the export writer. A segment that
+/// fails (its copy failed verification while being read, and the daemon quarantined it) fails
+/// alone: the next one is asked for on a new connection.
 fn export_through_daemon(
     mut client: super::client::Client,
     cfg: &Config,
@@ -143,14 +143,25 @@ fn export_through_daemon(
     let mut lines = Vec::with_capacity(ids.len());
     let last = ids.len().saturating_sub(1);
     for (i, id) in ids.into_iter().enumerate() {
-        match export_one(&mut client, &id, dir, trusted) {
-            Ok(result) => lines.push(Line::of(id, result)),
+        // After any failure the next segment goes over a new connection: a daemon that found
+        // its copy corrupt while streaming it quarantines it and closes the connection, even
+        // when every byte was sent.
+        let failed = match export_one(&mut client, &id, dir, trusted) {
+            Ok(Ok(exported)) => {
+                lines.push(Line::of(id, Ok(exported)));
+                false
+            }
+            Ok(Err(e)) => {
+                lines.push(Line::of(id, Err(e)));
+                true
+            }
             Err(cut) => {
                 lines.push(Line::of(id, Err(format!("{:#}", cut.error))));
-                if i < last {
-                    client = super::client::require(cfg)?;
-                }
+                true
             }
+        };
+        if failed && i < last {
+            client = super::client::require(cfg)?;
         }
     }
     Ok(lines)
