@@ -529,7 +529,7 @@ impl Fleet {
                 self.nodes[i - 1].child = None;
                 self.fail(format!("node-{i} exited at start with {status}"));
             }
-            if UnixStream::connect(socket).is_ok() {
+            if answers(socket) {
                 return;
             }
             if Instant::now() >= deadline {
@@ -686,4 +686,24 @@ impl Drop for Fleet {
             }
         }
     }
+}
+
+/// Whether a daemon answers a `status` request on `socket` (bounded): the socket file is
+/// bound and connectable before the daemon serves it, so a connect alone says too little.
+pub fn answers(socket: &Path) -> bool {
+    let Ok(mut stream) = UnixStream::connect(socket) else {
+        return false;
+    };
+    let limit = Some(Duration::from_secs(2));
+    if stream.set_read_timeout(limit).is_err() || stream.set_write_timeout(limit).is_err() {
+        return false;
+    }
+    let body = br#"{"op":"status"}"#;
+    let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(body);
+    if stream.write_all(&frame).is_err() {
+        return false;
+    }
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).is_ok()
 }
