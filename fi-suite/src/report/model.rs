@@ -1094,6 +1094,9 @@ mod tests {
         check("inv_06_inv_06_twice", &["INV-06"]);
         check("inv_99_beyond", &["INV-99"]);
         check("inv_ab_x", &[]);
+        check("inv_0a_x", &[]);
+        check("inv_a1_x", &[]);
+        check("inv_6__x", &[]);
         check("INV_06_upper", &[]);
         check("", &[]);
     }
