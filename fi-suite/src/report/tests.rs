@@ -158,6 +158,15 @@ fn write_inputs(root: &Path) {
         chk(check::LOST, &["INV-02"], Verdict::Fail, Some(1), Some(5)),
         chk(check::PANICS, &[], Verdict::Pass, Some(0), Some(4)),
         chk(check::CONVERGED, &[], Verdict::Fail, None, None),
+        // A passing check naming an invariant the scenario does not claim: evidence for it,
+        // whatever else failed in the scenario.
+        chk(
+            check::COUNTERS,
+            &["INV-06"],
+            Verdict::Pass,
+            Some(0),
+            Some(4),
+        ),
     ];
     fail.faults = vec![fault(5, "proc.kill9")];
     fail.convergence = Some(Convergence {
@@ -165,7 +174,7 @@ fn write_inputs(root: &Path) {
         bound_ms: 25_000,
     });
 
-    let mut unknown = scenario("star5-unknown", &["INV-05"], Verdict::Unknown);
+    let mut unknown = scenario("star5-unknown", &["INV-05", "INV-6"], Verdict::Unknown);
     unknown.reason = Some("faults_fired: the scenario applies faults but none fired".into());
     unknown.checks = vec![chk(check::FAULTS_FIRED, &[], Verdict::Unknown, None, None)];
 
@@ -191,7 +200,7 @@ fn write_inputs(root: &Path) {
         mutants: vec![
             MutantResult {
                 name: "survivor".into(),
-                invariants: vec!["INV-03".into()],
+                invariants: vec!["INV-03".into(), "INV-99".into()],
                 description: "breaks INV-03".into(),
                 verdict: MutantVerdict::Survived,
                 killed_by: vec![],
@@ -279,8 +288,28 @@ fn every_status_from_synthetic_inputs() {
     // INV-06: the chained test and a check of a scenario that does not claim it.
     let six = inv("INV-06");
     assert_eq!(six.tests[0].name, "inv_01_inv_06_chain");
-    assert_eq!(six.scenarios.len(), 1);
-    assert_eq!(six.scenarios[0].via, model::Via::Checks);
+    let via: Vec<(&str, model::Via, Verdict, Verdict)> = six
+        .scenarios
+        .iter()
+        .map(|s| (s.scenario.as_str(), s.via, s.verdict, s.scenario_verdict))
+        .collect();
+    assert_eq!(
+        via,
+        [
+            (
+                "line3-pass",
+                model::Via::Checks,
+                Verdict::Pass,
+                Verdict::Pass
+            ),
+            (
+                "ring4-fail",
+                model::Via::Checks,
+                Verdict::Pass,
+                Verdict::Fail
+            ),
+        ]
+    );
     assert_eq!(
         six.mutants_note.as_deref(),
         Some("no mutant in the catalogue")
@@ -304,11 +333,23 @@ fn ids_beyond_the_catalogue_are_reported_as_unknown_and_non_ids_are_ignored() {
     let dir = tempfile::tempdir().unwrap();
     write_inputs(dir.path());
     let (r, _) = generate(&sources(dir.path())).unwrap();
-    assert_eq!(r.unknown_ids.len(), 1, "{:?}", r.unknown_ids);
-    assert_eq!(r.unknown_ids[0].id, "INV-28");
+    let unknown: Vec<(&str, Vec<&str>)> = r
+        .unknown_ids
+        .iter()
+        .map(|u| {
+            (
+                u.id.as_str(),
+                u.claimed_by.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
     assert_eq!(
-        r.unknown_ids[0].claimed_by,
-        ["test net::c::inv_28_beyond_the_catalogue"]
+        unknown,
+        [
+            ("INV-28", vec!["test net::c::inv_28_beyond_the_catalogue"]),
+            ("INV-6", vec!["scenario star5-unknown"]),
+            ("INV-99", vec!["mutant survivor"]),
+        ]
     );
     // inv_6_… claims nothing, so no invariant lists it.
     assert!(
