@@ -12,6 +12,7 @@
 //! edge-fi list                  the scenarios, their invariants, the quick subset
 //! edge-fi run NAME… [--seed N] [--mutant M]
 //! edge-fi scenarios [--quick]   every scenario (or the quick subset)
+//! edge-fi report                traceability/report.{md,json,html} from target/fi/results
 //! ```
 
 // Parts of the suite land one by one; some helpers are used by later ones.
@@ -23,6 +24,7 @@ mod evil;
 mod fleet;
 mod proc;
 mod proxy;
+mod report;
 mod results;
 mod scenario;
 mod scenarios;
@@ -70,6 +72,9 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Write traceability/report.{md,json,html} from the results; exit 1 unless every
+    /// invariant is covered, none failing and none vacuous.
+    Report(report::ReportArgs),
 }
 
 /// Where the suite keeps its builds, runs and results.
@@ -145,6 +150,11 @@ fn dispatch(paths: &Paths, cmd: Cmd) -> anyhow::Result<ExitCode> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             run_scenarios(paths, &chosen, seed, mutant)
         }
+        Cmd::Report(args) => Ok(if report::report(&args.sources(&paths.root))? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }),
         Cmd::Scenarios { quick } => {
             let chosen: Vec<_> = scenarios::all()
                 .into_iter()
