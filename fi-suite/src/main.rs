@@ -19,6 +19,8 @@
 
 mod check;
 mod fleet;
+mod host;
+mod look;
 mod proc;
 mod results;
 mod scenario;

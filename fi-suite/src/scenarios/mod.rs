@@ -1,6 +1,7 @@
 //! The scenario catalogue. Each module groups scenarios by the kind of fault they apply.
 
 mod basic;
+mod disk;
 mod process;
 
 use crate::scenario::Scenario;
@@ -10,6 +11,7 @@ pub fn all() -> Vec<Scenario> {
     let mut out = Vec::new();
     out.extend(basic::scenarios());
     out.extend(process::scenarios());
+    out.extend(disk::scenarios());
     out
 }
 
