@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rand::Rng;
 use rustix::process::Signal;
 
 use super::basic::acked_by_import;
@@ -45,6 +46,43 @@ pub fn scenarios() -> Vec<Scenario> {
             faults: true,
             build: Build::Shipped,
             run: disk_full_import,
+        },
+        Scenario {
+            name: "corrupt-at-rest-stopped",
+            summary: "On a stopped node, one stored segment gets a payload byte flipped, one a \
+                      signature byte, one is cut short and one removed; restarted, it drops the \
+                      rows of the cut and missing ones, quarantines the flipped ones before \
+                      serving them (the peer it owes them never sees a bad copy), fetches all \
+                      four again, and every node ends byte-identical.",
+            invariants: &["INV-02", "INV-05", "INV-15", "INV-24"],
+            quick: false,
+            faults: true,
+            build: Build::Shipped,
+            run: corrupt_at_rest_stopped,
+        },
+        Scenario {
+            name: "corrupt-at-rest-running",
+            summary: "On a running node, stored segments get payload and signature bytes \
+                      flipped, one is cut short and one removed: an export refuses the flipped \
+                      ones and writes nothing for them, sending finds the others; each is \
+                      quarantined, never served, fetched again, and exports byte-identical after.",
+            invariants: &["INV-02", "INV-15", "INV-19", "INV-24"],
+            quick: true,
+            faults: true,
+            build: Build::Shipped,
+            run: corrupt_at_rest_running,
+        },
+        Scenario {
+            name: "export-past-corrupt-copy",
+            summary: "A running node's first segment of an export has a payload byte flipped: \
+                      the export refuses it with its own reason, quarantines it, and still \
+                      writes the intact segments after it; fetched again, all export \
+                      byte-identical.",
+            invariants: &["INV-02", "INV-15", "INV-24"],
+            quick: false,
+            faults: true,
+            build: Build::Shipped,
+            run: export_past_corrupt_copy,
         },
     ]
 }
@@ -728,6 +766,578 @@ fn disk_full_import(ctx: &mut Ctx) -> anyhow::Result<World> {
         },
     );
     tmpfs.unmount()?;
+    Ok(world)
+}
+
+/// Segments of the corruption scenarios.
+const CORRUPT_SEGMENTS: usize = 6;
+/// Payload of each: several stream buffers, so a flipped byte in its second half is read late.
+const CORRUPT_PAYLOAD_BYTES: u64 = 512 << 10;
+/// Time allowed for the bytes of one corruption workload to move, per hop.
+const CORRUPT_TRANSFER_MS: u64 = 1_000;
+/// Longest wait for a node to notice a corruption (an attempt to send or export it).
+const DETECT_WAIT_MS: u64 = 15_000;
+/// Attempts of a relay job in the corruption scenarios: the downstream node is away for a
+/// while, and its jobs must still be pending (not dead letters) when it comes. At most
+/// `store_full_attempts_max` (48 by default), which must not be below it.
+const CORRUPT_ATTEMPTS_MAX: u32 = 40;
+/// The node whose files are damaged.
+const VICTIM: usize = 1;
+/// The node the victim owes every segment to (started after the damage).
+const DOWNSTREAM: usize = 2;
+/// What the store logs when it quarantines a segment.
+const QUARANTINED_LOG: &str = "segment corrupt at rest: quarantined";
+
+/// What was done to one stored segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Damage {
+    /// A byte in the second half of the payload inverted.
+    Payload,
+    /// A byte of the publisher's signature inverted.
+    Signature,
+    /// Cut to half its length.
+    Truncated,
+    /// Removed.
+    Missing,
+}
+
+impl Damage {
+    fn kind(self) -> &'static str {
+        match self {
+            Damage::Payload => "disk.corrupt_payload",
+            Damage::Signature => "disk.corrupt_signature",
+            Damage::Truncated => "disk.truncate",
+            Damage::Missing => "disk.remove",
+        }
+    }
+
+    /// Whether the damaged file keeps its length (only reading it shows the damage, and
+    /// quarantine keeps it as evidence).
+    fn flipped(self) -> bool {
+        matches!(self, Damage::Payload | Damage::Signature)
+    }
+}
+
+/// One damaged segment: which, how, and the damaged file's hash (the evidence quarantine keeps).
+#[derive(Debug, Clone)]
+struct Damaged {
+    id: String,
+    damage: Damage,
+    hash_after: Option<[u8; 32]>,
+}
+
+/// Damages segment `id`'s stored file on node `at` (from outside: the file in its data dir),
+/// and records the fault.
+fn damage(
+    ctx: &mut Ctx,
+    fleet: &Fleet,
+    at: usize,
+    id: &str,
+    damage: Damage,
+) -> anyhow::Result<Damaged> {
+    let path = fleet.node(at).segment_file(id);
+    let layout = host::SegLayout::of(&path)?;
+    let detail = match damage {
+        Damage::Payload => {
+            let k = ctx
+                .rng
+                .random_range(layout.payload_len() / 2..layout.payload_len());
+            let was = host::flip_byte(&path, layout.payload_start + k)?;
+            format!(
+                "payload byte {k} of {} inverted (was {was:#04x})",
+                layout.payload_len()
+            )
+        }
+        Damage::Signature => {
+            let k = ctx.rng.random_range(0..host::SIGNATURE_BYTES);
+            let was = host::flip_byte(&path, layout.signature_byte(k))?;
+            format!("signature byte {k} inverted (was {was:#04x})")
+        }
+        Damage::Truncated => {
+            host::truncate(&path, layout.file_len / 2)?;
+            format!(
+                "cut from {} to {} bytes",
+                layout.file_len,
+                layout.file_len / 2
+            )
+        }
+        Damage::Missing => {
+            std::fs::remove_file(&path)?;
+            "removed".to_owned()
+        }
+    };
+    let hash_after = if damage.flipped() {
+        Some(host::hash_file(&path)?.0)
+    } else {
+        None
+    };
+    ctx.fault(
+        damage.kind(),
+        &format!("{} {}", fleet.node(at).id, check::short(id)),
+        detail,
+    );
+    Ok(Damaged {
+        id: id.to_owned(),
+        damage,
+        hash_after,
+    })
+}
+
+/// Whether node `at` logged a line containing `what` that names segment `id`.
+fn logged_for(fleet: &Fleet, at: usize, id: &str, what: &str) -> bool {
+    look::log_lines(fleet, at, what)
+        .iter()
+        .any(|l| l.contains(id))
+}
+
+/// Waits until node `at` logged the quarantine of every segment of `damaged`.
+fn wait_quarantined(fleet: &Fleet, at: usize, damaged: &[Damaged]) -> bool {
+    look::wait(fleet, Duration::from_millis(DETECT_WAIT_MS), |f| {
+        damaged
+            .iter()
+            .all(|d| logged_for(f, at, &d.id, QUARANTINED_LOG))
+    })
+}
+
+/// `quarantine/` of node `at` keeps every flipped file of `damaged` as it was damaged, and
+/// the quarantine of each was logged.
+fn quarantine_check(ctx: &mut Ctx, fleet: &Fleet, at: usize, damaged: &[Damaged]) {
+    let dir = fleet.node(at).data_dir.join("quarantine");
+    let mut bad = Vec::new();
+    let mut kept = 0;
+    for d in damaged.iter().filter(|d| d.damage.flipped()) {
+        let logged = logged_for(fleet, at, &d.id, QUARANTINED_LOG);
+        let held = host::hash_file(&dir.join(format!("{}.seg", d.id)))
+            .ok()
+            .map(|(h, _)| h);
+        if logged && held.is_some() && held == d.hash_after {
+            kept += 1;
+        } else {
+            bad.push(format!(
+                "{} ({:?}): quarantine logged {logged}, damaged copy kept {}",
+                check::short(&d.id),
+                d.damage,
+                held.is_some() && held == d.hash_after
+            ));
+        }
+    }
+    ctx.check(
+        "corrupt_copies_quarantined",
+        &["INV-24"],
+        bad.is_empty() && kept > 0,
+        if bad.is_empty() {
+            format!("{kept} damaged copies detected, logged and kept as they were in quarantine/")
+        } else {
+            bad.join("; ")
+        },
+    );
+}
+
+/// Node `at` never stored nor completed a transfer of a bad copy: nothing it received was
+/// rejected for its signature, hash or length.
+fn never_served_check(ctx: &mut Ctx, fleet: &Fleet, at: usize, from: &str) {
+    let reasons = ["bad_signature", "hash_mismatch", "length_mismatch"];
+    let counts: anyhow::Result<Vec<f64>> = reasons
+        .iter()
+        .map(|r| look::rejected(fleet, at, r))
+        .collect();
+    let (ok, detail) = match counts {
+        Ok(c) if c.iter().all(|n| *n == 0.0) => (
+            true,
+            format!(
+                "{} rejected nothing for its signature, hash or length: {from} served it no \
+                 bad copy",
+                fleet.node(at).id
+            ),
+        ),
+        Ok(c) => (
+            false,
+            format!(
+                "{} rejected bad copies from {from}: {}",
+                fleet.node(at).id,
+                reasons
+                    .iter()
+                    .zip(&c)
+                    .map(|(r, n)| format!("{r} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        Err(e) => (
+            false,
+            format!("no /metrics from {}: {e:#}", fleet.node(at).id),
+        ),
+    };
+    ctx.check("corrupt_never_served", &["INV-02", "INV-24"], ok, detail);
+}
+
+/// A line of 3 whose first two nodes hold the workload; the third is not started yet.
+fn corrupt_fleet(ctx: &mut Ctx) -> anyhow::Result<(World, Vec<Acked>)> {
+    let mut spec = FleetSpec::new(Topology::Line(3));
+    spec.tuning.attempts_max = CORRUPT_ATTEMPTS_MAX;
+    let mut fleet = ctx.direct_fleet(spec)?;
+    fleet.start(0)?;
+    fleet.start(VICTIM)?;
+    let world = World { fleet };
+    let acked = super::basic::import_segments(
+        ctx,
+        &world,
+        0,
+        "rot",
+        CORRUPT_SEGMENTS,
+        CORRUPT_PAYLOAD_BYTES,
+    )?;
+    ctx.check(
+        "workload_ran",
+        &[],
+        acked.len() == CORRUPT_SEGMENTS,
+        format!("{} of {CORRUPT_SEGMENTS} imported", acked.len()),
+    );
+    let bound = world
+        .fleet
+        .spec
+        .tuning
+        .convergence_bound_ms(1, CORRUPT_TRANSFER_MS);
+    if check::converge(
+        &world.fleet,
+        &acked,
+        &[0, VICTIM],
+        Duration::from_millis(bound),
+    )
+    .is_none()
+    {
+        anyhow::bail!(
+            "the victim never held the workload:\n{}",
+            world.fleet.log_tails(5)
+        );
+    }
+    Ok((world, acked))
+}
+
+fn corrupt_at_rest_stopped(ctx: &mut Ctx) -> anyhow::Result<World> {
+    let (mut world, acked) = corrupt_fleet(ctx)?;
+    world.fleet.stop(VICTIM)?;
+    let plan = [
+        Damage::Payload,
+        Damage::Signature,
+        Damage::Truncated,
+        Damage::Missing,
+    ];
+    let mut damaged = Vec::new();
+    for (a, d) in acked.iter().zip(plan) {
+        damaged.push(damage(ctx, &world.fleet, VICTIM, &a.id, d)?);
+    }
+    world.fleet.start(VICTIM)?;
+    world.fleet.start(DOWNSTREAM)?;
+
+    // Recovery: the cut and the missing file lose their rows (to be fetched again).
+    let bad: Vec<String> = damaged
+        .iter()
+        .filter(|d| !d.damage.flipped())
+        .filter(|d| !logged_for(&world.fleet, VICTIM, &d.id, "index row dropped"))
+        .map(|d| format!("{} ({:?})", check::short(&d.id), d.damage))
+        .collect();
+    ctx.check(
+        "recovery_drops_cut_and_missing",
+        &["INV-05"],
+        bad.is_empty(),
+        if bad.is_empty() {
+            "recovery dropped the rows of the cut and the missing file".to_owned()
+        } else {
+            format!("no `index row dropped` logged for {}", bad.join(", "))
+        },
+    );
+    // Owing them to the downstream node, the victim opens the flipped ones: found there.
+    let flipped: Vec<Damaged> = damaged
+        .iter()
+        .filter(|d| d.damage.flipped())
+        .cloned()
+        .collect();
+    if !wait_quarantined(&world.fleet, VICTIM, &flipped) {
+        ctx.unknown(
+            "corruption_detected",
+            &["INV-24"],
+            format!("the victim did not quarantine the flipped copies within {DETECT_WAIT_MS} ms"),
+        );
+    }
+    quarantine_check(ctx, &world.fleet, VICTIM, &damaged);
+    let all = [0, VICTIM, DOWNSTREAM];
+    ctx.converge(&world.fleet, &acked, &all, 2, CORRUPT_TRANSFER_MS);
+    ctx.record(check::lost(&world.fleet, &acked, &all));
+    let victim_id = world.fleet.node(VICTIM).id.clone();
+    never_served_check(ctx, &world.fleet, DOWNSTREAM, &victim_id);
+    Ok(world)
+}
+
+/// Export directory of `corrupt-at-rest-running`.
+const EXPORT_DIR: &str = "export";
+
+/// `edged export --json --to DIR IDS…` on node `at`: its exit code and its report.
+fn export_ids(
+    fleet: &Fleet,
+    at: usize,
+    dir: &Path,
+    ids: &[&str],
+) -> anyhow::Result<(Option<i32>, Vec<serde_json::Value>)> {
+    let to = dir.to_string_lossy().into_owned();
+    let mut args = vec!["export", "--json", "--to", to.as_str()];
+    args.extend_from_slice(ids);
+    let out = fleet.cli(at, &args)?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        anyhow::anyhow!(
+            "export report is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    Ok((out.status.code(), v.as_array().cloned().unwrap_or_default()))
+}
+
+/// Whether `dir/<id>.seg` is `a`'s file, byte for byte.
+fn exported_intact(dir: &Path, a: &Acked) -> bool {
+    host::hash_file(&dir.join(format!("{}.seg", a.id)))
+        .is_ok_and(|(h, n)| h == a.file_hash && n == a.file_len)
+}
+
+fn corrupt_at_rest_running(ctx: &mut Ctx) -> anyhow::Result<World> {
+    let (mut world, acked) = corrupt_fleet(ctx)?;
+    // 0, 1: found by an export; 2, 3, 4: found by sending; 5: intact.
+    let plan = [
+        Damage::Payload,
+        Damage::Signature,
+        Damage::Truncated,
+        Damage::Missing,
+        Damage::Payload,
+    ];
+    let mut damaged = Vec::new();
+    for (a, d) in acked.iter().zip(plan) {
+        damaged.push(damage(ctx, &world.fleet, VICTIM, &a.id, d)?);
+    }
+    let intact = &acked[plan.len()];
+
+    // Exports of the two flipped segments and the intact one, one export each (an export that
+    // meets a corrupt copy is the subject of `export-past-corrupt-copy`).
+    let dir = world.fleet.dir.join(EXPORT_DIR);
+    std::fs::create_dir_all(&dir)?;
+    let ids = [
+        acked[0].id.as_str(),
+        acked[1].id.as_str(),
+        intact.id.as_str(),
+    ];
+    let mut results = Vec::new();
+    for id in ids {
+        let (code, lines) = export_ids(&world.fleet, VICTIM, &dir, &[id])?;
+        let line = lines.iter().find(|l| l["id"] == id).cloned();
+        let field = |k: &str| {
+            line.as_ref()
+                .and_then(|l| l[k].as_str())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        results.push((code, field("status"), field("error")));
+    }
+    let mut bad = Vec::new();
+    for (k, d) in damaged[..2].iter().enumerate() {
+        let (code, status, error) = &results[k];
+        let own = error.contains(&d.id) || error.contains("does not verify");
+        if *code != Some(1)
+            || status != "FAILED"
+            || !own
+            || dir.join(format!("{}.seg", d.id)).exists()
+        {
+            bad.push(format!(
+                "{:?} copy: exit code {code:?}, {status} ({error})",
+                d.damage
+            ));
+        }
+    }
+    let intact_written =
+        results[2].0 == Some(0) && results[2].1 == "written" && exported_intact(&dir, intact);
+    if !intact_written {
+        bad.push(format!("intact copy: {:?}", results[2]));
+    }
+    let others: Vec<String> = std::fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| *n != format!("{}.seg", intact.id))
+        .collect();
+    if !others.is_empty() {
+        bad.push(format!("other files in the export directory: {others:?}"));
+    }
+    ctx.check(
+        "export_refuses_corrupt_copies",
+        &["INV-19", "INV-24"],
+        bad.is_empty(),
+        if bad.is_empty() {
+            "the payload- and signature-flipped copies were refused with their own reason and \
+             nothing written for them; the intact one was written byte-identical"
+                .to_owned()
+        } else {
+            bad.join("; ")
+        },
+    );
+    let by_export = wait_quarantined(&world.fleet, VICTIM, &damaged[..2]);
+    ctx.check(
+        "export_finds_corruption",
+        &["INV-24"],
+        by_export,
+        if by_export {
+            "the exports quarantined both flipped copies".to_owned()
+        } else {
+            "the exports did not quarantine the flipped copies".to_owned()
+        },
+    );
+
+    // Sending to the downstream node finds the rest.
+    world.fleet.start(DOWNSTREAM)?;
+    let found = wait_quarantined(&world.fleet, VICTIM, &damaged[2..]);
+    ctx.check(
+        "sending_finds_corruption",
+        &["INV-24"],
+        found,
+        if found {
+            "sending to the downstream node quarantined the cut, the missing and the flipped copy"
+                .to_owned()
+        } else {
+            format!(
+                "not every damaged copy was quarantined within {DETECT_WAIT_MS} ms:\n{}",
+                world.fleet.log_tails(5)
+            )
+        },
+    );
+    quarantine_check(ctx, &world.fleet, VICTIM, &damaged);
+    let all = [0, VICTIM, DOWNSTREAM];
+    ctx.converge(&world.fleet, &acked, &all, 2, CORRUPT_TRANSFER_MS);
+    ctx.record(check::lost(&world.fleet, &acked, &all));
+    let victim_id = world.fleet.node(VICTIM).id.clone();
+    never_served_check(ctx, &world.fleet, DOWNSTREAM, &victim_id);
+
+    // Fetched again: the same export now writes every one, byte-identical.
+    let (code, _) = export_ids(&world.fleet, VICTIM, &dir, &ids)?;
+    let good = ids.iter().all(|id| {
+        acked
+            .iter()
+            .find(|a| a.id == *id)
+            .is_some_and(|a| exported_intact(&dir, a))
+    });
+    ctx.check(
+        "export_after_refetch",
+        &["INV-02", "INV-24"],
+        good && code == Some(0),
+        format!("exit code {code:?}; every exported copy byte-identical to the original: {good}"),
+    );
+    Ok(world)
+}
+
+/// Segments of `export-past-corrupt-copy`: one damaged, the others after it in one export.
+const PAST_SEGMENTS: usize = 3;
+
+fn export_past_corrupt_copy(ctx: &mut Ctx) -> anyhow::Result<World> {
+    let mut fleet = ctx.direct_fleet(FleetSpec::new(Topology::Line(2)))?;
+    fleet.start_all()?;
+    let world = World { fleet };
+    let acked = super::basic::import_segments(
+        ctx,
+        &world,
+        0,
+        "past",
+        PAST_SEGMENTS,
+        CORRUPT_PAYLOAD_BYTES,
+    )?;
+    ctx.check(
+        "workload_ran",
+        &[],
+        acked.len() == PAST_SEGMENTS,
+        format!("{} of {PAST_SEGMENTS} imported", acked.len()),
+    );
+    let both = [0, VICTIM];
+    let bound = world
+        .fleet
+        .spec
+        .tuning
+        .convergence_bound_ms(1, CORRUPT_TRANSFER_MS);
+    if check::converge(&world.fleet, &acked, &both, Duration::from_millis(bound)).is_none() {
+        anyhow::bail!(
+            "the workload never reached node-2:\n{}",
+            world.fleet.log_tails(5)
+        );
+    }
+    let damaged = damage(ctx, &world.fleet, VICTIM, &acked[0].id, Damage::Payload)?;
+    // The damaged one first: the daemon finds it only at the end of its stream.
+    let dir = world.fleet.dir.join(EXPORT_DIR);
+    std::fs::create_dir_all(&dir)?;
+    let ids: Vec<&str> = acked.iter().map(|a| a.id.as_str()).collect();
+    let (code, lines) = export_ids(&world.fleet, VICTIM, &dir, &ids)?;
+    let field = |id: &str, k: &str| {
+        lines
+            .iter()
+            .find(|l| l["id"] == id)
+            .and_then(|l| l[k].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let error = field(&damaged.id, "error");
+    let refused = field(&damaged.id, "status") == "FAILED"
+        && error.contains("does not verify")
+        && !dir.join(format!("{}.seg", damaged.id)).exists();
+    ctx.check(
+        "corrupt_copy_refused",
+        &["INV-24"],
+        refused && code == Some(1),
+        format!(
+            "exit code {code:?}; the damaged copy: {} ({error})",
+            field(&damaged.id, "status")
+        ),
+    );
+    let after: Vec<String> = acked[1..]
+        .iter()
+        .filter(|a| !(field(&a.id, "status") == "written" && exported_intact(&dir, a)))
+        .map(|a| {
+            format!(
+                "{}: {} ({})",
+                check::short(&a.id),
+                field(&a.id, "status"),
+                field(&a.id, "error")
+            )
+        })
+        .collect();
+    ctx.check(
+        "export_goes_on_past_a_corrupt_copy",
+        &["INV-24"],
+        after.is_empty(),
+        if after.is_empty() {
+            format!(
+                "the {} intact segment(s) after it were written byte-identical",
+                acked.len() - 1
+            )
+        } else {
+            format!(
+                "intact segments after the damaged one not exported: {}",
+                after.join("; ")
+            )
+        },
+    );
+    let quarantined = wait_quarantined(&world.fleet, VICTIM, std::slice::from_ref(&damaged));
+    ctx.check(
+        "export_finds_corruption",
+        &["INV-24"],
+        quarantined,
+        if quarantined {
+            "the export quarantined the damaged copy".to_owned()
+        } else {
+            "the export did not quarantine the damaged copy".to_owned()
+        },
+    );
+    quarantine_check(ctx, &world.fleet, VICTIM, std::slice::from_ref(&damaged));
+    ctx.converge(&world.fleet, &acked, &both, 1, CORRUPT_TRANSFER_MS);
+    ctx.record(check::lost(&world.fleet, &acked, &both));
+    let (code, _) = export_ids(&world.fleet, VICTIM, &dir, &ids)?;
+    let good = acked.iter().all(|a| exported_intact(&dir, a));
+    ctx.check(
+        "export_after_refetch",
+        &["INV-02", "INV-24"],
+        good && code == Some(0),
+        format!("exit code {code:?}; every exported copy byte-identical to the original: {good}"),
+    );
     Ok(world)
 }
 
