@@ -84,6 +84,19 @@ pub fn scenarios() -> Vec<Scenario> {
             build: Build::Shipped,
             run: export_past_corrupt_copy,
         },
+        Scenario {
+            name: "corrupt-db",
+            summary: "A stopped node's edge.redb is cut short, then has garbage written over its \
+                      header, then is removed: each start fails with exit code 5 and a message \
+                      naming the database, and leaves the data dir exactly as it was (never \
+                      re-initialised); the rest of the fleet goes on, and the restored node \
+                      catches up.",
+            invariants: &["INV-15", "INV-24"],
+            quick: false,
+            faults: true,
+            build: Build::Shipped,
+            run: corrupt_db,
+        },
     ]
 }
 
@@ -1338,6 +1351,183 @@ fn export_past_corrupt_copy(ctx: &mut Ctx) -> anyhow::Result<World> {
         good && code == Some(0),
         format!("exit code {code:?}; every exported copy byte-identical to the original: {good}"),
     );
+    Ok(world)
+}
+
+/// Longest a start on a damaged database may take to fail (it must fail, not serve).
+const DB_START_WAIT_MS: u64 = 10_000;
+/// Bytes of garbage written over the start of the database file (its header).
+const DB_GARBAGE_BYTES: usize = 512;
+/// Exit code of `edged` for a storage failure (edged/src/exit.rs).
+const EXIT_STORAGE: i32 = 5;
+/// Segments imported before the database is damaged, and while the node is down.
+const DB_SEGMENTS: usize = 3;
+
+/// How the database file is damaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DbDamage {
+    /// Cut to half its length.
+    Truncated,
+    /// Its first bytes (magic and header) overwritten with random bytes.
+    Garbage,
+    /// Removed, while the segment files stay.
+    Removed,
+}
+
+/// One start of node `at` on its damaged database: it must fail with the storage exit code
+/// and a message naming the database, and leave the data dir exactly as it found it.
+fn start_on_damaged_db(
+    ctx: &mut Ctx,
+    fleet: &Fleet,
+    at: usize,
+    how: DbDamage,
+) -> anyhow::Result<()> {
+    let node = fleet.node(at);
+    let db = node.data_dir.join("edge.redb");
+    let before = host::snapshot(&node.data_dir)?;
+    let cmd = fleet.command(at, &["run"]);
+    let outcome = crate::proc::run_bounded(cmd, Duration::from_millis(DB_START_WAIT_MS));
+    let after = host::snapshot(&node.data_dir)?;
+    let name = match how {
+        DbDamage::Truncated => "truncated_db_refused",
+        DbDamage::Garbage => "garbage_db_refused",
+        DbDamage::Removed => "missing_db_refused",
+    };
+    let (ok, detail) = match outcome {
+        Err(e) => (
+            false,
+            format!(
+                "the node started on a damaged database (killed after {DB_START_WAIT_MS} ms): {e:#}"
+            ),
+        ),
+        Ok(out) => {
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            let text = stderr.trim().lines().last().unwrap_or_default().to_owned();
+            let names_it = text.contains(&db.display().to_string()) || text.contains("edge.redb");
+            let says = match how {
+                DbDamage::Removed => text.contains("missing") || text.contains("index"),
+                _ => text.contains("corrupt"),
+            };
+            (
+                out.status.code() == Some(EXIT_STORAGE) && names_it && says,
+                format!("exit code {:?}: {text}", out.status.code()),
+            )
+        }
+    };
+    ctx.check(name, &["INV-24"], ok, detail);
+    let changes = host::diff(&before, &after, &[], 5);
+    ctx.check(
+        &format!("{name}_left_as_it_was"),
+        &["INV-24"],
+        changes.is_empty(),
+        if changes.is_empty() {
+            format!(
+                "the data dir ({} entries) is exactly as it was",
+                after.len()
+            )
+        } else {
+            format!(
+                "the failed start changed the data dir: {}",
+                changes.join("; ")
+            )
+        },
+    );
+    Ok(())
+}
+
+fn corrupt_db(ctx: &mut Ctx) -> anyhow::Result<World> {
+    const DOWN: usize = 1;
+    let topology = Topology::Mesh(3);
+    let mut fleet = ctx.direct_fleet(FleetSpec::new(topology))?;
+    fleet.start_all()?;
+    let mut world = World { fleet };
+    let mut acked =
+        super::basic::import_segments(ctx, &world, 0, "db", DB_SEGMENTS, CORRUPT_PAYLOAD_BYTES)?;
+    ctx.check(
+        "workload_ran",
+        &[],
+        acked.len() == DB_SEGMENTS,
+        format!("{} of {DB_SEGMENTS} imported", acked.len()),
+    );
+    let all = [0, DOWN, 2];
+    let bound = world
+        .fleet
+        .spec
+        .tuning
+        .convergence_bound_ms(topology.diameter(), CORRUPT_TRANSFER_MS);
+    if check::converge(&world.fleet, &acked, &all, Duration::from_millis(bound)).is_none() {
+        anyhow::bail!(
+            "the workload never converged:\n{}",
+            world.fleet.log_tails(5)
+        );
+    }
+    world.fleet.stop(DOWN)?;
+    let node_id = world.fleet.node(DOWN).id.clone();
+    let db = world.fleet.node(DOWN).data_dir.join("edge.redb");
+    // The operator's backup, taken while the node was stopped cleanly.
+    let original = std::fs::read(&db)?;
+
+    host::truncate(&db, original.len() as u64 / 2)?;
+    ctx.fault(
+        "disk.db_truncate",
+        &node_id,
+        format!(
+            "edge.redb cut from {} to {} bytes",
+            original.len(),
+            original.len() / 2
+        ),
+    );
+    start_on_damaged_db(ctx, &world.fleet, DOWN, DbDamage::Truncated)?;
+
+    std::fs::write(&db, &original)?;
+    let mut garbage = vec![0u8; DB_GARBAGE_BYTES];
+    ctx.rng.fill(&mut garbage[..]);
+    host::overwrite(&db, 0, &garbage)?;
+    ctx.fault(
+        "disk.db_garbage",
+        &node_id,
+        format!("the first {DB_GARBAGE_BYTES} bytes of edge.redb overwritten with random bytes"),
+    );
+    start_on_damaged_db(ctx, &world.fleet, DOWN, DbDamage::Garbage)?;
+
+    std::fs::remove_file(&db)?;
+    ctx.fault(
+        "disk.db_remove",
+        &node_id,
+        "edge.redb removed, segment files kept",
+    );
+    start_on_damaged_db(ctx, &world.fleet, DOWN, DbDamage::Removed)?;
+
+    // The rest of the fleet goes on without it.
+    let more = super::basic::import_segments(ctx, &world, 0, "db-more", 2, CORRUPT_PAYLOAD_BYTES)?;
+    let others = [0, 2];
+    let went_on = check::converge(&world.fleet, &more, &others, Duration::from_millis(bound));
+    ctx.check(
+        "rest_of_fleet_goes_on",
+        &["INV-15"],
+        more.len() == 2 && went_on.is_some(),
+        match went_on {
+            Some(d) => format!(
+                "the other nodes relayed 2 new segments in {} ms",
+                d.as_millis()
+            ),
+            None => format!("the other nodes did not relay the new segments within {bound} ms"),
+        },
+    );
+    acked.extend(more);
+
+    // Heal: the operator restores the backup; the node starts and catches up.
+    std::fs::write(&db, &original)?;
+    ctx.note(format!("{node_id}: edge.redb restored from the backup"));
+    world.fleet.start(DOWN)?;
+    ctx.converge(
+        &world.fleet,
+        &acked,
+        &all,
+        topology.diameter(),
+        CORRUPT_TRANSFER_MS,
+    );
+    ctx.record(check::lost(&world.fleet, &acked, &all));
     Ok(world)
 }
 
