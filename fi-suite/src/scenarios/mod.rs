@@ -1,6 +1,7 @@
 //! The scenario catalogue. Each module groups scenarios by the kind of fault they apply.
 
 mod basic;
+mod clock;
 mod disk;
 mod process;
 
@@ -12,6 +13,7 @@ pub fn all() -> Vec<Scenario> {
     out.extend(basic::scenarios());
     out.extend(process::scenarios());
     out.extend(disk::scenarios());
+    out.extend(clock::scenarios());
     out
 }
 
