@@ -3,6 +3,7 @@
 mod basic;
 mod clock;
 mod disk;
+mod media;
 mod process;
 
 use crate::scenario::Scenario;
@@ -14,6 +15,7 @@ pub fn all() -> Vec<Scenario> {
     out.extend(process::scenarios());
     out.extend(disk::scenarios());
     out.extend(clock::scenarios());
+    out.extend(media::scenarios());
     out
 }
 
