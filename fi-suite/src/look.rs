@@ -14,6 +14,9 @@ pub struct Job {
     pub state: String,
     pub attempts: u64,
     pub last_error: Option<String>,
+    /// Wall-clock ms of its next attempt as the node's clock reads (pending jobs); a job in
+    /// flight shows the one it started at.
+    pub next_due_ms: Option<u64>,
 }
 
 /// Node `i`'s jobs towards `peer` (a node id), by segment id.
@@ -30,6 +33,7 @@ pub fn jobs_to(fleet: &Fleet, i: usize, peer: &str) -> anyhow::Result<BTreeMap<S
                         state: j["state"].as_str().unwrap_or_default().to_owned(),
                         attempts: j["attempts"].as_u64().unwrap_or(0),
                         last_error: j["last_error"].as_str().map(str::to_owned),
+                        next_due_ms: j["next_due_ms"].as_u64(),
                     },
                 );
             }
