@@ -76,6 +76,9 @@ const DEV_MAJOR: u32 = 1;
 const DEV_MINOR: u32 = 5;
 /// Time allowed for the bytes of a media workload to move, per hop.
 const MEDIA_TRANSFER_MS: u64 = 1_000;
+/// Longest an export into a trapped directory may take: a FIFO opened for writing would block
+/// it for ever.
+const EXPORT_LIMIT_MS: u64 = 20_000;
 /// Lines of a diff shown in a check's detail.
 const DIFF_LINES_MAX: usize = 5;
 
@@ -614,24 +617,66 @@ fn export_round(
     let mut args = vec!["export", "--json", "--to", to.as_str()];
     args.extend(ids.iter().map(String::as_str));
     let started = Instant::now();
-    let out = match fleet.cli(at, &args) {
-        Ok(out) => out,
-        Err(e) => {
-            ctx.check(
-                &format!("{round}_export_ends"),
-                &["INV-19"],
-                false,
-                format!("the export did not end: {e:#}"),
-            );
-            return Ok(());
-        }
-    };
+    let ran = crate::proc::run_bounded(
+        fleet.command(at, &args),
+        Duration::from_millis(EXPORT_LIMIT_MS),
+    );
     ctx.check(
         &format!("{round}_export_ends"),
         &["INV-19"],
-        true,
-        format!("the export ended in {} ms", started.elapsed().as_millis()),
+        ran.is_ok(),
+        match &ran {
+            Ok(_) => format!("the export ended in {} ms", started.elapsed().as_millis()),
+            Err(e) => format!("the export did not end: {e:#}"),
+        },
     );
+    if let Ok(out) = &ran {
+        refusal_checks(ctx, &dir, acked, out, round);
+    }
+    // What the export did to the directory and outside it, whether it ended or not.
+    let after = host::snapshot(&dir)?;
+    let outside_after = host::snapshot(&outside)?;
+    // Only the two written segments may appear, and the two temporary traps go.
+    let written: Vec<PathBuf> = Trap::ALL
+        .iter()
+        .zip(acked)
+        .filter(|(t, _)| t.written())
+        .flat_map(|(_, a)| {
+            [
+                PathBuf::from(format!("{}.seg", a.id)),
+                PathBuf::from(format!(".{}.seg.tmp", a.id)),
+            ]
+        })
+        .collect();
+    let ignore: Vec<&Path> = written.iter().map(PathBuf::as_path).collect();
+    let mut changes = host::diff(&before, &after, &ignore, DIFF_LINES_MAX);
+    changes.extend(
+        host::diff(&outside_before, &outside_after, &[], DIFF_LINES_MAX)
+            .into_iter()
+            .map(|c| format!("outside: {c}")),
+    );
+    ctx.check(
+        &format!("{round}_nothing_else_touched"),
+        &["INV-19"],
+        changes.is_empty(),
+        if changes.is_empty() {
+            "the traps at target names and every file outside are exactly as they were".to_owned()
+        } else {
+            changes.join("; ")
+        },
+    );
+    Ok(())
+}
+
+/// Every trap's segment got the line it should: refused with the trap's reason, or written
+/// byte-identical with its temporary name gone.
+fn refusal_checks(
+    ctx: &mut Ctx,
+    dir: &Path,
+    acked: &[Acked],
+    out: &std::process::Output,
+    round: &str,
+) {
     let lines: Vec<serde_json::Value> = serde_json::from_slice::<serde_json::Value>(&out.stdout)
         .ok()
         .and_then(|v| v.as_array().cloned())
@@ -669,38 +714,6 @@ fn export_round(
             bad.join("; ")
         },
     );
-    let after = host::snapshot(&dir)?;
-    let outside_after = host::snapshot(&outside)?;
-    // Only the two written segments may appear, and the two temporary traps go.
-    let written: Vec<PathBuf> = Trap::ALL
-        .iter()
-        .zip(acked)
-        .filter(|(t, _)| t.written())
-        .flat_map(|(_, a)| {
-            [
-                PathBuf::from(format!("{}.seg", a.id)),
-                PathBuf::from(format!(".{}.seg.tmp", a.id)),
-            ]
-        })
-        .collect();
-    let ignore: Vec<&Path> = written.iter().map(PathBuf::as_path).collect();
-    let mut changes = host::diff(&before, &after, &ignore, DIFF_LINES_MAX);
-    changes.extend(
-        host::diff(&outside_before, &outside_after, &[], DIFF_LINES_MAX)
-            .into_iter()
-            .map(|c| format!("outside: {c}")),
-    );
-    ctx.check(
-        &format!("{round}_nothing_else_touched"),
-        &["INV-19"],
-        changes.is_empty(),
-        if changes.is_empty() {
-            "the traps at target names and every file outside are exactly as they were".to_owned()
-        } else {
-            changes.join("; ")
-        },
-    );
-    Ok(())
 }
 
 fn usb_hostile_export_dir(ctx: &mut Ctx) -> anyhow::Result<World> {
