@@ -197,7 +197,12 @@ fn make_stick(ctx: &mut Ctx, fleet: &Fleet) -> anyhow::Result<Stick> {
             true
         }
         Err(e) => {
-            ctx.note(format!("no device node on the stick: {e:#}"));
+            // The rest of the stick is still worth importing; this part has no evidence.
+            ctx.unknown(
+                "device_node_made",
+                &["INV-19"],
+                format!("no device node on the stick (mknod needs root): {e:#}"),
+            );
             false
         }
     };
