@@ -1066,7 +1066,8 @@ fn corrupt_at_rest_stopped(ctx: &mut Ctx) -> anyhow::Result<World> {
     }
     quarantine_check(ctx, &world.fleet, VICTIM, &damaged);
     let all = [0, VICTIM, DOWNSTREAM];
-    ctx.converge(&world.fleet, &acked, &all, 2, CORRUPT_TRANSFER_MS);
+    let hops = world.fleet.spec.topology.diameter();
+    ctx.converge(&world.fleet, &acked, &all, hops, CORRUPT_TRANSFER_MS);
     ctx.record(check::lost(&world.fleet, &acked, &all));
     let victim_id = world.fleet.node(VICTIM).id.clone();
     never_served_check(ctx, &world.fleet, DOWNSTREAM, &victim_id);
@@ -1210,7 +1211,8 @@ fn corrupt_at_rest_running(ctx: &mut Ctx) -> anyhow::Result<World> {
     );
     quarantine_check(ctx, &world.fleet, VICTIM, &damaged);
     let all = [0, VICTIM, DOWNSTREAM];
-    ctx.converge(&world.fleet, &acked, &all, 2, CORRUPT_TRANSFER_MS);
+    let hops = world.fleet.spec.topology.diameter();
+    ctx.converge(&world.fleet, &acked, &all, hops, CORRUPT_TRANSFER_MS);
     ctx.record(check::lost(&world.fleet, &acked, &all));
     let victim_id = world.fleet.node(VICTIM).id.clone();
     never_served_check(ctx, &world.fleet, DOWNSTREAM, &victim_id);
@@ -1351,8 +1353,11 @@ const DB_START_WAIT_MS: u64 = 10_000;
 const DB_GARBAGE_BYTES: usize = 512;
 /// Exit code of `edged` for a storage failure (edged/src/exit.rs).
 const EXIT_STORAGE: i32 = 5;
-/// Segments imported before the database is damaged, and while the node is down.
+/// Segments imported before the database is damaged.
 const DB_SEGMENTS: usize = 3;
+
+/// Segments imported while the node with the damaged database is down.
+const DB_MORE_SEGMENTS: usize = 2;
 
 /// How the database file is damaged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1490,16 +1495,23 @@ fn corrupt_db(ctx: &mut Ctx) -> anyhow::Result<World> {
     start_on_damaged_db(ctx, &world.fleet, DOWN, DbDamage::Removed)?;
 
     // The rest of the fleet goes on without it.
-    let more = super::basic::import_segments(ctx, &world, 0, "db-more", 2, CORRUPT_PAYLOAD_BYTES)?;
+    let more = super::basic::import_segments(
+        ctx,
+        &world,
+        0,
+        "db-more",
+        DB_MORE_SEGMENTS,
+        CORRUPT_PAYLOAD_BYTES,
+    )?;
     let others = [0, 2];
     let went_on = check::converge(&world.fleet, &more, &others, Duration::from_millis(bound));
     ctx.check(
         "rest_of_fleet_goes_on",
         &["INV-15"],
-        more.len() == 2 && went_on.is_some(),
+        more.len() == DB_MORE_SEGMENTS && went_on.is_some(),
         match went_on {
             Some(d) => format!(
-                "the other nodes relayed 2 new segments in {} ms",
+                "the other nodes relayed {DB_MORE_SEGMENTS} new segments in {} ms",
                 d.as_millis()
             ),
             None => format!("the other nodes did not relay the new segments within {bound} ms"),
