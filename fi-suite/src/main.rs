@@ -22,6 +22,8 @@ mod capture;
 mod check;
 mod evil;
 mod fleet;
+mod host;
+mod look;
 mod proc;
 mod proxy;
 mod report;

@@ -1,8 +1,11 @@
 //! The scenario catalogue. Each module groups scenarios by the kind of fault they apply.
 
 mod basic;
+mod clock;
 mod crash;
+mod disk;
 mod evil;
+mod media;
 mod network;
 mod process;
 mod relay;
@@ -20,6 +23,9 @@ pub fn all() -> Vec<Scenario> {
     out.extend(relay::scenarios());
     out.extend(trust::scenarios());
     out.extend(evil::scenarios());
+    out.extend(disk::scenarios());
+    out.extend(clock::scenarios());
+    out.extend(media::scenarios());
     out
 }
 
