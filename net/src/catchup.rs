@@ -491,7 +491,7 @@ pub(crate) async fn serve_pull(
     let reader = match transfer::open_for_send(ctx, id).await {
         Ok(reader) => reader,
         Err(outcome) => {
-            if !matches!(outcome, SendOutcome::NotStored) {
+            if !matches!(outcome, SendOutcome::NotStored | SendOutcome::Expired) {
                 warn_limited!(ctx.limiter, peer.as_str(), "pull_refused_here", peer = %peer, seg_id = %id, ?outcome, "catch-up: cannot serve a pulled segment");
             }
             let _ = write_frame(send, &Msg::NotHeld).await;

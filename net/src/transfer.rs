@@ -125,6 +125,8 @@ pub enum SendOutcome {
     LocalCorrupt(String),
     /// This node does not hold the segment (never stored, or evicted).
     NotStored,
+    /// The segment has expired by this node's clock: it is not sent (INV-16). Permanent.
+    Expired,
     /// This node does not trust the stored segment's publisher (any more): it is not sent.
     /// Permanent until the key is trusted again.
     Untrusted(String),
@@ -290,6 +292,10 @@ pub(crate) async fn open_for_send(ctx: &Ctx, id: SegmentId) -> Result<SegmentRea
     let store = ctx.store.clone();
     let now = ctx.clock.now_ms();
     match tokio::task::spawn_blocking(move || store.open_for_read(&id, now)).await {
+        // An expired segment is relayed to nobody, whether pushed or pulled (INV-16): the relay
+        // cancels its jobs when they come due, and this keeps catch-up from serving it until
+        // the next sweep evicts it.
+        Ok(Ok(reader)) if reader.manifest().manifest().is_expired(now) => Err(SendOutcome::Expired),
         Ok(Ok(reader)) => Ok(reader),
         Ok(Err(store::StoreError::NotFound(_) | store::StoreError::Evicting(_))) => {
             Err(SendOutcome::NotStored)

@@ -2,7 +2,8 @@
 //! sender finds it when it opens the segment, reports `LocalCorrupt`, quarantines it and tells
 //! the quarantine watchers (which fetch a good copy again through catch-up); the peer stores
 //! nothing and owes no refusal. A segment whose publisher is no longer trusted is not sent
-//! either (`Untrusted`), and stays stored.
+//! either (`Untrusted`), and stays stored. A segment that expired after it was stored is
+//! neither pushed nor served to a peer's pull (INV-16).
 
 mod common;
 
@@ -105,4 +106,59 @@ async fn inv_01_untrusted_at_rest_is_not_sent_and_not_quarantined() {
     assert!(a.store.get(&seg).unwrap().is_some(), "still stored at a");
     assert!(a.store.quarantined().unwrap().is_empty(), "not quarantined");
     assert!(heard.lock().unwrap().is_empty(), "no watcher fired");
+}
+
+/// Stores a segment that expires `in_ms` from now.
+fn seed_expiring(store: &Store, tag: u64, len: u64, in_ms: u64) -> SegmentId {
+    let (_, hash) = store::segfile::hash_reader(Gen::new(tag, len)).expect("hash");
+    let signed = signed_for(
+        &publisher(),
+        &format!("exp-{tag}"),
+        len,
+        hash,
+        Some(now_ms() + in_ms),
+    );
+    let mut header = Vec::new();
+    store::segfile::write_header(&mut header, &signed).expect("header");
+    let reader = std::io::Read::chain(std::io::Cursor::new(header), Gen::new(tag, len));
+    match store
+        .ingest_reader(reader, &store::IngestOptions::import(), now_ms(), |_, _| {
+            Ok(())
+        })
+        .expect("seed ingest")
+    {
+        store::IngestOutcome::Stored(s) => s.id,
+        store::IngestOutcome::AlreadyHave { id, .. } => id,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inv_16_a_segment_expired_at_rest_is_neither_pushed_nor_pulled() {
+    logs();
+    let fleet = Fleet::new();
+    let planned = plan(&["a", "b"], 1 << 30);
+    let seg = seed_expiring(&planned[0].store, 7, SEG_BYTES, 1_500);
+    let nodes = start(&fleet, planned, &[("a", "b")], |cfg| {
+        // Only the explicit round below pulls.
+        cfg.catchup_on_connect = false;
+        cfg.catchup_interval_ms = 0;
+    });
+    let (a, b) = (&nodes[0], &nodes[1]);
+    assert!(
+        b.node
+            .wait_connected(&id("a"), Duration::from_secs(10))
+            .await
+    );
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
+    assert_eq!(send(a, "b", seg).await, SendOutcome::Expired);
+    let report = tokio::time::timeout(Duration::from_secs(10), b.node.catch_up(&id("a")))
+        .await
+        .expect("bounded")
+        .expect("round");
+    assert_eq!(report.stored, 0, "{report:?}");
+    assert_eq!(b.store.holding(&seg).unwrap(), Holding::Absent);
+    assert!(
+        a.store.get(&seg).unwrap().is_some(),
+        "still stored at a until its sweep"
+    );
 }

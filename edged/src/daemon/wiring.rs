@@ -47,6 +47,7 @@ pub fn outcome(sent: SendOutcome) -> Outcome {
         SendOutcome::LocalCorrupt(e) => Outcome::Failed(format!("local copy corrupt: {e}")),
         SendOutcome::NotStored => Outcome::Failed("segment no longer stored here".into()),
         SendOutcome::Untrusted(e) => Outcome::Refused(e),
+        SendOutcome::Expired => Outcome::Refused("segment expired here".into()),
         SendOutcome::Failed(e) => Outcome::Failed(e),
     }
 }
