@@ -20,6 +20,7 @@ use std::io::Read;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+use store::crash;
 use store::manifest::SuccessCondition;
 use store::{IngestError, IngestOptions, IngestOutcome, SegmentId, Store, StoreError, Stored};
 use tokio::sync::Notify;
@@ -387,7 +388,9 @@ impl Relay {
         keys: Vec<JobKey>,
         now_ms: u64,
     ) -> Result<Vec<Start>, RelayError> {
-        self.run_blocking(self.starts_op(keys, now_ms))
+        let starts = self.run_blocking(self.starts_op(keys, now_ms))?;
+        crash_after_starts(&starts);
+        Ok(starts)
     }
 
     /// Async form of [`Relay::record_starts_blocking`].
@@ -396,7 +399,9 @@ impl Relay {
         keys: Vec<JobKey>,
         now_ms: u64,
     ) -> Result<Vec<Start>, RelayError> {
-        self.run(self.starts_op(keys, now_ms)).await
+        let starts = self.run(self.starts_op(keys, now_ms)).await?;
+        crash_after_starts(&starts);
+        Ok(starts)
     }
 
     fn outcomes_op(&self, items: Vec<OutcomeIn>, now_ms: u64) -> TxnFn<Vec<Applied>> {
@@ -410,7 +415,9 @@ impl Relay {
         items: Vec<OutcomeIn>,
         now_ms: u64,
     ) -> Result<Vec<Applied>, RelayError> {
-        self.run_blocking(self.outcomes_op(items, now_ms))
+        let applied = self.run_blocking(self.outcomes_op(items, now_ms))?;
+        crash_after_outcomes(&applied);
+        Ok(applied)
     }
 
     /// Async form of [`Relay::apply_outcomes_blocking`].
@@ -419,7 +426,9 @@ impl Relay {
         items: Vec<OutcomeIn>,
         now_ms: u64,
     ) -> Result<Vec<Applied>, RelayError> {
-        self.run(self.outcomes_op(items, now_ms)).await
+        let applied = self.run(self.outcomes_op(items, now_ms)).await?;
+        crash_after_outcomes(&applied);
+        Ok(applied)
     }
 
     fn refund_op(keys: Vec<JobKey>, now_ms: u64) -> TxnFn<()> {
@@ -469,8 +478,11 @@ impl Relay {
         Box::new(move |txn| ledger::deliver_out_of_band(txn, &key, now_ms, &cfg))
     }
 
-    fn log_out_of_band(key: &JobKey, result: &OutOfBand) {
-        if !matches!(result, OutOfBand::Completed { .. }) {
+    /// After a committed catch-up delivery: the crash point if it completed the job, else a note.
+    fn after_out_of_band(key: &JobKey, result: &OutOfBand) {
+        if matches!(result, OutOfBand::Completed { .. }) {
+            crash::point(crash::RELAY_AFTER_CATCHUP_COMMIT);
+        } else {
             tracing::debug!(seg_id = %key.seg, peer_id = %key.peer, result = ?result, "catch-up delivery changed nothing");
         }
     }
@@ -494,7 +506,7 @@ impl Relay {
             peer: peer.clone(),
         };
         let out = self.run_blocking(self.out_of_band_op(key.clone(), now_ms))?;
-        Self::log_out_of_band(&key, &out);
+        Self::after_out_of_band(&key, &out);
         Ok(out)
     }
 
@@ -510,7 +522,7 @@ impl Relay {
             peer: peer.clone(),
         };
         let out = self.run(self.out_of_band_op(key.clone(), now_ms)).await?;
-        Self::log_out_of_band(&key, &out);
+        Self::after_out_of_band(&key, &out);
         Ok(out)
     }
 
@@ -530,7 +542,12 @@ impl Relay {
         })
     }
 
-    fn log_requeues(results: &[(JobKey, Requeue)]) {
+    /// After a committed requeue: the crash point if it requeued a job, and a note for each
+    /// job it left alone.
+    fn after_requeues(results: &[(JobKey, Requeue)]) {
+        if results.iter().any(|(_, r)| *r == Requeue::Requeued) {
+            crash::point(crash::RELAY_AFTER_REQUEUE_COMMIT);
+        }
         for (key, r) in results {
             if *r != Requeue::Requeued {
                 tracing::info!(seg_id = %key.seg, peer_id = %key.peer, result = ?r, "requeue did nothing");
@@ -542,7 +559,7 @@ impl Relay {
     /// nothing (it is no longer dead) and says so (INV-22).
     pub fn requeue_blocking(&self, key: &JobKey, now_ms: u64) -> Result<Requeue, RelayError> {
         let out = self.run_blocking(Self::requeue_op(vec![key.clone()], now_ms))?;
-        Self::log_requeues(&out);
+        Self::after_requeues(&out);
         Ok(out.into_iter().next().map_or(Requeue::NotFound, |(_, r)| r))
     }
 
@@ -551,7 +568,7 @@ impl Relay {
         let out = self
             .run(Self::requeue_op(vec![key.clone()], now_ms))
             .await?;
-        Self::log_requeues(&out);
+        Self::after_requeues(&out);
         Ok(out.into_iter().next().map_or(Requeue::NotFound, |(_, r)| r))
     }
 
@@ -572,7 +589,7 @@ impl Relay {
     ) -> Result<Vec<(JobKey, Requeue)>, RelayError> {
         let keys = self.dead_keys(Some(peer))?;
         let out = self.run_blocking(Self::requeue_op(keys, now_ms))?;
-        Self::log_requeues(&out);
+        Self::after_requeues(&out);
         Ok(out)
     }
 
@@ -584,7 +601,7 @@ impl Relay {
     ) -> Result<Vec<(JobKey, Requeue)>, RelayError> {
         let keys = self.dead_keys(Some(peer))?;
         let out = self.run(Self::requeue_op(keys, now_ms)).await?;
-        Self::log_requeues(&out);
+        Self::after_requeues(&out);
         Ok(out)
     }
 
@@ -777,6 +794,20 @@ impl Relay {
             tally: prop.tally,
             jobs,
         }))
+    }
+}
+
+/// The crash point after a committed batch of starts, when it started an attempt.
+fn crash_after_starts(starts: &[Start]) {
+    if starts.iter().any(|s| matches!(s, Start::Started { .. })) {
+        crash::point(crash::RELAY_AFTER_START_COMMIT);
+    }
+}
+
+/// The crash point after a committed batch of outcomes, when one of them changed its job.
+fn crash_after_outcomes(applied: &[Applied]) {
+    if applied.iter().any(|a| matches!(a, Applied::Decided(_))) {
+        crash::point(crash::RELAY_AFTER_OUTCOME_COMMIT);
     }
 }
 
