@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use store::crash;
 use store::manifest::SuccessCondition;
+use store::mutants;
 use store::{IngestError, IngestOptions, IngestOutcome, SegmentId, Store, StoreError, Stored};
 use tokio::sync::Notify;
 
@@ -185,11 +186,21 @@ impl Relay {
         let due = read.open_table(DUE).map_err(db)?;
         let mut jobs = 0usize;
         for entry in due.iter().map_err(db)? {
+            // Mutation point (INV-05, INV-14, INV-25): pending jobs are not resumed after a
+            // restart (they stay pending in the ledger, and nothing runs them).
+            if mutants::active("forget_pending_at_restart") {
+                break;
+            }
             let (k, v) = entry.map_err(db)?;
             let (due_ms, key) = parse_due_key(k.value())?;
+            // Mutation point (INV-14): a restart forgets the backoff and retries at once.
+            let due_ms = match mutants::active("lose_due_times_at_restart") {
+                true => now_ms,
+                false => core::clamp_due_ms(due_ms, now_ms, &self.inner.cfg),
+            };
             let view = JobView {
                 priority: v.value(),
-                due_ms: core::clamp_due_ms(due_ms, now_ms, &self.inner.cfg),
+                due_ms,
             };
             s.upsert(key, view);
             jobs += 1;
@@ -317,6 +328,9 @@ impl Relay {
         opts: &IngestOptions,
         now_ms: u64,
     ) -> Result<IngestOutcome<Scheduled>, IngestError> {
+        if mutants::active("schedule_outside_ingest_txn") {
+            return self.ingest_then_schedule(reader, opts, now_ms);
+        }
         let out = self
             .inner
             .store
@@ -325,6 +339,43 @@ impl Relay {
             self.on_stored(stored);
         }
         Ok(out)
+    }
+
+    /// Mutation point (INV-11): the segment is committed first and its jobs in a transaction of
+    /// their own afterwards, so a crash in between (`ingest.after_commit`) leaves a stored
+    /// segment that owes nothing.
+    fn ingest_then_schedule<R: Read>(
+        &self,
+        reader: R,
+        opts: &IngestOptions,
+        now_ms: u64,
+    ) -> Result<IngestOutcome<Scheduled>, IngestError> {
+        let stored = match self
+            .inner
+            .store
+            .ingest_reader(reader, opts, now_ms, |_, _| Ok(()))?
+        {
+            IngestOutcome::Stored(stored) => stored,
+            IngestOutcome::AlreadyHave { id, holding } => {
+                return Ok(IngestOutcome::AlreadyHave { id, holding });
+            }
+        };
+        let (cfg, plain) = (self.inner.cfg.clone(), stored.clone());
+        let extra = self
+            .run_blocking(Box::new(move |txn| {
+                let scheduled = ledger::schedule_in_txn(txn, &plain, &cfg, now_ms)?;
+                let fx = scheduled.effects.clone();
+                Ok((scheduled, fx))
+            }))
+            .map_err(|_| IngestError::Protocol {
+                id: stored.id,
+                reason: "scheduling failed",
+            })?;
+        Ok(IngestOutcome::Stored(Stored {
+            id: stored.id,
+            row: stored.row,
+            extra,
+        }))
     }
 
     // ---- the engine's steps ------------------------------------------------------------------
