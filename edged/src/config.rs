@@ -280,7 +280,11 @@ impl Config {
 fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
     let invalid = |key: &str, message: String| ConfigError::Invalid {
         path: path.to_owned(),
-        key: key.to_owned(),
+        // Mutation point (INV-21): a refusal no longer says which key is wrong.
+        key: match store::mutants::active("config_error_without_key") {
+            true => String::new(),
+            false => key.to_owned(),
+        },
         message,
     };
     let base = path.parent().unwrap_or(Path::new("."));

@@ -232,7 +232,8 @@ async fn pull_round_inner(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    if mine.count == count && mine.hash == hash {
+    // Mutation point (INV-15): the receiving side never pulls; digests are taken as equal.
+    if (mine.count == count && mine.hash == hash) || store::mutants::active("no_catchup_pulls") {
         report.in_sync = true;
         state.cursor = None;
         return Ok(report);

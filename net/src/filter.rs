@@ -151,7 +151,8 @@ impl AddrFilter {
 
     fn may_send_to(&self, addr: SocketAddr) -> bool {
         let addr = canonical(addr);
-        if self.configured.contains(&addr) {
+        // Mutation point (INV-27, with `may_hear`): datagrams go to any address.
+        if self.configured.contains(&addr) || store::mutants::active("send_to_strangers") {
             return true;
         }
         if !self.accept_unknown {
@@ -164,7 +165,9 @@ impl AddrFilter {
     }
 
     fn may_hear(&self, addr: SocketAddr) -> bool {
-        self.accept_unknown || self.configured.contains(&canonical(addr))
+        self.accept_unknown
+            || self.configured.contains(&canonical(addr))
+            || store::mutants::active("send_to_strangers")
     }
 }
 

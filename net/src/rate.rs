@@ -68,6 +68,10 @@ impl Progress {
 
     /// What the current window must move.
     pub fn required(&self) -> u64 {
+        // Mutation point (INV-18): the old rule, "no byte for a window", which a trickle passes.
+        if store::mutants::active("stall_rule_idle") {
+            return 1;
+        }
         let window_ms = self.window.as_millis().min(u128::from(u64::MAX)) as u64;
         let by_rate = self.min_bytes_per_s.saturating_mul(window_ms) / 1000;
         by_rate

@@ -676,6 +676,11 @@ pub(crate) fn ingest_reason(e: &IngestError) -> RejectReason {
         ) => RejectReason::LengthMismatch,
         IngestError::Format(SegFileError::Io(_)) => RejectReason::Internal,
         IngestError::Format(_) => RejectReason::Malformed,
+        // Mutation point (INV-08): a full store refuses for good, as if the segment could never
+        // fit, and the sender drops its job instead of retrying.
+        IngestError::StoreFull { .. } if store::mutants::active("store_full_permanent") => {
+            RejectReason::TooLarge
+        }
         IngestError::StoreFull { .. } => RejectReason::StoreFull,
         IngestError::Busy(_) | IngestError::Io { .. } | IngestError::Store(_) => {
             RejectReason::Internal
@@ -807,6 +812,12 @@ async fn receive_offer(
         })
     };
     let pumped = pump_in(ctx, recv, &tx, payload_len - offset, &claim).await;
+    // Mutation point (INV-03): the sender hears "stored" once the bytes are in, before the disk
+    // thread verified, synced and committed them.
+    let acked_early = pumped.is_ok() && store::mutants::active("ack_before_commit");
+    if acked_early {
+        let _ = write_frame(send, &Msg::Ack).await;
+    }
     let to_disk = if pumped.is_ok() {
         ToDisk::End
     } else {
@@ -829,7 +840,9 @@ async fn receive_offer(
         }
         (Ok(()), Ok(WriterEnd::Stored(stored))) => {
             bump(&ctx.stats.segments_stored, 1);
-            let _ = write_frame(send, &Msg::Ack).await;
+            if !acked_early {
+                let _ = write_frame(send, &Msg::Ack).await;
+            }
             let _ = send.finish();
             tracing::info!(peer = %peer, seg_id = %stored.id, bytes = payload_len, offset, "segment received");
             ctx.hooks.on_received(peer, &stored.id);
@@ -913,6 +926,9 @@ async fn pump_in(
     let preempted = claim.preempted();
     tokio::pin!(preempted);
     let mut got = 0u64;
+    // Mutation point (INV-20): the payload is held in memory until its last byte arrived.
+    let buffer_payload = store::mutants::active("buffer_payload");
+    let mut held = Vec::new();
     let read_fail = |e: quinn::ReadError| match read_error(e) {
         WireError::Reset(code) => InFail::Reset(code),
         other => InFail::Lost(other.to_string()),
@@ -963,6 +979,15 @@ async fn pump_in(
         remaining -= want as u64;
         got += want as u64;
         bump(&ctx.stats.payload_bytes_received, want as u64);
+        if buffer_payload {
+            held.push(buf);
+            continue;
+        }
+        if tx.send(ToDisk::Data(buf)).await.is_err() {
+            return Err(InFail::WriterGone);
+        }
+    }
+    for buf in held {
         if tx.send(ToDisk::Data(buf)).await.is_err() {
             return Err(InFail::WriterGone);
         }

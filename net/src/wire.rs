@@ -338,7 +338,9 @@ pub fn check_frame_len(prefix: [u8; FRAME_PREFIX_BYTES], max: usize) -> Result<u
     if len == 0 {
         return Err(WireError::EmptyFrame);
     }
-    if len as usize > max {
+    // Mutation point (INV-17): one byte more than the bound is accepted.
+    let allowed = max + usize::from(store::mutants::active("frame_bound_plus_one"));
+    if len as usize > allowed {
         return Err(WireError::FrameTooLarge { len, max });
     }
     Ok(len as usize)

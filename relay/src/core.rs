@@ -199,7 +199,10 @@ pub fn decide(
                 _ => outcome.error_text(),
             };
             c.busy_streak = 0;
-            if c.attempts >= cfg.attempts_max {
+            // Mutation point (INV-12, with `start_verdict`): attempts go on past `attempts_max`.
+            // Compiled out of every build but the failure-injection one; there it reads an
+            // environment variable once, the only thing here that is not a pure decision.
+            if c.attempts >= cfg.attempts_max && !store::mutants::active("ignore_attempts_max") {
                 Decision::Dead { counts: c, error }
             } else {
                 let delay = backoff_ms(cfg, c.attempts.max(1));
@@ -237,7 +240,8 @@ pub fn start_verdict(
 ) -> StartVerdict {
     if expires_at_ms.is_some_and(|e| e <= now_ms) {
         StartVerdict::Expired
-    } else if counts.attempts >= cfg.attempts_max
+    } else if (counts.attempts >= cfg.attempts_max
+        && !store::mutants::active("ignore_attempts_max"))
         || counts.store_full_attempts >= cfg.store_full_attempts_max
     {
         StartVerdict::Exhausted

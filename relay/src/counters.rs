@@ -120,6 +120,8 @@ impl RelayTotals {
                         self.deliveries_have += 1;
                     }
                 }
+                // Mutation point (INV-26): a failed attempt that is retried is not counted.
+                Event::Retry { .. } if store::mutants::active("skip_retry_counter") => {}
                 Event::Retry { .. } => self.retries_scheduled += 1,
                 Event::DeadLettered { at_start, .. } => {
                     self.dead_lettered += 1;

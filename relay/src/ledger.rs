@@ -29,6 +29,7 @@
 
 use redb::{ReadableTable, WriteTransaction};
 use store::manifest::SuccessCondition;
+use store::mutants;
 use store::{SegmentId, Stored};
 
 use crate::core::{self, Counts, Decision, JobKey, JobView, Outcome, StartVerdict, Tally, Verdict};
@@ -473,7 +474,13 @@ fn check_condition(
     if prop.propagated_at_ms.is_some() {
         return Ok(());
     }
-    match core::verdict(prop.condition, prop.tally, prop.source_is_peer) {
+    // Mutation point (INV-13): a dead letter counts as reaching its peer.
+    let verdict = if mutants::active("propagated_on_dead_letter") && prop.tally.dead > 0 {
+        Verdict::Holds
+    } else {
+        core::verdict(prop.condition, prop.tally, prop.source_is_peer)
+    };
+    match verdict {
         Verdict::Holds => {
             prop.propagated_at_ms = Some(now_ms);
             put_prop(txn, seg, &prop)?;
@@ -578,7 +585,9 @@ pub fn schedule_in_txn(
     let mut jobs = Vec::new();
     let mut due = txn.open_table(DUE)?;
     for peer in &cfg.known_peers {
-        if peer.as_str() == row.source || existing.contains(peer) {
+        // Mutation point (INV-10): a re-ingest schedules its peers again, beside their jobs.
+        let existing = existing.contains(peer) && !mutants::active("duplicate_jobs_on_reingest");
+        if peer.as_str() == row.source || existing {
             continue;
         }
         let key = JobKey {
@@ -642,10 +651,19 @@ pub fn record_starts(
             });
             continue;
         };
-        match core::start_verdict(row.counts, row.expires_at_ms, now_ms, cfg) {
+        // Mutation point (INV-16): a job of an expired segment is started anyway.
+        let expires_at_ms = match mutants::active("relay_expired") {
+            true => None,
+            false => row.expires_at_ms,
+        };
+        match core::start_verdict(row.counts, expires_at_ms, now_ms, cfg) {
             StartVerdict::Start => {
                 let old_due = row.due_ms;
-                row.counts.attempts += 1;
+                // Mutation point (INV-14, INV-12): the attempt is counted only when its
+                // outcome arrives (see `apply_outcomes`), so a kill mid-transfer costs nothing.
+                if !mutants::active("record_attempt_after_transfer") {
+                    row.counts.attempts += 1;
+                }
                 row.due_ms = core::crash_retry_due_ms(row.counts, now_ms, cfg);
                 row.updated_at_ms = now_ms;
                 put_job(txn, key, &row)?;
@@ -755,6 +773,9 @@ pub fn apply_outcomes(
             out.push(Applied::Ignored { state });
             continue;
         };
+        if mutants::active("record_attempt_after_transfer") {
+            row.counts.attempts += 1;
+        }
         let attempt_num = row.counts.attempts + row.counts.store_full_attempts;
         let decision = core::decide(row.counts, &item.outcome, now_ms, cfg, item.jitter_sample);
         match &decision {
@@ -874,6 +895,10 @@ pub fn deliver_out_of_band(
     let was = row.state;
     let purged = row.purged;
     match was {
+        // Mutation point (INV-15): a dead letter is not completed by catch-up.
+        JobState::Dead if mutants::active("catchup_ignores_dead_letters") => {
+            return Ok((OutOfBand::Ended(was), fx));
+        }
         JobState::Pending => {
             leave_pending(
                 txn,
@@ -1006,6 +1031,14 @@ pub fn requeue(
     let Some(mut row) = get_job(txn, key)? else {
         return Ok((Requeue::NotFound, fx));
     };
+    if row.state == JobState::Pending && row.requeues > 0 && mutants::active("requeue_twice") {
+        // Mutation point (INV-22): a second requeue restarts the requeued job's attempts again.
+        row.counts = Counts::default();
+        row.requeues += 1;
+        put_job(txn, key, &row)?;
+        fx.events.push(Event::Requeued { key: key.clone() });
+        return Ok((Requeue::Requeued, fx));
+    }
     if row.state != JobState::Dead {
         return Ok((Requeue::NotDead(row.state), fx));
     }

@@ -20,7 +20,9 @@ use std::io::Read;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+use store::crash;
 use store::manifest::SuccessCondition;
+use store::mutants;
 use store::{IngestError, IngestOptions, IngestOutcome, SegmentId, Store, StoreError, Stored};
 use tokio::sync::Notify;
 
@@ -184,11 +186,21 @@ impl Relay {
         let due = read.open_table(DUE).map_err(db)?;
         let mut jobs = 0usize;
         for entry in due.iter().map_err(db)? {
+            // Mutation point (INV-05, INV-14, INV-25): pending jobs are not resumed after a
+            // restart (they stay pending in the ledger, and nothing runs them).
+            if mutants::active("forget_pending_at_restart") {
+                break;
+            }
             let (k, v) = entry.map_err(db)?;
             let (due_ms, key) = parse_due_key(k.value())?;
+            // Mutation point (INV-14): a restart forgets the backoff and retries at once.
+            let due_ms = match mutants::active("lose_due_times_at_restart") {
+                true => now_ms,
+                false => core::clamp_due_ms(due_ms, now_ms, &self.inner.cfg),
+            };
             let view = JobView {
                 priority: v.value(),
-                due_ms: core::clamp_due_ms(due_ms, now_ms, &self.inner.cfg),
+                due_ms,
             };
             s.upsert(key, view);
             jobs += 1;
@@ -316,6 +328,9 @@ impl Relay {
         opts: &IngestOptions,
         now_ms: u64,
     ) -> Result<IngestOutcome<Scheduled>, IngestError> {
+        if mutants::active("schedule_outside_ingest_txn") {
+            return self.ingest_then_schedule(reader, opts, now_ms);
+        }
         let out = self
             .inner
             .store
@@ -324,6 +339,43 @@ impl Relay {
             self.on_stored(stored);
         }
         Ok(out)
+    }
+
+    /// Mutation point (INV-11): the segment is committed first and its jobs in a transaction of
+    /// their own afterwards, so a crash in between (`ingest.after_commit`) leaves a stored
+    /// segment that owes nothing.
+    fn ingest_then_schedule<R: Read>(
+        &self,
+        reader: R,
+        opts: &IngestOptions,
+        now_ms: u64,
+    ) -> Result<IngestOutcome<Scheduled>, IngestError> {
+        let stored = match self
+            .inner
+            .store
+            .ingest_reader(reader, opts, now_ms, |_, _| Ok(()))?
+        {
+            IngestOutcome::Stored(stored) => stored,
+            IngestOutcome::AlreadyHave { id, holding } => {
+                return Ok(IngestOutcome::AlreadyHave { id, holding });
+            }
+        };
+        let (cfg, plain) = (self.inner.cfg.clone(), stored.clone());
+        let extra = self
+            .run_blocking(Box::new(move |txn| {
+                let scheduled = ledger::schedule_in_txn(txn, &plain, &cfg, now_ms)?;
+                let fx = scheduled.effects.clone();
+                Ok((scheduled, fx))
+            }))
+            .map_err(|_| IngestError::Protocol {
+                id: stored.id,
+                reason: "scheduling failed",
+            })?;
+        Ok(IngestOutcome::Stored(Stored {
+            id: stored.id,
+            row: stored.row,
+            extra,
+        }))
     }
 
     // ---- the engine's steps ------------------------------------------------------------------
@@ -387,7 +439,9 @@ impl Relay {
         keys: Vec<JobKey>,
         now_ms: u64,
     ) -> Result<Vec<Start>, RelayError> {
-        self.run_blocking(self.starts_op(keys, now_ms))
+        let starts = self.run_blocking(self.starts_op(keys, now_ms))?;
+        crash_after_starts(&starts);
+        Ok(starts)
     }
 
     /// Async form of [`Relay::record_starts_blocking`].
@@ -396,7 +450,9 @@ impl Relay {
         keys: Vec<JobKey>,
         now_ms: u64,
     ) -> Result<Vec<Start>, RelayError> {
-        self.run(self.starts_op(keys, now_ms)).await
+        let starts = self.run(self.starts_op(keys, now_ms)).await?;
+        crash_after_starts(&starts);
+        Ok(starts)
     }
 
     fn outcomes_op(&self, items: Vec<OutcomeIn>, now_ms: u64) -> TxnFn<Vec<Applied>> {
@@ -410,7 +466,9 @@ impl Relay {
         items: Vec<OutcomeIn>,
         now_ms: u64,
     ) -> Result<Vec<Applied>, RelayError> {
-        self.run_blocking(self.outcomes_op(items, now_ms))
+        let applied = self.run_blocking(self.outcomes_op(items, now_ms))?;
+        crash_after_outcomes(&applied);
+        Ok(applied)
     }
 
     /// Async form of [`Relay::apply_outcomes_blocking`].
@@ -419,7 +477,9 @@ impl Relay {
         items: Vec<OutcomeIn>,
         now_ms: u64,
     ) -> Result<Vec<Applied>, RelayError> {
-        self.run(self.outcomes_op(items, now_ms)).await
+        let applied = self.run(self.outcomes_op(items, now_ms)).await?;
+        crash_after_outcomes(&applied);
+        Ok(applied)
     }
 
     fn refund_op(keys: Vec<JobKey>, now_ms: u64) -> TxnFn<()> {
@@ -469,8 +529,11 @@ impl Relay {
         Box::new(move |txn| ledger::deliver_out_of_band(txn, &key, now_ms, &cfg))
     }
 
-    fn log_out_of_band(key: &JobKey, result: &OutOfBand) {
-        if !matches!(result, OutOfBand::Completed { .. }) {
+    /// After a committed catch-up delivery: the crash point if it completed the job, else a note.
+    fn after_out_of_band(key: &JobKey, result: &OutOfBand) {
+        if matches!(result, OutOfBand::Completed { .. }) {
+            crash::point(crash::RELAY_AFTER_CATCHUP_COMMIT);
+        } else {
             tracing::debug!(seg_id = %key.seg, peer_id = %key.peer, result = ?result, "catch-up delivery changed nothing");
         }
     }
@@ -494,7 +557,7 @@ impl Relay {
             peer: peer.clone(),
         };
         let out = self.run_blocking(self.out_of_band_op(key.clone(), now_ms))?;
-        Self::log_out_of_band(&key, &out);
+        Self::after_out_of_band(&key, &out);
         Ok(out)
     }
 
@@ -510,7 +573,7 @@ impl Relay {
             peer: peer.clone(),
         };
         let out = self.run(self.out_of_band_op(key.clone(), now_ms)).await?;
-        Self::log_out_of_band(&key, &out);
+        Self::after_out_of_band(&key, &out);
         Ok(out)
     }
 
@@ -530,7 +593,12 @@ impl Relay {
         })
     }
 
-    fn log_requeues(results: &[(JobKey, Requeue)]) {
+    /// After a committed requeue: the crash point if it requeued a job, and a note for each
+    /// job it left alone.
+    fn after_requeues(results: &[(JobKey, Requeue)]) {
+        if results.iter().any(|(_, r)| *r == Requeue::Requeued) {
+            crash::point(crash::RELAY_AFTER_REQUEUE_COMMIT);
+        }
         for (key, r) in results {
             if *r != Requeue::Requeued {
                 tracing::info!(seg_id = %key.seg, peer_id = %key.peer, result = ?r, "requeue did nothing");
@@ -542,7 +610,7 @@ impl Relay {
     /// nothing (it is no longer dead) and says so (INV-22).
     pub fn requeue_blocking(&self, key: &JobKey, now_ms: u64) -> Result<Requeue, RelayError> {
         let out = self.run_blocking(Self::requeue_op(vec![key.clone()], now_ms))?;
-        Self::log_requeues(&out);
+        Self::after_requeues(&out);
         Ok(out.into_iter().next().map_or(Requeue::NotFound, |(_, r)| r))
     }
 
@@ -551,7 +619,7 @@ impl Relay {
         let out = self
             .run(Self::requeue_op(vec![key.clone()], now_ms))
             .await?;
-        Self::log_requeues(&out);
+        Self::after_requeues(&out);
         Ok(out.into_iter().next().map_or(Requeue::NotFound, |(_, r)| r))
     }
 
@@ -572,7 +640,7 @@ impl Relay {
     ) -> Result<Vec<(JobKey, Requeue)>, RelayError> {
         let keys = self.dead_keys(Some(peer))?;
         let out = self.run_blocking(Self::requeue_op(keys, now_ms))?;
-        Self::log_requeues(&out);
+        Self::after_requeues(&out);
         Ok(out)
     }
 
@@ -584,7 +652,7 @@ impl Relay {
     ) -> Result<Vec<(JobKey, Requeue)>, RelayError> {
         let keys = self.dead_keys(Some(peer))?;
         let out = self.run(Self::requeue_op(keys, now_ms)).await?;
-        Self::log_requeues(&out);
+        Self::after_requeues(&out);
         Ok(out)
     }
 
@@ -777,6 +845,20 @@ impl Relay {
             tally: prop.tally,
             jobs,
         }))
+    }
+}
+
+/// The crash point after a committed batch of starts, when it started an attempt.
+fn crash_after_starts(starts: &[Start]) {
+    if starts.iter().any(|s| matches!(s, Start::Started { .. })) {
+        crash::point(crash::RELAY_AFTER_START_COMMIT);
+    }
+}
+
+/// The crash point after a committed batch of outcomes, when one of them changed its job.
+fn crash_after_outcomes(applied: &[Applied]) {
+    if applied.iter().any(|a| matches!(a, Applied::Decided(_))) {
+        crash::point(crash::RELAY_AFTER_OUTCOME_COMMIT);
     }
 }
 

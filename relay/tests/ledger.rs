@@ -349,3 +349,87 @@ fn status_shows_pending_jobs_with_next_due_and_in_flight() {
     assert_eq!(status.verdict, relay::core::Verdict::NotYet);
     assert_eq!(status.tally.pending, 2);
 }
+
+/// A segment evicted after its jobs ended and imported again (an operator's import revives a
+/// tombstoned id) keeps its one set of jobs: nothing is scheduled or sent again (INV-10).
+#[test]
+fn inv_10_a_re_import_after_eviction_keeps_one_set_of_jobs() {
+    let publisher = Publisher::from_seed(47);
+    let fs = SimFs::new();
+    let (store, relay) = open(&fs, &publisher, node_cfg(&["a", "b"]), T0);
+    let (_, file) = publisher.segment(&spec("s"));
+    let id = stored(
+        relay
+            .ingest_reader(file.as_slice(), &IngestOptions::import(), T0)
+            .unwrap(),
+    );
+    attempt(&relay, &key(id, "a"), Outcome::Delivered, T0);
+    // b answered busy meanwhile (see `attempt`): it is due again a little later.
+    let later = relay.next_wake_ms().expect("b is due again");
+    attempt(&relay, &key(id, "b"), Outcome::Have, later);
+    let before = relay.all_jobs().unwrap();
+    assert!(before.iter().all(|(_, r)| r.state == JobState::Delivered));
+    assert_eq!(
+        store.evict(&[id]).unwrap(),
+        [id],
+        "nothing pins it any more"
+    );
+
+    let again = stored(
+        relay
+            .ingest_reader(file.as_slice(), &IngestOptions::import(), later + 1)
+            .unwrap(),
+    );
+    assert_eq!(again, id);
+    assert_eq!(
+        relay.all_jobs().unwrap(),
+        before,
+        "the same jobs, unchanged"
+    );
+    let status = relay.status(&id).unwrap().unwrap();
+    assert_eq!((status.tally.jobs, status.tally.delivered), (2, 2));
+    assert!(
+        relay.pick(T0 + 2, usize::MAX).is_empty(),
+        "nothing to send again"
+    );
+    assert!(
+        store.list().unwrap()[0].pins.is_empty(),
+        "nothing owed, nothing pinned"
+    );
+}
+
+/// A requeue restarts a dead letter once; requeuing the job again while it is pending does
+/// nothing to it (INV-22).
+#[test]
+fn inv_22_a_second_requeue_of_a_requeued_job_does_nothing() {
+    let publisher = Publisher::from_seed(48);
+    let fs = SimFs::new();
+    let mut cfg = node_cfg(&["a"]);
+    cfg.attempts_max = 2;
+    let (_store, relay) = open(&fs, &publisher, cfg, T0);
+    let (_, file) = publisher.segment(&spec("s"));
+    let id = stored(
+        relay
+            .ingest_reader(file.as_slice(), &IngestOptions::import(), T0)
+            .unwrap(),
+    );
+    let k = key(id, "a");
+    attempt(&relay, &k, Outcome::Unreachable("down".into()), T0);
+    let now = relay.next_wake_ms().expect("a retry is due");
+    attempt(&relay, &k, Outcome::Unreachable("down".into()), now);
+    assert_eq!(relay.dead_letters().unwrap().len(), 1);
+    let (first, logs) = capture_logs(|| relay.requeue_blocking(&k, now).unwrap());
+    assert_eq!(first, Requeue::Requeued);
+    assert!(logs.contains("dead letter requeued"), "{logs}");
+    attempt(&relay, &k, Outcome::Unreachable("still down".into()), now);
+    let job = relay.job(&k).unwrap().unwrap();
+    assert_eq!(
+        (job.state, job.counts.attempts, job.requeues),
+        (JobState::Pending, 1, 1)
+    );
+
+    let (second, logs) = capture_logs(|| relay.requeue_blocking(&k, now).unwrap());
+    assert_eq!(second, Requeue::NotDead(JobState::Pending));
+    assert!(logs.contains("requeue did nothing"), "{logs}");
+    assert_eq!(relay.job(&k).unwrap().unwrap(), job, "the job is untouched");
+}

@@ -686,9 +686,19 @@ fn run(ops: &[Op], seed: u64) {
     }
 }
 
+/// The default place for failing cases, replayed first by every later run; nowhere while a
+/// mutant is active (a case that fails then is the mutant's, not a regression of the code).
+fn persistence() -> Option<Box<dyn proptest::test_runner::FailurePersistence>> {
+    match std::env::var_os(store::mutants::MUTANT_ENV).is_some_and(|m| !m.is_empty()) {
+        true => None,
+        false => ProptestConfig::default().failure_persistence,
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(64),
+        failure_persistence: persistence(),
         ..ProptestConfig::default()
     })]
 

@@ -61,6 +61,7 @@ use crate::id::SegmentId;
 use crate::index;
 use crate::limits::{RESERVE_STEP_BYTES, STREAM_BUF_BYTES, WRITEBACK_CHUNK_BYTES};
 use crate::manifest::{SignedManifest, VerifyError};
+use crate::mutants;
 use crate::segfile::{self, PayloadReader, SegFileError};
 use crate::store::{Holding, Store};
 use crate::tables::{self, PARTIALS, PartialRow, SEGMENTS, SegmentRow, TOMBSTONES};
@@ -215,7 +216,11 @@ impl Store {
             // Verified only now: answering "have" stores nothing, so it needs no verification
             // (and an expired copy this store already holds is still "have", not a rejection).
             let cfg = self.config();
-            signed.verify(&cfg.trusted, now_ms, cfg.clock_skew_ms)?;
+            // Mutation point (INV-01): a segment from a peer is stored unverified, as if the
+            // sending node's word were enough.
+            if !(mutants::active("skip_peer_signature") && opts.source != "import") {
+                signed.verify(&cfg.trusted, now_ms, cfg.clock_skew_ms)?;
+            }
             let row = read
                 .open_table(PARTIALS)
                 .map_err(db)?
@@ -620,7 +625,8 @@ impl Ingest {
         }
         let actual: [u8; 32] = *self.hasher.finalize().as_bytes();
         let wanted = self.signed.manifest().payload_hash;
-        if actual != wanted {
+        // Mutation point (INV-02): any payload of the declared length is taken as the segment.
+        if actual != wanted && !mutants::active("skip_hash_check") {
             let e = SegFileError::HashMismatch {
                 expected: wanted,
                 actual,
@@ -632,10 +638,17 @@ impl Ingest {
             "a complete file lies within its grant"
         );
         crash::point(crash::INGEST_AFTER_WRITE);
-        let synced = match self.file.as_mut() {
+        let mut synced = match self.file.as_mut() {
             Some(file) => file.sync(),
             None => Ok(()),
         };
+        if let (Err(_), Some(file)) = (&synced, self.file.as_mut()) {
+            // Mutation point (INV-23): the failed fsync is tried again on the same descriptor,
+            // whose dirty pages the kernel may already have dropped, and a success believed.
+            if mutants::active("retry_failed_fsync") {
+                synced = file.sync();
+            }
+        }
         if let Err(e) = synced {
             return Err(self.fail(self.io_err("fsync")(e)));
         }
@@ -659,7 +672,14 @@ impl Ingest {
             let _ = fs.sync_dir(&fanout);
             ingest.fail(e)
         };
-        if let Err(e) = fs.sync_dir(&fanout) {
+        // Mutation point (INV-03, INV-05): the rename is not made durable before the commit, so
+        // a power loss can leave an acknowledged row without its file.
+        let dir_synced = if mutants::active("skip_dir_fsync") {
+            Ok(())
+        } else {
+            fs.sync_dir(&fanout)
+        };
+        if let Err(e) = dir_synced {
             let e = IngestError::Io {
                 op: "fsync",
                 path: fanout.clone(),

@@ -10,8 +10,10 @@
 //!   symlink, never blocking on a FIFO) and is the one export writer: `<id>.seg` files written
 //!   only inside their directory, verified as written, atomically.
 //! - Seams: every file operation of the ingest path goes through [`fs::Fs`] (with a power-loss
-//!   double, [`fs::sim`]); named [`crash`] points abort the process at exact steps; time is
-//!   always passed in (`now_ms`, wall-clock UTC milliseconds).
+//!   double, [`fs::sim`]); named [`crash`] points abort the process at exact steps (feature
+//!   `failpoints`); time is always passed in (`now_ms`, wall-clock UTC milliseconds).
+//! - Proof that tests can fail: named [`mutants`] (feature `mutants`) switch on one deliberate
+//!   bug at run time; both features are off in the shipped binary.
 //! - Extension: [`index`] lets another component (the relay) add its writes to the same redb
 //!   transaction as an ingest, through [`writer::Writer`], the database's one committer.
 #![forbid(unsafe_code)]
@@ -28,6 +30,7 @@ pub mod layout;
 pub mod limits;
 pub mod manifest;
 pub mod media;
+pub mod mutants;
 pub mod read;
 pub mod segfile;
 pub mod store;

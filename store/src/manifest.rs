@@ -528,7 +528,10 @@ impl SignedManifest {
         self.verify_signature(trusted)?;
         let m = &self.manifest;
         if let Some(expires_at_ms) = m.expires_at_ms {
-            if expires_at_ms.saturating_add(clock_skew_ms) <= now_ms {
+            // Mutation point (INV-16): an expired segment is accepted.
+            if expires_at_ms.saturating_add(clock_skew_ms) <= now_ms
+                && !crate::mutants::active("accept_expired")
+            {
                 return Err(VerifyError::Expired {
                     expires_at_ms,
                     now_ms,

@@ -91,7 +91,13 @@ pub fn open_regular(path: &Path) -> Result<File, OpenError> {
         path: path.to_owned(),
         source,
     };
-    let fd = match rustix::fs::openat(rustix::fs::CWD, path, READ_FLAGS, Mode::empty()) {
+    // Mutation point (INV-19): a symlink on the medium is followed to whatever it names.
+    let flags = if crate::mutants::active("import_follows_symlink") {
+        READ_FLAGS.difference(OFlags::NOFOLLOW)
+    } else {
+        READ_FLAGS
+    };
+    let fd = match rustix::fs::openat(rustix::fs::CWD, path, flags, Mode::empty()) {
         Ok(fd) => fd,
         // O_NOFOLLOW on a symlink.
         Err(Errno::LOOP) => {
@@ -129,7 +135,12 @@ enum AtName {
 impl ExportDir {
     /// Opens `path`, which must be a directory and not a symlink.
     pub fn open(path: &Path) -> Result<ExportDir, ExportError> {
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        // Mutation point (INV-19): an export directory that is a symlink is followed, so the
+        // export writes wherever it points.
+        if crate::mutants::active("export_follows_symlink") {
+            flags.remove(OFlags::NOFOLLOW);
+        }
         let dir = rustix::fs::openat(rustix::fs::CWD, path, flags, Mode::empty()).map_err(|e| {
             ExportError::Dir {
                 path: path.to_owned(),

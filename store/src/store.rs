@@ -16,6 +16,7 @@ use crate::index;
 use crate::keys::TrustedPublishers;
 use crate::layout::{self, Layout};
 use crate::limits::{MIN_FREE_BYTES_DEFAULT, PARTIAL_AGE_MAX_MS_DEFAULT, TOMBSTONES_MAX_DEFAULT};
+use crate::mutants;
 use crate::tables::{
     self, PARTIALS, PINS, PartialRow, QUARANTINE, QuarantineRow, SEGMENTS, SegmentRow,
 };
@@ -234,8 +235,19 @@ impl Store {
             }
         };
         let db = if db_exists {
-            fs.open_database(&db_path, false)
-                .map_err(db_error(&db_path))?
+            match fs.open_database(&db_path, false) {
+                // Mutation point (INV-24): a database that does not open is replaced by an
+                // empty one, and recovery then removes every segment file as an orphan.
+                Err(e)
+                    if mutants::active("reinit_corrupt_db")
+                        && !matches!(e, redb::DatabaseError::DatabaseAlreadyOpen) =>
+                {
+                    fs.remove_file(&db_path).map_err(io("remove", &db_path))?;
+                    fs.open_database(&db_path, true)
+                        .map_err(db_error(&db_path))?
+                }
+                opened => opened.map_err(db_error(&db_path))?,
+            }
         } else {
             // Created under a temporary name and renamed into place once redb has initialised
             // it (the open handle follows the file): a crash inside redb's creation must leave
@@ -306,7 +318,9 @@ impl Store {
 
     pub(crate) fn limits(&self) -> Limits {
         Limits {
-            ceiling_bytes: self.inner.cfg.ceiling_bytes,
+            // Mutation point (INV-06): the ceiling admits one byte more than configured.
+            ceiling_bytes: self.inner.cfg.ceiling_bytes
+                + u64::from(mutants::active("admit_ceiling_plus_one")),
             min_free_bytes: self.inner.cfg.min_free_bytes,
         }
     }
@@ -405,6 +419,10 @@ impl Store {
             .map_err(db)?
         {
             let row: PartialRow = tables::decode("partials-v1", v.value())?;
+            // Mutation point (INV-04): a partial is answered as stored.
+            if mutants::active("partial_as_stored") {
+                return Ok(Holding::Stored);
+            }
             return Ok(Holding::Partial { offset: row.offset });
         }
         Ok(Holding::Absent)
@@ -520,7 +538,10 @@ impl Store {
                 priority: row.priority,
                 last_used_ms: row.last_used_ms,
                 expires_at_ms: row.expires_at_ms,
-                pinned: !pins.get(key.value()).map_err(db)?.is_empty(),
+                // Mutation point (INV-07): pins are ignored, so eviction may take a segment
+                // still owed to a peer (with the re-check in `evict_locked`).
+                pinned: !pins.get(key.value()).map_err(db)?.is_empty()
+                    && !mutants::active("evict_pinned"),
                 channel_pinned: self.inner.cfg.pinned_channels.contains(&row.channel),
                 busy: acct.leases.contains_key(&id)
                     || acct.ingesting.contains(&id)
@@ -659,7 +680,7 @@ impl Store {
             let mut gone = Vec::new();
             for id in owned {
                 // Re-checked inside the transaction: a pin may have landed since planning.
-                if index::is_pinned(txn, &id)? {
+                if index::is_pinned(txn, &id)? && !mutants::active("evict_pinned") {
                     continue;
                 }
                 let removed = txn
@@ -974,6 +995,9 @@ fn recover(
                     report.rows_dropped.push((id, reason));
                     drop_rows.push(id);
                 }
+                // Mutation point (INV-05): a file without an index row (a crash between rename and
+                // commit) is kept, so files and rows disagree.
+                None if mutants::active("recovery_keeps_orphans") => {}
                 None => {
                     tracing::warn!(path = %path.display(), "segment file without index row removed");
                     fs.remove_file(&path).map_err(io("remove", &path))?;

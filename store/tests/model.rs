@@ -1348,6 +1348,20 @@ fn check_transition(before: &Observed, after: &Observed, op: &Op) -> Result<(), 
     Ok(())
 }
 
+/// Where failing cases are saved, to be replayed first by every later run; nowhere while a
+/// mutant is active (a case that fails then is the mutant's, not a regression of the code).
+fn persistence() -> Option<Box<dyn proptest::test_runner::FailurePersistence>> {
+    if std::env::var_os(store::mutants::MUTANT_ENV).is_some_and(|m| !m.is_empty()) {
+        return None;
+    }
+    // `SourceParallel` (the default) looks for a `lib.rs` above this file, finds none and
+    // falls back to `tests/model.proptest-regressions`; name the file instead. Relative to the
+    // package root, where `cargo test` runs integration tests.
+    Some(Box::new(FileFailurePersistence::Direct(
+        "tests/proptest-regressions/model.txt",
+    )))
+}
+
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
@@ -1358,12 +1372,7 @@ fn cases() -> u32 {
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: cases(),
-        // `SourceParallel` (the default) looks for a `lib.rs` above this file, finds none and
-        // falls back to `tests/model.proptest-regressions`; name the file instead. Relative to
-        // the package root, where `cargo test` runs integration tests.
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "tests/proptest-regressions/model.txt",
-        ))),
+        failure_persistence: persistence(),
         ..ProptestConfig::default()
     })]
 

@@ -68,7 +68,10 @@ impl Counters {
 
     pub fn count_duplicate(&self) {
         self.received.fetch_add(1, Ordering::Relaxed);
-        self.duplicate.fetch_add(1, Ordering::Relaxed);
+        // Mutation point (INV-26): a duplicate is received but not counted as one.
+        if !store::mutants::active("skip_duplicate_counter") {
+            self.duplicate.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn count_rejected(&self, reason: &str) {

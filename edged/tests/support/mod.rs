@@ -17,7 +17,7 @@ use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
@@ -501,6 +501,16 @@ impl Fleet {
     /// [`Fleet::start`] for a node whose config names another control socket: waits until
     /// `socket` answers.
     pub fn start_waiting_on(&mut self, i: usize, socket: &Path) {
+        self.spawn_waiting_on(i, socket, &[]);
+    }
+
+    /// [`Fleet::start`] with extra environment variables for the daemon (e.g. a crash point).
+    pub fn start_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
+        let socket = self.nodes[i - 1].control_socket();
+        self.spawn_waiting_on(i, &socket, env);
+    }
+
+    fn spawn_waiting_on(&mut self, i: usize, socket: &Path, env: &[(&str, &str)]) {
         assert!(self.nodes[i - 1].child.is_none(), "node-{i} already runs");
         let node = &self.nodes[i - 1];
         let log = std::fs::OpenOptions::new()
@@ -513,6 +523,7 @@ impl Fleet {
             .args(["run", "--config", p(&node.config), "--log-format", "json"])
             .env_remove("EDGED_CONFIG")
             .env_remove("EDGED_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
@@ -546,6 +557,25 @@ impl Fleet {
         match &self.nodes[i - 1].child {
             Some(c) => c.id(),
             None => self.fail(format!("node-{i} is not running")),
+        }
+    }
+
+    /// Waits (at most `limit`) for node `i`'s daemon to exit by itself, and reaps it.
+    pub fn wait_exit(&mut self, i: usize, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            let Some(child) = self.nodes[i - 1].child.as_mut() else {
+                self.fail(format!("node-{i} is not running"));
+            };
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.nodes[i - 1].child = None;
+                return status;
+            }
+            if Instant::now() >= deadline {
+                self.kill9(i);
+                self.fail(format!("node-{i} did not exit within {limit:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -644,6 +674,24 @@ impl Fleet {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter_map(|v| v.get("fields").cloned())
             .filter(|f| f["message"] == message)
+            .collect()
+    }
+
+    /// [`Fleet::events`] with the time of each event (the log line's `timestamp`).
+    pub fn events_at(&self, i: usize, from: u64, message: &str) -> Vec<(SystemTime, Value)> {
+        let text = std::fs::read(self.nodes[i - 1].log()).unwrap_or_default();
+        let from = (from as usize).min(text.len());
+        String::from_utf8_lossy(&text[from..])
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == message)
+            .map(|v| {
+                let at = v["timestamp"]
+                    .as_str()
+                    .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                    .unwrap_or_else(|| self.fail(format!("no timestamp in {v}")));
+                (at, v["fields"].clone())
+            })
             .collect()
     }
 

@@ -1,0 +1,320 @@
+//! Real daemons aborted at the named crash points of the relay path (and right after the commit
+//! of an import), then started again: what was committed before the crash is there after it,
+//! nothing acknowledged is lost, and every job carries on to its end (INV-05, INV-11, INV-12,
+//! INV-13, INV-14, INV-15, INV-22).
+//!
+//! Each test arms one node with `EDGED_CRASH_AT=<point>:1`, drives it to the point through the
+//! CLI, checks that it aborted there (SIGABRT, and the point's own message in its log), starts
+//! it again unarmed, and checks its ledger (`edged segments --json`, `dlq list --json`), its
+//! log and the other node's store. Built only with the `fi` feature (the crash points), see
+//! edged/Cargo.toml.
+
+mod support;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use store::crash;
+use support::{Fleet, NodeOptions, p, stderr};
+
+const POLL: Duration = Duration::from_millis(100);
+/// Longest wait for an armed node to reach its crash point.
+const CRASH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for a job to end, or a segment to arrive, after the restart.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+const SIGABRT: i32 = 6;
+/// The daemons' log filter: the relay's debug events ("attempt started") are what the tests
+/// count attempts by.
+const LOG_FILTER: &str = "info,relay=debug";
+/// Payload of the segment each test relays.
+const SEGMENT_BYTES: u64 = 256 * 1024;
+
+/// The relay crash points these tests cover, each by the test of the same step.
+const COVERED: &[&str] = &[
+    crash::RELAY_AFTER_START_COMMIT,
+    crash::RELAY_AFTER_OUTCOME_COMMIT,
+    crash::RELAY_AFTER_CATCHUP_COMMIT,
+    crash::RELAY_AFTER_REQUEUE_COMMIT,
+];
+
+#[test]
+fn every_relay_crash_point_has_its_test() {
+    assert_eq!(COVERED, crash::RELAY_POINTS);
+}
+
+/// A two-node fleet (node-1 ⇄ node-2) with `relay` and `net` keys on both, and one segment on a
+/// stick: (fleet, stick, segment id).
+fn fleet(relay: &[(&'static str, u64)], catch_up: bool) -> (Fleet, PathBuf, String) {
+    let f = Fleet::new(2, &[(1, 2)], |_| {
+        let mut o = NodeOptions::default();
+        for (k, v) in relay {
+            o = o.relay(k, v);
+        }
+        if !catch_up {
+            o = o
+                .net("catchup_on_connect", false)
+                .net("catchup_interval_ms", 0);
+        }
+        o
+    });
+    let usb = f.path("usb");
+    std::fs::create_dir(&usb).expect("create the stick");
+    let (_, id) = f.make_segment("policy", SEGMENT_BYTES, &usb);
+    (f, usb, id)
+}
+
+/// Waits until node `i`'s daemon reports a live connection to `peer`.
+fn wait_connected(f: &Fleet, i: usize, peer: &str) {
+    f.wait_for("the peers to connect", SETTLE_TIMEOUT, POLL, || {
+        let peers = f.json(i, &["peers"]);
+        peers
+            .as_array()?
+            .iter()
+            .any(|p| p["id"] == peer && p["connected"] == true)
+            .then_some(())
+    });
+}
+
+/// Starts node `i` armed to abort at the first hit of `point`.
+fn start_armed(f: &mut Fleet, i: usize, point: &str) {
+    let armed = format!("{point}:1");
+    f.start_with_env(
+        i,
+        &[(crash::CRASH_AT_ENV, &armed), ("EDGED_LOG", LOG_FILTER)],
+    );
+}
+
+/// Starts node `i` unarmed, with the same log filter.
+fn restart(f: &mut Fleet, i: usize) {
+    f.start_with_env(i, &[("EDGED_LOG", LOG_FILTER)]);
+}
+
+/// Waits for node `i` to abort at `point`; fails if it exits otherwise or not in time.
+fn wait_crash(f: &mut Fleet, i: usize, point: &str) {
+    let status = f.wait_exit(i, CRASH_TIMEOUT);
+    let said = format!("crash point {point} hit 1 times");
+    let log = std::fs::read_to_string(f.node(i).log()).unwrap_or_default();
+    f.check(
+        status.signal() == Some(SIGABRT) && log.contains(&said),
+        || format!("node-{i} did not abort at {point}: {status}"),
+    );
+}
+
+/// The job of segment `seg` for `peer` in node `i`'s `segments --json`.
+fn job(f: &Fleet, i: usize, seg: &str, peer: &str) -> Option<Value> {
+    let row = f.segment_row(i, seg)?;
+    row["jobs"]
+        .as_array()?
+        .iter()
+        .find(|j| j["peer"] == peer)
+        .cloned()
+}
+
+fn dead_letters(f: &Fleet, i: usize) -> Vec<Value> {
+    f.json(i, &["dlq", "list"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Waits until node `i`'s job of `seg` for `peer` ends delivered; returns it.
+fn wait_delivered(f: &Fleet, i: usize, seg: &str, peer: &str) -> Value {
+    f.wait_for("the job to end delivered", SETTLE_TIMEOUT, POLL, || {
+        job(f, i, seg, peer).filter(|j| j["state"] == "delivered")
+    })
+}
+
+/// Waits until node `i` holds `seg` (listed by its daemon).
+fn wait_holds(f: &Fleet, i: usize, seg: &str) {
+    f.wait_for("the segment to arrive", SETTLE_TIMEOUT, POLL, || {
+        f.segment_ids(i).iter().any(|s| s == seg).then_some(())
+    });
+}
+
+/// The `(time, fields)` of node `i`'s "attempt started" events for `seg`, from byte `from` on.
+fn starts(f: &Fleet, i: usize, from: u64, seg: &str) -> Vec<(SystemTime, Value)> {
+    f.events_at(i, from, "attempt started")
+        .into_iter()
+        .filter(|(_, e)| e["seg_id"] == seg)
+        .collect()
+}
+
+#[test]
+fn inv_05_inv_11_crash_after_an_import_commit_keeps_the_segment_and_its_jobs() {
+    let (mut f, usb, id) = fleet(&[], true);
+    f.start(2);
+    start_armed(&mut f, 1, crash::INGEST_AFTER_COMMIT);
+    wait_connected(&f, 1, "node-2");
+    let o = f.cli(1, &["import", p(&usb)]);
+    // Committed, then killed before the answer: the import was never acknowledged.
+    f.check(!o.status.success(), || {
+        format!(
+            "an import cut short by the crash reported success: {}",
+            stderr(&o)
+        )
+    });
+    wait_crash(&mut f, 1, crash::INGEST_AFTER_COMMIT);
+    restart(&mut f, 1);
+    // The segment was committed together with its job for node-2 (one transaction): both are
+    // there after the restart, and the job carries on.
+    let j = job(&f, 1, &id, "node-2").unwrap_or_else(|| {
+        f.fail("after the crash node-1 holds the segment without its job for node-2")
+    });
+    f.check(j["state"] == "pending" || j["state"] == "delivered", || {
+        format!("job after the restart: {j}")
+    });
+    wait_delivered(&f, 1, &id, "node-2");
+    wait_holds(&f, 2, &id);
+}
+
+#[test]
+fn inv_05_inv_12_inv_14_crash_after_a_start_commit_keeps_the_attempt_and_its_due_time() {
+    // The crash-retry due time of the first attempt is BACKOFF_MS after its start; catch-up is
+    // off, so only the relay's own retry can deliver.
+    const BACKOFF_MS: u64 = 3_000;
+    // An event is logged after its commit, a little after the `now` its due time was set from.
+    const LOG_LAG_MAX: Duration = Duration::from_millis(500);
+    let (mut f, usb, id) = fleet(
+        &[
+            ("backoff_base_ms", BACKOFF_MS),
+            ("backoff_max_ms", BACKOFF_MS),
+        ],
+        false,
+    );
+    f.start(2);
+    start_armed(&mut f, 1, crash::RELAY_AFTER_START_COMMIT);
+    wait_connected(&f, 1, "node-2");
+    // The crash may come before the import is answered: the answer is not checked. A job
+    // starts only once its segment is committed, and the checks after the restart see both.
+    let _ = f.cli(1, &["import", p(&usb)]);
+    wait_crash(&mut f, 1, crash::RELAY_AFTER_START_COMMIT);
+    let first = starts(&f, 1, 0, &id);
+    f.check(first.len() == 1 && first[0].1["attempt_num"] == 1, || {
+        format!("before the crash: {first:?}")
+    });
+    // The transfer never began.
+    f.check(!f.segment_ids(2).contains(&id), || {
+        "node-2 holds a segment whose transfer never began".into()
+    });
+
+    let restarted = f.log_len(1);
+    restart(&mut f, 1);
+    let j = wait_delivered(&f, 1, &id, "node-2");
+    wait_holds(&f, 2, &id);
+    // The attempt recorded before the crash counted: the first one after the restart is the
+    // second, and the job counts it besides those of this run.
+    let again = starts(&f, 1, restarted, &id);
+    f.check(
+        !again.is_empty()
+            && again[0].1["attempt_num"] == 2
+            && j["attempts"] == 1 + again.len() as u64,
+        || format!("after the restart: starts {again:?}, job {j}"),
+    );
+    // Its due time survived too: the retry waited for the backoff from the crashed attempt's
+    // start (or the restart itself took that long), it did not run at once.
+    let waited = again[0].0.duration_since(first[0].0).unwrap_or_default();
+    f.check(
+        waited + LOG_LAG_MAX >= Duration::from_millis(BACKOFF_MS),
+        || format!("the retry ran {waited:?} after the crashed attempt, before its backoff"),
+    );
+}
+
+#[test]
+fn inv_05_inv_12_inv_13_crash_after_an_outcome_commit_keeps_the_delivery() {
+    let (mut f, usb, id) = fleet(&[], false);
+    f.start(2);
+    start_armed(&mut f, 1, crash::RELAY_AFTER_OUTCOME_COMMIT);
+    wait_connected(&f, 1, "node-2");
+    // The crash may come before the import is answered: the answer is not checked. A job
+    // starts only once its segment is committed, and the checks after the restart see both.
+    let _ = f.cli(1, &["import", p(&usb)]);
+    wait_crash(&mut f, 1, crash::RELAY_AFTER_OUTCOME_COMMIT);
+    wait_holds(&f, 2, &id);
+
+    let restarted = f.log_len(1);
+    restart(&mut f, 1);
+    // The delivery and the success condition it met were committed: nothing is sent again.
+    let j = job(&f, 1, &id, "node-2").unwrap_or_else(|| f.fail("no job after the restart"));
+    let row = f
+        .segment_row(1, &id)
+        .unwrap_or_else(|| f.fail("the segment is gone after the restart"));
+    f.check(
+        j["state"] == "delivered" && j["attempts"] == 1 && row["propagated_at_ms"].is_u64(),
+        || format!("after the restart: job {j}, segment {row}"),
+    );
+    let again = starts(&f, 1, restarted, &id);
+    f.check(again.is_empty(), || format!("sent again: {again:?}"));
+}
+
+#[test]
+fn inv_05_inv_12_inv_15_crash_after_a_catch_up_commit_keeps_the_completed_dead_letter() {
+    // One attempt, while node-2 is down: a dead letter. node-2 then pulls the segment through
+    // catch-up, which completes even a dead job; node-1 dies right after committing that.
+    let (mut f, usb, id) = fleet(&[("attempts_max", 1)], true);
+    start_armed(&mut f, 1, crash::RELAY_AFTER_CATCHUP_COMMIT);
+    let o = f.cli(1, &["import", p(&usb)]);
+    f.check(o.status.success(), || format!("import: {}", stderr(&o)));
+    f.wait_for("a dead letter for node-2", SETTLE_TIMEOUT, POLL, || {
+        (dead_letters(&f, 1).len() == 1).then_some(())
+    });
+    f.start(2);
+    wait_crash(&mut f, 1, crash::RELAY_AFTER_CATCHUP_COMMIT);
+    wait_holds(&f, 2, &id);
+
+    restart(&mut f, 1);
+    let j = job(&f, 1, &id, "node-2").unwrap_or_else(|| f.fail("no job after the restart"));
+    let row = f
+        .segment_row(1, &id)
+        .unwrap_or_else(|| f.fail("the segment is gone after the restart"));
+    f.check(
+        j["state"] == "delivered" && row["propagated_at_ms"].is_u64(),
+        || format!("after the restart: job {j}, segment {row}"),
+    );
+    f.check(dead_letters(&f, 1).is_empty(), || {
+        "the dead letter completed by catch-up is listed again".into()
+    });
+}
+
+#[test]
+fn inv_05_inv_14_inv_22_crash_after_a_requeue_commit_keeps_the_requeue() {
+    // A few attempts: after the restart the first may still find node-2's connection coming up.
+    const ATTEMPTS_MAX: u64 = 3;
+    let (mut f, usb, id) = fleet(&[("attempts_max", ATTEMPTS_MAX)], false);
+    start_armed(&mut f, 1, crash::RELAY_AFTER_REQUEUE_COMMIT);
+    let o = f.cli(1, &["import", p(&usb)]);
+    f.check(o.status.success(), || format!("import: {}", stderr(&o)));
+    f.wait_for("a dead letter for node-2", SETTLE_TIMEOUT, POLL, || {
+        (dead_letters(&f, 1).len() == 1).then_some(())
+    });
+    let o = f.cli(1, &["dlq", "requeue", "--peer", "node-2"]);
+    f.check(!o.status.success(), || {
+        format!(
+            "a requeue cut short by the crash reported success: {}",
+            stderr(&o)
+        )
+    });
+    wait_crash(&mut f, 1, crash::RELAY_AFTER_REQUEUE_COMMIT);
+
+    f.start(2);
+    restart(&mut f, 1);
+    // The requeue was committed: no dead letter, and the job, pending again with fresh
+    // attempts, is delivered by this run.
+    f.check(dead_letters(&f, 1).is_empty(), || {
+        "the requeued job is a dead letter again after the restart".into()
+    });
+    let j = wait_delivered(&f, 1, &id, "node-2");
+    f.check(
+        j["attempts"]
+            .as_u64()
+            .is_some_and(|a| (1..ATTEMPTS_MAX).contains(&a)),
+        || format!("a requeued job starts with fresh attempts: {j}"),
+    );
+    wait_holds(&f, 2, &id);
+    // Requeued once: a second requeue finds nothing to do.
+    let o = f.cli(1, &["dlq", "requeue", "--peer", "node-2"]);
+    f.check(o.status.code() == Some(1), || {
+        format!("second requeue: {} {}", o.status, stderr(&o))
+    });
+}
