@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 mod junit;
+mod mutants;
 mod results;
 
 fn main() -> std::process::ExitCode {
