@@ -367,6 +367,10 @@ impl Nextest {
     }
 }
 
+/// How the test runner reports a test that died of the signals [`run_bounded`] sends
+/// ("process aborted with signal 15 (SIGTERM)").
+const STOP_SIGNAL_MARKS: [&str; 2] = ["(SIGTERM)", "(SIGKILL)"];
+
 /// cargo-nextest's exit status when tests failed (any other non-zero one is a failure to build,
 /// list or run).
 const NEXTEST_TESTS_FAILED: i32 = 100;
@@ -411,10 +415,27 @@ pub fn interpret(
     report: Result<Vec<Case>, String>,
     limit: Duration,
 ) -> TestsOutcome {
-    let (cases, read_error) = match report {
+    let (mut cases, read_error) = match report {
         Ok(cases) => (cases, None),
         Err(e) => (Vec::new(), Some(e)),
     };
+    if finished.timed_out {
+        // The tests running when the run was stopped at its bound died of the stop request (or
+        // the kill after it): the runner reports them as failed, but nothing is known of them.
+        for c in &mut cases {
+            let cut = c
+                .failure
+                .as_deref()
+                .is_some_and(|f| STOP_SIGNAL_MARKS.iter().any(|mark| f.contains(mark)));
+            if c.result.outcome == TestOutcome::Failed && cut {
+                c.result.outcome = TestOutcome::Skipped;
+                c.failure = c
+                    .failure
+                    .take()
+                    .map(|f| format!("cut by the run's bound: {f}"));
+            }
+        }
+    }
     let failed = cases
         .iter()
         .any(|c| c.result.outcome == TestOutcome::Failed);
@@ -1446,6 +1467,22 @@ where = "store/src/space.rs"
             1,
             "what the report saw before the cut is kept"
         );
+        assert_eq!(outcome.cases[0].result.outcome, TestOutcome::Failed);
+        // A test the stop request itself ended is no failure.
+        let mut stopped = case("b", "inv_01_b", TestOutcome::Failed, "");
+        stopped.failure = Some("process aborted with signal 15 (SIGTERM)".into());
+        let outcome = interpret(&cut, Ok(vec![stopped.clone()]), limit);
+        assert_eq!(outcome.cases[0].result.outcome, TestOutcome::Skipped);
+        assert!(
+            outcome.cases[0]
+                .failure
+                .as_deref()
+                .unwrap()
+                .starts_with("cut by the run's bound")
+        );
+        // Unless the run ended by itself: then the signal came from elsewhere.
+        let outcome = interpret(&exited(NEXTEST_TESTS_FAILED), Ok(vec![stopped]), limit);
+        assert_eq!(outcome.cases[0].result.outcome, TestOutcome::Failed);
         assert_eq!(outcome.elapsed, Duration::from_secs(3));
     }
 
