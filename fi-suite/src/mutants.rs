@@ -1273,6 +1273,49 @@ where = "store/src/space.rs"
         assert_eq!(failing_tests(&baseline_cases), baseline);
     }
 
+    #[test]
+    fn verdicts_read_from_a_real_junit_report() {
+        let cases = junit::parse(include_str!("../tests/data/nextest-junit.xml")).unwrap();
+        let run = finished(cases);
+        let verdict = |invariants: &[&str]| {
+            let m = Mutant {
+                name: "m".into(),
+                invariants: invariants.iter().map(|i| (*i).to_owned()).collect(),
+                description: "d".into(),
+                location: "x.rs".into(),
+                quick: false,
+            };
+            let j = judge(&m, &run, &Ok(vec![]), &BTreeSet::new());
+            (j.verdict, j.killed_by)
+        };
+        use MutantVerdict::*;
+        assert_eq!(
+            verdict(&["INV-05"]),
+            (
+                Killed,
+                vec!["fixture::it::inv_05_fails_with_a_panic".to_owned()]
+            )
+        );
+        // A test that timed out or aborted failed too.
+        assert_eq!(
+            verdict(&["INV-08", "INV-09"]),
+            (
+                Killed,
+                vec![
+                    "fixture::it::inv_09_aborts".to_owned(),
+                    "fixture::it::inv_08_times_out".to_owned()
+                ]
+            )
+        );
+        // Passed on its retry: no kill (the mutant runs have no retries, so this is moot there).
+        assert_eq!(verdict(&["INV-06"]), (Survived, vec![]));
+        // Nested test names and the custom harness claim too.
+        assert_eq!(verdict(&["INV-03"]), (Survived, vec![]));
+        assert_eq!(verdict(&["INV-10"]), (Survived, vec![]));
+        // Ignored tests are not in the report: nothing claims INV-04.
+        assert_eq!(verdict(&["INV-04"]), (Unknown, vec![]));
+    }
+
     /// Stands in for the test runner: answers from a table and records what it was asked.
     struct FakeTests {
         asked: RefCell<Vec<(String, String, PathBuf)>>,
