@@ -1,7 +1,18 @@
 # edged — build, test and measure.
 CARGO ?= cargo
 
-.PHONY: build test lint bench demo clean
+# One build serves `make test` and the mutant runner: same features, same cargo profile.
+TEST_FLAGS = --workspace --locked --all-features
+# Where the test runner leaves its JUnit results (profile `ci` of .config/nextest.toml).
+JUNIT = target/nextest/ci/junit.xml
+# The pure cores (no I/O) that cargo-mutants mutates in `make mutants`, and where it writes.
+PURE_CORES = relay/src/core.rs store/src/evict.rs
+PURE_CORES_OUT = target/fi/pure-cores
+# cargo-mutants sets each test timeout from the unmutated run; this floor keeps a loaded
+# machine from calling a slow test a timeout.
+MUTANTS_TEST_TIMEOUT_MIN_S = 120
+
+.PHONY: build test lint bench demo mutants clean
 
 build:
 	$(CARGO) build --release --workspace
@@ -11,13 +22,33 @@ demo:
 	$(CARGO) build --release --locked -p edged
 	./scripts/demo.sh
 
-## The test command (CI runs exactly this): unit, model, crash and integration tests.
+## The test command (CI runs exactly this): unit, model, crash and integration tests through
+## cargo-nextest (one process per test; JUnit in $(JUNIT)), and the doc tests. Both always
+## run; the target fails if either does. The doc tests go first so the runner's summary is
+## the last line.
 test:
-	$(CARGO) test --workspace --locked
+	@status=0; \
+	$(CARGO) test --doc $(TEST_FLAGS) || status=1; \
+	$(CARGO) nextest run $(TEST_FLAGS) --profile ci || status=1; \
+	echo "JUnit results: $(JUNIT)"; \
+	exit $$status
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+## Mutation testing of the pure cores (not run in CI): cargo-mutants over $(PURE_CORES), each
+## mutant against the tests of its own crate; the caught ratio goes to
+## target/fi/results/pure-cores.json for the traceability report. cargo-mutants exits 2 when
+## mutants were missed and 3 on timeouts: those runs are complete and still scored.
+mutants:
+	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install --locked cargo-mutants
+	@status=0; \
+	$(CARGO) mutants --test-tool nextest $(addprefix --file ,$(PURE_CORES)) \
+		--minimum-test-timeout $(MUTANTS_TEST_TIMEOUT_MIN_S) --output $(PURE_CORES_OUT) || status=$$?; \
+	case $$status in 0|2|3) ;; *) echo "cargo mutants failed ($$status)" >&2; exit $$status;; esac
+	$(CARGO) run -q --locked -p fi-suite -- pure-cores $(PURE_CORES_OUT)/mutants.out/outcomes.json $(PURE_CORES)
 
 ## Benchmarks (not run in CI): medians of several runs, next to this machine's baselines.
 bench:

@@ -45,6 +45,8 @@ fn run_child(bytes: u64) -> u64 {
         .unwrap_or_else(|| panic!("no peak in child output: {stdout}"))
 }
 
+const TEST_NAME: &str = "inv_20_peak_memory_does_not_grow_with_segment_size";
+
 fn main() {
     if let Some(bytes) = std::env::var(CHILD_ENV)
         .ok()
@@ -53,17 +55,77 @@ fn main() {
         memory_child(bytes);
         return;
     }
-    let name = "inv_20_peak_memory_does_not_grow_with_segment_size";
-    if std::env::args()
-        .skip(1)
-        .any(|a| !a.starts_with('-') && !name.contains(a.as_str()))
-    {
+    let args = HarnessArgs::parse(std::env::args().skip(1));
+    let selected = args.selects(TEST_NAME);
+    if args.list {
+        // nextest reads this exact form (`NAME: test`, one per line, nothing else on stdout).
+        if selected {
+            println!("{TEST_NAME}: test");
+        }
+        return;
+    }
+    if !selected {
         println!("0 passed, 0 failed");
         return;
     }
+    // A failure panics (exit code 101), as a libtest test does.
     inv_20_peak_memory_does_not_grow_with_segment_size();
-    println!("test {name} ... ok");
+    println!("test {TEST_NAME} ... ok");
     println!("1 passed, 0 failed");
+}
+
+/// The part of libtest's command line that `cargo test` and nextest use.
+///
+/// nextest lists with `--list --format terse` (and again with `--ignored`, which must list only
+/// ignored tests: there are none here), then runs each test alone with `NAME --exact
+/// --nocapture`; `cargo test` passes substring filters and flags such as `--nocapture`.
+#[derive(Debug, Default)]
+struct HarnessArgs {
+    list: bool,
+    /// `--ignored`: only ignored tests, i.e. none.
+    ignored_only: bool,
+    /// `--exact`: filters and skips match whole names instead of substrings.
+    exact: bool,
+    filters: Vec<String>,
+    skips: Vec<String>,
+}
+
+impl HarnessArgs {
+    fn parse(args: impl IntoIterator<Item = String>) -> HarnessArgs {
+        let mut parsed = HarnessArgs::default();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--list" => parsed.list = true,
+                "--ignored" => parsed.ignored_only = true,
+                "--exact" => parsed.exact = true,
+                "--skip" => parsed.skips.extend(args.next()),
+                // libtest options whose value is the next argument: consume it, so that it is
+                // not taken for a filter.
+                "--format" | "--color" | "--test-threads" | "--logfile" | "-Z" => {
+                    args.next();
+                }
+                // `--nocapture`, `--include-ignored` (nothing is ignored), `--format=terse`, …
+                flag if flag.starts_with('-') => {}
+                _ => parsed.filters.push(arg),
+            }
+        }
+        parsed
+    }
+
+    fn matches(&self, name: &str, pattern: &str) -> bool {
+        if self.exact {
+            name == pattern
+        } else {
+            name.contains(pattern)
+        }
+    }
+
+    fn selects(&self, name: &str) -> bool {
+        !self.ignored_only
+            && (self.filters.is_empty() || self.filters.iter().any(|f| self.matches(name, f)))
+            && !self.skips.iter().any(|s| self.matches(name, s))
+    }
 }
 
 fn inv_20_peak_memory_does_not_grow_with_segment_size() {

@@ -1343,23 +1343,19 @@ fn main() {
         child_main(Path::new(&dir));
         return;
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        for (name, _) in TESTS {
+    let args = HarnessArgs::parse(std::env::args().skip(1));
+    let selected: Vec<&Test> = TESTS
+        .iter()
+        .chain(HARNESS_TESTS)
+        .filter(|(name, _)| args.selects(name))
+        .collect();
+    if args.list {
+        // nextest reads this exact form (`NAME: test`, one per line, nothing else on stdout).
+        for (name, _) in &selected {
             println!("{name}: test");
         }
         return;
     }
-    // Positional arguments filter by substring, as with libtest; flags are ignored.
-    let filters: Vec<&str> = args
-        .iter()
-        .filter(|a| !a.starts_with('-'))
-        .map(String::as_str)
-        .collect();
-    let selected: Vec<&Test> = TESTS
-        .iter()
-        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f)))
-        .collect();
     let plural = if selected.len() == 1 { "" } else { "s" };
     println!("\nrunning {} test{plural}", selected.len());
     let started = Instant::now();
@@ -1398,5 +1394,126 @@ fn main() {
     let _ = std::io::stdout().flush();
     if failed > 0 {
         std::process::exit(101);
+    }
+}
+
+/// Tests of the harness itself: it must speak the listing protocol exactly, or the runner
+/// misses tests or runs them twice.
+const HARNESS_TESTS: &[Test] = &[(
+    "harness_lists_and_selects_tests_like_libtest",
+    harness_lists_and_selects_tests_like_libtest,
+)];
+
+/// Runs this binary with `args` (never in child mode) and returns its exit success and stdout.
+fn run_self(args: &[&str]) -> Result<(bool, String), String> {
+    let out = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .args(args)
+        .env_remove(CHILD_ENV)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run the harness: {e}"))?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+fn harness_lists_and_selects_tests_like_libtest() -> Result<(), String> {
+    let all: Vec<String> = TESTS
+        .iter()
+        .chain(HARNESS_TESTS)
+        .map(|(name, _)| format!("{name}: test\n"))
+        .collect();
+    let check = |args: &[&str], expected: &str| -> Result<(), String> {
+        match run_self(args)? {
+            (true, out) if out == expected => Ok(()),
+            (ok, out) => Err(format!(
+                "{args:?}: exit success {ok}, printed {out:?}, expected {expected:?}"
+            )),
+        }
+    };
+    check(&["--list", "--format", "terse"], &all.concat())?;
+    // Only ignored tests, and none is: the list must be empty, or they would run twice.
+    check(&["--list", "--format", "terse", "--ignored"], "")?;
+    let (first, _) = TESTS[0];
+    check(
+        &["--list", "--format", "terse", first, "--exact"],
+        &format!("{first}: test\n"),
+    )?;
+    // `--exact` takes whole names only; without it a filter is a substring.
+    check(&["--list", "--format=terse", &first[..8], "--exact"], "")?;
+    let with_prefix = TESTS
+        .iter()
+        .chain(HARNESS_TESTS)
+        .filter(|(name, _)| name.starts_with(&first[..8]))
+        .map(|(name, _)| format!("{name}: test\n"))
+        .collect::<String>();
+    check(&["--list", "--format", "terse", &first[..8]], &with_prefix)?;
+    let (_, rest) = all.split_first().ok_or("no tests")?;
+    check(
+        &["--list", "--format", "terse", "--skip", first],
+        &rest.concat(),
+    )?;
+    // What nextest runs for one test: a name that matches nothing runs nothing, and passes.
+    let (ok, out) = run_self(&["no_such_test", "--exact", "--nocapture"])?;
+    if !ok || !out.contains("0 passed, 0 failed") {
+        return Err(format!("a run of no test printed {out:?} (success {ok})"));
+    }
+    Ok(())
+}
+
+/// The part of libtest's command line that `cargo test` and nextest use.
+///
+/// nextest drives a custom harness in two steps: it lists with `--list --format terse` (and
+/// again with `--ignored`, which must list only ignored tests: there are none here, so that
+/// list is empty), then runs each listed test alone with `NAME --exact --nocapture`. `cargo
+/// test` passes filters (substrings) and flags such as `--nocapture`. Output is plain lines
+/// either way, so capture and format flags change nothing here.
+#[derive(Debug, Default)]
+struct HarnessArgs {
+    list: bool,
+    /// `--ignored`: only ignored tests, i.e. none.
+    ignored_only: bool,
+    /// `--exact`: filters and skips match whole names instead of substrings.
+    exact: bool,
+    filters: Vec<String>,
+    skips: Vec<String>,
+}
+
+impl HarnessArgs {
+    fn parse(args: impl IntoIterator<Item = String>) -> HarnessArgs {
+        let mut parsed = HarnessArgs::default();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--list" => parsed.list = true,
+                "--ignored" => parsed.ignored_only = true,
+                "--exact" => parsed.exact = true,
+                "--skip" => parsed.skips.extend(args.next()),
+                // libtest options whose value is the next argument: consume it, so that it is
+                // not taken for a filter.
+                "--format" | "--color" | "--test-threads" | "--logfile" | "-Z" => {
+                    args.next();
+                }
+                // `--nocapture`, `--include-ignored` (nothing is ignored), `--format=terse`, …
+                flag if flag.starts_with('-') => {}
+                _ => parsed.filters.push(arg),
+            }
+        }
+        parsed
+    }
+
+    fn matches(&self, name: &str, pattern: &str) -> bool {
+        if self.exact {
+            name == pattern
+        } else {
+            name.contains(pattern)
+        }
+    }
+
+    fn selects(&self, name: &str) -> bool {
+        !self.ignored_only
+            && (self.filters.is_empty() || self.filters.iter().any(|f| self.matches(name, f)))
+            && !self.skips.iter().any(|s| self.matches(name, s))
     }
 }
