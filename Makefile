@@ -12,7 +12,7 @@ PURE_CORES_OUT = target/fi/pure-cores
 # machine from calling a slow test a timeout.
 MUTANTS_TEST_TIMEOUT_MIN_S = 120
 
-.PHONY: build test lint bench demo mutants clean
+.PHONY: build test lint bench demo mutants edge-fi edge-fi-quick clean
 
 build:
 	$(CARGO) build --release --workspace
@@ -49,6 +49,22 @@ mutants:
 		--minimum-test-timeout $(MUTANTS_TEST_TIMEOUT_MIN_S) --output $(PURE_CORES_OUT) || status=$$?; \
 	case $$status in 0|2|3) ;; *) echo "cargo mutants failed ($$status)" >&2; exit $$status;; esac
 	$(CARGO) run -q --locked -p fi-suite -- pure-cores $(PURE_CORES_OUT)/mutants.out/outcomes.json $(PURE_CORES)
+
+## Failure injection against real processes, mutants, and the traceability report
+## (traceability/report.{md,json,html}); see fi-suite/. Installs what the host scenarios need
+## (scripts/fi-deps.sh), builds the shipped and the fault-injection edged, runs the tests, every
+## scenario and every mutant. Exits non-zero when an invariant is uncovered, failing or vacuous.
+EDGE_FI = $(CARGO) run -q --locked -p fi-suite --
+EDGE_FI_FLAGS ?=
+edge-fi:
+	./scripts/fi-deps.sh
+	$(EDGE_FI) all $(EDGE_FI_FLAGS)
+
+## The quick subset (every invariant still covered); CI runs it after `make test` with
+## EDGE_FI_FLAGS=--reuse-tests.
+edge-fi-quick:
+	./scripts/fi-deps.sh
+	$(EDGE_FI) all --quick $(EDGE_FI_FLAGS)
 
 ## Benchmarks (not run in CI): medians of several runs, next to this machine's baselines.
 bench:

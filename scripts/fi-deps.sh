@@ -7,6 +7,8 @@
 #                wall clock (package libfaketime)
 #   mount        disk-full scenarios: a small tmpfs on a node's data dir (package mount)
 #   mknod        USB media scenarios: a device node on a stick (package coreutils)
+#   tcpdump      INV-27: every datagram on loopback during a fleet run is captured and checked
+#                against the nodes' configured peers (package tcpdump)
 #
 # Without root (or without apt-get) nothing is installed: the missing tools are listed and the
 # script exits 0, and the scenarios that need them end SKIPPED with the reason.
@@ -36,6 +38,8 @@ missing=()
 faketime_lib >/dev/null || missing+=(libfaketime)
 command -v mount >/dev/null 2>&1 || missing+=(mount)
 command -v mknod >/dev/null 2>&1 || missing+=(coreutils)
+# tcpdump lives in sbin, which a user's PATH may lack.
+PATH="$PATH:/usr/sbin:/sbin" command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "fi-deps: everything present (libfaketime: $(faketime_lib))"

@@ -12,7 +12,11 @@
 //! edge-fi list                  the scenarios, their invariants, the quick subset
 //! edge-fi run NAME… [--seed N] [--mutant M]
 //! edge-fi scenarios [--quick]   every scenario (or the quick subset)
+//! edge-fi tests [JUNIT]          the test runner's JUnit report → results/tests.json
+//! edge-fi mutants [--quick]      each mutant against the tests (and scenarios) claiming it
+//! edge-fi pure-cores OUTCOMES…   cargo-mutants' caught ratio of the pure cores (make mutants)
 //! edge-fi report                traceability/report.{md,json,html} from target/fi/results
+//! edge-fi all [--quick]          build, tests, scenarios, mutants, report: `make edge-fi`
 //! ```
 
 // Parts of the suite land one by one; some helpers are used by later ones.
@@ -35,6 +39,7 @@ mod scenarios;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -79,6 +84,20 @@ enum Cmd {
     /// Write traceability/report.{md,json,html} from the results; exit 1 unless every
     /// invariant is covered, none failing and none vacuous.
     Report(report::ReportArgs),
+    #[command(flatten)]
+    Runner(mutants::RunnerCmd),
+    /// Everything `make edge-fi` runs: build, the tests, the scenarios, the mutants, the
+    /// report. Exits 1 unless the report finds every invariant covered, none failing and none
+    /// vacuous.
+    All {
+        /// The quick subset of scenarios and mutants (every invariant still covered).
+        #[arg(long)]
+        quick: bool,
+        /// Read the JUnit report the test command just wrote instead of running the tests
+        /// again (CI runs `make test` first).
+        #[arg(long)]
+        reuse_tests: bool,
+    },
 }
 
 /// Where the suite keeps its builds, runs and results.
@@ -99,6 +118,11 @@ impl Paths {
     }
     fn runs(&self) -> PathBuf {
         self.fi().join("runs")
+    }
+    /// Scenario runs with a mutant active: apart from the runs the report links to. Short,
+    /// because node paths end up in Unix socket addresses.
+    fn mutant_runs(&self) -> PathBuf {
+        self.fi().join("mr")
     }
     fn results(&self) -> Layout {
         Layout::new(self.fi().join("results"))
@@ -159,14 +183,120 @@ fn dispatch(paths: &Paths, cmd: Cmd) -> anyhow::Result<ExitCode> {
         } else {
             ExitCode::from(1)
         }),
-        Cmd::Scenarios { quick } => {
-            let chosen: Vec<_> = scenarios::all()
-                .into_iter()
-                .filter(|s| !quick || s.quick)
-                .collect();
-            run_scenarios(paths, &chosen, None, None)
+        Cmd::Scenarios { quick } => run_scenarios(paths, &subset(quick), None, None),
+        Cmd::Runner(cmd) => {
+            mutants::dispatch(cmd, &paths.root, &paths.results(), &scenario_hook(paths))
+        }
+        Cmd::All { quick, reuse_tests } => all(paths, quick, reuse_tests),
+    }
+}
+
+/// Every scenario, or the quick subset.
+fn subset(quick: bool) -> Vec<scenario::Scenario> {
+    scenarios::all()
+        .into_iter()
+        .filter(|s| !quick || s.quick)
+        .collect()
+}
+
+/// The scenarios a mutant faces when its tests did not kill it: those claiming one of its
+/// invariants, one after another until one fails or the deadline passes.
+fn scenario_hook(
+    paths: &Paths,
+) -> impl Fn(&str, &[String], Instant) -> anyhow::Result<Vec<(String, Verdict)>> + '_ {
+    move |mutant, invariants, deadline| {
+        let bins = paths.bins();
+        if !bins.fi.exists() {
+            build(paths)?;
+        }
+        let mut out = Vec::new();
+        let claiming = scenarios::all().into_iter().filter(|s| {
+            s.invariants
+                .iter()
+                .any(|i| invariants.iter().any(|m| m == i))
+        });
+        for sc in claiming {
+            if Instant::now() >= deadline {
+                break;
+            }
+            let r = scenario::run(
+                &sc,
+                rand::random(),
+                &paths.mutant_runs(),
+                &bins,
+                Some(mutant.to_owned()),
+            );
+            let killed = r.verdict == Verdict::Fail;
+            out.push((sc.name.to_owned(), r.verdict));
+            if killed {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `make edge-fi`: each step runs even when an earlier one found failures (the report shows
+/// them all); a step that cannot run at all (a build that fails) stops the run.
+fn all(paths: &Paths, quick: bool, reuse_tests: bool) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let layout = paths.results();
+    // Results of earlier runs must not stand in for this one's.
+    for stale in [layout.scenarios(), layout.mutants(), layout.tests()] {
+        match std::fs::remove_dir_all(&stale).or_else(|_| std::fs::remove_file(&stale)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", stale.display())),
         }
     }
+    let step = |name: &str| println!("\n==== edge-fi: {name} ({} s)", started.elapsed().as_secs());
+
+    step("build");
+    build(paths)?;
+
+    step("tests");
+    if !reuse_tests {
+        let status = mutants::Nextest::new(&paths.root)
+            .baseline_command()
+            .status()
+            .context("cannot run the test runner")?;
+        println!("test runner: {status}");
+    }
+    mutants::dispatch(
+        mutants::RunnerCmd::Tests {
+            junit: mutants::BASELINE_JUNIT_PATH.into(),
+        },
+        &paths.root,
+        &layout,
+        &scenario_hook(paths),
+    )?;
+
+    step(if quick {
+        "scenarios (quick)"
+    } else {
+        "scenarios"
+    });
+    run_scenarios(paths, &subset(quick), None, None)?;
+
+    step(if quick { "mutants (quick)" } else { "mutants" });
+    mutants::dispatch(
+        mutants::RunnerCmd::Mutants {
+            quick,
+            only: Vec::new(),
+        },
+        &paths.root,
+        &layout,
+        &scenario_hook(paths),
+    )?;
+
+    step("report");
+    let ok = report::report(&report::ReportArgs::default().sources(&paths.root))?;
+    println!("edge-fi: finished in {} s", started.elapsed().as_secs());
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn run_scenarios(

@@ -8,8 +8,8 @@
 //!    chain `inv_03_inv_05_…`) with the mutant active, through the test runner and the same
 //!    build as `make test` ([`Nextest`]: same features, same cargo profile, so nothing is
 //!    rebuilt), and reads the runner's JUnit report;
-//! 2. runs the fleet scenarios that claim those invariants with the mutant active in every node
-//!    (a [`ScenarioHook`] the scenario runner provides);
+//! 2. when those tests did not kill it, runs the fleet scenarios that claim its invariants with
+//!    the mutant active in every node (a [`ScenarioHook`] the scenario runner provides);
 //! 3. judges ([`judge`]): KILLED when a claimed test or scenario failed, SURVIVED when every one
 //!    that ran passed (the claims did not notice the broken invariant), UNKNOWN when nothing
 //!    claims the invariants or a run broke (stopped at its time bound, the build failed, the
@@ -342,6 +342,24 @@ impl Nextest {
                 grace: Duration::from_secs(STOP_GRACE_SECS),
             },
         }
+    }
+
+    /// The test command's runner part, exactly as `make test` runs it (profile `ci`, its
+    /// JUnit report at [`BASELINE_JUNIT_PATH`]), without a mutant.
+    pub fn baseline_command(&self) -> Command {
+        let mut cmd = Command::new(&self.cargo);
+        cmd.current_dir(&self.root)
+            .args([
+                "nextest",
+                "run",
+                "--workspace",
+                "--locked",
+                "--all-features",
+            ])
+            .args(["--profile", "ci"])
+            .env_remove(MUTANT_ENV)
+            .stdin(Stdio::null());
+        cmd
     }
 
     /// The command, as `make test` builds (same features and cargo profile) but with the
@@ -702,12 +720,19 @@ impl Runner<'_> {
             let log = self.log_dir.join(format!("{}.log", m.name));
             let filter = filterset(&m.invariants);
             let tests = self.tests.run(&m.name, &filter, &log);
-            let deadline = Instant::now() + Duration::from_secs(MUTANT_SCENARIOS_SECS_MAX);
-            let scenarios = self
-                .scenarios
-                .run(&m.name, &m.invariants, deadline)
-                .map_err(|e| format!("{e:#}"));
-            let j = judge(m, &tests, &scenarios, &self.failing_without_mutant);
+            // The fleet scenarios are the slower second line: they run only for a mutant the
+            // tests did not kill.
+            let by_tests = judge(m, &tests, &Ok(Vec::new()), &self.failing_without_mutant);
+            let j = if by_tests.verdict == MutantVerdict::Killed {
+                by_tests
+            } else {
+                let deadline = Instant::now() + Duration::from_secs(MUTANT_SCENARIOS_SECS_MAX);
+                let scenarios = self
+                    .scenarios
+                    .run(&m.name, &m.invariants, deadline)
+                    .map_err(|e| format!("{e:#}"));
+                judge(m, &tests, &scenarios, &self.failing_without_mutant)
+            };
             let verdict = match j.verdict {
                 MutantVerdict::Killed => "KILLED",
                 MutantVerdict::Survived => "SURVIVED",
@@ -1348,7 +1373,7 @@ where = "store/src/space.rs"
     }
 
     #[test]
-    fn the_runner_tries_each_mutant_on_its_claims_and_prints_a_line_for_each() {
+    fn the_runner_tries_each_mutant_on_its_claims_then_scenarios_and_prints_a_line_for_each() {
         let c = sample();
         let tests = FakeTests {
             asked: RefCell::new(Vec::new()),
@@ -1376,18 +1401,13 @@ where = "store/src/space.rs"
         assert_eq!(asked[0].0, "skip_dir_fsync");
         assert_eq!(asked[0].1, filterset(&["INV-03".into(), "INV-05".into()]));
         assert_eq!(asked[0].2, Path::new("/logs/skip_dir_fsync.log"));
+        // The scenarios run only for the mutant the tests did not kill.
         assert_eq!(
             *hook_calls.borrow(),
-            [
-                (
-                    "skip_dir_fsync".to_owned(),
-                    vec!["INV-03".to_owned(), "INV-05".to_owned()]
-                ),
-                (
-                    "admit_ceiling_plus_one".to_owned(),
-                    vec!["INV-06".to_owned()]
-                ),
-            ]
+            [(
+                "admit_ceiling_plus_one".to_owned(),
+                vec!["INV-06".to_owned()]
+            )]
         );
         assert_eq!(run.mode, "full");
         let verdicts: Vec<_> = run
