@@ -641,7 +641,11 @@ pub(crate) enum Received {
 enum ToDisk {
     Data(Vec<u8>),
     End,
+    /// Cut short: keep what arrived for a resume.
     Abort,
+    /// Cut short by a sender whose stored copy proved corrupt: what arrived may hold its bad
+    /// bytes, so nothing of it is kept for a resume.
+    Discard,
 }
 
 enum WriterEnd {
@@ -818,10 +822,10 @@ async fn receive_offer(
     if acked_early {
         let _ = write_frame(send, &Msg::Ack).await;
     }
-    let to_disk = if pumped.is_ok() {
-        ToDisk::End
-    } else {
-        ToDisk::Abort
+    let to_disk = match &pumped {
+        Ok(()) => ToDisk::End,
+        Err(InFail::Reset(code)) if is_local_corrupt(*code) => ToDisk::Discard,
+        Err(_) => ToDisk::Abort,
     };
     // The writer may have stopped already (a disk error): then this send fails, which is fine.
     let _ = tx.send(to_disk).await;
@@ -881,11 +885,10 @@ async fn receive_offer(
                 }
                 InFail::Reset(code) => {
                     let _ = send.reset(StreamCode::Protocol.varint());
-                    let why = match StreamCode::from_varint(
-                        quinn::VarInt::from_u64(code).unwrap_or(quinn::VarInt::MAX),
-                    ) {
-                        Some(StreamCode::LocalCorrupt) => "its stored copy is corrupt".to_owned(),
-                        _ => format!("code {code}"),
+                    let why = if is_local_corrupt(code) {
+                        "its stored copy is corrupt; what arrived is discarded".to_owned()
+                    } else {
+                        format!("code {code}")
                     };
                     warn_limited!(ctx.limiter, peer.as_str(), "sender_aborted", peer = %peer, seg_id = %id, why, "sender aborted the transfer");
                     Received::Failed(format!("sender aborted: {why}"))
@@ -1004,6 +1007,12 @@ async fn pump_in(
     }
 }
 
+/// The sender reset the stream because its own stored copy failed verification.
+fn is_local_corrupt(code: u64) -> bool {
+    StreamCode::from_varint(quinn::VarInt::from_u64(code).unwrap_or(quinn::VarInt::MAX))
+        == Some(StreamCode::LocalCorrupt)
+}
+
 /// The disk thread of a receive: writes (and hashes) chunks, checkpoints, and finishes.
 fn write_payload(
     mut ingest: Box<Ingest>,
@@ -1038,6 +1047,10 @@ fn write_payload(
                 };
             }
             ToDisk::Abort => break,
+            ToDisk::Discard => {
+                ingest.discard();
+                return WriterEnd::Aborted;
+            }
         }
     }
     // Cut short: make what arrived durable so the next attempt resumes after it.

@@ -181,7 +181,11 @@ async fn inv_24_corrupt_local_copy_aborts_and_is_quarantined() {
     let last = bytes.len() - 10;
     bytes[last] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
-    let nodes = start(&fleet, planned, &[("a", "b")], |_| {});
+    // b checkpoints every 64 KiB: without the discard, the corrupt bytes that arrived before
+    // the sender found its copy bad would be kept as a partial for a resume.
+    let nodes = start(&fleet, planned, &[("a", "b")], |cfg| {
+        cfg.checkpoint_bytes = 64 << 10
+    });
     let (a, b) = (&nodes[0], &nodes[1]);
     match a.node.send_segment(&b.id(), seg).await {
         SendOutcome::LocalCorrupt(reason) => assert!(reason.contains("hash"), "{reason}"),
@@ -197,12 +201,14 @@ async fn inv_24_corrupt_local_copy_aborts_and_is_quarantined() {
         a.node.send_segment(&b.id(), seg).await,
         SendOutcome::NotStored
     );
-    // Nothing of it is left behind at b either, once the aborted stream is processed.
+    // Nothing of it is left behind at b either, once the aborted stream is processed: no
+    // partial to resume from.
     assert!(
         eventually(Duration::from_secs(3), || b.store.holding(&seg).unwrap()
             != store::Holding::Ingesting)
         .await
     );
+    assert_eq!(b.store.holding(&seg).unwrap(), store::Holding::Absent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

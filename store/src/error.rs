@@ -145,6 +145,11 @@ pub enum ExportError {
     /// symlink, which is not followed).
     #[error("export directory {path}: {source}")]
     Dir { path: PathBuf, source: io::Error },
+    /// The export directory's path is a symlink: it is not followed, whatever it names.
+    #[error(
+        "export directory {path} is a symlink, which is not followed: give the directory's own path"
+    )]
+    DirIsSymlink { path: PathBuf },
     /// Something other than a regular file is at a name the export uses (`<id>.seg`, or a
     /// directory at the temporary name): it is neither followed nor replaced.
     #[error("{path} is a {kind}, not a regular file; it is left as it is and not exported over")]

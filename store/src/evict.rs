@@ -70,6 +70,21 @@ impl Candidate {
     fn expired(&self, now_ms: u64) -> bool {
         self.expires_at_ms.is_some_and(|at| at <= now_ms)
     }
+
+    /// May a plan choose it: not pinned, not busy, and channel-pinned only once expired.
+    fn evictable(&self, now_ms: u64) -> bool {
+        !self.pinned && !self.busy && (self.expired(now_ms) || !self.channel_pinned)
+    }
+}
+
+/// The bytes every eviction a plan may make would free: what a "store full" refusal can
+/// honestly say could be made available.
+pub fn evictable_bytes(candidates: &[Candidate], now_ms: u64) -> u64 {
+    candidates
+        .iter()
+        .filter(|c| c.evictable(now_ms))
+        .map(|c| c.file_len)
+        .sum()
 }
 
 /// Which segments to evict to free `need_bytes`: expired ones first (soonest expiry first), then
@@ -81,10 +96,7 @@ pub fn plan(candidates: &[Candidate], need_bytes: u64, now_ms: u64) -> Vec<Segme
     if need_bytes == 0 {
         return Vec::new();
     }
-    let mut order: Vec<&Candidate> = candidates
-        .iter()
-        .filter(|c| !c.pinned && !c.busy && (c.expired(now_ms) || !c.channel_pinned))
-        .collect();
+    let mut order: Vec<&Candidate> = candidates.iter().filter(|c| c.evictable(now_ms)).collect();
     order.sort_by_key(|c| {
         let expired = c.expired(now_ms);
         (
@@ -207,6 +219,30 @@ mod tests {
         check(&c, 11, 0, &[3, 2]);
         check(&c, 30, 0, &[3, 2, 1]);
         check(&c, 31, 0, &[]);
+    }
+
+    #[test]
+    fn inv_07_evictable_bytes_counts_what_a_plan_may_choose() {
+        let mut c = [
+            cand(1, 10, 0, 0),
+            cand(2, 20, 0, 0),
+            cand(3, 40, 0, 0),
+            cand(4, 80, 0, 0),
+            cand(5, 160, 0, 0),
+        ];
+        c[1].pinned = true;
+        c[2].busy = true;
+        c[3].channel_pinned = true;
+        c[4].channel_pinned = true;
+        c[4].expires_at_ms = Some(50);
+        // Before the expiry only segment 1 may go; after it, the expired channel-pinned one too.
+        assert_eq!(evictable_bytes(&c, 49), 10);
+        assert_eq!(evictable_bytes(&c, 50), 170);
+        // The same set a plan for everything chooses.
+        let all: u64 = c.iter().map(|c| c.file_len).sum();
+        assert!(plan(&c, 11, 49).is_empty());
+        assert_eq!(plan(&c, 170, 50).len(), 2);
+        assert!(plan(&c, all, 50).is_empty());
     }
 
     #[test]

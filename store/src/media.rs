@@ -142,9 +142,18 @@ impl ExportDir {
             flags.remove(OFlags::NOFOLLOW);
         }
         let dir = rustix::fs::openat(rustix::fs::CWD, path, flags, Mode::empty()).map_err(|e| {
-            ExportError::Dir {
-                path: path.to_owned(),
-                source: e.into(),
+            // O_NOFOLLOW on a symlink fails as "not a directory" (or ELOOP): say what it is.
+            let symlink = matches!(e, Errno::NOTDIR | Errno::LOOP)
+                && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+            if symlink {
+                ExportError::DirIsSymlink {
+                    path: path.to_owned(),
+                }
+            } else {
+                ExportError::Dir {
+                    path: path.to_owned(),
+                    source: e.into(),
+                }
             }
         })?;
         Ok(ExportDir {

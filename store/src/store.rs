@@ -571,13 +571,9 @@ impl Store {
         acct: &Accounting,
         file_len: u64,
         room: u64,
+        now_ms: u64,
     ) -> Result<IngestError, StoreError> {
-        let evictable: u64 = self
-            .candidates(acct)?
-            .iter()
-            .filter(|c| !c.pinned && !c.busy)
-            .map(|c| c.file_len)
-            .sum();
+        let evictable = evict::evictable_bytes(&self.candidates(acct)?, now_ms);
         Ok(IngestError::StoreFull {
             needed_bytes: file_len,
             available_bytes: room.saturating_add(evictable),
@@ -597,7 +593,7 @@ impl Store {
         let short = evict::shortfall(acct.usage, file_len, self.limits(), available);
         let room = evict::headroom(acct.usage, self.limits(), available);
         if short > 0 && evict::plan(&self.candidates(acct)?, short, now_ms).is_empty() {
-            return Err(self.store_full(acct, file_len, room)?);
+            return Err(self.store_full(acct, file_len, room, now_ms)?);
         }
         Ok(room)
     }
@@ -625,7 +621,7 @@ impl Store {
             let victims = evict::plan(&candidates, short, now_ms);
             if victims.is_empty() {
                 let room = evict::headroom(acct.usage, self.limits(), available);
-                return Err(self.store_full(&acct, file_len, granted + room)?);
+                return Err(self.store_full(&acct, file_len, granted + room, now_ms)?);
             }
             let stored_before = acct.usage.stored_bytes;
             self.evict_locked(&mut acct, &victims)?;
@@ -633,7 +629,7 @@ impl Store {
             // A victim whose file could not be removed freed nothing: refuse, never overshoot.
             if evict::shortfall(acct.usage, more, self.limits(), available) > 0 {
                 let room = evict::headroom(acct.usage, self.limits(), available);
-                return Err(self.store_full(&acct, file_len, granted + room)?);
+                return Err(self.store_full(&acct, file_len, granted + room, now_ms)?);
             }
         }
         let room = evict::headroom(acct.usage, self.limits(), available);

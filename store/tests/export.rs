@@ -264,7 +264,8 @@ fn inv_19_export_directory_that_is_a_symlink_is_refused() {
     let link = f.dir.path().join("usb-link");
     std::os::unix::fs::symlink("usb", &link).unwrap();
     let err = f.store.export_to_dir(&f.id, &link, NOW_MS).unwrap_err();
-    assert!(matches!(err, ExportError::Dir { .. }), "{err:?}");
+    assert!(matches!(err, ExportError::DirIsSymlink { .. }), "{err:?}");
+    assert!(err.to_string().contains("is a symlink"), "{err}");
     assert!(f.usb_names().is_empty());
     let file = f.dir.path().join("outside.txt");
     let err = f.store.export_to_dir(&f.id, &file, NOW_MS).unwrap_err();
