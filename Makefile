@@ -27,6 +27,7 @@ demo:
 ## run; the target fails if either does. The doc tests go first so the runner's summary is
 ## the last line.
 test:
+	@command -v cargo-nextest >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
 	@status=0; \
 	$(CARGO) test --doc $(TEST_FLAGS) || status=1; \
 	$(CARGO) nextest run $(TEST_FLAGS) --profile ci || status=1; \

@@ -459,6 +459,7 @@ fn readable_header(bytes: &[u8]) -> Result<PcapHeader, PcapError> {
 }
 
 /// Reads a whole pcap file held in memory.
+#[cfg(test)]
 pub fn parse_pcap(bytes: &[u8]) -> Result<Pcap, PcapError> {
     let mut pcap = Pcap::empty(readable_header(bytes)?);
     let body = &bytes[PCAP_HEADER_BYTES..];
@@ -659,8 +660,10 @@ impl Captured {
     /// Why this capture may have missed datagrams, if it may have.
     pub fn incomplete(&self) -> Option<String> {
         if !self.flushed {
+            let said = self.stderr.last().map(String::as_str).unwrap_or("nothing");
             return Some(format!(
-                "the flush marker did not reach {} within {CAPTURE_FLUSH_TIMEOUT_MS} ms",
+                "the flush marker from {} did not reach {} within {CAPTURE_FLUSH_TIMEOUT_MS} ms (tcpdump last said: {said})",
+                self.marker,
                 self.file.display()
             ));
         }
@@ -841,10 +844,6 @@ impl Capture {
                 }))
             }
         }
-    }
-
-    pub fn file(&self) -> &Path {
-        &self.file
     }
 
     fn stderr_lines(&self) -> Vec<String> {

@@ -136,7 +136,17 @@ pub fn lost(fleet: &Fleet, acked: &[Acked], nodes: &[usize]) -> CheckResult {
         let first: Vec<String> = missing
             .iter()
             .take(3)
-            .map(|(i, ids)| format!("{} lacks {}", fleet.node(*i).id, short(&ids[0])))
+            .map(|(i, ids)| {
+                let by = acked
+                    .iter()
+                    .find(|a| a.id == ids[0])
+                    .map_or("?", |a| a.by.as_str());
+                format!(
+                    "{} lacks {} (acknowledged by {by})",
+                    fleet.node(*i).id,
+                    short(&ids[0])
+                )
+            })
             .collect();
         format!(
             "{} of {} acknowledged segment(s) not held everywhere: {}",

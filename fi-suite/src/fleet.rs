@@ -112,16 +112,6 @@ impl Topology {
         }
         worst
     }
-
-    pub fn name(self) -> String {
-        match self {
-            Topology::Line(n) => format!("line of {n}"),
-            Topology::Ring(n) => format!("ring of {n}"),
-            Topology::Star(n) => format!("star of {n}"),
-            Topology::Mesh(n) => format!("mesh of {n}"),
-            Topology::Islands(a, b) => format!("islands of {a} and {b} joined by one bridge"),
-        }
-    }
 }
 
 /// The timings every node of a fleet runs with: short, so faults heal and converge in seconds.
@@ -289,10 +279,7 @@ pub struct Fleet {
     pub bin: PathBuf,
     pub spec: FleetSpec,
     pub nodes: Vec<Node>,
-    /// `ed25519:…`, trusted by every node.
-    pub publisher: String,
     pub publisher_key: PathBuf,
-    pub started: Instant,
 }
 
 impl Fleet {
@@ -403,9 +390,7 @@ impl Fleet {
             bin: bin.to_owned(),
             spec,
             nodes,
-            publisher,
             publisher_key,
-            started: Instant::now(),
         })
     }
 

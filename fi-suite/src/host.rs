@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -75,14 +75,6 @@ impl Tmpfs {
             size_bytes,
             mounted: true,
         })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub fn size_bytes(&self) -> u64 {
-        self.size_bytes
     }
 
     /// Changes the size of the mounted file system, keeping its contents (the heal of a full
@@ -408,17 +400,6 @@ pub fn hash_file(path: &Path) -> anyhow::Result<([u8; 32], u64)> {
     let mut hasher = blake3::Hasher::new();
     let n = std::io::copy(&mut file, &mut hasher)?;
     Ok((*hasher.finalize().as_bytes(), n))
-}
-
-/// Writes `bytes` to a new file at `path`.
-pub fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .with_context(|| format!("create {}", path.display()))?;
-    f.write_all(bytes)?;
-    Ok(())
 }
 
 /// Makes a FIFO at `path`.

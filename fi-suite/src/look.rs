@@ -89,16 +89,6 @@ pub fn tmp_files(data_dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The files in a data dir's `quarantine/`.
-pub fn quarantined_files(data_dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(data_dir.join("quarantine"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
 /// Waits at most `limit` for a moment at which `tmp/` holds no file: an ingest's temp file
 /// lives only while it is in flight, so a file that is there at every look was left behind.
 /// `None` if it was empty at some look; else what it held at the last one.
@@ -208,7 +198,6 @@ pub struct ImportRun {
     pub code: Option<i32>,
     pub lines: Vec<ImportLine>,
     pub stderr: String,
-    pub took: Duration,
 }
 
 impl ImportRun {
@@ -229,13 +218,11 @@ impl ImportRun {
 /// Runs `cmd` (an `edged import … --json`), bounded by the CLI's timeout; a report whatever its
 /// exit code (an import with rejected files exits 1).
 pub fn run_import(cmd: std::process::Command) -> anyhow::Result<ImportRun> {
-    let started = Instant::now();
     let out = crate::proc::run_bounded(cmd, Duration::from_millis(crate::fleet::CLI_TIMEOUT_MS))?;
     Ok(ImportRun {
         code: out.status.code(),
         lines: import_lines(&out.stdout)?,
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        took: started.elapsed(),
     })
 }
 

@@ -19,9 +19,6 @@
 //! edge-fi all [--quick]          build, tests, scenarios, mutants, report: `make edge-fi`
 //! ```
 
-// Parts of the suite land one by one; some helpers are used by later ones.
-#![allow(dead_code)]
-
 mod capture;
 mod check;
 mod evil;
@@ -369,6 +366,20 @@ fn build(paths: &Paths) -> anyhow::Result<()> {
         let built = paths.root.join("target").join("release").join("edged");
         std::fs::copy(&built, to)
             .with_context(|| format!("cannot copy {} to {}", built.display(), to.display()))?;
+        // Test machinery never ships: the shipped binary must not hold the names that switch
+        // it on, and the fault-injection build must (else its crash points are absent).
+        let text = std::fs::read(to).with_context(|| format!("cannot read {}", to.display()))?;
+        let holds = |needle: &str| text.windows(needle.len()).any(|w| w == needle.as_bytes());
+        for name in MACHINERY_ENV {
+            match (features.is_some(), holds(name)) {
+                (false, true) => bail!("the shipped edged holds {name}: test machinery ships"),
+                (true, false) => bail!("the fault-injection edged lacks {name}"),
+                _ => {}
+            }
+        }
     }
     Ok(())
 }
+
+/// The environment variables that switch on crash points and mutants in the `fi` build.
+const MACHINERY_ENV: [&str; 2] = ["EDGED_CRASH_AT", "EDGED_MUTANT"];

@@ -314,9 +314,11 @@ where
 }
 
 /// A hook that runs no scenario (tests only).
+#[cfg(test)]
 #[derive(Debug, Clone, Copy)]
 pub struct NoScenarios;
 
+#[cfg(test)]
 impl ScenarioHook for NoScenarios {
     fn run(&self, _: &str, _: &[String], _: Instant) -> anyhow::Result<Vec<(String, Verdict)>> {
         Ok(Vec::new())
@@ -617,8 +619,9 @@ pub fn judge(
     };
 
     let mut detail = format!(
-        "{} claimed test(s) ran: {} failed, {passed} passed",
+        "{} claimed test(s) ran in {} s: {} failed, {passed} passed",
         claimed.len(),
+        tests.elapsed.as_secs(),
         killed_by
             .iter()
             .filter(|k| !k.starts_with("scenario:"))
@@ -1169,7 +1172,7 @@ where = "store/src/space.rs"
         );
         assert!(
             j.detail
-                .contains("2 claimed test(s) ran: 1 failed, 1 passed"),
+                .contains("2 claimed test(s) ran in 1 s: 1 failed, 1 passed"),
             "{}",
             j.detail
         );

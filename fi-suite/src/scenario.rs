@@ -93,7 +93,6 @@ pub struct Scenario {
 /// Everything a running scenario uses and records.
 #[derive(Debug)]
 pub struct Ctx {
-    pub name: &'static str,
     pub seed: u64,
     pub rng: ChaCha8Rng,
     pub dir: PathBuf,
@@ -117,7 +116,6 @@ pub struct Ctx {
 impl Ctx {
     pub fn new(sc: &Scenario, seed: u64, dir: PathBuf, bins: Bins, mutant: Option<String>) -> Ctx {
         Ctx {
-            name: sc.name,
             seed,
             rng: ChaCha8Rng::seed_from_u64(seed),
             dir,
@@ -549,6 +547,19 @@ fn finish(ctx: &mut Ctx, world: &mut World) {
             })
             .collect();
         ctx.record(capture::check_packets_only_to_peers(&captured, &nodes));
+    }
+    // A datagram at a proxy from anyone but its link's node is not a node's doing (the capture
+    // judges the nodes), but it is worth knowing when a scenario's traffic looks odd.
+    if let Some(proxies) = &world.proxies {
+        let strays = proxies.stray_count();
+        if strays > 0 {
+            let first = proxies.strays().first().map_or(String::new(), |s| {
+                format!(" (first: from {} at {} on link {})", s.from, s.side, s.link)
+            });
+            ctx.note(format!(
+                "the proxies dropped {strays} datagram(s) from outside their links{first}"
+            ));
+        }
     }
     let fleet = &mut world.fleet;
     ctx.record(check::counters(fleet));

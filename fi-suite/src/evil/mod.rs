@@ -209,7 +209,6 @@ impl EvilPeer {
     /// tasks.
     pub fn dialer(&self) -> Dialer {
         Dialer {
-            addr: self.addr,
             endpoint: self.endpoint.clone(),
             client: self.client.clone(),
             limit: Duration::from_millis(CONNECT_TIMEOUT_MS),
@@ -233,7 +232,6 @@ impl EvilPeer {
         )
         .map_err(EvilError::Endpoint)?;
         Ok(Dialer {
-            addr: socket.addr,
             endpoint,
             client: self.client.clone(),
             limit,
@@ -256,8 +254,6 @@ impl Drop for EvilPeer {
 /// Dials the victim from one socket, presenting the evil peer's certificate.
 #[derive(Debug, Clone)]
 pub struct Dialer {
-    /// The address it dials from.
-    pub addr: SocketAddr,
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     limit: Duration,
@@ -589,7 +585,6 @@ mod tests {
         )
         .unwrap();
         let node = Dialer {
-            addr: node_socket.addr,
             endpoint,
             client: quinn::ClientConfig::new(Arc::new(quic)),
             limit: Duration::from_millis(CONNECT_TIMEOUT_MS),

@@ -130,6 +130,7 @@ impl LinkFaults {
     }
 
     /// Nothing passes.
+    #[cfg(test)]
     pub fn blackhole() -> LinkFaults {
         LinkFaults {
             blackhole: true,

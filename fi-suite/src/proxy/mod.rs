@@ -379,14 +379,6 @@ impl Proxies {
         self.links.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.links.is_empty()
-    }
-
-    pub fn spec(&self, link: usize) -> &LinkSpec {
-        &self.link(link).spec
-    }
-
     /// (`side_a`, `side_b`): A's address for B, B's address for A.
     ///
     /// # Panics
@@ -478,11 +470,13 @@ impl Proxies {
     }
 
     /// Every recorded fault change, in the order applied.
+    #[cfg(test)]
     pub fn events(&self) -> Vec<ProxyEvent> {
         lock(&self.events).entries.clone()
     }
 
     /// Fault changes made, including those beyond [`EVENTS_MAX`] that were not recorded.
+    #[cfg(test)]
     pub fn event_count(&self) -> u64 {
         lock(&self.events).total
     }
@@ -495,11 +489,6 @@ impl Proxies {
     /// Every stray seen, recorded or not.
     pub fn stray_count(&self) -> u64 {
         lock(&self.strays).total
-    }
-
-    /// Stops every task and closes the sockets (what is in flight is lost).
-    pub fn shutdown(self) {
-        drop(self);
     }
 }
 

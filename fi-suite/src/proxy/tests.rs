@@ -667,7 +667,7 @@ async fn a_line_of_three_has_two_independent_links() {
         .await
     );
     assert!(nothing_waiting(&nodes[0]) && nothing_waiting(&nodes[1]));
-    proxies.shutdown();
+    drop(proxies);
 }
 
 fn nodes(t: u8, n: u8) -> Vec<UdpSocket> {
@@ -852,6 +852,6 @@ mod quic {
             .unwrap();
         round(&again, 3).await;
         assert!(proxies.stats(0, Dir::BtoA).blackholed > 0);
-        proxies.shutdown();
+        drop(proxies);
     }
 }

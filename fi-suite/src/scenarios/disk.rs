@@ -529,7 +529,10 @@ fn import_round_checks(
     let mut refused = 0;
     for name in &names {
         match run.line(name) {
-            None => bad.push(format!("{name}: no line")),
+            None => bad.push(format!(
+                "{name}: no line (import said: {})",
+                run.stderr.lines().last().unwrap_or("nothing")
+            )),
             Some(l) if matches!(l.status.as_str(), "imported" | "already_present") => {}
             Some(l) if l.status == "rejected" && l.reason.as_deref().is_some_and(no_room) => {
                 refused += 1
