@@ -135,7 +135,10 @@ pub fn load(sources: &Sources) -> Result<Inputs, ReportError> {
 
     let tests = {
         let path = sources.results.tests();
-        let tests: Option<TestsRun> = read_json_opt(&path)?;
+        let mut tests: Option<TestsRun> = read_json_opt(&path)?;
+        if let Some(t) = &mut tests {
+            t.source = shown(Path::new(&t.source));
+        }
         notes.push(match &tests {
             Some(t) => InputNote {
                 input: "tests".into(),
@@ -161,11 +164,12 @@ pub fn load(sources: &Sources) -> Result<Inputs, ReportError> {
             Some(files) => {
                 let mut scenarios = Vec::with_capacity(files.len());
                 for file in &files {
-                    let s: ScenarioResult =
+                    let mut s: ScenarioResult =
                         read_json_opt(file)?.ok_or_else(|| ReportError::Read {
                             path: file.display().to_string(),
                             source: std::io::ErrorKind::NotFound.into(),
                         })?;
+                    s.run_dir = shown(Path::new(&s.run_dir));
                     scenarios.push(s);
                 }
                 scenarios.sort_by(|a, b| {
@@ -207,7 +211,10 @@ pub fn load(sources: &Sources) -> Result<Inputs, ReportError> {
 
     let mutants = {
         let path = sources.results.mutants();
-        let mutants: Option<MutantsRun> = read_json_opt(&path)?;
+        let mut mutants: Option<MutantsRun> = read_json_opt(&path)?;
+        for m in mutants.iter_mut().flat_map(|run| run.mutants.iter_mut()) {
+            m.log = shown(Path::new(&m.log));
+        }
         notes.push(match &mutants {
             Some(m) => InputNote {
                 input: "mutants".into(),
