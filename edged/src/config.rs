@@ -14,6 +14,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use store::keys::{PublisherKey, TrustedPublishers};
@@ -30,6 +31,13 @@ pub const CONFIG_FILE_BYTES_MAX: u64 = 1 << 20;
 pub const CONTROL_SOCKET_DEFAULT: &str = "control.sock";
 /// Default allowed clock skew in freshness checks.
 pub const CLOCK_SKEW_MAX_S_DEFAULT: u64 = 300;
+/// Default period of the daemon's housekeeping: the sweep of expired segments, the certificate
+/// expiry check and the clock-jump report.
+pub const HOUSEKEEPING_INTERVAL_MS_DEFAULT: u64 = 60_000;
+/// Bounds on `housekeeping_interval_ms`: each tick scans the store's index, so not more often
+/// than once a second; an expired segment waits at most an hour to be swept.
+pub const HOUSEKEEPING_INTERVAL_MS_MIN: u64 = 1_000;
+pub const HOUSEKEEPING_INTERVAL_MS_MAX: u64 = 3_600_000;
 
 /// A config file that cannot be used, with the key and the file it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +80,8 @@ struct RawConfig {
     metrics_addr: Option<String>,
     #[serde(default = "default_clock_skew")]
     clock_skew_max_s: u64,
+    #[serde(default = "default_housekeeping_interval")]
+    housekeeping_interval_ms: u64,
     tls: RawTls,
     #[serde(default)]
     known_peers: Vec<RawPeer>,
@@ -168,6 +178,10 @@ fn default_clock_skew() -> u64 {
     CLOCK_SKEW_MAX_S_DEFAULT
 }
 
+fn default_housekeeping_interval() -> u64 {
+    HOUSEKEEPING_INTERVAL_MS_DEFAULT
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTls {
@@ -238,6 +252,8 @@ pub struct Config {
     pub control_socket: PathBuf,
     pub log_format: LogFormat,
     pub metrics_addr: Option<SocketAddr>,
+    /// Period of the housekeeping tick (`housekeeping_interval_ms`).
+    pub housekeeping_interval: Duration,
     pub tls: Tls,
     pub known_peers: Vec<Peer>,
     pub store: store::StoreConfig,
@@ -515,8 +531,19 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         .validate()
         .map_err(|e| invalid(&format!("control.{}", e.key), e.reason))?;
 
+    let housekeeping = raw.housekeeping_interval_ms;
+    if !(HOUSEKEEPING_INTERVAL_MS_MIN..=HOUSEKEEPING_INTERVAL_MS_MAX).contains(&housekeeping) {
+        return Err(invalid(
+            "housekeeping_interval_ms",
+            format!(
+                "{housekeeping} is outside {HOUSEKEEPING_INTERVAL_MS_MIN}..={HOUSEKEEPING_INTERVAL_MS_MAX}"
+            ),
+        ));
+    }
+
     Ok(Config {
         control,
+        housekeeping_interval: Duration::from_millis(housekeeping),
         relay: relay_cfg,
         net: net_cfg,
         path: path.to_owned(),
@@ -931,5 +958,19 @@ mod tests {
             &base.replace("[store]", "[store]\ntombstones_max = 0"),
             "tombstones_max",
         );
+        for bad in [
+            HOUSEKEEPING_INTERVAL_MS_MIN - 1,
+            HOUSEKEEPING_INTERVAL_MS_MAX + 1,
+        ] {
+            check(
+                &format!("housekeeping_interval_ms = {bad}\n{base}"),
+                "housekeeping_interval_ms",
+            );
+        }
+        for good in [HOUSEKEEPING_INTERVAL_MS_MIN, HOUSEKEEPING_INTERVAL_MS_MAX] {
+            let text = format!("housekeeping_interval_ms = {good}\n{base}");
+            let cfg = Config::parse(&path, &text).unwrap();
+            assert_eq!(cfg.housekeeping_interval, Duration::from_millis(good));
+        }
     }
 }

@@ -271,6 +271,26 @@ pub fn filterset(invariants: &[String]) -> String {
         .join(" | ")
 }
 
+/// `filter` without the tests that fail without any mutant: with the runner stopping at the
+/// first failure, one of them would end the run before a test that can kill the mutant ran.
+pub fn without_failing(filter: &str, failing: &[Case]) -> String {
+    let failing: Vec<String> = failing
+        .iter()
+        .filter(|c| c.result.outcome == TestOutcome::Failed)
+        .map(|c| {
+            format!(
+                "(binary_id(={}) & test(={}))",
+                c.result.binary, c.result.name
+            )
+        })
+        .collect();
+    if failing.is_empty() {
+        filter.to_owned()
+    } else {
+        format!("({filter}) - ({})", failing.join(" | "))
+    }
+}
+
 /// What one run of the claimed tests gave.
 #[derive(Debug, Clone, Default)]
 pub struct TestsOutcome {
@@ -704,6 +724,8 @@ pub struct Runner<'a> {
     pub scenarios: &'a dyn ScenarioHook,
     /// `binary::name` of the tests that fail without any mutant.
     pub failing_without_mutant: BTreeSet<String>,
+    /// The same tests, left out of every mutant's run.
+    pub baseline_failures: Vec<Case>,
     /// Per-mutant logs (`<name>.log`, `<name>.junit.xml`).
     pub log_dir: PathBuf,
 }
@@ -721,7 +743,7 @@ impl Runner<'_> {
         for m in mutants {
             let started = Instant::now();
             let log = self.log_dir.join(format!("{}.log", m.name));
-            let filter = filterset(&m.invariants);
+            let filter = without_failing(&filterset(&m.invariants), &self.baseline_failures);
             let tests = self.tests.run(&m.name, &filter, &log);
             // The fleet scenarios are the slower second line: they run only for a mutant the
             // tests did not kill.
@@ -952,20 +974,24 @@ pub fn dispatch(
             let catalogue = Catalogue::load(&root.join(CATALOGUE_PATH))?;
             let chosen = catalogue.select(&selection)?;
             let baseline_path = root.join(BASELINE_JUNIT_PATH);
-            let failing_without_mutant = match junit::read_cases(&baseline_path) {
-                Ok(cases) => failing_tests(&cases),
+            let baseline_failures: Vec<Case> = match junit::read_cases(&baseline_path) {
+                Ok(cases) => cases
+                    .into_iter()
+                    .filter(|c| c.result.outcome == TestOutcome::Failed)
+                    .collect(),
                 Err(e) => {
                     println!(
                         "no run without a mutant to compare with ({e}): run `make test` first"
                     );
-                    BTreeSet::new()
+                    Vec::new()
                 }
             };
             let nextest = Nextest::new(root);
             let runner = Runner {
                 tests: &nextest,
                 scenarios,
-                failing_without_mutant,
+                failing_without_mutant: failing_tests(&baseline_failures),
+                baseline_failures,
                 log_dir: root.join(LOG_DIR_PATH),
             };
             let mut run = runner.run(&chosen, selection.mode(), &mut std::io::stdout())?;
@@ -1129,6 +1155,20 @@ where = "store/src/space.rs"
         assert_eq!(test_token("INV-27").as_deref(), Some("inv_27_"));
         assert_eq!(test_token("INV-7"), None);
         assert_eq!(test_token("INV-100"), None);
+    }
+
+    #[test]
+    fn tests_failing_without_a_mutant_are_left_out_of_its_run() {
+        let f = "test(/x/)";
+        let passed = case("store::space", "inv_06_a", TestOutcome::Passed, "");
+        assert_eq!(without_failing(f, &[passed.clone()]), f);
+        let failed = case("store::crash_process", "inv_05_b", TestOutcome::Failed, "");
+        let unit = case("relay", "core::tests::inv_12_c", TestOutcome::Failed, "");
+        assert_eq!(
+            without_failing(f, &[passed, failed, unit]),
+            "(test(/x/)) - ((binary_id(=store::crash_process) & test(=inv_05_b)) | \
+             (binary_id(=relay) & test(=core::tests::inv_12_c)))"
+        );
     }
 
     #[test]
@@ -1393,6 +1433,7 @@ where = "store/src/space.rs"
             tests: &tests,
             scenarios: &hook,
             failing_without_mutant: BTreeSet::new(),
+            baseline_failures: Vec::new(),
             log_dir: PathBuf::from("/logs"),
         };
         let mut printed = Vec::new();

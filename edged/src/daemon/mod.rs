@@ -26,8 +26,6 @@ use crate::cli::RunArgs;
 use crate::config::{Config, LogFormat};
 use crate::exit::{CONFIG, CliResult, Failure, STORAGE};
 
-/// How often expired segments are swept and certificate expiry is checked.
-pub const HOUSEKEEPING_INTERVAL_MS: u64 = 60_000;
 /// Certificates closer than this to expiry are warned about, in logs and `status`.
 pub const CERT_EXPIRY_WARNING_S: i64 = 30 * 24 * 3600;
 /// How long shutdown waits for connections to close.
@@ -297,7 +295,7 @@ async fn housekeeping(daemon: Arc<Daemon>, mut stop: tokio::sync::watch::Receive
         }
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(Duration::from_millis(HOUSEKEEPING_INTERVAL_MS)) => {}
+            _ = tokio::time::sleep(daemon.cfg.housekeeping_interval) => {}
         }
     }
 }

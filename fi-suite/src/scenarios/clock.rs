@@ -393,13 +393,12 @@ fn clock_skew_hours(ctx: &mut Ctx) -> anyhow::Result<World> {
 /// Relay wake interval of the jumping node: it notices a jump within this.
 const JUMP_WAKE_MS: u64 = 1_000;
 /// Attempts of a job in `clock-jump-forward`: its jobs must still be pending (not dead
-/// letters) after more than a minute of a peer being down. At most the default
+/// letters) after the jump and a housekeeping tick with a peer down. At most the default
 /// `store_full_attempts_max` (48).
 const JUMP_ATTEMPTS_MAX: u32 = 40;
-/// The daemon's housekeeping period (edged/src/daemon/mod.rs `HOUSEKEEPING_INTERVAL_MS`): the
-/// sweep of expired segments and the jump shown by `status` come at its ticks. Not a config
-/// key, so the scenario waits for it.
-const HOUSEKEEPING_MS: u64 = 60_000;
+/// The jumping node's housekeeping period (`housekeeping_interval_ms`; default a minute): the
+/// sweep of expired segments and the jump shown by `status` come at its ticks.
+const HOUSEKEEPING_MS: u64 = 5_000;
 /// Longest wait past a housekeeping tick for its effects.
 const HOUSEKEEPING_SLACK_MS: u64 = 10_000;
 /// Longest wait for the jumping node to log a jump.
@@ -508,6 +507,11 @@ fn clock_jump_forward(ctx: &mut Ctx) -> anyhow::Result<World> {
         "relay",
         format!("wake_interval_max_ms = {JUMP_WAKE_MS}"),
     );
+    spec.node_line(
+        JUMPER,
+        "",
+        format!("housekeeping_interval_ms = {HOUSEKEEPING_MS}"),
+    );
     let mut fleet = ctx.direct_fleet(spec)?;
     let clock_file = fleet.dir.join("jumper.faketime");
     std::fs::write(&clock_file, "+0\n")?;
@@ -524,7 +528,6 @@ fn clock_jump_forward(ctx: &mut Ctx) -> anyhow::Result<World> {
         )?);
         long.push(fleet.make_segment(&format!("long-{k}"), CLOCK_PAYLOAD_BYTES, &stick, &[])?);
     }
-    let jumper_started = Instant::now();
     fleet.start(JUMPER)?;
     fleet.start(SOURCE)?;
     let mut world = World::new(fleet);
@@ -564,6 +567,7 @@ fn clock_jump_forward(ctx: &mut Ctx) -> anyhow::Result<World> {
 
     // The jump, while the jumper owes all four to a peer that is down.
     std::fs::write(&clock_file, format!("{JUMP_OFFSET}\n"))?;
+    let jumped = Instant::now();
     let seen = look::wait(&world.fleet, Duration::from_millis(JUMP_SEEN_MS), |f| {
         !look::log_lines(f, JUMPER, JUMP_LOG).is_empty()
     });
@@ -581,7 +585,7 @@ fn clock_jump_forward(ctx: &mut Ctx) -> anyhow::Result<World> {
 
     // The next housekeeping tick sweeps what expired and shows the jump.
     let tick = Duration::from_millis(HOUSEKEEPING_MS + HOUSEKEEPING_SLACK_MS);
-    let left = tick.saturating_sub(jumper_started.elapsed());
+    let left = tick.saturating_sub(jumped.elapsed());
     let reported = look::wait(&world.fleet, left, |f| {
         f.try_json(JUMPER, &["status"]).is_ok_and(|v| {
             v["warnings"].as_array().into_iter().flatten().any(|w| {
@@ -598,7 +602,7 @@ fn clock_jump_forward(ctx: &mut Ctx) -> anyhow::Result<World> {
             "`edged status` warns of the wall clock jump".to_owned()
         } else {
             format!(
-                "no jump warning in `edged status` within {} ms of the start",
+                "no jump warning in `edged status` within {} ms of the jump",
                 tick.as_millis()
             )
         },
