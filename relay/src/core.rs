@@ -888,4 +888,178 @@ mod tests {
         assert_eq!(clamp_due_ms(u64::MAX, 100, &c), 100 + c.backoff_max_ms);
         assert_eq!(clamp_due_ms(150, 100, &c), 150);
     }
+
+    #[test]
+    fn bounded_error_cuts_at_a_character_boundary_within_the_bound() {
+        let short = "x".repeat(ERROR_BYTES_MAX);
+        assert_eq!(bounded_error(&short), short);
+        // Two-byte characters, shifted by one byte in the second text: whichever parity the
+        // bound has, one of them puts the cut inside a character.
+        for text in [
+            "é".repeat(ERROR_BYTES_MAX),
+            format!("a{}", "é".repeat(ERROR_BYTES_MAX)),
+        ] {
+            let cut = bounded_error(&text);
+            assert!(cut.len() <= ERROR_BYTES_MAX, "{} bytes", cut.len());
+            assert!(cut.len() >= ERROR_BYTES_MAX - 1, "{} bytes", cut.len());
+            let kept = cut.strip_suffix('…').expect("marked as cut");
+            assert!(text.starts_with(kept));
+        }
+    }
+
+    #[test]
+    fn jitter_of_a_short_delay_uses_its_remainder() {
+        // 7 ms at 100 %: the whole 7 ms may go (the span comes from the remainder below 100).
+        assert_eq!(jittered(7, 100, 7), 0);
+        assert_eq!(jittered(150, 50, 75), 75);
+        assert_eq!(jittered(150, 50, 76), 150);
+    }
+
+    #[test]
+    fn inv_12_a_busy_answer_names_its_streak_once_the_streak_is_spent() {
+        let c = cfg();
+        let counts = Counts {
+            attempts: 2,
+            store_full_attempts: 0,
+            busy_streak: c.busy_retries_max,
+        };
+        match decide(counts, &Outcome::Busy, 0, &c, 0) {
+            Decision::Retry { error, .. } => assert_eq!(
+                error,
+                format!("busy ({} answers in a row)", c.busy_retries_max + 1)
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn inv_16_a_job_expiring_now_does_not_start() {
+        let c = cfg();
+        let fresh = Counts::default();
+        assert_eq!(
+            start_verdict(fresh, Some(100), 100, &c),
+            StartVerdict::Expired
+        );
+        assert_eq!(
+            start_verdict(fresh, Some(101), 100, &c),
+            StartVerdict::Start
+        );
+        assert_eq!(
+            start_verdict(fresh, None, u64::MAX, &c),
+            StartVerdict::Start
+        );
+    }
+
+    #[test]
+    fn inv_13_one_peer_waits_on_a_dead_letter_alone() {
+        let t = Tally {
+            jobs: 2,
+            dead: 1,
+            cancelled: 1,
+            ..Tally::default()
+        };
+        assert_eq!(
+            verdict(SuccessCondition::OnePeer, t, false),
+            Verdict::NotYet
+        );
+        let t = Tally {
+            jobs: 2,
+            pending: 1,
+            refused: 1,
+            ..Tally::default()
+        };
+        assert_eq!(
+            verdict(SuccessCondition::OnePeer, t, false),
+            Verdict::NotYet
+        );
+    }
+
+    fn view(priority: u8, due_ms: u64) -> JobView {
+        JobView { priority, due_ms }
+    }
+
+    #[test]
+    fn scheduler_views_follow_each_job_through_its_slots() {
+        let c = cfg();
+        let mut s = Scheduler::new();
+        let (k, a) = (key(1, "a"), PeerId::new("a").unwrap());
+        s.upsert(k.clone(), view(1, 10));
+        assert_eq!((s.pending(), s.in_flight_to(&a)), (1, 0));
+        assert_eq!(s.view(&k), Some(view(1, 10)));
+        assert!(!s.is_in_flight(&k));
+        // Ending a transfer that is not running changes nothing.
+        s.finish(&k);
+        assert_eq!((s.pending(), s.in_flight()), (1, 0));
+        assert_eq!(s.pick(10, &c, usize::MAX), vec![k.clone()]);
+        assert!(s.is_in_flight(&k));
+        assert_eq!((s.pending(), s.in_flight_to(&a)), (1, 1));
+        // Removed while in flight: no longer pending, still holding its slot.
+        s.remove(&k);
+        assert_eq!(s.view(&k), None);
+        assert!(s.is_in_flight(&k));
+        assert_eq!(
+            (s.pending(), s.in_flight(), s.in_flight_pending()),
+            (0, 1, 0)
+        );
+        s.finish(&k);
+        assert!(!s.is_in_flight(&k));
+        assert_eq!((s.pending(), s.in_flight_to(&a)), (0, 0));
+    }
+
+    #[test]
+    fn pick_stops_at_its_limit_and_breaks_ties_by_peer() {
+        let c = cfg();
+        let mut s = Scheduler::new();
+        // The same segment, priority and due time for two peers: peer id decides.
+        s.upsert(key(1, "b"), view(5, 10));
+        s.upsert(key(1, "a"), view(5, 10));
+        assert_eq!(s.pick(10, &c, 1), vec![key(1, "a")]);
+        assert_eq!(s.pick(10, &c, 1), vec![key(1, "b")]);
+        assert!(s.pick(10, &c, 1).is_empty());
+    }
+
+    #[test]
+    fn can_start_when_a_job_is_due_and_a_slot_is_free() {
+        let mut c = cfg();
+        c.per_peer_concurrency_max = 1;
+        c.global_concurrency_max = 2;
+        let mut s = Scheduler::new();
+        assert!(!s.can_start(0, &c), "nothing at all");
+        s.upsert(key(1, "a"), view(1, 10));
+        s.upsert(key(2, "a"), view(1, 10));
+        assert!(!s.can_start(9, &c), "not due yet");
+        assert!(s.can_start(10, &c), "due now");
+        // a at its cap of one: its other ready job waits for the slot, not for time.
+        assert_eq!(s.pick(10, &c, usize::MAX), vec![key(1, "a")]);
+        assert!(!s.can_start(10, &c), "only a capped peer is ready");
+        // b's job, promoted to ready by a pick limited to nothing, can start: b has a free slot.
+        s.upsert(key(3, "b"), view(1, 10));
+        assert!(s.pick(10, &c, 0).is_empty());
+        assert!(
+            s.can_start(10, &c),
+            "a ready job of a peer with a free slot"
+        );
+        assert_eq!(s.pick(10, &c, usize::MAX), vec![key(3, "b")]);
+        // The global cap of two is reached: a job coming due cannot start.
+        s.upsert(key(4, "c"), view(1, 10));
+        assert!(!s.can_start(10, &c), "global cap");
+    }
+
+    #[test]
+    fn inv_14_reclamp_leaves_transfers_in_flight_alone() {
+        let c = cfg();
+        let mut s = Scheduler::new();
+        s.upsert(key(1, "a"), view(1, 10));
+        s.upsert(key(2, "b"), view(1, 10));
+        assert_eq!(s.pick(10, &c, 1), vec![key(1, "a")]);
+        let now = 1_000_000;
+        s.reclamp(now, &c);
+        assert_eq!(
+            s.view(&key(1, "a")),
+            Some(view(1, 10)),
+            "in flight: untouched"
+        );
+        assert_eq!(s.view(&key(2, "b")), Some(view(1, now)), "waiting: clamped");
+        assert!(s.is_in_flight(&key(1, "a")));
+    }
 }
