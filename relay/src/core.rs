@@ -1062,4 +1062,16 @@ mod tests {
         assert_eq!(s.view(&key(2, "b")), Some(view(1, now)), "waiting: clamped");
         assert!(s.is_in_flight(&key(1, "a")));
     }
+
+    #[test]
+    fn dead_pins_wake_in_time_order_and_are_forgotten_when_removed() {
+        let mut s = Scheduler::new();
+        s.add_dead_pin(key(1, "a"), 50);
+        s.add_dead_pin(key(2, "b"), 70);
+        assert_eq!(s.next_wake_ms(), Some(50));
+        assert_eq!(s.dead_pins_due(60, usize::MAX), vec![key(1, "a")]);
+        s.remove_dead_pin(&key(1, "a"));
+        assert_eq!(s.next_wake_ms(), Some(70));
+        assert!(s.dead_pins_due(60, usize::MAX).is_empty());
+    }
 }
