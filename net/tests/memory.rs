@@ -7,11 +7,14 @@
 //! must stay below the larger segment and differ by less than one QUIC stream window.
 
 mod common;
+#[path = "../../test-support/libtest_args.rs"]
+mod libtest_args;
 
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use libtest_args::HarnessArgs;
 use net::SendOutcome;
 
 const CHILD_ENV: &str = "NET_MEMORY_CHILD_BYTES";
@@ -72,60 +75,6 @@ fn main() {
     inv_20_peak_memory_does_not_grow_with_segment_size();
     println!("test {TEST_NAME} ... ok");
     println!("1 passed, 0 failed");
-}
-
-/// The part of libtest's command line that `cargo test` and nextest use.
-///
-/// nextest lists with `--list --format terse` (and again with `--ignored`, which must list only
-/// ignored tests: there are none here), then runs each test alone with `NAME --exact
-/// --nocapture`; `cargo test` passes substring filters and flags such as `--nocapture`.
-#[derive(Debug, Default)]
-struct HarnessArgs {
-    list: bool,
-    /// `--ignored`: only ignored tests, i.e. none.
-    ignored_only: bool,
-    /// `--exact`: filters and skips match whole names instead of substrings.
-    exact: bool,
-    filters: Vec<String>,
-    skips: Vec<String>,
-}
-
-impl HarnessArgs {
-    fn parse(args: impl IntoIterator<Item = String>) -> HarnessArgs {
-        let mut parsed = HarnessArgs::default();
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--list" => parsed.list = true,
-                "--ignored" => parsed.ignored_only = true,
-                "--exact" => parsed.exact = true,
-                "--skip" => parsed.skips.extend(args.next()),
-                // libtest options whose value is the next argument: consume it, so that it is
-                // not taken for a filter.
-                "--format" | "--color" | "--test-threads" | "--logfile" | "-Z" => {
-                    args.next();
-                }
-                // `--nocapture`, `--include-ignored` (nothing is ignored), `--format=terse`, …
-                flag if flag.starts_with('-') => {}
-                _ => parsed.filters.push(arg),
-            }
-        }
-        parsed
-    }
-
-    fn matches(&self, name: &str, pattern: &str) -> bool {
-        if self.exact {
-            name == pattern
-        } else {
-            name.contains(pattern)
-        }
-    }
-
-    fn selects(&self, name: &str) -> bool {
-        !self.ignored_only
-            && (self.filters.is_empty() || self.filters.iter().any(|f| self.matches(name, f)))
-            && !self.skips.iter().any(|s| self.matches(name, s))
-    }
 }
 
 fn inv_20_peak_memory_does_not_grow_with_segment_size() {

@@ -30,6 +30,8 @@
 //! non-zero on any failure.
 
 mod common;
+#[path = "../../test-support/libtest_args.rs"]
+mod libtest_args;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -41,6 +43,7 @@ use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use common::*;
+use libtest_args::HarnessArgs;
 use redb::{ReadableDatabase, ReadableTable};
 use store::crash;
 use store::fs::{Fs, RealFs};
@@ -1460,60 +1463,4 @@ fn harness_lists_and_selects_tests_like_libtest() -> Result<(), String> {
         return Err(format!("a run of no test printed {out:?} (success {ok})"));
     }
     Ok(())
-}
-
-/// The part of libtest's command line that `cargo test` and nextest use.
-///
-/// nextest drives a custom harness in two steps: it lists with `--list --format terse` (and
-/// again with `--ignored`, which must list only ignored tests: there are none here, so that
-/// list is empty), then runs each listed test alone with `NAME --exact --nocapture`. `cargo
-/// test` passes filters (substrings) and flags such as `--nocapture`. Output is plain lines
-/// either way, so capture and format flags change nothing here.
-#[derive(Debug, Default)]
-struct HarnessArgs {
-    list: bool,
-    /// `--ignored`: only ignored tests, i.e. none.
-    ignored_only: bool,
-    /// `--exact`: filters and skips match whole names instead of substrings.
-    exact: bool,
-    filters: Vec<String>,
-    skips: Vec<String>,
-}
-
-impl HarnessArgs {
-    fn parse(args: impl IntoIterator<Item = String>) -> HarnessArgs {
-        let mut parsed = HarnessArgs::default();
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--list" => parsed.list = true,
-                "--ignored" => parsed.ignored_only = true,
-                "--exact" => parsed.exact = true,
-                "--skip" => parsed.skips.extend(args.next()),
-                // libtest options whose value is the next argument: consume it, so that it is
-                // not taken for a filter.
-                "--format" | "--color" | "--test-threads" | "--logfile" | "-Z" => {
-                    args.next();
-                }
-                // `--nocapture`, `--include-ignored` (nothing is ignored), `--format=terse`, …
-                flag if flag.starts_with('-') => {}
-                _ => parsed.filters.push(arg),
-            }
-        }
-        parsed
-    }
-
-    fn matches(&self, name: &str, pattern: &str) -> bool {
-        if self.exact {
-            name == pattern
-        } else {
-            name.contains(pattern)
-        }
-    }
-
-    fn selects(&self, name: &str) -> bool {
-        !self.ignored_only
-            && (self.filters.is_empty() || self.filters.iter().any(|f| self.matches(name, f)))
-            && !self.skips.iter().any(|s| self.matches(name, s))
-    }
 }
