@@ -366,9 +366,9 @@ impl Nextest {
         }
     }
 
-    /// The test command's runner part, exactly as `make test` runs it (profile `ci`, its
-    /// JUnit report at [`BASELINE_JUNIT_PATH`]), without a mutant.
-    pub fn baseline_command(&self) -> Command {
+    /// `cargo nextest run` over the build `make test` made (same features and cargo profile,
+    /// so nothing is rebuilt), with nextest profile `profile`.
+    fn nextest_run(&self, profile: &str) -> Command {
         let mut cmd = Command::new(&self.cargo);
         cmd.current_dir(&self.root)
             .args([
@@ -378,30 +378,26 @@ impl Nextest {
                 "--locked",
                 "--all-features",
             ])
-            .args(["--profile", "ci"])
-            .env_remove(MUTANT_ENV)
+            .args(["--profile", profile])
             .stdin(Stdio::null());
         cmd
     }
 
-    /// The command, as `make test` builds (same features and cargo profile) but with the
-    /// mutant's profile and filter.
+    /// The test command's runner part, exactly as `make test` runs it (profile `ci`, its
+    /// JUnit report at [`BASELINE_JUNIT_PATH`]), without a mutant.
+    pub fn baseline_command(&self) -> Command {
+        let mut cmd = self.nextest_run("ci");
+        cmd.env_remove(MUTANT_ENV);
+        cmd
+    }
+
+    /// The tests `filter` selects with `mutant` active, in the mutant runs' profile.
     pub fn command(&self, mutant: &str, filter: &str) -> Command {
-        let mut cmd = Command::new(&self.cargo);
-        cmd.current_dir(&self.root)
-            .args([
-                "nextest",
-                "run",
-                "--workspace",
-                "--locked",
-                "--all-features",
-            ])
-            .args(["--profile", NEXTEST_PROFILE])
-            // No test claiming the invariants is an outcome (UNKNOWN), not an error.
-            .args(["--no-tests", "pass"])
+        let mut cmd = self.nextest_run(NEXTEST_PROFILE);
+        // No test claiming the invariants is an outcome (UNKNOWN), not an error.
+        cmd.args(["--no-tests", "pass"])
             .args(["-E", filter])
-            .env(MUTANT_ENV, mutant)
-            .stdin(Stdio::null());
+            .env(MUTANT_ENV, mutant);
         cmd
     }
 }
