@@ -473,19 +473,7 @@ fn disk_full_transfer(ctx: &mut Ctx) -> anyhow::Result<World> {
 
     // The receiver stops before its file system goes; the runner's checks of running nodes
     // would not see it, so they are taken here first.
-    ctx.record(check::counters(&world.fleet));
-    ctx.record(check::duplicates(&world.fleet));
-    let stopped = world.fleet.stop(RECEIVER);
-    ctx.check(
-        "receiver_stops_cleanly",
-        &["INV-23"],
-        stopped.is_ok(),
-        match &stopped {
-            Ok(()) => format!("{receiver_id} stopped on SIGTERM with status 0"),
-            Err(e) => format!("{e:#}"),
-        },
-    );
-    tmpfs.unmount()?;
+    stop_on_small_disk(ctx, &mut world, RECEIVER, "receiver_stops_cleanly", tmpfs)?;
     Ok(world)
 }
 
@@ -769,20 +757,34 @@ fn disk_full_import(ctx: &mut Ctx) -> anyhow::Result<World> {
     ctx.converge(&world.fleet, &acked, &both, 1, FULL_TRANSFER_MS);
     ctx.record(check::lost(&world.fleet, &acked, &both));
 
+    stop_on_small_disk(ctx, &mut world, IMPORTER, "importer_stops_cleanly", tmpfs)?;
+    Ok(world)
+}
+
+/// Ends a scenario whose node `at` runs on `tmpfs`: the runner's checks of running nodes are
+/// taken first (they would not see it once stopped), then it must stop cleanly on SIGTERM
+/// (INV-23: a full disk is no reason to die), and its file system goes.
+fn stop_on_small_disk(
+    ctx: &mut Ctx,
+    world: &mut World,
+    at: usize,
+    check_name: &str,
+    tmpfs: Tmpfs,
+) -> anyhow::Result<()> {
     ctx.record(check::counters(&world.fleet));
     ctx.record(check::duplicates(&world.fleet));
-    let stopped = world.fleet.stop(IMPORTER);
+    let id = world.fleet.node(at).id.clone();
+    let stopped = world.fleet.stop(at);
     ctx.check(
-        "importer_stops_cleanly",
+        check_name,
         &["INV-23"],
         stopped.is_ok(),
         match &stopped {
-            Ok(()) => format!("{importer_id} stopped on SIGTERM with status 0"),
+            Ok(()) => format!("{id} stopped on SIGTERM with status 0"),
             Err(e) => format!("{e:#}"),
         },
     );
-    tmpfs.unmount()?;
-    Ok(world)
+    tmpfs.unmount()
 }
 
 /// Segments of the corruption scenarios.
