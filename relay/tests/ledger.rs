@@ -18,6 +18,15 @@ fn stored(out: IngestOutcome<relay::Scheduled>) -> SegmentId {
     }
 }
 
+/// Imports `file` at `T0`; it must be stored.
+fn import(relay: &Relay, file: &[u8]) -> SegmentId {
+    stored(
+        relay
+            .ingest_reader(file, &IngestOptions::import(), T0)
+            .unwrap(),
+    )
+}
+
 /// Runs one attempt of `key` with `outcome`.
 fn attempt(relay: &Relay, k: &JobKey, outcome: Outcome, now: u64) {
     let picked = relay.pick(now, usize::MAX);
@@ -103,11 +112,7 @@ fn jobs_of_peers_removed_from_known_peers_are_cancelled_at_start() {
     let fs = SimFs::new();
     let (store, relay) = open(&fs, &publisher, node_cfg(&["a", "b"]), T0);
     let (_, file) = publisher.segment(&spec("s"));
-    let id = stored(
-        relay
-            .ingest_reader(file.as_slice(), &IngestOptions::import(), T0)
-            .unwrap(),
-    );
+    let id = import(&relay, &file);
     attempt(&relay, &key(id, "a"), Outcome::Delivered, T0);
     drop((store, relay));
     let ((store, relay), logs) =
@@ -145,11 +150,7 @@ fn inv_07_dead_letter_pins_until_its_max_age_then_only_the_record_stays() {
     cfg.attempts_max = 1;
     let (store, relay) = open(&fs, &publisher, cfg.clone(), T0);
     let (_, file) = publisher.segment(&spec("s"));
-    let id = stored(
-        relay
-            .ingest_reader(file.as_slice(), &IngestOptions::import(), T0)
-            .unwrap(),
-    );
+    let id = import(&relay, &file);
     attempt(
         &relay,
         &key(id, "a"),
@@ -255,11 +256,7 @@ fn inv_22_purge_removes_the_dead_letter_and_only_its_pin_and_is_logged() {
     cfg.attempts_max = 1;
     let (store, relay) = open(&fs, &publisher, cfg, T0);
     let (_, file) = publisher.segment(&spec("s"));
-    let id = stored(
-        relay
-            .ingest_reader(file.as_slice(), &IngestOptions::import(), T0)
-            .unwrap(),
-    );
+    let id = import(&relay, &file);
     attempt(
         &relay,
         &key(id, "a"),
@@ -299,11 +296,7 @@ fn inv_16_an_expired_segment_is_not_relayed_its_jobs_cancel() {
     let fs = SimFs::new();
     let (store, relay) = open(&fs, &publisher, node_cfg(&["a"]), T0);
     let (_, file) = publisher.segment(&spec("s").expires_at_ms(T0 + 5_000));
-    let id = stored(
-        relay
-            .ingest_reader(file.as_slice(), &IngestOptions::import(), T0)
-            .unwrap(),
-    );
+    let id = import(&relay, &file);
     attempt(
         &relay,
         &key(id, "a"),
@@ -333,11 +326,7 @@ fn status_shows_pending_jobs_with_next_due_and_in_flight() {
     let fs = SimFs::new();
     let (_store, relay) = open(&fs, &publisher, node_cfg(&["a", "b"]), T0);
     let (_, file) = publisher.segment(&spec("s"));
-    let id = stored(
-        relay
-            .ingest_reader(file.as_slice(), &IngestOptions::import(), T0)
-            .unwrap(),
-    );
+    let id = import(&relay, &file);
     let picked = relay.pick(T0, 1);
     relay.record_starts_blocking(picked, T0).unwrap();
     let status = relay.status(&id).unwrap().unwrap();
@@ -358,11 +347,7 @@ fn inv_10_a_re_import_after_eviction_keeps_one_set_of_jobs() {
     let fs = SimFs::new();
     let (store, relay) = open(&fs, &publisher, node_cfg(&["a", "b"]), T0);
     let (_, file) = publisher.segment(&spec("s"));
-    let id = stored(
-        relay
-            .ingest_reader(file.as_slice(), &IngestOptions::import(), T0)
-            .unwrap(),
-    );
+    let id = import(&relay, &file);
     attempt(&relay, &key(id, "a"), Outcome::Delivered, T0);
     // b answered busy meanwhile (see `attempt`): it is due again a little later.
     let later = relay.next_wake_ms().expect("b is due again");
@@ -408,11 +393,7 @@ fn inv_22_a_second_requeue_of_a_requeued_job_does_nothing() {
     cfg.attempts_max = 2;
     let (_store, relay) = open(&fs, &publisher, cfg, T0);
     let (_, file) = publisher.segment(&spec("s"));
-    let id = stored(
-        relay
-            .ingest_reader(file.as_slice(), &IngestOptions::import(), T0)
-            .unwrap(),
-    );
+    let id = import(&relay, &file);
     let k = key(id, "a");
     attempt(&relay, &k, Outcome::Unreachable("down".into()), T0);
     let now = relay.next_wake_ms().expect("a retry is due");
