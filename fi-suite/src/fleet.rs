@@ -410,8 +410,21 @@ impl Fleet {
     /// Starts node `i` with `env` on top of the fleet's and the node's (e.g. a crash point),
     /// and waits until it answers, or until it exits (then returns its status as an error).
     pub fn start_with(&mut self, i: usize, env: &BTreeMap<String, String>) -> anyhow::Result<()> {
+        match self.start_or_exit(i, env)? {
+            None => Ok(()),
+            Some(status) => bail!("{} exited at start: {status}", self.nodes[i].id),
+        }
+    }
+
+    /// Like [`Fleet::start_with`], but an exit before the node answers is an outcome: its
+    /// status (a crash point armed in `env` may fire while the node starts).
+    pub fn start_or_exit(
+        &mut self,
+        i: usize,
+        env: &BTreeMap<String, String>,
+    ) -> anyhow::Result<Option<ExitStatus>> {
         self.spawn(i, env)?;
-        self.wait_ready(i)
+        self.answers_or_exits(i)
     }
 
     fn spawn(&mut self, i: usize, env: &BTreeMap<String, String>) -> anyhow::Result<()> {
@@ -434,13 +447,22 @@ impl Fleet {
 
     /// Waits until node `i` answers on its control socket, or fails if it exits first.
     pub fn wait_ready(&mut self, i: usize) -> anyhow::Result<()> {
+        match self.answers_or_exits(i)? {
+            None => Ok(()),
+            Some(status) => bail!("{} exited at start: {status}", self.nodes[i].id),
+        }
+    }
+
+    /// Waits until node `i` answers (`None`) or exits (its status); an error if neither
+    /// happens within [`START_TIMEOUT_MS`].
+    fn answers_or_exits(&mut self, i: usize) -> anyhow::Result<Option<ExitStatus>> {
         let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
         loop {
             if let Some(status) = self.exited(i)? {
-                bail!("{} exited at start: {status}", self.nodes[i].id);
+                return Ok(Some(status));
             }
             if self.try_json(i, &["status"]).is_ok() {
-                return Ok(());
+                return Ok(None);
             }
             if Instant::now() >= deadline {
                 bail!(
