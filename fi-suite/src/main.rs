@@ -377,9 +377,19 @@ fn build(paths: &Paths) -> anyhow::Result<()> {
                 _ => {}
             }
         }
+        // Simulation machinery is in no build of the daemon: not the shipped one, not this one.
+        for module in SIMULATION_MODULES {
+            if holds(module) {
+                bail!("{} holds {module}: simulation machinery ships", to.display());
+            }
+        }
     }
     Ok(())
 }
+
+/// Module paths of the simulation machinery (feature `sim` of store, relay and net); their
+/// names appear in a binary's symbols and panic locations whenever any of their code is in it.
+const SIMULATION_MODULES: [&str; 2] = ["store::fs::sim", "relay::harness"];
 
 /// The environment variables that switch on crash points and mutants in the `fi` build.
 const MACHINERY_ENV: [&str; 2] = ["EDGED_CRASH_AT", "EDGED_MUTANT"];

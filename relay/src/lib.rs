@@ -23,6 +23,7 @@ pub mod core;
 pub mod counters;
 pub mod error;
 pub mod executor;
+#[cfg(feature = "sim")]
 pub mod harness;
 pub mod ledger;
 pub mod limits;

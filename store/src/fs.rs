@@ -18,6 +18,9 @@
 //! - Disk-full and I/O errors keep their OS error number: classify them with [`is_enospc`] and
 //!   [`is_eio`].
 
+// The power-loss double is test machinery: compiled for this crate's unit tests and for the
+// `sim` feature (tests and simulations of the crates above), never into the shipped binary.
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
 use std::ffi::OsString;
