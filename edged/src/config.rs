@@ -488,33 +488,25 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
     store_cfg.pinned_channels = pinned_channels;
     store_cfg.clock_skew_ms = raw.clock_skew_max_s.saturating_mul(1000);
 
-    let peer_ids = known_peers
-        .iter()
-        .map(|p| p.id.parse::<relay::PeerId>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid("known_peers", e.to_string()))?;
-    let node_peer_id: relay::PeerId = raw
+    // Parsed once: the relay and the network layer take the same ids.
+    let node_id: base::NodeId = raw
         .node_id
         .parse()
-        .map_err(|e: relay::peer::PeerIdError| invalid("node_id", e.to_string()))?;
-    let mut relay_cfg = relay::RelayConfig::new(node_peer_id, peer_ids);
+        .map_err(|e: base::NodeIdError| invalid("node_id", e.to_string()))?;
+    let mut net_peers = std::collections::BTreeMap::new();
+    for (i, peer) in known_peers.iter().enumerate() {
+        let id: base::NodeId = peer.id.parse().map_err(|e: base::NodeIdError| {
+            invalid(&format!("known_peers[{i}].id"), e.to_string())
+        })?;
+        net_peers.insert(id, peer.addr);
+    }
+    let peer_ids = net_peers.keys().cloned().collect::<Vec<_>>();
+    let mut relay_cfg = relay::RelayConfig::new(node_id.clone(), peer_ids);
     raw.relay.apply(&mut relay_cfg);
     relay_cfg
         .validate()
         .map_err(|e| invalid(&format!("relay.{}", e.key), e.reason))?;
 
-    let node_id: net::NodeId = raw
-        .node_id
-        .parse()
-        .map_err(|e: net::PkiError| invalid("node_id", e.to_string()))?;
-    let mut net_peers = std::collections::BTreeMap::new();
-    for (i, peer) in known_peers.iter().enumerate() {
-        let id: net::NodeId = peer
-            .id
-            .parse()
-            .map_err(|e: net::PkiError| invalid(&format!("known_peers[{i}].id"), e.to_string()))?;
-        net_peers.insert(id, peer.addr);
-    }
     let mut net_cfg = net::NetConfig::new(node_id, listen_addr, net_peers);
     raw.net.apply(&mut net_cfg);
     net_cfg
@@ -693,7 +685,7 @@ fn store_owned(socket: &Path, data_dir: &Path) -> Option<String> {
 
 /// A node id is the DNS name in the node's certificate: the network layer's rules apply.
 fn check_node_id(id: &str) -> Result<(), String> {
-    id.parse::<net::NodeId>()
+    id.parse::<base::NodeId>()
         .map(|_| ())
         .map_err(|e| format!("`{id}`: {e}"))
 }

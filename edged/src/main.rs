@@ -4,7 +4,6 @@
 //! code (see [`exit`]).
 
 mod cli;
-mod clock;
 mod cmd;
 mod config;
 mod control;

@@ -1,32 +1,15 @@
-//! The clock seam: wall-clock UTC milliseconds, read in one place.
+//! Time in the network layer: the one clock seam of `base` ([`Clock`]).
 //!
 //! The node reads "now" only through a [`Clock`]: for the store's freshness checks and
 //! checkpoints, and — through [`ClockTime`] — for certificate validity in TLS. Timeouts use
 //! tokio's monotonic clock (which tests can pause).
 
-use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rustls::pki_types::UnixTime;
 
-/// Wall-clock UTC time in milliseconds since the Unix epoch.
-pub trait Clock: Send + Sync + fmt::Debug {
-    fn now_ms(&self) -> u64;
-}
-
-/// The system's real-time clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
-    }
-}
+pub use base::clock::{Clock, SystemClock};
 
 /// A [`Clock`] as rustls' time provider, so certificate validity is judged on the same clock.
 #[derive(Debug, Clone)]

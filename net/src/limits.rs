@@ -10,8 +10,8 @@ use store::limits::SIGNED_MANIFEST_BYTES_MAX;
 /// fails the TLS handshake (`no_application_protocol`).
 pub const ALPN: &[u8] = b"edge/1";
 
-/// Longest node id, in bytes (one DNS label).
-pub const NODE_ID_BYTES_MAX: usize = 63;
+/// Longest node id, in bytes (one DNS label; defined with the node id in `base`).
+pub use base::NODE_ID_BYTES_MAX;
 
 /// Bytes of the length prefix of every frame (u32 little-endian).
 pub const FRAME_PREFIX_BYTES: usize = 4;

@@ -18,7 +18,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -27,9 +26,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-
-use crate::limits::NODE_ID_BYTES_MAX;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 
 /// Largest PEM file read (certificate or key), in bytes; larger files are refused unread.
 pub const PEM_FILE_BYTES_MAX: u64 = 64 * 1024;
@@ -75,9 +72,9 @@ pub enum PkiError {
     CertificateRejected { path: PathBuf, reason: String },
     /// A node id does not have the required form.
     #[error(
-        "invalid node id {input:?}: {reason} (a node id is one DNS label: 1..=63 characters of [a-z0-9-], not starting or ending with '-', not all digits)"
+        "{0} (a node id is one DNS label: 1..=63 characters of [a-z0-9-], not starting or ending with '-', not all digits)"
     )]
-    InvalidNodeId { input: String, reason: &'static str },
+    InvalidNodeId(#[from] base::NodeIdError),
     /// A validity period that cannot be issued.
     #[error("invalid validity: {0}")]
     Validity(String),
@@ -86,66 +83,9 @@ pub enum PkiError {
     Generate(#[from] rcgen::Error),
 }
 
-/// A node's identity in the fleet: one DNS label, `[a-z0-9-]{1,63}`, not starting or ending with
-/// `-` and not all digits (so that it is a valid DNS name for certificate checks). Ordered as
-/// strings: the lower id wins when two nodes dial each other at once.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NodeId(String);
-
-impl NodeId {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for NodeId {
-    type Err = PkiError;
-
-    fn from_str(s: &str) -> Result<Self, PkiError> {
-        let bad = |reason| PkiError::InvalidNodeId {
-            input: s.chars().take(80).collect(),
-            reason,
-        };
-        if s.is_empty() {
-            return Err(bad("empty"));
-        }
-        if s.len() > NODE_ID_BYTES_MAX {
-            return Err(bad("longer than 63 characters"));
-        }
-        if !s
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(bad("character outside [a-z0-9-]"));
-        }
-        if s.starts_with('-') || s.ends_with('-') {
-            return Err(bad("starts or ends with '-'"));
-        }
-        match ServerName::try_from(s) {
-            Ok(ServerName::DnsName(_)) => Ok(NodeId(s.to_owned())),
-            _ => Err(bad("not a valid DNS name (all digits?)")),
-        }
-    }
-}
-
-impl TryFrom<&str> for NodeId {
-    type Error = PkiError;
-    fn try_from(s: &str) -> Result<Self, PkiError> {
-        s.parse()
-    }
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NodeId({})", self.0)
-    }
-}
+/// A node's identity in the fleet (one DNS label), defined once in `base` and shared with the
+/// relay: the id a certificate names is the id a relay job names.
+pub use base::NodeId;
 
 /// The files of a fleet CA.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -519,6 +459,8 @@ fn sync_dir(dir: &Path) -> Result<(), PkiError> {
 
 #[cfg(test)]
 mod tests {
+    use rustls::pki_types::ServerName;
+
     use super::*;
 
     #[test]
@@ -539,6 +481,22 @@ mod tests {
             "a b",
         ] {
             assert!(bad.parse::<NodeId>().is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn every_node_id_is_a_dns_name_to_tls() {
+        // The node id is checked against the certificate by rustls as a DNS name: an id that
+        // parses but is not one could never connect.
+        for ok in ["a", "node-1", "x9", &"a".repeat(63), "0a", "a-0", "9-9a"] {
+            let id: NodeId = ok.parse().unwrap();
+            assert!(
+                matches!(
+                    ServerName::try_from(id.as_str()),
+                    Ok(ServerName::DnsName(_))
+                ),
+                "{ok}"
+            );
         }
     }
 }

@@ -16,7 +16,7 @@ use relay::executor::Executor;
 use relay::harness::segments::{Publisher, SegSpec, T0_MS};
 use relay::ledger::{OutcomeIn, Start};
 use relay::transport::Transport;
-use relay::{PeerId, Relay, RelayConfig};
+use relay::{NodeId, Relay, RelayConfig};
 use store::fs::{Fs, RealFs};
 use store::{IngestOptions, IngestOutcome, SegmentId, Store, StoreConfig};
 
@@ -24,14 +24,14 @@ const JOBS: usize = 100_000;
 const PEERS: usize = 100;
 const SEGMENTS: usize = JOBS / PEERS;
 
-fn peers() -> Vec<PeerId> {
+fn peers() -> Vec<NodeId> {
     (0..PEERS)
-        .map(|i| PeerId::new(&format!("p{i}")).unwrap())
+        .map(|i| NodeId::new(&format!("p{i}")).unwrap())
         .collect()
 }
 
 fn config() -> RelayConfig {
-    RelayConfig::new(PeerId::new("bench").unwrap(), peers())
+    RelayConfig::new(NodeId::new("bench").unwrap(), peers())
 }
 
 fn open(dir: &std::path::Path, publisher: &Publisher, cfg: RelayConfig) -> Relay {
@@ -125,7 +125,7 @@ fn decision_core() -> (f64, f64) {
 struct Noop;
 
 impl Transport for Noop {
-    async fn send(&self, _peer: &PeerId, _seg: SegmentId) -> Outcome {
+    async fn send(&self, _peer: &NodeId, _seg: SegmentId) -> Outcome {
         Outcome::Delivered
     }
 }

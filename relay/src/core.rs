@@ -24,7 +24,7 @@ use store::SegmentId;
 use store::manifest::SuccessCondition;
 
 use crate::limits::{BACKOFF_EXPONENT_MAX, ERROR_BYTES_MAX, RelayConfig};
-use crate::peer::PeerId;
+use crate::peer::NodeId;
 
 /// What one transfer attempt ended with, as a transport reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -333,7 +333,7 @@ pub fn verdict(condition: SuccessCondition, t: Tally, source_is_peer: bool) -> V
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct JobKey {
     pub seg: SegmentId,
-    pub peer: PeerId,
+    pub peer: NodeId,
 }
 
 /// What the scheduler needs of a pending job.
@@ -372,8 +372,8 @@ type ReadyKey = (Reverse<u8>, u64, SegmentId);
 pub struct Scheduler {
     jobs: BTreeMap<JobKey, Entry>,
     timers: BTreeSet<(u64, JobKey)>,
-    ready: BTreeMap<PeerId, BTreeSet<ReadyKey>>,
-    in_flight_by_peer: BTreeMap<PeerId, usize>,
+    ready: BTreeMap<NodeId, BTreeSet<ReadyKey>>,
+    in_flight_by_peer: BTreeMap<NodeId, usize>,
     in_flight: usize,
     /// Dead letters still pinning their segment, by the time the pin is released.
     dead_pins: BTreeSet<(u64, JobKey)>,
@@ -404,7 +404,7 @@ impl Scheduler {
     }
 
     /// Transfers in flight to `peer`.
-    pub fn in_flight_to(&self, peer: &PeerId) -> usize {
+    pub fn in_flight_to(&self, peer: &NodeId) -> usize {
         self.in_flight_by_peer.get(peer).copied().unwrap_or(0)
     }
 
@@ -528,7 +528,7 @@ impl Scheduler {
         self.promote(now_ms);
         let mut out = Vec::new();
         while out.len() < limit && self.in_flight < cfg.global_concurrency_max {
-            let mut best: Option<(&PeerId, &ReadyKey)> = None;
+            let mut best: Option<(&NodeId, &ReadyKey)> = None;
             for (peer, set) in &self.ready {
                 if self.in_flight_to(peer) >= cfg.per_peer_concurrency_max {
                     continue;
@@ -631,15 +631,15 @@ mod tests {
 
     fn cfg() -> RelayConfig {
         RelayConfig::new(
-            PeerId::new("self").unwrap(),
-            ["a", "b", "c"].map(|p| PeerId::new(p).unwrap()),
+            NodeId::new("self").unwrap(),
+            ["a", "b", "c"].map(|p| NodeId::new(p).unwrap()),
         )
     }
 
     fn key(seg: u8, peer: &str) -> JobKey {
         JobKey {
             seg: SegmentId([seg; 32]),
-            peer: PeerId::new(peer).unwrap(),
+            peer: NodeId::new(peer).unwrap(),
         }
     }
 
@@ -982,7 +982,7 @@ mod tests {
     fn scheduler_views_follow_each_job_through_its_slots() {
         let c = cfg();
         let mut s = Scheduler::new();
-        let (k, a) = (key(1, "a"), PeerId::new("a").unwrap());
+        let (k, a) = (key(1, "a"), NodeId::new("a").unwrap());
         s.upsert(k.clone(), view(1, 10));
         assert_eq!((s.pending(), s.in_flight_to(&a)), (1, 0));
         assert_eq!(s.view(&k), Some(view(1, 10)));

@@ -15,7 +15,7 @@
 //!   of those that had already ended, and refunds the attempts of those cut short, durably,
 //!   before `run` returns.
 //! - Jitter comes from a ChaCha RNG seeded by the caller.
-//! - A jump of the wall clock (wall-clock time moving more than [`CLOCK_JUMP_TOLERANCE_MS`] apart
+//! - A jump of the wall clock (wall-clock time moving more than [`base::clock::JUMP_TOLERANCE_MS`] apart
 //!   from monotonic time between two wakes) is logged as a warning and waiting due times are
 //!   clamped again into `[now, now + backoff_max_ms]`, as at load: jobs are neither lost nor
 //!   frozen by it.
@@ -28,11 +28,13 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::task::JoinSet;
 
+use base::clock::JumpDetector;
+
 use crate::clock::{Clock, ms};
 use crate::core::{JobKey, Outcome};
 use crate::error::RelayError;
 use crate::ledger::{OutcomeIn, Start};
-use crate::limits::{CLOCK_JUMP_TOLERANCE_MS, OUTCOME_BATCH_MAX, START_BATCH_MAX};
+use crate::limits::{OUTCOME_BATCH_MAX, START_BATCH_MAX};
 use crate::relay::Relay;
 use crate::transport::Transport;
 
@@ -51,7 +53,7 @@ pub struct ExecutorReport {
 
 /// Runs one node's transfers. See the module docs.
 #[derive(Debug)]
-pub struct Executor<T, C> {
+pub struct Executor<T, C: ?Sized> {
     relay: Relay,
     transport: Arc<T>,
     clock: Arc<C>,
@@ -65,7 +67,7 @@ enum Wake {
     Timer,
 }
 
-impl<T: Transport, C: Clock> Executor<T, C> {
+impl<T: Transport, C: Clock + ?Sized> Executor<T, C> {
     /// An executor for `relay`, drawing jitter from an RNG seeded with `seed`.
     pub fn new(relay: Relay, transport: Arc<T>, clock: Arc<C>, seed: u64) -> Self {
         Executor {
@@ -89,21 +91,20 @@ impl<T: Transport, C: Clock> Executor<T, C> {
         // Which job each task sends: to refund or fail the right job when a task is cancelled or
         // panics. Only looked up, never iterated.
         let mut running: HashMap<tokio::task::Id, JobKey> = HashMap::new();
-        // Wall-clock and monotonic time at the last wake, to notice jumps of the wall clock.
-        let mut last = (self.clock.now_ms(), self.clock.instant());
+        // The node's one clock-jump detector: the executor wakes at least every
+        // `wake_interval_max_ms`, so a jump is noticed within that.
+        let mut jumps = JumpDetector::new(self.clock.read());
         loop {
-            let now = self.clock.now_ms();
-            let mono_ms = self.clock.instant().duration_since(last.1).as_millis() as i64;
-            let wall_ms = now as i64 - last.0 as i64;
-            if (wall_ms - mono_ms).abs() > CLOCK_JUMP_TOLERANCE_MS {
+            let reading = self.clock.read();
+            let now = reading.wall_ms;
+            if let Some(jump_ms) = jumps.observe(reading) {
                 tracing::warn!(
                     node_id = %cfg.node_id,
-                    jump_ms = wall_ms - mono_ms,
-                    "wall clock jumped; due times clamped again"
+                    jump_ms,
+                    "wall clock jumped; freshness checks and due times follow the new time"
                 );
-                relay.reclamp(now);
+                relay.clock_jumped(now, jump_ms);
             }
-            last = (now, self.clock.instant());
             relay.age_dead_pins(now).await?;
             loop {
                 let keys = relay.pick(now, START_BATCH_MAX);

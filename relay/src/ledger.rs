@@ -34,7 +34,7 @@ use store::{SegmentId, Stored};
 
 use crate::core::{self, Counts, Decision, JobKey, JobView, Outcome, StartVerdict, Tally, Verdict};
 use crate::limits::RelayConfig;
-use crate::peer::PeerId;
+use crate::peer::NodeId;
 use crate::tables::{
     CountSlot, DEAD, DUE, DeadRow, JOB_COUNTS, JOBS, JobRow, JobState, PROPAGATION, PropRow,
     decode, due_key, encode, job_key, parse_job_key, segment_range,
@@ -61,7 +61,7 @@ pub enum SchedOp {
 pub enum Event {
     Scheduled {
         seg: SegmentId,
-        peers: Vec<PeerId>,
+        peers: Vec<NodeId>,
     },
     Started {
         key: JobKey,
@@ -417,7 +417,7 @@ fn leave_pending(
             at_start: at.at_start,
         });
     } else {
-        store::index::unpin(txn, &key.seg, &key.peer.pin_owner())?;
+        store::index::unpin(txn, &key.seg, &crate::peer::pin_owner(&key.peer))?;
     }
     Ok(())
 }
@@ -532,7 +532,7 @@ fn cancel_owing(
             }
             JobState::Dead if !row.purged => {
                 txn.open_table(DEAD)?.remove(job_key(&key).as_slice())?;
-                store::index::unpin(txn, &key.seg, &key.peer.pin_owner())?;
+                store::index::unpin(txn, &key.seg, &crate::peer::pin_owner(&key.peer))?;
                 row.state = JobState::Cancelled;
                 row.updated_at_ms = now_ms;
                 put_job(txn, &key, &row)?;
@@ -578,7 +578,7 @@ pub fn schedule_in_txn(
         propagated_at_ms: None,
         never_at_ms: None,
     });
-    let existing: std::collections::BTreeSet<PeerId> = jobs_of_segment_txn(txn, &seg)?
+    let existing: std::collections::BTreeSet<NodeId> = jobs_of_segment_txn(txn, &seg)?
         .into_iter()
         .map(|(k, _)| k.peer)
         .collect();
@@ -608,7 +608,7 @@ pub fn schedule_in_txn(
         };
         put_job(txn, &key, &job)?;
         due.insert(due_key(job.due_ms, &key).as_slice(), job.priority)?;
-        store::index::pin(txn, &seg, &peer.pin_owner())?;
+        store::index::pin(txn, &seg, &crate::peer::pin_owner(peer))?;
         prop.tally.jobs += 1;
         prop.tally.pending += 1;
         count_job(txn, CountSlot::Pending, 1)?;
@@ -914,7 +914,7 @@ pub fn deliver_out_of_band(
             if !purged {
                 txn.open_table(DEAD)?.remove(job_key(key).as_slice())?;
                 // Idempotent: a pin already aged out is simply not there.
-                store::index::unpin(txn, &key.seg, &key.peer.pin_owner())?;
+                store::index::unpin(txn, &key.seg, &crate::peer::pin_owner(&key.peer))?;
                 fx.sched.push(SchedOp::RemoveDeadPin(key.clone()));
             }
             row.state = JobState::Delivered;
@@ -991,7 +991,7 @@ pub fn age_dead_pins(
         };
         match dead.pin_release_at_ms {
             Some(at) if at <= now_ms => {
-                store::index::unpin(txn, &key.seg, &key.peer.pin_owner())?;
+                store::index::unpin(txn, &key.seg, &crate::peer::pin_owner(&key.peer))?;
                 dead.pin_release_at_ms = None;
                 txn.open_table(DEAD)?
                     .insert(job_key(key).as_slice(), encode(&dead).as_slice())?;
@@ -1060,7 +1060,7 @@ pub fn requeue(
     put_job(txn, key, &row)?;
     txn.open_table(DUE)?
         .insert(due_key(row.due_ms, key).as_slice(), row.priority)?;
-    store::index::pin(txn, &key.seg, &key.peer.pin_owner())?;
+    store::index::pin(txn, &key.seg, &crate::peer::pin_owner(&key.peer))?;
     retally(
         txn,
         &key.seg,
@@ -1099,7 +1099,7 @@ pub fn purge(
         return Ok((Purge::NotDead(row.state), fx));
     }
     txn.open_table(DEAD)?.remove(job_key(key).as_slice())?;
-    store::index::unpin(txn, &key.seg, &key.peer.pin_owner())?;
+    store::index::unpin(txn, &key.seg, &crate::peer::pin_owner(&key.peer))?;
     row.purged = true;
     row.updated_at_ms = now_ms;
     put_job(txn, key, &row)?;

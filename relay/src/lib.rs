@@ -37,5 +37,5 @@ pub use counters::{JobCounts, RelayCounters, RelayTotals};
 pub use error::RelayError;
 pub use ledger::{OutOfBand, Scheduled, schedule_in_txn};
 pub use limits::RelayConfig;
-pub use peer::PeerId;
-pub use relay::{DeadLetter, JobStatus, Relay, SegmentStatus};
+pub use peer::NodeId;
+pub use relay::{ClockJump, DeadLetter, JobStatus, Relay, SegmentStatus};

@@ -10,10 +10,8 @@
 
 use std::collections::BTreeSet;
 
-use crate::peer::PeerId;
+use crate::peer::NodeId;
 
-/// Longest peer id, in bytes (a DNS label).
-pub const PEER_ID_BYTES_MAX: usize = 63;
 /// Most known peers a node may have. The scheduler looks at every peer with ready jobs when it
 /// picks the next job, so this bounds the cost of one pick.
 pub const KNOWN_PEERS_MAX: usize = 1024;
@@ -29,9 +27,6 @@ pub const AGE_BATCH_MAX: usize = 256;
 /// Largest exponent used in `backoff_base_ms · 2^n`: beyond it the cap applies anyway, and the
 /// shift cannot overflow.
 pub const BACKOFF_EXPONENT_MAX: u32 = 40;
-/// Drift between wall-clock and monotonic time, between two executor wakes, that counts as a
-/// jump of the wall clock (logged, due times clamped again).
-pub const CLOCK_JUMP_TOLERANCE_MS: i64 = 2_000;
 /// Largest value of `jitter_percent`.
 pub const JITTER_PERCENT_MAX: u32 = 100;
 
@@ -67,10 +62,10 @@ pub const WAKE_INTERVAL_MAX_MS_DEFAULT: u64 = 60 * 1_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayConfig {
     /// This node's id. Never a job target.
-    pub node_id: PeerId,
+    pub node_id: NodeId,
     /// The peers this node relays to. At most [`KNOWN_PEERS_MAX`]; jobs for peers no longer
     /// listed are cancelled when the relay opens.
-    pub known_peers: BTreeSet<PeerId>,
+    pub known_peers: BTreeSet<NodeId>,
     /// Attempts (ordinary failures: unreachable, timed out, failed) before a job becomes a dead
     /// letter. Default [`ATTEMPTS_MAX_DEFAULT`].
     pub attempts_max: u32,
@@ -127,7 +122,7 @@ pub struct ConfigError {
 
 impl RelayConfig {
     /// A configuration for `node_id` and its peers with every knob at its default.
-    pub fn new(node_id: PeerId, known_peers: impl IntoIterator<Item = PeerId>) -> RelayConfig {
+    pub fn new(node_id: NodeId, known_peers: impl IntoIterator<Item = NodeId>) -> RelayConfig {
         RelayConfig {
             node_id,
             known_peers: known_peers.into_iter().collect(),
@@ -249,8 +244,8 @@ mod tests {
 
     fn cfg() -> RelayConfig {
         RelayConfig::new(
-            PeerId::new("a").unwrap(),
-            [PeerId::new("b").unwrap(), PeerId::new("c").unwrap()],
+            NodeId::new("a").unwrap(),
+            [NodeId::new("b").unwrap(), NodeId::new("c").unwrap()],
         )
     }
 
@@ -311,11 +306,11 @@ mod tests {
     fn known_peers_bound_at_n_and_n_plus_1() {
         let mut c = cfg();
         c.known_peers = (0..KNOWN_PEERS_MAX)
-            .map(|i| PeerId::new(&format!("p{i}")).unwrap())
+            .map(|i| NodeId::new(&format!("p{i}")).unwrap())
             .collect();
         c.validate().unwrap();
         c.known_peers
-            .insert(PeerId::new(&format!("p{KNOWN_PEERS_MAX}")).unwrap());
+            .insert(NodeId::new(&format!("p{KNOWN_PEERS_MAX}")).unwrap());
         assert_eq!(c.validate().unwrap_err().key, "known_peers");
     }
 }

@@ -33,7 +33,7 @@ use crate::ledger::{
     self, Applied, Effects, Event, OutOfBand, OutcomeIn, Purge, Requeue, SchedOp, Scheduled, Start,
 };
 use crate::limits::{AGE_BATCH_MAX, RelayConfig};
-use crate::peer::PeerId;
+use crate::peer::NodeId;
 use crate::tables::{
     CountSlot, DEAD, DUE, DeadRow, JOB_COUNTS, JOBS, JobRow, JobState, PROPAGATION, PropRow,
     decode, job_key, parse_due_key, parse_job_key, segment_range,
@@ -63,6 +63,17 @@ struct Shared {
     /// Taken only while `sched` is held, so a snapshot of both sees whole transactions.
     totals: Mutex<RelayTotals>,
     wake: Notify,
+    /// The last wall-clock jump the executor noticed, for the operator's status.
+    last_clock_jump: Mutex<Option<ClockJump>>,
+}
+
+/// A jump of the wall clock, as the executor noticed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockJump {
+    /// Wall-clock time just after the jump (UTC ms).
+    pub at_ms: u64,
+    /// How far it jumped; negative: backwards.
+    pub jump_ms: i64,
 }
 
 impl Inner {
@@ -112,7 +123,7 @@ impl Shared {
 /// A job as the status view shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobStatus {
-    pub peer: PeerId,
+    pub peer: NodeId,
     pub state: JobState,
     pub attempts: u32,
     pub store_full_attempts: u32,
@@ -167,6 +178,7 @@ impl Relay {
                 cfg: Arc::new(cfg),
                 shared: Arc::new(Shared {
                     sched: Mutex::new(Scheduler::new()),
+                    last_clock_jump: Mutex::new(None),
                     totals: Mutex::new(RelayTotals::default()),
                     wake: Notify::new(),
                 }),
@@ -423,6 +435,32 @@ impl Relay {
         self.inner.shared.wake.notify_one();
     }
 
+    /// The wall clock jumped by `jump_ms` (seen at `now_ms`): waiting due times are clamped
+    /// again into `[now, now + backoff_max_ms]`, as at load, and the jump is kept for
+    /// [`Relay::last_clock_jump`].
+    pub fn clock_jumped(&self, now_ms: u64, jump_ms: i64) {
+        *self
+            .inner
+            .shared
+            .last_clock_jump
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(ClockJump {
+            at_ms: now_ms,
+            jump_ms,
+        });
+        self.reclamp(now_ms);
+    }
+
+    /// The last wall-clock jump noticed since the relay was opened.
+    pub fn last_clock_jump(&self) -> Option<ClockJump> {
+        *self
+            .inner
+            .shared
+            .last_clock_jump
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Resolves when the scheduler changed (new jobs, outcomes, requeues): the executor's wake-up.
     pub async fn changed(&self) {
         self.inner.shared.wake.notified().await
@@ -549,7 +587,7 @@ impl Relay {
     pub fn delivered_out_of_band_blocking(
         &self,
         seg: SegmentId,
-        peer: &PeerId,
+        peer: &NodeId,
         now_ms: u64,
     ) -> Result<OutOfBand, RelayError> {
         let key = JobKey {
@@ -565,7 +603,7 @@ impl Relay {
     pub async fn delivered_out_of_band(
         &self,
         seg: SegmentId,
-        peer: &PeerId,
+        peer: &NodeId,
         now_ms: u64,
     ) -> Result<OutOfBand, RelayError> {
         let key = JobKey {
@@ -623,7 +661,7 @@ impl Relay {
         Ok(out.into_iter().next().map_or(Requeue::NotFound, |(_, r)| r))
     }
 
-    fn dead_keys(&self, peer: Option<&PeerId>) -> Result<Vec<JobKey>, RelayError> {
+    fn dead_keys(&self, peer: Option<&NodeId>) -> Result<Vec<JobKey>, RelayError> {
         Ok(self
             .dead_letters()?
             .into_iter()
@@ -635,7 +673,7 @@ impl Relay {
     /// Requeues every dead letter of `peer` (one transaction). Returns what happened to each.
     pub fn requeue_peer_blocking(
         &self,
-        peer: &PeerId,
+        peer: &NodeId,
         now_ms: u64,
     ) -> Result<Vec<(JobKey, Requeue)>, RelayError> {
         let keys = self.dead_keys(Some(peer))?;
@@ -647,7 +685,7 @@ impl Relay {
     /// Async form of [`Relay::requeue_peer_blocking`].
     pub async fn requeue_peer(
         &self,
-        peer: &PeerId,
+        peer: &NodeId,
         now_ms: u64,
     ) -> Result<Vec<(JobKey, Requeue)>, RelayError> {
         let keys = self.dead_keys(Some(peer))?;
@@ -696,7 +734,7 @@ impl Relay {
     /// Purges every dead letter of `peer` (one transaction).
     pub fn purge_peer_blocking(
         &self,
-        peer: &PeerId,
+        peer: &NodeId,
         now_ms: u64,
     ) -> Result<Vec<(JobKey, Purge)>, RelayError> {
         let keys = self.dead_keys(Some(peer))?;

@@ -28,7 +28,7 @@ use store::SegmentId;
 use store::manifest::SuccessCondition;
 
 use crate::core::{Counts, JobKey, Tally};
-use crate::peer::PeerId;
+use crate::peer::NodeId;
 
 pub(crate) const JOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("relay-jobs-v1");
 pub(crate) const DUE: TableDefinition<&[u8], u8> = TableDefinition::new("relay-due-v1");
@@ -186,7 +186,7 @@ pub(crate) fn parse_job_key(bytes: &[u8]) -> Result<JobKey, redb::Error> {
     seg.copy_from_slice(&bytes[..32]);
     let peer = std::str::from_utf8(&bytes[32..])
         .ok()
-        .and_then(|s| PeerId::new(s).ok())
+        .and_then(|s| NodeId::new(s).ok())
         .ok_or_else(|| corrupt("relay-jobs-v1", "key holds an invalid peer id"))?;
     Ok(JobKey {
         seg: SegmentId(seg),

@@ -6,7 +6,7 @@ use std::future::Future;
 use store::SegmentId;
 
 use crate::core::Outcome;
-use crate::peer::PeerId;
+use crate::peer::NodeId;
 
 /// Sends segments to peers. One call is one attempt; its [`Outcome`] says what the peer
 /// answered or what went wrong. A call may be cancelled (its future dropped) at any await point
@@ -14,5 +14,5 @@ use crate::peer::PeerId;
 /// resume.
 pub trait Transport: Send + Sync + 'static {
     /// Offers `seg` to `peer` and streams it if wanted.
-    fn send(&self, peer: &PeerId, seg: SegmentId) -> impl Future<Output = Outcome> + Send;
+    fn send(&self, peer: &NodeId, seg: SegmentId) -> impl Future<Output = Outcome> + Send;
 }

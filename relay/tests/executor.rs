@@ -6,14 +6,14 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use relay::clock::{Clock, TokioClock};
+use relay::clock::{Clock, VirtualClock};
 use relay::executor::{Executor, ExecutorReport};
 use relay::harness::mem::MemNet;
 use relay::harness::segments::Publisher;
 use relay::harness::sim::Link;
 use relay::tables::JobState;
 use relay::transport::Transport;
-use relay::{JobKey, Outcome, PeerId, Relay, RelayConfig};
+use relay::{JobKey, NodeId, Outcome, Relay, RelayConfig};
 use store::fs::Fs;
 use store::fs::sim::SimFs;
 use store::{IngestOptions, SegmentId, Store, StoreConfig};
@@ -35,7 +35,7 @@ type Running = (
     tokio::task::JoinHandle<Result<ExecutorReport, relay::RelayError>>,
 );
 
-fn spawn_executor<T: Transport>(relay: &Relay, transport: T, clock: Arc<TokioClock>) -> Running {
+fn spawn_executor<T: Transport>(relay: &Relay, transport: T, clock: Arc<VirtualClock>) -> Running {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let exec = Executor::new(relay.clone(), Arc::new(transport), clock, 42);
     let handle = tokio::spawn(exec.run(async move {
@@ -69,7 +69,7 @@ fn inv_13_executor_two_peers_all_peers_delivers_and_logs_acked_2() {
             .build()
             .unwrap();
         rt.block_on(async {
-            let clock = Arc::new(TokioClock::starting_at(T0));
+            let clock = Arc::new(VirtualClock::starting_at(T0));
             let cfg = fast_cfg();
             let n0 = open_node("n0", &["n1", "n2"], &publisher, &cfg);
             let n1 = open_node("n1", &["n0"], &publisher, &cfg);
@@ -129,14 +129,14 @@ fn inv_13_executor_two_peers_all_peers_delivers_and_logs_acked_2() {
 /// A transport that answers from a script and records when each call came.
 #[derive(Debug, Clone)]
 struct Scripted {
-    clock: Arc<TokioClock>,
+    clock: Arc<VirtualClock>,
     script: Arc<Mutex<VecDeque<Outcome>>>,
     calls: Arc<Mutex<Vec<u64>>>,
     done: Arc<Mutex<Option<oneshot::Sender<()>>>>,
 }
 
 impl Transport for Scripted {
-    async fn send(&self, _peer: &PeerId, _seg: SegmentId) -> Outcome {
+    async fn send(&self, _peer: &NodeId, _seg: SegmentId) -> Outcome {
         self.calls.lock().unwrap().push(self.clock.now_ms());
         let next = self.script.lock().unwrap().pop_front();
         match next {
@@ -155,7 +155,7 @@ impl Transport for Scripted {
 #[tokio::test(start_paused = true)]
 async fn inv_12_executor_retries_exactly_at_backoff_and_refunds_at_shutdown() {
     let publisher = Publisher::from_seed(12);
-    let clock = Arc::new(TokioClock::starting_at(T0));
+    let clock = Arc::new(VirtualClock::starting_at(T0));
     let mut cfg = fast_cfg();
     cfg.jitter_percent = 0;
     let n0 = open_node("n0", &["n1"], &publisher, &cfg);
@@ -213,7 +213,7 @@ async fn inv_12_executor_retries_exactly_at_backoff_and_refunds_at_shutdown() {
 #[tokio::test(start_paused = true)]
 async fn executor_does_not_poll_when_idle() {
     let publisher = Publisher::from_seed(13);
-    let clock = Arc::new(TokioClock::starting_at(T0));
+    let clock = Arc::new(VirtualClock::starting_at(T0));
     let cfg = fast_cfg();
     let n0 = open_node("n0", &["n1"], &publisher, &cfg);
     let net = MemNet::new();
@@ -264,7 +264,7 @@ fn inv_14_executor_wall_clock_jump_back_neither_freezes_nor_loses_a_job() {
             .build()
             .unwrap();
         rt.block_on(async {
-            let clock = Arc::new(TokioClock::starting_at(T0));
+            let clock = Arc::new(VirtualClock::starting_at(T0));
             let mut cfg = fast_cfg();
             cfg.jitter_percent = 0;
             let n0 = open_node("n0", &["n1"], &publisher, &cfg);

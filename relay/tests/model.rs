@@ -26,7 +26,7 @@ use relay::core::Counts;
 use relay::harness::segments::Publisher;
 use relay::ledger::{Applied, OutOfBand, OutcomeIn, Purge, Requeue, Start};
 use relay::tables::JobState;
-use relay::{JobKey, Outcome, PeerId, Relay, RelayConfig};
+use relay::{JobKey, NodeId, Outcome, Relay, RelayConfig};
 use store::fs::Fs;
 use store::fs::sim::SimFs;
 use store::manifest::SuccessCondition;
@@ -271,7 +271,7 @@ impl World {
                     assert!(!self.in_flight.contains(k), "picked twice");
                     assert!(j.due_lo <= now, "picked before due: {j:?} now {now}");
                 }
-                let mut per_peer: BTreeMap<&PeerId, usize> = BTreeMap::new();
+                let mut per_peer: BTreeMap<&NodeId, usize> = BTreeMap::new();
                 for k in self.in_flight.iter().chain(&keys) {
                     *per_peer.entry(&k.peer).or_default() += 1;
                 }
@@ -630,7 +630,7 @@ impl World {
                 .filter(|(k, j)| {
                     k.seg == info.id && (j.state == JobState::Pending || j.dead_pin_until.is_some())
                 })
-                .map(|(k, _)| k.peer.pin_owner())
+                .map(|(k, _)| relay::peer::pin_owner(&k.peer))
                 .collect();
             assert_eq!(info.pins, want, "pins of {}", info.id.short());
             let m = &self.mseg[&info.id];

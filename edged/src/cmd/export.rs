@@ -4,6 +4,7 @@
 //! alone; a symlink, FIFO, device or directory at the target name is refused, never followed.
 //! Through the daemon the bytes come over the control socket; without it, from the data dir.
 
+use base::Clock as _;
 use std::io::Read;
 
 use serde::Serialize;
@@ -80,7 +81,7 @@ pub fn run(args: &ExportArgs) -> CliResult {
         }
         ids
     };
-    let now = crate::clock::now_ms();
+    let now = base::SystemClock.now_ms();
     let lines: Vec<Line> = ids
         .into_iter()
         .map(|id| {

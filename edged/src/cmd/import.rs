@@ -14,6 +14,7 @@
 //! each file travels on a connection of its own, so a file that stops short never leaves a
 //! connection out of step for the next one.
 
+use base::Clock as _;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::os::unix::fs::FileTypeExt;
@@ -75,7 +76,7 @@ pub fn run(args: &ImportArgs) -> CliResult {
             let store = super::open_store_direct(&cfg)?;
             // Jobs for the peers are scheduled in the same transaction as each segment, as the
             // daemon would; it sends them when it starts.
-            let relay = relay::Relay::open(store, cfg.relay.clone(), crate::clock::now_ms())
+            let relay = relay::Relay::open(store, cfg.relay.clone(), base::SystemClock.now_ms())
                 .map_err(|e| Failure::new(crate::exit::STORAGE, e))?;
             Target::Direct(relay)
         }
@@ -389,7 +390,7 @@ fn import_file(relay: &relay::Relay, path: &Path, bar: &ProgressBar) -> FileResu
     let result = relay.ingest_reader(
         &mut reader,
         &IngestOptions::import().with_file_len(len),
-        crate::clock::now_ms(),
+        base::SystemClock.now_ms(),
     );
     match result {
         Ok(IngestOutcome::Stored(s)) => FileResult::Imported {

@@ -9,6 +9,7 @@ mod query;
 mod segment;
 mod segments;
 
+use base::Clock as _;
 use std::sync::Arc;
 
 use crate::cli::{CaCommand, Cli, Command, DlqCommand, KeyCommand, SegmentCommand};
@@ -44,7 +45,7 @@ pub fn run(cli: Cli) -> CliResult {
 /// other process holds it.
 pub(crate) fn open_store_direct(cfg: &Config) -> CliResult<store::Store> {
     let fs: Arc<dyn store::fs::Fs> = Arc::new(store::fs::RealFs);
-    match store::Store::open(cfg.store.clone(), fs, crate::clock::now_ms()) {
+    match store::Store::open(cfg.store.clone(), fs, base::SystemClock.now_ms()) {
         Ok((store, report)) => {
             if !report.is_clean() {
                 tracing::warn!(?report, "store recovered from an unclean shutdown");

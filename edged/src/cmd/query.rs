@@ -7,10 +7,10 @@ use serde_json::Value;
 
 use super::client;
 use crate::cli::{ConfigArg, DlqTarget, QueryArgs};
-use crate::clock::format_ms;
 use crate::config::Config;
 use crate::control::Request;
 use crate::exit::{CliResult, Failure, USAGE};
+use crate::output::format_ms;
 use crate::output::{self, Escaped};
 
 fn s(v: &Value) -> String {
@@ -220,7 +220,7 @@ pub fn dlq_act(target: &DlqTarget, requeue: bool) -> CliResult {
     // control socket is a door of its own).
     target
         .peer
-        .parse::<relay::PeerId>()
+        .parse::<relay::NodeId>()
         .map_err(|e| Failure::new(USAGE, anyhow::anyhow!("--peer {:?}: {e}", target.peer)))?;
     if let Some(segment) = &target.segment {
         store::id::parse_prefix(segment).map_err(|e| {

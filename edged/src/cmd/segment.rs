@@ -5,6 +5,7 @@
 //! bounded by [`TIME_MS_MAX`] (the end of year 9999 UTC): `create --expires` refuses an expiry
 //! beyond it, and `inspect` shows any time without panicking.
 
+use base::Clock as _;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
@@ -17,9 +18,9 @@ use store::manifest::{Manifest, SignedManifest, SuccessCondition};
 use store::segfile;
 
 use crate::cli::CreateArgs;
-use crate::clock::{format_ms, now_ms};
 use crate::exit::{CliResult, Failure, USAGE};
 use crate::output;
+use crate::output::format_ms;
 
 /// The expiry `lifetime` after `now_ms`, if it is no later than [`TIME_MS_MAX`].
 fn expiry_ms(now_ms: u64, lifetime: std::time::Duration) -> Option<u64> {
@@ -32,7 +33,7 @@ fn expiry_ms(now_ms: u64, lifetime: std::time::Duration) -> Option<u64> {
 pub fn create(args: &CreateArgs) -> CliResult {
     let secret = PublisherSecret::load(&args.key).map_err(Failure::failed)?;
     let condition: SuccessCondition = args.condition.parse().map_err(Failure::failed)?;
-    let now = now_ms();
+    let now = base::SystemClock.now_ms();
     let expires_at_ms = match args.expires {
         None => None,
         Some(lifetime) => Some(expiry_ms(now, *lifetime).ok_or_else(|| {
@@ -236,7 +237,7 @@ pub fn verify(trust: &[String], path: &Path) -> CliResult {
     let signed = segfile::verify_seg_file(
         BufReader::with_capacity(STREAM_BUF_BYTES, file),
         &trusted,
-        now_ms(),
+        base::SystemClock.now_ms(),
         skew_ms,
     )
     .with_context(|| format!("{} does not verify", path.display()))

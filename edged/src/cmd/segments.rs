@@ -3,10 +3,10 @@
 use serde::Serialize;
 
 use crate::cli::SegmentsArgs;
-use crate::clock::format_ms;
 use crate::config::Config;
 use crate::exit::{CliResult, Failure};
 use crate::output;
+use crate::output::format_ms;
 
 #[derive(Debug, Serialize)]
 struct Row {

@@ -640,7 +640,7 @@ fn answer(d: &Daemon, request: Request) -> Response {
 /// `segment` names (a prefix of at least [`store::limits::ID_PREFIX_HEX_MIN`] hex characters,
 /// as everywhere else; one that matches several segments is refused as ambiguous).
 fn dlq(d: &Daemon, peer: &str, segment: Option<&str>, requeue: bool) -> anyhow::Result<Response> {
-    let peer: relay::PeerId = match peer.parse() {
+    let peer: relay::NodeId = match peer.parse() {
         Ok(p) => p,
         Err(e) => return Ok(failed(exit::USAGE, format!("--peer {peer:?}: {e}"))),
     };
@@ -651,7 +651,7 @@ fn dlq(d: &Daemon, peer: &str, segment: Option<&str>, requeue: bool) -> anyhow::
             return Ok(failed(exit::USAGE, format!("--segment {given:?}: {e}")));
         }
     };
-    let now = crate::clock::now_ms();
+    let now = d.clock.now_ms();
     let mut keys: Vec<relay::JobKey> = d
         .relay
         .dead_letters()?
@@ -779,7 +779,7 @@ fn import(
         Ok(b) => b,
         Err(e) => return (failed(exit::FAILED, e), false),
     };
-    let now = crate::clock::now_ms();
+    let now = d.clock.now_ms();
     let result = d
         .relay
         .ingest_reader(&mut body, &IngestOptions::import().with_file_len(len), now);
@@ -844,7 +844,7 @@ pub fn reject_reason(e: &store::IngestError) -> &'static str {
 /// verified against the manifest hash as they go (a corrupt copy is quarantined and the
 /// connection cut, so the client never completes the file).
 fn export<W: std::io::Write>(d: &Daemon, id: &str, writer: &mut W) -> bool {
-    let now = crate::clock::now_ms();
+    let now = d.clock.now_ms();
     let opened = d
         .store
         .resolve(id)

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use base::{Clock, SystemClock};
 use relay::Relay;
 use relay::executor::Executor;
 
@@ -30,9 +31,6 @@ use crate::exit::{CONFIG, CliResult, Failure, STORAGE};
 pub const CERT_EXPIRY_WARNING_S: i64 = 30 * 24 * 3600;
 /// How long shutdown waits for connections to close.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
-/// A wall clock that moved this much more or less than the monotonic clock between two
-/// housekeeping ticks is reported as a jump (logs and `status`).
-pub const CLOCK_JUMP_WARN_MS: i64 = 2_000;
 /// Worker threads of the daemon's runtime: fewer threads cost less CPU per GiB on small hosts.
 pub const RUNTIME_WORKERS: usize = 2;
 
@@ -90,10 +88,10 @@ pub struct Daemon {
     pub relay: Relay,
     pub node: Arc<net::Node>,
     pub counters: Arc<Counters>,
+    /// The daemon's one clock, also handed to the relay and the network layer.
+    pub clock: Arc<dyn Clock>,
     pub started: Instant,
     pub cert_not_after_ms: Option<u64>,
-    /// The last wall-clock jump seen: (when, by how many ms; negative = backwards).
-    pub last_clock_jump: Mutex<Option<(u64, i64)>>,
 }
 
 pub fn run(args: &RunArgs) -> CliResult {
@@ -117,7 +115,10 @@ pub fn run(args: &RunArgs) -> CliResult {
 }
 
 async fn serve(cfg: Config) -> CliResult {
-    let now = crate::clock::now_ms();
+    // The one clock of this process: the relay, the network layer, the control socket and
+    // housekeeping all read it.
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let now = clock.now_ms();
     let store = crate::cmd::open_store_direct(&cfg)?;
     // After the store's lock (a second daemon on this data dir stops there, before touching the
     // socket) and before anything that would have to be stopped.
@@ -143,9 +144,14 @@ async fn serve(cfg: Config) -> CliResult {
     let relay =
         Relay::open(store.clone(), cfg.relay.clone(), now).map_err(|e| Failure::new(STORAGE, e))?;
     let counters = Arc::new(Counters::default());
-    let hooks = Arc::new(wiring::Hooks::new(relay.clone(), counters.clone()));
+    let hooks = Arc::new(wiring::Hooks::new(
+        relay.clone(),
+        counters.clone(),
+        clock.clone(),
+    ));
     let mut setup = net::NodeSetup::new(cfg.net.clone(), identity, store.clone());
     setup.hooks = hooks;
+    setup.clock = clock.clone();
     let node = Arc::new(
         net::Node::start(setup)
             .with_context(|| format!("cannot listen on {}", cfg.listen_addr))
@@ -157,20 +163,15 @@ async fn serve(cfg: Config) -> CliResult {
         relay: relay.clone(),
         node: node.clone(),
         counters,
+        clock: clock.clone(),
         started: Instant::now(),
         cert_not_after_ms,
-        last_clock_jump: Mutex::new(None),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let transport = Arc::new(wiring::QuicTransport { node: node.clone() });
     let seed = now ^ u64::from(std::process::id());
-    let executor = Executor::new(
-        relay.clone(),
-        transport,
-        Arc::new(relay::clock::SystemClock),
-        seed,
-    );
+    let executor = Executor::new(relay.clone(), transport, clock.clone(), seed);
     let mut exec_stop = stop_rx.clone();
     let executor = tokio::spawn(executor.run(async move {
         let _ = exec_stop.wait_for(|stop| *stop).await;
@@ -258,24 +259,10 @@ async fn wait_for_signal_or(
 
 /// Expired segments go, certificate expiry is watched.
 async fn housekeeping(daemon: Arc<Daemon>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut last = (crate::clock::now_ms(), Instant::now());
+    // Jumps of the wall clock are noticed by the relay's executor (the node's one detector);
+    // the sweep below simply follows the new time.
     loop {
-        let now = crate::clock::now_ms();
-        let wall_ms = now as i64 - last.0 as i64;
-        let mono_ms = last.1.elapsed().as_millis() as i64;
-        let jump_ms = wall_ms - mono_ms;
-        if jump_ms.abs() > CLOCK_JUMP_WARN_MS {
-            tracing::warn!(
-                node_id = %daemon.cfg.node_id,
-                jump_ms,
-                "wall clock jumped; freshness checks and due times follow the new time"
-            );
-            *daemon
-                .last_clock_jump
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some((now, jump_ms));
-        }
-        last = (now, Instant::now());
+        let now = daemon.clock.now_ms();
         let store = daemon.store.clone();
         match tokio::task::spawn_blocking(move || store.sweep_expired(now)).await {
             Ok(Ok(gone)) if !gone.is_empty() => {

@@ -11,7 +11,7 @@ pub fn cert_expires_in_s(d: &Daemon, now_ms: u64) -> Option<i64> {
 }
 
 pub fn status(d: &Daemon) -> Result<Value, anyhow::Error> {
-    let now = crate::clock::now_ms();
+    let now = d.clock.now_ms();
     let segments = d.store.list()?;
     let propagated = segments
         .iter()
@@ -29,11 +29,10 @@ pub fn status(d: &Daemon) -> Result<Value, anyhow::Error> {
             ));
         }
     }
-    let jump = *d.last_clock_jump.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((at, jump_ms)) = jump {
+    if let Some(relay::ClockJump { at_ms: at, jump_ms }) = d.relay.last_clock_jump() {
         warnings.push(format!(
             "wall clock jumped by {jump_ms} ms at {}",
-            crate::clock::format_ms(at)
+            crate::output::format_ms(at)
         ));
     }
     if dead > 0 {
@@ -143,7 +142,7 @@ pub fn dead_letters(d: &Daemon) -> Result<Value, anyhow::Error> {
 }
 
 pub fn metrics_snapshot(d: &Daemon) -> crate::metrics::Snapshot {
-    let now = crate::clock::now_ms();
+    let now = d.clock.now_ms();
     let segments = d.store.list().unwrap_or_default();
     let usage = d.store.usage();
     let peers = d.node.peers();

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use base::Clock;
 use net::{NetHooks, Node, NodeId, SendOutcome};
-use relay::{Outcome, PeerId, Relay, Scheduled};
+use relay::{Outcome, Relay, Scheduled};
 use store::{SegmentId, Stored};
 
 /// The relay's transport: one attempt = one `send_segment` over the node's connection.
@@ -16,17 +17,12 @@ pub struct QuicTransport {
 impl relay::transport::Transport for QuicTransport {
     fn send(
         &self,
-        peer: &PeerId,
+        peer: &NodeId,
         seg: SegmentId,
     ) -> impl std::future::Future<Output = Outcome> + Send {
         let node = self.node.clone();
-        let peer = peer.to_string();
-        async move {
-            let Ok(id) = peer.parse::<NodeId>() else {
-                return Outcome::Refused(format!("peer id `{peer}` is not a node id"));
-            };
-            outcome(node.send_segment(&id, seg).await)
-        }
+        let peer = peer.clone();
+        async move { outcome(node.send_segment(&peer, seg).await) }
     }
 }
 
@@ -59,14 +55,20 @@ pub struct Hooks {
     /// Scheduling results between the ingest transaction and its commit notification.
     pending: Mutex<BTreeMap<SegmentId, Stored<Scheduled>>>,
     pub counters: Arc<crate::daemon::Counters>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Hooks {
-    pub fn new(relay: Relay, counters: Arc<crate::daemon::Counters>) -> Self {
+    pub fn new(
+        relay: Relay,
+        counters: Arc<crate::daemon::Counters>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Hooks {
             relay,
             pending: Mutex::new(BTreeMap::new()),
             counters,
+            clock,
         }
     }
 }
@@ -79,7 +81,7 @@ impl NetHooks for Hooks {
         _from: &NodeId,
     ) -> Result<(), redb::Error> {
         let scheduled =
-            relay::schedule_in_txn(txn, stored, self.relay.config(), crate::clock::now_ms())?;
+            relay::schedule_in_txn(txn, stored, self.relay.config(), self.clock.now_ms())?;
         let entry = Stored {
             id: stored.id,
             row: stored.row.clone(),
@@ -109,17 +111,13 @@ impl NetHooks for Hooks {
     }
 
     fn on_delivered(&self, to: &NodeId, id: &SegmentId) {
-        let Ok(peer) = to.to_string().parse::<PeerId>() else {
-            return;
-        };
+        let peer = to.clone();
         let relay = self.relay.clone();
+        let now = self.clock.now_ms();
         let id = *id;
         // The hook runs on a network task: the ledger write waits on the committer elsewhere.
         tokio::spawn(async move {
-            if let Err(e) = relay
-                .delivered_out_of_band(id, &peer, crate::clock::now_ms())
-                .await
-            {
+            if let Err(e) = relay.delivered_out_of_band(id, &peer, now).await {
                 tracing::error!(seg_id = %id, peer_id = %peer, error = %e, "catch-up delivery not recorded");
             }
         });

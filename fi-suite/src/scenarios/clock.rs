@@ -406,7 +406,7 @@ const JUMP_SEEN_MS: u64 = 5_000;
 /// The jump.
 const JUMP_OFFSET: &str = "+2d";
 /// What the relay logs when it sees a jump.
-const JUMP_LOG: &str = "wall clock jumped; due times clamped again";
+const JUMP_LOG: &str = "wall clock jumped; freshness checks and due times follow the new time";
 /// Lifetime of the short segments: they expire inside the jump.
 const SHORT_EXPIRY: &str = "1h";
 /// Slack on "due no later than now + backoff_max_ms": the daemon's and this clock's moments.

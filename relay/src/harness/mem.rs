@@ -10,7 +10,7 @@ use store::SegmentId;
 
 use crate::clock::{Clock, ms};
 use crate::core::Outcome;
-use crate::peer::PeerId;
+use crate::peer::NodeId;
 use crate::relay::Relay;
 use crate::transport::Transport;
 
@@ -18,8 +18,8 @@ use super::sim::Link;
 
 #[derive(Debug, Default)]
 struct NetState {
-    nodes: BTreeMap<PeerId, Relay>,
-    links: BTreeMap<(PeerId, PeerId), Link>,
+    nodes: BTreeMap<NodeId, Relay>,
+    links: BTreeMap<(NodeId, NodeId), Link>,
 }
 
 /// The nodes and links a [`MemTransport`] delivers over. Links not set are `Up` with 10 ms
@@ -30,7 +30,7 @@ pub struct MemNet {
     connect_timeout_ms: u64,
 }
 
-fn key(a: &PeerId, b: &PeerId) -> (PeerId, PeerId) {
+fn key(a: &NodeId, b: &NodeId) -> (NodeId, NodeId) {
     if a <= b {
         (a.clone(), b.clone())
     } else {
@@ -57,16 +57,16 @@ impl MemNet {
     }
 
     /// Removes a node (it is down).
-    pub fn remove(&self, id: &PeerId) {
+    pub fn remove(&self, id: &NodeId) {
         self.lock().nodes.remove(id);
     }
 
-    pub fn set_link(&self, a: &PeerId, b: &PeerId, link: Link) {
+    pub fn set_link(&self, a: &NodeId, b: &NodeId, link: Link) {
         self.lock().links.insert(key(a, b), link);
     }
 
     /// A transport sending as `me`.
-    pub fn transport<C: Clock>(&self, me: PeerId, clock: Arc<C>) -> MemTransport<C> {
+    pub fn transport<C: Clock>(&self, me: NodeId, clock: Arc<C>) -> MemTransport<C> {
         MemTransport {
             net: self.clone(),
             me,
@@ -79,12 +79,12 @@ impl MemNet {
 #[derive(Debug)]
 pub struct MemTransport<C> {
     net: MemNet,
-    me: PeerId,
+    me: NodeId,
     clock: Arc<C>,
 }
 
 impl<C: Clock> Transport for MemTransport<C> {
-    async fn send(&self, peer: &PeerId, seg: SegmentId) -> Outcome {
+    async fn send(&self, peer: &NodeId, seg: SegmentId) -> Outcome {
         let link = {
             let st = self.net.lock();
             st.links

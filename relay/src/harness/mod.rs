@@ -20,7 +20,7 @@ pub mod sim;
 use store::{IngestError, IngestOptions, IngestOutcome, SegmentId, Store};
 
 use crate::core::Outcome;
-use crate::peer::PeerId;
+use crate::peer::NodeId;
 use crate::relay::Relay;
 
 /// The env var that replays a randomized harness run: `RELAY_SEED=1234 cargo test …`.
@@ -52,7 +52,7 @@ fn parse_seed(s: &str) -> Option<u64> {
 /// failures → refused, anything else → failed.
 pub fn deliver(
     sender_store: &Store,
-    sender: &PeerId,
+    sender: &NodeId,
     receiver: &Relay,
     seg: SegmentId,
     sender_now_ms: u64,

@@ -30,7 +30,7 @@ use store::{Holding, IngestOptions, IngestOutcome, SegmentId, Store, StoreConfig
 use crate::core::{JobKey, Outcome};
 use crate::ledger::{Applied, OutcomeIn, Start};
 use crate::limits::{RelayConfig, START_BATCH_MAX};
-use crate::peer::PeerId;
+use crate::peer::NodeId;
 use crate::relay::Relay;
 use crate::tables::JobRow;
 
@@ -91,7 +91,7 @@ pub struct NodeOverrides {
 
 #[derive(Debug)]
 struct Node {
-    id: PeerId,
+    id: NodeId,
     fs: SimFs,
     store_cfg: StoreConfig,
     relay_cfg: RelayConfig,
@@ -165,7 +165,7 @@ pub struct Sim {
     seq: u64,
     queue: BTreeMap<(u64, u64), Ev>,
     nodes: Vec<Node>,
-    index: BTreeMap<PeerId, usize>,
+    index: BTreeMap<NodeId, usize>,
     links: BTreeMap<(usize, usize), Link>,
     /// Partition group of each node while partitioned; links across groups are down.
     groups: Option<Vec<u32>>,
@@ -180,8 +180,8 @@ fn pair(a: usize, b: usize) -> (usize, usize) {
 }
 
 /// The name of node `i`: `n<i>`.
-pub fn node_name(i: usize) -> PeerId {
-    PeerId::new(&format!("n{i}")).expect("n<digits> is a valid peer id")
+pub fn node_name(i: usize) -> NodeId {
+    NodeId::new(&format!("n{i}")).expect("n<digits> is a valid peer id")
 }
 
 impl Sim {
@@ -301,7 +301,7 @@ impl Sim {
         self.nodes.is_empty()
     }
 
-    pub fn id(&self, i: usize) -> &PeerId {
+    pub fn id(&self, i: usize) -> &NodeId {
         &self.nodes[i].id
     }
 

@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex};
 
 use relay::harness::segments::{Publisher, SegSpec, T0_MS};
 use relay::harness::sim::{Sim, SimConfig};
-use relay::{JobKey, PeerId, Relay, RelayConfig};
+use relay::{JobKey, NodeId, Relay, RelayConfig};
 use store::fs::Fs;
 use store::fs::sim::SimFs;
 use store::{SegmentId, Store, StoreConfig};
 
-pub fn peer(s: &str) -> PeerId {
-    PeerId::new(s).expect("valid peer id")
+pub fn peer(s: &str) -> NodeId {
+    NodeId::new(s).expect("valid peer id")
 }
 
 /// Relay knobs for tests: short backoffs so a retry budget is seconds of virtual time.

@@ -1,0 +1,18 @@
+//! `base`: what every layer of `edged` shares, defined once.
+//!
+//! - [`NodeId`]: a node's name in the fleet — the DNS name in its certificate, the key of
+//!   `known_peers`, the peer of a relay job. Validated once, where it is parsed; every crate
+//!   passes the same type.
+//! - [`clock`]: the clock seam ([`Clock`]: wall-clock UTC milliseconds and tokio's monotonic
+//!   time), the real clock, a virtual one for paused runtimes, and the one rule that says when
+//!   the wall clock jumped ([`clock::jump_ms`]).
+//!
+//! The daemon creates one clock and hands the same `Arc<dyn Clock>` to the relay, the network
+//! layer and its own services; tests and simulations hand a [`clock::VirtualClock`] instead.
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod node_id;
+
+pub use clock::{Clock, SystemClock, VirtualClock};
+pub use node_id::{NODE_ID_BYTES_MAX, NodeId, NodeIdError};
