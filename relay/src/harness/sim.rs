@@ -783,8 +783,9 @@ impl Sim {
     }
 
     /// The executor's contract at the moment a transfer starts (INV-14): its start was confirmed
-    /// by the ledger during this wake, and the committed row counts that attempt, so a power
-    /// loss now would keep it. Returns the attempt number.
+    /// by the ledger during this wake, and the committed row counts that attempt (as its
+    /// attempt number, and as an ordinary attempt until the outcome decides what it was), so a
+    /// power loss now would keep it. Returns the attempt number.
     fn check_start_committed(
         &self,
         i: usize,
@@ -805,7 +806,7 @@ impl Sim {
         let row = relay.job(key).expect("ledger read");
         let committed = row
             .as_ref()
-            .filter(|r| r.state == JobState::Pending)
+            .filter(|r| r.state == JobState::Pending && r.counts.attempts > 0)
             .map(|r| r.counts.attempts + r.counts.store_full_attempts);
         assert_eq!(
             committed,
