@@ -406,6 +406,8 @@ mod tests {
 
     const T0: u64 = 1_700_000_000_000;
     const WAKE_MAX_MS: u64 = 60_000;
+    /// Steps a test lets the core take before it must rest.
+    const REST_STEPS_MAX: usize = 1_000;
 
     fn cfg() -> RelayConfig {
         let mut c = RelayConfig::new(PeerId::new("self").unwrap(), []);
@@ -458,7 +460,7 @@ mod tests {
     /// Polls until the core sleeps or stops, answering every pick with nothing: the steps.
     fn until_rest(core: &mut ExecCore) -> Vec<Step> {
         let mut steps = Vec::new();
-        for _ in 0..1_000 {
+        for _ in 0..REST_STEPS_MAX {
             let step = core.poll();
             if matches!(step, Step::Pick { .. }) {
                 core.picked(vec![], None);
@@ -469,7 +471,7 @@ mod tests {
                 return steps;
             }
         }
-        panic!("no rest within 1000 steps: {steps:?}");
+        panic!("no rest within {REST_STEPS_MAX} steps: {steps:?}");
     }
 
     #[test]

@@ -19,9 +19,15 @@
 //! - Jitter comes from a ChaCha RNG seeded by the caller.
 //! - A jump of the wall clock (wall-clock time moving more than
 //!   [`CLOCK_JUMP_TOLERANCE_MS`](crate::limits::CLOCK_JUMP_TOLERANCE_MS) apart from monotonic
-//!   time between two wakes, [`crate::exec_core::wall_clock_jump_ms`]) is logged as a warning and waiting due times are
-//!   clamped again into `[now, now + backoff_max_ms]`, as at load: jobs are neither lost nor
-//!   frozen by it.
+//!   time between two wakes: [`wall_clock_jump_ms`](crate::exec_core::wall_clock_jump_ms)) is
+//!   logged as a warning and waiting due times are clamped again into
+//!   `[now, now + backoff_max_ms]`, as at load: jobs are neither lost nor frozen by it.
+//!
+//! The ordering and batching guarantees are the core's, proven by its unit tests and by every
+//! harness test (the simulation drives the same core); this shell adds the tokio specifics: a
+//! transfer is spawned only when the core hands it out, after `record_starts` returned; a task
+//! that panics is reported as a failed attempt; at shutdown every task is aborted and joined
+//! before the core decides what to commit and what to refund.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -54,7 +60,8 @@ enum Wake {
     Timer,
 }
 
-/// The clocks, read together; monotonic time counts from `origin`.
+/// The clocks, read together: the core's [`Reading`] (monotonic time counted from the run's
+/// start) and the tokio instant it was taken at, from which deadlines are measured exactly.
 #[derive(Debug, Clone, Copy)]
 struct Now {
     reading: Reading,
