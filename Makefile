@@ -6,7 +6,7 @@ TEST_FLAGS = --workspace --locked --all-features
 # Where the test runner leaves its JUnit results (profile `ci` of .config/nextest.toml).
 JUNIT = target/nextest/ci/junit.xml
 # The pure cores (no I/O) that cargo-mutants mutates in `make mutants`, and where it writes.
-PURE_CORES = relay/src/core.rs store/src/evict.rs
+PURE_CORES = relay/src/core.rs relay/src/exec_core.rs store/src/evict.rs
 PURE_CORES_OUT = target/fi/pure-cores
 # The test targets each pure-core mutant runs against, in the mutated file's crate.
 PURE_CORES_TESTS = --lib --test model

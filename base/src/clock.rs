@@ -4,7 +4,7 @@
 //! [`VirtualClock`] drives every layer at once.
 //!
 //! A wall clock can jump (an NTP step, an operator setting the date); monotonic time cannot.
-//! [`JumpDetector`] holds the one rule that tells a jump from time passing.
+//! [`wall_clock_jump_ms`] is the one rule that tells a jump from time passing.
 
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -24,14 +24,6 @@ pub trait Clock: Send + Sync + Debug + 'static {
     /// Monotonic time for sleeping and deadlines (tokio's, so paused time applies).
     fn instant(&self) -> Instant {
         Instant::now()
-    }
-
-    /// Both at once, for [`JumpDetector`].
-    fn read(&self) -> Reading {
-        Reading {
-            wall_ms: self.now_ms(),
-            mono: self.instant(),
-        }
     }
 }
 
@@ -84,40 +76,20 @@ impl Clock for VirtualClock {
     }
 }
 
-/// Wall-clock and monotonic time read together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reading {
-    pub wall_ms: u64,
-    pub mono: Instant,
-}
-
-/// How far the wall clock jumped between two readings: `Some(ms)` (negative: backwards) when
-/// it moved more than [`JUMP_TOLERANCE_MS`] apart from monotonic time, else `None`.
-pub fn jump_ms(last: Reading, now: Reading) -> Option<i64> {
-    let mono = i64::try_from(now.mono.saturating_duration_since(last.mono).as_millis())
-        .unwrap_or(i64::MAX / 2);
-    let wall = i128::from(now.wall_ms) - i128::from(last.wall_ms);
-    let jump = i64::try_from(wall - i128::from(mono)).unwrap_or(i64::MAX);
-    (jump.abs() > JUMP_TOLERANCE_MS).then_some(jump)
-}
-
-/// The last reading and what it takes to notice a jump since: pure, fed readings.
-#[derive(Debug, Clone, Copy)]
-pub struct JumpDetector {
-    last: Reading,
-}
-
-impl JumpDetector {
-    pub fn new(first: Reading) -> JumpDetector {
-        JumpDetector { last: first }
-    }
-
-    /// Takes a new reading: the jump since the last one, if any.
-    pub fn observe(&mut self, now: Reading) -> Option<i64> {
-        let jump = jump_ms(self.last, now);
-        self.last = now;
-        jump
-    }
+/// The clock-jump rule: between two readings the wall clock moved `jump_ms` more (or less)
+/// than monotonic time; `Some(jump_ms)` (negative: backwards) when that exceeds
+/// [`JUMP_TOLERANCE_MS`] either way. Monotonic readings are milliseconds from any fixed origin.
+pub fn wall_clock_jump_ms(
+    last_wall_ms: u64,
+    last_mono_ms: u64,
+    now_wall_ms: u64,
+    now_mono_ms: u64,
+) -> Option<i64> {
+    let wall = i128::from(now_wall_ms) - i128::from(last_wall_ms);
+    let mono = i128::from(now_mono_ms) - i128::from(last_mono_ms);
+    let jump = wall - mono;
+    (jump.abs() > i128::from(JUMP_TOLERANCE_MS))
+        .then(|| i64::try_from(jump).unwrap_or(if jump < 0 { i64::MIN } else { i64::MAX }))
 }
 
 #[cfg(test)]
@@ -126,47 +98,37 @@ mod tests {
 
     use super::*;
 
-    fn at(wall_ms: u64, mono: Instant) -> Reading {
-        Reading { wall_ms, mono }
-    }
+    const T0: u64 = 1_767_225_600_000;
 
-    #[tokio::test(start_paused = true)]
-    async fn time_passing_is_no_jump_and_the_tolerance_is_exclusive() {
-        let t0 = Instant::now();
-        let t1 = t0 + Duration::from_secs(60);
-        assert_eq!(jump_ms(at(1_000, t0), at(61_000, t1)), None);
+    #[test]
+    fn wall_clock_jump_rule_at_the_tolerance_and_past_it() {
         let tol = JUMP_TOLERANCE_MS as u64;
-        assert_eq!(jump_ms(at(1_000, t0), at(61_000 + tol, t1)), None);
+        // Both clocks moved alike (a long sleep is no jump).
+        assert_eq!(wall_clock_jump_ms(T0, 0, T0 + 3_600_000, 3_600_000), None);
+        assert_eq!(wall_clock_jump_ms(T0, 0, T0 + 100 + tol, 100), None);
+        assert_eq!(wall_clock_jump_ms(T0, 100, T0 - tol, 100), None);
         assert_eq!(
-            jump_ms(at(1_000, t0), at(61_001 + tol, t1)),
+            wall_clock_jump_ms(T0, 0, T0 + 101 + tol, 100),
             Some(JUMP_TOLERANCE_MS + 1)
         );
         assert_eq!(
-            jump_ms(at(100_000, t0), at(1_000, t1)),
-            Some(-(99_000 + 60_000))
+            wall_clock_jump_ms(T0, 0, T0 - 86_400_000, 500),
+            Some(-86_400_500)
         );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn extreme_readings_never_panic() {
-        let t0 = Instant::now();
-        assert!(jump_ms(at(0, t0), at(u64::MAX, t0)).is_some());
-        assert!(jump_ms(at(u64::MAX, t0), at(0, t0)).is_some());
-        // Monotonic time never runs backwards; a reading that claims it does counts as no time.
-        let later = t0 + Duration::from_secs(5);
-        assert_eq!(jump_ms(at(0, later), at(0, t0)), None);
+        // Extremes do not overflow.
+        assert_eq!(wall_clock_jump_ms(u64::MAX, 0, 0, u64::MAX), Some(i64::MIN));
+        assert_eq!(wall_clock_jump_ms(0, u64::MAX, u64::MAX, 0), Some(i64::MAX));
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_virtual_clock_follows_paused_time_and_jumps() {
         let clock = VirtualClock::starting_at(10_000_000);
-        let mut detector = JumpDetector::new(clock.read());
+        let start = clock.instant();
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert_eq!(clock.now_ms(), 10_030_000);
-        assert_eq!(detector.observe(clock.read()), None);
+        assert_eq!(clock.instant() - start, Duration::from_secs(30));
         clock.jump(-3_600_000);
-        assert_eq!(detector.observe(clock.read()), Some(-3_600_000));
-        assert_eq!(detector.observe(clock.read()), None);
+        assert_eq!(clock.now_ms(), 6_430_000);
         clock.jump(-100_000_000);
         assert_eq!(clock.now_ms(), 0, "before the epoch reads as the epoch");
     }

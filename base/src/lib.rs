@@ -5,7 +5,7 @@
 //!   passes the same type.
 //! - [`clock`]: the clock seam ([`Clock`]: wall-clock UTC milliseconds and tokio's monotonic
 //!   time), the real clock, a virtual one for paused runtimes, and the one rule that says when
-//!   the wall clock jumped ([`clock::jump_ms`]).
+//!   the wall clock jumped ([`clock::wall_clock_jump_ms`]).
 //!
 //! The daemon creates one clock and hands the same `Arc<dyn Clock>` to the relay, the network
 //! layer and its own services; tests and simulations hand a [`clock::VirtualClock`] instead.

@@ -11,10 +11,16 @@
 //!   network layer's catch-up completion ([`Relay::delivered_out_of_band`], INV-15).
 //! - [`counters`]: [`RelayCounters`] for metrics — jobs by state, totals since start, and the
 //!   identity `attempts = deliveries + failures + …` they satisfy (INV-26).
-//! - [`executor`]: the tokio shell that runs transfers through a [`transport::Transport`] and
-//!   sleeps until something is due, with time through a [`clock::Clock`].
-//! - [`harness`]: an in-process multi-node network on virtual time (discrete events), seeded
-//!   and replayable, plus an in-memory transport for the tokio executor.
+//! - [`exec_core`]: the executor loop without I/O — [`exec_core::ExecCore`] decides what to start
+//!   (pick, record starts, then spawn), what an outcome does (batches with seeded jitter), what
+//!   to refund at shutdown, when to wake next, and when the wall clock jumped
+//!   ([`base::clock::wall_clock_jump_ms`]); it hands out [`exec_core::Step`]s for a shell to
+//!   perform. Written once, driven by both shells below.
+//! - [`executor`]: the tokio shell around the core: ledger operations through [`Relay`],
+//!   transfers as tasks through a [`transport::Transport`], time through a [`clock::Clock`].
+//! - `harness` (feature `sim`; test machinery, not shipped): an in-process multi-node network
+//!   on virtual time whose discrete-event loop is the other shell around the same core (seeded
+//!   and replayable), plus an in-memory transport for the tokio executor.
 //! - [`limits`]: every bound, and [`RelayConfig`] with its documented defaults.
 #![forbid(unsafe_code)]
 
@@ -22,6 +28,7 @@ pub mod clock;
 pub mod core;
 pub mod counters;
 pub mod error;
+pub mod exec_core;
 pub mod executor;
 #[cfg(feature = "sim")]
 pub mod harness;

@@ -1,5 +1,5 @@
 //! The transport seam: how the executor sends one segment to one peer. The QUIC transport
-//! implements it; tests use [`crate::harness::MemTransport`].
+//! implements it; tests use `harness::mem::MemTransport` (feature `sim`).
 
 use std::future::Future;
 

@@ -110,6 +110,8 @@ fn inv_13_executor_two_peers_all_peers_delivers_and_logs_acked_2() {
             for r in running {
                 reports.push(stop(r).await);
             }
+            // INV-14: every transfer started with its attempt already committed.
+            assert_eq!(net.unrecorded_starts(), Vec::<String>::new());
             reports
         })
     });
@@ -126,18 +128,49 @@ fn inv_13_executor_two_peers_all_peers_delivers_and_logs_acked_2() {
     assert!(logs.contains("segment delivered seg_id="), "{logs}");
 }
 
-/// A transport that answers from a script and records when each call came.
+/// A transport that answers from a script and records when each call came, and how many
+/// attempts the sender's committed ledger counted at that moment.
 #[derive(Debug, Clone)]
 struct Scripted {
     clock: Arc<VirtualClock>,
+    sender: Relay,
     script: Arc<Mutex<VecDeque<Outcome>>>,
     calls: Arc<Mutex<Vec<u64>>>,
+    committed_attempts: Arc<Mutex<Vec<u32>>>,
     done: Arc<Mutex<Option<oneshot::Sender<()>>>>,
 }
 
+impl Scripted {
+    fn new(
+        clock: &Arc<VirtualClock>,
+        sender: &Relay,
+        script: Vec<Outcome>,
+    ) -> (Self, oneshot::Receiver<()>) {
+        let (done_tx, done_rx) = oneshot::channel();
+        let scripted = Scripted {
+            clock: clock.clone(),
+            sender: sender.clone(),
+            script: Arc::new(Mutex::new(script.into())),
+            calls: Default::default(),
+            committed_attempts: Default::default(),
+            done: Arc::new(Mutex::new(Some(done_tx))),
+        };
+        (scripted, done_rx)
+    }
+}
+
 impl Transport for Scripted {
-    async fn send(&self, _peer: &NodeId, _seg: SegmentId) -> Outcome {
+    async fn send(&self, peer: &NodeId, seg: SegmentId) -> Outcome {
         self.calls.lock().unwrap().push(self.clock.now_ms());
+        let key = JobKey {
+            seg,
+            peer: peer.clone(),
+        };
+        let row = self.sender.job(&key).unwrap().unwrap();
+        self.committed_attempts
+            .lock()
+            .unwrap()
+            .push(row.counts.attempts);
         let next = self.script.lock().unwrap().pop_front();
         match next {
             Some(o) => o,
@@ -159,16 +192,14 @@ async fn inv_12_executor_retries_exactly_at_backoff_and_refunds_at_shutdown() {
     let mut cfg = fast_cfg();
     cfg.jitter_percent = 0;
     let n0 = open_node("n0", &["n1"], &publisher, &cfg);
-    let (done_tx, done_rx) = oneshot::channel();
-    let transport = Scripted {
-        clock: clock.clone(),
-        script: Arc::new(Mutex::new(VecDeque::from([
+    let (transport, done_rx) = Scripted::new(
+        &clock,
+        &n0,
+        vec![
             Outcome::Unreachable("down".into()),
             Outcome::TimedOut("stalled".into()),
-        ]))),
-        calls: Default::default(),
-        done: Arc::new(Mutex::new(Some(done_tx))),
-    };
+        ],
+    );
     let running = spawn_executor(&n0, transport.clone(), clock.clone());
     let (_, file) = publisher.segment(&spec("x"));
     let seg = import(&n0, &file, clock.now_ms());
@@ -183,6 +214,8 @@ async fn inv_12_executor_retries_exactly_at_backoff_and_refunds_at_shutdown() {
         vec![T0, T0 + 1_000, T0 + 3_000],
         "backoff 1 s then 2 s"
     );
+    // INV-14: each attempt was committed before the transport was called.
+    assert_eq!(*transport.committed_attempts.lock().unwrap(), vec![1, 2, 3]);
     let report = stop(running).await;
     assert_eq!(
         (report.started, report.outcomes, report.refunded),
@@ -243,6 +276,7 @@ async fn executor_does_not_poll_when_idle() {
     }
     let elapsed = clock.now_ms() - started;
     let report = stop(running).await;
+    assert_eq!(net.unrecorded_starts(), Vec::<String>::new(), "INV-14");
     assert_eq!(n0.dead_letters().unwrap().len(), 1);
     assert_eq!(
         n0.dead_letters().unwrap()[0].pin_release_at_ms,
@@ -268,15 +302,8 @@ fn inv_14_executor_wall_clock_jump_back_neither_freezes_nor_loses_a_job() {
             let mut cfg = fast_cfg();
             cfg.jitter_percent = 0;
             let n0 = open_node("n0", &["n1"], &publisher, &cfg);
-            let (done_tx, done_rx) = oneshot::channel();
-            let transport = Scripted {
-                clock: clock.clone(),
-                script: Arc::new(Mutex::new(VecDeque::from([Outcome::Unreachable(
-                    "down".into(),
-                )]))),
-                calls: Default::default(),
-                done: Arc::new(Mutex::new(Some(done_tx))),
-            };
+            let (transport, done_rx) =
+                Scripted::new(&clock, &n0, vec![Outcome::Unreachable("down".into())]);
             let running = spawn_executor(&n0, transport.clone(), clock.clone());
             let (_, file) = publisher.segment(&spec("z"));
             import(&n0, &file, clock.now_ms());

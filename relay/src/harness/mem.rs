@@ -2,6 +2,11 @@
 //! relays in the same process. A test double: a delivery runs the receiver's ingest inline on
 //! the calling task (blocking its thread for that ingest), after sleeping the link's latency on
 //! tokio's (pausable) clock.
+//!
+//! It also checks the executor's contract as a transfer starts: the sender's committed ledger
+//! already counts the attempt (INV-14). A transfer that starts before that is noted, not failed
+//! (a failure would only become one more retried attempt), and [`MemNet::unrecorded_starts`]
+//! lists them for the test to assert on.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -9,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use store::SegmentId;
 
 use crate::clock::{Clock, ms};
-use crate::core::Outcome;
+use crate::core::{JobKey, Outcome};
 use crate::peer::NodeId;
 use crate::relay::Relay;
 use crate::transport::Transport;
@@ -20,6 +25,8 @@ use super::sim::Link;
 struct NetState {
     nodes: BTreeMap<NodeId, Relay>,
     links: BTreeMap<(NodeId, NodeId), Link>,
+    /// Transfers that started while their sender's ledger did not count the attempt.
+    unrecorded_starts: Vec<String>,
 }
 
 /// The nodes and links a [`MemTransport`] delivers over. Links not set are `Up` with 10 ms
@@ -65,6 +72,26 @@ impl MemNet {
         self.lock().links.insert(key(a, b), link);
     }
 
+    /// Transfers that started before their attempt was committed (`sender seg>peer: row`); empty
+    /// when the executor keeps its contract.
+    pub fn unrecorded_starts(&self) -> Vec<String> {
+        self.lock().unrecorded_starts.clone()
+    }
+
+    /// Notes a transfer whose attempt the sender's committed ledger does not count. A start
+    /// always counts one ordinary attempt until its outcome is applied, whatever happens to the
+    /// job meanwhile (a catch-up or a `one_peer` condition may end it), so a count of zero means
+    /// the transfer started first.
+    fn check_start_recorded(&self, me: &NodeId, key: &JobKey) {
+        let sender = self.lock().nodes.get(me).cloned();
+        let Some(sender) = sender else { return };
+        let row = sender.job(key).ok().flatten();
+        if row.as_ref().is_none_or(|r| r.counts.attempts == 0) {
+            let line = format!("{me} {}>{}: {row:?}", key.seg.short(), key.peer);
+            self.lock().unrecorded_starts.push(line);
+        }
+    }
+
     /// A transport sending as `me`.
     pub fn transport<C: Clock>(&self, me: NodeId, clock: Arc<C>) -> MemTransport<C> {
         MemTransport {
@@ -85,6 +112,11 @@ pub struct MemTransport<C> {
 
 impl<C: Clock> Transport for MemTransport<C> {
     async fn send(&self, peer: &NodeId, seg: SegmentId) -> Outcome {
+        let job = JobKey {
+            seg,
+            peer: peer.clone(),
+        };
+        self.net.check_start_recorded(&self.me, &job);
         let link = {
             let st = self.net.lock();
             st.links

@@ -4,8 +4,9 @@
 //!
 //! - [`sim::Sim`] runs the nodes on virtual time as a discrete-event simulation: one thread, one
 //!   ordered event queue, every random choice from one seeded RNG, so a seed replays exactly
-//!   (the trace digest proves it). It drives each node's [`Relay`](crate::Relay) through the same
-//!   ledger operations the tokio executor uses.
+//!   (the trace digest proves it). Each node runs the executor's own core
+//!   ([`ExecCore`](crate::exec_core::ExecCore)), which the simulation drives as the tokio
+//!   executor does, performing its steps through the same ledger operations.
 //! - [`mem::MemTransport`] is an in-memory [`Transport`](crate::transport::Transport) for the real
 //!   tokio executor on paused tokio time.
 //! - [`deliver`] is what a transfer does in both: the receiving node ingests the sender's stored

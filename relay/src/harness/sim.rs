@@ -7,11 +7,17 @@
 //!   whose blake3 digest [`Sim::trace_digest`] returns.
 //! - Bounded: [`Sim::run_until`] stops at a virtual deadline and fails loudly past an event
 //!   budget, so no test loops forever.
-//! - Real code: every node is a real [`Store`] (on its own [`SimFs`]) and a real [`Relay`]; a
-//!   transfer is [`super::deliver`]; starts, outcomes, refunds and pin ageing go through the same
-//!   ledger operations as the tokio executor. A crash restart reopens the node from its file
-//!   system's durable image ([`SimFs::crash_image`]), a graceful one refunds in-flight attempts
-//!   first, as the executor's shutdown does.
+//! - Real code: every node is a real [`Store`] (on its own [`SimFs`]), a real [`Relay`] and the
+//!   executor's own core ([`ExecCore`]), which this module drives as the tokio executor does:
+//!   what to start, what an outcome does, what to refund, when to wake next and when the wall
+//!   clock jumped are decided there, once, and performed here through the same ledger
+//!   operations (their `*_blocking` forms); a transfer is [`super::deliver`] over a simulated
+//!   link. A crash restart reopens the node from its file system's durable image
+//!   ([`SimFs::crash_image`]); a graceful one shuts the core down, which refunds in-flight
+//!   attempts first, as the executor's shutdown does.
+//! - Checked contract: a transfer goes on a simulated link only for a start the ledger confirmed
+//!   and committed in that step (INV-14); a core that hands out a transfer before its attempt is
+//!   recorded fails every run that starts one.
 //! - Catch-up runs only when a test asks ([`Sim::catch_up`], [`Sim::catch_up_all`]), so runs
 //!   that do not use it are exactly what they were: the puller pulls what it lacks, and each
 //!   segment served completes the server's job through the same call the network layer's
@@ -28,13 +34,19 @@ use store::keys::TrustedPublishers;
 use store::{Holding, IngestOptions, IngestOutcome, SegmentId, Store, StoreConfig};
 
 use crate::core::{JobKey, Outcome};
-use crate::ledger::{Applied, OutcomeIn, Start};
-use crate::limits::{RelayConfig, START_BATCH_MAX};
+use crate::exec_core::{ExecCore, Reading, Step};
+use crate::ledger::{Applied, Start};
+use crate::limits::RelayConfig;
 use crate::peer::NodeId;
 use crate::relay::Relay;
-use crate::tables::JobRow;
+use crate::tables::{JobRow, JobState};
 
 use super::segments::T0_MS;
+
+/// Most steps one wake of a node's executor core may take before the simulation fails loudly:
+/// far above what a wake needs (the concurrency caps bound its picks), so only a core that never
+/// comes to rest reaches it.
+const DRIVE_STEPS_MAX: usize = 1 << 16;
 
 /// How a link behaves for transfers started while it is in this state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,11 +110,12 @@ struct Node {
     up: Option<(Store, Relay)>,
     incarnation: u64,
     clock_offset_ms: i64,
+    /// Seeds the executor core of each incarnation.
     rng: ChaCha8Rng,
+    /// This incarnation's executor core (while up).
+    core: Option<ExecCore>,
     /// The earliest pending wake event (global virtual time).
     wake_at: Option<u64>,
-    /// Transfers this incarnation started and has not seen end.
-    in_flight: BTreeSet<JobKey>,
     /// Highest counted attempts seen on any of its jobs (checked against `attempts_max`).
     attempts_seen_max: u32,
 }
@@ -242,8 +255,8 @@ impl Sim {
                 incarnation: 0,
                 clock_offset_ms: 0,
                 rng: ChaCha8Rng::seed_from_u64(rng.random()),
+                core: None,
                 wake_at: None,
-                in_flight: BTreeSet::new(),
                 attempts_seen_max: 0,
             });
         }
@@ -276,11 +289,19 @@ impl Sim {
             Store::open(node.store_cfg.clone(), fs, now).expect("sim node store opens");
         let relay =
             Relay::open(store.clone(), node.relay_cfg.clone(), now).expect("sim node relay opens");
+        node.core = Some(ExecCore::new(
+            &node.relay_cfg,
+            node.rng.random(),
+            Reading {
+                wall_ms: now,
+                mono_ms: self.now_ms,
+            },
+        ));
         node.up = Some((store, relay));
         node.incarnation += 1;
         let line = format!("{} {} up inc={}", self.now_ms, node.id, node.incarnation);
         self.trace_line(line);
-        self.step(i);
+        self.drive(i);
     }
 
     /// Virtual time now (global, wall-clock UTC ms).
@@ -291,6 +312,14 @@ impl Sim {
     /// Node `i`'s wall clock (global time plus its jumps).
     pub fn node_now(&self, i: usize) -> u64 {
         (self.now_ms as i64 + self.nodes[i].clock_offset_ms).max(0) as u64
+    }
+
+    /// Node `i`'s clocks: its wall clock, and global virtual time as its monotonic clock.
+    fn reading(&self, i: usize) -> Reading {
+        Reading {
+            wall_ms: self.node_now(i),
+            mono_ms: self.now_ms,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -458,10 +487,7 @@ impl Sim {
             self.now_ms, self.nodes[i].id
         ));
         self.nodes[i].wake_at = None;
-        // As the executor does when it sees the wall clock jump.
-        if let Some((_, relay)) = &self.nodes[i].up {
-            relay.reclamp(self.node_now(i));
-        }
+        // The node's executor core notices the jump at this wake and re-clamps.
         self.step(i);
     }
 
@@ -643,48 +669,154 @@ impl Sim {
         }
     }
 
-    /// Lets node `i` do what is due: release aged pins, start due jobs, and book its next wake.
+    /// Wakes node `i`'s executor (the scheduler changed, or its timer fired): it does what is
+    /// due and books its next wake.
     fn step(&mut self, i: usize) {
+        let at = self.reading(i);
+        let Some(core) = self.nodes[i].core.as_mut() else {
+            return;
+        };
+        core.woke(at);
+        self.drive(i);
+    }
+
+    /// Performs node `i`'s executor core's steps until it sleeps (its next wake booked) or stops.
+    fn drive(&mut self, i: usize) {
         let Some((_, relay)) = self.nodes[i].up.clone() else {
             return;
         };
-        let now = self.node_now(i);
-        relay.age_dead_pins_blocking(now).expect("ledger write");
-        loop {
-            let keys = relay.pick(now, START_BATCH_MAX);
-            if keys.is_empty() {
-                break;
-            }
-            for start in relay
-                .record_starts_blocking(keys, now)
-                .expect("ledger write")
-            {
-                match start {
-                    Start::Started { key, attempt_num } => {
-                        self.start_transfer(i, key, attempt_num);
-                    }
-                    Start::Skipped { key, why } => {
+        // Starts the ledger confirmed during this wake and not yet sent, with their attempt
+        // numbers.
+        let mut confirmed: BTreeMap<JobKey, u32> = BTreeMap::new();
+        for _ in 0..DRIVE_STEPS_MAX {
+            let core = self.nodes[i].core.as_mut().expect("an up node has a core");
+            match core.poll() {
+                Step::Reclamp { now_ms, jump_ms } => relay.clock_jumped(now_ms, jump_ms),
+                Step::ApplyOutcomes { items, now_ms } => {
+                    let applied = relay
+                        .apply_outcomes_blocking(items.clone(), now_ms)
+                        .expect("ledger write");
+                    for (item, applied) in items.iter().zip(&applied) {
+                        let decided = match applied {
+                            Applied::Decided(d) => format!("{d:?}"),
+                            other => format!("{other:?}"),
+                        };
                         let line = format!(
-                            "{} {} skip {}>{} {why}",
+                            "{} {} end {}>{} {} -> {decided}",
                             self.now_ms,
                             self.nodes[i].id,
-                            key.seg.short(),
-                            key.peer
+                            item.key.seg.short(),
+                            item.key.peer,
+                            item.outcome.kind()
                         );
                         self.trace_line(line);
+                        if let Some(row) = relay.job(&item.key).expect("ledger read") {
+                            let n = &mut self.nodes[i];
+                            n.attempts_seen_max = n.attempts_seen_max.max(row.counts.attempts);
+                        }
                     }
                 }
+                Step::AgePins { now_ms } => {
+                    relay.age_dead_pins_blocking(now_ms).expect("ledger write")
+                }
+                Step::Pick { now_ms, limit } => {
+                    let keys = relay.pick(now_ms, limit);
+                    let next_due = relay.next_wake_ms();
+                    let core = self.nodes[i].core.as_mut().expect("an up node has a core");
+                    core.picked(keys, next_due);
+                }
+                Step::RecordStarts { keys, now_ms } => {
+                    let starts = relay
+                        .record_starts_blocking(keys, now_ms)
+                        .expect("ledger write");
+                    for start in &starts {
+                        match start {
+                            Start::Started { key, attempt_num } => {
+                                confirmed.insert(key.clone(), *attempt_num);
+                            }
+                            Start::Skipped { key, why } => {
+                                let line = format!(
+                                    "{} {} skip {}>{} {why}",
+                                    self.now_ms,
+                                    self.nodes[i].id,
+                                    key.seg.short(),
+                                    key.peer
+                                );
+                                self.trace_line(line);
+                            }
+                        }
+                    }
+                    let core = self.nodes[i].core.as_mut().expect("an up node has a core");
+                    core.starts_recorded(&starts);
+                }
+                Step::Spawn { keys } => {
+                    for key in keys {
+                        let attempt_num =
+                            self.check_start_committed(i, &relay, &key, &mut confirmed);
+                        self.start_transfer(i, key, attempt_num);
+                    }
+                }
+                Step::Sleep { until } => {
+                    if let Some(until) = until {
+                        // Monotonic time is global time.
+                        let global = until.mono_ms.max(self.now_ms);
+                        if self.nodes[i].wake_at.is_none_or(|cur| global < cur) {
+                            self.nodes[i].wake_at = Some(global);
+                            self.push(global, Ev::Wake { node: i });
+                        }
+                    }
+                    return;
+                }
+                // Only a graceful stop cancels: its transfers' end events are dropped (the
+                // incarnation changes), none ended before, so the core refunds them all.
+                Step::CancelAll { .. } => {}
+                Step::Refund { keys, now_ms } => {
+                    relay.refund_blocking(keys, now_ms).expect("ledger write")
+                }
+                Step::Stop { .. } => return,
             }
         }
-        if let Some(w) = relay.next_wake_ms() {
-            // Node time back to global time.
-            let global = (w as i64 - self.nodes[i].clock_offset_ms).max(0) as u64;
-            let global = global.max(self.now_ms);
-            if self.nodes[i].wake_at.is_none_or(|cur| global < cur) {
-                self.nodes[i].wake_at = Some(global);
-                self.push(global, Ev::Wake { node: i });
-            }
-        }
+        panic!(
+            "node {} executor core did not rest within {DRIVE_STEPS_MAX} steps (seed {})",
+            self.nodes[i].id, self.cfg.seed
+        );
+    }
+
+    /// The executor's contract at the moment a transfer starts (INV-14): its start was confirmed
+    /// by the ledger during this wake, and the committed row counts that attempt (as its
+    /// attempt number, and as an ordinary attempt until the outcome decides what it was), so a
+    /// power loss now would keep it. Returns the attempt number.
+    fn check_start_committed(
+        &self,
+        i: usize,
+        relay: &Relay,
+        key: &JobKey,
+        confirmed: &mut BTreeMap<JobKey, u32>,
+    ) -> u32 {
+        let node = &self.nodes[i].id;
+        let seed = self.cfg.seed;
+        let Some(attempt_num) = confirmed.remove(key) else {
+            panic!(
+                "INV-14: node {node} started a transfer of {}>{} before the ledger recorded its \
+                 attempt (seed {seed})",
+                key.seg.short(),
+                key.peer
+            );
+        };
+        let row = relay.job(key).expect("ledger read");
+        let committed = row
+            .as_ref()
+            .filter(|r| r.state == JobState::Pending && r.counts.attempts > 0)
+            .map(|r| r.counts.attempts + r.counts.store_full_attempts);
+        assert_eq!(
+            committed,
+            Some(attempt_num),
+            "INV-14: node {node} started attempt #{attempt_num} of {}>{} but the committed \
+             ledger says {row:?} (seed {seed})",
+            key.seg.short(),
+            key.peer
+        );
+        attempt_num
     }
 
     fn start_transfer(&mut self, from: usize, key: JobKey, attempt_num: u32) {
@@ -698,7 +830,6 @@ impl Sim {
             key.peer
         );
         self.trace_line(line);
-        self.nodes[from].in_flight.insert(key.clone());
         let receiver_up = self.nodes[to].up.is_some();
         let (delay, plan) = match self.reachable(from, to) {
             _ if !receiver_up => (
@@ -752,7 +883,6 @@ impl Sim {
             // The sender stopped meanwhile: the attempt stays counted (crash) or was refunded.
             return;
         }
-        self.nodes[from].in_flight.remove(&key);
         let outcome = match plan {
             Plan::Fail(o) => o,
             Plan::Deliver => {
@@ -775,57 +905,38 @@ impl Sim {
                 }
             }
         };
-        if outcome == Outcome::Delivered {
-            self.stats.deliveries += 1;
-        }
-        let now = self.node_now(from);
-        let sample = self.nodes[from].rng.random();
-        let relay = self.relay(from).clone();
-        let applied = relay
-            .apply_outcomes_blocking(
-                vec![OutcomeIn {
-                    key: key.clone(),
-                    outcome: outcome.clone(),
-                    jitter_sample: sample,
-                }],
-                now,
-            )
-            .expect("ledger write");
-        let decided = match applied.first() {
-            Some(Applied::Decided(d)) => format!("{d:?}"),
-            other => format!("{other:?}"),
-        };
-        let line = format!(
-            "{} {} end {}>{} {} -> {decided}",
-            self.now_ms,
-            self.nodes[from].id,
-            key.seg.short(),
-            key.peer,
-            outcome.kind()
-        );
-        self.trace_line(line);
-        if let Some(row) = relay.job(&key).expect("ledger read") {
-            let n = &mut self.nodes[from];
-            n.attempts_seen_max = n.attempts_seen_max.max(row.counts.attempts);
-        }
-        self.step(from);
-        if matches!(outcome, Outcome::Delivered) {
+        let delivered = outcome == Outcome::Delivered;
+        self.stats.deliveries += u64::from(delivered);
+        let at = self.reading(from);
+        let core = self.nodes[from]
+            .core
+            .as_mut()
+            .expect("an up node has a core");
+        core.woke(at);
+        core.transfer_ended(key, outcome);
+        self.drive(from);
+        if delivered {
             self.step(to);
         }
     }
 
     fn down(&mut self, i: usize, graceful: bool, down_ms: u64) {
+        if self.nodes[i].up.is_none() {
+            return;
+        }
+        if graceful {
+            // The executor's shutdown: in-flight attempts are refunded, durably.
+            let at = self.reading(i);
+            if let Some(core) = self.nodes[i].core.as_mut() {
+                core.shutdown(at);
+            }
+            self.drive(i);
+        }
+        self.nodes[i].core = None;
         let Some((store, relay)) = self.nodes[i].up.take() else {
             return;
         };
-        let now = self.node_now(i);
-        let in_flight: Vec<JobKey> = std::mem::take(&mut self.nodes[i].in_flight)
-            .into_iter()
-            .collect();
         if graceful {
-            if !in_flight.is_empty() {
-                relay.refund_blocking(in_flight, now).expect("ledger write");
-            }
             drop(relay);
             store.close();
             drop(store);
