@@ -73,6 +73,7 @@ pub mod limits;
 pub mod logcap;
 pub mod node;
 pub mod pki;
+pub(crate) mod proto;
 pub mod rate;
 pub mod takeover;
 pub mod tls;

@@ -1,5 +1,9 @@
 //! One segment over one stream: the sender's and the receiver's halves of a transfer.
 //!
+//! The decisions of the receiver's half are the state machine [`crate::proto::receive`]; this
+//! module runs it on quinn streams, `tokio::time`, the takeover table and the store (the disk
+//! side as [`crate::disk`] says).
+//!
 //! Both halves keep the disk and the hashing off the async worker threads (MEASUREMENTS.md:
 //! inline hashing and writing halves throughput): the receiver's network task fills
 //! [`PAYLOAD_CHUNK_BYTES`] buffers and hands them through a bounded channel
@@ -32,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use quinn::{RecvStream, SendStream};
-use store::manifest::{SignedManifest, VerifyError};
+use store::manifest::VerifyError;
 use store::segfile::SegFileError;
 use store::{Begin, Ingest, IngestError, IngestOptions, SegmentId, SegmentReader, Store, Stored};
 use tokio::time::{Instant, timeout, timeout_at};
@@ -40,17 +44,19 @@ use tokio::time::{Instant, timeout, timeout_at};
 use crate::clock::Clock;
 use crate::config::NetConfig;
 use crate::disk::{
-    self, FromDisk, PayloadReader, PayloadSink, PayloadSource, PayloadWriter, ToDisk, WriterEnd,
+    self, FromDisk, PayloadReader, PayloadSink, PayloadSource, PayloadWriter, SinkGone, WriterEnd,
 };
-use crate::limits::{PAYLOAD_CHUNK_BYTES, STOPPED_REASON_WAIT_MS};
+use crate::limits::STOPPED_REASON_WAIT_MS;
 use crate::logcap::LogLimiter;
 use crate::pki::NodeId;
+use crate::proto::Observer;
+use crate::proto::receive::{Begun, ReadEvent, Receiver, RecvCmd, RecvParams, Written};
 use crate::rate::{Progress, Stalled};
 use crate::takeover::{Claim, Receiving};
+use crate::warn_limited;
 use crate::wire::{
     Msg, RejectReason, StreamCode, WireError, read_error, read_frame, write_error, write_frame,
 };
-use crate::{info_limited, warn_limited};
 
 /// What the node tells its owner (the relay) about transfers. Every method has a default that
 /// does nothing.
@@ -554,16 +560,6 @@ pub(crate) enum Received {
     Failed(String),
 }
 
-enum InFail {
-    Stalled(Stalled),
-    Preempted,
-    Truncated { got: u64 },
-    TooLong,
-    Reset(u64),
-    Lost(String),
-    WriterGone,
-}
-
 /// Maps an ingest error to the reason told to the sender.
 pub(crate) fn ingest_reason(e: &IngestError) -> RejectReason {
     let verify = |v: &VerifyError| match v {
@@ -595,23 +591,6 @@ pub(crate) fn ingest_reason(e: &IngestError) -> RejectReason {
     }
 }
 
-async fn reject(
-    ctx: &Ctx,
-    send: &mut SendStream,
-    reason: RejectReason,
-    detail: String,
-) -> Received {
-    let _ = write_frame(send, &Msg::reject(reason, detail)).await;
-    let _ = send.finish();
-    if matches!(
-        reason,
-        RejectReason::HashMismatch | RejectReason::LengthMismatch | RejectReason::Protocol
-    ) {
-        bump(&ctx.stats.streams_failed, 1);
-    }
-    Received::Rejected(reason)
-}
-
 /// The receiver's half, after the peer's `Offer(manifest)` was read. Every ending is reported
 /// to the hooks.
 pub(crate) async fn receive(
@@ -626,6 +605,17 @@ pub(crate) async fn receive(
     received
 }
 
+impl Ctx {
+    pub(crate) fn observer(&self, peer: &NodeId) -> Observer {
+        Observer {
+            stats: self.stats.clone(),
+            limiter: self.limiter.clone(),
+            peer: peer.clone(),
+        }
+    }
+}
+
+/// Runs a [`Receiver`] on the streams, the node's takeover table and the store.
 async fn receive_offer(
     ctx: &Ctx,
     peer: &NodeId,
@@ -633,170 +623,157 @@ async fn receive_offer(
     recv: &mut RecvStream,
     manifest: Vec<u8>,
 ) -> Received {
-    let signed = match SignedManifest::decode(&manifest) {
-        Ok(s) => s,
-        Err(e) => return reject(ctx, send, RejectReason::Malformed, e.to_string()).await,
+    let params = RecvParams {
+        ceiling_bytes: ctx.store.config().ceiling_bytes,
+        stall_window: ctx.cfg.stall_timeout(),
+        stall_rate_min_bytes_per_s: ctx.cfg.stall_rate_min_bytes_per_s,
     };
-    let id = signed.id();
-    let payload_len = signed.manifest().payload_len;
-    let file_len = store::limits::SEG_PREAMBLE_BYTES + signed.encoded_len() as u64 + payload_len;
-    let ceiling = ctx.store.config().ceiling_bytes;
-    if file_len > ceiling {
-        let detail =
-            format!("segment of {file_len} bytes can never fit under a ceiling of {ceiling}");
-        return reject(ctx, send, RejectReason::TooLarge, detail).await;
-    }
-    // Held (or evicted) already: "have", without waiting for anyone's claim.
-    let store = ctx.store.clone();
-    let holding = disk::blocking(ctx.cfg.disk_mode, move || store.holding(&id)).await;
-    if let Ok(Ok(store::Holding::Stored | store::Holding::Tombstoned)) = holding {
-        let _ = write_frame(send, &Msg::Have).await;
-        let _ = send.finish();
-        return Received::Had;
-    }
-    let claim = ctx
-        .receiving
-        .claim(
-            id,
-            peer,
-            takeover_wait(&ctx.cfg),
-            ctx.cfg.takeover_below_rate_bytes_per_s,
-        )
-        .await;
-    let Some(claim) = claim else {
-        let _ = write_frame(send, &Msg::Busy).await;
-        let _ = send.finish();
-        return Received::Busy;
-    };
-    let store = ctx.store.clone();
-    let opts = IngestOptions::from_peer(peer.as_str());
-    let now = ctx.clock.now_ms();
-    let begun = disk::blocking(ctx.cfg.disk_mode, move || {
-        store.begin_ingest(signed, &opts, now)
-    })
-    .await;
-    let ingest = match begun {
-        Err(e) => return reject(ctx, send, RejectReason::Internal, format!("{e}")).await,
-        Ok(Ok(Begin::Have(_))) => {
-            let _ = write_frame(send, &Msg::Have).await;
-            let _ = send.finish();
-            return Received::Had;
-        }
-        Ok(Err(IngestError::Busy(_))) => {
-            // Being imported, or received outside this node's table: the store decides.
-            let _ = write_frame(send, &Msg::Busy).await;
-            let _ = send.finish();
-            return Received::Busy;
-        }
-        Ok(Err(e)) => {
-            let reason = ingest_reason(&e);
-            if matches!(
-                reason,
-                RejectReason::BadSignature | RejectReason::UntrustedPublisher
-            ) {
-                warn_limited!(ctx.limiter, peer.as_str(), "offer_refused", peer = %peer, seg_id = %id, %reason, error = %e, "offer refused");
-            } else {
-                info_limited!(ctx.limiter, peer.as_str(), "offer_refused", peer = %peer, seg_id = %id, %reason, error = %e, "offer refused");
+    let mode = ctx.cfg.disk_mode;
+    let mut m = Receiver::new(ctx.observer(peer), params, &manifest);
+    // Declared in this order so they drop in reverse: the store must be free of the ingest
+    // before the claim on its id goes.
+    let mut claim: Option<Claim> = None;
+    let mut ingest: Option<Box<Ingest>> = None;
+    let mut sink: Option<PayloadSink> = None;
+    // Bounded: every command either ends the receive or is answered, and the machine asks for
+    // reads only while payload is owed under the minimum-rate rule.
+    loop {
+        let Some(cmd) = m.poll() else {
+            // The machine never waits without having asked for something.
+            return Received::Failed("receiver stopped without a verdict".into());
+        };
+        match cmd {
+            RecvCmd::Holding(id) => {
+                let store = ctx.store.clone();
+                let holding = disk::blocking(mode, move || store.holding(&id)).await;
+                let held = matches!(
+                    holding,
+                    Ok(Ok(store::Holding::Stored | store::Holding::Tombstoned))
+                );
+                m.on_holding(held);
             }
-            return reject(ctx, send, reason, e.to_string()).await;
+            RecvCmd::Claim(id) => {
+                let wait = takeover_wait(&ctx.cfg);
+                let below = ctx.cfg.takeover_below_rate_bytes_per_s;
+                claim = ctx.receiving.claim(id, peer, wait, below).await;
+                m.on_claim(claim.is_some());
+            }
+            RecvCmd::BeginIngest(signed) => {
+                let store = ctx.store.clone();
+                let opts = IngestOptions::from_peer(peer.as_str());
+                let now = ctx.clock.now_ms();
+                let begun =
+                    disk::blocking(mode, move || store.begin_ingest(*signed, &opts, now)).await;
+                m.on_begun(match begun {
+                    Err(e) => Begun::TaskFailed(e.to_string()),
+                    Ok(Ok(Begin::Have(_))) => Begun::Have,
+                    Ok(Err(IngestError::Busy(_))) => Begun::Busy,
+                    Ok(Err(e)) => Begun::Refused(e),
+                    Ok(Ok(Begin::Ingest(i))) => {
+                        let resume_offset = i.resume_offset();
+                        ingest = Some(i);
+                        Begun::Ingest { resume_offset }
+                    }
+                });
+            }
+            RecvCmd::Write(msg) => {
+                let written = write_frame(send, &msg).await.map_err(|e| e.to_string());
+                m.on_written(written, Instant::now());
+            }
+            RecvCmd::Finish => {
+                let _ = send.finish();
+            }
+            RecvCmd::ResetSend(code) => {
+                let _ = send.reset(code.varint());
+            }
+            RecvCmd::StopRecv(code) => {
+                let _ = recv.stop(code.varint());
+            }
+            RecvCmd::StartWriter => {
+                if let Some(ingest) = ingest.take() {
+                    let writer = PayloadWriter::new(
+                        ingest,
+                        ctx.clock.clone(),
+                        ctx.hooks.clone(),
+                        peer.clone(),
+                        ctx.cfg.checkpoint_bytes,
+                    );
+                    sink = Some(PayloadSink::start(mode, writer));
+                }
+            }
+            RecvCmd::DropIngest => {
+                if let Some(ingest) = ingest.take() {
+                    drop_blocking(ctx, ingest).await;
+                }
+            }
+            RecvCmd::Read { deadline } => {
+                let preempted = async {
+                    match &claim {
+                        Some(claim) => claim.preempted().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let read = tokio::select! {
+                    biased;
+                    _ = preempted => None,
+                    r = timeout_at(deadline, recv.read(m.read_buf())) => Some(r),
+                };
+                let now = Instant::now();
+                match read {
+                    None => m.on_preempted(),
+                    Some(Err(_)) => m.on_timer(now),
+                    Some(Ok(r)) => m.on_read(read_event(r), now),
+                }
+            }
+            RecvCmd::ReadEnd { deadline } => {
+                let mut one = [0u8; 1];
+                match timeout_at(deadline, recv.read(&mut one)).await {
+                    Err(_) => m.on_timer(Instant::now()),
+                    Ok(r) => m.on_read(read_event(r), Instant::now()),
+                }
+            }
+            RecvCmd::ToDisk(step) => {
+                let sent = match sink.as_mut() {
+                    Some(sink) => sink.send(step).await,
+                    None => Err(SinkGone),
+                };
+                m.on_disk_sent(sent, Instant::now());
+            }
+            RecvCmd::AwaitWriter => {
+                let written = match sink.take() {
+                    None => Written::Aborted,
+                    Some(sink) => match sink.finish().await {
+                        Ok(WriterEnd::Stored(stored)) => Written::Stored(stored.id),
+                        Ok(WriterEnd::Failed(e)) => Written::Failed(e),
+                        Ok(WriterEnd::Aborted) => Written::Aborted,
+                        Err(e) => Written::TaskFailed(e.to_string()),
+                    },
+                };
+                m.on_writer_end(written);
+            }
+            RecvCmd::PublishRate(rate) => {
+                if let Some(claim) = &claim {
+                    claim.publish_rate(rate);
+                }
+            }
+            RecvCmd::Done(received) => {
+                if let Received::Stored(id) = &received {
+                    ctx.hooks.on_received(peer, id);
+                }
+                return received;
+            }
         }
-        Ok(Ok(Begin::Ingest(ingest))) => ingest,
-    };
-    let offset = ingest.resume_offset();
-    if let Err(e) = write_frame(send, &Msg::Want { offset }).await {
-        drop_blocking(ctx, ingest).await;
-        return Received::Failed(e.to_string());
     }
+}
 
-    let writer = PayloadWriter::new(
-        ingest,
-        ctx.clock.clone(),
-        ctx.hooks.clone(),
-        peer.clone(),
-        ctx.cfg.checkpoint_bytes,
-    );
-    let mut sink = PayloadSink::start(ctx.cfg.disk_mode, writer);
-    let pumped = pump_in(ctx, recv, &mut sink, payload_len - offset, &claim).await;
-    // Mutation point (INV-03): the sender hears "stored" once the bytes are in, before the disk
-    // thread verified, synced and committed them.
-    let acked_early = pumped.is_ok() && store::mutants::active("ack_before_commit");
-    if acked_early {
-        let _ = write_frame(send, &Msg::Ack).await;
-    }
-    let to_disk = match &pumped {
-        Ok(()) => ToDisk::End,
-        Err(InFail::Reset(code)) if is_local_corrupt(*code) => ToDisk::Discard,
-        Err(_) => ToDisk::Abort,
-    };
-    // The writer may have stopped already (a disk error): then this send fails, which is fine.
-    let _ = sink.send(to_disk).await;
-    let written = sink.finish().await;
-    match (pumped, written) {
-        (_, Ok(WriterEnd::Failed(e))) => {
-            let reason = ingest_reason(&e);
-            warn_limited!(ctx.limiter, peer.as_str(), "not_stored", peer = %peer, seg_id = %id, %reason, error = %e, "segment not stored");
-            let _ = recv.stop(StreamCode::Internal.varint());
-            reject(ctx, send, reason, e.to_string()).await
-        }
-        (_, Err(e)) => {
-            let _ = recv.stop(StreamCode::Internal.varint());
-            reject(ctx, send, RejectReason::Internal, e.to_string()).await
-        }
-        (Ok(()), Ok(WriterEnd::Stored(stored))) => {
-            bump(&ctx.stats.segments_stored, 1);
-            if !acked_early {
-                let _ = write_frame(send, &Msg::Ack).await;
-            }
-            let _ = send.finish();
-            tracing::info!(peer = %peer, seg_id = %stored.id, bytes = payload_len, offset, "segment received");
-            ctx.hooks.on_received(peer, &stored.id);
-            Received::Stored(stored.id)
-        }
-        (Ok(()), Ok(WriterEnd::Aborted)) => Received::Failed("disk writer stopped early".into()),
-        (Err(InFail::Preempted), _) => {
-            // Not the peer's fault: a faster peer offered the same segment.
-            bump(&ctx.stats.transfers_preempted, 1);
-            let _ = write_frame(send, &Msg::Busy).await;
-            let _ = send.finish();
-            let _ = recv.stop(StreamCode::Preempted.varint());
-            info_limited!(ctx.limiter, peer.as_str(), "preempted", peer = %peer, seg_id = %id, "transfer handed to a faster peer; partial kept for it");
-            Received::Preempted
-        }
-        (Err(fail), _) => {
-            bump(&ctx.stats.streams_failed, 1);
-            match fail {
-                InFail::Stalled(stalled) => {
-                    end_stream(send, recv, StreamCode::Stalled);
-                    bump(&ctx.stats.transfers_stalled, 1);
-                    warn_limited!(ctx.limiter, peer.as_str(), "receive_stalled", peer = %peer, seg_id = %id, moved = stalled.moved, required = stalled.required, "transfer stalled: less than the minimum rate over a window; partial kept for resume");
-                    Received::TimedOut
-                }
-                InFail::Preempted => Received::Preempted,
-                InFail::TooLong => {
-                    let _ = recv.stop(StreamCode::PayloadTooLong.varint());
-                    let detail = format!("more than the {payload_len} payload bytes declared");
-                    warn_limited!(ctx.limiter, peer.as_str(), "payload_too_long", peer = %peer, seg_id = %id, "payload longer than declared");
-                    reject(ctx, send, RejectReason::LengthMismatch, detail).await
-                }
-                InFail::Truncated { got } => {
-                    let detail = format!("stream ended after {got} of {payload_len} payload bytes");
-                    warn_limited!(ctx.limiter, peer.as_str(), "payload_truncated", peer = %peer, seg_id = %id, got, "payload truncated");
-                    reject(ctx, send, RejectReason::LengthMismatch, detail).await
-                }
-                InFail::Reset(code) => {
-                    let _ = send.reset(StreamCode::Protocol.varint());
-                    let why = if is_local_corrupt(code) {
-                        "its stored copy is corrupt; what arrived is discarded".to_owned()
-                    } else {
-                        format!("code {code}")
-                    };
-                    warn_limited!(ctx.limiter, peer.as_str(), "sender_aborted", peer = %peer, seg_id = %id, why, "sender aborted the transfer");
-                    Received::Failed(format!("sender aborted: {why}"))
-                }
-                InFail::Lost(e) => Received::Failed(e),
-                InFail::WriterGone => Received::Failed("disk writer stopped".into()),
-            }
-        }
+fn read_event(r: Result<Option<usize>, quinn::ReadError>) -> ReadEvent {
+    match r {
+        Ok(Some(n)) => ReadEvent::Data(n),
+        Ok(None) => ReadEvent::Finished,
+        Err(e) => match read_error(e) {
+            WireError::Reset(code) => ReadEvent::Reset(code),
+            other => ReadEvent::Lost(other.to_string()),
+        },
     }
 }
 
@@ -806,111 +783,6 @@ async fn receive_offer(
 pub(crate) fn takeover_wait(cfg: &NetConfig) -> Duration {
     let window = cfg.stall_timeout();
     (window + window / 4).min(cfg.response_timeout() / 2)
-}
-
-/// Reads exactly `remaining` payload bytes into chunks for the disk thread under the
-/// minimum-rate rule, publishing each window's rate to the claim (and stopping when a waiter
-/// takes over), then requires the end of the stream.
-async fn pump_in(
-    ctx: &Ctx,
-    recv: &mut RecvStream,
-    sink: &mut PayloadSink,
-    mut remaining: u64,
-    claim: &Claim,
-) -> Result<(), InFail> {
-    let stall = ctx.cfg.stall_timeout();
-    let mut progress = Progress::new(
-        Instant::now(),
-        stall,
-        ctx.cfg.stall_rate_min_bytes_per_s,
-        0,
-        remaining,
-    );
-    let preempted = claim.preempted();
-    tokio::pin!(preempted);
-    let mut got = 0u64;
-    // Mutation point (INV-20): the payload is held in memory until its last byte arrived.
-    let buffer_payload = store::mutants::active("buffer_payload");
-    let mut held = Vec::new();
-    let read_fail = |e: quinn::ReadError| match read_error(e) {
-        WireError::Reset(code) => InFail::Reset(code),
-        other => InFail::Lost(other.to_string()),
-    };
-    while remaining > 0 {
-        // Cannot truncate: at most PAYLOAD_CHUNK_BYTES.
-        let want = remaining.min(PAYLOAD_CHUNK_BYTES as u64) as usize;
-        let mut buf = vec![0u8; want];
-        let mut filled = 0;
-        while filled < want {
-            let read = tokio::select! {
-                biased;
-                _ = &mut preempted => Err(InFail::Preempted),
-                r = timeout_at(progress.deadline(), recv.read(&mut buf[filled..])) => match r {
-                    Ok(Ok(Some(n))) => {
-                        filled += n;
-                        progress.record(n as u64);
-                        Ok(())
-                    }
-                    // The window ended: judged below.
-                    Err(_) => Ok(()),
-                    Ok(Ok(None)) => Err(InFail::Truncated {
-                        got: got + filled as u64,
-                    }),
-                    Ok(Err(e)) => Err(read_fail(e)),
-                },
-            };
-            let judged = read.and_then(|()| {
-                match progress.roll(Instant::now(), remaining - filled as u64) {
-                    Err(stalled) => Err(InFail::Stalled(stalled)),
-                    Ok(Some(rate)) => {
-                        claim.publish_rate(rate);
-                        Ok(())
-                    }
-                    Ok(None) => Ok(()),
-                }
-            });
-            if let Err(fail) = judged {
-                // Hand over what did arrive, so the checkpoint of the cut transfer includes it.
-                if filled > 0 {
-                    buf.truncate(filled);
-                    bump(&ctx.stats.payload_bytes_received, filled as u64);
-                    let _ = sink.send(ToDisk::Data(buf)).await;
-                }
-                return Err(fail);
-            }
-        }
-        remaining -= want as u64;
-        got += want as u64;
-        bump(&ctx.stats.payload_bytes_received, want as u64);
-        if buffer_payload {
-            held.push(buf);
-            continue;
-        }
-        if sink.send(ToDisk::Data(buf)).await.is_err() {
-            return Err(InFail::WriterGone);
-        }
-    }
-    for buf in held {
-        if sink.send(ToDisk::Data(buf)).await.is_err() {
-            return Err(InFail::WriterGone);
-        }
-    }
-    let mut one = [0u8; 1];
-    match timeout(stall, recv.read(&mut one)).await {
-        Err(_) => Err(InFail::Stalled(Stalled {
-            moved: 0,
-            required: 0,
-        })),
-        Ok(Ok(None)) => Ok(()),
-        Ok(Ok(Some(_))) => Err(InFail::TooLong),
-        Ok(Err(e)) => Err(read_fail(e)),
-    }
-}
-
-/// The sender reset the stream because its own stored copy failed verification.
-fn is_local_corrupt(code: u64) -> bool {
-    StreamCode::from_varint(quinn::VarInt::from_u64(code).unwrap_or(quinn::VarInt::MAX))
-        == Some(StreamCode::LocalCorrupt)
 }
 
 /// Reads the first frame of a stream the peer opened, bounded by the response timeout.
