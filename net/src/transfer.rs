@@ -1,5 +1,9 @@
 //! One segment over one stream: the sender's and the receiver's halves of a transfer.
 //!
+//! The decisions of the receiver's half are the state machine [`crate::proto::receive`]; this
+//! module runs it on quinn streams, `tokio::time`, the takeover table and the store (the disk
+//! side as [`crate::disk`] says).
+//!
 //! Both halves keep the disk and the hashing off the async worker threads (MEASUREMENTS.md:
 //! inline hashing and writing halves throughput): the receiver's network task fills
 //! [`PAYLOAD_CHUNK_BYTES`] buffers and hands them through a bounded channel
@@ -32,23 +36,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use quinn::{RecvStream, SendStream};
-use store::manifest::{SignedManifest, VerifyError};
+use store::manifest::VerifyError;
 use store::segfile::SegFileError;
 use store::{Begin, Ingest, IngestError, IngestOptions, SegmentId, SegmentReader, Store, Stored};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::clock::Clock;
 use crate::config::NetConfig;
-use crate::limits::{PAYLOAD_CHUNK_BYTES, PAYLOAD_QUEUE_CHUNKS, STOPPED_REASON_WAIT_MS};
+use crate::disk::{
+    self, FromDisk, PayloadReader, PayloadSink, PayloadSource, PayloadWriter, SinkGone, WriterEnd,
+};
+use crate::limits::STOPPED_REASON_WAIT_MS;
 use crate::logcap::LogLimiter;
 use crate::pki::NodeId;
+use crate::proto::Observer;
+use crate::proto::receive::{Begun, ReadEvent, Receiver, RecvCmd, RecvParams, Written};
 use crate::rate::{Progress, Stalled};
 use crate::takeover::{Claim, Receiving};
+use crate::warn_limited;
 use crate::wire::{
     Msg, RejectReason, StreamCode, WireError, read_error, read_frame, write_error, write_frame,
 };
-use crate::{info_limited, warn_limited};
 
 /// What the node tells its owner (the relay) about transfers. Every method has a default that
 /// does nothing.
@@ -273,25 +281,18 @@ fn wire_outcome(e: WireError) -> SendOutcome {
 
 /// Drops an ingest on a blocking thread (its drop may remove files and write the index), and
 /// waits for it: the store must be free of it before the claim on its id goes.
-async fn drop_blocking(ingest: Box<Ingest>) {
-    let _ = tokio::task::spawn_blocking(move || drop(ingest)).await;
+async fn drop_blocking(ctx: &Ctx, ingest: Box<Ingest>) {
+    let _ = disk::blocking(ctx.cfg.disk_mode, move || drop(ingest)).await;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Sender.
 
-enum FromDisk {
-    Data(Vec<u8>),
-    Verified,
-    Corrupt(String),
-    Io(String),
-}
-
 /// Opens a stored segment for sending (off the async threads). `Err` is the outcome to report.
 pub(crate) async fn open_for_send(ctx: &Ctx, id: SegmentId) -> Result<SegmentReader, SendOutcome> {
     let store = ctx.store.clone();
     let now = ctx.clock.now_ms();
-    match tokio::task::spawn_blocking(move || store.open_for_read(&id, now)).await {
+    match disk::blocking(ctx.cfg.disk_mode, move || store.open_for_read(&id, now)).await {
         // An expired segment is relayed to nobody, whether pushed or pulled (INV-16): the relay
         // cancels its jobs when they come due, and this keeps catch-up from serving it until
         // the next sweep evicts it.
@@ -323,7 +324,7 @@ pub(crate) async fn send_with(
 ) -> SendOutcome {
     let id = reader.id();
     let m = reader.manifest().manifest();
-    let (payload_len, payload_hash) = (m.payload_len, m.payload_hash);
+    let payload_len = m.payload_len;
     let offer = Msg::Offer {
         manifest: reader.manifest().encode(),
     };
@@ -373,10 +374,7 @@ pub(crate) async fn send_with(
         tracing::info!(peer = %peer, seg_id = %id, offset, "peer resumes a partial transfer");
     }
 
-    let (tx, mut rx) = mpsc::channel::<FromDisk>(PAYLOAD_QUEUE_CHUNKS);
-    let reading = tokio::task::spawn_blocking(move || {
-        read_payload(reader, offset, payload_len, payload_hash, &tx);
-    });
+    let mut source = PayloadSource::start(ctx.cfg.disk_mode, PayloadReader::new(reader, offset));
     enum Stop {
         Stalled(Stalled),
         Write(WireError),
@@ -395,7 +393,7 @@ pub(crate) async fn send_with(
         owed,
     );
     let streamed: Result<(), Stop> = 'stream: loop {
-        match rx.recv().await {
+        match source.next().await {
             Some(FromDisk::Data(buf)) => {
                 let mut pos = 0;
                 while pos < buf.len() {
@@ -421,9 +419,8 @@ pub(crate) async fn send_with(
             None => break Err(Stop::Io("disk reader ended early".into())),
         }
     };
-    drop(rx);
     // The reader (and the eviction lease it holds) is gone once this returns.
-    let _ = reading.await;
+    source.close().await;
     match streamed {
         Ok(()) => {}
         Err(Stop::Corrupt(reason)) => {
@@ -506,90 +503,15 @@ async fn quarantine(ctx: &Ctx, id: SegmentId, reason: &str) {
     let store = ctx.store.clone();
     let now = ctx.clock.now_ms();
     let reason = reason.to_owned();
-    let done = tokio::task::spawn_blocking(move || store.quarantine(&id, &reason, now)).await;
+    let done = disk::blocking(ctx.cfg.disk_mode, move || {
+        store.quarantine(&id, &reason, now)
+    })
+    .await;
     match done {
         Ok(Ok(())) => tracing::error!(seg_id = %id, "segment quarantined"),
         Ok(Err(e)) => tracing::error!(seg_id = %id, error = %e, "quarantine failed"),
         Err(e) => tracing::error!(seg_id = %id, error = %e, "quarantine task failed"),
     }
-}
-
-/// Reads the payload of `reader`, hashing all of it and sending `[offset, len)` in chunks;
-/// ends with `Verified`, `Corrupt` or `Io`. Stops quietly when the network side hangs up.
-fn read_payload(
-    mut reader: SegmentReader,
-    offset: u64,
-    len: u64,
-    expected: [u8; 32],
-    tx: &mpsc::Sender<FromDisk>,
-) {
-    let mut hasher = blake3::Hasher::new();
-    let mut pos = 0u64;
-    let mut prefix_buf = Vec::new();
-    let file = reader.payload();
-    while pos < len {
-        let sending = pos >= offset;
-        let limit = if sending { len - pos } else { offset - pos };
-        // Cannot truncate: at most PAYLOAD_CHUNK_BYTES.
-        let want = limit.min(PAYLOAD_CHUNK_BYTES as u64) as usize;
-        let mut chunk = if sending {
-            vec![0u8; want]
-        } else {
-            prefix_buf.resize(want, 0);
-            std::mem::take(&mut prefix_buf)
-        };
-        match read_full(file, &mut chunk) {
-            Ok(n) if n == want => {}
-            Ok(n) => {
-                let _ = tx.blocking_send(FromDisk::Corrupt(format!(
-                    "file ends at payload byte {} of {len}",
-                    pos + n as u64
-                )));
-                return;
-            }
-            Err(e) => {
-                let _ = tx.blocking_send(FromDisk::Io(e.to_string()));
-                return;
-            }
-        }
-        hasher.update(&chunk);
-        pos += want as u64;
-        if sending {
-            if tx.blocking_send(FromDisk::Data(chunk)).is_err() {
-                return;
-            }
-        } else {
-            prefix_buf = chunk;
-        }
-    }
-    let actual = *hasher.finalize().as_bytes();
-    let end = if actual == expected {
-        FromDisk::Verified
-    } else {
-        FromDisk::Corrupt(format!(
-            "payload hash mismatch: expected {}, got {}",
-            hex(&expected),
-            hex(&actual)
-        ))
-    };
-    let _ = tx.blocking_send(end);
-}
-
-fn hex(bytes: &[u8; 32]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn read_full(r: &mut dyn store::fs::FsRead, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -638,32 +560,6 @@ pub(crate) enum Received {
     Failed(String),
 }
 
-enum ToDisk {
-    Data(Vec<u8>),
-    End,
-    /// Cut short: keep what arrived for a resume.
-    Abort,
-    /// Cut short by a sender whose stored copy proved corrupt: what arrived may hold its bad
-    /// bytes, so nothing of it is kept for a resume.
-    Discard,
-}
-
-enum WriterEnd {
-    Stored(Box<Stored<()>>),
-    Failed(IngestError),
-    Aborted,
-}
-
-enum InFail {
-    Stalled(Stalled),
-    Preempted,
-    Truncated { got: u64 },
-    TooLong,
-    Reset(u64),
-    Lost(String),
-    WriterGone,
-}
-
 /// Maps an ingest error to the reason told to the sender.
 pub(crate) fn ingest_reason(e: &IngestError) -> RejectReason {
     let verify = |v: &VerifyError| match v {
@@ -695,23 +591,6 @@ pub(crate) fn ingest_reason(e: &IngestError) -> RejectReason {
     }
 }
 
-async fn reject(
-    ctx: &Ctx,
-    send: &mut SendStream,
-    reason: RejectReason,
-    detail: String,
-) -> Received {
-    let _ = write_frame(send, &Msg::reject(reason, detail)).await;
-    let _ = send.finish();
-    if matches!(
-        reason,
-        RejectReason::HashMismatch | RejectReason::LengthMismatch | RejectReason::Protocol
-    ) {
-        bump(&ctx.stats.streams_failed, 1);
-    }
-    Received::Rejected(reason)
-}
-
 /// The receiver's half, after the peer's `Offer(manifest)` was read. Every ending is reported
 /// to the hooks.
 pub(crate) async fn receive(
@@ -726,6 +605,17 @@ pub(crate) async fn receive(
     received
 }
 
+impl Ctx {
+    pub(crate) fn observer(&self, peer: &NodeId) -> Observer {
+        Observer {
+            stats: self.stats.clone(),
+            limiter: self.limiter.clone(),
+            peer: peer.clone(),
+        }
+    }
+}
+
+/// Runs a [`Receiver`] on the streams, the node's takeover table and the store.
 async fn receive_offer(
     ctx: &Ctx,
     peer: &NodeId,
@@ -733,170 +623,157 @@ async fn receive_offer(
     recv: &mut RecvStream,
     manifest: Vec<u8>,
 ) -> Received {
-    let signed = match SignedManifest::decode(&manifest) {
-        Ok(s) => s,
-        Err(e) => return reject(ctx, send, RejectReason::Malformed, e.to_string()).await,
+    let params = RecvParams {
+        ceiling_bytes: ctx.store.config().ceiling_bytes,
+        stall_window: ctx.cfg.stall_timeout(),
+        stall_rate_min_bytes_per_s: ctx.cfg.stall_rate_min_bytes_per_s,
     };
-    let id = signed.id();
-    let payload_len = signed.manifest().payload_len;
-    let file_len = store::limits::SEG_PREAMBLE_BYTES + signed.encoded_len() as u64 + payload_len;
-    let ceiling = ctx.store.config().ceiling_bytes;
-    if file_len > ceiling {
-        let detail =
-            format!("segment of {file_len} bytes can never fit under a ceiling of {ceiling}");
-        return reject(ctx, send, RejectReason::TooLarge, detail).await;
-    }
-    // Held (or evicted) already: "have", without waiting for anyone's claim.
-    let store = ctx.store.clone();
-    let holding = tokio::task::spawn_blocking(move || store.holding(&id)).await;
-    if let Ok(Ok(store::Holding::Stored | store::Holding::Tombstoned)) = holding {
-        let _ = write_frame(send, &Msg::Have).await;
-        let _ = send.finish();
-        return Received::Had;
-    }
-    let claim = ctx
-        .receiving
-        .claim(
-            id,
-            peer,
-            takeover_wait(&ctx.cfg),
-            ctx.cfg.takeover_below_rate_bytes_per_s,
-        )
-        .await;
-    let Some(claim) = claim else {
-        let _ = write_frame(send, &Msg::Busy).await;
-        let _ = send.finish();
-        return Received::Busy;
-    };
-    let store = ctx.store.clone();
-    let opts = IngestOptions::from_peer(peer.as_str());
-    let now = ctx.clock.now_ms();
-    let begun = tokio::task::spawn_blocking(move || store.begin_ingest(signed, &opts, now)).await;
-    let ingest = match begun {
-        Err(e) => return reject(ctx, send, RejectReason::Internal, format!("{e}")).await,
-        Ok(Ok(Begin::Have(_))) => {
-            let _ = write_frame(send, &Msg::Have).await;
-            let _ = send.finish();
-            return Received::Had;
-        }
-        Ok(Err(IngestError::Busy(_))) => {
-            // Being imported, or received outside this node's table: the store decides.
-            let _ = write_frame(send, &Msg::Busy).await;
-            let _ = send.finish();
-            return Received::Busy;
-        }
-        Ok(Err(e)) => {
-            let reason = ingest_reason(&e);
-            if matches!(
-                reason,
-                RejectReason::BadSignature | RejectReason::UntrustedPublisher
-            ) {
-                warn_limited!(ctx.limiter, peer.as_str(), "offer_refused", peer = %peer, seg_id = %id, %reason, error = %e, "offer refused");
-            } else {
-                info_limited!(ctx.limiter, peer.as_str(), "offer_refused", peer = %peer, seg_id = %id, %reason, error = %e, "offer refused");
+    let mode = ctx.cfg.disk_mode;
+    let mut m = Receiver::new(ctx.observer(peer), params, &manifest);
+    // Declared in this order so they drop in reverse: the store must be free of the ingest
+    // before the claim on its id goes.
+    let mut claim: Option<Claim> = None;
+    let mut ingest: Option<Box<Ingest>> = None;
+    let mut sink: Option<PayloadSink> = None;
+    // Bounded: every command either ends the receive or is answered, and the machine asks for
+    // reads only while payload is owed under the minimum-rate rule.
+    loop {
+        let Some(cmd) = m.poll() else {
+            // The machine never waits without having asked for something.
+            return Received::Failed("receiver stopped without a verdict".into());
+        };
+        match cmd {
+            RecvCmd::Holding(id) => {
+                let store = ctx.store.clone();
+                let holding = disk::blocking(mode, move || store.holding(&id)).await;
+                let held = matches!(
+                    holding,
+                    Ok(Ok(store::Holding::Stored | store::Holding::Tombstoned))
+                );
+                m.on_holding(held);
             }
-            return reject(ctx, send, reason, e.to_string()).await;
+            RecvCmd::Claim(id) => {
+                let wait = takeover_wait(&ctx.cfg);
+                let below = ctx.cfg.takeover_below_rate_bytes_per_s;
+                claim = ctx.receiving.claim(id, peer, wait, below).await;
+                m.on_claim(claim.is_some());
+            }
+            RecvCmd::BeginIngest(signed) => {
+                let store = ctx.store.clone();
+                let opts = IngestOptions::from_peer(peer.as_str());
+                let now = ctx.clock.now_ms();
+                let begun =
+                    disk::blocking(mode, move || store.begin_ingest(*signed, &opts, now)).await;
+                m.on_begun(match begun {
+                    Err(e) => Begun::TaskFailed(e.to_string()),
+                    Ok(Ok(Begin::Have(_))) => Begun::Have,
+                    Ok(Err(IngestError::Busy(_))) => Begun::Busy,
+                    Ok(Err(e)) => Begun::Refused(e),
+                    Ok(Ok(Begin::Ingest(i))) => {
+                        let resume_offset = i.resume_offset();
+                        ingest = Some(i);
+                        Begun::Ingest { resume_offset }
+                    }
+                });
+            }
+            RecvCmd::Write(msg) => {
+                let written = write_frame(send, &msg).await.map_err(|e| e.to_string());
+                m.on_written(written, Instant::now());
+            }
+            RecvCmd::Finish => {
+                let _ = send.finish();
+            }
+            RecvCmd::ResetSend(code) => {
+                let _ = send.reset(code.varint());
+            }
+            RecvCmd::StopRecv(code) => {
+                let _ = recv.stop(code.varint());
+            }
+            RecvCmd::StartWriter => {
+                if let Some(ingest) = ingest.take() {
+                    let writer = PayloadWriter::new(
+                        ingest,
+                        ctx.clock.clone(),
+                        ctx.hooks.clone(),
+                        peer.clone(),
+                        ctx.cfg.checkpoint_bytes,
+                    );
+                    sink = Some(PayloadSink::start(mode, writer));
+                }
+            }
+            RecvCmd::DropIngest => {
+                if let Some(ingest) = ingest.take() {
+                    drop_blocking(ctx, ingest).await;
+                }
+            }
+            RecvCmd::Read { deadline } => {
+                let preempted = async {
+                    match &claim {
+                        Some(claim) => claim.preempted().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let read = tokio::select! {
+                    biased;
+                    _ = preempted => None,
+                    r = timeout_at(deadline, recv.read(m.read_buf())) => Some(r),
+                };
+                let now = Instant::now();
+                match read {
+                    None => m.on_preempted(),
+                    Some(Err(_)) => m.on_timer(now),
+                    Some(Ok(r)) => m.on_read(read_event(r), now),
+                }
+            }
+            RecvCmd::ReadEnd { deadline } => {
+                let mut one = [0u8; 1];
+                match timeout_at(deadline, recv.read(&mut one)).await {
+                    Err(_) => m.on_timer(Instant::now()),
+                    Ok(r) => m.on_read(read_event(r), Instant::now()),
+                }
+            }
+            RecvCmd::ToDisk(step) => {
+                let sent = match sink.as_mut() {
+                    Some(sink) => sink.send(step).await,
+                    None => Err(SinkGone),
+                };
+                m.on_disk_sent(sent, Instant::now());
+            }
+            RecvCmd::AwaitWriter => {
+                let written = match sink.take() {
+                    None => Written::Aborted,
+                    Some(sink) => match sink.finish().await {
+                        Ok(WriterEnd::Stored(stored)) => Written::Stored(stored.id),
+                        Ok(WriterEnd::Failed(e)) => Written::Failed(e),
+                        Ok(WriterEnd::Aborted) => Written::Aborted,
+                        Err(e) => Written::TaskFailed(e.to_string()),
+                    },
+                };
+                m.on_writer_end(written);
+            }
+            RecvCmd::PublishRate(rate) => {
+                if let Some(claim) = &claim {
+                    claim.publish_rate(rate);
+                }
+            }
+            RecvCmd::Done(received) => {
+                if let Received::Stored(id) = &received {
+                    ctx.hooks.on_received(peer, id);
+                }
+                return received;
+            }
         }
-        Ok(Ok(Begin::Ingest(ingest))) => ingest,
-    };
-    let offset = ingest.resume_offset();
-    if let Err(e) = write_frame(send, &Msg::Want { offset }).await {
-        drop_blocking(ingest).await;
-        return Received::Failed(e.to_string());
     }
+}
 
-    let (tx, rx) = mpsc::channel::<ToDisk>(PAYLOAD_QUEUE_CHUNKS);
-    let writer = {
-        let clock = ctx.clock.clone();
-        let hooks = ctx.hooks.clone();
-        let peer = peer.clone();
-        let checkpoint_bytes = ctx.cfg.checkpoint_bytes;
-        tokio::task::spawn_blocking(move || {
-            write_payload(ingest, rx, clock, hooks, peer, checkpoint_bytes)
-        })
-    };
-    let pumped = pump_in(ctx, recv, &tx, payload_len - offset, &claim).await;
-    // Mutation point (INV-03): the sender hears "stored" once the bytes are in, before the disk
-    // thread verified, synced and committed them.
-    let acked_early = pumped.is_ok() && store::mutants::active("ack_before_commit");
-    if acked_early {
-        let _ = write_frame(send, &Msg::Ack).await;
-    }
-    let to_disk = match &pumped {
-        Ok(()) => ToDisk::End,
-        Err(InFail::Reset(code)) if is_local_corrupt(*code) => ToDisk::Discard,
-        Err(_) => ToDisk::Abort,
-    };
-    // The writer may have stopped already (a disk error): then this send fails, which is fine.
-    let _ = tx.send(to_disk).await;
-    drop(tx);
-    let written = writer.await;
-    match (pumped, written) {
-        (_, Ok(WriterEnd::Failed(e))) => {
-            let reason = ingest_reason(&e);
-            warn_limited!(ctx.limiter, peer.as_str(), "not_stored", peer = %peer, seg_id = %id, %reason, error = %e, "segment not stored");
-            let _ = recv.stop(StreamCode::Internal.varint());
-            reject(ctx, send, reason, e.to_string()).await
-        }
-        (_, Err(e)) => {
-            let _ = recv.stop(StreamCode::Internal.varint());
-            reject(ctx, send, RejectReason::Internal, e.to_string()).await
-        }
-        (Ok(()), Ok(WriterEnd::Stored(stored))) => {
-            bump(&ctx.stats.segments_stored, 1);
-            if !acked_early {
-                let _ = write_frame(send, &Msg::Ack).await;
-            }
-            let _ = send.finish();
-            tracing::info!(peer = %peer, seg_id = %stored.id, bytes = payload_len, offset, "segment received");
-            ctx.hooks.on_received(peer, &stored.id);
-            Received::Stored(stored.id)
-        }
-        (Ok(()), Ok(WriterEnd::Aborted)) => Received::Failed("disk writer stopped early".into()),
-        (Err(InFail::Preempted), _) => {
-            // Not the peer's fault: a faster peer offered the same segment.
-            bump(&ctx.stats.transfers_preempted, 1);
-            let _ = write_frame(send, &Msg::Busy).await;
-            let _ = send.finish();
-            let _ = recv.stop(StreamCode::Preempted.varint());
-            info_limited!(ctx.limiter, peer.as_str(), "preempted", peer = %peer, seg_id = %id, "transfer handed to a faster peer; partial kept for it");
-            Received::Preempted
-        }
-        (Err(fail), _) => {
-            bump(&ctx.stats.streams_failed, 1);
-            match fail {
-                InFail::Stalled(stalled) => {
-                    end_stream(send, recv, StreamCode::Stalled);
-                    bump(&ctx.stats.transfers_stalled, 1);
-                    warn_limited!(ctx.limiter, peer.as_str(), "receive_stalled", peer = %peer, seg_id = %id, moved = stalled.moved, required = stalled.required, "transfer stalled: less than the minimum rate over a window; partial kept for resume");
-                    Received::TimedOut
-                }
-                InFail::Preempted => Received::Preempted,
-                InFail::TooLong => {
-                    let _ = recv.stop(StreamCode::PayloadTooLong.varint());
-                    let detail = format!("more than the {payload_len} payload bytes declared");
-                    warn_limited!(ctx.limiter, peer.as_str(), "payload_too_long", peer = %peer, seg_id = %id, "payload longer than declared");
-                    reject(ctx, send, RejectReason::LengthMismatch, detail).await
-                }
-                InFail::Truncated { got } => {
-                    let detail = format!("stream ended after {got} of {payload_len} payload bytes");
-                    warn_limited!(ctx.limiter, peer.as_str(), "payload_truncated", peer = %peer, seg_id = %id, got, "payload truncated");
-                    reject(ctx, send, RejectReason::LengthMismatch, detail).await
-                }
-                InFail::Reset(code) => {
-                    let _ = send.reset(StreamCode::Protocol.varint());
-                    let why = if is_local_corrupt(code) {
-                        "its stored copy is corrupt; what arrived is discarded".to_owned()
-                    } else {
-                        format!("code {code}")
-                    };
-                    warn_limited!(ctx.limiter, peer.as_str(), "sender_aborted", peer = %peer, seg_id = %id, why, "sender aborted the transfer");
-                    Received::Failed(format!("sender aborted: {why}"))
-                }
-                InFail::Lost(e) => Received::Failed(e),
-                InFail::WriterGone => Received::Failed("disk writer stopped".into()),
-            }
-        }
+fn read_event(r: Result<Option<usize>, quinn::ReadError>) -> ReadEvent {
+    match r {
+        Ok(Some(n)) => ReadEvent::Data(n),
+        Ok(None) => ReadEvent::Finished,
+        Err(e) => match read_error(e) {
+            WireError::Reset(code) => ReadEvent::Reset(code),
+            other => ReadEvent::Lost(other.to_string()),
+        },
     }
 }
 
@@ -906,161 +783,6 @@ async fn receive_offer(
 pub(crate) fn takeover_wait(cfg: &NetConfig) -> Duration {
     let window = cfg.stall_timeout();
     (window + window / 4).min(cfg.response_timeout() / 2)
-}
-
-/// Reads exactly `remaining` payload bytes into chunks for the disk thread under the
-/// minimum-rate rule, publishing each window's rate to the claim (and stopping when a waiter
-/// takes over), then requires the end of the stream.
-async fn pump_in(
-    ctx: &Ctx,
-    recv: &mut RecvStream,
-    tx: &mpsc::Sender<ToDisk>,
-    mut remaining: u64,
-    claim: &Claim,
-) -> Result<(), InFail> {
-    let stall = ctx.cfg.stall_timeout();
-    let mut progress = Progress::new(
-        Instant::now(),
-        stall,
-        ctx.cfg.stall_rate_min_bytes_per_s,
-        0,
-        remaining,
-    );
-    let preempted = claim.preempted();
-    tokio::pin!(preempted);
-    let mut got = 0u64;
-    // Mutation point (INV-20): the payload is held in memory until its last byte arrived.
-    let buffer_payload = store::mutants::active("buffer_payload");
-    let mut held = Vec::new();
-    let read_fail = |e: quinn::ReadError| match read_error(e) {
-        WireError::Reset(code) => InFail::Reset(code),
-        other => InFail::Lost(other.to_string()),
-    };
-    while remaining > 0 {
-        // Cannot truncate: at most PAYLOAD_CHUNK_BYTES.
-        let want = remaining.min(PAYLOAD_CHUNK_BYTES as u64) as usize;
-        let mut buf = vec![0u8; want];
-        let mut filled = 0;
-        while filled < want {
-            let read = tokio::select! {
-                biased;
-                _ = &mut preempted => Err(InFail::Preempted),
-                r = timeout_at(progress.deadline(), recv.read(&mut buf[filled..])) => match r {
-                    Ok(Ok(Some(n))) => {
-                        filled += n;
-                        progress.record(n as u64);
-                        Ok(())
-                    }
-                    // The window ended: judged below.
-                    Err(_) => Ok(()),
-                    Ok(Ok(None)) => Err(InFail::Truncated {
-                        got: got + filled as u64,
-                    }),
-                    Ok(Err(e)) => Err(read_fail(e)),
-                },
-            };
-            let judged = read.and_then(|()| {
-                match progress.roll(Instant::now(), remaining - filled as u64) {
-                    Err(stalled) => Err(InFail::Stalled(stalled)),
-                    Ok(Some(rate)) => {
-                        claim.publish_rate(rate);
-                        Ok(())
-                    }
-                    Ok(None) => Ok(()),
-                }
-            });
-            if let Err(fail) = judged {
-                // Hand over what did arrive, so the checkpoint of the cut transfer includes it.
-                if filled > 0 {
-                    buf.truncate(filled);
-                    bump(&ctx.stats.payload_bytes_received, filled as u64);
-                    let _ = tx.send(ToDisk::Data(buf)).await;
-                }
-                return Err(fail);
-            }
-        }
-        remaining -= want as u64;
-        got += want as u64;
-        bump(&ctx.stats.payload_bytes_received, want as u64);
-        if buffer_payload {
-            held.push(buf);
-            continue;
-        }
-        if tx.send(ToDisk::Data(buf)).await.is_err() {
-            return Err(InFail::WriterGone);
-        }
-    }
-    for buf in held {
-        if tx.send(ToDisk::Data(buf)).await.is_err() {
-            return Err(InFail::WriterGone);
-        }
-    }
-    let mut one = [0u8; 1];
-    match timeout(stall, recv.read(&mut one)).await {
-        Err(_) => Err(InFail::Stalled(Stalled {
-            moved: 0,
-            required: 0,
-        })),
-        Ok(Ok(None)) => Ok(()),
-        Ok(Ok(Some(_))) => Err(InFail::TooLong),
-        Ok(Err(e)) => Err(read_fail(e)),
-    }
-}
-
-/// The sender reset the stream because its own stored copy failed verification.
-fn is_local_corrupt(code: u64) -> bool {
-    StreamCode::from_varint(quinn::VarInt::from_u64(code).unwrap_or(quinn::VarInt::MAX))
-        == Some(StreamCode::LocalCorrupt)
-}
-
-/// The disk thread of a receive: writes (and hashes) chunks, checkpoints, and finishes.
-fn write_payload(
-    mut ingest: Box<Ingest>,
-    mut rx: mpsc::Receiver<ToDisk>,
-    clock: Arc<dyn Clock>,
-    hooks: Arc<dyn NetHooks>,
-    peer: NodeId,
-    checkpoint_bytes: u64,
-) -> WriterEnd {
-    let mut since_checkpoint = 0u64;
-    while let Some(msg) = rx.blocking_recv() {
-        match msg {
-            ToDisk::Data(buf) => {
-                if let Err(e) = ingest.write(&buf) {
-                    return WriterEnd::Failed(e);
-                }
-                since_checkpoint += buf.len() as u64;
-                if since_checkpoint >= checkpoint_bytes {
-                    if let Err(e) = ingest.checkpoint(clock.now_ms()) {
-                        return WriterEnd::Failed(e);
-                    }
-                    since_checkpoint = 0;
-                }
-            }
-            ToDisk::End => {
-                let now = clock.now_ms();
-                let finished =
-                    ingest.finish(now, move |txn, stored| hooks.on_stored(txn, stored, &peer));
-                return match finished {
-                    Ok(stored) => WriterEnd::Stored(Box::new(stored)),
-                    Err(e) => WriterEnd::Failed(e),
-                };
-            }
-            ToDisk::Abort => break,
-            ToDisk::Discard => {
-                ingest.discard();
-                return WriterEnd::Aborted;
-            }
-        }
-    }
-    // Cut short: make what arrived durable so the next attempt resumes after it.
-    if since_checkpoint > 0 {
-        if let Err(e) = ingest.checkpoint(clock.now_ms()) {
-            // A local disk failure, not the peer's doing: never rate-limited.
-            tracing::warn!(seg_id = %ingest.id(), error = %e, "checkpoint of an interrupted transfer failed");
-        }
-    }
-    WriterEnd::Aborted
 }
 
 /// Reads the first frame of a stream the peer opened, bounded by the response timeout.
