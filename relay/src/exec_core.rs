@@ -31,18 +31,17 @@
 //!   [`Step::Stop`] with the run's [`ExecutorReport`].
 //! - No polling: the sleep lasts until the earliest due time, at most `wake_interval_max_ms`
 //!   (so a wall-clock jump is noticed), and without a deadline when nothing waits on time.
-//! - A wall-clock jump ([`base::clock::wall_clock_jump_ms`]) between two wakes makes [`Step::Reclamp`] the
-//!   first step of the wake that noticed it.
+//! - A wall-clock jump ([`base::clock::wall_clock_jump_ms`]) between two wakes makes
+//!   [`Step::Reclamp`] the first step of the wake that noticed it.
 
 use std::collections::{BTreeSet, VecDeque};
 
+use base::clock::wall_clock_jump_ms;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::core::{JobKey, Outcome};
 use crate::ledger::{OutcomeIn, Start};
-use base::clock::wall_clock_jump_ms;
-
 use crate::limits::{OUTCOME_BATCH_MAX, RelayConfig, START_BATCH_MAX};
 
 /// The error text of the outcome a panicked transfer ends with.
