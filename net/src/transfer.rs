@@ -1,8 +1,9 @@
 //! One segment over one stream: the sender's and the receiver's halves of a transfer.
 //!
-//! The decisions of the receiver's half are the state machine [`crate::proto::receive`]; this
-//! module runs it on quinn streams, `tokio::time`, the takeover table and the store (the disk
-//! side as [`crate::disk`] says).
+//! The decisions of both halves are state machines without I/O, [`crate::proto::send`] and
+//! [`crate::proto::receive`]; this module is their glue: it runs their commands on quinn
+//! streams, `tokio::time`, the takeover table and the store (the disk side as [`crate::disk`]
+//! says), and feeds them the results.
 //!
 //! Both halves keep the disk and the hashing off the async worker threads (MEASUREMENTS.md:
 //! inline hashing and writing halves throughput): the receiver's network task fills
@@ -44,19 +45,16 @@ use tokio::time::{Instant, timeout, timeout_at};
 use crate::clock::Clock;
 use crate::config::NetConfig;
 use crate::disk::{
-    self, FromDisk, PayloadReader, PayloadSink, PayloadSource, PayloadWriter, SinkGone, WriterEnd,
+    self, PayloadReader, PayloadSink, PayloadSource, PayloadWriter, SinkGone, WriterEnd,
 };
 use crate::limits::STOPPED_REASON_WAIT_MS;
 use crate::logcap::LogLimiter;
 use crate::pki::NodeId;
 use crate::proto::Observer;
 use crate::proto::receive::{Begun, ReadEvent, Receiver, RecvCmd, RecvParams, Written};
-use crate::rate::{Progress, Stalled};
+use crate::proto::send::{SendCmd, SendParams, Sender};
 use crate::takeover::{Claim, Receiving};
-use crate::warn_limited;
-use crate::wire::{
-    Msg, RejectReason, StreamCode, WireError, read_error, read_frame, write_error, write_frame,
-};
+use crate::wire::{Msg, RejectReason, WireError, read_error, read_frame, write_error, write_frame};
 
 /// What the node tells its owner (the relay) about transfers. Every method has a default that
 /// does nothing.
@@ -266,19 +264,6 @@ pub(crate) fn conn_outcome(e: &quinn::ConnectionError) -> SendOutcome {
     }
 }
 
-fn end_stream(send: &mut SendStream, recv: &mut RecvStream, code: StreamCode) {
-    // Either half may be closed already; nothing more to do then.
-    let _ = send.reset(code.varint());
-    let _ = recv.stop(code.varint());
-}
-
-fn wire_outcome(e: WireError) -> SendOutcome {
-    match e {
-        WireError::ConnectionLost(c) => conn_outcome(&c),
-        other => SendOutcome::Failed(other.to_string()),
-    }
-}
-
 /// Drops an ingest on a blocking thread (its drop may remove files and write the index), and
 /// waits for it: the store must be free of it before the claim on its id goes.
 async fn drop_blocking(ctx: &Ctx, ingest: Box<Ingest>) {
@@ -315,6 +300,7 @@ pub(crate) async fn open_for_send(ctx: &Ctx, id: SegmentId) -> Result<SegmentRea
 }
 
 /// The sender's half: offer, stream from the offset the receiver wants, wait for its answer.
+/// Runs a [`Sender`] on the streams and the stored copy.
 pub(crate) async fn send_with(
     ctx: &Ctx,
     peer: &NodeId,
@@ -323,179 +309,80 @@ pub(crate) async fn send_with(
     reader: SegmentReader,
 ) -> SendOutcome {
     let id = reader.id();
-    let m = reader.manifest().manifest();
-    let payload_len = m.payload_len;
-    let offer = Msg::Offer {
-        manifest: reader.manifest().encode(),
+    let payload_len = reader.manifest().manifest().payload_len;
+    let params = SendParams {
+        response: ctx.cfg.response_timeout(),
+        stall_window: ctx.cfg.stall_timeout(),
+        stall_rate_min_bytes_per_s: ctx.cfg.stall_rate_min_bytes_per_s,
+        // The reader's progress shows here only in steps of flow-control credit: an eighth of
+        // its stream window, taken to be this node's own (a fleet shares its defaults).
+        slack: ctx.cfg.stream_receive_window_bytes / 8,
+        stopped_reason_wait: Duration::from_millis(STOPPED_REASON_WAIT_MS),
     };
-    let response = ctx.cfg.response_timeout();
+    let manifest = reader.manifest().encode();
+    let mut m = Sender::new(ctx.observer(peer), params, id, manifest, payload_len);
     let max = ctx.cfg.frame_bytes_max;
-    if let Err(e) = write_frame(send, &offer).await {
-        return wire_outcome(e);
-    }
-    let answer = match timeout(response, read_frame(recv, max)).await {
-        Err(_) => {
-            end_stream(send, recv, StreamCode::Stalled);
-            return SendOutcome::TimedOut;
-        }
-        Ok(Err(e)) => {
-            if let Some(code) = e.stream_code() {
-                end_stream(send, recv, code);
+    let mut reader = Some(reader);
+    let mut source: Option<PayloadSource> = None;
+    // Bounded: every command either ends the send or is answered, each wait has a deadline
+    // but the disk's, and the payload is finite.
+    loop {
+        let Some(cmd) = m.poll() else {
+            // The machine never waits without having asked for something.
+            return SendOutcome::Failed("sender stopped without an outcome".into());
+        };
+        match cmd {
+            SendCmd::Write(msg) => {
+                let written = write_frame(send, &msg).await;
+                m.on_written(written, Instant::now());
             }
-            return wire_outcome(e);
-        }
-        Ok(Ok(msg)) => msg,
-    };
-    let offset = match answer {
-        Msg::Have => {
-            let _ = send.finish();
-            return SendOutcome::Have;
-        }
-        Msg::Busy => {
-            let _ = send.finish();
-            return SendOutcome::Busy;
-        }
-        Msg::Reject { reason, detail } => {
-            let _ = send.finish();
-            return refused(reason, detail);
-        }
-        Msg::Want { offset } if offset <= payload_len => offset,
-        other => {
-            end_stream(send, recv, StreamCode::Protocol);
-            bump(&ctx.stats.streams_failed, 1);
-            return SendOutcome::Failed(format!(
-                "peer {peer} answered {} to an offer of {id} (payload {payload_len} bytes)",
-                describe(&other)
-            ));
-        }
-    };
-    if offset > 0 {
-        bump(&ctx.stats.transfers_resumed, 1);
-        tracing::info!(peer = %peer, seg_id = %id, offset, "peer resumes a partial transfer");
-    }
-
-    let mut source = PayloadSource::start(ctx.cfg.disk_mode, PayloadReader::new(reader, offset));
-    enum Stop {
-        Stalled(Stalled),
-        Write(WireError),
-        Corrupt(String),
-        Io(String),
-    }
-    // The reader's progress shows here only in steps of flow-control credit: an eighth of its
-    // stream window, taken to be this node's own (a fleet shares its defaults).
-    let slack = ctx.cfg.stream_receive_window_bytes / 8;
-    let mut owed = payload_len - offset;
-    let mut progress = Progress::new(
-        Instant::now(),
-        ctx.cfg.stall_timeout(),
-        ctx.cfg.stall_rate_min_bytes_per_s,
-        slack,
-        owed,
-    );
-    let streamed: Result<(), Stop> = 'stream: loop {
-        match source.next().await {
-            Some(FromDisk::Data(buf)) => {
-                let mut pos = 0;
-                while pos < buf.len() {
-                    match timeout_at(progress.deadline(), send.write(&buf[pos..])).await {
-                        Ok(Ok(n)) => {
-                            pos += n;
-                            owed = owed.saturating_sub(n as u64);
-                            progress.record(n as u64);
-                            bump(&ctx.stats.payload_bytes_sent, n as u64);
-                        }
-                        Ok(Err(e)) => break 'stream Err(Stop::Write(write_error(e))),
-                        // The window ended while the peer let nothing more be written.
-                        Err(_) => {}
-                    }
-                    if let Err(stalled) = progress.roll(Instant::now(), owed) {
-                        break 'stream Err(Stop::Stalled(stalled));
-                    }
+            SendCmd::ReadFrame { deadline } => {
+                match timeout_at(deadline, read_frame(recv, max)).await {
+                    Err(_) => m.on_timer(Instant::now()),
+                    Ok(frame) => m.on_frame(frame, Instant::now()),
                 }
             }
-            Some(FromDisk::Verified) => break Ok(()),
-            Some(FromDisk::Corrupt(reason)) => break Err(Stop::Corrupt(reason)),
-            Some(FromDisk::Io(e)) => break Err(Stop::Io(e)),
-            None => break Err(Stop::Io("disk reader ended early".into())),
-        }
-    };
-    // The reader (and the eviction lease it holds) is gone once this returns.
-    source.close().await;
-    match streamed {
-        Ok(()) => {}
-        Err(Stop::Corrupt(reason)) => {
-            let _ = send.reset(StreamCode::LocalCorrupt.varint());
-            tracing::error!(seg_id = %id, reason, "stored copy is corrupt; transfer aborted");
-            quarantine(ctx, id, &reason).await;
-            return SendOutcome::LocalCorrupt(reason);
-        }
-        Err(Stop::Io(e)) => {
-            end_stream(send, recv, StreamCode::Internal);
-            return SendOutcome::Failed(format!("reading segment {id}: {e}"));
-        }
-        Err(Stop::Stalled(stalled)) => {
-            end_stream(send, recv, StreamCode::Stalled);
-            bump(&ctx.stats.transfers_stalled, 1);
-            warn_limited!(ctx.limiter, peer.as_str(), "send_stalled", peer = %peer, seg_id = %id, moved = stalled.moved, required = stalled.required, "transfer stalled: the peer read less than the minimum rate over a window");
-            return SendOutcome::TimedOut;
-        }
-        Err(Stop::Write(WireError::Stopped(code))) => {
-            // The receiver ended the stream; it may have said why first.
-            let wait = Duration::from_millis(STOPPED_REASON_WAIT_MS);
-            match timeout(wait, read_frame(recv, max)).await {
-                Ok(Ok(Msg::Reject { reason, detail })) => return refused(reason, detail),
-                Ok(Ok(Msg::Busy)) => return SendOutcome::Busy,
-                _ => {}
+            SendCmd::Finish => {
+                let finished = send.finish().is_ok();
+                m.on_finished(finished, Instant::now());
             }
-            let _ = send.reset(StreamCode::Internal.varint());
-            if code == StreamCode::Stalled as u64 {
-                return SendOutcome::TimedOut;
+            SendCmd::ResetSend(code) => {
+                let _ = send.reset(code.varint());
             }
-            if code == StreamCode::Preempted as u64 {
-                return SendOutcome::Busy;
+            SendCmd::StopRecv(code) => {
+                let _ = recv.stop(code.varint());
             }
-            return SendOutcome::Failed(format!("peer {peer} stopped the stream (code {code})"));
+            SendCmd::StartReader { offset } => {
+                if let Some(reader) = reader.take() {
+                    let steps = PayloadReader::new(reader, offset);
+                    source = Some(PayloadSource::start(ctx.cfg.disk_mode, steps));
+                }
+            }
+            SendCmd::NextChunk => {
+                let next = match source.as_mut() {
+                    Some(source) => source.next().await,
+                    None => None,
+                };
+                m.on_disk(next);
+            }
+            SendCmd::WritePayload { deadline } => {
+                match timeout_at(deadline, send.write(m.write_buf())).await {
+                    Ok(Ok(n)) => m.on_payload_written(n, Instant::now()),
+                    Ok(Err(e)) => m.on_written(Err(write_error(e)), Instant::now()),
+                    // The window ended while the peer let nothing more be written.
+                    Err(_) => m.on_timer(Instant::now()),
+                }
+            }
+            SendCmd::CloseReader => {
+                if let Some(source) = source.take() {
+                    source.close().await;
+                }
+                drop(reader.take());
+                m.on_reader_closed(Instant::now());
+            }
+            SendCmd::Quarantine(reason) => quarantine(ctx, id, &reason).await,
+            SendCmd::Done(outcome) => return outcome,
         }
-        Err(Stop::Write(e)) => return wire_outcome(e),
-    }
-    if send.finish().is_err() {
-        return SendOutcome::Failed("stream closed before it could be finished".into());
-    }
-    match timeout(response, read_frame(recv, max)).await {
-        Err(_) => {
-            let _ = recv.stop(StreamCode::Stalled.varint());
-            SendOutcome::TimedOut
-        }
-        Ok(Ok(Msg::Ack)) => {
-            bump(&ctx.stats.segments_delivered, 1);
-            SendOutcome::Delivered
-        }
-        Ok(Ok(Msg::Have)) => SendOutcome::Have,
-        // Another sender took the segment over (see the takeover rule).
-        Ok(Ok(Msg::Busy)) => SendOutcome::Busy,
-        Ok(Ok(Msg::Reject { reason, detail })) => refused(reason, detail),
-        Ok(Ok(other)) => {
-            let _ = recv.stop(StreamCode::Protocol.varint());
-            SendOutcome::Failed(format!(
-                "peer {peer} answered {} after the payload",
-                other.name()
-            ))
-        }
-        Ok(Err(e)) => wire_outcome(e),
-    }
-}
-
-fn describe(msg: &Msg) -> String {
-    match msg {
-        Msg::Want { offset } => format!("Want({offset})"),
-        other => other.name().to_owned(),
-    }
-}
-
-fn refused(reason: RejectReason, detail: String) -> SendOutcome {
-    match reason {
-        RejectReason::StoreFull => SendOutcome::StoreFull,
-        reason => SendOutcome::Refused { reason, detail },
     }
 }
 

@@ -17,6 +17,7 @@
 //! anything waits for.
 
 pub(crate) mod receive;
+pub(crate) mod send;
 
 use std::sync::Arc;
 
