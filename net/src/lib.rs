@@ -38,6 +38,7 @@
 //! | [`config`] | [`NetConfig`] |
 //! | [`clock`] | the wall-clock seam (also used for certificate validity) |
 //! | [`logcap`] | rate-limited warnings: a peer cannot flood the log |
+//! | `sim` | (feature `sim`) a simulated UDP network on tokio's paused clock, simulated fleets |
 //!
 //! # Architecture invariants
 //!
@@ -72,6 +73,8 @@ pub mod logcap;
 pub mod node;
 pub mod pki;
 pub mod rate;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod takeover;
 pub mod tls;
 pub mod transfer;

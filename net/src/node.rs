@@ -647,7 +647,7 @@ impl Inner {
             if !configured {
                 // The filter drops strangers' datagrams unless they are accepted; and even then
                 // the table of addresses answered is bounded.
-                let until = std::time::Instant::now() + answer_window;
+                let until = Instant::now() + answer_window;
                 if !accept_unknown || !self.filter.answer(remote, until) {
                     warn_limited!(self.ctx.limiter, &self.who(remote), "handshake_not_answered", %remote, "handshake from an address that is no configured peer's not answered");
                     incoming.ignore();
@@ -836,8 +836,9 @@ impl Inner {
                 peer.dialing.store(false, Ordering::SeqCst);
                 let since = Instant::now();
                 tokio::select! {
-                    _ = live.conn.closed() => {}
+                    biased;
                     _ = shutdown.changed() => return,
+                    _ = live.conn.closed() => {}
                 }
                 peer.dialing.store(true, Ordering::SeqCst);
                 let id = live.conn.stable_id();
@@ -883,8 +884,9 @@ impl Inner {
             peer.dialing.store(true, Ordering::SeqCst);
             peer.current.send_modify(|_| {});
             let dialed = tokio::select! {
-                r = self.dial(&peer) => r,
+                biased;
                 _ = shutdown.changed() => return,
+                r = self.dial(&peer) => r,
             };
             let failed = match dialed {
                 Ok(conn) => {
@@ -940,9 +942,10 @@ impl Inner {
                 return true;
             }
             tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => return true,
-                changed = rx.changed() => if changed.is_err() { return false },
+                biased;
                 _ = shutdown.changed() => return false,
+                changed = rx.changed() => if changed.is_err() { return false },
+                _ = tokio::time::sleep_until(deadline) => return true,
             }
         }
     }
@@ -1080,7 +1083,10 @@ impl Inner {
                 }
             };
             tokio::select! {
-                _ = until_next => {}
+                // Polled in this order (not at random): runs replay exactly in simulation.
+                biased;
+                _ = shutdown.changed() => return,
+                _ = conn.closed() => return,
                 changed = kick.changed() => {
                     if changed.is_err() {
                         return;
@@ -1088,8 +1094,7 @@ impl Inner {
                     let soon = self.soonest_round(&peer, followup);
                     next = Some(next.map_or(soon, |n| n.min(soon)));
                 }
-                _ = conn.closed() => return,
-                _ = shutdown.changed() => return,
+                _ = until_next => {}
             }
         }
     }
