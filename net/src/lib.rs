@@ -30,6 +30,7 @@
 //! | [`tls`] | rustls configurations: mutual TLS against the fleet CA and `known_peers` |
 //! | [`wire`] | the wire protocol: frame layout, every message, stream and connection codes |
 //! | [`transfer`] | one segment over one stream: sender and receiver halves, disk threads |
+//! | [`disk`] | the disk side as steps (read/verify, write/checkpoint/finish) and [`DiskMode`] |
 //! | [`rate`] | the minimum-rate rule of a transfer, without I/O |
 //! | [`takeover`] | who receives which segment; a slow sender is taken over |
 //! | [`catchup`] | anti-entropy: digests, pages, pulls, and their bounds |
@@ -67,6 +68,7 @@
 pub mod catchup;
 pub mod clock;
 pub mod config;
+pub mod disk;
 pub mod filter;
 pub mod limits;
 pub mod logcap;
@@ -88,6 +90,7 @@ pub use quinn;
 pub use catchup::{CatchupReport, RoundCut};
 pub use clock::{Clock, SystemClock};
 pub use config::{ConfigError, NetConfig};
+pub use disk::DiskMode;
 pub use node::{NetError, Node, NodeSetup, PeerStatus, bind_udp};
 pub use pki::{
     CaFiles, NodeFiles, NodeId, NodeIdentity, PkiError, ca_init, ca_issue, load_node_identity,
