@@ -32,6 +32,66 @@ fn connect_run(seed: u64, link: Link) -> ([u8; 32], net::sim::SimNetStats) {
     })
 }
 
+/// One transfer of `len` bytes from a to b over links `link`; returns the trace digest, the
+/// network's counters and the virtual ms it took.
+fn transfer_run(seed: u64, len: u64, link: Link) -> ([u8; 32], net::sim::SimNetStats, u64) {
+    run(async move {
+        let fleet = SimFleet::new(seed, &["a", "b"]);
+        fleet.net.set_all(link);
+        let seg = fleet.seed_segment(0, seed, len);
+        let (a, _) = fleet.start(0, fleet.config(0, seed));
+        let (b, _) = fleet.start(1, fleet.config(1, seed));
+        let t0 = tokio::time::Instant::now();
+        let outcome = a.send_segment(b.id(), seg).await;
+        assert!(outcome.is_delivered(), "seed {seed}: {outcome:?}");
+        assert!(fleet.holds(1, &seg));
+        let took = simnet::ms_since(t0);
+        a.shutdown(Duration::from_secs(1)).await;
+        b.shutdown(Duration::from_secs(1)).await;
+        (fleet.net.trace_digest(), fleet.net.stats(), took)
+    })
+}
+
+#[test]
+fn a_segment_crosses_the_simulated_network_on_virtual_time() {
+    let (_, stats, took) = transfer_run(1, 4 << 20, Link::default());
+    assert!(stats.delivered > 100 && stats.dropped == 0, "{stats:?}");
+    assert!(took < 60_000, "took {took} virtual ms");
+}
+
+#[test]
+fn a_segment_crosses_a_lossy_slow_reordering_duplicating_link() {
+    let link = Link {
+        loss_ppm: 20_000,
+        delay_ms: 20,
+        jitter_ms: 5,
+        duplicate_ppm: 10_000,
+        reorder_ppm: 10_000,
+        ..Link::default()
+    };
+    let (_, stats, _) = transfer_run(2, 1 << 20, link);
+    assert!(
+        stats.dropped > 0 && stats.duplicated > 0 && stats.reordered > 0,
+        "{stats:?}"
+    );
+}
+
+/// A transfer replays: same seed, same datagrams at the same virtual times.
+#[test]
+fn same_seed_same_transfer_trace() {
+    let link = Link {
+        loss_ppm: 10_000,
+        delay_ms: 3,
+        jitter_ms: 2,
+        ..Link::default()
+    };
+    let runs: Vec<_> = (0..3)
+        .map(|_| transfer_run(21, 2 << 20, link.clone()))
+        .collect();
+    assert_eq!(runs[0], runs[1]);
+    assert_eq!(runs[1], runs[2]);
+}
+
 #[test]
 fn nodes_connect_and_keep_alive_over_a_lossy_slow_reordering_duplicating_link() {
     let link = Link {

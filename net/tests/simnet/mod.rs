@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use net::sim::{SimClock, SimNet, fleet_identities};
-use net::{Clock, NetConfig, Node, NodeIdentity, NodeSetup};
+use net::{Clock, DiskMode, NetConfig, Node, NodeIdentity, NodeSetup};
 use store::fs::Fs;
 use store::fs::sim::SimFs;
 use store::{IngestOptions, IngestOutcome, SegmentId, Store, StoreConfig};
@@ -59,8 +59,9 @@ impl SimFleet {
         }
     }
 
-    /// Node `i`'s configuration: every other node is a peer; timeouts as shipped except
-    /// where `tweak` says; seeded from `seed`.
+    /// Node `i`'s configuration: every other node is a peer; timeouts as shipped; no catch-up
+    /// unless asked; disk work inline (no threads: time only moves when every task waits);
+    /// seeded from `seed`.
     pub fn config(&self, i: usize, seed: u64) -> NetConfig {
         let known: BTreeMap<_, _> = self
             .names
@@ -72,6 +73,7 @@ impl SimFleet {
         let mut cfg = NetConfig::new(id(&self.names[i]), addr(i), known);
         cfg.catchup_on_connect = false;
         cfg.catchup_interval_ms = 0;
+        cfg.disk_mode = DiskMode::Inline;
         cfg.rng_seed = Some(seed.wrapping_mul(31).wrapping_add(i as u64));
         cfg
     }
