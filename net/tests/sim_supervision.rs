@@ -5,7 +5,8 @@
 //!
 //! Each seed draws its links (delay, jitter, loss) and the crash timing. The seeds that found
 //! the two bugs on the code before the fix are kept as named regression tests; the sweeps run
-//! a range of seeds (`EDGE_SIM_SEEDS=first..end` runs others, `EDGE_SIM_SEED=n` one).
+//! a range of seeds (`EDGE_SIM_SEEDS=first..end` runs others, `EDGE_SIM_SEED=n` one;
+//! `EDGE_SIM_REPLAY=1` runs each twice and checks that its datagram trace replays).
 
 mod common;
 mod simnet;
@@ -52,16 +53,26 @@ fn seeds(default: std::ops::Range<u64>) -> Vec<u64> {
 }
 
 /// Runs `check` for every seed; panics naming every seed that failed.
-fn sweep(name: &str, seeds: Vec<u64>, check: fn(u64) -> Result<(), String>) {
+fn sweep(name: &str, seeds: Vec<u64>, check: fn(u64) -> Result<[u8; 32], String>) {
     let t0 = std::time::Instant::now();
     let n = seeds.len();
     let failed: Vec<(u64, String)> = seeds
         .into_iter()
         .filter_map(|seed| {
-            std::panic::catch_unwind(|| check(seed))
-                .unwrap_or_else(|p| Err(format!("panicked: {:?}", p.downcast_ref::<String>())))
-                .err()
-                .map(|e| (seed, e))
+            let once = || {
+                std::panic::catch_unwind(|| check(seed))
+                    .unwrap_or_else(|p| Err(format!("panicked: {:?}", p.downcast_ref::<String>())))
+            };
+            let first = once();
+            // EDGE_SIM_REPLAY: every seed runs twice and must replay its trace exactly.
+            let replayed = match (&first, std::env::var_os("EDGE_SIM_REPLAY")) {
+                (Ok(digest), Some(_)) => match once() {
+                    Ok(again) if again != *digest => Err("the replay's trace differs".to_owned()),
+                    other => other,
+                },
+                _ => first,
+            };
+            replayed.err().map(|e| (seed, e))
         })
         .collect();
     eprintln!(
@@ -97,7 +108,7 @@ fn start_link(seed: u64) -> Link {
 /// Both nodes start at once and each sends the other a segment at once: both are delivered,
 /// each offered exactly once (never cut by the duplicate rule), and the pair ends with one
 /// connection that stays.
-fn simultaneous_start(seed: u64) -> Result<(), String> {
+fn simultaneous_start(seed: u64) -> Result<[u8; 32], String> {
     run(async move {
         let fleet = SimFleet::new(seed, &["a", "b"]);
         fleet.net.set_all(start_link(seed));
@@ -148,7 +159,7 @@ fn simultaneous_start(seed: u64) -> Result<(), String> {
         }
         a.shutdown(Duration::from_secs(1)).await;
         b.shutdown(Duration::from_secs(1)).await;
-        Ok(())
+        Ok(fleet.net.trace_digest())
     })
 }
 
@@ -229,7 +240,7 @@ fn crash_link(seed: u64) -> Link {
 /// a sends b a large segment; b is killed (no shutdown, its address unbound) once it has part of
 /// it, and restarted on the same store and address. a must adopt b's new connection within a
 /// handshake timeout, and the segment arrives.
-fn crash_restart(seed: u64) -> Result<(), String> {
+fn crash_restart(seed: u64) -> Result<[u8; 32], String> {
     run(async move {
         let [fraction, pause, _, _] = draws(seed, "crash-when");
         let fleet = SimFleet::new(seed, &["a", "b"]);
@@ -296,7 +307,7 @@ fn crash_restart(seed: u64) -> Result<(), String> {
         }
         a.shutdown(Duration::from_secs(1)).await;
         b.shutdown(Duration::from_secs(1)).await;
-        Ok(())
+        Ok(fleet.net.trace_digest())
     })
 }
 
@@ -328,4 +339,22 @@ fn supervision_crash_restart_seed_60() {
 #[test]
 fn supervision_crash_restart_seed_35() {
     crash_restart(35).unwrap();
+}
+
+/// A run replays: the same seed gives the same datagram trace (crossed dials, retirements,
+/// a crash and a restart included).
+#[test]
+fn same_seed_same_supervision_trace() {
+    for seed in [60, 154, 3] {
+        let first = simultaneous_start(seed).unwrap();
+        assert_eq!(
+            first,
+            simultaneous_start(seed).unwrap(),
+            "start seed {seed}"
+        );
+    }
+    for seed in [0, 60] {
+        let first = crash_restart(seed).unwrap();
+        assert_eq!(first, crash_restart(seed).unwrap(), "crash seed {seed}");
+    }
 }
