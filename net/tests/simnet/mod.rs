@@ -139,3 +139,91 @@ pub fn ms_since(t0: tokio::time::Instant) -> u64 {
 pub async fn pass(d: Duration) {
     tokio::time::sleep(d).await;
 }
+
+/// A started simulated node, as the wall-clock tests' `TestNode` (without a data directory).
+pub struct SimNode {
+    pub node: Node,
+    pub store: Store,
+    pub hooks: Arc<RecHooks>,
+    pub addr: SocketAddr,
+}
+
+impl SimNode {
+    pub fn id(&self) -> net::NodeId {
+        self.node.id().clone()
+    }
+}
+
+impl SimFleet {
+    /// Starts every node; `links` are (a, b) pairs that know each other. Each gets the short
+    /// timeouts of the wall-clock tests ([`crate::common::quick`]), disk work inline, a seed of
+    /// its own, then `tweak`.
+    pub fn start_linked(
+        &self,
+        seed: u64,
+        links: &[(&str, &str)],
+        tweak: impl Fn(&mut NetConfig),
+    ) -> Vec<SimNode> {
+        let all: Vec<&str> = self.names.iter().map(String::as_str).collect();
+        self.start_nodes(seed, &all, links, tweak)
+    }
+
+    /// [`SimFleet::start_linked`] for the nodes named `which` only (the others' identities
+    /// and addresses serve raw clients).
+    pub fn start_nodes(
+        &self,
+        seed: u64,
+        which: &[&str],
+        links: &[(&str, &str)],
+        tweak: impl Fn(&mut NetConfig),
+    ) -> Vec<SimNode> {
+        let index = |name: &str| self.names.iter().position(|n| n == name).expect("a name");
+        which
+            .iter()
+            .map(|name| index(name))
+            .map(|i| {
+                let me = self.names[i].as_str();
+                let mut known = BTreeMap::new();
+                for (a, b) in links {
+                    if *a == me {
+                        known.insert(id(b), addr(index(b)));
+                    }
+                    if *b == me {
+                        known.insert(id(a), addr(index(a)));
+                    }
+                }
+                let mut cfg = NetConfig::new(id(me), addr(i), known);
+                crate::common::quick(&mut cfg);
+                cfg.disk_mode = DiskMode::Inline;
+                cfg.rng_seed = Some(seed.wrapping_mul(31).wrapping_add(i as u64));
+                tweak(&mut cfg);
+                let (node, hooks) = self.start(i, cfg);
+                SimNode {
+                    node,
+                    store: self.stores[i].clone(),
+                    hooks,
+                    addr: addr(i),
+                }
+            })
+            .collect()
+    }
+
+    /// Cuts node `i` off (every datagram to or from it lost) or heals it.
+    pub fn cut(&self, i: usize, cut: bool) {
+        for j in (0..self.names.len()).filter(|&j| j != i) {
+            let link = net::sim::Link {
+                blocked: cut,
+                ..net::sim::Link::default()
+            };
+            self.net.set_link(addr(i), addr(j), link.clone());
+            self.net.set_link(addr(j), addr(i), link);
+        }
+    }
+}
+
+/// Files under the store's `tmp/` directory on `fs` (partials and abandoned ingests).
+pub fn tmp_files(fs: &SimFs) -> usize {
+    fs.list_dir(std::path::Path::new("/data/tmp"))
+        .expect("the store's tmp directory")
+        .len()
+}
