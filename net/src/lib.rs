@@ -35,10 +35,12 @@
 //! | [`takeover`] | who receives which segment; a slow sender is taken over |
 //! | [`catchup`] | anti-entropy: digests, pages, pulls, and their bounds |
 //! | [`filter`] | the address filter of the node's socket: who is heard, who is answered |
+//! | [`supervision`] | which connection with a peer to keep (duplicates, restarts), without I/O |
 //! | [`node`] | the endpoint, admission, supervised connections, stream dispatch, the client API |
 //! | [`config`] | [`NetConfig`] |
 //! | [`clock`] | the wall-clock seam (also used for certificate validity) |
 //! | [`logcap`] | rate-limited warnings: a peer cannot flood the log |
+//! | `sim` | (feature `sim`) a simulated UDP network on tokio's paused clock, simulated fleets |
 //!
 //! # Architecture invariants
 //!
@@ -75,6 +77,9 @@ pub mod node;
 pub mod pki;
 pub(crate) mod proto;
 pub mod rate;
+#[cfg(feature = "sim")]
+pub mod sim;
+pub mod supervision;
 pub mod takeover;
 pub mod tls;
 pub mod transfer;
