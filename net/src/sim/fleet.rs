@@ -68,7 +68,7 @@ pub fn fleet_identities(
     names
         .iter()
         .map(|name| {
-            let id: NodeId = name.parse()?;
+            let id: NodeId = name.parse().map_err(PkiError::from)?;
             let mut material = seed.to_le_bytes().to_vec();
             material.extend_from_slice(name.as_bytes());
             let der = ed25519_pkcs8(blake3::derive_key(NODE_KEY_CONTEXT, &material));
