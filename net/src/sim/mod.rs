@@ -26,7 +26,7 @@ mod network;
 mod socket;
 
 pub use clock::SimClock;
-pub use fleet::{SIM_CERT_VALIDITY_DAYS, fleet_identities};
+pub use fleet::{SIM_CERT_VALIDITY_DAYS, SimFleetError, fleet_identities};
 pub use network::{
     DUPLICATE_LAG_MAX_MS, INBOX_DATAGRAMS_MAX, LINK_LATENCY_MIN_MS, Link, REORDER_HOLD_MAX_MS,
     SimNet, SimNetStats,
@@ -35,11 +35,12 @@ pub use network::{
 /// The runtime simulations run on: one thread (tasks interleave in one order for one input),
 /// time enabled and paused (it advances by itself to the next timer whenever every task waits).
 ///
-/// What else a byte-exact replay needs: nodes seeded (`NetConfig::rng_seed`, which also seeds
-/// quinn's endpoint), identities from [`fleet_identities`], wall clocks from [`SimClock`], and
-/// stores whose disk work does not race the runtime (blocking store calls run on tokio's
-/// blocking threads; while one runs, tokio does not advance paused time, but the order in
-/// which the runtime sees their results can differ between runs).
+/// What else a replay needs: nodes seeded (`NetConfig::rng_seed`, which also seeds quinn's
+/// endpoint), identities from [`fleet_identities`], wall clocks from [`SimClock`], and disk
+/// work inline (`NetConfig::disk_mode = DiskMode::Inline`, stores on `store::fs::sim::SimFs`).
+/// With disk work on blocking threads a simulation does not even progress: tokio does not
+/// advance paused time while a blocking task runs, and a transfer's disk thread lives as long
+/// as the transfer, waiting for the network, which waits for time.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -208,6 +208,21 @@ impl SimFleet {
             .collect()
     }
 
+    /// The identity of the node named `name`.
+    pub fn identity(&self, name: &str) -> NodeIdentity {
+        let i = self.names.iter().position(|n| n == name).expect("a name");
+        self.identities[i].clone()
+    }
+
+    /// A socket for a raw client at an address no node lists (127.0.1.k:7401).
+    pub fn stranger_socket(&self, k: u8) -> crate::common::RawSocket {
+        let addr = SocketAddr::from(([127, 0, 1, k], PORT));
+        crate::common::RawSocket {
+            socket: self.net.socket(addr),
+            addr,
+        }
+    }
+
     /// Cuts node `i` off (every datagram to or from it lost) or heals it.
     pub fn cut(&self, i: usize, cut: bool) {
         for j in (0..self.names.len()).filter(|&j| j != i) {
