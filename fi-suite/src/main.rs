@@ -392,7 +392,7 @@ fn build(paths: &Paths) -> anyhow::Result<()> {
 
 /// Module paths of the simulation machinery (feature `sim` of store, relay and net); their
 /// names appear in a binary's symbols and panic locations whenever any of their code is in it.
-const SIMULATION_MODULES: [&str; 2] = ["store::fs::sim", "relay::harness"];
+const SIMULATION_MODULES: [&str; 3] = ["store::fs::sim", "relay::harness", "net::sim"];
 
 /// The environment variables that switch on crash points and mutants in the `fi` build.
 const MACHINERY_ENV: [&str; 2] = ["EDGED_CRASH_AT", "EDGED_MUTANT"];
