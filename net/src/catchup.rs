@@ -44,9 +44,10 @@ use crate::config::NetConfig;
 use crate::disk;
 use crate::limits::{CATCHUP_PAGE_IDS_MAX, CATCHUP_SKIP_IDS_MAX};
 use crate::pki::NodeId;
+use crate::proto::pull::{PullCmd, Pulled, Round, RoundParams};
 use crate::transfer::{self, Ctx, Received, SendOutcome, bump};
+use crate::warn_limited;
 use crate::wire::{Msg, StreamCode, read_frame, write_frame};
-use crate::{info_limited, warn_limited};
 
 /// Why a round ended before it saw the peer's last page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,13 +183,13 @@ impl PeerCatchup {
 pub(crate) struct SkipSet(Mutex<BTreeSet<(Option<NodeId>, SegmentId)>>);
 
 impl SkipSet {
-    fn contains(&self, peer: &NodeId, id: &SegmentId) -> bool {
+    pub(crate) fn contains(&self, peer: &NodeId, id: &SegmentId) -> bool {
         let set = self.0.lock().unwrap_or_else(|e| e.into_inner());
         set.contains(&(None, *id)) || set.contains(&(Some(peer.clone()), *id))
     }
 
     /// Skips `id` with `peer` only, or with every peer when `peer` is `None`.
-    fn insert(&self, peer: Option<&NodeId>, id: SegmentId) {
+    pub(crate) fn insert(&self, peer: Option<&NodeId>, id: SegmentId) {
         let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if set.len() >= CATCHUP_SKIP_IDS_MAX {
             set.clear();
@@ -216,6 +217,7 @@ pub(crate) async fn pull_round(
     result
 }
 
+/// Runs a [`Round`] on `conn`: its requests on new streams, its pulls as concurrent tasks.
 async fn pull_round_inner(
     ctx: &Ctx,
     skip: &SkipSet,
@@ -223,118 +225,68 @@ async fn pull_round_inner(
     conn: &Connection,
     state: &mut PeerCatchup,
 ) -> Result<CatchupReport, String> {
-    let mut report = CatchupReport::default();
-    let (count, hash) = match request(ctx, conn, &Msg::DigestRequest).await? {
-        Msg::Digest { count, hash } => (count, hash),
-        other => return Err(format!("peer answered {} to DigestRequest", other.name())),
-    };
-    let store = ctx.store.clone();
-    let mine = disk::blocking(ctx.cfg.disk_mode, move || store.held_digest())
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    // Mutation point (INV-15): the receiving side never pulls; digests are taken as equal.
-    if (mine.count == count && mine.hash == hash) || store::mutants::active("no_catchup_pulls") {
-        report.in_sync = true;
-        state.cursor = None;
-        return Ok(report);
-    }
     let cfg = &ctx.cfg;
-    let mut after: Option<[u8; 32]> = state.cursor.take();
+    let params = RoundParams {
+        pages_max: cfg.catchup_pages_per_round_max,
+        pulls_max: cfg.catchup_pulls_per_round_max,
+        concurrent: cfg.catchup_pulls_concurrent,
+    };
+    let mode = cfg.disk_mode;
+    let mut round = Round::new(ctx.observer(peer), params, state, skip);
+    // Dropped (and its pulls aborted) when the round fails.
     let mut running = JoinSet::new();
-    'pages: for _ in 0..cfg.catchup_pages_per_round_max {
-        let (ids, more) = match request(ctx, conn, &Msg::PageRequest { after }).await? {
-            Msg::Page { ids, more } => (ids, more),
-            other => return Err(format!("peer answered {} to PageRequest", other.name())),
+    let joined = |done: Result<(SegmentId, Pulled), tokio::task::JoinError>| done.ok();
+    // Bounded: every command is answered or ends the round; the round asks for a bounded
+    // number of pages and pulls.
+    loop {
+        let Some(cmd) = round.poll() else {
+            // The machine never waits without having asked for something.
+            return Err("catch-up round stopped without a report".into());
         };
-        check_page(&ids, after.as_ref())?;
-        report.pages += 1;
-        report.ids_seen += ids.len() as u64;
-        let last = ids.last().copied();
-        let store = ctx.store.clone();
-        let lacking: Vec<SegmentId> = disk::blocking(ctx.cfg.disk_mode, move || {
-            ids.into_iter()
-                .map(SegmentId)
-                .filter(|id| {
-                    matches!(
-                        store.holding(id),
-                        Ok(Holding::Absent | Holding::Partial { .. })
-                    )
+        match cmd {
+            PullCmd::Request(msg) => round.on_reply(request(ctx, conn, &msg).await),
+            PullCmd::HeldDigest => {
+                let store = ctx.store.clone();
+                let mine = disk::blocking(mode, move || store.held_digest()).await;
+                let mine = match mine {
+                    Ok(Ok(d)) => Ok((d.count, d.hash)),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                round.on_held_digest(mine);
+            }
+            PullCmd::Lacking(ids) => {
+                let store = ctx.store.clone();
+                let lacking = disk::blocking(mode, move || {
+                    ids.into_iter()
+                        .filter(|id| {
+                            matches!(
+                                store.holding(id),
+                                Ok(Holding::Absent | Holding::Partial { .. })
+                            )
+                        })
+                        .collect()
                 })
-                .collect()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        for id in lacking.into_iter().filter(|id| !skip.contains(peer, id)) {
-            // What already ended decides whether to go on.
-            while let Some(done) = running.try_join_next() {
-                tally(ctx, done, peer, skip, state, &mut report);
+                .await
+                .map_err(|e| e.to_string());
+                round.on_lacking(lacking, Instant::now());
             }
-            while running.len() >= cfg.catchup_pulls_concurrent && report.cut.is_none() {
-                if let Some(done) = running.join_next().await {
-                    tally(ctx, done, peer, skip, state, &mut report);
+            PullCmd::Reap => {
+                while let Some(done) = running.try_join_next() {
+                    round.on_pull_done(joined(done), Instant::now());
                 }
+                round.on_reaped(Instant::now());
             }
-            if report.cut.is_some() {
-                break 'pages;
+            PullCmd::AwaitPull => {
+                let done = running.join_next().await;
+                round.on_pull_done(done.and_then(joined), Instant::now());
             }
-            if report.pulled >= cfg.catchup_pulls_per_round_max as u64 {
-                report.cut = Some(RoundCut::PullBound);
-                // This page again next time: what was pulled from it is held by then.
-                state.cursor = after;
-                break 'pages;
+            PullCmd::StartPull(id) => {
+                let (ctx, peer, conn) = (ctx.clone(), peer.clone(), conn.clone());
+                running.spawn(async move { (id, pull_one(&ctx, &peer, &conn, id).await) });
             }
-            if !state.budget.take(Instant::now()) {
-                report.cut = Some(RoundCut::Budget);
-                break 'pages;
-            }
-            report.pulled += 1;
-            let (ctx, peer, conn) = (ctx.clone(), peer.clone(), conn.clone());
-            running.spawn(async move { (id, pull_one(&ctx, &peer, &conn, id).await) });
+            PullCmd::Done(report) => return report,
         }
-        match last {
-            Some(last) if more => after = Some(last),
-            _ => break,
-        }
-        if report.pages >= cfg.catchup_pages_per_round_max {
-            report.cut = Some(RoundCut::PageBound);
-            state.cursor = after;
-        }
-    }
-    while let Some(done) = running.join_next().await {
-        tally(ctx, done, peer, skip, state, &mut report);
-    }
-    Ok(report)
-}
-
-fn tally(
-    ctx: &Ctx,
-    done: Result<(SegmentId, Pulled), tokio::task::JoinError>,
-    peer: &NodeId,
-    skip: &SkipSet,
-    state: &mut PeerCatchup,
-    report: &mut CatchupReport,
-) {
-    if let Ok((_, Pulled::Got(Received::Stored(_)))) = &done {
-        report.stored += 1;
-        state.budget.give_back();
-        return;
-    }
-    report.wasted += 1;
-    match done {
-        Ok((_, Pulled::Got(Received::Had))) => {}
-        Ok((id, Pulled::NotHeld)) => {
-            skip.insert(Some(peer), id);
-            if report.cut.is_none() {
-                report.cut = Some(RoundCut::NotHeld);
-            }
-            info_limited!(ctx.limiter, peer.as_str(), "pull_not_held", peer = %peer, seg_id = %id, "catch-up: the peer listed a segment it does not serve; round ended");
-        }
-        Ok((id, Pulled::Got(Received::Rejected(reason)))) if reason.is_permanent() => {
-            info_limited!(ctx.limiter, peer.as_str(), "pull_refused", peer = %peer, seg_id = %id, %reason, "catch-up: refused for good; not pulled again");
-            skip.insert(None, id);
-        }
-        Ok(_) | Err(_) => report.failed += 1,
     }
 }
 
@@ -380,11 +332,6 @@ async fn request(ctx: &Ctx, conn: &Connection, msg: &Msg) -> Result<Msg, String>
         }
         Ok(Ok(reply)) => Ok(reply),
     }
-}
-
-enum Pulled {
-    Got(Received),
-    NotHeld,
 }
 
 async fn pull_one(ctx: &Ctx, peer: &NodeId, conn: &Connection, id: SegmentId) -> Pulled {

@@ -16,6 +16,7 @@
 //! by the machines themselves, where the decision is made: they are observations, not I/O
 //! anything waits for.
 
+pub(crate) mod pull;
 pub(crate) mod receive;
 pub(crate) mod send;
 
