@@ -45,6 +45,8 @@ use crate::disk;
 use crate::limits::{CATCHUP_PAGE_IDS_MAX, CATCHUP_SKIP_IDS_MAX};
 use crate::pki::NodeId;
 use crate::proto::pull::{PullCmd, Pulled, Round, RoundParams};
+pub(crate) use crate::proto::serve::ServeReq;
+use crate::proto::serve::{ServeCmd, Server};
 use crate::transfer::{self, Ctx, Received, SendOutcome, bump};
 use crate::warn_limited;
 use crate::wire::{Msg, StreamCode, read_frame, write_frame};
@@ -386,72 +388,61 @@ async fn pull_one(ctx: &Ctx, peer: &NodeId, conn: &Connection, id: SegmentId) ->
     }
 }
 
-/// Answers a `DigestRequest`.
-pub(crate) async fn serve_digest(ctx: &Ctx, send: &mut quinn::SendStream) {
-    let store = ctx.store.clone();
-    match disk::blocking(ctx.cfg.disk_mode, move || store.held_digest()).await {
-        Ok(Ok(d)) => {
-            let _ = write_frame(
-                send,
-                &Msg::Digest {
-                    count: d.count,
-                    hash: d.hash,
-                },
-            )
-            .await;
-            let _ = send.finish();
-        }
-        _ => {
-            let _ = send.reset(StreamCode::Internal.varint());
-        }
-    }
-}
-
-/// Answers a `PageRequest`.
-pub(crate) async fn serve_page(ctx: &Ctx, send: &mut quinn::SendStream, after: Option<[u8; 32]>) {
-    let store = ctx.store.clone();
-    let after = after.map(SegmentId);
-    let listed = disk::blocking(ctx.cfg.disk_mode, move || {
-        store.held_ids_after(after.as_ref(), CATCHUP_PAGE_IDS_MAX + 1)
-    })
-    .await;
-    match listed {
-        Ok(Ok(mut ids)) => {
-            let more = ids.len() > CATCHUP_PAGE_IDS_MAX;
-            ids.truncate(CATCHUP_PAGE_IDS_MAX);
-            let ids = ids.into_iter().map(|id| id.0).collect();
-            let _ = write_frame(send, &Msg::Page { ids, more }).await;
-            let _ = send.finish();
-        }
-        _ => {
-            let _ = send.reset(StreamCode::Internal.varint());
-        }
-    }
-}
-
-/// Answers a `Pull(id)`: the normal sender path on this stream, then `on_delivered`.
-pub(crate) async fn serve_pull(
+/// Answers a catch-up request of `peer` on the stream it opened: runs a [`Server`] on the
+/// stream and the store (a pull: the normal sender path, then `on_delivered`).
+pub(crate) async fn serve(
     ctx: &Ctx,
     peer: &NodeId,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
-    id: SegmentId,
+    req: ServeReq,
 ) {
-    let reader = match transfer::open_for_send(ctx, id).await {
-        Ok(reader) => reader,
-        Err(outcome) => {
-            if !matches!(outcome, SendOutcome::NotStored | SendOutcome::Expired) {
-                warn_limited!(ctx.limiter, peer.as_str(), "pull_refused_here", peer = %peer, seg_id = %id, ?outcome, "catch-up: cannot serve a pulled segment");
+    let mode = ctx.cfg.disk_mode;
+    let mut server = Server::new(ctx.observer(peer), req);
+    let mut reader = None;
+    // Bounded: a server asks for at most four commands before `Done`.
+    while let Some(cmd) = server.poll() {
+        match cmd {
+            ServeCmd::HeldDigest => {
+                let store = ctx.store.clone();
+                let digest = match disk::blocking(mode, move || store.held_digest()).await {
+                    Ok(Ok(d)) => Some((d.count, d.hash)),
+                    _ => None,
+                };
+                server.on_held_digest(digest);
             }
-            let _ = write_frame(send, &Msg::NotHeld).await;
-            let _ = send.finish();
-            return;
+            ServeCmd::HeldIdsAfter { after, limit } => {
+                let store = ctx.store.clone();
+                let listed =
+                    disk::blocking(mode, move || store.held_ids_after(after.as_ref(), limit)).await;
+                server.on_held_ids(listed.ok().and_then(Result::ok));
+            }
+            ServeCmd::OpenForRead(id) => match transfer::open_for_send(ctx, id).await {
+                Ok(r) => {
+                    reader = Some(r);
+                    server.on_opened(Ok(()));
+                }
+                Err(outcome) => server.on_opened(Err(outcome)),
+            },
+            ServeCmd::Write(msg) => {
+                let _ = write_frame(send, &msg).await;
+            }
+            ServeCmd::Finish => {
+                let _ = send.finish();
+            }
+            ServeCmd::ResetSend(code) => {
+                let _ = send.reset(code.varint());
+            }
+            ServeCmd::Send => {
+                let outcome = match reader.take() {
+                    Some(reader) => transfer::send_with(ctx, peer, send, recv, reader).await,
+                    None => SendOutcome::Failed("nothing open to send".into()),
+                };
+                server.on_sent(outcome);
+            }
+            ServeCmd::Delivered(id) => ctx.hooks.on_delivered(peer, &id),
+            ServeCmd::Done => return,
         }
-    };
-    let outcome = transfer::send_with(ctx, peer, send, recv, reader).await;
-    tracing::debug!(peer = %peer, seg_id = %id, ?outcome, "catch-up: served a pull");
-    if outcome.is_delivered() {
-        ctx.hooks.on_delivered(peer, &id);
     }
 }
 

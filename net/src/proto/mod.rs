@@ -19,6 +19,7 @@
 pub(crate) mod pull;
 pub(crate) mod receive;
 pub(crate) mod send;
+pub(crate) mod serve;
 
 use std::sync::Arc;
 
