@@ -35,20 +35,19 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use quinn::Connection;
-use store::manifest::SignedManifest;
 use store::{Holding, SegmentId};
 use tokio::task::JoinSet;
-use tokio::time::{Instant, timeout};
+use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::config::NetConfig;
 use crate::disk;
 use crate::limits::{CATCHUP_PAGE_IDS_MAX, CATCHUP_SKIP_IDS_MAX};
 use crate::pki::NodeId;
 use crate::proto::pull::{PullCmd, Pulled, Round, RoundParams};
+use crate::proto::pull_one::{PullOne, PullOneCmd};
 pub(crate) use crate::proto::serve::ServeReq;
 use crate::proto::serve::{ServeCmd, Server};
 use crate::transfer::{self, Ctx, Received, SendOutcome, bump};
-use crate::warn_limited;
 use crate::wire::{Msg, StreamCode, read_frame, write_frame};
 
 /// Why a round ended before it saw the peer's last page.
@@ -336,56 +335,56 @@ async fn request(ctx: &Ctx, conn: &Connection, msg: &Msg) -> Result<Msg, String>
     }
 }
 
+/// Runs a [`PullOne`] on a new stream of `conn`.
 async fn pull_one(ctx: &Ctx, peer: &NodeId, conn: &Connection, id: SegmentId) -> Pulled {
-    bump(&ctx.stats.catchup_pulls, 1);
     let response = ctx.cfg.response_timeout();
-    let opened = timeout(response, conn.open_bi()).await;
-    let Ok(Ok((mut send, mut recv))) = opened else {
-        return Pulled::Got(Received::Failed("cannot open a stream".into()));
-    };
-    if let Err(e) = write_frame(&mut send, &Msg::Pull { id: id.0 }).await {
-        return Pulled::Got(Received::Failed(e.to_string()));
-    }
-    match transfer::first_frame(&ctx.cfg, &mut recv).await {
-        Ok(Msg::Offer { manifest }) => {
-            // It must be the segment asked for, before anything is reserved for it.
-            match SignedManifest::decode(&manifest) {
-                Ok(signed) if signed.id() == id => {}
-                _ => {
-                    let _ = send.reset(StreamCode::Protocol.varint());
-                    let _ = recv.stop(StreamCode::Protocol.varint());
-                    bump(&ctx.stats.streams_failed, 1);
-                    warn_limited!(ctx.limiter, peer.as_str(), "pull_mismatch", peer = %peer, seg_id = %id, "catch-up: peer offered another segment than the one pulled");
-                    return Pulled::Got(Received::Failed("peer offered another segment".into()));
+    let mut p = PullOne::new(ctx.observer(peer), id, response, Instant::now());
+    let mut streams = None;
+    // Bounded: a pull asks for at most five commands before `Done`, each with a deadline
+    // or a receive bounded by its own rules.
+    while let Some(cmd) = p.poll() {
+        if let PullOneCmd::Done(pulled) = cmd {
+            return pulled;
+        }
+        if let PullOneCmd::OpenStream { deadline } = cmd {
+            streams = timeout_at(deadline, conn.open_bi())
+                .await
+                .ok()
+                .and_then(Result::ok);
+            p.on_opened(streams.is_some());
+            continue;
+        }
+        let Some((send, recv)) = streams.as_mut() else {
+            break;
+        };
+        match cmd {
+            PullOneCmd::Write(msg) => {
+                let written = write_frame(send, &msg).await.map_err(|e| e.to_string());
+                p.on_written(written, Instant::now());
+            }
+            PullOneCmd::ReadFrame { deadline } => {
+                match timeout_at(deadline, read_frame(recv, ctx.cfg.frame_bytes_max)).await {
+                    Err(_) => p.on_timer(),
+                    Ok(frame) => p.on_frame(frame),
                 }
             }
-            Pulled::Got(transfer::receive(ctx, peer, &mut send, &mut recv, manifest).await)
-        }
-        Ok(Msg::NotHeld) => {
-            let _ = send.finish();
-            Pulled::NotHeld
-        }
-        Ok(other) => {
-            let _ = send.reset(StreamCode::Protocol.varint());
-            let _ = recv.stop(StreamCode::Protocol.varint());
-            Pulled::Got(Received::Failed(format!(
-                "peer answered {} to Pull",
-                other.name()
-            )))
-        }
-        Err(e) => {
-            let code = e
-                .as_ref()
-                .and_then(|e| e.stream_code())
-                .unwrap_or(StreamCode::Stalled);
-            let _ = send.reset(code.varint());
-            let _ = recv.stop(code.varint());
-            Pulled::Got(Received::Failed(match e {
-                Some(e) => e.to_string(),
-                None => "no answer to Pull in time".into(),
-            }))
+            PullOneCmd::Finish => {
+                let _ = send.finish();
+            }
+            PullOneCmd::ResetSend(code) => {
+                let _ = send.reset(code.varint());
+            }
+            PullOneCmd::StopRecv(code) => {
+                let _ = recv.stop(code.varint());
+            }
+            PullOneCmd::Receive(manifest) => {
+                p.on_received(transfer::receive(ctx, peer, send, recv, manifest).await)
+            }
+            PullOneCmd::OpenStream { .. } | PullOneCmd::Done(_) => {}
         }
     }
+    // The machine never waits without having asked for something.
+    Pulled::Got(Received::Failed("pull stopped without an end".into()))
 }
 
 /// Answers a catch-up request of `peer` on the stream it opened: runs a [`Server`] on the

@@ -17,6 +17,7 @@
 //! anything waits for.
 
 pub(crate) mod pull;
+pub(crate) mod pull_one;
 pub(crate) mod receive;
 pub(crate) mod send;
 pub(crate) mod serve;
