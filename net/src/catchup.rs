@@ -35,18 +35,20 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use quinn::Connection;
-use store::manifest::SignedManifest;
 use store::{Holding, SegmentId};
 use tokio::task::JoinSet;
-use tokio::time::{Instant, timeout};
+use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::config::NetConfig;
 use crate::disk;
 use crate::limits::{CATCHUP_PAGE_IDS_MAX, CATCHUP_SKIP_IDS_MAX};
 use crate::pki::NodeId;
+use crate::proto::pull::{PullCmd, Pulled, Round, RoundParams};
+use crate::proto::pull_one::{PullOne, PullOneCmd};
+pub(crate) use crate::proto::serve::ServeReq;
+use crate::proto::serve::{ServeCmd, Server};
 use crate::transfer::{self, Ctx, Received, SendOutcome, bump};
 use crate::wire::{Msg, StreamCode, read_frame, write_frame};
-use crate::{info_limited, warn_limited};
 
 /// Why a round ended before it saw the peer's last page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,13 +184,13 @@ impl PeerCatchup {
 pub(crate) struct SkipSet(Mutex<BTreeSet<(Option<NodeId>, SegmentId)>>);
 
 impl SkipSet {
-    fn contains(&self, peer: &NodeId, id: &SegmentId) -> bool {
+    pub(crate) fn contains(&self, peer: &NodeId, id: &SegmentId) -> bool {
         let set = self.0.lock().unwrap_or_else(|e| e.into_inner());
         set.contains(&(None, *id)) || set.contains(&(Some(peer.clone()), *id))
     }
 
     /// Skips `id` with `peer` only, or with every peer when `peer` is `None`.
-    fn insert(&self, peer: Option<&NodeId>, id: SegmentId) {
+    pub(crate) fn insert(&self, peer: Option<&NodeId>, id: SegmentId) {
         let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if set.len() >= CATCHUP_SKIP_IDS_MAX {
             set.clear();
@@ -216,6 +218,7 @@ pub(crate) async fn pull_round(
     result
 }
 
+/// Runs a [`Round`] on `conn`: its requests on new streams, its pulls as concurrent tasks.
 async fn pull_round_inner(
     ctx: &Ctx,
     skip: &SkipSet,
@@ -223,118 +226,68 @@ async fn pull_round_inner(
     conn: &Connection,
     state: &mut PeerCatchup,
 ) -> Result<CatchupReport, String> {
-    let mut report = CatchupReport::default();
-    let (count, hash) = match request(ctx, conn, &Msg::DigestRequest).await? {
-        Msg::Digest { count, hash } => (count, hash),
-        other => return Err(format!("peer answered {} to DigestRequest", other.name())),
-    };
-    let store = ctx.store.clone();
-    let mine = disk::blocking(ctx.cfg.disk_mode, move || store.held_digest())
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    // Mutation point (INV-15): the receiving side never pulls; digests are taken as equal.
-    if (mine.count == count && mine.hash == hash) || store::mutants::active("no_catchup_pulls") {
-        report.in_sync = true;
-        state.cursor = None;
-        return Ok(report);
-    }
     let cfg = &ctx.cfg;
-    let mut after: Option<[u8; 32]> = state.cursor.take();
+    let params = RoundParams {
+        pages_max: cfg.catchup_pages_per_round_max,
+        pulls_max: cfg.catchup_pulls_per_round_max,
+        concurrent: cfg.catchup_pulls_concurrent,
+    };
+    let mode = cfg.disk_mode;
+    let mut round = Round::new(ctx.observer(peer), params, state, skip);
+    // Dropped (and its pulls aborted) when the round fails.
     let mut running = JoinSet::new();
-    'pages: for _ in 0..cfg.catchup_pages_per_round_max {
-        let (ids, more) = match request(ctx, conn, &Msg::PageRequest { after }).await? {
-            Msg::Page { ids, more } => (ids, more),
-            other => return Err(format!("peer answered {} to PageRequest", other.name())),
+    let joined = |done: Result<(SegmentId, Pulled), tokio::task::JoinError>| done.ok();
+    // Bounded: every command is answered or ends the round; the round asks for a bounded
+    // number of pages and pulls.
+    loop {
+        let Some(cmd) = round.poll() else {
+            // The machine never waits without having asked for something.
+            return Err("catch-up round stopped without a report".into());
         };
-        check_page(&ids, after.as_ref())?;
-        report.pages += 1;
-        report.ids_seen += ids.len() as u64;
-        let last = ids.last().copied();
-        let store = ctx.store.clone();
-        let lacking: Vec<SegmentId> = disk::blocking(ctx.cfg.disk_mode, move || {
-            ids.into_iter()
-                .map(SegmentId)
-                .filter(|id| {
-                    matches!(
-                        store.holding(id),
-                        Ok(Holding::Absent | Holding::Partial { .. })
-                    )
+        match cmd {
+            PullCmd::Request(msg) => round.on_reply(request(ctx, conn, &msg).await),
+            PullCmd::HeldDigest => {
+                let store = ctx.store.clone();
+                let mine = disk::blocking(mode, move || store.held_digest()).await;
+                let mine = match mine {
+                    Ok(Ok(d)) => Ok((d.count, d.hash)),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                round.on_held_digest(mine);
+            }
+            PullCmd::Lacking(ids) => {
+                let store = ctx.store.clone();
+                let lacking = disk::blocking(mode, move || {
+                    ids.into_iter()
+                        .filter(|id| {
+                            matches!(
+                                store.holding(id),
+                                Ok(Holding::Absent | Holding::Partial { .. })
+                            )
+                        })
+                        .collect()
                 })
-                .collect()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        for id in lacking.into_iter().filter(|id| !skip.contains(peer, id)) {
-            // What already ended decides whether to go on.
-            while let Some(done) = running.try_join_next() {
-                tally(ctx, done, peer, skip, state, &mut report);
+                .await
+                .map_err(|e| e.to_string());
+                round.on_lacking(lacking, Instant::now());
             }
-            while running.len() >= cfg.catchup_pulls_concurrent && report.cut.is_none() {
-                if let Some(done) = running.join_next().await {
-                    tally(ctx, done, peer, skip, state, &mut report);
+            PullCmd::Reap => {
+                while let Some(done) = running.try_join_next() {
+                    round.on_pull_done(joined(done), Instant::now());
                 }
+                round.on_reaped(Instant::now());
             }
-            if report.cut.is_some() {
-                break 'pages;
+            PullCmd::AwaitPull => {
+                let done = running.join_next().await;
+                round.on_pull_done(done.and_then(joined), Instant::now());
             }
-            if report.pulled >= cfg.catchup_pulls_per_round_max as u64 {
-                report.cut = Some(RoundCut::PullBound);
-                // This page again next time: what was pulled from it is held by then.
-                state.cursor = after;
-                break 'pages;
+            PullCmd::StartPull(id) => {
+                let (ctx, peer, conn) = (ctx.clone(), peer.clone(), conn.clone());
+                running.spawn(async move { (id, pull_one(&ctx, &peer, &conn, id).await) });
             }
-            if !state.budget.take(Instant::now()) {
-                report.cut = Some(RoundCut::Budget);
-                break 'pages;
-            }
-            report.pulled += 1;
-            let (ctx, peer, conn) = (ctx.clone(), peer.clone(), conn.clone());
-            running.spawn(async move { (id, pull_one(&ctx, &peer, &conn, id).await) });
+            PullCmd::Done(report) => return report,
         }
-        match last {
-            Some(last) if more => after = Some(last),
-            _ => break,
-        }
-        if report.pages >= cfg.catchup_pages_per_round_max {
-            report.cut = Some(RoundCut::PageBound);
-            state.cursor = after;
-        }
-    }
-    while let Some(done) = running.join_next().await {
-        tally(ctx, done, peer, skip, state, &mut report);
-    }
-    Ok(report)
-}
-
-fn tally(
-    ctx: &Ctx,
-    done: Result<(SegmentId, Pulled), tokio::task::JoinError>,
-    peer: &NodeId,
-    skip: &SkipSet,
-    state: &mut PeerCatchup,
-    report: &mut CatchupReport,
-) {
-    if let Ok((_, Pulled::Got(Received::Stored(_)))) = &done {
-        report.stored += 1;
-        state.budget.give_back();
-        return;
-    }
-    report.wasted += 1;
-    match done {
-        Ok((_, Pulled::Got(Received::Had))) => {}
-        Ok((id, Pulled::NotHeld)) => {
-            skip.insert(Some(peer), id);
-            if report.cut.is_none() {
-                report.cut = Some(RoundCut::NotHeld);
-            }
-            info_limited!(ctx.limiter, peer.as_str(), "pull_not_held", peer = %peer, seg_id = %id, "catch-up: the peer listed a segment it does not serve; round ended");
-        }
-        Ok((id, Pulled::Got(Received::Rejected(reason)))) if reason.is_permanent() => {
-            info_limited!(ctx.limiter, peer.as_str(), "pull_refused", peer = %peer, seg_id = %id, %reason, "catch-up: refused for good; not pulled again");
-            skip.insert(None, id);
-        }
-        Ok(_) | Err(_) => report.failed += 1,
     }
 }
 
@@ -382,129 +335,113 @@ async fn request(ctx: &Ctx, conn: &Connection, msg: &Msg) -> Result<Msg, String>
     }
 }
 
-enum Pulled {
-    Got(Received),
-    NotHeld,
-}
-
+/// Runs a [`PullOne`] on a new stream of `conn`.
 async fn pull_one(ctx: &Ctx, peer: &NodeId, conn: &Connection, id: SegmentId) -> Pulled {
-    bump(&ctx.stats.catchup_pulls, 1);
     let response = ctx.cfg.response_timeout();
-    let opened = timeout(response, conn.open_bi()).await;
-    let Ok(Ok((mut send, mut recv))) = opened else {
-        return Pulled::Got(Received::Failed("cannot open a stream".into()));
-    };
-    if let Err(e) = write_frame(&mut send, &Msg::Pull { id: id.0 }).await {
-        return Pulled::Got(Received::Failed(e.to_string()));
-    }
-    match transfer::first_frame(&ctx.cfg, &mut recv).await {
-        Ok(Msg::Offer { manifest }) => {
-            // It must be the segment asked for, before anything is reserved for it.
-            match SignedManifest::decode(&manifest) {
-                Ok(signed) if signed.id() == id => {}
-                _ => {
-                    let _ = send.reset(StreamCode::Protocol.varint());
-                    let _ = recv.stop(StreamCode::Protocol.varint());
-                    bump(&ctx.stats.streams_failed, 1);
-                    warn_limited!(ctx.limiter, peer.as_str(), "pull_mismatch", peer = %peer, seg_id = %id, "catch-up: peer offered another segment than the one pulled");
-                    return Pulled::Got(Received::Failed("peer offered another segment".into()));
+    let mut p = PullOne::new(ctx.observer(peer), id, response, Instant::now());
+    let mut streams = None;
+    // Bounded: a pull asks for at most five commands before `Done`, each with a deadline
+    // or a receive bounded by its own rules.
+    while let Some(cmd) = p.poll() {
+        if let PullOneCmd::Done(pulled) = cmd {
+            return pulled;
+        }
+        if let PullOneCmd::OpenStream { deadline } = cmd {
+            streams = timeout_at(deadline, conn.open_bi())
+                .await
+                .ok()
+                .and_then(Result::ok);
+            p.on_opened(streams.is_some());
+            continue;
+        }
+        let Some((send, recv)) = streams.as_mut() else {
+            break;
+        };
+        match cmd {
+            PullOneCmd::Write(msg) => {
+                let written = write_frame(send, &msg).await.map_err(|e| e.to_string());
+                p.on_written(written, Instant::now());
+            }
+            PullOneCmd::ReadFrame { deadline } => {
+                match timeout_at(deadline, read_frame(recv, ctx.cfg.frame_bytes_max)).await {
+                    Err(_) => p.on_timer(),
+                    Ok(frame) => p.on_frame(frame),
                 }
             }
-            Pulled::Got(transfer::receive(ctx, peer, &mut send, &mut recv, manifest).await)
-        }
-        Ok(Msg::NotHeld) => {
-            let _ = send.finish();
-            Pulled::NotHeld
-        }
-        Ok(other) => {
-            let _ = send.reset(StreamCode::Protocol.varint());
-            let _ = recv.stop(StreamCode::Protocol.varint());
-            Pulled::Got(Received::Failed(format!(
-                "peer answered {} to Pull",
-                other.name()
-            )))
-        }
-        Err(e) => {
-            let code = e
-                .as_ref()
-                .and_then(|e| e.stream_code())
-                .unwrap_or(StreamCode::Stalled);
-            let _ = send.reset(code.varint());
-            let _ = recv.stop(code.varint());
-            Pulled::Got(Received::Failed(match e {
-                Some(e) => e.to_string(),
-                None => "no answer to Pull in time".into(),
-            }))
+            PullOneCmd::Finish => {
+                let _ = send.finish();
+            }
+            PullOneCmd::ResetSend(code) => {
+                let _ = send.reset(code.varint());
+            }
+            PullOneCmd::StopRecv(code) => {
+                let _ = recv.stop(code.varint());
+            }
+            PullOneCmd::Receive(manifest) => {
+                p.on_received(transfer::receive(ctx, peer, send, recv, manifest).await)
+            }
+            PullOneCmd::OpenStream { .. } | PullOneCmd::Done(_) => {}
         }
     }
+    // The machine never waits without having asked for something.
+    Pulled::Got(Received::Failed("pull stopped without an end".into()))
 }
 
-/// Answers a `DigestRequest`.
-pub(crate) async fn serve_digest(ctx: &Ctx, send: &mut quinn::SendStream) {
-    let store = ctx.store.clone();
-    match disk::blocking(ctx.cfg.disk_mode, move || store.held_digest()).await {
-        Ok(Ok(d)) => {
-            let _ = write_frame(
-                send,
-                &Msg::Digest {
-                    count: d.count,
-                    hash: d.hash,
-                },
-            )
-            .await;
-            let _ = send.finish();
-        }
-        _ => {
-            let _ = send.reset(StreamCode::Internal.varint());
-        }
-    }
-}
-
-/// Answers a `PageRequest`.
-pub(crate) async fn serve_page(ctx: &Ctx, send: &mut quinn::SendStream, after: Option<[u8; 32]>) {
-    let store = ctx.store.clone();
-    let after = after.map(SegmentId);
-    let listed = disk::blocking(ctx.cfg.disk_mode, move || {
-        store.held_ids_after(after.as_ref(), CATCHUP_PAGE_IDS_MAX + 1)
-    })
-    .await;
-    match listed {
-        Ok(Ok(mut ids)) => {
-            let more = ids.len() > CATCHUP_PAGE_IDS_MAX;
-            ids.truncate(CATCHUP_PAGE_IDS_MAX);
-            let ids = ids.into_iter().map(|id| id.0).collect();
-            let _ = write_frame(send, &Msg::Page { ids, more }).await;
-            let _ = send.finish();
-        }
-        _ => {
-            let _ = send.reset(StreamCode::Internal.varint());
-        }
-    }
-}
-
-/// Answers a `Pull(id)`: the normal sender path on this stream, then `on_delivered`.
-pub(crate) async fn serve_pull(
+/// Answers a catch-up request of `peer` on the stream it opened: runs a [`Server`] on the
+/// stream and the store (a pull: the normal sender path, then `on_delivered`).
+pub(crate) async fn serve(
     ctx: &Ctx,
     peer: &NodeId,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
-    id: SegmentId,
+    req: ServeReq,
 ) {
-    let reader = match transfer::open_for_send(ctx, id).await {
-        Ok(reader) => reader,
-        Err(outcome) => {
-            if !matches!(outcome, SendOutcome::NotStored | SendOutcome::Expired) {
-                warn_limited!(ctx.limiter, peer.as_str(), "pull_refused_here", peer = %peer, seg_id = %id, ?outcome, "catch-up: cannot serve a pulled segment");
+    let mode = ctx.cfg.disk_mode;
+    let mut server = Server::new(ctx.observer(peer), req);
+    let mut reader = None;
+    // Bounded: a server asks for at most four commands before `Done`.
+    while let Some(cmd) = server.poll() {
+        match cmd {
+            ServeCmd::HeldDigest => {
+                let store = ctx.store.clone();
+                let digest = match disk::blocking(mode, move || store.held_digest()).await {
+                    Ok(Ok(d)) => Some((d.count, d.hash)),
+                    _ => None,
+                };
+                server.on_held_digest(digest);
             }
-            let _ = write_frame(send, &Msg::NotHeld).await;
-            let _ = send.finish();
-            return;
+            ServeCmd::HeldIdsAfter { after, limit } => {
+                let store = ctx.store.clone();
+                let listed =
+                    disk::blocking(mode, move || store.held_ids_after(after.as_ref(), limit)).await;
+                server.on_held_ids(listed.ok().and_then(Result::ok));
+            }
+            ServeCmd::OpenForRead(id) => match transfer::open_for_send(ctx, id).await {
+                Ok(r) => {
+                    reader = Some(r);
+                    server.on_opened(Ok(()));
+                }
+                Err(outcome) => server.on_opened(Err(outcome)),
+            },
+            ServeCmd::Write(msg) => {
+                let _ = write_frame(send, &msg).await;
+            }
+            ServeCmd::Finish => {
+                let _ = send.finish();
+            }
+            ServeCmd::ResetSend(code) => {
+                let _ = send.reset(code.varint());
+            }
+            ServeCmd::Send => {
+                let outcome = match reader.take() {
+                    Some(reader) => transfer::send_with(ctx, peer, send, recv, reader).await,
+                    None => SendOutcome::Failed("nothing open to send".into()),
+                };
+                server.on_sent(outcome);
+            }
+            ServeCmd::Delivered(id) => ctx.hooks.on_delivered(peer, &id),
+            ServeCmd::Done => return,
         }
-    };
-    let outcome = transfer::send_with(ctx, peer, send, recv, reader).await;
-    tracing::debug!(peer = %peer, seg_id = %id, ?outcome, "catch-up: served a pull");
-    if outcome.is_delivered() {
-        ctx.hooks.on_delivered(peer, &id);
     }
 }
 

@@ -1,15 +1,15 @@
 //! The disk side of the network layer, as discrete steps, and the one seam that decides where
 //! they run.
 //!
-//! A sender reads and hashes its stored copy one chunk per [`PayloadReader::step`]; a receiver
-//! writes, hashes and checkpoints one chunk per [`PayloadWriter::step`] and finishes with the
-//! last. Neither knows about threads: [`PayloadSource`] and [`PayloadSink`] run them, and every
-//! other store call of the network layer goes through [`blocking`]. All three follow
+//! A sender reads and hashes its stored copy one chunk per `PayloadReader::step`; a receiver
+//! writes, hashes and checkpoints one chunk per `PayloadWriter::step` and finishes with the
+//! last. Neither knows about threads: `PayloadSource` and `PayloadSink` run them, and every
+//! other store call of the network layer goes through `blocking`. All three follow
 //! [`DiskMode`]:
 //!
 //! - [`DiskMode::Threads`] (production): the disk and the hashing stay off the async worker
 //!   threads (MEASUREMENTS.md: inline hashing and writing halves throughput). A transfer's
-//!   steps loop on one blocking thread, fed through a channel [`PAYLOAD_QUEUE_CHUNKS`] deep, so
+//!   steps loop on one blocking thread, fed through a channel `PAYLOAD_QUEUE_CHUNKS` deep, so
 //!   memory per transfer is bounded whatever the segment size (INV-20).
 //! - [`DiskMode::Inline`]: every step runs on the calling async task, in order, with no thread
 //!   and no channel — what a deterministic simulation of a fleet needs. The same code ships; the

@@ -29,7 +29,8 @@
 //! | [`pki`] | fleet CA, node certificates, PEM files, node ids |
 //! | [`tls`] | rustls configurations: mutual TLS against the fleet CA and `known_peers` |
 //! | [`wire`] | the wire protocol: frame layout, every message, stream and connection codes |
-//! | [`transfer`] | one segment over one stream: sender and receiver halves, disk threads |
+//! | [`transfer`] | one segment over one stream: the glue of the sender's and receiver's machines |
+//! | `proto` | the protocol as state machines without I/O: send, receive, pull, pull_one, serve |
 //! | [`disk`] | the disk side as steps (read/verify, write/checkpoint/finish) and [`DiskMode`] |
 //! | [`rate`] | the minimum-rate rule of a transfer, without I/O |
 //! | [`takeover`] | who receives which segment; a slow sender is taken over |
@@ -55,6 +56,10 @@
 //!   one stream with a typed code.
 //! - **Memory does not grow with segment size** (INV-20): payloads move in fixed chunks
 //!   through bounded channels between the network tasks and the disk threads.
+//! - **Decisions without I/O**: every step of the protocol is decided by a state machine of
+//!   `proto` that sees frames and events (with their time) and answers with commands; the
+//!   glue in [`transfer`] and [`catchup`] is the only code that touches streams, timers and the
+//!   store, and every blocking store call goes through [`disk`]'s [`DiskMode`].
 //! - **Seams**: the UDP socket comes through quinn's abstract-socket API
 //!   ([`NodeSetup::socket`]), randomness from a seed ([`NetConfig::rng_seed`], also quinn's
 //!   `EndpointConfig::rng_seed`), wall-clock time from a [`Clock`].

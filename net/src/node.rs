@@ -50,7 +50,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout};
 
-use crate::catchup::{self, CatchupReport, PeerCatchup, SkipSet};
+use crate::catchup::{self, CatchupReport, PeerCatchup, ServeReq, SkipSet};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, NetConfig};
 use crate::filter::{AddrFilter, answer_for, canonical};
@@ -1204,10 +1204,16 @@ impl Inner {
                 let received = transfer::receive(ctx, &peer, &mut send, &mut recv, manifest).await;
                 tracing::debug!(peer = %peer, ?received, "offer handled");
             }
-            Msg::DigestRequest => catchup::serve_digest(ctx, &mut send).await,
-            Msg::PageRequest { after } => catchup::serve_page(ctx, &mut send, after).await,
+            Msg::DigestRequest => {
+                catchup::serve(ctx, &peer, &mut send, &mut recv, ServeReq::Digest).await
+            }
+            Msg::PageRequest { after } => {
+                let req = ServeReq::Page { after };
+                catchup::serve(ctx, &peer, &mut send, &mut recv, req).await
+            }
             Msg::Pull { id } => {
-                catchup::serve_pull(ctx, &peer, &mut send, &mut recv, SegmentId(id)).await
+                let req = ServeReq::Pull(SegmentId(id));
+                catchup::serve(ctx, &peer, &mut send, &mut recv, req).await
             }
             other => {
                 bump(&ctx.stats.streams_failed, 1);

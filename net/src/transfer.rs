@@ -1,14 +1,14 @@
 //! One segment over one stream: the sender's and the receiver's halves of a transfer.
 //!
-//! The decisions of both halves are state machines without I/O, [`crate::proto::send`] and
-//! [`crate::proto::receive`]; this module is their glue: it runs their commands on quinn
+//! The decisions of both halves are state machines without I/O, `proto::send` and
+//! `proto::receive`; this module is their glue: it runs their commands on quinn
 //! streams, `tokio::time`, the takeover table and the store (the disk side as [`crate::disk`]
 //! says), and feeds them the results.
 //!
 //! Both halves keep the disk and the hashing off the async worker threads (MEASUREMENTS.md:
 //! inline hashing and writing halves throughput): the receiver's network task fills
-//! [`PAYLOAD_CHUNK_BYTES`] buffers and hands them through a bounded channel
-//! ([`PAYLOAD_QUEUE_CHUNKS`] deep) to a blocking task that runs `Ingest::write` (hash + write)
+//! [`PAYLOAD_CHUNK_BYTES`](crate::limits::PAYLOAD_CHUNK_BYTES) buffers and hands them through a bounded channel
+//! ([`PAYLOAD_QUEUE_CHUNKS`](crate::limits::PAYLOAD_QUEUE_CHUNKS) deep) to a blocking task that runs `Ingest::write` (hash + write)
 //! and the checkpoints; the sender's blocking task reads and hashes its stored `.seg` file and
 //! hands chunks to the network task the same way. Memory per transfer is bounded by the queue,
 //! whatever the segment size (INV-20).
@@ -25,11 +25,11 @@
 //! [`crate::takeover`] table, so a second peer offering a segment that is being received
 //! slowly from a first one takes it over (resuming from the first one's checkpoint) instead of
 //! being told `Busy` for as long as the first one likes; the preempted sender is answered
-//! `Busy` and its stream is stopped with [`StreamCode::Preempted`].
+//! `Busy` and its stream is stopped with [`StreamCode::Preempted`](crate::wire::StreamCode::Preempted).
 //!
 //! Sender guarantees: the bytes sent are hashed as they are read from the stored copy
 //! (including the prefix skipped when resuming); if the copy is corrupt the stream is reset
-//! with [`StreamCode::LocalCorrupt`] instead of being finished — so the receiver can never
+//! with [`StreamCode::LocalCorrupt`](crate::wire::StreamCode::LocalCorrupt) instead of being finished — so the receiver can never
 //! commit it — and the segment is quarantined (INV-24).
 
 use std::sync::Arc;

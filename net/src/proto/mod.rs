@@ -16,8 +16,11 @@
 //! by the machines themselves, where the decision is made: they are observations, not I/O
 //! anything waits for.
 
+pub(crate) mod pull;
+pub(crate) mod pull_one;
 pub(crate) mod receive;
 pub(crate) mod send;
+pub(crate) mod serve;
 
 use std::sync::Arc;
 
