@@ -1,6 +1,7 @@
 //! Simulation machinery for the real `net` code (feature `sim`, never in the shipped binary):
-//! an in-process UDP network for quinn on tokio's paused clock, a clock that follows it, and
-//! deterministic fleet identities.
+//! an in-process UDP network for quinn on tokio's paused clock and deterministic fleet
+//! identities. The wall clock of a simulated node is [`base::VirtualClock`], the one clock seam's
+//! virtual implementation.
 //!
 //! - [`SimNet`]: every node gets a [`quinn::AsyncUdpSocket`] from [`SimNet::socket`] and is
 //!   started with it through the socket seam ([`crate::NodeSetup::socket`]); the node wraps it
@@ -18,14 +19,11 @@
 //! - [`fleet_identities`]: Ed25519 certificates derived from a seed, so that handshakes carry
 //!   fixed-size, deterministic signatures and packet sizes do not vary between runs (ECDSA
 //!   signatures vary in length).
-//! - [`SimClock`]: the node's wall clock ([`crate::Clock`]) on tokio's virtual time.
 
-mod clock;
 mod fleet;
 mod network;
 mod socket;
 
-pub use clock::SimClock;
 pub use fleet::{SIM_CERT_VALIDITY_DAYS, SimFleetError, fleet_identities};
 pub use network::{
     DUPLICATE_LAG_MAX_MS, INBOX_DATAGRAMS_MAX, LINK_LATENCY_MIN_MS, Link, REORDER_HOLD_MAX_MS,
@@ -36,7 +34,7 @@ pub use network::{
 /// time enabled and paused (it advances by itself to the next timer whenever every task waits).
 ///
 /// What else a replay needs: nodes seeded (`NetConfig::rng_seed`, which also seeds quinn's
-/// endpoint), identities from [`fleet_identities`], wall clocks from [`SimClock`], and disk
+/// endpoint), identities from [`fleet_identities`], wall clocks from [`base::VirtualClock`], and disk
 /// work inline (`NetConfig::disk_mode = DiskMode::Inline`, stores on `store::fs::sim::SimFs`).
 /// With disk work on blocking threads a simulation does not even progress: tokio does not
 /// advance paused time while a blocking task runs, and a transfer's disk thread lives as long

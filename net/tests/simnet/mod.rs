@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use net::sim::{SimClock, SimNet, fleet_identities};
+use base::VirtualClock;
+use net::sim::{SimNet, fleet_identities};
 use net::{Clock, DiskMode, NetConfig, Node, NodeIdentity, NodeSetup};
 use store::fs::Fs;
 use store::fs::sim::SimFs;
@@ -34,7 +35,7 @@ pub fn addr(i: usize) -> SocketAddr {
 /// Create it inside the simulation runtime (its clock reads tokio's).
 pub struct SimFleet {
     pub net: SimNet,
-    pub clock: Arc<SimClock>,
+    pub clock: Arc<VirtualClock>,
     pub names: Vec<String>,
     pub identities: Vec<NodeIdentity>,
     pub fss: Vec<SimFs>,
@@ -43,7 +44,7 @@ pub struct SimFleet {
 
 impl SimFleet {
     pub fn new(seed: u64, names: &[&str]) -> SimFleet {
-        let clock = Arc::new(SimClock::new(T0_MS));
+        let clock = Arc::new(VirtualClock::starting_at(T0_MS));
         let fss: Vec<SimFs> = names.iter().map(|_| SimFs::new()).collect();
         let stores = fss
             .iter()
