@@ -380,7 +380,10 @@ fn build(paths: &Paths) -> anyhow::Result<()> {
         // Simulation machinery is in no build of the daemon: not the shipped one, not this one.
         for module in SIMULATION_MODULES {
             if holds(module) {
-                bail!("{} holds {module}: simulation machinery ships", to.display());
+                bail!(
+                    "{} holds {module}: simulation machinery ships",
+                    to.display()
+                );
             }
         }
     }

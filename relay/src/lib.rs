@@ -15,6 +15,9 @@
 //!   sleeps until something is due, with time through a [`clock::Clock`].
 //! - [`harness`]: an in-process multi-node network on virtual time (discrete events), seeded
 //!   and replayable, plus an in-memory transport for the tokio executor.
+//! - `quic` (feature `net`): the relay over the network layer — the `Transport` over a
+//!   `net::Node` and the `NetHooks` back into the relay; the daemon and the fleet simulator
+//!   both run it.
 //! - [`limits`]: every bound, and [`RelayConfig`] with its documented defaults.
 #![forbid(unsafe_code)]
 
@@ -28,6 +31,8 @@ pub mod harness;
 pub mod ledger;
 pub mod limits;
 pub mod peer;
+#[cfg(feature = "net")]
+pub mod quic;
 pub mod relay;
 pub mod tables;
 pub mod transport;

@@ -143,7 +143,11 @@ async fn serve(cfg: Config) -> CliResult {
     let relay =
         Relay::open(store.clone(), cfg.relay.clone(), now).map_err(|e| Failure::new(STORAGE, e))?;
     let counters = Arc::new(Counters::default());
-    let hooks = Arc::new(wiring::Hooks::new(relay.clone(), counters.clone()));
+    let hooks = Arc::new(wiring::Hooks::new(
+        relay.clone(),
+        Arc::new(relay::clock::SystemClock),
+        counters.clone(),
+    ));
     let mut setup = net::NodeSetup::new(cfg.net.clone(), identity, store.clone());
     setup.hooks = hooks;
     let node = Arc::new(
