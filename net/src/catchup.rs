@@ -41,6 +41,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout};
 
 use crate::config::NetConfig;
+use crate::disk;
 use crate::limits::{CATCHUP_PAGE_IDS_MAX, CATCHUP_SKIP_IDS_MAX};
 use crate::pki::NodeId;
 use crate::transfer::{self, Ctx, Received, SendOutcome, bump};
@@ -228,7 +229,7 @@ async fn pull_round_inner(
         other => return Err(format!("peer answered {} to DigestRequest", other.name())),
     };
     let store = ctx.store.clone();
-    let mine = tokio::task::spawn_blocking(move || store.held_digest())
+    let mine = disk::blocking(ctx.cfg.disk_mode, move || store.held_digest())
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
@@ -251,7 +252,7 @@ async fn pull_round_inner(
         report.ids_seen += ids.len() as u64;
         let last = ids.last().copied();
         let store = ctx.store.clone();
-        let lacking: Vec<SegmentId> = tokio::task::spawn_blocking(move || {
+        let lacking: Vec<SegmentId> = disk::blocking(ctx.cfg.disk_mode, move || {
             ids.into_iter()
                 .map(SegmentId)
                 .filter(|id| {
@@ -441,7 +442,7 @@ async fn pull_one(ctx: &Ctx, peer: &NodeId, conn: &Connection, id: SegmentId) ->
 /// Answers a `DigestRequest`.
 pub(crate) async fn serve_digest(ctx: &Ctx, send: &mut quinn::SendStream) {
     let store = ctx.store.clone();
-    match tokio::task::spawn_blocking(move || store.held_digest()).await {
+    match disk::blocking(ctx.cfg.disk_mode, move || store.held_digest()).await {
         Ok(Ok(d)) => {
             let _ = write_frame(
                 send,
@@ -463,7 +464,7 @@ pub(crate) async fn serve_digest(ctx: &Ctx, send: &mut quinn::SendStream) {
 pub(crate) async fn serve_page(ctx: &Ctx, send: &mut quinn::SendStream, after: Option<[u8; 32]>) {
     let store = ctx.store.clone();
     let after = after.map(SegmentId);
-    let listed = tokio::task::spawn_blocking(move || {
+    let listed = disk::blocking(ctx.cfg.disk_mode, move || {
         store.held_ids_after(after.as_ref(), CATCHUP_PAGE_IDS_MAX + 1)
     })
     .await;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 use store::limits::SIGNED_MANIFEST_BYTES_MAX;
 
+use crate::disk::DiskMode;
 use crate::limits::*;
 use crate::pki::NodeId;
 
@@ -87,6 +88,9 @@ pub struct NetConfig {
     /// Warnings a remote party can trigger, logged per (peer or address, reason) and window.
     pub log_warnings_per_window: u32,
     pub log_window_ms: u64,
+    /// Where store calls and a transfer's disk steps run (see [`crate::disk`]): blocking
+    /// threads in production; [`DiskMode::Inline`] only for deterministic simulations.
+    pub disk_mode: DiskMode,
 }
 
 /// A configuration value out of range; names the key.
@@ -140,6 +144,7 @@ impl NetConfig {
             rng_seed: None,
             log_warnings_per_window: LOG_WARNINGS_PER_WINDOW_DEFAULT,
             log_window_ms: LOG_WINDOW_MS_DEFAULT,
+            disk_mode: DiskMode::Threads,
         }
     }
 

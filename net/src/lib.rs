@@ -30,14 +30,17 @@
 //! | [`tls`] | rustls configurations: mutual TLS against the fleet CA and `known_peers` |
 //! | [`wire`] | the wire protocol: frame layout, every message, stream and connection codes |
 //! | [`transfer`] | one segment over one stream: sender and receiver halves, disk threads |
+//! | [`disk`] | the disk side as steps (read/verify, write/checkpoint/finish) and [`DiskMode`] |
 //! | [`rate`] | the minimum-rate rule of a transfer, without I/O |
 //! | [`takeover`] | who receives which segment; a slow sender is taken over |
 //! | [`catchup`] | anti-entropy: digests, pages, pulls, and their bounds |
 //! | [`filter`] | the address filter of the node's socket: who is heard, who is answered |
+//! | [`supervision`] | which connection with a peer to keep (duplicates, restarts), without I/O |
 //! | [`node`] | the endpoint, admission, supervised connections, stream dispatch, the client API |
 //! | [`config`] | [`NetConfig`] |
 //! | [`clock`] | the wall-clock seam (also used for certificate validity) |
 //! | [`logcap`] | rate-limited warnings: a peer cannot flood the log |
+//! | `sim` | (feature `sim`) a simulated UDP network on tokio's paused clock, simulated fleets |
 //!
 //! # Architecture invariants
 //!
@@ -66,12 +69,16 @@
 pub mod catchup;
 pub mod clock;
 pub mod config;
+pub mod disk;
 pub mod filter;
 pub mod limits;
 pub mod logcap;
 pub mod node;
 pub mod pki;
 pub mod rate;
+#[cfg(feature = "sim")]
+pub mod sim;
+pub mod supervision;
 pub mod takeover;
 pub mod tls;
 pub mod transfer;
@@ -85,6 +92,7 @@ pub use quinn;
 pub use catchup::{CatchupReport, RoundCut};
 pub use clock::{Clock, SystemClock};
 pub use config::{ConfigError, NetConfig};
+pub use disk::DiskMode;
 pub use node::{NetError, Node, NodeSetup, PeerStatus, bind_udp};
 pub use pki::{
     CaFiles, NodeFiles, NodeId, NodeIdentity, PkiError, ca_init, ca_issue, load_node_identity,

@@ -85,6 +85,18 @@ pub const HANDSHAKES_UNKNOWN_ADDRESSES_MAX_DEFAULT: usize = 16;
 pub const ANSWERED_ADDRESSES_MAX: usize = 4096;
 /// Lifetime of the token of a QUIC Retry: a client must come back with it within this long.
 pub const RETRY_TOKEN_LIFETIME_MS: u64 = 15_000;
+/// A connection retired by the duplicate rule is closed once no stream has been in flight on it
+/// for this many round trips (streams the peer opened before it saw the kept connection arrive
+/// within about one)...
+pub const RETIRE_GRACE_RTTS: u32 = 4;
+/// ...and at least this long.
+pub const RETIRE_GRACE_MIN_MS: u64 = 100;
+/// An inbound connection whose handshake reached the node more than this many round trips of
+/// the current connection after that one was established did not cross it: the peer dialled
+/// although it had it, so it lost it (see [`crate::supervision`])...
+pub const CROSSING_RTTS: u32 = 8;
+/// ...and at least this long after.
+pub const CROSSING_MIN_MS: u64 = 1_000;
 /// Receive batches from strangers dropped in one poll of the socket before the endpoint task
 /// yields (a flood of dropped datagrams cannot monopolise it).
 pub const DROPPED_BATCHES_PER_POLL_MAX: usize = 16;

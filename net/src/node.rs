@@ -5,11 +5,13 @@
 //!   due, re-dialling with jittered exponential backoff (`redial_backoff_base_ms` ·
 //!   2^failures, capped at `redial_backoff_max_ms`, jitter in [½, 1] from the seeded RNG).
 //!   A connection is reused by every transfer and catch-up round with that peer.
-//! - **Duplicates**: when both nodes dial each other at once, both keep the connection opened by
-//!   the node with the lower id and close the other ([`ConnCode::Duplicate`]); the rule is the
-//!   same on both sides, so they agree without talking. Between two connections opened by the
-//!   same side, the newer wins (the peer restarted). At most `connections_per_peer_max` are
-//!   kept per peer.
+//! - **Duplicates and restarts** ([`crate::supervision`]): when both nodes dial each other at once,
+//!   both keep the connection opened by the node with the lower id; the other one is retired:
+//!   it serves the streams already on it, then closes ([`ConnCode::Duplicate`]) — a transfer is
+//!   never cut by the rule. A fresh authenticated connection replaces one established more
+//!   than a handshake window ago at once (the peer lost the old one: it restarted, or its end
+//!   timed out), and between two connections opened by the same side the newer wins. At most
+//!   `connections_per_peer_max` are kept per peer.
 //! - **Addresses** (INV-27): the node's socket is wrapped in an [`AddrFilter`]: a datagram from
 //!   an address that is not a configured peer's is dropped before QUIC sees it (no state, no
 //!   answer, counted in `datagrams_dropped_unknown`), unless `accept_unknown_addresses` is set;
@@ -37,14 +39,14 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quinn::{AsyncUdpSocket, Connection, Endpoint, EndpointConfig, Runtime, TokioRuntime};
 use rustls::pki_types::CertificateDer;
 use store::{SegmentId, Store};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout};
 
@@ -52,9 +54,12 @@ use crate::catchup::{self, CatchupReport, PeerCatchup, SkipSet};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, NetConfig};
 use crate::filter::{AddrFilter, answer_for, canonical};
-use crate::limits::RETRY_TOKEN_LIFETIME_MS;
+use crate::limits::{
+    CROSSING_MIN_MS, CROSSING_RTTS, RETIRE_GRACE_MIN_MS, RETIRE_GRACE_RTTS, RETRY_TOKEN_LIFETIME_MS,
+};
 use crate::logcap::LogLimiter;
 use crate::pki::{NodeId, NodeIdentity, node_id_of_cert};
+use crate::supervision::{self, Current, Keep, New, Retire};
 use crate::takeover::Receiving;
 use crate::tls::{self, TlsError};
 use crate::transfer::{
@@ -163,6 +168,42 @@ impl SplitMix64 {
 struct Live {
     conn: Connection,
     opened_by_me: bool,
+    /// When it was established here (the duplicate rule's window).
+    established: Instant,
+    streams: Arc<Streams>,
+}
+
+/// The streams in flight on one connection, both directions (a retired connection closes only
+/// once there are none).
+#[derive(Default)]
+struct Streams {
+    in_flight: AtomicUsize,
+    /// Streams ever started: a retired connection that started one during its grace waits again.
+    started: AtomicU64,
+    idle: Notify,
+}
+
+/// One stream in flight on a connection, from its start to its end.
+struct StreamGuard(Arc<Streams>);
+
+impl Streams {
+    fn start(self: &Arc<Self>) -> StreamGuard {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        StreamGuard(self.clone())
+    }
+
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) > 0
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 struct Peer {
@@ -311,6 +352,23 @@ impl std::fmt::Debug for Node {
 /// Attempts of one `send_segment` when its connection is replaced by the duplicate rule.
 const DUPLICATE_RETRIES_MAX: u32 = 3;
 
+/// Resolves once `peer`'s current connection is no longer the one with `stable_id` (pending
+/// forever if the node is gone).
+async fn replaced(current: &mut watch::Receiver<Option<Live>>, stable_id: usize) {
+    loop {
+        let same = current
+            .borrow_and_update()
+            .as_ref()
+            .is_some_and(|l| l.conn.stable_id() == stable_id);
+        if !same {
+            return;
+        }
+        if current.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// True if `conn` was closed by the duplicate rule (here or at the peer).
 fn is_duplicate_close(conn: &Connection) -> bool {
     match conn.close_reason() {
@@ -330,6 +388,9 @@ pub struct PeerStatus {
     pub connected: bool,
     /// The address the current connection talks to.
     pub remote: Option<SocketAddr>,
+    /// Established connections with the peer not known closed: the current one, and any being
+    /// retired (at most `connections_per_peer_max`).
+    pub connections: usize,
     pub last_failure: Option<SendOutcome>,
 }
 
@@ -506,11 +567,14 @@ impl Node {
         let mut tries = 0;
         loop {
             tries += 1;
-            let conn = match self.inner.connection(p).await {
-                Ok(c) => c,
+            let live = match self.inner.connection(p).await {
+                Ok(live) => live,
                 Err(outcome) => return outcome,
             };
+            let in_flight = live.streams.start();
+            let conn = live.conn;
             let outcome = self.send_on(peer, &conn, id).await;
+            drop(in_flight);
             let replaced = matches!(
                 conn.close_reason(),
                 Some(quinn::ConnectionError::LocallyClosed)
@@ -547,12 +611,13 @@ impl Node {
             .peers
             .get(peer)
             .ok_or_else(|| format!("{peer} is not a known peer"))?;
-        let conn = self
+        let live = self
             .inner
             .connection(p)
             .await
             .map_err(|o| format!("{o:?}"))?;
-        self.inner.catch_up_on(p, &conn).await
+        let _in_flight = live.streams.start();
+        self.inner.catch_up_on(p, &live.conn).await
     }
 
     /// Waits until a connection with `peer` is up, at most `within`.
@@ -585,6 +650,13 @@ impl Node {
                     addr: p.addr,
                     connected: live.is_some(),
                     remote: live.map(|l| l.conn.remote_address()),
+                    connections: p
+                        .established
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                        .filter(|c| c.close_reason().is_none())
+                        .count(),
                     last_failure: p
                         .last_failure
                         .lock()
@@ -647,7 +719,7 @@ impl Inner {
             if !configured {
                 // The filter drops strangers' datagrams unless they are accepted; and even then
                 // the table of addresses answered is bounded.
-                let until = std::time::Instant::now() + answer_window;
+                let until = Instant::now() + answer_window;
                 if !accept_unknown || !self.filter.answer(remote, until) {
                     warn_limited!(self.ctx.limiter, &self.who(remote), "handshake_not_answered", %remote, "handshake from an address that is no configured peer's not answered");
                     incoming.ignore();
@@ -699,6 +771,7 @@ impl Inner {
         configured: bool,
     ) {
         let remote = incoming.remote_address();
+        let began = Instant::now();
         let connecting = match incoming.accept() {
             Ok(c) => c,
             Err(e) => {
@@ -741,7 +814,7 @@ impl Inner {
                         filter.release(remote);
                     });
                 }
-                self.adopt(peer, conn, false);
+                self.adopt(peer, conn, false, began);
             }
             None => {
                 // TLS refuses these first; this is defence in depth.
@@ -766,13 +839,57 @@ impl Inner {
         }
     }
 
-    /// Takes an established connection into use, or closes it (duplicate, over the cap).
-    fn adopt(self: &Arc<Self>, peer: &Arc<Peer>, conn: Connection, opened_by_me: bool) -> bool {
+    /// Takes an established connection into use, or retires it (see [`crate::supervision`]),
+    /// or closes it (over the cap).
+    /// `began`: when the handshake reached this node (inbound) or was started (dialled).
+    fn adopt(
+        self: &Arc<Self>,
+        peer: &Arc<Peer>,
+        conn: Connection,
+        opened_by_me: bool,
+        began: Instant,
+    ) -> bool {
         let lower_is_me = self.id < peer.id;
-        let preferred = |by_me: bool| by_me == lower_is_me;
-        {
+        let now = Instant::now();
+        let streams = Arc::new(Streams::default());
+        let adopted = {
             let mut established = peer.established.lock().unwrap_or_else(|e| e.into_inner());
             established.retain(|c| c.close_reason().is_none());
+            let current = peer.live();
+            let window = self.cfg().handshake_timeout();
+            let seen = current.as_ref().map(|c| Current {
+                opened_by_me: c.opened_by_me,
+                age: now.saturating_duration_since(c.established),
+            });
+            let new = New {
+                opened_by_me,
+                began_after_current: current.as_ref().map_or(Duration::ZERO, |c| {
+                    began.saturating_duration_since(c.established)
+                }),
+            };
+            let crossing = supervision::crossing_margin(
+                current.as_ref().map_or(Duration::ZERO, |c| c.conn.rtt()),
+                CROSSING_RTTS,
+                Duration::from_millis(CROSSING_MIN_MS),
+            );
+            let decision = supervision::keep(seen, new, lower_is_me, window, crossing);
+            if let Keep::New {
+                retire_current: Some(Retire::Now),
+            } = decision
+            {
+                // The side that opened this one gave up the current connection, and any retired
+                // one still draining (older still): closing them frees their places under the
+                // cap for this one.
+                let current_id = current.as_ref().map(|c| c.conn.stable_id());
+                established.retain(|c| {
+                    if Some(c.stable_id()) == current_id {
+                        return false;
+                    }
+                    bump(&self.ctx.stats.connections_closed, 1);
+                    c.close(ConnCode::Duplicate.varint(), b"duplicate");
+                    false
+                });
+            }
             if established.len() >= self.cfg().connections_per_peer_max {
                 bump(&self.ctx.stats.connections_closed, 1);
                 warn_limited!(self.ctx.limiter, peer.id.as_str(), "connections_cap", peer = %peer.id, "connection closed: connections_per_peer_max reached");
@@ -782,35 +899,84 @@ impl Inner {
                 );
                 return false;
             }
-            let current = peer.live();
-            let keep_new = match &current {
-                Some(cur) => preferred(opened_by_me) || !preferred(cur.opened_by_me),
-                None => true,
-            };
-            if !keep_new {
-                bump(&self.ctx.stats.connections_closed, 1);
-                tracing::debug!(peer = %peer.id, "duplicate connection closed");
-                conn.close(ConnCode::Duplicate.varint(), b"duplicate");
-                return false;
-            }
-            if let Some(cur) = current {
-                bump(&self.ctx.stats.connections_closed, 1);
-                tracing::debug!(peer = %peer.id, "connection replaced by the preferred one");
-                cur.conn.close(ConnCode::Duplicate.varint(), b"duplicate");
-            }
             established.push(conn.clone());
-            peer.current.send_replace(Some(Live {
-                conn: conn.clone(),
-                opened_by_me,
-            }));
+            match decision {
+                Keep::Current { retire_new } => {
+                    tracing::debug!(peer = %peer.id, ?retire_new, "duplicate connection retired");
+                    self.retire(peer, conn.clone(), streams.clone(), retire_new);
+                    false
+                }
+                Keep::New { retire_current } => {
+                    if let (Some(cur), Some(how)) = (current, retire_current) {
+                        if how == Retire::Now && !opened_by_me {
+                            // A peer that reconnects in a loop must not flood the log.
+                            info_limited!(self.ctx.limiter, peer.id.as_str(), "replaced", peer = %peer.id, "a fresh connection replaces an old one (the peer lost it)");
+                        } else {
+                            tracing::debug!(peer = %peer.id, ?how, "connection replaced");
+                        }
+                        self.retire(peer, cur.conn, cur.streams, how);
+                    }
+                    peer.current.send_replace(Some(Live {
+                        conn: conn.clone(),
+                        opened_by_me,
+                        established: now,
+                        streams: streams.clone(),
+                    }));
+                    true
+                }
+            }
+        };
+        tokio::spawn(
+            self.clone()
+                .serve_connection(peer.id.clone(), conn.clone(), streams.clone()),
+        );
+        if !adopted {
+            return false;
         }
         *peer.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
         // A peer reconnecting in a loop must not flood the log either.
         info_limited!(self.ctx.limiter, peer.id.as_str(), "connected", peer = %peer.id, remote = %conn.remote_address(), opened_by_me, "connected");
-        tokio::spawn(self.clone().serve_connection(peer.id.clone(), conn.clone()));
-        tokio::spawn(self.clone().catchup_loop(peer.clone(), conn));
+        tokio::spawn(self.clone().catchup_loop(peer.clone(), conn, streams));
         self.ctx.hooks.on_peer_connected(&peer.id);
         true
+    }
+
+    /// Closes a connection the duplicate rule does not keep: now, or once no stream has been in
+    /// flight on it for [`supervision::retire_grace`].
+    fn retire(&self, peer: &Peer, conn: Connection, streams: Arc<Streams>, how: Retire) {
+        bump(&self.ctx.stats.connections_closed, 1);
+        if how == Retire::Now {
+            conn.close(ConnCode::Duplicate.varint(), b"duplicate");
+            return;
+        }
+        let peer_id = peer.id.clone();
+        tokio::spawn(async move {
+            let min = Duration::from_millis(RETIRE_GRACE_MIN_MS);
+            // Each turn waits for a stream that started during the last grace to end: bounded
+            // by the streams the peer opens, each bounded by the transfer and response rules.
+            loop {
+                let idle = streams.idle.notified();
+                if streams.busy() {
+                    tokio::select! {
+                        biased;
+                        _ = conn.closed() => return,
+                        _ = idle => continue,
+                    }
+                }
+                let started = streams.started.load(Ordering::SeqCst);
+                let grace = supervision::retire_grace(conn.rtt(), RETIRE_GRACE_RTTS, min);
+                tokio::select! {
+                    biased;
+                    _ = conn.closed() => return,
+                    _ = tokio::time::sleep(grace) => {}
+                }
+                if !streams.busy() && streams.started.load(Ordering::SeqCst) == started {
+                    tracing::debug!(peer = %peer_id, "retired connection idle: closed");
+                    conn.close(ConnCode::Duplicate.varint(), b"duplicate");
+                    return;
+                }
+            }
+        });
     }
 
     /// Keeps a connection to `peer` up for the node's lifetime.
@@ -835,9 +1001,13 @@ impl Inner {
             if let Some(live) = peer.live() {
                 peer.dialing.store(false, Ordering::SeqCst);
                 let since = Instant::now();
+                let mut current = peer.current.subscribe();
                 tokio::select! {
-                    _ = live.conn.closed() => {}
+                    biased;
                     _ = shutdown.changed() => return,
+                    _ = live.conn.closed() => {}
+                    // The rule put another connection in its place: watch that one.
+                    _ = replaced(&mut current, live.conn.stable_id()) => continue,
                 }
                 peer.dialing.store(true, Ordering::SeqCst);
                 let id = live.conn.stable_id();
@@ -882,14 +1052,16 @@ impl Inner {
             }
             peer.dialing.store(true, Ordering::SeqCst);
             peer.current.send_modify(|_| {});
+            let began = Instant::now();
             let dialed = tokio::select! {
-                r = self.dial(&peer) => r,
+                biased;
                 _ = shutdown.changed() => return,
+                r = self.dial(&peer) => r,
             };
             let failed = match dialed {
                 Ok(conn) => {
                     // If an inbound connection was adopted meanwhile, the rule decides.
-                    self.adopt(&peer, conn, true);
+                    self.adopt(&peer, conn, true, began);
                     false
                 }
                 Err(outcome) => {
@@ -940,21 +1112,22 @@ impl Inner {
                 return true;
             }
             tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => return true,
-                changed = rx.changed() => if changed.is_err() { return false },
+                biased;
                 _ = shutdown.changed() => return false,
+                changed = rx.changed() => if changed.is_err() { return false },
+                _ = tokio::time::sleep_until(deadline) => return true,
             }
         }
     }
 
     /// The live connection with `peer`, waiting for a dial in progress.
-    async fn connection(&self, peer: &Peer) -> Result<Connection, SendOutcome> {
+    async fn connection(&self, peer: &Peer) -> Result<Live, SendOutcome> {
         let mut rx = peer.current.subscribe();
         let deadline = Instant::now() + self.cfg().handshake_timeout();
         loop {
             rx.borrow_and_update();
             if let Some(live) = peer.live() {
-                return Ok(live.conn);
+                return Ok(live);
             }
             if !peer.dialing.load(Ordering::SeqCst) {
                 let last = peer
@@ -979,11 +1152,21 @@ impl Inner {
         }
     }
 
-    async fn serve_connection(self: Arc<Self>, peer: NodeId, conn: Connection) {
+    async fn serve_connection(
+        self: Arc<Self>,
+        peer: NodeId,
+        conn: Connection,
+        streams: Arc<Streams>,
+    ) {
         loop {
             match conn.accept_bi().await {
                 Ok((send, recv)) => {
-                    tokio::spawn(self.clone().handle_stream(peer.clone(), send, recv));
+                    let in_flight = streams.start();
+                    let handled = self.clone().handle_stream(peer.clone(), send, recv);
+                    tokio::spawn(async move {
+                        handled.await;
+                        drop(in_flight);
+                    });
                 }
                 Err(e) => {
                     tracing::debug!(peer = %peer, reason = %e, "connection ended");
@@ -1039,7 +1222,12 @@ impl Inner {
     /// `catchup_on_connect`), then as [`catchup::next_round_in`] decides, and within
     /// `catchup_followup_ms` of a quarantine — never two rounds with one peer closer than
     /// `catchup_followup_ms` (the last round's end is kept across connections).
-    async fn catchup_loop(self: Arc<Self>, peer: Arc<Peer>, conn: Connection) {
+    async fn catchup_loop(
+        self: Arc<Self>,
+        peer: Arc<Peer>,
+        conn: Connection,
+        streams: Arc<Streams>,
+    ) {
         let mut shutdown = self.shutdown.subscribe();
         let mut kick = self.kick.subscribe();
         kick.borrow_and_update();
@@ -1057,7 +1245,9 @@ impl Inner {
                 return;
             }
             if next.is_some_and(|at| at <= Instant::now()) {
+                let in_flight = streams.start();
                 let report = self.catch_up_on(&peer, &conn).await;
+                drop(in_flight);
                 match &report {
                     Ok(report) if report.in_sync => {
                         tracing::debug!(peer = %peer.id, "catch-up: in sync")
@@ -1080,7 +1270,10 @@ impl Inner {
                 }
             };
             tokio::select! {
-                _ = until_next => {}
+                // Polled in this order (not at random): runs replay exactly in simulation.
+                biased;
+                _ = shutdown.changed() => return,
+                _ = conn.closed() => return,
                 changed = kick.changed() => {
                     if changed.is_err() {
                         return;
@@ -1088,8 +1281,7 @@ impl Inner {
                     let soon = self.soonest_round(&peer, followup);
                     next = Some(next.map_or(soon, |n| n.min(soon)));
                 }
-                _ = conn.closed() => return,
-                _ = shutdown.changed() => return,
+                _ = until_next => {}
             }
         }
     }

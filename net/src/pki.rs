@@ -211,16 +211,8 @@ pub fn ca_init(out_dir: &Path) -> Result<CaFiles, PkiError> {
     }
     std::fs::create_dir_all(out_dir).map_err(io("create directory", out_dir))?;
     let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, CA_COMMON_NAME);
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let now = SystemTime::now();
-    params.not_before = (now - NOT_BEFORE_SKEW).into();
-    params.not_after = (now + days(CA_VALIDITY_DAYS)).into();
-    let cert = params.self_signed(&key)?;
+    let cert = ca_params(now - NOT_BEFORE_SKEW, now + days(CA_VALIDITY_DAYS))?.self_signed(&key)?;
     write_new(&files.key, key.serialize_pem().as_bytes(), KEY_FILE_MODE)?;
     write_new(&files.cert, cert.pem().as_bytes(), CERT_FILE_MODE)?;
     sync_dir(out_dir)?;
@@ -287,6 +279,37 @@ pub fn ca_issue_valid_between(
     })?;
 
     let key = KeyPair::generate()?;
+    let cert = node_params(node_id, not_before, not_after)?.signed_by(&key, &issuer)?;
+    std::fs::create_dir_all(out_dir).map_err(io("create directory", out_dir))?;
+    write_new(&files.key, key.serialize_pem().as_bytes(), KEY_FILE_MODE)?;
+    write_new(&files.cert, cert.pem().as_bytes(), CERT_FILE_MODE)?;
+    sync_dir(out_dir)?;
+    Ok(files)
+}
+
+/// The certificate parameters of a fleet CA valid from `not_before` to `not_after`.
+pub(crate) fn ca_params(
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, CA_COMMON_NAME);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_before = not_before.into();
+    params.not_after = not_after.into();
+    Ok(params)
+}
+
+/// The certificate parameters of `node_id`'s certificate valid from `not_before` to
+/// `not_after` (see the module docs).
+pub(crate) fn node_params(
+    node_id: &NodeId,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::new(vec![node_id.as_str().to_owned()])?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, node_id.as_str());
@@ -300,12 +323,26 @@ pub fn ca_issue_valid_between(
     params.use_authority_key_identifier_extension = true;
     params.not_before = not_before.into();
     params.not_after = not_after.into();
-    let cert = params.signed_by(&key, &issuer)?;
-    std::fs::create_dir_all(out_dir).map_err(io("create directory", out_dir))?;
-    write_new(&files.key, key.serialize_pem().as_bytes(), KEY_FILE_MODE)?;
-    write_new(&files.cert, cert.pem().as_bytes(), CERT_FILE_MODE)?;
-    sync_dir(out_dir)?;
-    Ok(files)
+    Ok(params)
+}
+
+/// An identity from certificates and a key made in memory (simulated fleets); the key must
+/// belong to `cert`.
+#[cfg(feature = "sim")]
+pub(crate) fn identity_in_memory(
+    ca_cert: CertificateDer<'static>,
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+) -> Result<NodeIdentity, String> {
+    let id = node_id_of_cert(&cert)?;
+    let not_after = cert_not_after(&cert)?;
+    Ok(NodeIdentity {
+        id,
+        ca_cert,
+        cert,
+        key,
+        not_after,
+    })
 }
 
 /// Loads a node's identity and checks it before any connection is made: the key file is 0600,

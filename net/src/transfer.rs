@@ -35,12 +35,14 @@ use quinn::{RecvStream, SendStream};
 use store::manifest::{SignedManifest, VerifyError};
 use store::segfile::SegFileError;
 use store::{Begin, Ingest, IngestError, IngestOptions, SegmentId, SegmentReader, Store, Stored};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::clock::Clock;
 use crate::config::NetConfig;
-use crate::limits::{PAYLOAD_CHUNK_BYTES, PAYLOAD_QUEUE_CHUNKS, STOPPED_REASON_WAIT_MS};
+use crate::disk::{
+    self, FromDisk, PayloadReader, PayloadSink, PayloadSource, PayloadWriter, ToDisk, WriterEnd,
+};
+use crate::limits::{PAYLOAD_CHUNK_BYTES, STOPPED_REASON_WAIT_MS};
 use crate::logcap::LogLimiter;
 use crate::pki::NodeId;
 use crate::rate::{Progress, Stalled};
@@ -273,25 +275,18 @@ fn wire_outcome(e: WireError) -> SendOutcome {
 
 /// Drops an ingest on a blocking thread (its drop may remove files and write the index), and
 /// waits for it: the store must be free of it before the claim on its id goes.
-async fn drop_blocking(ingest: Box<Ingest>) {
-    let _ = tokio::task::spawn_blocking(move || drop(ingest)).await;
+async fn drop_blocking(ctx: &Ctx, ingest: Box<Ingest>) {
+    let _ = disk::blocking(ctx.cfg.disk_mode, move || drop(ingest)).await;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Sender.
 
-enum FromDisk {
-    Data(Vec<u8>),
-    Verified,
-    Corrupt(String),
-    Io(String),
-}
-
 /// Opens a stored segment for sending (off the async threads). `Err` is the outcome to report.
 pub(crate) async fn open_for_send(ctx: &Ctx, id: SegmentId) -> Result<SegmentReader, SendOutcome> {
     let store = ctx.store.clone();
     let now = ctx.clock.now_ms();
-    match tokio::task::spawn_blocking(move || store.open_for_read(&id, now)).await {
+    match disk::blocking(ctx.cfg.disk_mode, move || store.open_for_read(&id, now)).await {
         // An expired segment is relayed to nobody, whether pushed or pulled (INV-16): the relay
         // cancels its jobs when they come due, and this keeps catch-up from serving it until
         // the next sweep evicts it.
@@ -323,7 +318,7 @@ pub(crate) async fn send_with(
 ) -> SendOutcome {
     let id = reader.id();
     let m = reader.manifest().manifest();
-    let (payload_len, payload_hash) = (m.payload_len, m.payload_hash);
+    let payload_len = m.payload_len;
     let offer = Msg::Offer {
         manifest: reader.manifest().encode(),
     };
@@ -373,10 +368,7 @@ pub(crate) async fn send_with(
         tracing::info!(peer = %peer, seg_id = %id, offset, "peer resumes a partial transfer");
     }
 
-    let (tx, mut rx) = mpsc::channel::<FromDisk>(PAYLOAD_QUEUE_CHUNKS);
-    let reading = tokio::task::spawn_blocking(move || {
-        read_payload(reader, offset, payload_len, payload_hash, &tx);
-    });
+    let mut source = PayloadSource::start(ctx.cfg.disk_mode, PayloadReader::new(reader, offset));
     enum Stop {
         Stalled(Stalled),
         Write(WireError),
@@ -395,7 +387,7 @@ pub(crate) async fn send_with(
         owed,
     );
     let streamed: Result<(), Stop> = 'stream: loop {
-        match rx.recv().await {
+        match source.next().await {
             Some(FromDisk::Data(buf)) => {
                 let mut pos = 0;
                 while pos < buf.len() {
@@ -421,9 +413,8 @@ pub(crate) async fn send_with(
             None => break Err(Stop::Io("disk reader ended early".into())),
         }
     };
-    drop(rx);
     // The reader (and the eviction lease it holds) is gone once this returns.
-    let _ = reading.await;
+    source.close().await;
     match streamed {
         Ok(()) => {}
         Err(Stop::Corrupt(reason)) => {
@@ -506,90 +497,15 @@ async fn quarantine(ctx: &Ctx, id: SegmentId, reason: &str) {
     let store = ctx.store.clone();
     let now = ctx.clock.now_ms();
     let reason = reason.to_owned();
-    let done = tokio::task::spawn_blocking(move || store.quarantine(&id, &reason, now)).await;
+    let done = disk::blocking(ctx.cfg.disk_mode, move || {
+        store.quarantine(&id, &reason, now)
+    })
+    .await;
     match done {
         Ok(Ok(())) => tracing::error!(seg_id = %id, "segment quarantined"),
         Ok(Err(e)) => tracing::error!(seg_id = %id, error = %e, "quarantine failed"),
         Err(e) => tracing::error!(seg_id = %id, error = %e, "quarantine task failed"),
     }
-}
-
-/// Reads the payload of `reader`, hashing all of it and sending `[offset, len)` in chunks;
-/// ends with `Verified`, `Corrupt` or `Io`. Stops quietly when the network side hangs up.
-fn read_payload(
-    mut reader: SegmentReader,
-    offset: u64,
-    len: u64,
-    expected: [u8; 32],
-    tx: &mpsc::Sender<FromDisk>,
-) {
-    let mut hasher = blake3::Hasher::new();
-    let mut pos = 0u64;
-    let mut prefix_buf = Vec::new();
-    let file = reader.payload();
-    while pos < len {
-        let sending = pos >= offset;
-        let limit = if sending { len - pos } else { offset - pos };
-        // Cannot truncate: at most PAYLOAD_CHUNK_BYTES.
-        let want = limit.min(PAYLOAD_CHUNK_BYTES as u64) as usize;
-        let mut chunk = if sending {
-            vec![0u8; want]
-        } else {
-            prefix_buf.resize(want, 0);
-            std::mem::take(&mut prefix_buf)
-        };
-        match read_full(file, &mut chunk) {
-            Ok(n) if n == want => {}
-            Ok(n) => {
-                let _ = tx.blocking_send(FromDisk::Corrupt(format!(
-                    "file ends at payload byte {} of {len}",
-                    pos + n as u64
-                )));
-                return;
-            }
-            Err(e) => {
-                let _ = tx.blocking_send(FromDisk::Io(e.to_string()));
-                return;
-            }
-        }
-        hasher.update(&chunk);
-        pos += want as u64;
-        if sending {
-            if tx.blocking_send(FromDisk::Data(chunk)).is_err() {
-                return;
-            }
-        } else {
-            prefix_buf = chunk;
-        }
-    }
-    let actual = *hasher.finalize().as_bytes();
-    let end = if actual == expected {
-        FromDisk::Verified
-    } else {
-        FromDisk::Corrupt(format!(
-            "payload hash mismatch: expected {}, got {}",
-            hex(&expected),
-            hex(&actual)
-        ))
-    };
-    let _ = tx.blocking_send(end);
-}
-
-fn hex(bytes: &[u8; 32]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn read_full(r: &mut dyn store::fs::FsRead, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -636,22 +552,6 @@ pub(crate) enum Received {
     /// Another peer took the segment over (the takeover rule); the partial was kept.
     Preempted,
     Failed(String),
-}
-
-enum ToDisk {
-    Data(Vec<u8>),
-    End,
-    /// Cut short: keep what arrived for a resume.
-    Abort,
-    /// Cut short by a sender whose stored copy proved corrupt: what arrived may hold its bad
-    /// bytes, so nothing of it is kept for a resume.
-    Discard,
-}
-
-enum WriterEnd {
-    Stored(Box<Stored<()>>),
-    Failed(IngestError),
-    Aborted,
 }
 
 enum InFail {
@@ -748,7 +648,7 @@ async fn receive_offer(
     }
     // Held (or evicted) already: "have", without waiting for anyone's claim.
     let store = ctx.store.clone();
-    let holding = tokio::task::spawn_blocking(move || store.holding(&id)).await;
+    let holding = disk::blocking(ctx.cfg.disk_mode, move || store.holding(&id)).await;
     if let Ok(Ok(store::Holding::Stored | store::Holding::Tombstoned)) = holding {
         let _ = write_frame(send, &Msg::Have).await;
         let _ = send.finish();
@@ -771,7 +671,10 @@ async fn receive_offer(
     let store = ctx.store.clone();
     let opts = IngestOptions::from_peer(peer.as_str());
     let now = ctx.clock.now_ms();
-    let begun = tokio::task::spawn_blocking(move || store.begin_ingest(signed, &opts, now)).await;
+    let begun = disk::blocking(ctx.cfg.disk_mode, move || {
+        store.begin_ingest(signed, &opts, now)
+    })
+    .await;
     let ingest = match begun {
         Err(e) => return reject(ctx, send, RejectReason::Internal, format!("{e}")).await,
         Ok(Ok(Begin::Have(_))) => {
@@ -801,21 +704,19 @@ async fn receive_offer(
     };
     let offset = ingest.resume_offset();
     if let Err(e) = write_frame(send, &Msg::Want { offset }).await {
-        drop_blocking(ingest).await;
+        drop_blocking(ctx, ingest).await;
         return Received::Failed(e.to_string());
     }
 
-    let (tx, rx) = mpsc::channel::<ToDisk>(PAYLOAD_QUEUE_CHUNKS);
-    let writer = {
-        let clock = ctx.clock.clone();
-        let hooks = ctx.hooks.clone();
-        let peer = peer.clone();
-        let checkpoint_bytes = ctx.cfg.checkpoint_bytes;
-        tokio::task::spawn_blocking(move || {
-            write_payload(ingest, rx, clock, hooks, peer, checkpoint_bytes)
-        })
-    };
-    let pumped = pump_in(ctx, recv, &tx, payload_len - offset, &claim).await;
+    let writer = PayloadWriter::new(
+        ingest,
+        ctx.clock.clone(),
+        ctx.hooks.clone(),
+        peer.clone(),
+        ctx.cfg.checkpoint_bytes,
+    );
+    let mut sink = PayloadSink::start(ctx.cfg.disk_mode, writer);
+    let pumped = pump_in(ctx, recv, &mut sink, payload_len - offset, &claim).await;
     // Mutation point (INV-03): the sender hears "stored" once the bytes are in, before the disk
     // thread verified, synced and committed them.
     let acked_early = pumped.is_ok() && store::mutants::active("ack_before_commit");
@@ -828,9 +729,8 @@ async fn receive_offer(
         Err(_) => ToDisk::Abort,
     };
     // The writer may have stopped already (a disk error): then this send fails, which is fine.
-    let _ = tx.send(to_disk).await;
-    drop(tx);
-    let written = writer.await;
+    let _ = sink.send(to_disk).await;
+    let written = sink.finish().await;
     match (pumped, written) {
         (_, Ok(WriterEnd::Failed(e))) => {
             let reason = ingest_reason(&e);
@@ -914,7 +814,7 @@ pub(crate) fn takeover_wait(cfg: &NetConfig) -> Duration {
 async fn pump_in(
     ctx: &Ctx,
     recv: &mut RecvStream,
-    tx: &mpsc::Sender<ToDisk>,
+    sink: &mut PayloadSink,
     mut remaining: u64,
     claim: &Claim,
 ) -> Result<(), InFail> {
@@ -974,7 +874,7 @@ async fn pump_in(
                 if filled > 0 {
                     buf.truncate(filled);
                     bump(&ctx.stats.payload_bytes_received, filled as u64);
-                    let _ = tx.send(ToDisk::Data(buf)).await;
+                    let _ = sink.send(ToDisk::Data(buf)).await;
                 }
                 return Err(fail);
             }
@@ -986,12 +886,12 @@ async fn pump_in(
             held.push(buf);
             continue;
         }
-        if tx.send(ToDisk::Data(buf)).await.is_err() {
+        if sink.send(ToDisk::Data(buf)).await.is_err() {
             return Err(InFail::WriterGone);
         }
     }
     for buf in held {
-        if tx.send(ToDisk::Data(buf)).await.is_err() {
+        if sink.send(ToDisk::Data(buf)).await.is_err() {
             return Err(InFail::WriterGone);
         }
     }
@@ -1011,56 +911,6 @@ async fn pump_in(
 fn is_local_corrupt(code: u64) -> bool {
     StreamCode::from_varint(quinn::VarInt::from_u64(code).unwrap_or(quinn::VarInt::MAX))
         == Some(StreamCode::LocalCorrupt)
-}
-
-/// The disk thread of a receive: writes (and hashes) chunks, checkpoints, and finishes.
-fn write_payload(
-    mut ingest: Box<Ingest>,
-    mut rx: mpsc::Receiver<ToDisk>,
-    clock: Arc<dyn Clock>,
-    hooks: Arc<dyn NetHooks>,
-    peer: NodeId,
-    checkpoint_bytes: u64,
-) -> WriterEnd {
-    let mut since_checkpoint = 0u64;
-    while let Some(msg) = rx.blocking_recv() {
-        match msg {
-            ToDisk::Data(buf) => {
-                if let Err(e) = ingest.write(&buf) {
-                    return WriterEnd::Failed(e);
-                }
-                since_checkpoint += buf.len() as u64;
-                if since_checkpoint >= checkpoint_bytes {
-                    if let Err(e) = ingest.checkpoint(clock.now_ms()) {
-                        return WriterEnd::Failed(e);
-                    }
-                    since_checkpoint = 0;
-                }
-            }
-            ToDisk::End => {
-                let now = clock.now_ms();
-                let finished =
-                    ingest.finish(now, move |txn, stored| hooks.on_stored(txn, stored, &peer));
-                return match finished {
-                    Ok(stored) => WriterEnd::Stored(Box::new(stored)),
-                    Err(e) => WriterEnd::Failed(e),
-                };
-            }
-            ToDisk::Abort => break,
-            ToDisk::Discard => {
-                ingest.discard();
-                return WriterEnd::Aborted;
-            }
-        }
-    }
-    // Cut short: make what arrived durable so the next attempt resumes after it.
-    if since_checkpoint > 0 {
-        if let Err(e) = ingest.checkpoint(clock.now_ms()) {
-            // A local disk failure, not the peer's doing: never rate-limited.
-            tracing::warn!(seg_id = %ingest.id(), error = %e, "checkpoint of an interrupted transfer failed");
-        }
-    }
-    WriterEnd::Aborted
 }
 
 /// Reads the first frame of a stream the peer opened, bounded by the response timeout.

@@ -227,3 +227,31 @@ async fn unknown_peer_and_unknown_segment() {
         SendOutcome::NotStored
     );
 }
+
+/// The disk seam: with every store call and disk step inline on the async tasks (as a
+/// simulation runs them), a push and a catch-up behave as with threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inv_03_inv_15_inline_disk_mode_delivers_and_catches_up() {
+    logs();
+    let fleet = Fleet::new();
+    let planned = plan(&["a", "b"], 1 << 30);
+    let pushed = seed(&planned[0].store, 40, SEG_BYTES);
+    let pulled = seed(&planned[0].store, 41, 200_000);
+    let nodes = start(&fleet, planned, &[("a", "b")], |cfg| {
+        cfg.disk_mode = net::DiskMode::Inline;
+    });
+    let (a, b) = (&nodes[0], &nodes[1]);
+    assert_eq!(
+        a.node.send_segment(&b.id(), pushed).await,
+        SendOutcome::Delivered
+    );
+    assert_eq!(
+        a.node.send_segment(&b.id(), pushed).await,
+        SendOutcome::Have
+    );
+    let report = b.node.catch_up(&a.id()).await.expect("round");
+    assert_eq!((report.pulled, report.stored), (1, 1), "{report:?}");
+    let mut want = vec![pushed, pulled];
+    want.sort();
+    assert_eq!(stored_ids(&b.store), want);
+}

@@ -1,0 +1,432 @@
+//! The disk side of the network layer, as discrete steps, and the one seam that decides where
+//! they run.
+//!
+//! A sender reads and hashes its stored copy one chunk per [`PayloadReader::step`]; a receiver
+//! writes, hashes and checkpoints one chunk per [`PayloadWriter::step`] and finishes with the
+//! last. Neither knows about threads: [`PayloadSource`] and [`PayloadSink`] run them, and every
+//! other store call of the network layer goes through [`blocking`]. All three follow
+//! [`DiskMode`]:
+//!
+//! - [`DiskMode::Threads`] (production): the disk and the hashing stay off the async worker
+//!   threads (MEASUREMENTS.md: inline hashing and writing halves throughput). A transfer's
+//!   steps loop on one blocking thread, fed through a channel [`PAYLOAD_QUEUE_CHUNKS`] deep, so
+//!   memory per transfer is bounded whatever the segment size (INV-20).
+//! - [`DiskMode::Inline`]: every step runs on the calling async task, in order, with no thread
+//!   and no channel — what a deterministic simulation of a fleet needs. The same code ships; the
+//!   mode is a runtime value of [`crate::NetConfig::disk_mode`].
+
+use std::sync::Arc;
+
+use store::{Ingest, IngestError, SegmentReader, Stored};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::limits::{PAYLOAD_CHUNK_BYTES, PAYLOAD_QUEUE_CHUNKS};
+use crate::pki::NodeId;
+use crate::transfer::NetHooks;
+
+/// Where the network layer runs its store calls and disk steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DiskMode {
+    /// On tokio's blocking threads (`spawn_blocking`), a transfer's chunks through a bounded
+    /// channel. The default, and the only mode for a node serving real traffic.
+    #[default]
+    Threads,
+    /// On the calling async task: deterministic, no threads. For simulations, where the
+    /// store is simulated too and a blocking call costs no real time.
+    Inline,
+}
+
+/// A store call run on a blocking thread that panicked or was cancelled.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct DiskTaskFailed(String);
+
+/// Runs one blocking store call as `mode` says.
+pub(crate) async fn blocking<T, F>(mode: DiskMode, f: F) -> Result<T, DiskTaskFailed>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    match mode {
+        DiskMode::Threads => tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| DiskTaskFailed(e.to_string())),
+        DiskMode::Inline => Ok(f()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sender: read and verify.
+
+/// What the disk side of a send hands the network side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FromDisk {
+    /// Payload bytes to send, at most [`PAYLOAD_CHUNK_BYTES`].
+    Data(Vec<u8>),
+    /// The whole payload was read and hashes to its manifest: the send may be finished.
+    Verified,
+    /// The stored copy is corrupt (short, or its hash differs): the send must be aborted.
+    Corrupt(String),
+    /// A local read error.
+    Io(String),
+}
+
+impl FromDisk {
+    fn is_end(&self) -> bool {
+        !matches!(self, FromDisk::Data(_))
+    }
+}
+
+/// One step of a [`PayloadReader`].
+#[derive(Debug)]
+pub(crate) enum ReadStep {
+    /// A chunk before the resume offset was read and hashed; nothing to send.
+    Skipped,
+    /// Something for the network side (the last step gives an end: `Verified`, `Corrupt`,
+    /// `Io`).
+    Out(FromDisk),
+}
+
+/// Reads the payload of a stored segment one chunk per step, hashing all of it (the prefix
+/// before `offset` too) and handing over `[offset, len)`.
+pub(crate) struct PayloadReader {
+    reader: SegmentReader,
+    offset: u64,
+    len: u64,
+    expected: [u8; 32],
+    hasher: blake3::Hasher,
+    pos: u64,
+    /// The prefix is hashed through one reused buffer.
+    prefix_buf: Vec<u8>,
+}
+
+impl PayloadReader {
+    pub fn new(reader: SegmentReader, offset: u64) -> Self {
+        let m = reader.manifest().manifest();
+        let (len, expected) = (m.payload_len, m.payload_hash);
+        PayloadReader {
+            reader,
+            offset,
+            len,
+            expected,
+            hasher: blake3::Hasher::new(),
+            pos: 0,
+            prefix_buf: Vec::new(),
+        }
+    }
+
+    /// Reads and hashes the next chunk; after the last one, judges the hash.
+    pub fn step(&mut self) -> ReadStep {
+        let len = self.len;
+        if self.pos >= len {
+            let actual = *self.hasher.finalize().as_bytes();
+            return ReadStep::Out(if actual == self.expected {
+                FromDisk::Verified
+            } else {
+                FromDisk::Corrupt(format!(
+                    "payload hash mismatch: expected {}, got {}",
+                    hex(&self.expected),
+                    hex(&actual)
+                ))
+            });
+        }
+        let sending = self.pos >= self.offset;
+        let limit = if sending {
+            len - self.pos
+        } else {
+            self.offset - self.pos
+        };
+        // Cannot truncate: at most PAYLOAD_CHUNK_BYTES.
+        let want = limit.min(PAYLOAD_CHUNK_BYTES as u64) as usize;
+        let mut chunk = if sending {
+            vec![0u8; want]
+        } else {
+            self.prefix_buf.resize(want, 0);
+            std::mem::take(&mut self.prefix_buf)
+        };
+        match read_full(self.reader.payload(), &mut chunk) {
+            Ok(n) if n == want => {}
+            Ok(n) => {
+                return ReadStep::Out(FromDisk::Corrupt(format!(
+                    "file ends at payload byte {} of {len}",
+                    self.pos + n as u64
+                )));
+            }
+            Err(e) => return ReadStep::Out(FromDisk::Io(e.to_string())),
+        }
+        self.hasher.update(&chunk);
+        self.pos += want as u64;
+        if sending {
+            ReadStep::Out(FromDisk::Data(chunk))
+        } else {
+            self.prefix_buf = chunk;
+            ReadStep::Skipped
+        }
+    }
+
+    /// The next step with something for the network side.
+    fn next_out(&mut self) -> FromDisk {
+        // Bounded: every skipped step advances `pos` by a chunk towards `offset`.
+        loop {
+            if let ReadStep::Out(out) = self.step() {
+                return out;
+            }
+        }
+    }
+}
+
+fn hex(bytes: &[u8; 32]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn read_full(r: &mut dyn store::fs::FsRead, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// A [`PayloadReader`] run as the [`DiskMode`] says.
+pub(crate) enum PayloadSource {
+    Thread {
+        rx: mpsc::Receiver<FromDisk>,
+        task: JoinHandle<()>,
+    },
+    /// `None` once the reader gave its end (its lease is released then).
+    Inline(Option<Box<PayloadReader>>),
+}
+
+impl PayloadSource {
+    pub fn start(mode: DiskMode, mut reader: PayloadReader) -> Self {
+        match mode {
+            DiskMode::Inline => PayloadSource::Inline(Some(Box::new(reader))),
+            DiskMode::Threads => {
+                let (tx, rx) = mpsc::channel::<FromDisk>(PAYLOAD_QUEUE_CHUNKS);
+                let task = tokio::task::spawn_blocking(move || {
+                    loop {
+                        let out = reader.next_out();
+                        let end = out.is_end();
+                        // The network side hung up: stop quietly.
+                        if tx.blocking_send(out).is_err() || end {
+                            return;
+                        }
+                    }
+                });
+                PayloadSource::Thread { rx, task }
+            }
+        }
+    }
+
+    /// The next chunk or the end; `None` when the disk side stopped without one.
+    pub async fn next(&mut self) -> Option<FromDisk> {
+        match self {
+            PayloadSource::Thread { rx, .. } => rx.recv().await,
+            PayloadSource::Inline(slot) => {
+                let out = slot.as_mut()?.next_out();
+                if out.is_end() {
+                    *slot = None;
+                }
+                Some(out)
+            }
+        }
+    }
+
+    /// Stops the disk side and waits until the reader (and the eviction lease it holds) is gone.
+    pub async fn close(self) {
+        match self {
+            PayloadSource::Thread { rx, task } => {
+                drop(rx);
+                let _ = task.await;
+            }
+            PayloadSource::Inline(reader) => drop(reader),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Receiver: write, checkpoint, finish.
+
+/// What the network side of a receive hands the disk side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ToDisk {
+    Data(Vec<u8>),
+    /// Every byte arrived and the stream ended: verify, sync, commit.
+    End,
+    /// Cut short: keep what arrived for a resume.
+    Abort,
+    /// Cut short by a sender whose stored copy proved corrupt: what arrived may hold its bad
+    /// bytes, so nothing of it is kept for a resume.
+    Discard,
+}
+
+/// How the disk side of a receive ended.
+#[derive(Debug)]
+pub(crate) enum WriterEnd {
+    Stored(Box<Stored<()>>),
+    Failed(IngestError),
+    Aborted,
+}
+
+/// Writes (and hashes) a received payload one chunk per step, checkpoints every
+/// `checkpoint_bytes`, and finishes — the commit also runs the node's `on_stored` hook.
+pub(crate) struct PayloadWriter {
+    /// `None` once the writer ended (the ingest was finished, discarded or dropped).
+    ingest: Option<Box<Ingest>>,
+    clock: Arc<dyn Clock>,
+    hooks: Arc<dyn NetHooks>,
+    peer: NodeId,
+    checkpoint_bytes: u64,
+    since_checkpoint: u64,
+}
+
+impl PayloadWriter {
+    pub fn new(
+        ingest: Box<Ingest>,
+        clock: Arc<dyn Clock>,
+        hooks: Arc<dyn NetHooks>,
+        peer: NodeId,
+        checkpoint_bytes: u64,
+    ) -> Self {
+        PayloadWriter {
+            ingest: Some(ingest),
+            clock,
+            hooks,
+            peer,
+            checkpoint_bytes,
+            since_checkpoint: 0,
+        }
+    }
+
+    /// Runs one step; `Some` when the writer ended with it (later steps are ignored).
+    pub fn step(&mut self, msg: ToDisk) -> Option<WriterEnd> {
+        let ingest = self.ingest.as_mut()?;
+        let end = match msg {
+            ToDisk::Data(buf) => {
+                if let Err(e) = ingest.write(&buf) {
+                    WriterEnd::Failed(e)
+                } else {
+                    self.since_checkpoint += buf.len() as u64;
+                    if self.since_checkpoint < self.checkpoint_bytes {
+                        return None;
+                    }
+                    if let Err(e) = ingest.checkpoint(self.clock.now_ms()) {
+                        WriterEnd::Failed(e)
+                    } else {
+                        self.since_checkpoint = 0;
+                        return None;
+                    }
+                }
+            }
+            ToDisk::End => {
+                let ingest = self.ingest.take()?;
+                let (hooks, peer) = (self.hooks.clone(), self.peer.clone());
+                let now = self.clock.now_ms();
+                match ingest.finish(now, move |txn, stored| hooks.on_stored(txn, stored, &peer)) {
+                    Ok(stored) => WriterEnd::Stored(Box::new(stored)),
+                    Err(e) => WriterEnd::Failed(e),
+                }
+            }
+            ToDisk::Abort => {
+                self.checkpoint_partial();
+                WriterEnd::Aborted
+            }
+            ToDisk::Discard => {
+                if let Some(ingest) = self.ingest.take() {
+                    ingest.discard();
+                }
+                WriterEnd::Aborted
+            }
+        };
+        // Dropping an ingest may remove files and write the index: here, on the disk side.
+        self.ingest = None;
+        Some(end)
+    }
+
+    /// Cut short: make what arrived durable so the next attempt resumes after it.
+    fn checkpoint_partial(&mut self) {
+        let Some(ingest) = self.ingest.as_mut() else {
+            return;
+        };
+        if self.since_checkpoint > 0 {
+            if let Err(e) = ingest.checkpoint(self.clock.now_ms()) {
+                // A local disk failure, not the peer's doing: never rate-limited.
+                tracing::warn!(seg_id = %ingest.id(), error = %e, "checkpoint of an interrupted transfer failed");
+            }
+        }
+    }
+}
+
+/// The disk side stopped taking chunks (it ended with a failure, or its thread is gone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SinkGone;
+
+/// A [`PayloadWriter`] run as the [`DiskMode`] says.
+pub(crate) enum PayloadSink {
+    Thread {
+        tx: mpsc::Sender<ToDisk>,
+        task: JoinHandle<WriterEnd>,
+    },
+    Inline {
+        writer: Box<PayloadWriter>,
+        end: Option<WriterEnd>,
+    },
+}
+
+impl PayloadSink {
+    pub fn start(mode: DiskMode, mut writer: PayloadWriter) -> Self {
+        match mode {
+            DiskMode::Inline => PayloadSink::Inline {
+                writer: Box::new(writer),
+                end: None,
+            },
+            DiskMode::Threads => {
+                let (tx, mut rx) = mpsc::channel::<ToDisk>(PAYLOAD_QUEUE_CHUNKS);
+                let task = tokio::task::spawn_blocking(move || {
+                    while let Some(msg) = rx.blocking_recv() {
+                        if let Some(end) = writer.step(msg) {
+                            return end;
+                        }
+                    }
+                    // The network side hung up without a verdict: as if it had aborted.
+                    writer.step(ToDisk::Abort).unwrap_or(WriterEnd::Aborted)
+                });
+                PayloadSink::Thread { tx, task }
+            }
+        }
+    }
+
+    /// Hands one step to the disk side (waits while its queue is full).
+    pub async fn send(&mut self, msg: ToDisk) -> Result<(), SinkGone> {
+        match self {
+            PayloadSink::Thread { tx, .. } => tx.send(msg).await.map_err(|_| SinkGone),
+            PayloadSink::Inline { end: Some(_), .. } => Err(SinkGone),
+            PayloadSink::Inline { writer, end } => {
+                *end = writer.step(msg);
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits for the disk side's end (a writer given no verdict aborts).
+    pub async fn finish(self) -> Result<WriterEnd, DiskTaskFailed> {
+        match self {
+            PayloadSink::Thread { tx, task } => {
+                drop(tx);
+                task.await.map_err(|e| DiskTaskFailed(e.to_string()))
+            }
+            PayloadSink::Inline { end: Some(end), .. } => Ok(end),
+            PayloadSink::Inline {
+                mut writer,
+                end: None,
+            } => Ok(writer.step(ToDisk::Abort).unwrap_or(WriterEnd::Aborted)),
+        }
+    }
+}
