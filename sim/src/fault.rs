@@ -15,6 +15,9 @@ pub const FAULT_WINDOW_MS: u64 = 60_000;
 pub const FAULTS_MAX: usize = 4;
 /// Longest a crashed node stays down (it is back at the heal at the latest).
 pub const DOWN_MS_MAX: u64 = 20_000;
+/// A power loss may be armed to strike after up to this many more disk operations of the node
+/// (in the middle of an ingest, a commit, a checkpoint), instead of between two of them.
+pub const CRASH_AFTER_OPS_MAX: u64 = 400;
 /// Largest wall-clock step of a clock jump, either way.
 pub const CLOCK_JUMP_MS_MAX: i64 = 10 * 60 * 1_000;
 /// Largest burst of failing writes of a full disk.
@@ -52,7 +55,13 @@ pub enum Fault {
         link: LinkFault,
     },
     /// Power loss at `node` (only what was durable survives); it boots again `down_ms` later.
-    Crash { node: usize, down_ms: u64 },
+    /// `after_ops` > 0: the power goes after that many more disk operations of the node (or at
+    /// the boot time, if they do not come); until the boot its disk fails every operation.
+    Crash {
+        node: usize,
+        down_ms: u64,
+        after_ops: u64,
+    },
     /// `node`'s wall clock steps by `delta_ms` (negative: backwards); monotonic time is unaffected.
     ClockJump { node: usize, delta_ms: i64 },
     /// `node`'s disk is full: its next `writes` file-system operations (space queries included)
@@ -71,7 +80,19 @@ impl fmt::Display for Fault {
                 "degrade n{from} -> n{to} loss={} delay={}±{} dup={} reorder={}",
                 link.loss_ppm, link.delay_ms, link.jitter_ms, link.duplicate_ppm, link.reorder_ppm
             ),
-            Fault::Crash { node, down_ms } => write!(f, "power loss n{node} for {down_ms} ms"),
+            Fault::Crash {
+                node,
+                down_ms,
+                after_ops: 0,
+            } => write!(f, "power loss n{node} for {down_ms} ms"),
+            Fault::Crash {
+                node,
+                down_ms,
+                after_ops,
+            } => write!(
+                f,
+                "power loss n{node} after {after_ops} disk ops, boot in {down_ms} ms"
+            ),
             Fault::ClockJump { node, delta_ms } => write!(f, "clock n{node} {delta_ms:+} ms"),
             Fault::DiskFull { node, writes } => write!(f, "disk full n{node} for {writes} writes"),
         }
@@ -149,6 +170,11 @@ fn draw_fault(rng: &mut impl Rng, n: usize, left_ms: u64) -> Fault {
         4 => Fault::Crash {
             node,
             down_ms: rng.random_range(0..=DOWN_MS_MAX.min(left_ms)),
+            after_ops: if rng.random_bool(0.5) {
+                0
+            } else {
+                rng.random_range(1..=CRASH_AFTER_OPS_MAX)
+            },
         },
         5 => Fault::ClockJump {
             node,
@@ -205,9 +231,15 @@ mod tests {
                     Fault::OneWay { from, to } | Fault::Degrade { from, to, .. } => {
                         assert!(from != to && *from < n && *to < n)
                     }
-                    Fault::Crash { node, down_ms } => {
-                        assert!(*node < n && t.at_ms + down_ms <= plan.heal_at_ms)
-                    }
+                    Fault::Crash {
+                        node,
+                        down_ms,
+                        after_ops,
+                    } => assert!(
+                        *node < n
+                            && t.at_ms + down_ms <= plan.heal_at_ms
+                            && *after_ops <= CRASH_AFTER_OPS_MAX
+                    ),
                     Fault::ClockJump { node, delta_ms } => {
                         assert!(*node < n && delta_ms.abs() <= CLOCK_JUMP_MS_MAX)
                     }

@@ -10,6 +10,7 @@ use relay::{PeerId, RelayConfig};
 use store::{Holding, IngestOptions, IngestOutcome, SegmentId, StoreConfig};
 use tokio::time::Instant;
 
+use crate::check::{self, Violation};
 use crate::error::SimError;
 use crate::fault::{Fault, LinkFault};
 use crate::identity::{NODES_MAX, SIM_START_MS, fleet_identities, node_name};
@@ -47,6 +48,8 @@ pub struct Fleet {
     start: Instant,
     /// Directed link states other than healthy, as the faults left them.
     links: BTreeMap<(usize, usize), Link>,
+    /// Violations seen during the run (checked when a node boots after a power loss).
+    pub violations: Vec<Violation>,
     /// Segments whose import some node acknowledged.
     pub acked_imports: BTreeMap<SegmentId, BTreeSet<usize>>,
     /// Imports not acknowledged yet (the node was down or its disk full): retried after heal.
@@ -98,6 +101,7 @@ impl Fleet {
             links: BTreeMap::new(),
             acked_imports: BTreeMap::new(),
             owed_imports: Vec::new(),
+            violations: Vec::new(),
         };
         fleet.trace.line(0, format!("fleet {n} nodes {topology:?}"));
         for i in 0..n {
@@ -128,6 +132,9 @@ impl Fleet {
             Ok(()) => {
                 let boots = self.nodes[i].boots;
                 self.note(format!("n{i} up (boot {boots})"));
+                if boots > 1 {
+                    self.check_acked_survived(i);
+                }
                 Ok(())
             }
             Err(e @ (SimError::Store { .. } | SimError::Relay { .. })) => {
@@ -136,6 +143,45 @@ impl Fleet {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// INV-03 at a reboot: every segment a peer's ledger records as delivered to node `i` —
+    /// which `i` acknowledged (or answered "have") before it went down — is in the store `i`
+    /// recovered from its disk.
+    fn check_acked_survived(&mut self, i: usize) {
+        let me = node_name(i);
+        let mut lost = Vec::new();
+        for (s, sender) in self.nodes.iter().enumerate() {
+            let Some(relay) = sender.relay() else {
+                continue;
+            };
+            for (key, row) in relay.all_jobs().unwrap_or_default() {
+                if key.peer.as_str() == me
+                    && row.state == relay::tables::JobState::Delivered
+                    && !self.holds(i, &key.seg)
+                {
+                    lost.push(format!("{} (acknowledged to n{s})", key.seg.short()));
+                }
+            }
+        }
+        for what in lost {
+            self.note(format!("n{i} lost {what}"));
+            self.violations.push(Violation {
+                check: check::ACKED_NOT_LOST,
+                invariants: &["INV-03"],
+                detail: format!("n{i} rebooted without {what}"),
+            });
+        }
+    }
+
+    /// Restarts node `i` after a power loss that was armed to strike mid-operation.
+    pub async fn restart_after_armed_power_loss(&mut self, i: usize) -> Result<(), SimError> {
+        if self.nodes[i].is_up() {
+            let dead = self.nodes[i].fs().is_dead();
+            self.note(format!("n{i} power lost (struck mid-run: {dead})"));
+            self.nodes[i].power_loss(&self.simnet).await;
+        }
+        self.boot(i)
     }
 
     /// Imports a segment the way `edged import` does; an import that fails is owed and retried.
@@ -222,9 +268,14 @@ impl Fleet {
                 self.block_between(left, &right);
             }
             Fault::Degrade { from, to, link } => self.set_link(*from, *to, to_link(link)),
-            Fault::Crash { node, .. } => {
+            Fault::Crash {
+                node, after_ops: 0, ..
+            } => {
                 self.nodes[*node].power_loss(&self.simnet).await;
             }
+            Fault::Crash {
+                node, after_ops, ..
+            } => self.nodes[*node].arm_power_loss(*after_ops),
             Fault::ClockJump { node, delta_ms } => self.nodes[*node].jump_clock(*delta_ms),
             Fault::DiskFull { node, writes } => self.nodes[*node].fill_disk(*writes),
         }

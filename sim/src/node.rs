@@ -213,6 +213,13 @@ impl SimNode {
     /// Starts the daemon's parts on the current disk, as `edged run` does: store (recovering),
     /// ledger, network node with the relay's hooks, executor over the node.
     pub fn boot(&mut self, simnet: &SimNet) -> Result<(), SimError> {
+        if self.fs.is_dead() {
+            // An armed power loss struck while the node was down (during a boot): the machine
+            // comes back with the disk's image frozen at that moment.
+            self.syncs_after_failed_sync_before += self.fs.syncs_after_failed_sync();
+            self.disk_faults_armed = 0;
+            self.fs = self.fs.crash_image();
+        }
         let name = self.spec.name.clone();
         let now = self.clock.now_ms();
         let fs: Arc<dyn Fs> = Arc::new(self.fs.clone());
@@ -290,6 +297,15 @@ impl SimNode {
         // The crash image carries no faults.
         self.disk_faults_armed = 0;
         self.fs = image;
+    }
+
+    /// Arms a power loss `ops` disk operations from now: from then on every operation fails and
+    /// the disk's crash image is frozen there ([`SimNode::power_loss`] then boots from it).
+    pub fn arm_power_loss(&self, ops: u64) {
+        self.fs.inject(Fault {
+            at_op: self.fs.op_count() + ops,
+            kind: FaultKind::PowerLoss,
+        });
     }
 
     /// A full disk: the next `writes` write operations fail with ENOSPC, whenever they come

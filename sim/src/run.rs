@@ -172,6 +172,8 @@ enum Step {
     Fault(Fault),
     /// A crashed node boots again.
     Boot(usize),
+    /// A node whose power loss was armed mid-operation goes down (if still up) and boots.
+    Restart(usize),
 }
 
 /// Runs `scenario`'s workload under `plan` on a fresh simulated network seeded `net_seed`, on
@@ -212,9 +214,19 @@ async fn drive(
     }
     for timed in &plan.faults {
         steps.insert((timed.at_ms, steps.len()), Step::Fault(timed.fault.clone()));
-        if let Fault::Crash { node, down_ms } = timed.fault {
+        if let Fault::Crash {
+            node,
+            down_ms,
+            after_ops,
+        } = timed.fault
+        {
             let back = (timed.at_ms + down_ms).min(plan.heal_at_ms);
-            steps.insert((back, steps.len()), Step::Boot(node));
+            let step = if after_ops == 0 {
+                Step::Boot(node)
+            } else {
+                Step::Restart(node)
+            };
+            steps.insert((back, steps.len()), step);
         }
     }
     while let Some(((at_ms, _), step)) = steps.pop_first() {
@@ -224,6 +236,7 @@ async fn drive(
             Step::Fault(fault) => fleet.apply(&fault).await?,
             Step::Boot(node) if !fleet.nodes[node].is_up() => fleet.boot(node)?,
             Step::Boot(_) => {}
+            Step::Restart(node) => fleet.restart_after_armed_power_loss(node).await?,
         }
     }
     fleet.sleep_until(plan.heal_at_ms).await;
@@ -249,7 +262,7 @@ async fn drive(
             state.summary()
         ),
     );
-    let mut violations = Vec::new();
+    let mut violations = std::mem::take(&mut fleet.violations);
     if converged_after_heal_ms.is_none() {
         violations.push(Violation {
             check: check::CONVERGES,
