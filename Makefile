@@ -14,7 +14,7 @@ PURE_CORES_TESTS = --lib --test model
 # machine from calling a slow test a timeout.
 MUTANTS_TEST_TIMEOUT_MIN_S = 120
 
-.PHONY: build test lint bench demo mutants edge-fi edge-fi-quick clean
+.PHONY: build test lint bench demo mutants edge-fi edge-fi-quick sim sim-soak clean
 
 build:
 	$(CARGO) build --release --workspace
@@ -71,6 +71,20 @@ edge-fi:
 edge-fi-quick:
 	./scripts/fi-deps.sh
 	$(EDGE_FI) all --quick $(EDGE_FI_FLAGS)
+
+## The fleet simulation (crate edge-sim; `make test` runs it too): 500 seeds, each a fleet of real
+## stores, ledgers, executors and network nodes on a simulated network and power-loss disks,
+## under a seeded fault plan, healed, converged and checked. A failing seed prints its replay
+## command (EDGE_SIM_SEED=<seed>).
+sim:
+	$(CARGO) nextest run --locked -p edge-sim --features sim
+
+## The long soak before a release (not run in CI): SIM_SOAK_SEEDS seeds from SIM_SOAK_FIRST, on
+## every core, optimised.
+SIM_SOAK_SEEDS ?= 20000
+SIM_SOAK_FIRST ?= 0
+sim-soak:
+	$(CARGO) run --release --locked -p edge-sim --features sim -- $(SIM_SOAK_SEEDS) $(SIM_SOAK_FIRST)
 
 ## Benchmarks (not run in CI): medians of several runs, next to this machine's baselines.
 bench:

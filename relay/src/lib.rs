@@ -21,6 +21,9 @@
 //! - `harness` (feature `sim`; test machinery, not shipped): an in-process multi-node network
 //!   on virtual time whose discrete-event loop is the other shell around the same core (seeded
 //!   and replayable), plus an in-memory transport for the tokio executor.
+//! - `quic` (feature `net`): the relay over the network layer — the `Transport` over a
+//!   `net::Node` and the `NetHooks` back into the relay; the daemon and the fleet simulator
+//!   both run it.
 //! - [`limits`]: every bound, and [`RelayConfig`] with its documented defaults.
 #![forbid(unsafe_code)]
 
@@ -35,6 +38,8 @@ pub mod harness;
 pub mod ledger;
 pub mod limits;
 pub mod peer;
+#[cfg(feature = "net")]
+pub mod quic;
 pub mod relay;
 pub mod tables;
 pub mod transport;

@@ -146,8 +146,8 @@ async fn serve(cfg: Config) -> CliResult {
     let counters = Arc::new(Counters::default());
     let hooks = Arc::new(wiring::Hooks::new(
         relay.clone(),
-        counters.clone(),
         clock.clone(),
+        counters.clone(),
     ));
     let mut setup = net::NodeSetup::new(cfg.net.clone(), identity, store.clone());
     setup.hooks = hooks;
