@@ -6,13 +6,17 @@
 //! - [`clock`]: the clock seam ([`Clock`]: wall-clock UTC milliseconds and tokio's monotonic
 //!   time), the real clock, a virtual one for paused runtimes, and the one rule that says when
 //!   the wall clock jumped ([`clock::wall_clock_jump_ms`]).
+//! - [`DiskMode`]: where blocking storage work runs — on blocking threads (production) or inline
+//!   (deterministic simulation); the relay and the network layer take the same value.
 //!
 //! The daemon creates one clock and hands the same `Arc<dyn Clock>` to the relay, the network
 //! layer and its own services; tests and simulations hand a [`clock::VirtualClock`] instead.
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod disk_mode;
 pub mod node_id;
 
 pub use clock::{Clock, SystemClock, VirtualClock};
+pub use disk_mode::DiskMode;
 pub use node_id::{NODE_ID_BYTES_MAX, NodeId, NodeIdError};

@@ -26,17 +26,9 @@ use crate::limits::{PAYLOAD_CHUNK_BYTES, PAYLOAD_QUEUE_CHUNKS};
 use crate::pki::NodeId;
 use crate::transfer::NetHooks;
 
-/// Where the network layer runs its store calls and disk steps.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum DiskMode {
-    /// On tokio's blocking threads (`spawn_blocking`), a transfer's chunks through a bounded
-    /// channel. The default, and the only mode for a node serving real traffic.
-    #[default]
-    Threads,
-    /// On the calling async task: deterministic, no threads. For simulations, where the
-    /// store is simulated too and a blocking call costs no real time.
-    Inline,
-}
+/// Where the network layer runs its store calls and disk steps (the seam is `base`'s, shared
+/// with the relay's ledger).
+pub use base::DiskMode;
 
 /// A store call run on a blocking thread that panicked or was cancelled.
 #[derive(Debug, thiserror::Error)]

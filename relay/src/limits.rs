@@ -10,6 +10,8 @@
 
 use std::collections::BTreeSet;
 
+use base::DiskMode;
+
 use crate::peer::NodeId;
 
 /// Most known peers a node may have. The scheduler looks at every peer with ready jobs when it
@@ -108,6 +110,11 @@ pub struct RelayConfig {
     /// within this. With nothing pending it sleeps until woken. Default
     /// [`WAKE_INTERVAL_MAX_MS_DEFAULT`].
     pub wake_interval_max_ms: u64,
+    /// Where the async ledger operations wait for their commit: on a blocking thread
+    /// ([`DiskMode::Threads`], the default and the only mode for a daemon) or on the calling
+    /// task ([`DiskMode::Inline`], for deterministic simulations on one thread). Not an
+    /// `edge.toml` key.
+    pub disk_mode: DiskMode,
 }
 
 /// A configuration that contradicts itself. The message names the key.
@@ -139,6 +146,7 @@ impl RelayConfig {
             dead_letter_pin_max_age_ms: DEAD_LETTER_PIN_MAX_AGE_MS_DEFAULT,
             attempt_timeout_ms: ATTEMPT_TIMEOUT_MS_DEFAULT,
             wake_interval_max_ms: WAKE_INTERVAL_MAX_MS_DEFAULT,
+            disk_mode: DiskMode::Threads,
         }
     }
 

@@ -19,6 +19,7 @@
 use std::io::Read;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use base::DiskMode;
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use store::crash;
 use store::manifest::SuccessCondition;
@@ -270,14 +271,22 @@ impl Relay {
     }
 
     fn run_blocking<T: Send + 'static>(&self, op: TxnFn<T>) -> Result<T, RelayError> {
+        let (value, events) = self.run_events_blocking(op)?;
+        events.iter().for_each(Event::log);
+        Ok(value)
+    }
+
+    /// Submits `op` and blocks this thread until its batch committed.
+    fn run_events_blocking<T: Send + 'static>(
+        &self,
+        op: TxnFn<T>,
+    ) -> Result<(T, Vec<Event>), RelayError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.submit(op, move |r| {
             // The waiter is blocked on `rx` below and cannot have gone away.
             let _ = tx.send(r);
         })?;
-        let (value, events) = rx.recv().map_err(|_| RelayError::Closed)??;
-        events.iter().for_each(Event::log);
-        Ok(value)
+        rx.recv().map_err(|_| RelayError::Closed)?
     }
 
     async fn run<T: Send + 'static>(&self, op: TxnFn<T>) -> Result<T, RelayError> {
@@ -291,6 +300,11 @@ impl Relay {
         &self,
         op: TxnFn<T>,
     ) -> Result<(T, Vec<Event>), RelayError> {
+        if self.inner.cfg.disk_mode == DiskMode::Inline {
+            // A simulation's one thread waits for the commit itself: nothing else runs
+            // meanwhile, so the reply arrives at the same point of every run of a seed.
+            return self.run_events_blocking(op);
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.submit(op, move |r| {
             // A waiter that went away (its task was cancelled) no longer needs the answer; the

@@ -67,7 +67,9 @@ impl Fleet {
         let neighbours = topology.neighbours(n);
         let mut nodes = Vec::with_capacity(n);
         for (i, peers) in neighbours.iter().enumerate() {
-            let relay = RelayConfig::new(node_id(i), peers.iter().map(|&p| node_id(p)));
+            let mut relay = RelayConfig::new(node_id(i), peers.iter().map(|&p| node_id(p)));
+            // The ledger's commits are waited for on the node's task too: no thread hop.
+            relay.disk_mode = DiskMode::Inline;
             let known: BTreeMap<NodeId, SocketAddr> =
                 peers.iter().map(|&p| (node_id(p), node_addr(p))).collect();
             let mut net = NetConfig::new(node_id(i), node_addr(i), known);
