@@ -63,3 +63,20 @@ fn inv_03_inv_10_inv_15_inv_23_inv_26_fleet_holds_every_check_under_seeded_fault
         result.errors.iter().map(|(s, _)| s).collect::<Vec<_>>()
     );
 }
+
+/// Seeds the release soak found failing when the convergence bound equalled the relay's backoff
+/// cap: a job waiting a whole cap after a clock jump, and a node whose clock was jumped back
+/// importing only once the segment's creation time is no longer in its future.
+const SOAK_SEEDS: [u64; 4] = [10352, 10578, 15568, 17956];
+
+#[test]
+fn inv_15_soak_seeds_converge_within_the_bound() {
+    for seed in SOAK_SEEDS {
+        let report = run_seed(seed).expect("run sets up");
+        assert!(
+            report.violations.is_empty(),
+            "seed {seed}: {:?}\n(replay: {SEED_ENV}={seed} cargo nextest run -p edge-sim --all-features --test seeds)",
+            report.violations
+        );
+    }
+}
