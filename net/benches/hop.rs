@@ -33,36 +33,33 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// Deterministic payload bytes: byte `p` depends only on the tag and `p`, so any read sizes
+/// (a hash pass, then an ingest behind a header) see the same bytes.
 struct Gen {
-    x: u64,
-    left: u64,
+    tag: u64,
+    pos: u64,
+    len: u64,
 }
 
 impl Read for Gen {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = (buf.len() as u64).min(self.left) as usize / 8 * 8;
-        let n = if n == 0 {
-            (self.left as usize).min(buf.len())
-        } else {
-            n
-        };
-        for chunk in buf[..n].chunks_mut(8) {
-            self.x ^= self.x << 13;
-            self.x ^= self.x >> 7;
-            self.x ^= self.x << 17;
-            let b = self.x.to_le_bytes();
-            chunk.copy_from_slice(&b[..chunk.len()]);
+        let n = (buf.len() as u64).min(self.len - self.pos) as usize;
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            let p = self.pos + i as u64;
+            let mut x = (p / 8)
+                .wrapping_add(self.tag)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                | 1;
+            x ^= x >> 29;
+            *b = x.to_le_bytes()[(p % 8) as usize];
         }
-        self.left -= n as u64;
+        self.pos += n as u64;
         Ok(n)
     }
 }
 
 fn payload_gen(tag: u64, len: u64) -> Gen {
-    Gen {
-        x: tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
-        left: len,
-    }
+    Gen { tag, pos: 0, len }
 }
 
 fn seed(store: &Store, secret: &PublisherSecret, tag: u64, len: u64) -> SegmentId {

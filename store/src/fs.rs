@@ -23,11 +23,17 @@
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
+mod direct;
+pub use direct::DIRECT_IO_MIN_FILE_BYTES;
+
 use std::ffi::OsString;
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+
+use direct::{DirectReader, DirectWriter};
 
 use crate::limits::DB_CACHE_BYTES;
 
@@ -162,7 +168,7 @@ pub fn database_builder() -> redb::Builder {
 }
 
 /// The real file system: `std::fs`, `fsync` through `File::sync_all`, free space through
-/// `statvfs`.
+/// `statvfs`. New files and large files bypass the page cache (see [`direct`]).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RealFs;
 
@@ -172,25 +178,61 @@ struct RealFile {
     file: File,
     /// Set once a sync failed: a retried fsync on Linux may report success for dropped pages.
     sync_failed: bool,
+    /// Present while a newly created file is written front to back with `O_DIRECT`; any read,
+    /// seek or truncation ends it (the tail is written first).
+    direct: Option<DirectWriter>,
+}
+
+impl RealFile {
+    /// Leaves direct writing: the tail goes to the file, the descriptor's offset to its end.
+    fn leave_direct(&mut self) -> io::Result<()> {
+        if let Some(mut direct) = self.direct.take() {
+            if let Err(e) = direct.write_tail(&self.file) {
+                self.direct = Some(direct);
+                return Err(e);
+            }
+            direct::set_direct(&self.file, false)?;
+            self.file.seek(SeekFrom::Start(direct.end()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RealFile {
+    fn drop(&mut self) {
+        // What was written reaches the file, as it would without the block in memory; durable
+        // only if someone syncs it (nobody can now).
+        if let Some(direct) = self.direct.as_mut() {
+            let _ = direct.write_tail(&self.file);
+        }
+    }
 }
 
 impl Read for RealFile {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.leave_direct()?;
         self.file.read(buf)
     }
 }
 
 impl Write for RealFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.write(buf)
+        match self.direct.as_mut() {
+            Some(direct) => direct.write(&self.file, buf),
+            None => self.file.write(buf),
+        }
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
+        match self.direct.as_mut() {
+            Some(direct) => direct.write_tail(&self.file),
+            None => self.file.flush(),
+        }
     }
 }
 
 impl Seek for RealFile {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.leave_direct()?;
         self.file.seek(pos)
     }
 }
@@ -203,14 +245,26 @@ impl FsFile for RealFile {
                 SyncAfterFailure { source: eio() },
             ));
         }
+        if let Some(direct) = self.direct.as_mut() {
+            // A tail that cannot be written fails the sync like a failed fsync: the caller
+            // abandons the file.
+            direct
+                .write_tail(&self.file)
+                .inspect_err(|_| self.sync_failed = true)?;
+        }
         self.file
             .sync_all()
             .inspect_err(|_| self.sync_failed = true)
     }
     fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.leave_direct()?;
         self.file.set_len(len)
     }
     fn start_writeback(&mut self, offset: u64, len: u64) {
+        if self.direct.is_some() {
+            // Direct writes are on their way to the device already.
+            return;
+        }
         // POSIX_FADV_DONTNEED queues the range's dirty pages for writeback (WB_SYNC_NONE) and
         // returns; pages still dirty or under writeback stay cached. Only a hint: ignore errors.
         let _ = rustix::fs::fadvise(
@@ -231,24 +285,46 @@ struct SyncAfterFailure {
     source: io::Error,
 }
 
+/// A file of [`RealFs`] opened for reading; large ones through a [`DirectReader`].
 #[derive(Debug)]
-struct RealReader(File);
+struct RealReader {
+    file: File,
+    pos: u64,
+    direct: Option<DirectReader>,
+}
 
 impl Read for RealReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
+        let n = match self.direct.as_mut() {
+            Some(direct) => direct.read_at(&self.file, buf, self.pos)?,
+            None => self.file.read_at(buf, self.pos)?,
+        };
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 
 impl Seek for RealReader {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        self.0.seek(pos)
+        let base = match pos {
+            SeekFrom::Start(at) => {
+                self.pos = at;
+                return Ok(at);
+            }
+            SeekFrom::Current(d) => (self.pos, d),
+            SeekFrom::End(d) => (self.len()?, d),
+        };
+        self.pos = base
+            .0
+            .checked_add_signed(base.1)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before start"))?;
+        Ok(self.pos)
     }
 }
 
 impl FsRead for RealReader {
     fn len(&self) -> io::Result<u64> {
-        Ok(self.0.metadata()?.len())
+        Ok(self.file.metadata()?.len())
     }
 }
 
@@ -258,14 +334,24 @@ impl Fs for RealFs {
     }
 
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)?;
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create_new(true);
+        let direct = options
+            .clone()
+            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+            .open(path);
+        let (file, direct) = match direct {
+            Ok(file) => (file, Some(DirectWriter::new())),
+            // EINVAL: no O_DIRECT on this file system; create it the ordinary way.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                (options.open(path)?, None)
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Box::new(RealFile {
             file,
             sync_failed: false,
+            direct,
         }))
     }
 
@@ -274,11 +360,20 @@ impl Fs for RealFs {
         Ok(Box::new(RealFile {
             file,
             sync_failed: false,
+            direct: None,
         }))
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn FsRead>> {
-        Ok(Box::new(RealReader(File::open(path)?)))
+        let file = File::open(path)?;
+        let large = file.metadata()?.len() >= DIRECT_IO_MIN_FILE_BYTES;
+        // A file system without O_DIRECT refuses the flag: read through the cache.
+        let direct = (large && direct::set_direct(&file, true).is_ok()).then(DirectReader::new);
+        Ok(Box::new(RealReader {
+            file,
+            pos: 0,
+            direct,
+        }))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
