@@ -129,6 +129,7 @@ overrides!(RawRelay => relay::RelayConfig {
     dead_letter_pin_max_age_ms: u64,
     attempt_timeout_ms: u64,
     wake_interval_max_ms: u64,
+    cut_through: bool,
 });
 
 overrides!(RawNet => net::NetConfig {

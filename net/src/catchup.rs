@@ -378,7 +378,7 @@ async fn pull_one(ctx: &Ctx, peer: &NodeId, conn: &Connection, id: SegmentId) ->
                 let _ = recv.stop(code.varint());
             }
             PullOneCmd::Receive(manifest) => {
-                p.on_received(transfer::receive(ctx, peer, send, recv, manifest).await)
+                p.on_received(transfer::receive(ctx, peer, send, recv, manifest, None).await)
             }
             PullOneCmd::OpenStream { .. } | PullOneCmd::Done(_) => {}
         }

@@ -17,6 +17,7 @@
 
 use std::sync::Arc;
 
+use store::inflight::{InFlight, InFlightEnd, Slice};
 use store::{Ingest, IngestError, SegmentReader, Stored};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -92,6 +93,17 @@ pub(crate) struct PayloadReader {
     pos: u64,
     /// The prefix is hashed through one reused buffer.
     prefix_buf: Vec<u8>,
+    /// The outboard is sent before the payload: pending until the first step.
+    outboard: Outboard,
+}
+
+/// Where the outboard of a send stands.
+enum Outboard {
+    /// Not read yet.
+    Unread,
+    /// Read; these bytes are still to be handed over, at most a chunk at a time.
+    Sending(Vec<u8>, usize),
+    Sent,
 }
 
 impl PayloadReader {
@@ -106,11 +118,40 @@ impl PayloadReader {
             hasher: blake3::Hasher::new(),
             pos: 0,
             prefix_buf: Vec::new(),
+            outboard: Outboard::Unread,
         }
+    }
+
+    /// The next piece of the outboard, if any is left to send.
+    fn outboard_step(&mut self) -> Option<ReadStep> {
+        if matches!(self.outboard, Outboard::Unread) {
+            self.outboard = match self.reader.outboard() {
+                Ok(bytes) if bytes.is_empty() && store::outboard::outboard_len(self.len) > 0 => {
+                    let why = "stored payload does not hash to its manifest (outboard)";
+                    return Some(ReadStep::Out(FromDisk::Corrupt(why.into())));
+                }
+                Ok(bytes) if bytes.is_empty() => Outboard::Sent,
+                Ok(bytes) => Outboard::Sending(bytes, 0),
+                Err(e) => return Some(ReadStep::Out(FromDisk::Io(e.to_string()))),
+            };
+        }
+        let Outboard::Sending(bytes, at) = &mut self.outboard else {
+            return None;
+        };
+        let n = (bytes.len() - *at).min(PAYLOAD_CHUNK_BYTES);
+        let piece = bytes[*at..*at + n].to_vec();
+        *at += n;
+        if *at == bytes.len() {
+            self.outboard = Outboard::Sent;
+        }
+        Some(ReadStep::Out(FromDisk::Data(piece)))
     }
 
     /// Reads and hashes the next chunk; after the last one, judges the hash.
     pub fn step(&mut self) -> ReadStep {
+        if let Some(step) = self.outboard_step() {
+            return step;
+        }
         let len = self.len;
         if self.pos >= len {
             let actual = *self.hasher.finalize().as_bytes();
@@ -194,6 +235,65 @@ pub(crate) enum PayloadSource {
     },
     /// `None` once the reader gave its end (its lease is released then).
     Inline(Option<Box<PayloadReader>>),
+    /// A segment still being received here: its verified groups, from memory.
+    InFlight(Box<InFlightFeed>),
+}
+
+/// Feeds a send from a segment in flight ([`store::inflight`]): the outboard, then each verified
+/// group as it is published. No disk and no thread: memory only, in either [`DiskMode`].
+pub(crate) struct InFlightFeed {
+    inflight: Arc<InFlight>,
+    pos: u64,
+    len: u64,
+    outboard: Option<Vec<u8>>,
+}
+
+impl InFlightFeed {
+    pub fn new(inflight: Arc<InFlight>, offset: u64) -> Self {
+        let len = inflight.manifest().manifest().payload_len;
+        let outboard = Some(inflight.outboard().to_bytes());
+        InFlightFeed {
+            inflight,
+            pos: offset,
+            len,
+            outboard,
+        }
+    }
+
+    async fn next(&mut self) -> FromDisk {
+        if let Some(outboard) = self.outboard.take()
+            && !outboard.is_empty()
+        {
+            return FromDisk::Data(outboard);
+        }
+        // Bounded: each turn either returns or waits for the ring to change, and the ring ends.
+        loop {
+            if self.pos >= self.len {
+                // Every byte sent was a verified group of this payload.
+                return FromDisk::Verified;
+            }
+            let seen = self.inflight.version();
+            match self.inflight.read(self.pos, PAYLOAD_CHUNK_BYTES) {
+                Slice::Data(bytes) => {
+                    self.pos += bytes.len() as u64;
+                    return FromDisk::Data(bytes);
+                }
+                Slice::Pending => {
+                    let inflight = self.inflight.clone();
+                    std::future::poll_fn(|cx| inflight.poll_changed(cx, seen)).await;
+                }
+                Slice::Behind => {
+                    return FromDisk::Io("fell behind the upstream transfer it forwards".into());
+                }
+                Slice::Ended(InFlightEnd::Abandoned) => {
+                    return FromDisk::Io("the upstream transfer it forwards was abandoned".into());
+                }
+                Slice::Ended(InFlightEnd::Stored) => {
+                    return FromDisk::Io("stored before this forward caught up".into());
+                }
+            }
+        }
+    }
 }
 
 impl PayloadSource {
@@ -220,6 +320,7 @@ impl PayloadSource {
     /// The next chunk or the end; `None` when the disk side stopped without one.
     pub async fn next(&mut self) -> Option<FromDisk> {
         match self {
+            PayloadSource::InFlight(feed) => Some(feed.next().await),
             PayloadSource::Thread { rx, .. } => rx.recv().await,
             PayloadSource::Inline(slot) => {
                 let out = slot.as_mut()?.next_out();
@@ -239,6 +340,7 @@ impl PayloadSource {
                 let _ = task.await;
             }
             PayloadSource::Inline(reader) => drop(reader),
+            PayloadSource::InFlight(feed) => drop(feed),
         }
     }
 }
@@ -277,6 +379,9 @@ pub(crate) struct PayloadWriter {
     peer: NodeId,
     checkpoint_bytes: u64,
     since_checkpoint: u64,
+    /// Outboard bytes still to come before the payload, and those that came.
+    outboard_left: usize,
+    outboard: Vec<u8>,
 }
 
 impl PayloadWriter {
@@ -287,6 +392,9 @@ impl PayloadWriter {
         peer: NodeId,
         checkpoint_bytes: u64,
     ) -> Self {
+        let payload_len = ingest.manifest().manifest().payload_len;
+        // Bounded by the payload's declared length, itself bounded before the ingest began.
+        let outboard_left = store::outboard::outboard_len(payload_len) as usize;
         PayloadWriter {
             ingest: Some(ingest),
             clock,
@@ -294,18 +402,47 @@ impl PayloadWriter {
             peer,
             checkpoint_bytes,
             since_checkpoint: 0,
+            outboard_left,
+            outboard: Vec::new(),
         }
+    }
+
+    /// Takes the outboard bytes at the front of `buf` (see [`crate::wire`]); once all of it
+    /// arrived, hands it to the ingest, which checks it against the root. Returns the payload
+    /// bytes of `buf`.
+    fn take_outboard<'b>(&mut self, buf: &'b [u8]) -> Result<&'b [u8], IngestError> {
+        if self.outboard_left == 0 {
+            return Ok(buf);
+        }
+        let n = self.outboard_left.min(buf.len());
+        self.outboard.extend_from_slice(&buf[..n]);
+        self.outboard_left -= n;
+        if self.outboard_left == 0 {
+            let outboard = std::mem::take(&mut self.outboard);
+            if let Some(ingest) = self.ingest.as_mut() {
+                ingest.set_outboard(&outboard)?;
+            }
+        }
+        Ok(&buf[n..])
     }
 
     /// Runs one step; `Some` when the writer ended with it (later steps are ignored).
     pub fn step(&mut self, msg: ToDisk) -> Option<WriterEnd> {
-        let ingest = self.ingest.as_mut()?;
+        self.ingest.as_ref()?;
         let end = match msg {
             ToDisk::Data(buf) => {
-                if let Err(e) = ingest.write(&buf) {
+                let payload = match self.take_outboard(&buf) {
+                    Ok(payload) => payload,
+                    Err(e) => {
+                        self.ingest = None;
+                        return Some(WriterEnd::Failed(e));
+                    }
+                };
+                let ingest = self.ingest.as_mut()?;
+                if let Err(e) = ingest.write(payload) {
                     WriterEnd::Failed(e)
                 } else {
-                    self.since_checkpoint += buf.len() as u64;
+                    self.since_checkpoint += payload.len() as u64;
                     if self.since_checkpoint < self.checkpoint_bytes {
                         return None;
                     }
@@ -403,6 +540,23 @@ impl PayloadSink {
             PayloadSink::Inline { writer, end } => {
                 *end = writer.step(msg);
                 Ok(())
+            }
+        }
+    }
+
+    /// Resolves once the disk side stopped taking steps (it failed: a group that did not
+    /// verify, a full disk); never while it is still writing.
+    pub fn gone(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let tx = match self {
+            PayloadSink::Thread { tx, .. } => Some(tx.clone()),
+            PayloadSink::Inline { .. } => None,
+        };
+        let ended = matches!(self, PayloadSink::Inline { end: Some(_), .. });
+        async move {
+            match tx {
+                Some(tx) => tx.closed().await,
+                None if ended => {}
+                None => std::future::pending().await,
             }
         }
     }

@@ -8,7 +8,7 @@ use store::limits::SIGNED_MANIFEST_BYTES_MAX;
 
 /// The ALPN protocol id, which carries the wire protocol version. A peer offering anything else
 /// fails the TLS handshake (`no_application_protocol`).
-pub const ALPN: &[u8] = b"edge/1";
+pub const ALPN: &[u8] = b"edge/2";
 
 /// Longest node id, in bytes (one DNS label; defined with the node id in `base`).
 pub use base::NODE_ID_BYTES_MAX;
@@ -30,6 +30,10 @@ pub const PAYLOAD_CHUNK_BYTES: usize = store::limits::DIRECT_IO_BLOCK_BYTES;
 /// Depth of the bounded channel between a transfer's network task and its disk thread, in
 /// chunks: at most this many chunks (plus one in each hand) are in memory per transfer.
 pub const PAYLOAD_QUEUE_CHUNKS: usize = 4;
+
+/// Segments a node forwards to its peers while still receiving them (cut-through), at once;
+/// beyond it a segment waits for its ordinary relay once stored.
+pub const CUT_THROUGH_FORWARDS_MAX: usize = 16;
 
 /// A receiver fsyncs and records a resumable checkpoint after this many payload bytes.
 pub const CHECKPOINT_BYTES_DEFAULT: u64 = 64 << 20;

@@ -55,7 +55,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, NetConfig};
 use crate::filter::{AddrFilter, answer_for, canonical};
 use crate::limits::{
-    CROSSING_MIN_MS, CROSSING_RTTS, RETIRE_GRACE_MIN_MS, RETIRE_GRACE_RTTS, RETRY_TOKEN_LIFETIME_MS,
+    CROSSING_MIN_MS, CUT_THROUGH_FORWARDS_MAX, CROSSING_RTTS, RETIRE_GRACE_MIN_MS, RETIRE_GRACE_RTTS, RETRY_TOKEN_LIFETIME_MS,
 };
 use crate::logcap::LogLimiter;
 use crate::pki::{NodeId, NodeIdentity, node_id_of_cert};
@@ -333,6 +333,8 @@ struct Inner {
     kick: Arc<watch::Sender<u64>>,
     rng: Mutex<SplitMix64>,
     skip: SkipSet,
+    /// Permits of the cut-through forwards running now.
+    forwards: Arc<tokio::sync::Semaphore>,
 }
 
 /// A running node. Dropping it closes the endpoint and stops its tasks.
@@ -525,6 +527,7 @@ impl Node {
             kick,
             rng: Mutex::new(SplitMix64(seed)),
             skip: SkipSet::default(),
+            forwards: Arc::new(tokio::sync::Semaphore::new(CUT_THROUGH_FORWARDS_MAX)),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(inner.clone().accept_loop());
@@ -559,49 +562,7 @@ impl Node {
     /// stored `.seg` file, and reports how it went. Waits up to `handshake_timeout_ms` for a
     /// connection being dialled; never dials outside the supervisor.
     pub async fn send_segment(&self, peer: &NodeId, id: SegmentId) -> SendOutcome {
-        let Some(p) = self.inner.peers.get(peer) else {
-            return SendOutcome::Unreachable(format!("{peer} is not a known peer"));
-        };
-        // A connection closed as a duplicate (both nodes dialled at once) is replaced by the
-        // kept one: the attempt is repeated on it, a bounded number of times.
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let live = match self.inner.connection(p).await {
-                Ok(live) => live,
-                Err(outcome) => return outcome,
-            };
-            let in_flight = live.streams.start();
-            let conn = live.conn;
-            let outcome = self.send_on(peer, &conn, id).await;
-            drop(in_flight);
-            let replaced = matches!(
-                conn.close_reason(),
-                Some(quinn::ConnectionError::LocallyClosed)
-                    | Some(quinn::ConnectionError::ApplicationClosed(_))
-            ) && is_duplicate_close(&conn)
-                && !*self.inner.shutdown.borrow();
-            if replaced && tries < DUPLICATE_RETRIES_MAX && !outcome.is_delivered() {
-                tracing::debug!(peer = %peer, seg_id = %id, "connection replaced mid-send; retrying on the kept one");
-                continue;
-            }
-            tracing::debug!(peer = %peer, seg_id = %id, ?outcome, "send_segment");
-            return outcome;
-        }
-    }
-
-    async fn send_on(&self, peer: &NodeId, conn: &Connection, id: SegmentId) -> SendOutcome {
-        let ctx = &self.inner.ctx;
-        let reader = match transfer::open_for_send(ctx, id).await {
-            Ok(r) => r,
-            Err(outcome) => return outcome,
-        };
-        let (mut send, mut recv) = match timeout(ctx.cfg.response_timeout(), conn.open_bi()).await {
-            Err(_) => return SendOutcome::TimedOut,
-            Ok(Err(e)) => return conn_outcome(&e),
-            Ok(Ok(streams)) => streams,
-        };
-        transfer::send_with(ctx, peer, &mut send, &mut recv, reader).await
+        self.inner.send_segment(peer, id).await
     }
 
     /// Runs one catch-up round with `peer` now, as the puller.
@@ -696,6 +657,75 @@ impl Drop for Node {
 }
 
 impl Inner {
+    pub async fn send_segment(&self, peer: &NodeId, id: SegmentId) -> SendOutcome {
+        let Some(p) = self.peers.get(peer) else {
+            return SendOutcome::Unreachable(format!("{peer} is not a known peer"));
+        };
+        // A connection closed as a duplicate (both nodes dialled at once) is replaced by the
+        // kept one: the attempt is repeated on it, a bounded number of times.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let live = match self.connection(p).await {
+                Ok(live) => live,
+                Err(outcome) => return outcome,
+            };
+            let in_flight = live.streams.start();
+            let conn = live.conn;
+            let outcome = self.send_on(peer, &conn, id).await;
+            drop(in_flight);
+            let replaced = matches!(
+                conn.close_reason(),
+                Some(quinn::ConnectionError::LocallyClosed)
+                    | Some(quinn::ConnectionError::ApplicationClosed(_))
+            ) && is_duplicate_close(&conn)
+                && !*self.shutdown.borrow();
+            if replaced && tries < DUPLICATE_RETRIES_MAX && !outcome.is_delivered() {
+                tracing::debug!(peer = %peer, seg_id = %id, "connection replaced mid-send; retrying on the kept one");
+                continue;
+            }
+            tracing::debug!(peer = %peer, seg_id = %id, ?outcome, "send_segment");
+            return outcome;
+        }
+    }
+
+    async fn send_on(&self, peer: &NodeId, conn: &Connection, id: SegmentId) -> SendOutcome {
+        let ctx = &self.ctx;
+        let reader = match transfer::open_for_send(ctx, id).await {
+            Ok(r) => r,
+            Err(outcome) => return outcome,
+        };
+        let (mut send, mut recv) = match timeout(ctx.cfg.response_timeout(), conn.open_bi()).await {
+            Err(_) => return SendOutcome::TimedOut,
+            Ok(Err(e)) => return conn_outcome(&e),
+            Ok(Ok(streams)) => streams,
+        };
+        transfer::send_with(ctx, peer, &mut send, &mut recv, reader).await
+    }
+
+    /// Starts forwarding segment `id`, still arriving from `from`, to the peers the hooks name
+    /// (cut-through): each forward streams its verified groups as they are published and ends
+    /// like any send. At most [`CUT_THROUGH_FORWARDS_MAX`] run at once; a segment not forwarded
+    /// now goes with its ordinary relay once stored, and a peer that got it here answers that
+    /// relay "have".
+    fn forward_early(self: &Arc<Self>, id: SegmentId, from: &NodeId) {
+        for peer in self.ctx.hooks.forward_targets(from, &id) {
+            if &peer == from || !self.peers.contains_key(&peer) {
+                continue;
+            }
+            let Ok(permit) = self.forwards.clone().try_acquire_owned() else {
+                tracing::debug!(seg_id = %id, "cut-through forwards at their limit; relay will send it once stored");
+                return;
+            };
+            let inner = self.clone();
+            tokio::spawn(async move {
+                let outcome = inner.send_segment(&peer, id).await;
+                drop(permit);
+                tracing::debug!(peer = %peer, seg_id = %id, ?outcome, "cut-through forward ended");
+            });
+        }
+    }
+
     fn cfg(&self) -> &NetConfig {
         &self.ctx.cfg
     }
@@ -1201,7 +1231,10 @@ impl Inner {
         };
         match first {
             Msg::Offer { manifest } => {
-                let received = transfer::receive(ctx, &peer, &mut send, &mut recv, manifest).await;
+                let forward = |id: SegmentId| self.forward_early(id, &peer);
+                let received =
+                    transfer::receive(ctx, &peer, &mut send, &mut recv, manifest, Some(&forward))
+                        .await;
                 tracing::debug!(peer = %peer, ?received, "offer handled");
             }
             Msg::DigestRequest => {

@@ -45,6 +45,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use crate::clock::Clock;
 use crate::config::NetConfig;
 use crate::disk::{
+    InFlightFeed,
     self, PayloadReader, PayloadSink, PayloadSource, PayloadWriter, SinkGone, WriterEnd,
 };
 use crate::limits::STOPPED_REASON_WAIT_MS;
@@ -91,6 +92,13 @@ pub trait NetHooks: Send + Sync + 'static {
     }
 
     /// A connection with `peer` was established (a good moment to retry what is due to it).
+    /// The peers to forward segment `id` to while it still arrives from `from` (cut-through).
+    /// The default forwards nowhere; the relay names the peers it would schedule once stored.
+    fn forward_targets(&self, from: &NodeId, id: &SegmentId) -> Vec<NodeId> {
+        let _ = (from, id);
+        Vec::new()
+    }
+
     fn on_peer_connected(&self, peer: &NodeId) {
         let _ = peer;
     }
@@ -273,8 +281,46 @@ async fn drop_blocking(ctx: &Ctx, ingest: Box<Ingest>) {
 // ---------------------------------------------------------------------------------------------
 // Sender.
 
-/// Opens a stored segment for sending (off the async threads). `Err` is the outcome to report.
-pub(crate) async fn open_for_send(ctx: &Ctx, id: SegmentId) -> Result<SegmentReader, SendOutcome> {
+/// What a send streams from.
+pub(crate) enum Source {
+    /// The stored copy.
+    Stored(SegmentReader),
+    /// A segment still arriving here: its verified groups (cut-through).
+    InFlight(Arc<store::inflight::InFlight>),
+}
+
+impl Source {
+    fn id(&self) -> SegmentId {
+        match self {
+            Source::Stored(r) => r.id(),
+            Source::InFlight(f) => f.id(),
+        }
+    }
+
+    fn manifest(&self) -> &store::manifest::SignedManifest {
+        match self {
+            Source::Stored(r) => r.manifest(),
+            Source::InFlight(f) => f.manifest(),
+        }
+    }
+}
+
+/// Opens a segment for sending (off the async threads): the stored copy, or else, while it is
+/// still arriving with its outboard, its verified groups. `Err` is the outcome to report.
+pub(crate) async fn open_for_send(ctx: &Ctx, id: SegmentId) -> Result<Source, SendOutcome> {
+    match open_stored(ctx, id).await {
+        Err(SendOutcome::NotStored) => match ctx.store.in_flight(&id) {
+            Some(f) if f.manifest().manifest().is_expired(ctx.clock.now_ms()) => {
+                Err(SendOutcome::Expired)
+            }
+            Some(f) => Ok(Source::InFlight(f)),
+            None => Err(SendOutcome::NotStored),
+        },
+        opened => opened.map(Source::Stored),
+    }
+}
+
+async fn open_stored(ctx: &Ctx, id: SegmentId) -> Result<SegmentReader, SendOutcome> {
     let store = ctx.store.clone();
     let now = ctx.clock.now_ms();
     match disk::blocking(ctx.cfg.disk_mode, move || store.open_for_read(&id, now)).await {
@@ -306,7 +352,7 @@ pub(crate) async fn send_with(
     peer: &NodeId,
     send: &mut SendStream,
     recv: &mut RecvStream,
-    reader: SegmentReader,
+    reader: Source,
 ) -> SendOutcome {
     let id = reader.id();
     let payload_len = reader.manifest().manifest().payload_len;
@@ -353,10 +399,16 @@ pub(crate) async fn send_with(
                 let _ = recv.stop(code.varint());
             }
             SendCmd::StartReader { offset } => {
-                if let Some(reader) = reader.take() {
-                    let steps = PayloadReader::new(reader, offset);
-                    source = Some(PayloadSource::start(ctx.cfg.disk_mode, steps));
-                }
+                source = match reader.take() {
+                    Some(Source::Stored(reader)) => {
+                        let steps = PayloadReader::new(reader, offset);
+                        Some(PayloadSource::start(ctx.cfg.disk_mode, steps))
+                    }
+                    Some(Source::InFlight(f)) => Some(PayloadSource::InFlight(Box::new(
+                        InFlightFeed::new(f, offset),
+                    ))),
+                    None => None,
+                };
             }
             SendCmd::NextChunk => {
                 let next = match source.as_mut() {
@@ -457,7 +509,11 @@ pub(crate) fn ingest_reason(e: &IngestError) -> RejectReason {
     };
     match e {
         IngestError::Verify(v) | IngestError::Format(SegFileError::Verify(v)) => verify(v),
-        IngestError::Format(SegFileError::HashMismatch { .. }) => RejectReason::HashMismatch,
+        IngestError::Format(
+            SegFileError::HashMismatch { .. }
+            | SegFileError::GroupMismatch(_)
+            | SegFileError::BadOutboard(_),
+        ) => RejectReason::HashMismatch,
         IngestError::Format(
             SegFileError::TruncatedPayload { .. } | SegFileError::PayloadTooLong,
         ) => RejectReason::LengthMismatch,
@@ -480,14 +536,18 @@ pub(crate) fn ingest_reason(e: &IngestError) -> RejectReason {
 
 /// The receiver's half, after the peer's `Offer(manifest)` was read. Every ending is reported
 /// to the hooks.
+///
+/// `forward` is called once, with the segment's id, as soon as it is in flight here (its
+/// outboard verified, its groups published): the node's cue to start forwarding it.
 pub(crate) async fn receive(
     ctx: &Ctx,
     peer: &NodeId,
     send: &mut SendStream,
     recv: &mut RecvStream,
     manifest: Vec<u8>,
+    forward: Option<&(dyn Fn(SegmentId) + Sync)>,
 ) -> Received {
-    let received = receive_offer(ctx, peer, send, recv, manifest).await;
+    let received = receive_offer(ctx, peer, send, recv, manifest, forward).await;
     ctx.hooks.on_offer(peer, received.result());
     received
 }
@@ -502,6 +562,13 @@ impl Ctx {
     }
 }
 
+/// How a payload read of the receive glue ended.
+enum Read<T> {
+    Preempted,
+    WriterGone,
+    Done(T),
+}
+
 /// Runs a [`Receiver`] on the streams, the node's takeover table and the store.
 async fn receive_offer(
     ctx: &Ctx,
@@ -509,6 +576,7 @@ async fn receive_offer(
     send: &mut SendStream,
     recv: &mut RecvStream,
     manifest: Vec<u8>,
+    mut forward: Option<&(dyn Fn(SegmentId) + Sync)>,
 ) -> Received {
     let params = RecvParams {
         ceiling_bytes: ctx.store.config().ceiling_bytes,
@@ -520,6 +588,7 @@ async fn receive_offer(
     // Declared in this order so they drop in reverse: the store must be free of the ingest
     // before the claim on its id goes.
     let mut claim: Option<Claim> = None;
+    let mut seg_id: Option<SegmentId> = None;
     let mut ingest: Option<Box<Ingest>> = None;
     let mut sink: Option<PayloadSink> = None;
     // Bounded: every command either ends the receive or is answered, and the machine asks for
@@ -546,6 +615,7 @@ async fn receive_offer(
                 m.on_claim(claim.is_some());
             }
             RecvCmd::BeginIngest(signed) => {
+                seg_id = Some(signed.id());
                 let store = ctx.store.clone();
                 let opts = IngestOptions::from_peer(peer.as_str());
                 let now = ctx.clock.now_ms();
@@ -600,16 +670,27 @@ async fn receive_offer(
                         None => std::future::pending().await,
                     }
                 };
+                // A writer that failed (a group that did not verify) ends the receive now, not
+                // when the next chunk would have been handed to it.
+                let gone = sink.as_ref().map(PayloadSink::gone);
+                let writer_gone = async {
+                    match gone {
+                        Some(gone) => gone.await,
+                        None => std::future::pending().await,
+                    }
+                };
                 let read = tokio::select! {
                     biased;
-                    _ = preempted => None,
-                    r = timeout_at(deadline, recv.read(m.read_buf())) => Some(r),
+                    _ = preempted => Read::Preempted,
+                    _ = writer_gone => Read::WriterGone,
+                    r = timeout_at(deadline, recv.read(m.read_buf())) => Read::Done(r),
                 };
                 let now = Instant::now();
                 match read {
-                    None => m.on_preempted(),
-                    Some(Err(_)) => m.on_timer(now),
-                    Some(Ok(r)) => m.on_read(read_event(r), now),
+                    Read::Preempted => m.on_preempted(),
+                    Read::WriterGone => m.on_disk_sent(Err(SinkGone), now),
+                    Read::Done(Err(_)) => m.on_timer(now),
+                    Read::Done(Ok(r)) => m.on_read(read_event(r), now),
                 }
             }
             RecvCmd::ReadEnd { deadline } => {
@@ -624,6 +705,14 @@ async fn receive_offer(
                     Some(sink) => sink.send(step).await,
                     None => Err(SinkGone),
                 };
+                // The writer publishes the segment once it checked the outboard: from then on
+                // its verified groups can go on to other peers while the rest arrives.
+                if let (Some(id), Some(_)) = (seg_id, forward)
+                    && ctx.store.in_flight(&id).is_some()
+                    && let Some(forward) = forward.take()
+                {
+                    forward(id);
+                }
                 m.on_disk_sent(sent, Instant::now());
             }
             RecvCmd::AwaitWriter => {

@@ -2,8 +2,9 @@
 //!
 //! # Connections
 //!
-//! QUIC v1 with TLS 1.3 and ALPN [`ALPN`] (`edge/1`: the ALPN carries the protocol version; a
-//! node offered another fails the handshake). Both certificates are checked ([`crate::tls`]).
+//! QUIC v1 with TLS 1.3 and ALPN [`ALPN`] (`edge/2`: the ALPN carries the protocol version; a
+//! node offered another fails the handshake). Version 2 added the outboard before the payload
+//! (below); a version-1 node and a version-2 node do not connect. Both certificates are checked ([`crate::tls`]).
 //! Either side may open bidirectional streams on a connection; unidirectional streams and
 //! datagrams are not used. Each stream carries one exchange, below; the side that opens it
 //! sends the first frame.
@@ -45,11 +46,18 @@
 //! **Transfer** (push): sender opens, `→ Offer(manifest)`; receiver verifies the manifest
 //! (signature, trusted publisher, freshness, bounds, fits under the ceiling) and answers
 //! `← Have | Busy | Reject(reason) | Want(offset)`. After `Want(offset)` the sender checks
-//! `offset <= payload_len` and sends the raw payload bytes `[offset, payload_len)` — not
-//! framed — then finishes its send side. The receiver writes and hashes them as they come
-//! (checkpointing every `checkpoint_bytes`), treats a byte beyond `payload_len` as an error,
-//! verifies length and blake3, commits durably, and answers `← Ack` (or `← Reject(HashMismatch
-//! | LengthMismatch | StoreFull | Internal)`) and finishes. The sender hashes what it reads
+//! `offset <= payload_len` and sends, not framed, the payload's **outboard** (the BLAKE3
+//! chaining values of its 1 MiB groups, 32 bytes each, in order; nothing for a payload of one
+//! group or less: `store::outboard::outboard_len`), then the raw payload bytes
+//! `[offset, payload_len)` — [`stream_len`] bytes in all — then finishes its send side. The
+//! receiver first checks the outboard against the manifest's payload hash, then writes and
+//! hashes the payload as it comes, checking each group against its chaining value as the group
+//! completes (checkpointing every `checkpoint_bytes`); it treats a byte beyond the declared
+//! length as an error, verifies length and blake3, commits durably, and answers `← Ack` (or
+//! `← Reject(HashMismatch | LengthMismatch | StoreFull | Internal)`) and finishes. A bad
+//! outboard or a bad group ends the transfer at once with `HashMismatch`. Groups that verified
+//! may be forwarded to other peers before the segment is stored (cut-through, see
+//! [`crate::transfer`]); nothing else ever is. The sender hashes what it reads
 //! from its own stored copy as it sends (the prefix `[0, offset)` too), and if its copy turns
 //! out corrupt it resets the stream with [`StreamCode::LocalCorrupt`] instead of finishing.
 //! A receiver may answer `← Busy` after `Want` too, while the payload flows: another peer
@@ -77,6 +85,19 @@ use serde::{Deserialize, Serialize};
 #[allow(unused_imports)] // used by the docs above
 use crate::limits::{ALPN, CATCHUP_PAGE_IDS_MAX, FRAME_BYTES_MAX_DEFAULT};
 use crate::limits::{FRAME_PREFIX_BYTES, REJECT_DETAIL_BYTES_MAX};
+
+/// Bytes the sender streams after `Want(offset)`: the outboard, then the payload from `offset`.
+pub fn stream_len(payload_len: u64, offset: u64) -> u64 {
+    store::outboard::outboard_len(payload_len) + payload_len.saturating_sub(offset)
+}
+
+/// Of `n` more bytes streamed, those past the outboard (`outboard_left` counts down): what the
+/// payload counters count.
+pub(crate) fn past_outboard(outboard_left: &mut u64, n: u64) -> u64 {
+    let outboard = n.min(*outboard_left);
+    *outboard_left -= outboard;
+    n - outboard
+}
 
 /// One protocol message. Variant order is the wire encoding: never reorder, only append.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -119,6 +119,9 @@ async fn offer_a_few_bytes(
         Msg::Want { offset: 0 },
         "admitted: it fits after eviction"
     );
+    send.write_all(&outboard(tag, BIG_BYTES))
+        .await
+        .expect("the outboard");
     send.write_all(&payload(tag, FEW_BYTES))
         .await
         .expect("a few bytes");

@@ -189,18 +189,19 @@ async fn inv_09_client_without_certificate_is_refused() {
     .await;
 }
 
+/// A node of another protocol version, with a valid certificate, does not get a connection:
+/// the previous version (`edge/1`, no outboard before the payload) and a later one alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inv_09_wrong_alpn_is_refused() {
+async fn inv_09_other_protocol_versions_are_refused() {
     logs();
     let (fleet, nodes, probes) = server();
-    let mut tls = net::tls::client_config(&fleet.identity("good"), Arc::new(SystemClock)).unwrap();
-    tls.alpn_protocols = vec![b"edge/2".to_vec()];
-    refused(
-        Raw::with_tls_on(tls, probes[0].socket.clone()),
-        &nodes[0],
-        "n",
-    )
-    .await;
+    assert_eq!(net::limits::ALPN, b"edge/2");
+    for (alpn, probe) in [(&b"edge/1"[..], &probes[0]), (&b"edge/3"[..], &probes[1])] {
+        let mut tls =
+            net::tls::client_config(&fleet.identity("good"), Arc::new(SystemClock)).unwrap();
+        tls.alpn_protocols = vec![alpn.to_vec()];
+        refused(Raw::with_tls_on(tls, probe.socket.clone()), &nodes[0], "n").await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,6 +45,7 @@ async fn inv_18_cut_transfer_resumes_from_the_checkpoint() {
         read_frame(&mut recv, 1 << 16).await.unwrap(),
         Msg::Want { offset: 0 }
     );
+    send.write_all(&outboard(21, SEG_BYTES)).await.unwrap();
     let mut body = Gen::new(21, CUT_BYTES as u64);
     let mut buf = vec![0u8; 1 << 20];
     for _ in 0..CUT_BYTES / buf.len() {

@@ -200,6 +200,9 @@ async fn inv_18_an_honest_second_sender_takes_over_from_a_slow_first_one() {
                 let (mut send, _recv, answer) = offer(&conn, tag, len).await;
                 match answer {
                     Msg::Want { offset } => {
+                        if send.write_all(&outboard(tag, len)).await.is_err() {
+                            continue;
+                        }
                         trickle(
                             &mut send,
                             &body,

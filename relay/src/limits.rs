@@ -110,6 +110,10 @@ pub struct RelayConfig {
     /// within this. With nothing pending it sleeps until woken. Default
     /// [`WAKE_INTERVAL_MAX_MS_DEFAULT`].
     pub wake_interval_max_ms: u64,
+    /// Forward a segment to the peers it would be scheduled for while it still arrives,
+    /// verified group by verified group (cut-through), instead of only once stored. The ledger
+    /// is unchanged either way. Default `true`.
+    pub cut_through: bool,
     /// Where the async ledger operations wait for their commit: on a blocking thread
     /// ([`DiskMode::Threads`], the default and the only mode for a daemon) or on the calling
     /// task ([`DiskMode::Inline`], for deterministic simulations on one thread). Not an
@@ -146,6 +150,7 @@ impl RelayConfig {
             dead_letter_pin_max_age_ms: DEAD_LETTER_PIN_MAX_AGE_MS_DEFAULT,
             attempt_timeout_ms: ATTEMPT_TIMEOUT_MS_DEFAULT,
             wake_interval_max_ms: WAKE_INTERVAL_MAX_MS_DEFAULT,
+            cut_through: true,
             disk_mode: DiskMode::Threads,
         }
     }

@@ -115,6 +115,21 @@ impl NetHooks for Hooks {
         self.offers.offer(from, result);
     }
 
+    /// The peers the relay would schedule once the segment is stored (every known peer but the
+    /// one it came from): forwarding to them early changes nothing in the ledger, whose jobs
+    /// then find the segment there ("have").
+    fn forward_targets(&self, from: &NodeId, _id: &SegmentId) -> Vec<NodeId> {
+        let cfg = self.relay.config();
+        if !cfg.cut_through {
+            return Vec::new();
+        }
+        cfg.known_peers
+            .iter()
+            .filter(|p| *p != from)
+            .cloned()
+            .collect()
+    }
+
     fn on_received(&self, from: &NodeId, id: &SegmentId) {
         let entry = self
             .pending

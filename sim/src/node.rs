@@ -103,6 +103,10 @@ impl NetHooks for Recording {
     fn on_peer_connected(&self, peer: &NodeId) {
         self.inner.on_peer_connected(peer);
     }
+
+    fn forward_targets(&self, from: &NodeId, id: &SegmentId) -> Vec<NodeId> {
+        self.inner.forward_targets(from, id)
+    }
 }
 
 /// A running incarnation.

@@ -51,6 +51,7 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use redb::{ReadableDatabase, WriteTransaction};
 
@@ -59,12 +60,14 @@ use crate::error::{IngestError, db};
 use crate::fs::FsFile;
 use crate::id::SegmentId;
 use crate::index;
+use crate::inflight::{InFlight, InFlightEnd};
 use crate::limits::{RESERVE_STEP_BYTES, STREAM_BUF_BYTES, WRITEBACK_CHUNK_BYTES};
 use crate::manifest::{SignedManifest, VerifyError};
 use crate::mutants;
+use crate::outboard::{GroupHasher, Outboard};
 use crate::segfile::{self, PayloadReader, SegFileError};
 use crate::store::{Holding, Store};
-use crate::tables::{self, PARTIALS, PartialRow, SEGMENTS, SegmentRow, TOMBSTONES};
+use crate::tables::{self, OUTBOARDS, PARTIALS, PartialRow, SEGMENTS, SegmentRow, TOMBSTONES};
 
 /// Longest `source` label accepted (a node id, or `import`).
 pub const SOURCE_BYTES_MAX: usize = 64;
@@ -142,7 +145,12 @@ pub struct Ingest {
     source: String,
     tmp_path: PathBuf,
     file: Option<Box<dyn FsFile>>,
-    hasher: blake3::Hasher,
+    /// Hashes the payload group by group; checks each group once the outboard is known.
+    groups: GroupHasher,
+    /// Set when the outboard was given and the segment is published to forwarders.
+    inflight: Option<Arc<InFlight>>,
+    /// Bytes of the group being received, held until it verifies (only while published).
+    unverified: Vec<u8>,
     header_bytes: u64,
     file_len: u64,
     /// File bytes this ingest holds under the ceiling (in `usage.reserved_bytes`): never less
@@ -247,13 +255,16 @@ impl Store {
         acct.ingesting.insert(id);
         drop(acct);
 
+        let signed_payload_len = signed.manifest().payload_len;
         let mut ingest = Ingest {
             store: self.clone(),
             tmp_path: self.layout().tmp_file(&id),
             signed,
             source: opts.source.clone(),
             file: None,
-            hasher: blake3::Hasher::new(),
+            groups: GroupHasher::new(signed_payload_len),
+            inflight: None,
+            unverified: Vec::new(),
             header_bytes,
             file_len,
             granted,
@@ -392,26 +403,40 @@ impl Ingest {
     fn try_resume(&mut self, offset: u64) -> bool {
         let fs = self.store.inner.fs.clone();
         let expected_header = header_bytes(&self.signed);
-        let attempt = || -> std::io::Result<Option<(Box<dyn FsFile>, blake3::Hasher)>> {
+        let payload_len = self.payload_len();
+        let attempt = || -> std::io::Result<Option<(Box<dyn FsFile>, GroupHasher)>> {
             let mut file = fs.open_rw(&self.tmp_path)?;
             let mut header = vec![0u8; expected_header.len()];
             file.read_exact(&mut header)?;
             if header != expected_header {
                 return Ok(None);
             }
-            let mut hasher = blake3::Hasher::new();
-            let copied = std::io::copy(&mut (&mut file).take(offset), &mut hasher)?;
-            if copied != offset {
+            // The prefix is hashed again; its groups are checked once the outboard arrives.
+            let mut groups = GroupHasher::new(payload_len);
+            let mut buf = vec![0u8; STREAM_BUF_BYTES];
+            let mut prefix = (&mut file).take(offset);
+            loop {
+                let n = match prefix.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                if groups.update(&buf[..n]).is_err() {
+                    return Ok(None);
+                }
+            }
+            if groups.pos() != offset {
                 return Ok(None);
             }
             file.set_len(self.header_bytes + offset)?;
             file.seek(SeekFrom::End(0))?;
-            Ok(Some((file, hasher)))
+            Ok(Some((file, groups)))
         };
         match attempt() {
-            Ok(Some((file, hasher))) => {
+            Ok(Some((file, groups))) => {
                 self.file = Some(file);
-                self.hasher = hasher;
+                self.groups = groups;
                 self.written = offset;
                 self.checkpoint = offset;
                 self.writeback_from = offset;
@@ -448,7 +473,7 @@ impl Ingest {
             return Err(self.fail(self.io_err("write header")(e)));
         }
         self.file = Some(file);
-        self.hasher = blake3::Hasher::new();
+        self.groups = GroupHasher::new(self.payload_len());
         self.written = 0;
         self.checkpoint = 0;
         self.writeback_from = 0;
@@ -514,14 +539,13 @@ impl Ingest {
         if let Err(e) = file.write_all(buf) {
             return Err(self.fail(self.io_err("write")(e)));
         }
-        self.hasher.update(buf);
         self.written += buf.len() as u64;
         if self.written - self.writeback_from >= WRITEBACK_CHUNK_BYTES {
             let len = self.written - self.writeback_from;
             file.start_writeback(self.header_bytes + self.writeback_from, len);
             self.writeback_from = self.written;
         }
-        Ok(())
+        self.hash(buf)
     }
 
     /// Copies the rest of the payload from `reader`, failing if it ends early or goes on past
@@ -559,6 +583,72 @@ impl Ingest {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(SegFileError::Io(e).into()),
             }
+        }
+    }
+
+    /// Hashes bytes just written; while published, hands each group that verified to the
+    /// forwarders.
+    fn hash(&mut self, buf: &[u8]) -> Result<(), IngestError> {
+        // Mutation point (INV-02): bytes go to the forwarders as they arrive, before their
+        // group verified.
+        if let Some(inflight) = &self.inflight
+            && mutants::active("forward_unverified")
+        {
+            inflight.publish(buf.to_vec());
+            return self
+                .groups
+                .update(buf)
+                .map_err(|e| self.fail(SegFileError::from(e).into()));
+        }
+        let before = self.groups.verified();
+        if let Err(e) = self.groups.update(buf) {
+            return Err(self.fail(SegFileError::from(e).into()));
+        }
+        let Some(inflight) = &self.inflight else {
+            return Ok(());
+        };
+        self.unverified.extend_from_slice(buf);
+        let newly = (self.groups.verified() - before) as usize;
+        if newly > 0 {
+            let rest = self.unverified.split_off(newly);
+            inflight.publish(std::mem::replace(&mut self.unverified, rest));
+        }
+        Ok(())
+    }
+
+    /// Takes the payload's outboard (its group CVs, as the sender or the importer sent it),
+    /// refusing one that does not hash to the manifest's root; from now on every group is
+    /// checked as it completes, and the groups already written are checked at once.
+    ///
+    /// If the payload has more than one group and the bytes so far end on a group boundary,
+    /// the segment is published in flight ([`crate::Store::in_flight`]): forwarders may read
+    /// each group once it verified.
+    pub fn set_outboard(&mut self, bytes: &[u8]) -> Result<(), IngestError> {
+        self.ensure_open()?;
+        let m = self.signed.manifest();
+        let outboard = match Outboard::parse(bytes, m.payload_len, &m.payload_hash) {
+            Ok(o) => o,
+            Err(e) => return Err(self.fail(SegFileError::from(e).into())),
+        };
+        if let Err(e) = self.groups.expect(outboard.clone()) {
+            return Err(self.fail(SegFileError::from(e).into()));
+        }
+        let verified = self.groups.verified();
+        if !outboard.is_empty() && self.groups.pos() == verified && self.inflight.is_none() {
+            let registry = &self.store.inner.inflight;
+            self.inflight = Some(registry.open(self.signed.clone(), outboard, verified));
+        }
+        Ok(())
+    }
+
+    /// Whether this ingest publishes its verified groups to forwarders.
+    pub fn is_in_flight(&self) -> bool {
+        self.inflight.is_some()
+    }
+
+    fn close_in_flight(&mut self, end: InFlightEnd) {
+        if let Some(inflight) = self.inflight.take() {
+            self.store.inner.inflight.close(&inflight, end);
         }
     }
 
@@ -623,7 +713,12 @@ impl Ingest {
             }
             .into());
         }
-        let actual: [u8; 32] = *self.hasher.finalize().as_bytes();
+        let Some((actual, outboard)) = self.groups.finish() else {
+            return Err(self.fail(IngestError::Protocol {
+                id,
+                reason: "payload length reached but not all of it hashed",
+            }));
+        };
         let wanted = self.signed.manifest().payload_hash;
         // Mutation point (INV-02): any payload of the declared length is taken as the segment.
         if actual != wanted && !mutants::active("skip_hash_check") {
@@ -708,9 +803,14 @@ impl Ingest {
         };
         let stored = Stored { id, row, extra: () };
         let for_txn = stored.clone();
+        let outboard = outboard.to_bytes();
         let committed = self.store.writer().write(move |txn| {
             txn.open_table(SEGMENTS)?
                 .insert(&id.0, tables::encode(&for_txn.row).as_slice())?;
+            if !outboard.is_empty() {
+                txn.open_table(OUTBOARDS)?
+                    .insert(&id.0, outboard.as_slice())?;
+            }
             txn.open_table(PARTIALS)?.remove(&id.0)?;
             index::remove_tombstone(txn, &id)?;
             crash::point(crash::INGEST_IN_COMMIT);
@@ -722,6 +822,7 @@ impl Ingest {
         };
         crash::point(crash::INGEST_AFTER_COMMIT);
         self.state = State::Finished;
+        self.close_in_flight(InFlightEnd::Stored);
         {
             let mut acct = self.store.acct();
             acct.usage.reserved_bytes -= self.granted;
@@ -748,6 +849,7 @@ impl Drop for Ingest {
         if self.state == State::Finished {
             return;
         }
+        self.close_in_flight(InFlightEnd::Abandoned);
         let id = self.id();
         let keep = self.state == State::Open && self.checkpoint > 0;
         self.file = None;

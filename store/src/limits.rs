@@ -3,6 +3,12 @@
 //! Each bound is checked before anything is allocated on its behalf. Units are the last part of
 //! each name. Tests exercise each bound at N and N+1.
 
+/// Bytes per verified group of a payload (see `outboard`): 1024 BLAKE3 chunks. A forwarder
+/// holds back at most one group; the outboard costs 32 bytes per group (32 KiB per GiB).
+pub const OUTBOARD_GROUP_BYTES: u64 = 1 << 20;
+/// Verified groups an in-flight segment keeps for its forwarders (see `inflight`): memory per
+/// segment being received and forwarded, whatever its size or the number of forwarders.
+pub const INFLIGHT_RING_GROUPS: usize = 8;
 /// Alignment of memory, offsets and lengths of `O_DIRECT` I/O (the largest logical block size
 /// of the devices this runs on).
 pub const DIRECT_IO_ALIGN_BYTES: usize = 4096;
@@ -87,3 +93,4 @@ const _: () = assert!(DIRECT_IO_BLOCK_BYTES % DIRECT_IO_ALIGN_BYTES == 0);
 /// Memory redb may use to cache pages of `edge.redb` (its default is 1 GiB): 16 MiB, enough for
 /// the index and ledger of a large store, and part of what keeps the daemon's memory small.
 pub const DB_CACHE_BYTES: usize = 16 << 20;
+const _: () = assert!(OUTBOARD_GROUP_BYTES.is_power_of_two() && OUTBOARD_GROUP_BYTES >= 1024);

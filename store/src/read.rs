@@ -13,7 +13,7 @@
 //! - A segment whose publisher is no longer trusted is refused with [`StoreError::Untrusted`]
 //!   and stays stored: its bytes are intact, and trusting the key again makes it servable.
 
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
 use crate::error::{StoreError, db};
@@ -21,9 +21,11 @@ use crate::fs::FsRead;
 use crate::id::SegmentId;
 use crate::keys::PublisherKey;
 use crate::manifest::{SignedManifest, VerifyError};
+use crate::limits::STREAM_BUF_BYTES;
+use crate::outboard::{self, GroupHasher, Outboard};
 use crate::segfile::{self, SegFileError};
 use crate::store::Store;
-use crate::tables::{self, SEGMENTS, SegmentRow};
+use crate::tables::{self, OUTBOARDS, SEGMENTS, SegmentRow};
 
 /// An open stored segment: its verified header, and its file positioned at the payload.
 /// While it lives the segment is not evicted.
@@ -76,6 +78,66 @@ impl SegmentReader {
     /// [`Store::quarantine`] if it does not match the manifest.
     pub fn payload(&mut self) -> &mut dyn FsRead {
         self.file.as_mut()
+    }
+
+    /// The payload's outboard (empty for a single group; see [`crate::outboard`]): the one
+    /// recorded at ingest, checked against the manifest's root, or, when it is missing or
+    /// damaged (a segment stored before outboards were kept), computed from the payload and
+    /// recorded. Leaves the file positioned at the start of the payload. The bytes are not
+    /// checked here beyond the outboard itself: a sender checks each group as it reads it.
+    pub fn outboard(&mut self) -> Result<Vec<u8>, StoreError> {
+        let m = self.signed.manifest();
+        let (len, root) = (m.payload_len, m.payload_hash);
+        if outboard::outboard_len(len) == 0 {
+            return Ok(Vec::new());
+        }
+        let store = self.lease.store.clone();
+        let id = self.id();
+        let recorded = {
+            let read = store.database().begin_read().map_err(db)?;
+            let table = read.open_table(OUTBOARDS).map_err(db)?;
+            table.get(&id.0).map_err(db)?.map(|v| v.value().to_vec())
+        };
+        if let Some(bytes) = recorded
+            && Outboard::parse(&bytes, len, &root).is_ok()
+        {
+            return Ok(bytes);
+        }
+        let io = |source| StoreError::Io {
+            op: "read",
+            path: PathBuf::new(),
+            source,
+        };
+        let mut groups = GroupHasher::new(len);
+        let mut buf = vec![0u8; STREAM_BUF_BYTES];
+        let mut left = len;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = self.file.read(&mut buf[..want]).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            // Without an outboard to expect, hashing cannot fail.
+            let _ = groups.update(&buf[..n]);
+            left -= n as u64;
+        }
+        self.file
+            .seek(SeekFrom::Start(self.header_bytes))
+            .map_err(io)?;
+        let outboard = match groups.finish() {
+            Some((actual, outboard)) if actual == root => outboard.to_bytes(),
+            // Short or corrupt: the send that follows finds it and quarantines the segment.
+            _ => return Ok(Vec::new()),
+        };
+        let record = outboard.clone();
+        store.writer().write(move |txn| {
+            if txn.open_table(SEGMENTS)?.get(&id.0)?.is_some() {
+                txn.open_table(OUTBOARDS)?
+                    .insert(&id.0, record.as_slice())?;
+            }
+            Ok(())
+        })?;
+        Ok(outboard)
     }
 
     /// Streams the whole `.seg` file to `out`, verifying the payload hash as it goes. On a

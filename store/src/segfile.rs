@@ -93,6 +93,12 @@ pub enum SegFileError {
         /// The hash of the bytes read.
         actual: [u8; 32],
     },
+    /// The payload's outboard has the wrong length or does not hash to the manifest's root.
+    #[error("segment outboard refused: {0}")]
+    BadOutboard(#[from] crate::outboard::OutboardError),
+    /// A group of the payload does not hash to its CV in the (verified) outboard.
+    #[error("segment {0}")]
+    GroupMismatch(#[from] crate::outboard::GroupMismatch),
     /// An I/O error from the underlying reader or writer.
     #[error("segment file I/O: {0}")]
     Io(#[from] io::Error),

@@ -18,7 +18,7 @@ use crate::layout::{self, Layout};
 use crate::limits::{MIN_FREE_BYTES_DEFAULT, PARTIAL_AGE_MAX_MS_DEFAULT, TOMBSTONES_MAX_DEFAULT};
 use crate::mutants;
 use crate::tables::{
-    self, PARTIALS, PINS, PartialRow, QUARANTINE, QuarantineRow, SEGMENTS, SegmentRow,
+    self, OUTBOARDS, PARTIALS, PINS, PartialRow, QUARANTINE, QuarantineRow, SEGMENTS, SegmentRow,
 };
 use crate::writer::Writer;
 
@@ -190,6 +190,7 @@ pub(crate) struct Inner {
     pub(crate) writer: Writer,
     pub(crate) acct: Mutex<Accounting>,
     pub(crate) quarantine_watchers: Watchers,
+    pub(crate) inflight: crate::inflight::Registry,
 }
 
 /// A node's segment store. Cheap to clone; all clones share one database and one committer.
@@ -284,9 +285,16 @@ impl Store {
                 writer,
                 acct: Mutex::new(acct),
                 quarantine_watchers: Watchers::default(),
+                inflight: Default::default(),
             }),
         };
         Ok((store, report))
+    }
+
+    /// The segment being received under `id` with its outboard, readable group by verified
+    /// group while it arrives (see [`crate::inflight`]).
+    pub fn in_flight(&self, id: &SegmentId) -> Option<Arc<crate::inflight::InFlight>> {
+        self.inner.inflight.get(id)
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -683,6 +691,7 @@ impl Store {
                     .open_table(SEGMENTS)?
                     .remove(&id.0)?
                     .map(|v| v.value().to_vec());
+                txn.open_table(OUTBOARDS)?.remove(&id.0)?;
                 if let Some(bytes) = removed {
                     index::add_tombstone(txn, &id, tombstones_max)?;
                     gone.push((id, bytes));
@@ -800,6 +809,7 @@ impl Store {
                 .open_table(SEGMENTS)?
                 .remove(&id_copy.0)?
                 .map(|v| v.value().to_vec());
+            txn.open_table(OUTBOARDS)?.remove(&id_copy.0)?;
             txn.open_table(QUARANTINE)?
                 .insert(&id_copy.0, tables::encode(&row).as_slice())?;
             Ok(removed)
@@ -1016,7 +1026,9 @@ fn recover(
         let txn = db.begin_write().map_err(db_err)?;
         {
             let mut segments = txn.open_table(SEGMENTS).map_err(db_err)?;
+            let mut outboards = txn.open_table(OUTBOARDS).map_err(db_err)?;
             for id in &drop_rows {
+                outboards.remove(&id.0).map_err(db_err)?;
                 segments.remove(&id.0).map_err(db_err)?;
             }
             let mut partials = txn.open_table(PARTIALS).map_err(db_err)?;

@@ -32,6 +32,10 @@ pub(crate) const TOMBSTONE_ORDER: TableDefinition<u64, IdKey> =
     TableDefinition::new("tombstone-order-v1");
 pub(crate) const QUARANTINE: TableDefinition<IdKey, &[u8]> = TableDefinition::new("quarantine-v1");
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("store-meta-v1");
+/// The outboard (group CVs, see `outboard`) of each stored segment of more than one group,
+/// written in the ingest's transaction and removed with the segment's row. Checked against the
+/// manifest's root whenever it is read, so a damaged one is recomputed, never trusted.
+pub(crate) const OUTBOARDS: TableDefinition<IdKey, &[u8]> = TableDefinition::new("outboards-v1");
 
 pub(crate) const META_SCHEMA_VERSION: &str = "schema_version";
 pub(crate) const META_TOMBSTONE_SEQ: &str = "tombstone_seq";
@@ -119,6 +123,7 @@ pub(crate) fn init(db: &redb::Database, path: &std::path::Path) -> Result<(), St
         txn.open_table(TOMBSTONES).map_err(db_err)?;
         txn.open_table(TOMBSTONE_ORDER).map_err(db_err)?;
         txn.open_table(QUARANTINE).map_err(db_err)?;
+        txn.open_table(OUTBOARDS).map_err(db_err)?;
         let mut meta = txn.open_table(META).map_err(db_err)?;
         let found = meta
             .get(META_SCHEMA_VERSION)

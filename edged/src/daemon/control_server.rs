@@ -824,7 +824,11 @@ pub fn reject_reason(e: &store::IngestError) -> &'static str {
         E::Verify(V::BadSignature) => "bad_signature",
         E::Verify(V::Expired { .. }) => "expired",
         E::Verify(V::CreatedInFuture { .. }) => "created_in_future",
-        E::Format(SegFileError::HashMismatch { .. }) => "hash_mismatch",
+        E::Format(
+            SegFileError::HashMismatch { .. }
+            | SegFileError::GroupMismatch(_)
+            | SegFileError::BadOutboard(_),
+        ) => "hash_mismatch",
         E::Format(
             SegFileError::TruncatedPayload { .. }
             | SegFileError::PayloadTooLong

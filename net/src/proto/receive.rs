@@ -148,6 +148,8 @@ enum State {
 
 struct Pump {
     progress: Progress,
+    /// Outboard bytes not yet received (they are not payload in the counters).
+    outboard_left: u64,
     /// Payload bytes not yet in a complete chunk.
     remaining: u64,
     /// Payload bytes in complete chunks.
@@ -299,7 +301,7 @@ impl Receiver {
         }
         self.out.push_back(RecvCmd::StartWriter);
         self.offset = offset;
-        let remaining = self.payload_len - offset;
+        let remaining = crate::wire::stream_len(self.payload_len, offset);
         let progress = Progress::new(
             now,
             self.params.stall_window,
@@ -309,6 +311,7 @@ impl Receiver {
         );
         let pump = Pump {
             progress,
+            outboard_left: store::outboard::outboard_len(self.payload_len),
             remaining,
             got: 0,
             buf: Vec::new(),
@@ -523,7 +526,8 @@ impl Receiver {
             p.filled = 0;
             p.remaining -= want;
             p.got += want;
-            bump(&self.obs.stats.payload_bytes_received, want);
+            let payload = crate::wire::past_outboard(&mut p.outboard_left, want);
+            bump(&self.obs.stats.payload_bytes_received, payload);
             if p.buffer_payload {
                 p.held.push_back(chunk);
             } else {
@@ -533,8 +537,14 @@ impl Receiver {
         }
         if p.remaining > 0 {
             if p.buf.is_empty() {
+                // The outboard fills chunks of its own, so payload chunks end where the
+                // sender's groups do: a pause upstream leaves no verified group held back here.
+                let limit = match p.outboard_left {
+                    0 => p.remaining,
+                    left => left,
+                };
                 // Cannot truncate: at most PAYLOAD_CHUNK_BYTES.
-                let want = p.remaining.min(PAYLOAD_CHUNK_BYTES as u64) as usize;
+                let want = limit.min(PAYLOAD_CHUNK_BYTES as u64) as usize;
                 p.buf = vec![0u8; want];
             }
             let deadline = p.progress.deadline();
@@ -557,7 +567,8 @@ impl Receiver {
         if p.filled > 0 {
             let mut chunk = std::mem::take(&mut p.buf);
             chunk.truncate(p.filled);
-            bump(&self.obs.stats.payload_bytes_received, p.filled as u64);
+            let payload = crate::wire::past_outboard(&mut p.outboard_left, p.filled as u64);
+            bump(&self.obs.stats.payload_bytes_received, payload);
             p.filled = 0;
             p.failing = Some(fail);
             self.out.push_back(RecvCmd::ToDisk(ToDisk::Data(chunk)));
@@ -1032,8 +1043,14 @@ mod tests {
 
     #[test]
     fn inv_20_the_payload_moves_in_bounded_chunks_one_at_a_time() {
-        let data = payload(8 * PAYLOAD_CHUNK_BYTES + 1);
-        let signed = manifest_of(&data);
+        let payload = payload(8 * PAYLOAD_CHUNK_BYTES + 1);
+        let signed = manifest_of(&payload);
+        // What the sender streams: the outboard, then the payload.
+        let mut hasher = store::outboard::GroupHasher::new(payload.len() as u64);
+        hasher.update(&payload).unwrap();
+        let mut data = hasher.finish().unwrap().1.to_bytes();
+        assert!(!data.is_empty() && data.len() < PAYLOAD_CHUNK_BYTES);
+        data.extend_from_slice(&payload);
         let (mut d, _) = Drive::new(&signed);
         let t0 = Instant::now();
         let mut next = d.accept(0, t0);

@@ -97,8 +97,10 @@ enum State {
 
 struct Stream {
     progress: Progress,
-    /// Payload bytes not yet written.
+    /// Bytes not yet written: the outboard's, then the payload's.
     owed: u64,
+    /// Outboard bytes not yet written (they are not payload in the counters).
+    outboard_left: u64,
     chunk: Vec<u8>,
     pos: usize,
 }
@@ -222,7 +224,8 @@ impl Sender {
         s.pos += n;
         s.owed = s.owed.saturating_sub(n as u64);
         s.progress.record(n as u64);
-        bump(&self.obs.stats.payload_bytes_sent, n as u64);
+        let payload = crate::wire::past_outboard(&mut s.outboard_left, n as u64);
+        bump(&self.obs.stats.payload_bytes_sent, payload);
         self.judge(now);
     }
 
@@ -314,7 +317,7 @@ impl Sender {
             tracing::info!(peer = %peer, seg_id = %id, offset, "peer resumes a partial transfer");
         }
         self.out.push_back(SendCmd::StartReader { offset });
-        let owed = payload_len - offset;
+        let owed = crate::wire::stream_len(payload_len, offset);
         let progress = Progress::new(
             now,
             self.params.stall_window,
@@ -325,6 +328,7 @@ impl Sender {
         self.state = State::Stream(Box::new(Stream {
             progress,
             owed,
+            outboard_left: store::outboard::outboard_len(payload_len),
             chunk: Vec::new(),
             pos: 0,
         }));
