@@ -240,23 +240,30 @@ pub(crate) enum PayloadSource {
 }
 
 /// Feeds a send from a segment in flight ([`store::inflight`]): the outboard, then each verified
-/// group as it is published. No disk and no thread: memory only, in either [`DiskMode`].
+/// group as it is published, from memory. A forward that falls behind the ring (a slower peer)
+/// or outlives the receipt (the segment got stored) reads whole groups from the file instead,
+/// each checked against the outboard: it slows nobody else and still sends only verified bytes.
 pub(crate) struct InFlightFeed {
     inflight: Arc<InFlight>,
+    mode: DiskMode,
     pos: u64,
     len: u64,
     outboard: Option<Vec<u8>>,
+    /// The group last read from the file: (its first payload offset, its bytes).
+    from_file: Option<(u64, Vec<u8>)>,
 }
 
 impl InFlightFeed {
-    pub fn new(inflight: Arc<InFlight>, offset: u64) -> Self {
+    pub fn new(inflight: Arc<InFlight>, mode: DiskMode, offset: u64) -> Self {
         let len = inflight.manifest().manifest().payload_len;
         let outboard = Some(inflight.outboard().to_bytes());
         InFlightFeed {
             inflight,
+            mode,
             pos: offset,
             len,
             outboard,
+            from_file: None,
         }
     }
 
@@ -266,11 +273,22 @@ impl InFlightFeed {
         {
             return FromDisk::Data(outboard);
         }
-        // Bounded: each turn either returns or waits for the ring to change, and the ring ends.
+        // Bounded: each turn returns, waits for the ring to change (and the ring ends), or
+        // reads a group that covers `pos`.
         loop {
             if self.pos >= self.len {
                 // Every byte sent was a verified group of this payload.
                 return FromDisk::Verified;
+            }
+            if let Some((start, bytes)) = &self.from_file
+                && self.pos >= *start
+                && self.pos < start + bytes.len() as u64
+            {
+                // Cannot truncate: within one group.
+                let from = (self.pos - start) as usize;
+                let n = (bytes.len() - from).min(PAYLOAD_CHUNK_BYTES);
+                self.pos += n as u64;
+                return FromDisk::Data(bytes[from..from + n].to_vec());
             }
             let seen = self.inflight.version();
             match self.inflight.read(self.pos, PAYLOAD_CHUNK_BYTES) {
@@ -282,14 +300,20 @@ impl InFlightFeed {
                     let inflight = self.inflight.clone();
                     std::future::poll_fn(|cx| inflight.poll_changed(cx, seen)).await;
                 }
-                Slice::Behind => {
-                    return FromDisk::Io("fell behind the upstream transfer it forwards".into());
+                Slice::Behind | Slice::Ended(InFlightEnd::Stored) => {
+                    let index = self.pos / store::outboard::GROUP_BYTES;
+                    let inflight = self.inflight.clone();
+                    match blocking(self.mode, move || inflight.read_group(index)).await {
+                        Ok(Ok(bytes)) => {
+                            let start = index * store::outboard::GROUP_BYTES;
+                            self.from_file = Some((start, bytes));
+                        }
+                        Ok(Err(e)) => return FromDisk::Io(e),
+                        Err(e) => return FromDisk::Io(e.to_string()),
+                    }
                 }
                 Slice::Ended(InFlightEnd::Abandoned) => {
                     return FromDisk::Io("the upstream transfer it forwards was abandoned".into());
-                }
-                Slice::Ended(InFlightEnd::Stored) => {
-                    return FromDisk::Io("stored before this forward caught up".into());
                 }
             }
         }

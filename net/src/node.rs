@@ -55,7 +55,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, NetConfig};
 use crate::filter::{AddrFilter, answer_for, canonical};
 use crate::limits::{
-    CROSSING_MIN_MS, CUT_THROUGH_FORWARDS_MAX, CROSSING_RTTS, RETIRE_GRACE_MIN_MS, RETIRE_GRACE_RTTS, RETRY_TOKEN_LIFETIME_MS,
+    CROSSING_MIN_MS, CROSSING_RTTS, CUT_THROUGH_FORWARDS_MAX, RETIRE_GRACE_MIN_MS,
+    RETIRE_GRACE_RTTS, RETRY_TOKEN_LIFETIME_MS,
 };
 use crate::logcap::LogLimiter;
 use crate::pki::{NodeId, NodeIdentity, node_id_of_cert};

@@ -45,8 +45,8 @@ use tokio::time::{Instant, timeout, timeout_at};
 use crate::clock::Clock;
 use crate::config::NetConfig;
 use crate::disk::{
-    InFlightFeed,
-    self, PayloadReader, PayloadSink, PayloadSource, PayloadWriter, SinkGone, WriterEnd,
+    self, InFlightFeed, PayloadReader, PayloadSink, PayloadSource, PayloadWriter, SinkGone,
+    WriterEnd,
 };
 use crate::limits::STOPPED_REASON_WAIT_MS;
 use crate::logcap::LogLimiter;
@@ -284,7 +284,7 @@ async fn drop_blocking(ctx: &Ctx, ingest: Box<Ingest>) {
 /// What a send streams from.
 pub(crate) enum Source {
     /// The stored copy.
-    Stored(SegmentReader),
+    Stored(Box<SegmentReader>),
     /// A segment still arriving here: its verified groups (cut-through).
     InFlight(Arc<store::inflight::InFlight>),
 }
@@ -316,7 +316,7 @@ pub(crate) async fn open_for_send(ctx: &Ctx, id: SegmentId) -> Result<Source, Se
             Some(f) => Ok(Source::InFlight(f)),
             None => Err(SendOutcome::NotStored),
         },
-        opened => opened.map(Source::Stored),
+        opened => opened.map(|r| Source::Stored(Box::new(r))),
     }
 }
 
@@ -401,11 +401,11 @@ pub(crate) async fn send_with(
             SendCmd::StartReader { offset } => {
                 source = match reader.take() {
                     Some(Source::Stored(reader)) => {
-                        let steps = PayloadReader::new(reader, offset);
+                        let steps = PayloadReader::new(*reader, offset);
                         Some(PayloadSource::start(ctx.cfg.disk_mode, steps))
                     }
                     Some(Source::InFlight(f)) => Some(PayloadSource::InFlight(Box::new(
-                        InFlightFeed::new(f, offset),
+                        InFlightFeed::new(f, ctx.cfg.disk_mode, offset),
                     ))),
                     None => None,
                 };

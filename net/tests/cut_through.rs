@@ -45,13 +45,18 @@ async fn line() -> Line {
     seed(&planned[0].store, TAG, SEG_BYTES);
     let b_addr = planned[1].addr;
     let up = raw_socket();
-    let nodes = start(&fleet, planned, &[("a", "b"), ("a", "c"), ("b", "c")], |cfg| {
-        cfg.stall_timeout_ms = 5_000;
-        cfg.response_timeout_ms = 10_000;
-        if cfg.node_id.as_str() == "b" {
-            cfg.known_peers.insert(id("up"), up.addr);
-        }
-    });
+    let nodes = start(
+        &fleet,
+        planned,
+        &[("a", "b"), ("a", "c"), ("b", "c")],
+        |cfg| {
+            cfg.stall_timeout_ms = 5_000;
+            cfg.response_timeout_ms = 10_000;
+            if cfg.node_id.as_str() == "b" {
+                cfg.known_peers.insert(id("up"), up.addr);
+            }
+        },
+    );
     *nodes[1].hooks.forward_to.lock().unwrap() = vec!["c".to_owned()];
     assert!(
         nodes[1]
@@ -130,7 +135,9 @@ async fn a_segment_is_forwarded_while_it_still_arrives_and_stored_everywhere() {
         .expect("answer");
     assert_eq!(answer, Msg::Ack);
     assert!(
-        eventually(Duration::from_secs(10), || stored_ids(&l.c().store) == vec![seg]).await,
+        eventually(Duration::from_secs(10), || stored_ids(&l.c().store)
+            == vec![seg])
+        .await,
         "c stored it"
     );
     assert_eq!(
@@ -166,7 +173,9 @@ async fn inv_02_a_forwarder_forwards_only_verified_groups() {
     let (mut send, mut recv) = offer(&l).await;
     send.write_all(&body[..good]).await.expect("good groups");
     assert!(
-        eventually(Duration::from_secs(10), || c_has(&l) >= good as u64 - GROUP_BYTES).await,
+        eventually(Duration::from_secs(10), || c_has(&l)
+            >= good as u64 - GROUP_BYTES)
+        .await,
         "c holds {} bytes",
         c_has(&l)
     );

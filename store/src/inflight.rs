@@ -17,10 +17,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+
+use crate::fs::Fs;
 use crate::id::SegmentId;
 use crate::limits::INFLIGHT_RING_GROUPS;
 use crate::manifest::SignedManifest;
-use crate::outboard::Outboard;
+use crate::outboard::{GROUP_BYTES, Outboard, group_cv};
 
 /// How a segment's receipt ended, as its readers see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,26 +61,69 @@ struct Ring {
     wakers: Vec<Waker>,
 }
 
+/// Where the bytes of an in-flight segment rest: its temp file while it arrives, its segment
+/// file once stored. A reader that fell behind the ring reads whole groups from there.
+#[derive(Debug)]
+pub(crate) struct Files {
+    pub fs: Arc<dyn Fs>,
+    pub tmp: PathBuf,
+    pub stored: PathBuf,
+    /// Bytes of the file before the payload.
+    pub header_bytes: u64,
+}
+
 /// One segment being received with an outboard.
 #[derive(Debug)]
 pub struct InFlight {
     id: SegmentId,
     manifest: SignedManifest,
     outboard: Outboard,
+    files: Files,
     ring: Mutex<Ring>,
 }
 
 impl InFlight {
-    fn new(manifest: SignedManifest, outboard: Outboard, start: u64) -> Self {
+    fn new(manifest: SignedManifest, outboard: Outboard, files: Files, start: u64) -> Self {
         InFlight {
             id: manifest.id(),
             manifest,
             outboard,
+            files,
             ring: Mutex::new(Ring {
                 verified: start,
                 ..Ring::default()
             }),
         }
+    }
+
+    /// Group `index`, read from the file (for a reader behind the ring) and checked against its
+    /// CV: only verified bytes come out of here too. Blocking I/O. Only groups already
+    /// published (or, once stored, any group) are asked for.
+    pub fn read_group(&self, index: u64) -> Result<Vec<u8>, String> {
+        let len = self.manifest.manifest().payload_len;
+        let start = index * GROUP_BYTES;
+        let Some(expected) = self.outboard.cv(index) else {
+            return Err(format!("no group {index}"));
+        };
+        let want = (len - start).min(GROUP_BYTES);
+        let f = &self.files;
+        let mut file = match f.fs.open_read(&f.tmp) {
+            Ok(file) => file,
+            // Renamed into place meanwhile: it is stored.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                f.fs.open_read(&f.stored).map_err(|e| e.to_string())?
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        // Cannot truncate: at most GROUP_BYTES.
+        let mut bytes = vec![0u8; want as usize];
+        file.seek(SeekFrom::Start(f.header_bytes + start))
+            .and_then(|_| file.read_exact(&mut bytes))
+            .map_err(|e| e.to_string())?;
+        if group_cv(index, &bytes) != *expected {
+            return Err(format!("group {index} on disk does not match the outboard"));
+        }
+        Ok(bytes)
     }
 
     pub fn id(&self) -> SegmentId {
@@ -197,9 +244,10 @@ impl Registry {
         &self,
         manifest: SignedManifest,
         outboard: Outboard,
+        files: Files,
         start: u64,
     ) -> Arc<InFlight> {
-        let inflight = Arc::new(InFlight::new(manifest, outboard, start));
+        let inflight = Arc::new(InFlight::new(manifest, outboard, files, start));
         if let Some(old) = self.map().insert(inflight.id(), inflight.clone()) {
             old.end(InFlightEnd::Abandoned);
         }
@@ -214,7 +262,10 @@ impl Registry {
     pub(crate) fn close(&self, inflight: &Arc<InFlight>, end: InFlightEnd) {
         inflight.end(end);
         let mut map = self.map();
-        if map.get(&inflight.id()).is_some_and(|i| Arc::ptr_eq(i, inflight)) {
+        if map
+            .get(&inflight.id())
+            .is_some_and(|i| Arc::ptr_eq(i, inflight))
+        {
             map.remove(&inflight.id());
         }
     }
@@ -226,6 +277,15 @@ mod tests {
     use crate::keys::PublisherSecret;
     use crate::manifest::Manifest;
 
+    fn files() -> Files {
+        Files {
+            fs: Arc::new(crate::fs::RealFs),
+            tmp: PathBuf::from("/nonexistent/tmp"),
+            stored: PathBuf::from("/nonexistent/seg"),
+            header_bytes: 0,
+        }
+    }
+
     fn manifest() -> SignedManifest {
         let secret = PublisherSecret::from_seed([3; 32]);
         let m = Manifest::new(secret.public(), "x", 1, 10, [0; 32]);
@@ -235,7 +295,7 @@ mod tests {
     #[test]
     fn readers_see_only_published_groups_and_fall_behind_past_the_ring() {
         let reg = Registry::default();
-        let f = reg.open(manifest(), Outboard::default(), 0);
+        let f = reg.open(manifest(), Outboard::default(), files(), 0);
         assert_eq!(f.read(0, 10), Slice::Pending);
         let v = f.version();
         let g = |b: u8| vec![b; 4];
@@ -253,13 +313,16 @@ mod tests {
         assert!(reg.get(&f.id()).is_none());
         let end = f.verified();
         assert_eq!(f.read(end, 10), Slice::Ended(InFlightEnd::Stored));
-        assert_eq!(f.read(end - 1, 10), Slice::Data(vec![INFLIGHT_RING_GROUPS as u8 + 1]));
+        assert_eq!(
+            f.read(end - 1, 10),
+            Slice::Data(vec![INFLIGHT_RING_GROUPS as u8 + 1])
+        );
     }
 
     #[test]
     fn an_abandoned_receipt_feeds_nobody() {
         let reg = Registry::default();
-        let f = reg.open(manifest(), Outboard::default(), 0);
+        let f = reg.open(manifest(), Outboard::default(), files(), 0);
         f.publish(vec![1; 4]);
         reg.close(&f, InFlightEnd::Abandoned);
         assert_eq!(f.read(0, 10), Slice::Ended(InFlightEnd::Abandoned));
@@ -268,7 +331,7 @@ mod tests {
     #[test]
     fn a_resumed_receipt_starts_its_ring_at_the_resume_offset() {
         let reg = Registry::default();
-        let f = reg.open(manifest(), Outboard::default(), 8);
+        let f = reg.open(manifest(), Outboard::default(), files(), 8);
         assert_eq!(f.read(0, 10), Slice::Behind);
         assert_eq!(f.read(8, 10), Slice::Pending);
         f.publish(vec![5; 2]);

@@ -635,8 +635,14 @@ impl Ingest {
         }
         let verified = self.groups.verified();
         if !outboard.is_empty() && self.groups.pos() == verified && self.inflight.is_none() {
+            let files = crate::inflight::Files {
+                fs: self.store.inner.fs.clone(),
+                tmp: self.tmp_path.clone(),
+                stored: self.store.layout().segment_file(&self.id()),
+                header_bytes: self.header_bytes,
+            };
             let registry = &self.store.inner.inflight;
-            self.inflight = Some(registry.open(self.signed.clone(), outboard, verified));
+            self.inflight = Some(registry.open(self.signed.clone(), outboard, files, verified));
         }
         Ok(())
     }

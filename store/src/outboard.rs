@@ -115,6 +115,14 @@ fn parse_with(
     Ok(Outboard { cvs })
 }
 
+/// The chaining value of group `index` of a payload of two groups or more, from its bytes.
+pub fn group_cv(index: u64, bytes: &[u8]) -> Cv {
+    let mut hasher = blake3::Hasher::new();
+    hasher.set_input_offset(index * GROUP_BYTES);
+    hasher.update(bytes);
+    hasher.finalize_non_root()
+}
+
 /// The root of a payload of two groups or more, from its groups' CVs: BLAKE3's tree above them
 /// (the left subtree always holds the largest power of two of groups that leaves one for the
 /// right, as it does of chunks).
@@ -186,7 +194,9 @@ impl GroupHasher {
     /// Bytes known good: every completed group, once an outboard was given (0 before).
     pub fn verified(&self) -> u64 {
         match &self.expected {
-            Some(_) if self.groups > 1 => (self.cvs.len() as u64 * self.group).min(self.payload_len),
+            Some(_) if self.groups > 1 => {
+                (self.cvs.len() as u64 * self.group).min(self.payload_len)
+            }
             _ => 0,
         }
     }
@@ -306,12 +316,25 @@ mod tests {
     #[test]
     fn real_group_size_around_its_boundaries() {
         let g = GROUP_BYTES as usize;
-        for len in [0, 1, g - 1, g, g + 1, 2 * g, 2 * g + 1024, 3 * g - 7, 5 * g + 3] {
+        for len in [
+            0,
+            1,
+            g - 1,
+            g,
+            g + 1,
+            2 * g,
+            2 * g + 1024,
+            3 * g - 7,
+            5 * g + 3,
+        ] {
             let bytes = data(len, 7);
             let (root, outboard) = hash_in(&bytes, GROUP_BYTES, &[300_000, 65_536]);
             assert_eq!(root, *blake3::hash(&bytes).as_bytes(), "len {len}");
             assert_eq!(outboard.to_bytes().len() as u64, outboard_len(len as u64));
-            assert_eq!(Outboard::parse(&outboard.to_bytes(), len as u64, &root), Ok(outboard));
+            assert_eq!(
+                Outboard::parse(&outboard.to_bytes(), len as u64, &root),
+                Ok(outboard)
+            );
         }
     }
 
@@ -367,6 +390,9 @@ mod tests {
         one.expect(Outboard::default()).unwrap();
         one.update(&bytes[..500]).unwrap();
         assert_eq!(one.verified(), 0);
-        assert_eq!(one.finish().unwrap().0, *blake3::hash(&bytes[..500]).as_bytes());
+        assert_eq!(
+            one.finish().unwrap().0,
+            *blake3::hash(&bytes[..500]).as_bytes()
+        );
     }
 }

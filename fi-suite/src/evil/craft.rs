@@ -54,6 +54,20 @@ pub struct Crafted {
 }
 
 impl Crafted {
+    /// What a sender streams after `Want(offset)`: the payload's outboard (empty up to one
+    /// group), then the payload from `offset` (see `net::wire`).
+    pub fn stream_from(&self, offset: usize) -> Vec<u8> {
+        let mut groups = store::outboard::GroupHasher::new(self.payload.len() as u64);
+        // Without an outboard to expect, hashing cannot fail.
+        let _ = groups.update(&self.payload);
+        let mut out = groups
+            .finish()
+            .map(|(_, outboard)| outboard.to_bytes())
+            .unwrap_or_default();
+        out.extend_from_slice(&self.payload[offset.min(self.payload.len())..]);
+        out
+    }
+
     pub fn id_hex(&self) -> String {
         self.id.to_string()
     }

@@ -287,7 +287,7 @@ async fn serve_poisoned(send: &mut SendStream, recv: &mut RecvStream, c: &Crafte
             // Cannot truncate: offsets are at most the payload's length, checked here.
             let from = (offset.min(c.payload.len() as u64)) as usize;
             let limit = Duration::from_millis(PAYLOAD_WRITE_TIMEOUT_MS);
-            if let Err(end) = write(send, &c.payload[from..], limit).await {
+            if let Err(end) = write(send, &c.stream_from(from), limit).await {
                 return end;
             }
             let _ = send.finish();

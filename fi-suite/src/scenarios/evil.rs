@@ -728,8 +728,8 @@ fn offer_lie(a: &Arena, conn: &Connection, c: &Crafted) -> StreamEnd {
             Err(end) => end,
             Ok(mut t) => match t.answer.clone() {
                 StreamEnd::Frame(Msg::Want { offset }) => {
-                    let from = (offset as usize).min(c.payload.len());
-                    evil::push_payload(&mut t, &c.payload[from..], &[]).await
+                    let body = c.stream_from(offset as usize);
+                    evil::push_payload(&mut t, &body, &[]).await
                 }
                 other => other,
             },
@@ -1224,7 +1224,7 @@ fn start_trickle(
     if t.answer != StreamEnd::Frame(Msg::Want { offset: 0 }) {
         bail!("offer of {} answered {}", c.id.short(), t.answer.describe());
     }
-    let payload = c.payload.clone();
+    let payload = c.stream_from(0);
     Ok(a.rt.spawn(async move { evil::trickle(&mut t, &payload, bytes_per_s, limit).await }))
 }
 

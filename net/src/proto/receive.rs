@@ -1075,7 +1075,8 @@ mod tests {
             d.m.on_disk_sent(Ok(()), t0);
             next = d.run(t0);
         }
-        assert_eq!(reads, 9);
+        // The outboard in a chunk of its own, then 8 full chunks and 1 byte.
+        assert_eq!(reads, 10);
         assert!(matches!(next, Some(RecvCmd::ReadEnd { .. })));
     }
 
