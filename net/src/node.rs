@@ -336,6 +336,9 @@ struct Inner {
     skip: SkipSet,
     /// Permits of the cut-through forwards running now.
     forwards: Arc<tokio::sync::Semaphore>,
+    /// The cut-through forwards running now, by peer and segment: a relay send of the same
+    /// pair waits for its outcome instead of offering the segment again.
+    forwarding: Mutex<BTreeMap<(NodeId, SegmentId), watch::Receiver<Option<SendOutcome>>>>,
 }
 
 /// A running node. Dropping it closes the endpoint and stops its tasks.
@@ -529,6 +532,7 @@ impl Node {
             rng: Mutex::new(SplitMix64(seed)),
             skip: SkipSet::default(),
             forwards: Arc::new(tokio::sync::Semaphore::new(CUT_THROUGH_FORWARDS_MAX)),
+            forwarding: Mutex::new(BTreeMap::new()),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(inner.clone().accept_loop());
@@ -562,7 +566,18 @@ impl Node {
     /// Sends one stored segment to `peer` over the supervised connection, streaming it from the
     /// stored `.seg` file, and reports how it went. Waits up to `handshake_timeout_ms` for a
     /// connection being dialled; never dials outside the supervisor.
+    ///
+    /// If a cut-through forward of the same segment to the same peer is running, its outcome
+    /// is this send's: the peer is not offered the segment a second time.
     pub async fn send_segment(&self, peer: &NodeId, id: SegmentId) -> SendOutcome {
+        let running = self.inner.forwarding_of(peer, id);
+        if let Some(mut running) = running {
+            if let Ok(outcome) = running.wait_for(Option::is_some).await
+                && let Some(outcome) = outcome.clone()
+            {
+                return outcome;
+            }
+        }
         self.inner.send_segment(peer, id).await
     }
 
@@ -704,6 +719,19 @@ impl Inner {
         transfer::send_with(ctx, peer, &mut send, &mut recv, reader).await
     }
 
+    /// The running cut-through forward of `id` to `peer`, if any: its outcome once it ends.
+    fn forwarding_of(
+        &self,
+        peer: &NodeId,
+        id: SegmentId,
+    ) -> Option<watch::Receiver<Option<SendOutcome>>> {
+        self.forwarding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(peer.clone(), id))
+            .cloned()
+    }
+
     /// Starts forwarding segment `id`, still arriving from `from`, to the peers the hooks name
     /// (cut-through): each forward streams its verified groups as they are published and ends
     /// like any send. At most [`CUT_THROUGH_FORWARDS_MAX`] run at once; a segment not forwarded
@@ -718,11 +746,26 @@ impl Inner {
                 tracing::debug!(seg_id = %id, "cut-through forwards at their limit; relay will send it once stored");
                 return;
             };
+            let key = (peer.clone(), id);
+            let (tx, rx) = watch::channel(None);
+            {
+                let mut forwarding = self.forwarding.lock().unwrap_or_else(|e| e.into_inner());
+                if forwarding.contains_key(&key) {
+                    continue;
+                }
+                forwarding.insert(key.clone(), rx);
+            }
             let inner = self.clone();
             tokio::spawn(async move {
                 let outcome = inner.send_segment(&peer, id).await;
                 drop(permit);
                 tracing::debug!(peer = %peer, seg_id = %id, ?outcome, "cut-through forward ended");
+                inner
+                    .forwarding
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key);
+                let _ = tx.send(Some(outcome));
             });
         }
     }

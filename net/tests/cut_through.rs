@@ -127,13 +127,26 @@ async fn a_segment_is_forwarded_while_it_still_arrives_and_stored_everywhere() {
     );
     assert_eq!(l.b().store.holding(&seg).unwrap(), Holding::Ingesting);
 
-    send.write_all(&body[half..]).await.expect("second half");
-    send.finish().unwrap();
-    let answer = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut recv, 1 << 16))
-        .await
-        .expect("answered in time")
-        .expect("answer");
+    // Meanwhile the relay sends it to `c` too (as its job would once `b` stored it): that
+    // send takes the running forward's outcome instead of offering the segment again.
+    let upstream = async {
+        send.write_all(&body[half..]).await.expect("second half");
+        send.finish().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), read_frame(&mut recv, 1 << 16))
+            .await
+            .expect("answered in time")
+            .expect("answer")
+    };
+    let c_id = id("c");
+    let (answer, relayed) = tokio::join!(upstream, l.b().node.send_segment(&c_id, seg));
     assert_eq!(answer, Msg::Ack);
+    assert_eq!(relayed, SendOutcome::Delivered);
+    let offers = l.c().hooks.offers.lock().unwrap().clone();
+    assert_eq!(
+        offers,
+        vec![("b".to_owned(), OfferResult::Stored)],
+        "c was offered it once"
+    );
     assert!(
         eventually(Duration::from_secs(10), || stored_ids(&l.c().store)
             == vec![seg])

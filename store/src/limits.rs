@@ -8,7 +8,7 @@
 pub const OUTBOARD_GROUP_BYTES: u64 = 1 << 20;
 /// Verified groups an in-flight segment keeps for its forwarders (see `inflight`): memory per
 /// segment being received and forwarded, whatever its size or the number of forwarders.
-pub const INFLIGHT_RING_GROUPS: usize = 8;
+pub const INFLIGHT_RING_GROUPS: usize = 4;
 /// Alignment of memory, offsets and lengths of `O_DIRECT` I/O (the largest logical block size
 /// of the devices this runs on).
 pub const DIRECT_IO_ALIGN_BYTES: usize = 4096;
