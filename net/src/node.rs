@@ -338,8 +338,11 @@ struct Inner {
     forwards: Arc<tokio::sync::Semaphore>,
     /// The cut-through forwards running now, by peer and segment: a relay send of the same
     /// pair waits for its outcome instead of offering the segment again.
-    forwarding: Mutex<BTreeMap<(NodeId, SegmentId), watch::Receiver<Option<SendOutcome>>>>,
+    forwarding: Mutex<BTreeMap<(NodeId, SegmentId), ForwardEnd>>,
 }
+
+/// The outcome of a running cut-through forward, once it ends.
+type ForwardEnd = watch::Receiver<Option<SendOutcome>>;
 
 /// A running node. Dropping it closes the endpoint and stops its tasks.
 pub struct Node {
