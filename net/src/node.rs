@@ -584,6 +584,15 @@ impl Node {
         self.inner.send_segment(peer, id).await
     }
 
+    /// Starts forwarding segment `id`, being imported here and in flight (see
+    /// [`store::Store::in_flight`]), to the peers the hooks name, while it still arrives. Does
+    /// nothing for a segment not in flight.
+    pub fn forward_in_flight(&self, id: SegmentId) {
+        if self.inner.ctx.store.in_flight(&id).is_some() {
+            self.inner.forward_early(id, None);
+        }
+    }
+
     /// Runs one catch-up round with `peer` now, as the puller.
     pub async fn catch_up(&self, peer: &NodeId) -> Result<CatchupReport, String> {
         let p = self
@@ -740,9 +749,9 @@ impl Inner {
     /// like any send. At most [`CUT_THROUGH_FORWARDS_MAX`] run at once; a segment not forwarded
     /// now goes with its ordinary relay once stored, and a peer that got it here answers that
     /// relay "have".
-    fn forward_early(self: &Arc<Self>, id: SegmentId, from: &NodeId) {
+    fn forward_early(self: &Arc<Self>, id: SegmentId, from: Option<&NodeId>) {
         for peer in self.ctx.hooks.forward_targets(from, &id) {
-            if &peer == from || !self.peers.contains_key(&peer) {
+            if Some(&peer) == from || !self.peers.contains_key(&peer) {
                 continue;
             }
             let Ok(permit) = self.forwards.clone().try_acquire_owned() else {
@@ -1278,7 +1287,7 @@ impl Inner {
         };
         match first {
             Msg::Offer { manifest } => {
-                let forward = |id: SegmentId| self.forward_early(id, &peer);
+                let forward = |id: SegmentId| self.forward_early(id, Some(&peer));
                 let received =
                     transfer::receive(ctx, &peer, &mut send, &mut recv, manifest, Some(&forward))
                         .await;

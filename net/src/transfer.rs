@@ -92,9 +92,10 @@ pub trait NetHooks: Send + Sync + 'static {
     }
 
     /// A connection with `peer` was established (a good moment to retry what is due to it).
-    /// The peers to forward segment `id` to while it still arrives from `from` (cut-through).
-    /// The default forwards nowhere; the relay names the peers it would schedule once stored.
-    fn forward_targets(&self, from: &NodeId, id: &SegmentId) -> Vec<NodeId> {
+    /// The peers to forward segment `id` to while it still arrives from `from` (a peer, or
+    /// `None` for a local import) (cut-through). The default forwards nowhere; the relay names
+    /// the peers it would schedule once stored.
+    fn forward_targets(&self, from: Option<&NodeId>, id: &SegmentId) -> Vec<NodeId> {
         let _ = (from, id);
         Vec::new()
     }

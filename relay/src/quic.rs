@@ -118,14 +118,14 @@ impl NetHooks for Hooks {
     /// The peers the relay would schedule once the segment is stored (every known peer but the
     /// one it came from): forwarding to them early changes nothing in the ledger, whose jobs
     /// then find the segment there ("have").
-    fn forward_targets(&self, from: &NodeId, _id: &SegmentId) -> Vec<NodeId> {
+    fn forward_targets(&self, from: Option<&NodeId>, _id: &SegmentId) -> Vec<NodeId> {
         let cfg = self.relay.config();
         if !cfg.cut_through {
             return Vec::new();
         }
         cfg.known_peers
             .iter()
-            .filter(|p| *p != from)
+            .filter(|p| Some(*p) != from)
             .cloned()
             .collect()
     }

@@ -104,7 +104,7 @@ impl NetHooks for Recording {
         self.inner.on_peer_connected(peer);
     }
 
-    fn forward_targets(&self, from: &NodeId, id: &SegmentId) -> Vec<NodeId> {
+    fn forward_targets(&self, from: Option<&NodeId>, id: &SegmentId) -> Vec<NodeId> {
         self.inner.forward_targets(from, id)
     }
 }

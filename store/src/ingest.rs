@@ -72,6 +72,9 @@ use crate::tables::{self, OUTBOARDS, PARTIALS, PartialRow, SEGMENTS, SegmentRow,
 /// Longest `source` label accepted (a node id, or `import`).
 pub const SOURCE_BYTES_MAX: usize = 64;
 
+/// An outboard given with an import, and whom to tell once the segment is in flight.
+type Announced<'a> = (&'a [u8], &'a mut dyn FnMut(SegmentId));
+
 /// Who is handing the segment over, and how to treat an id this store evicted before.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IngestOptions {
@@ -294,9 +297,47 @@ impl Store {
     /// the ingest's transaction. The reader is read once, in bounded chunks.
     pub fn ingest_reader<R, T, F>(
         &self,
+        reader: R,
+        opts: &IngestOptions,
+        now_ms: u64,
+        extra: F,
+    ) -> Result<IngestOutcome<T>, IngestError>
+    where
+        R: Read,
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction, &Stored<()>) -> Result<T, redb::Error> + Send + 'static,
+    {
+        self.ingest_stream(reader, opts, now_ms, None, extra)
+    }
+
+    /// [`Store::ingest_reader`] of a stream whose payload's `outboard` the caller has (an
+    /// import that hashed its file first): the outboard is checked against the signed root
+    /// before the payload is read, each group as it arrives, and once the segment is in flight
+    /// (see [`Store::in_flight`]) `in_flight` is called with its id, so that forwarders can be
+    /// started while the rest is read.
+    pub fn ingest_reader_forwarding<R, T, F>(
+        &self,
+        reader: R,
+        opts: &IngestOptions,
+        now_ms: u64,
+        outboard: &[u8],
+        in_flight: &mut dyn FnMut(SegmentId),
+        extra: F,
+    ) -> Result<IngestOutcome<T>, IngestError>
+    where
+        R: Read,
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction, &Stored<()>) -> Result<T, redb::Error> + Send + 'static,
+    {
+        self.ingest_stream(reader, opts, now_ms, Some((outboard, in_flight)), extra)
+    }
+
+    fn ingest_stream<R, T, F>(
+        &self,
         mut reader: R,
         opts: &IngestOptions,
         now_ms: u64,
+        outboard: Option<Announced<'_>>,
         extra: F,
     ) -> Result<IngestOutcome<T>, IngestError>
     where
@@ -337,6 +378,15 @@ impl Store {
         // at the checkpoint and fail as too long).
         if ingest.resume_offset() > 0 {
             ingest.start_fresh()?;
+        }
+        if let Some((outboard, in_flight)) = outboard {
+            if let Err(e) = ingest.set_outboard(outboard) {
+                ingest.discard();
+                return Err(e);
+            }
+            if ingest.is_in_flight() {
+                in_flight(id);
+            }
         }
         let result = ingest.fill_from(&mut reader);
         if let Err(e) = result {

@@ -314,12 +314,12 @@ impl NetHooks for RecHooks {
         self.offers.lock().unwrap().push((from.to_string(), result));
     }
 
-    fn forward_targets(&self, from: &NodeId, _id: &SegmentId) -> Vec<NodeId> {
+    fn forward_targets(&self, from: Option<&NodeId>, _id: &SegmentId) -> Vec<NodeId> {
         self.forward_to
             .lock()
             .unwrap()
             .iter()
-            .filter(|p| p.as_str() != from.as_str())
+            .filter(|p| from.is_none_or(|f| p.as_str() != f.as_str()))
             .map(|p| id(p))
             .collect()
     }
