@@ -406,6 +406,8 @@ pub(crate) struct PayloadWriter {
     /// Outboard bytes still to come before the payload, and those that came.
     outboard_left: usize,
     outboard: Vec<u8>,
+    /// Publish the segment's verified groups for forwarding (someone will forward it).
+    publish: bool,
 }
 
 impl PayloadWriter {
@@ -415,6 +417,7 @@ impl PayloadWriter {
         hooks: Arc<dyn NetHooks>,
         peer: NodeId,
         checkpoint_bytes: u64,
+        publish: bool,
     ) -> Self {
         let payload_len = ingest.manifest().manifest().payload_len;
         // Bounded by the payload's declared length, itself bounded before the ingest began.
@@ -428,6 +431,7 @@ impl PayloadWriter {
             since_checkpoint: 0,
             outboard_left,
             outboard: Vec::new(),
+            publish,
         }
     }
 
@@ -444,7 +448,7 @@ impl PayloadWriter {
         if self.outboard_left == 0 {
             let outboard = std::mem::take(&mut self.outboard);
             if let Some(ingest) = self.ingest.as_mut() {
-                ingest.set_outboard(&outboard)?;
+                ingest.set_outboard(&outboard, self.publish)?;
             }
         }
         Ok(&buf[n..])

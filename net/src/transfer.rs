@@ -649,12 +649,19 @@ async fn receive_offer(
             }
             RecvCmd::StartWriter => {
                 if let Some(ingest) = ingest.take() {
+                    // Published for forwarding only if there is somewhere to forward it.
+                    let publish = forward.is_some()
+                        && !ctx
+                            .hooks
+                            .forward_targets(Some(peer), &ingest.id())
+                            .is_empty();
                     let writer = PayloadWriter::new(
                         ingest,
                         ctx.clock.clone(),
                         ctx.hooks.clone(),
                         peer.clone(),
                         ctx.cfg.checkpoint_bytes,
+                        publish,
                     );
                     sink = Some(PayloadSink::start(mode, writer));
                 }

@@ -58,6 +58,8 @@ async fn line() -> Line {
         },
     );
     *nodes[1].hooks.forward_to.lock().unwrap() = vec!["c".to_owned()];
+    // `c` forwards too (to `a`, which holds it already), so its verified groups show in flight.
+    *nodes[2].hooks.forward_to.lock().unwrap() = vec!["a".to_owned()];
     assert!(
         nodes[1]
             .node

@@ -380,7 +380,7 @@ impl Store {
             ingest.start_fresh()?;
         }
         if let Some((outboard, in_flight)) = outboard {
-            if let Err(e) = ingest.set_outboard(outboard) {
+            if let Err(e) = ingest.set_outboard(outboard, true) {
                 ingest.discard();
                 return Err(e);
             }
@@ -670,10 +670,11 @@ impl Ingest {
     /// refusing one that does not hash to the manifest's root; from now on every group is
     /// checked as it completes, and the groups already written are checked at once.
     ///
-    /// If the payload has more than one group and the bytes so far end on a group boundary,
-    /// the segment is published in flight ([`crate::Store::in_flight`]): forwarders may read
-    /// each group once it verified.
-    pub fn set_outboard(&mut self, bytes: &[u8]) -> Result<(), IngestError> {
+    /// With `publish`, if the payload has more than one group and the bytes so far end on a
+    /// group boundary, the segment is published in flight ([`crate::Store::in_flight`]):
+    /// forwarders may read each group once it verified. (Without, nothing is kept in memory
+    /// for forwarders: a node with nobody to forward to pays for no copy.)
+    pub fn set_outboard(&mut self, bytes: &[u8], publish: bool) -> Result<(), IngestError> {
         self.ensure_open()?;
         let m = self.signed.manifest();
         let outboard = match Outboard::parse(bytes, m.payload_len, &m.payload_hash) {
@@ -684,7 +685,11 @@ impl Ingest {
             return Err(self.fail(SegFileError::from(e).into()));
         }
         let verified = self.groups.verified();
-        if !outboard.is_empty() && self.groups.pos() == verified && self.inflight.is_none() {
+        if publish
+            && !outboard.is_empty()
+            && self.groups.pos() == verified
+            && self.inflight.is_none()
+        {
             let files = crate::inflight::Files {
                 fs: self.store.inner.fs.clone(),
                 tmp: self.tmp_path.clone(),
