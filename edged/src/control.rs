@@ -4,9 +4,12 @@
 //! data directory. Each message is a frame: a u32 little-endian length, then that many bytes of
 //! JSON. A request gets one response frame, except:
 //!
-//! - `Import { len, .. }`: the request frame is followed by exactly `len` raw bytes of a `.seg`
-//!   file, read by the CLI from the medium and streamed here (the daemon never opens the
-//!   medium); the daemon verifies and stores it and answers with the outcome. If the daemon did
+//! - `Import { len, outboard_len, .. }`: the request frame is followed by exactly
+//!   `outboard_len` raw bytes of the payload's outboard (which the CLI computes from the file
+//!   first; the daemon checks it against the signed root, then each 1 MiB group as it arrives,
+//!   and forwards verified groups to its peers while the rest arrives), then exactly `len` raw
+//!   bytes of a `.seg` file, read by the CLI from the medium and streamed here (the daemon never
+//!   opens the medium); the daemon verifies and stores it and answers with the outcome. If the daemon did
 //!   not read the whole body (the header was enough for its verdict, or the client stopped
 //!   sending), it closes the connection after its answer: the client opens one connection per
 //!   imported file. A client that cannot send all it announced (the file shrank) half-closes
@@ -43,6 +46,9 @@ pub const CONTROL_FRAME_BYTES_MAX: u32 = 4 << 20;
 /// Largest import body a client may announce: the largest `.seg` file the format allows.
 pub const CONTROL_IMPORT_BYTES_MAX: u64 =
     SEG_PREAMBLE_BYTES + HEADER_BYTES_MAX as u64 + PAYLOAD_BYTES_MAX;
+/// Largest outboard an import may announce: that of the largest payload the format allows.
+pub const CONTROL_IMPORT_OUTBOARD_BYTES_MAX: u64 =
+    PAYLOAD_BYTES_MAX.div_ceil(store::outboard::GROUP_BYTES) * store::outboard::CV_BYTES as u64;
 /// Longest file name an import may carry, in bytes: it is shown and logged. File systems allow
 /// 255 bytes per name; the rest is headroom for lossy UTF-8 conversion.
 pub const CONTROL_FILE_NAME_BYTES_MAX: usize = 1024;
@@ -170,10 +176,14 @@ pub enum Request {
         peer: String,
         segment: Option<String>,
     },
-    /// `len` raw bytes of a `.seg` file follow this frame.
+    /// `outboard_len` raw bytes of the payload's outboard (0: none; see `store::outboard`),
+    /// then `len` raw bytes of a `.seg` file follow this frame. With the outboard the daemon
+    /// checks the payload group by group and forwards it to its peers while it arrives.
     Import {
         file_name: String,
         len: u64,
+        #[serde(default)]
+        outboard_len: u64,
     },
     /// Which stored ids an export selection means.
     ExportSelect {

@@ -339,6 +339,8 @@ struct Inner {
     /// The cut-through forwards running now, by peer and segment: a relay send of the same
     /// pair waits for its outcome instead of offering the segment again.
     forwarding: Mutex<BTreeMap<(NodeId, SegmentId), ForwardEnd>>,
+    /// The runtime the node was started on.
+    runtime: tokio::runtime::Handle,
 }
 
 /// The outcome of a running cut-through forward, once it ends.
@@ -536,6 +538,7 @@ impl Node {
             skip: SkipSet::default(),
             forwards: Arc::new(tokio::sync::Semaphore::new(CUT_THROUGH_FORWARDS_MAX)),
             forwarding: Mutex::new(BTreeMap::new()),
+            runtime: tokio::runtime::Handle::current(),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(inner.clone().accept_loop());
@@ -768,7 +771,8 @@ impl Inner {
                 forwarding.insert(key.clone(), rx);
             }
             let inner = self.clone();
-            tokio::spawn(async move {
+            // On the node's runtime: an import asks from a thread of its own.
+            self.runtime.spawn(async move {
                 let outcome = inner.send_segment(&peer, id).await;
                 drop(permit);
                 tracing::debug!(peer = %peer, seg_id = %id, ?outcome, "cut-through forward ended");

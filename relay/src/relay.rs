@@ -367,6 +367,32 @@ impl Relay {
         Ok(out)
     }
 
+    /// [`Relay::ingest_reader`] of an import whose payload's outboard the importer computed:
+    /// checked first, the payload verified group by group, and `in_flight` told once the
+    /// segment can be forwarded while the rest is read (see
+    /// [`store::Store::ingest_reader_forwarding`]).
+    pub fn ingest_reader_forwarding<R: Read>(
+        &self,
+        reader: R,
+        opts: &IngestOptions,
+        now_ms: u64,
+        outboard: &[u8],
+        in_flight: &mut dyn FnMut(SegmentId),
+    ) -> Result<IngestOutcome<Scheduled>, IngestError> {
+        let out = self.inner.store.ingest_reader_forwarding(
+            reader,
+            opts,
+            now_ms,
+            outboard,
+            in_flight,
+            self.schedule_fn(now_ms),
+        )?;
+        if let IngestOutcome::Stored(stored) = &out {
+            self.on_stored(stored);
+        }
+        Ok(out)
+    }
+
     /// Mutation point (INV-11): the segment is committed first and its jobs in a transaction of
     /// their own afterwards, so a crash in between (`ingest.after_commit`) leaves a stored
     /// segment that owes nothing.

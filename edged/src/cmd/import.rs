@@ -140,12 +140,24 @@ fn import_through_daemon(cfg: &Config, entry: &Entry, bar: &ProgressBar) -> File
         }
         Err(f) => return FileResult::rejected(format!("{:#}", f.error)),
     };
+    // The daemon forwards a segment to its peers while it still arrives only if it can check
+    // each group as it comes: that needs the outboard first, hashed here from the file (on
+    // every core; the second read of the file mostly comes from the page cache). Without one
+    // (a file whose header does not read) the import goes on the ordinary way.
+    let outboard = outboard_of(&file).unwrap_or_default();
     let request = Request::Import {
         file_name: entry.name.clone(),
         len,
+        outboard_len: outboard.len() as u64,
     };
     if let Err(f) = client.send(&request) {
         return FileResult::rejected(format!("{:#}", f.error));
+    }
+    if let Err(e) = std::io::Write::write_all(&mut client.writer, &outboard) {
+        return match client.receive() {
+            Ok(response) => answer_of(response),
+            Err(_) => FileResult::rejected(format!("the daemon closed the connection: {e}")),
+        };
     }
     let mut reader = Counting::new(
         BufReader::with_capacity(STREAM_BUF_BYTES, file).take(len),
@@ -187,6 +199,65 @@ fn import_through_daemon(cfg: &Config, entry: &Entry, bar: &ProgressBar) -> File
         },
     }
 }
+
+/// The outboard of the segment file's payload (see `store::outboard`), hashed on every core;
+/// `None` for a payload of one group (nothing to send) or a file that does not read as a
+/// segment (the daemon will say why). Leaves the file's offset untouched (positioned reads).
+fn outboard_of(file: &File) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    use store::outboard::{CV_BYTES, GROUP_BYTES, group_cv, outboard_len};
+
+    struct At<'f>(&'f File, u64);
+    impl Read for At<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.read_at(buf, self.1)?;
+            self.1 += n as u64;
+            Ok(n)
+        }
+    }
+    let mut at = At(file, 0);
+    let signed = store::segfile::read_header(&mut at).ok()?;
+    let (payload_at, len) = (at.1, signed.manifest().payload_len);
+    if outboard_len(len) == 0 {
+        return None;
+    }
+    let groups = len.div_ceil(GROUP_BYTES);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(IMPORT_HASH_THREADS_MAX) as u64;
+    let per = groups.div_ceil(threads);
+    let parts: Vec<Option<Vec<u8>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut buf = vec![0u8; GROUP_BYTES as usize];
+                    let mut cvs = Vec::new();
+                    for index in t * per..((t + 1) * per).min(groups) {
+                        let start = index * GROUP_BYTES;
+                        // Cannot truncate: at most GROUP_BYTES.
+                        let want = (len - start).min(GROUP_BYTES) as usize;
+                        file.read_exact_at(&mut buf[..want], payload_at + start)
+                            .ok()?;
+                        cvs.extend_from_slice(&group_cv(index, &buf[..want]));
+                    }
+                    Some(cvs)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().ok().flatten())
+            .collect()
+    });
+    let mut outboard = Vec::with_capacity(groups as usize * CV_BYTES);
+    for part in parts {
+        outboard.extend_from_slice(&part?);
+    }
+    Some(outboard)
+}
+
+/// Threads hashing a file's outboard before its import.
+const IMPORT_HASH_THREADS_MAX: usize = 4;
 
 /// The daemon's answer to an import, as a line of the report.
 fn answer(client: &mut super::client::Client) -> FileResult {

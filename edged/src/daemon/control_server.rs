@@ -23,7 +23,7 @@
 //! imports, closed connections) go through one [`LogLimiter`], per client uid and reason.
 
 use std::collections::BTreeMap;
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::net::Shutdown;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -40,8 +40,8 @@ use tokio::sync::{Notify, watch};
 use super::control_io::{BodyReader, RateWriter, RequestRead, read_request};
 use super::{Daemon, views};
 use crate::control::{
-    CONTROL_FILE_NAME_BYTES_MAX, CONTROL_IMPORT_BYTES_MAX, ControlLimits, Request, Response,
-    write_frame,
+    CONTROL_FILE_NAME_BYTES_MAX, CONTROL_IMPORT_BYTES_MAX, CONTROL_IMPORT_OUTBOARD_BYTES_MAX,
+    ControlLimits, Request, Response, write_frame,
 };
 use crate::exit;
 use crate::output::Escaped;
@@ -575,10 +575,15 @@ fn serve_connection(daemon: &Daemon, shared: &Shared, id: u64, conn: UnixStream,
             return;
         }
         let keep_going = match request {
-            Request::Import { file_name, len } => match shared.stream_slot() {
+            Request::Import {
+                file_name,
+                len,
+                outboard_len,
+            } => match shared.stream_slot() {
                 Some(_slot) => {
+                    let body = Body { len, outboard_len };
                     let (response, keep) =
-                        import(daemon, shared, who, &file_name, len, &mut reader);
+                        import(daemon, shared, who, &file_name, body, &mut reader);
                     respond(&response) && keep
                 }
                 None => {
@@ -734,12 +739,18 @@ fn select(
 /// (otherwise the rest of it is still on its way, and the connection is closed after the
 /// answer). An import cut by the client (it closed early or sent too slowly) reached no verdict:
 /// it is answered as cut, stores nothing and is not counted as received (INV-26).
+/// What follows an import request: the outboard, then the `.seg` file.
+struct Body {
+    len: u64,
+    outboard_len: u64,
+}
+
 fn import(
     d: &Daemon,
     shared: &Shared,
     who: &str,
     file_name: &str,
-    len: u64,
+    Body { len, outboard_len }: Body,
     reader: &mut BufReader<UnixStream>,
 ) -> (Response, bool) {
     if file_name.len() > CONTROL_FILE_NAME_BYTES_MAX {
@@ -775,14 +786,41 @@ fn import(
             false,
         );
     }
-    let mut body = match BodyReader::new(reader, len, &shared.limits) {
+    if outboard_len > CONTROL_IMPORT_OUTBOARD_BYTES_MAX {
+        net::warn_limited!(shared.log, who, "import_outboard_too_large", client = who, file = %file, outboard_len, "control socket: import with an outboard larger than any segment's refused");
+        return (
+            failed(
+                exit::USAGE,
+                format!(
+                    "an outboard of {outboard_len} bytes is larger than any segment's ({CONTROL_IMPORT_OUTBOARD_BYTES_MAX} bytes)"
+                ),
+            ),
+            false,
+        );
+    }
+    let mut body = match BodyReader::new(reader, outboard_len + len, &shared.limits) {
         Ok(b) => b,
         Err(e) => return (failed(exit::FAILED, e), false),
     };
+    // Cannot truncate: at most CONTROL_IMPORT_OUTBOARD_BYTES_MAX (2 MiB), checked above.
+    let mut outboard = vec![0u8; outboard_len as usize];
+    if let Err(e) = body.read_exact(&mut outboard) {
+        return (
+            failed(exit::FAILED, format!("import cut in its outboard: {e}")),
+            false,
+        );
+    }
     let now = d.clock.now_ms();
-    let result = d
-        .relay
-        .ingest_reader(&mut body, &IngestOptions::import().with_file_len(len), now);
+    let opts = IngestOptions::import().with_file_len(len);
+    let result = if outboard_len == 0 {
+        d.relay.ingest_reader(&mut body, &opts, now)
+    } else {
+        // Forwarded to the peers as soon as it is in flight, verified group by group.
+        let node = d.node.clone();
+        let mut forward = move |id| node.forward_in_flight(id);
+        d.relay
+            .ingest_reader_forwarding(&mut body, &opts, now, &outboard, &mut forward)
+    };
     let whole = body.left == 0;
     let cut = body.cut.take();
     match (result, cut) {
