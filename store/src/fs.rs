@@ -23,7 +23,7 @@
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
-mod direct;
+pub(crate) mod direct;
 pub use direct::DIRECT_IO_MIN_FILE_BYTES;
 
 use std::ffi::OsString;

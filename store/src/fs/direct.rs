@@ -58,7 +58,7 @@ impl AlignedBlock {
 }
 
 /// Turns `O_DIRECT` on or off for an open descriptor.
-pub(super) fn set_direct(file: &File, on: bool) -> io::Result<()> {
+pub(crate) fn set_direct(file: &File, on: bool) -> io::Result<()> {
     let flags = rustix::fs::fcntl_getfl(file)?;
     let flags = if on {
         flags | rustix::fs::OFlags::DIRECT
@@ -90,9 +90,10 @@ fn write_all_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> 
     Ok(())
 }
 
-/// The direct-write state of a file created empty and written from offset 0 onwards.
+/// The direct-write state of a file created empty and written from offset 0 onwards (the
+/// store's temp files; exported copies, through [`DirectFile`]).
 #[derive(Debug)]
-pub(super) struct DirectWriter {
+pub(crate) struct DirectWriter {
     block: AlignedBlock,
     /// Bytes of `block` holding data.
     filled: usize,
@@ -102,7 +103,7 @@ pub(super) struct DirectWriter {
 
 impl DirectWriter {
     /// For a file just created with `O_DIRECT`.
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         DirectWriter {
             block: AlignedBlock::new(),
             filled: 0,
@@ -111,13 +112,13 @@ impl DirectWriter {
     }
 
     /// File offset after the last byte written.
-    pub(super) fn end(&self) -> u64 {
+    pub(crate) fn end(&self) -> u64 {
         self.block_start + self.filled as u64
     }
 
     /// Takes as much of `buf` as fits in the block; writes the block directly once full.
     /// Returns the bytes taken. On an error nothing of `buf` was taken.
-    pub(super) fn write(&mut self, file: &File, buf: &[u8]) -> io::Result<usize> {
+    pub(crate) fn write(&mut self, file: &File, buf: &[u8]) -> io::Result<usize> {
         if self.filled == DIRECT_IO_BLOCK_BYTES {
             self.write_block(file)?;
         }
@@ -151,7 +152,7 @@ impl DirectWriter {
 
     /// Puts the partial block into the file through the page cache, keeping it in memory: a
     /// later full block rewrites the same bytes directly.
-    pub(super) fn write_tail(&mut self, file: &File) -> io::Result<()> {
+    pub(crate) fn write_tail(&mut self, file: &File) -> io::Result<()> {
         if self.filled == DIRECT_IO_BLOCK_BYTES {
             return self.write_block(file);
         }
@@ -170,9 +171,40 @@ impl DirectWriter {
     }
 }
 
+/// A new, empty file written front to back through a [`DirectWriter`]: `flush` puts the tail
+/// in, after which an fsync makes it all durable. If the file system refuses `O_DIRECT` it is
+/// written through the cache.
+pub(crate) struct DirectFile<'f> {
+    file: &'f File,
+    writer: Option<DirectWriter>,
+}
+
+impl<'f> DirectFile<'f> {
+    pub(crate) fn new(file: &'f File) -> Self {
+        let writer = set_direct(file, true).ok().map(|()| DirectWriter::new());
+        DirectFile { file, writer }
+    }
+}
+
+impl io::Write for DirectFile<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.writer.as_mut() {
+            Some(w) => w.write(self.file, buf),
+            None => (&mut &*self.file).write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.writer.as_mut() {
+            Some(w) => w.write_tail(self.file),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The direct-read state of a file: one aligned block read ahead.
 #[derive(Debug)]
-pub(super) struct DirectReader {
+pub(crate) struct DirectReader {
     block: AlignedBlock,
     /// File offset of `block[0]`, aligned to [`DIRECT_IO_ALIGN_BYTES`].
     block_start: u64,
@@ -183,7 +215,7 @@ pub(super) struct DirectReader {
 }
 
 impl DirectReader {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         DirectReader {
             block: AlignedBlock::new(),
             block_start: 0,
@@ -193,7 +225,7 @@ impl DirectReader {
     }
 
     /// Reads at `pos` into `out`; 0 at the end of the file.
-    pub(super) fn read_at(&mut self, file: &File, out: &mut [u8], pos: u64) -> io::Result<usize> {
+    pub(crate) fn read_at(&mut self, file: &File, out: &mut [u8], pos: u64) -> io::Result<usize> {
         if self.buffered {
             return file.read_at(out, pos);
         }
