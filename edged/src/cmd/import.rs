@@ -200,7 +200,7 @@ fn answer_of(response: Response) -> FileResult {
     let body = match response {
         Response::Ok { body } => body,
         Response::Error { message, .. } => return FileResult::Rejected { reason: message },
-        Response::ExportStream { .. } => {
+        Response::ExportStream { .. } | Response::Page { .. } | Response::End { .. } => {
             return FileResult::rejected("unexpected answer from the daemon");
         }
     };

@@ -38,6 +38,7 @@ use store::{IngestOptions, IngestOutcome, SegmentId};
 use tokio::sync::{Notify, watch};
 
 use super::control_io::{BodyReader, RateWriter, RequestRead, read_request};
+use super::listing::{self, ListError, Pages};
 use super::{Daemon, views};
 use crate::control::{
     CONTROL_FILE_NAME_BYTES_MAX, CONTROL_IMPORT_BYTES_MAX, ControlLimits, Request, Response,
@@ -591,6 +592,13 @@ fn serve_connection(daemon: &Daemon, shared: &Shared, id: u64, conn: UnixStream,
                 Some(_slot) => export(daemon, &id, &mut RateWriter::new(&writer, &limits)),
                 None => respond(&busy(&limits)),
             },
+            other if other.is_listing() => list(
+                daemon,
+                shared,
+                who,
+                other,
+                &mut RateWriter::new(&writer, &limits),
+            ),
             other => respond(&answer(daemon, other)),
         };
         if !keep_going {
@@ -623,12 +631,12 @@ fn busy(limits: &ControlLimits) -> Response {
 fn answer(d: &Daemon, request: Request) -> Response {
     let result = match request {
         Request::Status => views::status(d).map(ok),
-        Request::Segments => views::segments(d).map(ok),
         Request::Peers => Ok(ok(views::peers(d))),
-        Request::DlqList => views::dead_letters(d).map(ok),
-        Request::DlqRequeue { peer, segment } => dlq(d, &peer, segment.as_deref(), true),
-        Request::DlqPurge { peer, segment } => dlq(d, &peer, segment.as_deref(), false),
-        Request::ExportSelect { all, channel, ids } => select(d, all, channel, &ids),
+        Request::Segments
+        | Request::DlqList
+        | Request::DlqRequeue { .. }
+        | Request::DlqPurge { .. }
+        | Request::ExportSelect { .. } => Ok(failed(exit::USAGE, "listings are handled apart")),
         Request::Import { .. } | Request::Export { .. } => {
             Ok(failed(exit::USAGE, "streamed requests are handled apart"))
         }
@@ -636,97 +644,51 @@ fn answer(d: &Daemon, request: Request) -> Response {
     result.unwrap_or_else(|e| failed(exit::FAILED, format!("{e:#}")))
 }
 
-/// Requeues or purges the dead letters of `peer`: all of them, or those of the one segment
-/// `segment` names (a prefix of at least [`store::limits::ID_PREFIX_HEX_MIN`] hex characters,
-/// as everywhere else; one that matches several segments is refused as ambiguous).
-fn dlq(d: &Daemon, peer: &str, segment: Option<&str>, requeue: bool) -> anyhow::Result<Response> {
-    let peer: relay::NodeId = match peer.parse() {
-        Ok(p) => p,
-        Err(e) => return Ok(failed(exit::USAGE, format!("--peer {peer:?}: {e}"))),
-    };
-    let prefix = match segment.map(store::id::parse_prefix).transpose() {
-        Ok(p) => p,
-        Err(e) => {
-            let given = segment.unwrap_or_default();
-            return Ok(failed(exit::USAGE, format!("--segment {given:?}: {e}")));
-        }
-    };
-    let now = d.clock.now_ms();
-    let mut keys: Vec<relay::JobKey> = d
-        .relay
-        .dead_letters()?
-        .into_iter()
-        .filter(|l| l.key.peer == peer)
-        .filter(|l| prefix.is_none_or(|p| p.matches(&l.key.seg)))
-        .map(|l| l.key)
-        .collect();
-    keys.sort();
-    keys.dedup();
-    if keys.is_empty() {
-        return Ok(failed(
-            exit::FAILED,
-            format!(
-                "no dead letter for peer {peer}{}",
-                prefix
-                    .map(|p| format!(" and segment {p}"))
-                    .unwrap_or_default()
-            ),
-        ));
-    }
-    if let Some(p) = prefix {
-        let segments: std::collections::BTreeSet<SegmentId> = keys.iter().map(|k| k.seg).collect();
-        if segments.len() > 1 {
-            return Ok(failed(
-                exit::FAILED,
-                format!(
-                    "segment prefix {p} matches {} dead letters of peer {peer}; give more characters",
-                    segments.len()
-                ),
-            ));
-        }
-    }
-    let mut done = Vec::new();
-    for key in keys {
-        let result = if requeue {
-            format!("{:?}", d.relay.requeue_blocking(&key, now)?)
-        } else {
-            format!("{:?}", d.relay.purge_blocking(&key, now)?)
-        };
-        done.push(json!({ "segment": key.seg.to_string(), "peer": key.peer.to_string(), "result": result }));
-    }
-    Ok(ok(serde_json::Value::Array(done)))
-}
-
-fn select(
+/// Answers a listing in pages (see [`listing`]). Returns whether the connection can carry
+/// another request: not once writing to the client failed.
+fn list<W: std::io::Write>(
     d: &Daemon,
-    all: bool,
-    channel: Option<String>,
-    ids: &[String],
-) -> anyhow::Result<Response> {
-    let chosen: Vec<String> = if all {
-        d.store
-            .list()?
-            .into_iter()
-            .map(|s| s.id.to_string())
-            .collect()
-    } else if let Some(channel) = channel {
-        d.store
-            .list()?
-            .into_iter()
-            .filter(|s| s.row.channel == channel)
-            .map(|s| s.id.to_string())
-            .collect()
-    } else {
-        let mut out = Vec::new();
-        for prefix in ids {
-            match d.store.resolve(prefix) {
-                Ok(id) => out.push(id.to_string()),
-                Err(e) => return Ok(failed(exit::FAILED, e)),
-            }
+    shared: &Shared,
+    who: &str,
+    request: Request,
+    writer: &mut W,
+) -> bool {
+    let mut pages = Pages::new(writer, &shared.limits);
+    let listed = match &request {
+        Request::Segments => listing::segments(d, &mut pages),
+        Request::DlqList => listing::dead_letters(d, &mut pages),
+        Request::ExportSelect { all, channel, ids } => {
+            listing::export_select(d, &mut pages, *all, channel.as_deref(), ids)
         }
-        out
+        Request::DlqRequeue { peer, segment } => {
+            listing::dlq_act(d, &mut pages, peer, segment.as_deref(), true)
+        }
+        Request::DlqPurge { peer, segment } => {
+            listing::dlq_act(d, &mut pages, peer, segment.as_deref(), false)
+        }
+        _ => Err(ListError::Failed {
+            code: exit::USAGE,
+            message: "not a listing".into(),
+        }),
     };
-    Ok(ok(json!(chosen)))
+    let ended = listed.and_then(|()| pages.finish().map(|_| ()));
+    match ended {
+        Ok(()) => true,
+        Err(ListError::Failed { code, message }) => {
+            write_frame(writer, &failed(code, message)).is_ok()
+        }
+        Err(ListError::Client(e)) => {
+            net::warn_limited!(
+                shared.log,
+                who,
+                "listing_cut",
+                client = who,
+                error = %e,
+                "control socket: listing cut (client gone or too slow); connection closed"
+            );
+            false
+        }
+    }
 }
 
 /// Stores the `len` bytes of a `.seg` stream that follow an `Import` request. Returns the answer

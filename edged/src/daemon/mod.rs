@@ -10,6 +10,7 @@
 
 mod control_io;
 mod control_server;
+mod listing;
 mod views;
 pub mod wiring;
 
