@@ -11,6 +11,13 @@
 //!   sending), it closes the connection after its answer: the client opens one connection per
 //!   imported file. A client that cannot send all it announced (the file shrank) half-closes
 //!   its side; the daemon answers that the import was cut and stores nothing.
+//!   A body of at most [`CONTROL_IMPORT_PIPELINED_BYTES_MAX`] is always read whole: the client
+//!   may send the next `Import` (and its body) without waiting for the answer, up to
+//!   `import_window` imports and `import_window_bytes` of bodies in flight, and the daemon
+//!   ingests them concurrently and answers each, in request order, once it is stored. Any other
+//!   request waits until the imports before it are answered. A client pipelines only such
+//!   small bodies and reads each file whole before announcing it, so a file that shrinks is
+//!   never sent.
 //! - `Export { id }`: the response frame `ExportStream { len, .. }` is followed by exactly `len`
 //!   raw bytes of the stored `.seg` file; the CLI writes it atomically and verifies it.
 //! - Listings (`Segments`, `DlqList`, `ExportSelect`, `DlqRequeue`, `DlqPurge`: anything whose
@@ -76,6 +83,19 @@ pub const CONTROL_STREAM_RATE_WINDOW_MS: u64 = 10_000;
 /// Longest `idle_timeout_ms`, `request_deadline_ms` and `stream_rate_window_ms` accepted: one
 /// hour.
 pub const CONTROL_TIMEOUT_MS_LIMIT: u64 = 3_600_000;
+/// Largest import body taken whole into memory, and so pipelined (see the module docs); larger
+/// ones stream to disk as they arrive, one at a time.
+pub const CONTROL_IMPORT_PIPELINED_BYTES_MAX: u64 = 1 << 20;
+/// Default of `[control] import_window`: pipelined imports in flight on one connection.
+pub const CONTROL_IMPORT_WINDOW: usize = 32;
+/// Largest `import_window` accepted.
+pub const CONTROL_IMPORT_WINDOW_LIMIT: usize = 1024;
+/// Default of `[control] import_window_bytes`: bodies of pipelined imports held in memory on
+/// one connection, in bytes.
+pub const CONTROL_IMPORT_WINDOW_BYTES: u64 = 4 << 20;
+/// Largest `import_window_bytes` accepted: every import connection (at most `streams_max`) may
+/// hold this much.
+pub const CONTROL_IMPORT_WINDOW_BYTES_LIMIT: u64 = 256 << 20;
 /// Default of `[control] list_page_items`: items of a listing per page (per database read).
 pub const CONTROL_LIST_PAGE_ITEMS: usize = 256;
 /// Largest `list_page_items` accepted.
@@ -105,6 +125,11 @@ pub struct ControlLimits {
     pub stream_rate_min_bytes_per_s: u64,
     /// Window of waiting for the client over which that rate is measured, in milliseconds.
     pub stream_rate_window_ms: u64,
+    /// Pipelined imports in flight on one connection.
+    pub import_window: usize,
+    /// Bodies of pipelined imports held in memory on one connection, in bytes; at least
+    /// [`CONTROL_IMPORT_PIPELINED_BYTES_MAX`].
+    pub import_window_bytes: u64,
     /// Items of a listing per page (and per read of the database).
     pub list_page_items: usize,
     /// A page of a listing stops growing once its JSON passes this many bytes.
@@ -120,6 +145,8 @@ impl Default for ControlLimits {
             request_deadline_ms: CONTROL_REQUEST_DEADLINE_MS,
             stream_rate_min_bytes_per_s: CONTROL_STREAM_RATE_MIN_BYTES_PER_S,
             stream_rate_window_ms: CONTROL_STREAM_RATE_WINDOW_MS,
+            import_window: CONTROL_IMPORT_WINDOW,
+            import_window_bytes: CONTROL_IMPORT_WINDOW_BYTES,
             list_page_items: CONTROL_LIST_PAGE_ITEMS,
             list_page_bytes: CONTROL_LIST_PAGE_BYTES,
         }
@@ -153,6 +180,26 @@ impl ControlLimits {
                 format!(
                     "{} is outside 1..=connections_max ({})",
                     self.streams_max, self.connections_max
+                ),
+            );
+        }
+        if !(1..=CONTROL_IMPORT_WINDOW_LIMIT).contains(&self.import_window) {
+            return err(
+                "import_window",
+                format!(
+                    "{} is outside 1..={CONTROL_IMPORT_WINDOW_LIMIT}",
+                    self.import_window
+                ),
+            );
+        }
+        if !(CONTROL_IMPORT_PIPELINED_BYTES_MAX..=CONTROL_IMPORT_WINDOW_BYTES_LIMIT)
+            .contains(&self.import_window_bytes)
+        {
+            return err(
+                "import_window_bytes",
+                format!(
+                    "{} is outside {CONTROL_IMPORT_PIPELINED_BYTES_MAX}..={CONTROL_IMPORT_WINDOW_BYTES_LIMIT}",
+                    self.import_window_bytes
                 ),
             );
         }
@@ -387,6 +434,33 @@ mod tests {
         assert_eq!(
             key(at(|l| l.stream_rate_window_ms = 0)),
             Err("stream_rate_window_ms")
+        );
+        assert_eq!(key(at(|l| l.import_window = 0)), Err("import_window"));
+        assert_eq!(
+            key(at(|l| l.import_window = CONTROL_IMPORT_WINDOW_LIMIT)),
+            Ok(())
+        );
+        assert_eq!(
+            key(at(|l| l.import_window = CONTROL_IMPORT_WINDOW_LIMIT + 1)),
+            Err("import_window")
+        );
+        assert_eq!(
+            key(at(
+                |l| l.import_window_bytes = CONTROL_IMPORT_PIPELINED_BYTES_MAX - 1
+            )),
+            Err("import_window_bytes")
+        );
+        assert_eq!(
+            key(at(
+                |l| l.import_window_bytes = CONTROL_IMPORT_PIPELINED_BYTES_MAX
+            )),
+            Ok(())
+        );
+        assert_eq!(
+            key(at(
+                |l| l.import_window_bytes = CONTROL_IMPORT_WINDOW_BYTES_LIMIT + 1
+            )),
+            Err("import_window_bytes")
         );
         assert_eq!(key(at(|l| l.list_page_items = 0)), Err("list_page_items"));
         assert_eq!(

@@ -708,3 +708,66 @@ fn listings_go_out_in_bounded_pages_and_the_cli_prints_every_item_in_order() {
         format!("export --all: {exported} files, {}", stderr(&o))
     });
 }
+
+#[test]
+fn imports_sent_without_waiting_are_answered_in_order_and_a_later_request_after_them() {
+    let mut f = Fleet::new(1, &[], |_| NodeOptions::default());
+    let usb = f.path("usb");
+    std::fs::create_dir(&usb).unwrap();
+    let (a_file, a) = f.make_segment("a", 3000, &usb);
+    let (b_file, b) = f.make_segment("b", 5000, &usb);
+    f.start(1);
+    let (a_bytes, b_bytes) = (
+        std::fs::read(&a_file).unwrap(),
+        std::fs::read(&b_file).unwrap(),
+    );
+    let mut s = UnixStream::connect(f.node(1).control_socket()).unwrap();
+    // Four requests back to back, no answer read in between.
+    for (name, bytes) in [
+        ("a.seg", &a_bytes),
+        ("b.seg", &b_bytes),
+        ("a.seg", &a_bytes),
+    ] {
+        send_frame(
+            &mut s,
+            &json!({ "op": "import", "file_name": name, "len": bytes.len() }),
+        );
+        s.write_all(bytes).unwrap();
+    }
+    send_frame(&mut s, &json!({ "op": "status" }));
+    let answers: Vec<Option<Value>> = (0..4)
+        .map(|_| read_frame(&mut s, Duration::from_secs(20)))
+        .collect();
+    let body = |i: usize| {
+        answers[i]
+            .as_ref()
+            .map(|v| v["body"].clone())
+            .unwrap_or_default()
+    };
+    f.check(
+        body(0)["status"] == "imported"
+            && body(0)["id"] == a.as_str()
+            && body(1)["status"] == "imported"
+            && body(1)["id"] == b.as_str()
+            && body(2)["status"] == "already_present"
+            && body(3)["segments_stored"] == 2,
+        || format!("answers: {answers:?}"),
+    );
+    // A body cut short: answered as cut, nothing stored, the connection closed.
+    send_frame(
+        &mut s,
+        &json!({ "op": "import", "file_name": "cut.seg", "len": 1000 }),
+    );
+    s.write_all(&a_bytes[..100]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let cut = read_frame(&mut s, Duration::from_secs(20));
+    f.check(
+        cut.as_ref().is_some_and(|v| {
+            v["kind"] == "error" && v["message"].as_str().is_some_and(|m| m.contains("cut"))
+        }),
+        || format!("cut: {cut:?}"),
+    );
+    f.check(closed_within(&mut s, Duration::from_secs(10)), || {
+        "the connection is closed after a cut".into()
+    });
+}

@@ -37,8 +37,9 @@ use serde_json::json;
 use store::{IngestOptions, IngestOutcome, SegmentId};
 use tokio::sync::{Notify, watch};
 
-use super::control_io::{BodyReader, RateWriter, RequestRead, read_request};
+use super::control_io::{BodyReader, Cut, RateWriter, RequestRead, read_request};
 use super::listing::{self, ListError, Pages};
+use super::pipeline::{CONTROL_IMPORT_PIPELINED_BYTES_MAX, Pipeline};
 use super::{Daemon, views};
 use crate::control::{
     CONTROL_FILE_NAME_BYTES_MAX, CONTROL_IMPORT_BYTES_MAX, ControlLimits, Request, Response,
@@ -54,6 +55,11 @@ pub const CONTROL_ACCEPT_RETRY_MS: u64 = 100;
 pub const CONTROL_ADMIT_RECHECK_MS: u64 = 100;
 /// Buffer of each connection's reader, in bytes.
 pub const CONTROL_READ_BUF_BYTES: usize = 64 * 1024;
+/// How long a pipelined import waits for another ingest of the same segment to end before it
+/// is answered "busy".
+pub const CONTROL_IMPORT_BUSY_WAIT_MS: u64 = 10_000;
+/// While it waits, how often it tries again.
+pub const CONTROL_IMPORT_BUSY_RETRY_MS: u64 = 5;
 /// Threads of connections (served, or closed and still ending) at most, as a multiple of
 /// `connections_max`: a closed connection's thread ends at its next read, but a flood of
 /// admissions must not outrun that.
@@ -508,9 +514,10 @@ async fn accept_loop(
         };
         let Some(id) = id else { continue };
         let (d, s) = (daemon.clone(), shared.clone());
+        let runtime = tokio::runtime::Handle::current();
         let spawned = std::thread::Builder::new()
             .name("edged-control-conn".into())
-            .spawn(move || serve_connection(&d, &s, id, stream, &who));
+            .spawn(move || serve_connection(&d, &s, &runtime, id, stream, &who));
         if spawned.is_err() {
             shared.leave(id);
             tracing::error!("cannot start a control connection thread");
@@ -521,7 +528,14 @@ async fn accept_loop(
 // ---------------------------------------------------------------------------------------------
 // Serving one connection.
 
-fn serve_connection(daemon: &Daemon, shared: &Shared, id: u64, conn: UnixStream, who: &str) {
+fn serve_connection(
+    daemon: &Arc<Daemon>,
+    shared: &Arc<Shared>,
+    runtime: &tokio::runtime::Handle,
+    id: u64,
+    conn: UnixStream,
+    who: &str,
+) {
     let _leave = Leave { shared, id };
     let limits = shared.limits;
     let Ok(writer) = conn.try_clone() else {
@@ -530,14 +544,34 @@ fn serve_connection(daemon: &Daemon, shared: &Shared, id: u64, conn: UnixStream,
     let respond =
         |response: &Response| write_frame(&mut RateWriter::new(&writer, &limits), response).is_ok();
     let mut reader = BufReader::with_capacity(CONTROL_READ_BUF_BYTES, conn);
+    // Pipelined imports in flight, answered in order by a thread of their own; anything written
+    // directly on the connection waits until they are (`settled`).
+    let mut pipeline: Option<Pipeline> = None;
+    let settled = |pipeline: &Option<Pipeline>| pipeline.as_ref().is_none_or(Pipeline::drain);
+    // Held while pipelined imports are in flight: the connection counts as one stream.
+    let mut slot: Option<StreamSlot<'_>> = None;
     loop {
-        if !shared.set_waiting(id) {
+        let importing = pipeline.as_ref().is_some_and(|p| p.in_flight() > 0);
+        if !importing {
+            slot = None;
+        }
+        // A connection with imports in flight is executing them: never closed to make room.
+        let present = if importing {
+            shared.set_executing(id)
+        } else {
+            shared.set_waiting(id)
+        };
+        if !present {
             return;
         }
         let request = match read_request(&mut reader, &limits) {
             RequestRead::Request(r) => r,
-            RequestRead::Closed => return,
+            RequestRead::Closed => {
+                settled(&pipeline);
+                return;
+            }
             RequestRead::Idle => {
+                settled(&pipeline);
                 tracing::debug!(client = who, "control connection idle; closed");
                 return;
             }
@@ -550,13 +584,15 @@ fn serve_connection(daemon: &Daemon, shared: &Shared, id: u64, conn: UnixStream,
                     deadline_ms = limits.request_deadline_ms,
                     "control socket: request not complete by its deadline; connection closed"
                 );
-                respond(&failed(
-                    exit::USAGE,
-                    format!(
-                        "request not complete within {} ms of its first byte",
-                        limits.request_deadline_ms
-                    ),
-                ));
+                if settled(&pipeline) {
+                    respond(&failed(
+                        exit::USAGE,
+                        format!(
+                            "request not complete within {} ms of its first byte",
+                            limits.request_deadline_ms
+                        ),
+                    ));
+                }
                 return;
             }
             RequestRead::Bad(why) => {
@@ -568,7 +604,9 @@ fn serve_connection(daemon: &Daemon, shared: &Shared, id: u64, conn: UnixStream,
                     why = %Escaped(&why),
                     "control socket: bad request; connection closed"
                 );
-                respond(&failed(exit::USAGE, format!("bad control request: {why}")));
+                if settled(&pipeline) {
+                    respond(&failed(exit::USAGE, format!("bad control request: {why}")));
+                }
                 return;
             }
         };
@@ -576,34 +614,144 @@ fn serve_connection(daemon: &Daemon, shared: &Shared, id: u64, conn: UnixStream,
             return;
         }
         let keep_going = match request {
-            Request::Import { file_name, len } => match shared.stream_slot() {
-                Some(_slot) => {
-                    let (response, keep) =
-                        import(daemon, shared, who, &file_name, len, &mut reader);
-                    respond(&response) && keep
+            Request::Import { file_name, len } if len <= CONTROL_IMPORT_PIPELINED_BYTES_MAX => {
+                if pipeline.is_none() {
+                    pipeline = writer
+                        .try_clone()
+                        .and_then(|w| Pipeline::start(w, &limits))
+                        .ok();
                 }
-                None => {
-                    // The body that follows is not read: answer and close.
-                    respond(&busy(&limits));
-                    false
+                let Some(p) = pipeline.as_ref() else {
+                    return;
+                };
+                if slot.is_none() {
+                    slot = shared.stream_slot();
                 }
-            },
-            Request::Export { id } => match shared.stream_slot() {
-                Some(_slot) => export(daemon, &id, &mut RateWriter::new(&writer, &limits)),
-                None => respond(&busy(&limits)),
-            },
-            other if other.is_listing() => list(
-                daemon,
-                shared,
-                who,
-                other,
-                &mut RateWriter::new(&writer, &limits),
-            ),
-            other => respond(&answer(daemon, other)),
+                let import = Pipelined {
+                    daemon,
+                    shared,
+                    runtime,
+                    who,
+                    holds_slot: slot.is_some(),
+                };
+                import.one(p, file_name, len, &mut reader)
+            }
+            Request::Import { file_name, len } => {
+                if !settled(&pipeline) {
+                    return;
+                }
+                let streaming = slot.take().or_else(|| shared.stream_slot());
+                match streaming {
+                    Some(_slot) => {
+                        let (response, keep) =
+                            import(daemon, shared, who, &file_name, len, &mut reader);
+                        respond(&response) && keep
+                    }
+                    None => {
+                        // The body that follows is not read: answer and close.
+                        respond(&busy(&limits));
+                        false
+                    }
+                }
+            }
+            Request::Export { id } => {
+                if !settled(&pipeline) {
+                    return;
+                }
+                match shared.stream_slot() {
+                    Some(_slot) => export(daemon, &id, &mut RateWriter::new(&writer, &limits)),
+                    None => respond(&busy(&limits)),
+                }
+            }
+            other if other.is_listing() => {
+                settled(&pipeline)
+                    && list(
+                        daemon,
+                        shared,
+                        who,
+                        other,
+                        &mut RateWriter::new(&writer, &limits),
+                    )
+            }
+            other => settled(&pipeline) && respond(&answer(daemon, other)),
         };
         if !keep_going {
+            settled(&pipeline);
             return;
         }
+    }
+}
+
+/// One pipelined import on a connection (see [`pipeline`](super::pipeline)).
+struct Pipelined<'a> {
+    daemon: &'a Arc<Daemon>,
+    shared: &'a Arc<Shared>,
+    runtime: &'a tokio::runtime::Handle,
+    who: &'a str,
+    /// The connection holds one of the `streams_max` stream slots.
+    holds_slot: bool,
+}
+
+impl Pipelined<'_> {
+    /// Waits for room in the window, reads the whole body and hands it to an ingest of its own;
+    /// its answer is queued in request order. Returns whether the connection can carry another
+    /// request: not once the body was cut or the connection broke.
+    fn one(
+        &self,
+        p: &Pipeline,
+        file_name: String,
+        len: u64,
+        reader: &mut BufReader<UnixStream>,
+    ) -> bool {
+        let (shared, who) = (self.shared, self.who);
+        if !p.admit(len) {
+            return false;
+        }
+        let body = match read_body(reader, len, &shared.limits) {
+            Ok(body) => body,
+            Err(cut) => {
+                let file = Escaped(&file_name);
+                net::warn_limited!(shared.log, who, "import_cut", client = who, file = %file, why = %cut, "control socket: import cut before its verdict; nothing stored");
+                p.push_now(len, failed(exit::FAILED, format!("import cut: {cut}")));
+                return false;
+            }
+        };
+        // Refusals are answered in order like any verdict; the body was read, so the
+        // connection stays in step.
+        if let Some(refused) = refuse_import(shared, who, &file_name, len) {
+            p.push_now(len, refused);
+            return true;
+        }
+        if !self.holds_slot {
+            p.push_now(len, busy(&shared.limits));
+            return true;
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (d, s, who) = (self.daemon.clone(), self.shared.clone(), who.to_owned());
+        // Dropped unsent if the runtime is shutting down: the answer then says so.
+        drop(self.runtime.spawn_blocking(move || {
+            let _ = tx.send(import_whole(&d, &s, &who, &file_name, &body));
+        }));
+        p.push(len, rx);
+        true
+    }
+}
+
+/// Reads exactly `len` bytes of an import body (at most
+/// [`CONTROL_IMPORT_PIPELINED_BYTES_MAX`], checked by the caller) under the minimum-rate rule.
+fn read_body(
+    reader: &mut BufReader<UnixStream>,
+    len: u64,
+    limits: &ControlLimits,
+) -> Result<Vec<u8>, Cut> {
+    let mut body = BodyReader::new(reader, len, limits).map_err(|e| Cut::Failed(e.to_string()))?;
+    let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    match std::io::Read::read_to_end(&mut body, &mut out) {
+        Ok(_) if body.left == 0 => Ok(out),
+        Ok(_) => Err(Cut::Closed {
+            received: out.len() as u64,
+        }),
+        Err(e) => Err(body.cut.take().unwrap_or(Cut::Failed(e.to_string()))),
     }
 }
 
@@ -704,38 +852,8 @@ fn import(
     len: u64,
     reader: &mut BufReader<UnixStream>,
 ) -> (Response, bool) {
-    if file_name.len() > CONTROL_FILE_NAME_BYTES_MAX {
-        net::warn_limited!(
-            shared.log,
-            who,
-            "import_name_too_long",
-            client = who,
-            bytes = file_name.len(),
-            "control socket: import with an oversized file name refused"
-        );
-        return (
-            failed(
-                exit::USAGE,
-                format!(
-                    "a file name of {} bytes is longer than {CONTROL_FILE_NAME_BYTES_MAX}",
-                    file_name.len()
-                ),
-            ),
-            false,
-        );
-    }
-    let file = Escaped(file_name);
-    if len > CONTROL_IMPORT_BYTES_MAX {
-        net::warn_limited!(shared.log, who, "import_too_large", client = who, file = %file, len, "control socket: import larger than any segment refused");
-        return (
-            failed(
-                exit::USAGE,
-                format!(
-                    "an import of {len} bytes is larger than any segment ({CONTROL_IMPORT_BYTES_MAX} bytes)"
-                ),
-            ),
-            false,
-        );
+    if let Some(refused) = refuse_import(shared, who, file_name, len) {
+        return (refused, false);
     }
     let mut body = match BodyReader::new(reader, len, &shared.limits) {
         Ok(b) => b,
@@ -747,31 +865,90 @@ fn import(
         .ingest_reader(&mut body, &IngestOptions::import().with_file_len(len), now);
     let whole = body.left == 0;
     let cut = body.cut.take();
+    let file = Escaped(file_name);
     match (result, cut) {
-        (Ok(IngestOutcome::Stored(s)), _) => {
-            d.counters.count_stored();
-            tracing::info!(seg_id = %s.id, file = %file, bytes = s.row.file_len, "segment imported");
-            let response = ok(
-                json!({ "status": "imported", "id": s.id.to_string(), "bytes": s.row.file_len }),
-            );
-            (response, whole)
-        }
-        (Ok(IngestOutcome::AlreadyHave { id, .. }), _) => {
-            d.counters.count_duplicate();
-            let response = ok(json!({ "status": "already_present", "id": id.to_string() }));
-            (response, whole)
-        }
         (Err(_), Some(cut)) => {
             net::warn_limited!(shared.log, who, "import_cut", client = who, file = %file, why = %cut, "control socket: import cut before its verdict; nothing stored");
             (failed(exit::FAILED, format!("import cut: {cut}")), false)
         }
-        (Err(e), None) => {
+        (result, _) => (verdict(d, shared, who, file_name, result), whole),
+    }
+}
+
+/// Stores a whole `.seg` file received in memory (a pipelined import).
+fn import_whole(d: &Daemon, shared: &Shared, who: &str, file_name: &str, body: &[u8]) -> Response {
+    let opts = IngestOptions::import().with_file_len(body.len() as u64);
+    let waiting_since = Instant::now();
+    loop {
+        let result = d.relay.ingest_reader(body, &opts, d.clock.now_ms());
+        // The same segment is being stored by another ingest: a copy earlier in the same
+        // pipeline (a stick may hold one segment under two names), or a peer's transfer. Its
+        // verdict comes soon; then this copy is checked against what it stored.
+        let busy = matches!(result, Err(store::IngestError::Busy(_)));
+        if busy && waiting_since.elapsed() < Duration::from_millis(CONTROL_IMPORT_BUSY_WAIT_MS) {
+            std::thread::sleep(Duration::from_millis(CONTROL_IMPORT_BUSY_RETRY_MS));
+            continue;
+        }
+        return verdict(d, shared, who, file_name, result);
+    }
+}
+
+/// Why an import is refused before its body is looked at: a file name or a length beyond
+/// their bounds.
+fn refuse_import(shared: &Shared, who: &str, file_name: &str, len: u64) -> Option<Response> {
+    if file_name.len() > CONTROL_FILE_NAME_BYTES_MAX {
+        net::warn_limited!(
+            shared.log,
+            who,
+            "import_name_too_long",
+            client = who,
+            bytes = file_name.len(),
+            "control socket: import with an oversized file name refused"
+        );
+        return Some(failed(
+            exit::USAGE,
+            format!(
+                "a file name of {} bytes is longer than {CONTROL_FILE_NAME_BYTES_MAX}",
+                file_name.len()
+            ),
+        ));
+    }
+    if len > CONTROL_IMPORT_BYTES_MAX {
+        let file = Escaped(file_name);
+        net::warn_limited!(shared.log, who, "import_too_large", client = who, file = %file, len, "control socket: import larger than any segment refused");
+        return Some(failed(
+            exit::USAGE,
+            format!(
+                "an import of {len} bytes is larger than any segment ({CONTROL_IMPORT_BYTES_MAX} bytes)"
+            ),
+        ));
+    }
+    None
+}
+
+/// The answer to an import that reached a verdict, counted (INV-26) and logged.
+fn verdict(
+    d: &Daemon,
+    shared: &Shared,
+    who: &str,
+    file_name: &str,
+    result: Result<IngestOutcome<relay::Scheduled>, store::IngestError>,
+) -> Response {
+    let file = Escaped(file_name);
+    match result {
+        Ok(IngestOutcome::Stored(s)) => {
+            d.counters.count_stored();
+            tracing::info!(seg_id = %s.id, file = %file, bytes = s.row.file_len, "segment imported");
+            ok(json!({ "status": "imported", "id": s.id.to_string(), "bytes": s.row.file_len }))
+        }
+        Ok(IngestOutcome::AlreadyHave { id, .. }) => {
+            d.counters.count_duplicate();
+            ok(json!({ "status": "already_present", "id": id.to_string() }))
+        }
+        Err(e) => {
             d.counters.count_rejected(reject_reason(&e));
             net::warn_limited!(shared.log, who, "import_rejected", client = who, file = %file, error = %Escaped(&e.to_string()), "import rejected");
-            (
-                ok(json!({ "status": "rejected", "reason": e.to_string() })),
-                whole,
-            )
+            ok(json!({ "status": "rejected", "reason": e.to_string() }))
         }
     }
 }
