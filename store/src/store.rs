@@ -997,19 +997,8 @@ fn recover(
         let path = path.to_owned();
         move |source| StoreError::Io { op, path, source }
     };
-    let (mut rows, mut partial_rows) = {
+    let mut partial_rows = {
         let read = db.begin_read().map_err(db_err)?;
-        let mut rows = BTreeMap::new();
-        for entry in read
-            .open_table(SEGMENTS)
-            .map_err(db_err)?
-            .iter()
-            .map_err(db_err)?
-        {
-            let (k, v) = entry.map_err(db_err)?;
-            let row: SegmentRow = tables::decode("segments-v1", v.value())?;
-            rows.insert(SegmentId(*k.value()), row.file_len);
-        }
         let mut partials = BTreeMap::new();
         for entry in read
             .open_table(PARTIALS)
@@ -1021,7 +1010,7 @@ fn recover(
             let row: PartialRow = tables::decode("partials-v1", v.value())?;
             partials.insert(SegmentId(*k.value()), row);
         }
-        (rows, partials)
+        partials
     };
     let mut drop_rows: Vec<SegmentId> = Vec::new();
     let mut drop_partials: Vec<SegmentId> = Vec::new();
@@ -1078,44 +1067,63 @@ fn recover(
     }
     partial_rows.retain(|id, _| tmp_seen.contains(id));
 
-    // Segment files: every file has a row and every row a file of the recorded size.
-    let mut seen = BTreeSet::new();
-    for dir in layout.fanouts() {
-        for entry in fs.list_dir(&dir).map_err(io("list", &dir))? {
-            let path = dir.join(&entry.name);
-            let id = layout::id_from_file_name(&entry.name, layout::SEG_EXT)
-                .filter(|id| dir.ends_with(id.fanout_dir()));
-            match id.and_then(|id| rows.get(&id).map(|len| (id, *len))) {
-                Some((id, len)) if entry.kind == EntryKind::File && entry.len == len => {
-                    seen.insert(id);
+    // Segment files: every file has a row and every row a file of the recorded size. One
+    // fan-out directory at a time (an id's file is in the directory of its first byte, so its
+    // rows are one range of the index): memory holds one directory's rows, never the whole
+    // index, and what start-up leaves behind does not grow with the store.
+    let mut stored_bytes = 0u64;
+    {
+        let read = db.begin_read().map_err(db_err)?;
+        let segments = read.open_table(SEGMENTS).map_err(db_err)?;
+        for (first, dir) in (0..=u8::MAX).zip(layout.fanouts()) {
+            let (mut low, mut high) = ([0u8; 32], [0xffu8; 32]);
+            (low[0], high[0]) = (first, first);
+            let mut rows = BTreeMap::new();
+            for entry in segments.range::<&[u8; 32]>(&low..=&high).map_err(db_err)? {
+                let (k, v) = entry.map_err(db_err)?;
+                let row: SegmentRow = tables::decode("segments-v1", v.value())?;
+                rows.insert(SegmentId(*k.value()), row.file_len);
+            }
+            let mut seen = BTreeSet::new();
+            let mut dropped = BTreeSet::new();
+            for entry in fs.list_dir(&dir).map_err(io("list", &dir))? {
+                let path = dir.join(&entry.name);
+                let id = layout::id_from_file_name(&entry.name, layout::SEG_EXT)
+                    .filter(|id| dir.ends_with(id.fanout_dir()));
+                match id.and_then(|id| rows.get(&id).map(|len| (id, *len))) {
+                    Some((id, len)) if entry.kind == EntryKind::File && entry.len == len => {
+                        seen.insert(id);
+                    }
+                    Some((id, len)) => {
+                        let reason = format!("file holds {} bytes, index says {len}", entry.len);
+                        tracing::error!(seg_id = %id, reason, "index row dropped; the segment will be fetched again");
+                        fs.remove_file(&path).map_err(io("remove", &path))?;
+                        report.rows_dropped.push((id, reason));
+                        dropped.insert(id);
+                        drop_rows.push(id);
+                    }
+                    // Mutation point (INV-05): a file without an index row (a crash between
+                    // rename and commit) is kept, so files and rows disagree.
+                    None if mutants::active("recovery_keeps_orphans") => {}
+                    None => {
+                        tracing::warn!(path = %path.display(), "segment file without index row removed");
+                        fs.remove_file(&path).map_err(io("remove", &path))?;
+                        report.orphans_removed.push(path);
+                    }
                 }
-                Some((id, len)) => {
-                    let reason = format!("file holds {} bytes, index says {len}", entry.len);
+            }
+            for (id, len) in &rows {
+                if seen.contains(id) {
+                    stored_bytes += len;
+                } else if !dropped.contains(id) {
+                    let reason = "file missing".to_owned();
                     tracing::error!(seg_id = %id, reason, "index row dropped; the segment will be fetched again");
-                    fs.remove_file(&path).map_err(io("remove", &path))?;
-                    report.rows_dropped.push((id, reason));
-                    drop_rows.push(id);
-                }
-                // Mutation point (INV-05): a file without an index row (a crash between rename and
-                // commit) is kept, so files and rows disagree.
-                None if mutants::active("recovery_keeps_orphans") => {}
-                None => {
-                    tracing::warn!(path = %path.display(), "segment file without index row removed");
-                    fs.remove_file(&path).map_err(io("remove", &path))?;
-                    report.orphans_removed.push(path);
+                    report.rows_dropped.push((*id, reason));
+                    drop_rows.push(*id);
                 }
             }
         }
     }
-    for id in rows.keys() {
-        if !seen.contains(id) && !drop_rows.contains(id) {
-            let reason = "file missing".to_owned();
-            tracing::error!(seg_id = %id, reason, "index row dropped; the segment will be fetched again");
-            report.rows_dropped.push((*id, reason));
-            drop_rows.push(*id);
-        }
-    }
-    rows.retain(|id, _| seen.contains(id));
 
     if !drop_rows.is_empty() || !drop_partials.is_empty() {
         let txn = db.begin_write().map_err(db_err)?;
@@ -1137,7 +1145,7 @@ fn recover(
         }
     }
     report.partials_kept = partial_rows.len();
-    acct.usage.stored_bytes = rows.values().sum();
+    acct.usage.stored_bytes = stored_bytes;
     for (id, row) in &partial_rows {
         acct.partials.insert(*id, row.checkpoint_len());
     }
