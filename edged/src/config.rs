@@ -173,6 +173,10 @@ overrides!(RawControl => crate::control::ControlLimits {
     request_deadline_ms: u64,
     stream_rate_min_bytes_per_s: u64,
     stream_rate_window_ms: u64,
+    import_window: usize,
+    import_window_bytes: u64,
+    list_page_items: usize,
+    list_page_bytes: usize,
 });
 
 fn default_clock_skew() -> u64 {

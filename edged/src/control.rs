@@ -14,8 +14,25 @@
 //!   sending), it closes the connection after its answer: the client opens one connection per
 //!   imported file. A client that cannot send all it announced (the file shrank) half-closes
 //!   its side; the daemon answers that the import was cut and stores nothing.
+//!   A body of at most [`CONTROL_IMPORT_PIPELINED_BYTES_MAX`] is always read whole: the client
+//!   may send the next `Import` (and its body) without waiting for the answer, up to
+//!   `import_window` imports and `import_window_bytes` of bodies in flight, and the daemon
+//!   ingests them concurrently and answers each, in request order, once it is stored. Any other
+//!   request waits until the imports before it are answered. A client pipelines only such
+//!   small bodies and reads each file whole before announcing it, so a file that shrinks is
+//!   never sent.
 //! - `Export { id }`: the response frame `ExportStream { len, .. }` is followed by exactly `len`
 //!   raw bytes of the stored `.seg` file; the CLI writes it atomically and verifies it.
+//! - Listings (`Segments`, `DlqList`, `ExportSelect`, `DlqRequeue`, `DlqPurge`: anything whose
+//!   answer grows with the store or the ledger, see [`Request::is_listing`]) are answered by
+//!   `Page { items }` frames, then `End { count }`. The daemon reads the database a page at a
+//!   time (a fresh read transaction for each, after the last key sent), so its memory for a
+//!   listing is one page whatever the number of rows, and the CLI prints each page as it
+//!   arrives. A page holds at most `list_page_items` items and stops growing once it passes
+//!   `list_page_bytes` (an item is never split: one larger than that travels alone, within
+//!   [`CONTROL_FRAME_BYTES_MAX`]). An `Error` frame instead of the next page ends a listing
+//!   that failed part-way. Rows are listed in key order; one added or removed while the
+//!   listing runs may or may not be in it, every other row is in it exactly once.
 //!
 //! # Bounds
 //!
@@ -72,6 +89,30 @@ pub const CONTROL_STREAM_RATE_WINDOW_MS: u64 = 10_000;
 /// Longest `idle_timeout_ms`, `request_deadline_ms` and `stream_rate_window_ms` accepted: one
 /// hour.
 pub const CONTROL_TIMEOUT_MS_LIMIT: u64 = 3_600_000;
+/// Largest import body taken whole into memory, and so pipelined (see the module docs); larger
+/// ones stream to disk as they arrive, one at a time.
+pub const CONTROL_IMPORT_PIPELINED_BYTES_MAX: u64 = 1 << 20;
+/// Default of `[control] import_window`: pipelined imports in flight on one connection.
+pub const CONTROL_IMPORT_WINDOW: usize = 32;
+/// Largest `import_window` accepted.
+pub const CONTROL_IMPORT_WINDOW_LIMIT: usize = 1024;
+/// Default of `[control] import_window_bytes`: bodies of pipelined imports held in memory on
+/// one connection, in bytes.
+pub const CONTROL_IMPORT_WINDOW_BYTES: u64 = 4 << 20;
+/// Largest `import_window_bytes` accepted: every import connection (at most `streams_max`) may
+/// hold this much.
+pub const CONTROL_IMPORT_WINDOW_BYTES_LIMIT: u64 = 256 << 20;
+/// Default of `[control] list_page_items`: items of a listing per page (per database read).
+pub const CONTROL_LIST_PAGE_ITEMS: usize = 256;
+/// Largest `list_page_items` accepted.
+pub const CONTROL_LIST_PAGE_ITEMS_LIMIT: usize = 4096;
+/// Default of `[control] list_page_bytes`: a page stops growing once its JSON passes this.
+pub const CONTROL_LIST_PAGE_BYTES: usize = 256 * 1024;
+/// Smallest `list_page_bytes` accepted.
+pub const CONTROL_LIST_PAGE_BYTES_MIN: usize = 256;
+/// Largest `list_page_bytes` accepted: a quarter of a frame, so that a page that passed it
+/// with one more item still fits in a frame.
+pub const CONTROL_LIST_PAGE_BYTES_LIMIT: usize = CONTROL_FRAME_BYTES_MAX as usize / 4;
 
 /// The control socket's bounds on its clients; `[control]` in `edge.toml` overrides each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +131,15 @@ pub struct ControlLimits {
     pub stream_rate_min_bytes_per_s: u64,
     /// Window of waiting for the client over which that rate is measured, in milliseconds.
     pub stream_rate_window_ms: u64,
+    /// Pipelined imports in flight on one connection.
+    pub import_window: usize,
+    /// Bodies of pipelined imports held in memory on one connection, in bytes; at least
+    /// [`CONTROL_IMPORT_PIPELINED_BYTES_MAX`].
+    pub import_window_bytes: u64,
+    /// Items of a listing per page (and per read of the database).
+    pub list_page_items: usize,
+    /// A page of a listing stops growing once its JSON passes this many bytes.
+    pub list_page_bytes: usize,
 }
 
 impl Default for ControlLimits {
@@ -101,6 +151,10 @@ impl Default for ControlLimits {
             request_deadline_ms: CONTROL_REQUEST_DEADLINE_MS,
             stream_rate_min_bytes_per_s: CONTROL_STREAM_RATE_MIN_BYTES_PER_S,
             stream_rate_window_ms: CONTROL_STREAM_RATE_WINDOW_MS,
+            import_window: CONTROL_IMPORT_WINDOW,
+            import_window_bytes: CONTROL_IMPORT_WINDOW_BYTES,
+            list_page_items: CONTROL_LIST_PAGE_ITEMS,
+            list_page_bytes: CONTROL_LIST_PAGE_BYTES,
         }
     }
 }
@@ -132,6 +186,46 @@ impl ControlLimits {
                 format!(
                     "{} is outside 1..=connections_max ({})",
                     self.streams_max, self.connections_max
+                ),
+            );
+        }
+        if !(1..=CONTROL_IMPORT_WINDOW_LIMIT).contains(&self.import_window) {
+            return err(
+                "import_window",
+                format!(
+                    "{} is outside 1..={CONTROL_IMPORT_WINDOW_LIMIT}",
+                    self.import_window
+                ),
+            );
+        }
+        if !(CONTROL_IMPORT_PIPELINED_BYTES_MAX..=CONTROL_IMPORT_WINDOW_BYTES_LIMIT)
+            .contains(&self.import_window_bytes)
+        {
+            return err(
+                "import_window_bytes",
+                format!(
+                    "{} is outside {CONTROL_IMPORT_PIPELINED_BYTES_MAX}..={CONTROL_IMPORT_WINDOW_BYTES_LIMIT}",
+                    self.import_window_bytes
+                ),
+            );
+        }
+        if !(1..=CONTROL_LIST_PAGE_ITEMS_LIMIT).contains(&self.list_page_items) {
+            return err(
+                "list_page_items",
+                format!(
+                    "{} is outside 1..={CONTROL_LIST_PAGE_ITEMS_LIMIT}",
+                    self.list_page_items
+                ),
+            );
+        }
+        if !(CONTROL_LIST_PAGE_BYTES_MIN..=CONTROL_LIST_PAGE_BYTES_LIMIT)
+            .contains(&self.list_page_bytes)
+        {
+            return err(
+                "list_page_bytes",
+                format!(
+                    "{} is outside {CONTROL_LIST_PAGE_BYTES_MIN}..={CONTROL_LIST_PAGE_BYTES_LIMIT}",
+                    self.list_page_bytes
                 ),
             );
         }
@@ -197,6 +291,20 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// Whether the answer is a listing (`Page` frames, then `End`) rather than one frame.
+    pub fn is_listing(&self) -> bool {
+        matches!(
+            self,
+            Request::Segments
+                | Request::DlqList
+                | Request::ExportSelect { .. }
+                | Request::DlqRequeue { .. }
+                | Request::DlqPurge { .. }
+        )
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Response {
@@ -212,7 +320,21 @@ pub enum Response {
         id: String,
         len: u64,
     },
+    /// One page of a listing; more pages, then `End`, follow.
+    Page {
+        items: Vec<serde_json::Value>,
+    },
+    /// The end of a listing of `count` items.
+    End {
+        count: u64,
+    },
 }
+
+/// What a `Page` frame's JSON begins and ends with, around its items (the daemon writes pages
+/// item by item, without building the `Response`).
+pub const PAGE_FRAME_HEAD: &[u8] = br#"{"kind":"page","items":["#;
+/// See [`PAGE_FRAME_HEAD`].
+pub const PAGE_FRAME_TAIL: &[u8] = b"]}";
 
 /// Writes one frame.
 pub fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> std::io::Result<()> {
@@ -223,6 +345,17 @@ pub fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> std::io::Resul
         .ok_or_else(|| std::io::Error::other("control frame too large"))?;
     w.write_all(&len.to_le_bytes())?;
     w.write_all(&body)?;
+    w.flush()
+}
+
+/// Writes one frame whose JSON is already encoded.
+pub fn write_raw_frame<W: Write>(w: &mut W, body: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|len| *len <= CONTROL_FRAME_BYTES_MAX)
+        .ok_or_else(|| std::io::Error::other("control frame too large"))?;
+    w.write_all(&len.to_le_bytes())?;
+    w.write_all(body)?;
     w.flush()
 }
 
@@ -312,6 +445,58 @@ mod tests {
             key(at(|l| l.stream_rate_window_ms = 0)),
             Err("stream_rate_window_ms")
         );
+        assert_eq!(key(at(|l| l.import_window = 0)), Err("import_window"));
+        assert_eq!(
+            key(at(|l| l.import_window = CONTROL_IMPORT_WINDOW_LIMIT)),
+            Ok(())
+        );
+        assert_eq!(
+            key(at(|l| l.import_window = CONTROL_IMPORT_WINDOW_LIMIT + 1)),
+            Err("import_window")
+        );
+        assert_eq!(
+            key(at(
+                |l| l.import_window_bytes = CONTROL_IMPORT_PIPELINED_BYTES_MAX - 1
+            )),
+            Err("import_window_bytes")
+        );
+        assert_eq!(
+            key(at(
+                |l| l.import_window_bytes = CONTROL_IMPORT_PIPELINED_BYTES_MAX
+            )),
+            Ok(())
+        );
+        assert_eq!(
+            key(at(
+                |l| l.import_window_bytes = CONTROL_IMPORT_WINDOW_BYTES_LIMIT + 1
+            )),
+            Err("import_window_bytes")
+        );
+        assert_eq!(key(at(|l| l.list_page_items = 0)), Err("list_page_items"));
+        assert_eq!(
+            key(at(|l| l.list_page_items = CONTROL_LIST_PAGE_ITEMS_LIMIT)),
+            Ok(())
+        );
+        assert_eq!(
+            key(at(|l| l.list_page_items = CONTROL_LIST_PAGE_ITEMS_LIMIT + 1)),
+            Err("list_page_items")
+        );
+        assert_eq!(
+            key(at(|l| l.list_page_bytes = CONTROL_LIST_PAGE_BYTES_MIN - 1)),
+            Err("list_page_bytes")
+        );
+        assert_eq!(
+            key(at(|l| l.list_page_bytes = CONTROL_LIST_PAGE_BYTES_MIN)),
+            Ok(())
+        );
+        assert_eq!(
+            key(at(|l| l.list_page_bytes = CONTROL_LIST_PAGE_BYTES_LIMIT)),
+            Ok(())
+        );
+        assert_eq!(
+            key(at(|l| l.list_page_bytes = CONTROL_LIST_PAGE_BYTES_LIMIT + 1)),
+            Err("list_page_bytes")
+        );
         // A rate of 0 still wants one byte per window; a huge one saturates.
         assert_eq!(
             at(|l| l.stream_rate_min_bytes_per_s = 0).stream_window_bytes_min(),
@@ -321,6 +506,25 @@ mod tests {
             at(|l| l.stream_rate_min_bytes_per_s = u64::MAX).stream_window_bytes_min(),
             u64::MAX
         );
+    }
+
+    #[test]
+    fn a_page_written_from_its_head_and_tail_is_a_page_frame() {
+        let mut body = PAGE_FRAME_HEAD.to_vec();
+        body.extend_from_slice(br#"{"a":1},"b""#);
+        body.extend_from_slice(PAGE_FRAME_TAIL);
+        let mut buf = Vec::new();
+        write_raw_frame(&mut buf, &body).unwrap();
+        let got: Response = read_frame(&mut buf.as_slice()).unwrap().unwrap();
+        assert_eq!(
+            got,
+            Response::Page {
+                items: vec![serde_json::json!({ "a": 1 }), serde_json::json!("b")]
+            }
+        );
+        // Every listing answers in pages; the others in one frame.
+        assert!(Request::Segments.is_listing() && Request::DlqList.is_listing());
+        assert!(!Request::Status.is_listing() && !Request::Peers.is_listing());
     }
 
     #[test]

@@ -125,6 +125,130 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A table printed page by page, as a listing arrives: the header goes out with the first page,
+/// columns take the widths of the header and the first page's cells, and only grow after that
+/// (a wider cell in a later page widens the rows from its own on). Every cell is escaped, as in
+/// [`table`].
+#[derive(Debug)]
+pub struct TableStream {
+    header: Vec<String>,
+    widths: Vec<usize>,
+    started: bool,
+}
+
+impl TableStream {
+    pub fn new(header: &[&str]) -> TableStream {
+        let header: Vec<String> = header.iter().map(|h| escape(h).into_owned()).collect();
+        let widths = header.iter().map(|h| h.chars().count()).collect();
+        TableStream {
+            header,
+            widths,
+            started: false,
+        }
+    }
+
+    /// The lines of one page of rows (the header first, on the first call).
+    pub fn page(&mut self, rows: &[Vec<String>]) -> String {
+        let rows: Vec<Vec<Cow<'_, str>>> = rows
+            .iter()
+            .map(|row| row.iter().map(|cell| escape(cell)).collect())
+            .collect();
+        let mut out = String::new();
+        if !self.started {
+            self.started = true;
+            self.widen(&rows);
+            let header: Vec<Cow<'_, str>> = self
+                .header
+                .iter()
+                .map(|h| Cow::Borrowed(h.as_str()))
+                .collect();
+            out.push_str(&self.line(&header));
+            out.push('\n');
+        }
+        for row in &rows {
+            self.widen(std::slice::from_ref(row));
+            out.push_str(&self.line(row));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The header alone, if no page came (an empty listing).
+    pub fn finish(&mut self) -> String {
+        if self.started {
+            return String::new();
+        }
+        self.page(&[])
+    }
+
+    fn widen(&mut self, rows: &[Vec<Cow<'_, str>>]) {
+        for row in rows {
+            for (i, cell) in row.iter().enumerate() {
+                if let Some(w) = self.widths.get_mut(i) {
+                    *w = (*w).max(cell.chars().count());
+                }
+            }
+        }
+    }
+
+    fn line(&self, cells: &[Cow<'_, str>]) -> String {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            out.push_str(cell);
+            if i + 1 < cells.len() {
+                let width = self.widths.get(i).copied().unwrap_or(0);
+                let pad = width.saturating_sub(cell.chars().count());
+                out.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.trim_end().to_owned()
+    }
+}
+
+/// One JSON array written item by item as a listing arrives, byte for byte what
+/// `serde_json::to_string_pretty` gives for the whole array (`[]` when empty), so `--json`
+/// output stays one valid array while memory holds one item.
+#[derive(Debug)]
+pub struct JsonArray<W: std::io::Write> {
+    out: W,
+    items: u64,
+}
+
+impl<W: std::io::Write> JsonArray<W> {
+    pub fn new(out: W) -> JsonArray<W> {
+        JsonArray { out, items: 0 }
+    }
+
+    pub fn item<T: serde::Serialize>(&mut self, item: &T) -> std::io::Result<()> {
+        let text = serde_json::to_string_pretty(item).map_err(std::io::Error::other)?;
+        self.out
+            .write_all(if self.items == 0 { b"[\n" } else { b",\n" })?;
+        // JSON strings never hold a raw newline, so every line break is the printer's own.
+        for (i, line) in text.split('\n').enumerate() {
+            if i > 0 {
+                self.out.write_all(b"\n")?;
+            }
+            self.out.write_all(b"  ")?;
+            self.out.write_all(line.as_bytes())?;
+        }
+        self.items += 1;
+        Ok(())
+    }
+
+    /// Lets what was written so far reach the reader (after each page).
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+
+    /// Closes the array; returns how many items it holds.
+    pub fn finish(mut self) -> std::io::Result<u64> {
+        self.out
+            .write_all(if self.items == 0 { b"[]\n" } else { b"\n]\n" })?;
+        self.out.flush()?;
+        Ok(self.items)
+    }
+}
+
 /// Bytes as a short human figure (KiB, MiB, GiB).
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -186,6 +310,41 @@ mod tests {
             ],
         );
         assert_eq!(t, "id   name\nabc  x\na    long\n");
+    }
+
+    #[test]
+    fn table_stream_prints_the_header_once_and_only_widens() {
+        let mut t = TableStream::new(&["id", "name"]);
+        let first = t.page(&[vec!["abc".into(), "x".into()]]);
+        assert_eq!(first, "id   name\nabc  x\n");
+        let second = t.page(&[
+            vec!["a".into(), "y".into()],
+            vec!["abcdef".into(), "z".into()],
+        ]);
+        assert_eq!(second, "a    y\nabcdef  z\n");
+        assert_eq!(t.finish(), "");
+        assert_eq!(TableStream::new(&["id"]).finish(), "id\n");
+        let mut bad = TableStream::new(&["name"]);
+        assert_eq!(bad.page(&[vec!["a\nforged".into()]]), "name\na\\nforged\n");
+    }
+
+    #[test]
+    fn json_array_streams_what_the_pretty_printer_gives_for_the_whole() {
+        let items = [
+            serde_json::json!({ "id": "a\nb", "jobs": [{ "peer": "p" }], "n": 1 }),
+            serde_json::json!([]),
+            serde_json::json!("x"),
+        ];
+        for n in 0..=items.len() {
+            let mut got = Vec::new();
+            let mut out = JsonArray::new(&mut got);
+            for item in &items[..n] {
+                out.item(item).unwrap();
+            }
+            assert_eq!(out.finish().unwrap(), n as u64);
+            let whole = serde_json::to_string_pretty(&items[..n]).unwrap() + "\n";
+            assert_eq!(String::from_utf8(got).unwrap(), whole, "{n} items");
+        }
     }
 
     #[test]

@@ -598,3 +598,176 @@ fn dlq_requeue_and_purge_need_a_segment_prefix_of_4_hex_characters() {
         "the dead letter is purged".into()
     });
 }
+
+/// One control frame back with its length in bytes, within `limit`.
+fn read_frame_sized(s: &mut UnixStream, limit: Duration) -> Option<(usize, Value)> {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+    s.read_exact(&mut body).ok()?;
+    Some((body.len(), serde_json::from_slice(&body).ok()?))
+}
+
+#[test]
+fn listings_go_out_in_bounded_pages_and_the_cli_prints_every_item_in_order() {
+    // A page of at most 7 items and about 2 KiB: 40 segments' rows (some 20 KiB of JSON) are
+    // far more than one such page holds, as 10,000 are more than one 4 MiB frame.
+    const SEGMENTS: usize = 40;
+    const PAGE_ITEMS: usize = 7;
+    const PAGE_BYTES: usize = 2048;
+    let mut f = Fleet::new(1, &[], |_| {
+        NodeOptions::default()
+            .control("list_page_items", PAGE_ITEMS)
+            .control("list_page_bytes", PAGE_BYTES)
+    });
+    let usb = f.path("usb");
+    std::fs::create_dir(&usb).unwrap();
+    let mut ids: Vec<String> = (0..SEGMENTS)
+        .map(|i| f.make_segment(&format!("many-{i:02}"), 64, &usb).1)
+        .collect();
+    ids.sort();
+    f.start(1);
+    let o = f.cli(1, &["import", p(&usb)]);
+    f.check(o.status.success(), || format!("import: {}", stderr(&o)));
+
+    // On the socket: pages within their bounds, then the end with the count.
+    let mut s = UnixStream::connect(f.node(1).control_socket()).unwrap();
+    send_frame(&mut s, &json!({ "op": "segments" }));
+    let (mut listed, mut pages, mut bytes) = (Vec::new(), 0, 0);
+    loop {
+        let Some((len, frame)) = read_frame_sized(&mut s, Duration::from_secs(10)) else {
+            f.fail(format!("the listing stopped after {pages} pages"));
+        };
+        match frame["kind"].as_str() {
+            Some("page") => {
+                let items = frame["items"].as_array().cloned().unwrap_or_default();
+                f.check(
+                    !items.is_empty()
+                        && items.len() <= PAGE_ITEMS
+                        && (len <= PAGE_BYTES || items.len() == 1),
+                    || format!("page of {} items, {len} bytes", items.len()),
+                );
+                listed.extend(items.iter().map(|i| i["id"].as_str().unwrap().to_owned()));
+                pages += 1;
+                bytes += len;
+            }
+            Some("end") => {
+                f.check(frame["count"] == SEGMENTS, || format!("end: {frame}"));
+                break;
+            }
+            _ => f.fail(format!("not a page: {frame}")),
+        }
+    }
+    f.check(
+        bytes > 4 * PAGE_BYTES && pages >= SEGMENTS / PAGE_ITEMS,
+        || format!("{pages} pages, {bytes} bytes"),
+    );
+    f.check(listed == ids, || {
+        format!("listed {listed:?}, stored {ids:?}")
+    });
+    // The connection stays usable after a listing.
+    send_frame(&mut s, &json!({ "op": "status" }));
+    let status = read_frame(&mut s, Duration::from_secs(10));
+    f.check(
+        status
+            .as_ref()
+            .is_some_and(|v| v["body"]["segments_stored"] == SEGMENTS),
+        || format!("status after the listing: {status:?}"),
+    );
+
+    // The CLI's --json: one valid array of every item, in order.
+    let v = f.json(1, &["segments"]);
+    let json_ids: Vec<String> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    f.check(json_ids == ids, || format!("--json listed {json_ids:?}"));
+    // The table: a header, a row per segment, the count.
+    let o = f.cli(1, &["segments"]);
+    let out = stdout(&o);
+    f.check(
+        o.status.success()
+            && out.lines().count() == SEGMENTS + 2
+            && out.contains(&format!("{SEGMENTS} segment(s)")),
+        || format!("table: {out}"),
+    );
+    // An empty listing is an empty array; export selections page too.
+    f.check(f.json(1, &["dlq", "list"]) == json!([]), || {
+        "dlq list".into()
+    });
+    let out_dir = f.path("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let o = f.cli(1, &["export", "--all", "--to", p(&out_dir)]);
+    let exported = std::fs::read_dir(&out_dir).map_or(0, |d| d.count());
+    f.check(o.status.success() && exported == SEGMENTS, || {
+        format!("export --all: {exported} files, {}", stderr(&o))
+    });
+}
+
+#[test]
+fn imports_sent_without_waiting_are_answered_in_order_and_a_later_request_after_them() {
+    let mut f = Fleet::new(1, &[], |_| NodeOptions::default());
+    let usb = f.path("usb");
+    std::fs::create_dir(&usb).unwrap();
+    let (a_file, a) = f.make_segment("a", 3000, &usb);
+    let (b_file, b) = f.make_segment("b", 5000, &usb);
+    f.start(1);
+    let (a_bytes, b_bytes) = (
+        std::fs::read(&a_file).unwrap(),
+        std::fs::read(&b_file).unwrap(),
+    );
+    let mut s = UnixStream::connect(f.node(1).control_socket()).unwrap();
+    // Four requests back to back, no answer read in between.
+    for (name, bytes) in [
+        ("a.seg", &a_bytes),
+        ("b.seg", &b_bytes),
+        ("a.seg", &a_bytes),
+    ] {
+        send_frame(
+            &mut s,
+            &json!({ "op": "import", "file_name": name, "len": bytes.len() }),
+        );
+        s.write_all(bytes).unwrap();
+    }
+    send_frame(&mut s, &json!({ "op": "status" }));
+    let answers: Vec<Option<Value>> = (0..4)
+        .map(|_| read_frame(&mut s, Duration::from_secs(20)))
+        .collect();
+    let body = |i: usize| {
+        answers[i]
+            .as_ref()
+            .map(|v| v["body"].clone())
+            .unwrap_or_default()
+    };
+    f.check(
+        body(0)["status"] == "imported"
+            && body(0)["id"] == a.as_str()
+            && body(1)["status"] == "imported"
+            && body(1)["id"] == b.as_str()
+            && body(2)["status"] == "already_present"
+            && body(3)["segments_stored"] == 2,
+        || format!("answers: {answers:?}"),
+    );
+    // A body cut short: answered as cut, nothing stored, the connection closed.
+    send_frame(
+        &mut s,
+        &json!({ "op": "import", "file_name": "cut.seg", "len": 1000 }),
+    );
+    s.write_all(&a_bytes[..100]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let cut = read_frame(&mut s, Duration::from_secs(20));
+    f.check(
+        cut.as_ref().is_some_and(|v| {
+            v["kind"] == "error" && v["message"].as_str().is_some_and(|m| m.contains("cut"))
+        }),
+        || format!("cut: {cut:?}"),
+    );
+    f.check(closed_within(&mut s, Duration::from_secs(10)), || {
+        "the connection is closed after a cut".into()
+    });
+}

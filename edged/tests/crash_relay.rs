@@ -1,7 +1,7 @@
 //! Real daemons aborted at the named crash points of the relay path (and right after the commit
-//! of an import), then started again: what was committed before the crash is there after it,
-//! nothing acknowledged is lost, and every job carries on to its end (INV-05, INV-11, INV-12,
-//! INV-13, INV-14, INV-15, INV-22).
+//! of an import, and in the middle of a pipelined import), then started again: what was
+//! committed before the crash is there after it, nothing acknowledged is lost, and every job
+//! carries on to its end (INV-03, INV-05, INV-11, INV-12, INV-13, INV-14, INV-15, INV-22).
 //!
 //! Each test arms one node with `EDGED_CRASH_AT=<point>:1`, drives it to the point through the
 //! CLI, checks that it aborted there (SIGABRT, and the point's own message in its log), starts
@@ -317,4 +317,66 @@ fn inv_05_inv_14_inv_22_crash_after_a_requeue_commit_keeps_the_requeue() {
     f.check(o.status.code() == Some(1), || {
         format!("second requeue: {} {}", o.status, stderr(&o))
     });
+}
+
+#[test]
+fn inv_03_inv_05_a_crash_in_the_middle_of_a_pipelined_import_loses_nothing_acknowledged() {
+    const SEGMENTS: usize = 60;
+    // The 20th ingest to reach it aborts the daemon while others are in flight around it.
+    const CRASH_AT_HIT: u64 = 20;
+    let mut f = Fleet::new(1, &[], |_| {
+        NodeOptions::default().control("import_window", 16)
+    });
+    let usb = f.path("usb");
+    std::fs::create_dir(&usb).expect("create the stick");
+    let ids: Vec<String> = (0..SEGMENTS)
+        .map(|i| f.make_segment(&format!("s-{i:03}"), 2048, &usb).1)
+        .collect();
+    let point = crash::INGEST_AFTER_DIR_FSYNC;
+    let armed = format!("{point}:{CRASH_AT_HIT}");
+    f.start_with_env(
+        1,
+        &[(crash::CRASH_AT_ENV, &armed), ("EDGED_LOG", LOG_FILTER)],
+    );
+    let o = f.cli(1, &["import", p(&usb), "--json"]);
+    let status = f.wait_exit(1, CRASH_TIMEOUT);
+    let log = std::fs::read_to_string(f.node(1).log()).unwrap_or_default();
+    f.check(
+        status.signal() == Some(SIGABRT)
+            && log.contains(&format!("crash point {point} hit {CRASH_AT_HIT} times")),
+        || format!("node-1 did not abort at {point}: {status}"),
+    );
+    let lines: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    let acknowledged: Vec<String> = lines
+        .iter()
+        .filter(|l| l["status"] == "imported")
+        .filter_map(|l| l["id"].as_str().map(str::to_owned))
+        .collect();
+    f.check(
+        !o.status.success() && lines.len() == SEGMENTS && acknowledged.len() < SEGMENTS,
+        || format!("the import did not see the crash: {}", stderr(&o)),
+    );
+    restart(&mut f, 1);
+    let held = f.segment_ids(1);
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| !held.contains(id))
+        .collect();
+    f.check(lost.is_empty(), || {
+        format!(
+            "{} of {} acknowledged imports lost in the crash: {lost:?}",
+            lost.len(),
+            acknowledged.len()
+        )
+    });
+    // Whatever the crash cut is imported again, and nothing is stored twice.
+    let o = f.cli(1, &["import", p(&usb)]);
+    f.check(o.status.success(), || {
+        format!("import again: {}", stderr(&o))
+    });
+    let mut held = f.segment_ids(1);
+    held.sort();
+    let mut want = ids.clone();
+    want.sort();
+    f.check(held == want, || format!("after importing again: {held:?}"));
 }

@@ -483,3 +483,73 @@ fn names_from_the_stick_and_the_manifest_are_escaped_in_tables_and_exact_in_json
         || format!("the error is escaped: {err:?}"),
     );
 }
+
+#[test]
+fn many_small_segments_are_pipelined_and_bad_ones_in_the_middle_are_reported_alone() {
+    const SEGMENTS: usize = 40;
+    // A small window, so that it fills and empties many times.
+    let mut f = Fleet::new(1, &[], |_| {
+        NodeOptions::default()
+            .control("import_window", 4)
+            .control("import_window_bytes", MIB)
+    });
+    let usb = f.path("usb");
+    std::fs::create_dir(&usb).unwrap();
+    let mut good = Vec::new();
+    for i in 0..SEGMENTS {
+        let name = format!("m-{i:03}");
+        let (_, id) = f.make_segment(&name, 100 + 97 * i as u64, &usb);
+        good.push((format!("{name}.seg"), id));
+    }
+    // In the middle: a copy whose payload was damaged, a file that is no segment at all, and
+    // one too large to pipeline (it goes alone, streamed).
+    let damaged = usb.join(&good[10].0);
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&damaged, bytes).unwrap();
+    good.remove(10);
+    std::fs::write(usb.join("m-020-garbage.seg"), b"not a segment at all").unwrap();
+    let (_, big) = f.make_segment("m-025-big", 2 * MIB, &usb);
+    good.push(("m-025-big.seg".into(), big));
+    f.start(1);
+
+    let out = f.path("import.json");
+    let (code, lines) = finish_import(&f, spawn_import(&f, 1, &usb, &out), &out);
+    f.check(code == Some(1), || format!("exit code {code:?}: {lines:?}"));
+    f.check(lines.len() == SEGMENTS + 2, || {
+        format!("a line per file: {lines:?}")
+    });
+    let l = line(&f, &lines, "m-010.seg");
+    f.check(
+        l["status"] == "rejected" && l["reason"].as_str().is_some_and(|r| r.contains("hash")),
+        || format!("the damaged copy: {l}"),
+    );
+    let l = line(&f, &lines, "m-020-garbage.seg");
+    f.check(l["status"] == "rejected", || format!("the garbage: {l}"));
+    for (file, id) in &good {
+        let l = line(&f, &lines, file);
+        f.check(l["status"] == "imported" && l["id"] == id.as_str(), || {
+            format!("{file}: {l}")
+        });
+    }
+    let mut held = f.segment_ids(1);
+    held.sort();
+    let mut want: Vec<String> = good.iter().map(|(_, id)| id.clone()).collect();
+    want.sort();
+    f.check(held == want, || format!("stored {held:?}"));
+    f.check(tmp_entries(&f, 1).is_empty(), || {
+        format!("tmp/ holds {:?}", tmp_entries(&f, 1))
+    });
+
+    // Again: every good one is already there (INV-19), the bad ones refused again.
+    let out = f.path("import-again.json");
+    let (code, lines) = finish_import(&f, spawn_import(&f, 1, &usb, &out), &out);
+    f.check(code == Some(1), || format!("again: exit code {code:?}"));
+    for (file, _) in &good {
+        let l = line(&f, &lines, file);
+        f.check(l["status"] == "already_present", || {
+            format!("again, {file}: {l}")
+        });
+    }
+}

@@ -20,7 +20,7 @@ use std::io::Read;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use base::DiskMode;
-use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use store::crash;
 use store::manifest::SuccessCondition;
 use store::mutants;
@@ -692,6 +692,28 @@ impl Relay {
         Ok(out.into_iter().next().map_or(Requeue::NotFound, |(_, r)| r))
     }
 
+    /// Requeues these jobs in one transaction. Returns what happened to each.
+    pub fn requeue_keys_blocking(
+        &self,
+        keys: Vec<JobKey>,
+        now_ms: u64,
+    ) -> Result<Vec<(JobKey, Requeue)>, RelayError> {
+        let out = self.run_blocking(Self::requeue_op(keys, now_ms))?;
+        Self::after_requeues(&out);
+        Ok(out)
+    }
+
+    /// Purges these dead letters in one transaction. Returns what happened to each.
+    pub fn purge_keys_blocking(
+        &self,
+        keys: Vec<JobKey>,
+        now_ms: u64,
+    ) -> Result<Vec<(JobKey, Purge)>, RelayError> {
+        let out = self.run_blocking(self.purge_op(keys, now_ms))?;
+        Self::log_purges(&out);
+        Ok(out)
+    }
+
     /// Async form of [`Relay::requeue_blocking`].
     pub async fn requeue(&self, key: &JobKey, now_ms: u64) -> Result<Requeue, RelayError> {
         let out = self
@@ -785,12 +807,39 @@ impl Relay {
 
     // ---- reads -------------------------------------------------------------------------------
 
-    /// Every dead letter (unpurged), in (segment, peer) order.
+    /// Every dead letter (unpurged), in (segment, peer) order. Memory grows with the ledger:
+    /// listings that answer clients page with [`Relay::dead_letters_after`].
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, RelayError> {
+        self.dead_letters_after(None, usize::MAX)
+    }
+
+    /// How many dead letters there are (unpurged): O(1).
+    pub fn dead_letter_count(&self) -> Result<u64, RelayError> {
         let read = self.read()?;
         let table = read.open_table(DEAD).map_err(db)?;
+        table.len().map_err(db)
+    }
+
+    /// Dead letters in (segment, peer) order, strictly after `after`, at most `limit` of them:
+    /// one read transaction, nothing allocated beyond `limit` rows.
+    pub fn dead_letters_after(
+        &self,
+        after: Option<&JobKey>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, RelayError> {
+        let read = self.read()?;
+        let table = read.open_table(DEAD).map_err(db)?;
+        let after = after.map(job_key);
+        let lower = match &after {
+            Some(key) => std::ops::Bound::Excluded(key.as_slice()),
+            None => std::ops::Bound::Unbounded,
+        };
         let mut out = Vec::new();
-        for entry in table.iter().map_err(db)? {
+        for entry in table
+            .range::<&[u8]>((lower, std::ops::Bound::Unbounded))
+            .map_err(db)?
+            .take(limit)
+        {
             let (k, v) = entry.map_err(db)?;
             let row: DeadRow = decode("relay-dead-letters-v1", v.value())?;
             out.push(DeadLetter {

@@ -44,4 +44,6 @@ pub use id::SegmentId;
 pub use ingest::{Begin, Ingest, IngestOptions, IngestOutcome, Stored};
 pub use media::{ExportDir, Exported};
 pub use read::{ScrubReport, SegmentReader};
-pub use store::{HeldDigest, Holding, RecoveryReport, SegmentInfo, Store, StoreConfig};
+pub use store::{
+    HeldDigest, Holding, RecoveryReport, SegmentCounts, SegmentInfo, Store, StoreConfig,
+};

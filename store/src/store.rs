@@ -5,7 +5,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use crate::crash;
 use crate::error::{IngestError, StoreError, db};
@@ -95,6 +95,13 @@ pub struct SegmentInfo {
     pub pins: Vec<String>,
 }
 
+/// How many segments a store holds (see [`Store::segment_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SegmentCounts {
+    pub stored: u64,
+    pub propagated: u64,
+}
+
 /// Size and hash of the set of ids a store holds (stored or tombstoned), for catch-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeldDigest {
@@ -181,6 +188,18 @@ impl std::fmt::Debug for Watchers {
     }
 }
 
+/// Answers that cost a pass over a whole table, each with the committer's generation it was
+/// read under ([`Writer::generation`]): still true while the generation is the same, so a node
+/// that writes nothing answers catch-up digests, sweeps and counts in O(1) however many
+/// segments it holds.
+#[derive(Debug, Default)]
+pub(crate) struct Cached {
+    held: Option<(u64, HeldDigest)>,
+    counts: Option<(u64, SegmentCounts)>,
+    /// The earliest expiry of a stored segment that the last sweep left (`None`: none expires).
+    next_expiry_ms: Option<(u64, Option<u64>)>,
+}
+
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) cfg: StoreConfig,
@@ -191,6 +210,7 @@ pub(crate) struct Inner {
     pub(crate) acct: Mutex<Accounting>,
     pub(crate) quarantine_watchers: Watchers,
     pub(crate) inflight: crate::inflight::Registry,
+    pub(crate) cached: Mutex<Cached>,
 }
 
 /// A node's segment store. Cheap to clone; all clones share one database and one committer.
@@ -286,6 +306,7 @@ impl Store {
                 acct: Mutex::new(acct),
                 quarantine_watchers: Watchers::default(),
                 inflight: Default::default(),
+                cached: Mutex::new(Cached::default()),
             }),
         };
         Ok((store, report))
@@ -324,6 +345,10 @@ impl Store {
         self.inner.acct.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn cached(&self) -> MutexGuard<'_, Cached> {
+        self.inner.cached.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(crate) fn limits(&self) -> Limits {
         Limits {
             // Mutation point (INV-06): the ceiling admits one byte more than configured.
@@ -333,13 +358,32 @@ impl Store {
         }
     }
 
-    /// Every stored segment, in id order.
+    /// Every stored segment, in id order. Memory grows with the store: listings that answer
+    /// clients page with [`Store::list_after`].
     pub fn list(&self) -> Result<Vec<SegmentInfo>, StoreError> {
+        self.list_after(None, usize::MAX)
+    }
+
+    /// Stored segments in id order, strictly after `after`, at most `limit` of them: one read
+    /// transaction, nothing allocated beyond `limit` segments.
+    pub fn list_after(
+        &self,
+        after: Option<&SegmentId>,
+        limit: usize,
+    ) -> Result<Vec<SegmentInfo>, StoreError> {
         let read = self.inner.db.begin_read().map_err(db)?;
         let segments = read.open_table(SEGMENTS).map_err(db)?;
         let pins = read.open_multimap_table(PINS).map_err(db)?;
+        let lower = match after {
+            Some(id) => Bound::Excluded(&id.0),
+            None => Bound::Unbounded,
+        };
         let mut out = Vec::new();
-        for entry in segments.iter().map_err(db)? {
+        for entry in segments
+            .range::<&[u8; 32]>((lower, Bound::Unbounded))
+            .map_err(db)?
+            .take(limit)
+        {
             let (key, value) = entry.map_err(db)?;
             let id = SegmentId(*key.value());
             let row = tables::decode("segments-v1", value.value())?;
@@ -354,6 +398,33 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// Segments stored, and how many of them are propagated: one pass over the rows, nothing
+    /// kept, and none at all while nothing was written since the last call.
+    pub fn segment_counts(&self) -> Result<SegmentCounts, StoreError> {
+        let generation = self.inner.writer.generation();
+        if let Some((at, counts)) = self.cached().counts {
+            if at == generation {
+                return Ok(counts);
+            }
+        }
+        let counts = self.count_segments()?;
+        self.cached().counts = Some((generation, counts));
+        Ok(counts)
+    }
+
+    fn count_segments(&self) -> Result<SegmentCounts, StoreError> {
+        let read = self.inner.db.begin_read().map_err(db)?;
+        let segments = read.open_table(SEGMENTS).map_err(db)?;
+        let stored = segments.len().map_err(db)?;
+        let mut propagated = 0;
+        for entry in segments.iter().map_err(db)? {
+            let (_, value) = entry.map_err(db)?;
+            let row: SegmentRow = tables::decode("segments-v1", value.value())?;
+            propagated += u64::from(row.propagated_at_ms.is_some());
+        }
+        Ok(SegmentCounts { stored, propagated })
     }
 
     /// The row of a stored segment.
@@ -469,7 +540,22 @@ impl Store {
 
     /// Digest of the held id set (see [`Store::held_ids_after`]): its size and the blake3 of the
     /// sorted ids concatenated. Two stores with equal digests hold the same ids.
+    ///
+    /// Every catch-up round with every peer asks for it, on both sides: it is computed once per
+    /// change of the database (see [`Cached`]), not once per round.
     pub fn held_digest(&self) -> Result<HeldDigest, StoreError> {
+        let generation = self.inner.writer.generation();
+        if let Some((at, digest)) = self.cached().held {
+            if at == generation {
+                return Ok(digest);
+            }
+        }
+        let digest = self.compute_held_digest()?;
+        self.cached().held = Some((generation, digest));
+        Ok(digest)
+    }
+
+    fn compute_held_digest(&self) -> Result<HeldDigest, StoreError> {
         let read = self.inner.db.begin_read().map_err(db)?;
         let segments = read.open_table(SEGMENTS).map_err(db)?;
         let tombstones = read.open_table(tables::TOMBSTONES).map_err(db)?;
@@ -647,11 +733,30 @@ impl Store {
     }
 
     /// Evicts expired segments that nobody pins. Returns the evicted ids.
+    ///
+    /// A sweep looks at every row only when something was written since the last one or the
+    /// earliest expiry it left has come (an expired segment it could not evict, pinned or
+    /// busy, is such an expiry): an idle store's sweeps cost O(1) whatever it holds.
     pub fn sweep_expired(&self, now_ms: u64) -> Result<Vec<SegmentId>, StoreError> {
+        let generation = self.inner.writer.generation();
+        if let Some((at, next)) = self.cached().next_expiry_ms {
+            if at == generation && next.is_none_or(|next| now_ms < next) {
+                return Ok(Vec::new());
+            }
+        }
         let mut acct = self.acct();
         let candidates = self.candidates(&acct)?;
         let victims = evict::expired(&candidates, now_ms);
-        self.evict_locked(&mut acct, &victims)
+        let next = candidates
+            .iter()
+            .filter(|c| !victims.contains(&c.id))
+            .filter_map(|c| c.expires_at_ms)
+            .min();
+        let evicted = self.evict_locked(&mut acct, &victims)?;
+        // Under the generation read before the rows: the eviction's own commit (and any other
+        // write) makes the next sweep look again.
+        self.cached().next_expiry_ms = Some((generation, next));
+        Ok(evicted)
     }
 
     /// Evicts exactly these segments (operator purge), refusing pinned or busy ones silently:
@@ -902,19 +1007,8 @@ fn recover(
         let path = path.to_owned();
         move |source| StoreError::Io { op, path, source }
     };
-    let (mut rows, mut partial_rows) = {
+    let mut partial_rows = {
         let read = db.begin_read().map_err(db_err)?;
-        let mut rows = BTreeMap::new();
-        for entry in read
-            .open_table(SEGMENTS)
-            .map_err(db_err)?
-            .iter()
-            .map_err(db_err)?
-        {
-            let (k, v) = entry.map_err(db_err)?;
-            let row: SegmentRow = tables::decode("segments-v1", v.value())?;
-            rows.insert(SegmentId(*k.value()), row.file_len);
-        }
         let mut partials = BTreeMap::new();
         for entry in read
             .open_table(PARTIALS)
@@ -926,7 +1020,7 @@ fn recover(
             let row: PartialRow = tables::decode("partials-v1", v.value())?;
             partials.insert(SegmentId(*k.value()), row);
         }
-        (rows, partials)
+        partials
     };
     let mut drop_rows: Vec<SegmentId> = Vec::new();
     let mut drop_partials: Vec<SegmentId> = Vec::new();
@@ -983,44 +1077,63 @@ fn recover(
     }
     partial_rows.retain(|id, _| tmp_seen.contains(id));
 
-    // Segment files: every file has a row and every row a file of the recorded size.
-    let mut seen = BTreeSet::new();
-    for dir in layout.fanouts() {
-        for entry in fs.list_dir(&dir).map_err(io("list", &dir))? {
-            let path = dir.join(&entry.name);
-            let id = layout::id_from_file_name(&entry.name, layout::SEG_EXT)
-                .filter(|id| dir.ends_with(id.fanout_dir()));
-            match id.and_then(|id| rows.get(&id).map(|len| (id, *len))) {
-                Some((id, len)) if entry.kind == EntryKind::File && entry.len == len => {
-                    seen.insert(id);
+    // Segment files: every file has a row and every row a file of the recorded size. One
+    // fan-out directory at a time (an id's file is in the directory of its first byte, so its
+    // rows are one range of the index): memory holds one directory's rows, never the whole
+    // index, and what start-up leaves behind does not grow with the store.
+    let mut stored_bytes = 0u64;
+    {
+        let read = db.begin_read().map_err(db_err)?;
+        let segments = read.open_table(SEGMENTS).map_err(db_err)?;
+        for (first, dir) in (0..=u8::MAX).zip(layout.fanouts()) {
+            let (mut low, mut high) = ([0u8; 32], [0xffu8; 32]);
+            (low[0], high[0]) = (first, first);
+            let mut rows = BTreeMap::new();
+            for entry in segments.range::<&[u8; 32]>(&low..=&high).map_err(db_err)? {
+                let (k, v) = entry.map_err(db_err)?;
+                let row: SegmentRow = tables::decode("segments-v1", v.value())?;
+                rows.insert(SegmentId(*k.value()), row.file_len);
+            }
+            let mut seen = BTreeSet::new();
+            let mut dropped = BTreeSet::new();
+            for entry in fs.list_dir(&dir).map_err(io("list", &dir))? {
+                let path = dir.join(&entry.name);
+                let id = layout::id_from_file_name(&entry.name, layout::SEG_EXT)
+                    .filter(|id| dir.ends_with(id.fanout_dir()));
+                match id.and_then(|id| rows.get(&id).map(|len| (id, *len))) {
+                    Some((id, len)) if entry.kind == EntryKind::File && entry.len == len => {
+                        seen.insert(id);
+                    }
+                    Some((id, len)) => {
+                        let reason = format!("file holds {} bytes, index says {len}", entry.len);
+                        tracing::error!(seg_id = %id, reason, "index row dropped; the segment will be fetched again");
+                        fs.remove_file(&path).map_err(io("remove", &path))?;
+                        report.rows_dropped.push((id, reason));
+                        dropped.insert(id);
+                        drop_rows.push(id);
+                    }
+                    // Mutation point (INV-05): a file without an index row (a crash between
+                    // rename and commit) is kept, so files and rows disagree.
+                    None if mutants::active("recovery_keeps_orphans") => {}
+                    None => {
+                        tracing::warn!(path = %path.display(), "segment file without index row removed");
+                        fs.remove_file(&path).map_err(io("remove", &path))?;
+                        report.orphans_removed.push(path);
+                    }
                 }
-                Some((id, len)) => {
-                    let reason = format!("file holds {} bytes, index says {len}", entry.len);
+            }
+            for (id, len) in &rows {
+                if seen.contains(id) {
+                    stored_bytes += len;
+                } else if !dropped.contains(id) {
+                    let reason = "file missing".to_owned();
                     tracing::error!(seg_id = %id, reason, "index row dropped; the segment will be fetched again");
-                    fs.remove_file(&path).map_err(io("remove", &path))?;
-                    report.rows_dropped.push((id, reason));
-                    drop_rows.push(id);
-                }
-                // Mutation point (INV-05): a file without an index row (a crash between rename and
-                // commit) is kept, so files and rows disagree.
-                None if mutants::active("recovery_keeps_orphans") => {}
-                None => {
-                    tracing::warn!(path = %path.display(), "segment file without index row removed");
-                    fs.remove_file(&path).map_err(io("remove", &path))?;
-                    report.orphans_removed.push(path);
+                    report.rows_dropped.push((*id, reason));
+                    drop_rows.push(*id);
                 }
             }
         }
     }
-    for id in rows.keys() {
-        if !seen.contains(id) && !drop_rows.contains(id) {
-            let reason = "file missing".to_owned();
-            tracing::error!(seg_id = %id, reason, "index row dropped; the segment will be fetched again");
-            report.rows_dropped.push((*id, reason));
-            drop_rows.push(*id);
-        }
-    }
-    rows.retain(|id, _| seen.contains(id));
 
     if !drop_rows.is_empty() || !drop_partials.is_empty() {
         let txn = db.begin_write().map_err(db_err)?;
@@ -1044,7 +1157,7 @@ fn recover(
         }
     }
     report.partials_kept = partial_rows.len();
-    acct.usage.stored_bytes = rows.values().sum();
+    acct.usage.stored_bytes = stored_bytes;
     for (id, row) in &partial_rows {
         acct.partials.insert(*id, row.checkpoint_len());
     }

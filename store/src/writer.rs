@@ -11,8 +11,9 @@
 //! A logical failure is part of the operation's own result type (`T`), and an operation that
 //! reports one must not have written anything.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use redb::{Database, WriteTransaction};
@@ -29,14 +30,18 @@ type Job = Box<dyn FnOnce(&WriteTransaction) -> Result<Completion, redb::Error> 
 pub struct Writer {
     tx: Mutex<Option<SyncSender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Batches that ended (committed or not) so far; see [`Writer::generation`].
+    generation: Arc<AtomicU64>,
 }
 
 impl Writer {
-    pub(crate) fn start(db: std::sync::Arc<Database>) -> Result<Writer, StoreError> {
+    pub(crate) fn start(db: Arc<Database>) -> Result<Writer, StoreError> {
         let (tx, rx) = sync_channel::<Job>(COMMIT_QUEUE_MAX);
+        let generation = Arc::new(AtomicU64::new(0));
+        let ended = generation.clone();
         let thread = std::thread::Builder::new()
             .name("store-committer".into())
-            .spawn(move || run(&db, &rx))
+            .spawn(move || run(&db, &rx, &ended))
             .map_err(|source| StoreError::Io {
                 op: "spawn committer thread",
                 path: Default::default(),
@@ -45,7 +50,18 @@ impl Writer {
         Ok(Writer {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
+            generation,
         })
+    }
+
+    /// A number that changes whenever a write batch has ended, before any of its operations is
+    /// answered. What was read from the database while it stayed the same is still what the
+    /// database holds: the store caches answers that cost a pass over a whole table (the held
+    /// digest, the next expiry) under it, so a node that writes nothing pays for them once.
+    /// Read it before the read transaction whose result is cached: a batch ending in between
+    /// only makes the cache stale-looking, never stale.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Runs `op` in the next batch and waits until that batch is durably committed.
@@ -108,7 +124,7 @@ impl Drop for Writer {
     }
 }
 
-fn run(db: &Database, rx: &Receiver<Job>) {
+fn run(db: &Database, rx: &Receiver<Job>, generation: &AtomicU64) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < COMMIT_BATCH_MAX {
@@ -117,11 +133,11 @@ fn run(db: &Database, rx: &Receiver<Job>) {
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        commit_batch(db, batch);
+        commit_batch(db, batch, generation);
     }
 }
 
-fn commit_batch(db: &Database, batch: Vec<Job>) {
+fn commit_batch(db: &Database, batch: Vec<Job>, generation: &AtomicU64) {
     let txn = match db.begin_write() {
         Ok(txn) => txn,
         Err(e) => {
@@ -154,6 +170,8 @@ fn commit_batch(db: &Database, batch: Vec<Job>) {
     if let Err(reason) = &result {
         tracing::error!(error = %reason, ops = completions.len(), "write batch failed");
     }
+    // Before any answer: whoever learns of this write and then reads sees a new generation.
+    generation.fetch_add(1, Ordering::AcqRel);
     for completion in completions {
         completion(result.as_ref().map(|_| ()).map_err(|e| e.as_str()));
     }

@@ -719,3 +719,101 @@ fn inv_02_inv_19_a_corrupt_copy_of_a_stored_segment_is_reported_corrupt() {
     assert_eq!(store.list().unwrap().len(), 1);
     assert!(tmp_files(dir.path()).is_empty());
 }
+
+/// The held digest recomputed from the held ids, as a peer's catch-up defines it.
+fn digest_of_held_ids(store: &store::Store) -> store::HeldDigest {
+    let ids = store.held_ids_after(None, usize::MAX).unwrap();
+    let mut hasher = blake3::Hasher::new();
+    for id in &ids {
+        hasher.update(&id.0);
+    }
+    store::HeldDigest {
+        count: ids.len() as u64,
+        hash: *hasher.finalize().as_bytes(),
+    }
+}
+
+#[test]
+fn inv_15_the_held_digest_follows_every_change_of_the_held_set() {
+    let (_dir, store, p) = fresh(64 * MIB);
+    let check = |what: &str| {
+        let first = store.held_digest().unwrap();
+        assert_eq!(first, digest_of_held_ids(&store), "after {what}");
+        assert_eq!(
+            store.held_digest().unwrap(),
+            first,
+            "asked again after {what}"
+        );
+        first
+    };
+    let empty = check("opening");
+    assert_eq!(empty.count, 0);
+    let (_, a) = seg(&p, &SegSpec::named("a"), &payload(60, 100));
+    let (_, b) = seg(&p, &SegSpec::named("b"), &payload(61, 100));
+    let id_a = ingest_ok(&store, &a);
+    let one = check("an ingest");
+    assert_eq!(one.count, 1);
+    let id_b = ingest_ok(&store, &b);
+    let two = check("a second ingest");
+    assert_ne!(two, one);
+    // Evicted ids stay held (tombstoned): the set, and so the digest, is the same.
+    assert_eq!(store.evict(&[id_a]).unwrap(), vec![id_a]);
+    assert_eq!(check("an eviction"), two);
+    // Quarantined ids leave the set: catch-up fetches them again.
+    store.quarantine(&id_b, "test", NOW_MS).unwrap();
+    let after_quarantine = check("a quarantine");
+    assert_eq!(after_quarantine.count, 1);
+    ingest_ok(&store, &b);
+    assert_eq!(check("storing it again"), two);
+}
+
+#[test]
+fn inv_16_sweeps_find_expiries_that_come_without_a_write_and_segments_left_busy() {
+    let (_dir, store, p) = fresh(64 * MIB);
+    let mut spec = SegSpec::named("soon");
+    spec.expires_at_ms = Some(NOW_MS + 100);
+    let (_, a) = seg(&p, &spec, &payload(70, 100));
+    spec.name = "later".into();
+    spec.expires_at_ms = Some(NOW_MS + 200);
+    let (_, b) = seg(&p, &spec, &payload(71, 100));
+    let id_a = ingest_ok(&store, &a);
+    let id_b = ingest_ok(&store, &b);
+    for now in [NOW_MS, NOW_MS + 50, NOW_MS + 99] {
+        assert!(store.sweep_expired(now).unwrap().is_empty(), "{now}");
+    }
+    // Expired while being read: not evicted, and found again once the reader is gone, though
+    // nothing was written in between.
+    let reader = store.open_for_read(&id_a, NOW_MS).unwrap();
+    assert!(store.sweep_expired(NOW_MS + 100).unwrap().is_empty());
+    drop(reader);
+    assert_eq!(store.sweep_expired(NOW_MS + 101).unwrap(), vec![id_a]);
+    assert!(store.sweep_expired(NOW_MS + 150).unwrap().is_empty());
+    assert_eq!(store.sweep_expired(NOW_MS + 200).unwrap(), vec![id_b]);
+    assert!(store.sweep_expired(NOW_MS + 10_000).unwrap().is_empty());
+}
+
+#[test]
+fn list_after_pages_through_every_segment_once_in_order() {
+    let (_dir, store, p) = fresh(64 * MIB);
+    for i in 0..10 {
+        let (_, file) = seg(&p, &SegSpec::named(&format!("s{i}")), &payload(80 + i, 50));
+        ingest_ok(&store, &file);
+    }
+    let all = store.list().unwrap();
+    assert_eq!(all.len(), 10);
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list_after(after.as_ref(), 3).unwrap();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+    let counts = store.segment_counts().unwrap();
+    assert_eq!((counts.stored, counts.propagated), (10, 0));
+    assert!(store.mark_propagated(&all[0].id, NOW_MS).unwrap());
+    let counts = store.segment_counts().unwrap();
+    assert_eq!((counts.stored, counts.propagated), (10, 1));
+}

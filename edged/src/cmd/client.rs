@@ -78,9 +78,43 @@ impl Client {
         match self.receive()? {
             Response::Ok { body } => Ok(body),
             Response::Error { code, message } => Err(Failure::new(code, anyhow::anyhow!(message))),
-            Response::ExportStream { .. } => Err(Failure::failed(anyhow::anyhow!(
-                "unexpected stream from the daemon"
-            ))),
+            Response::ExportStream { .. } | Response::Page { .. } | Response::End { .. } => Err(
+                Failure::failed(anyhow::anyhow!("unexpected stream from the daemon")),
+            ),
+        }
+    }
+
+    /// One listing request; `page` is called with each page of items as it arrives (the daemon
+    /// sends pages until the end, see [`crate::control`]). Returns the number of items. A
+    /// listing that failed part-way is an error, after the pages that came before it.
+    pub fn list(
+        &mut self,
+        request: &Request,
+        mut page: impl FnMut(Vec<Value>) -> CliResult,
+    ) -> CliResult<u64> {
+        self.send(request)?;
+        let mut received = 0u64;
+        loop {
+            match self.receive()? {
+                Response::Page { items } => {
+                    received += items.len() as u64;
+                    page(items)?;
+                }
+                Response::End { count } if count == received => return Ok(count),
+                Response::End { count } => {
+                    return Err(Failure::failed(anyhow::anyhow!(
+                        "the daemon listed {received} items but said {count}"
+                    )));
+                }
+                Response::Error { code, message } => {
+                    return Err(Failure::new(code, anyhow::anyhow!(message)));
+                }
+                Response::Ok { .. } | Response::ExportStream { .. } => {
+                    return Err(Failure::failed(anyhow::anyhow!(
+                        "unexpected answer from the daemon in the middle of a listing"
+                    )));
+                }
+            }
         }
     }
 }

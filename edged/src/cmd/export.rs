@@ -135,12 +135,18 @@ fn export_through_daemon(
     dir: &ExportDir,
 ) -> CliResult<Vec<Line>> {
     let trusted = &cfg.store.trusted;
-    let chosen = client.call(&Request::ExportSelect {
+    let mut ids: Vec<String> = Vec::new();
+    let select = Request::ExportSelect {
         all: args.all,
         channel: args.channel.clone(),
         ids: args.ids.clone(),
+    };
+    client.list(&select, |page| {
+        for id in page {
+            ids.push(serde_json::from_value(id).map_err(Failure::failed)?);
+        }
+        Ok(())
     })?;
-    let ids: Vec<String> = serde_json::from_value(chosen).map_err(Failure::failed)?;
     let mut lines = Vec::with_capacity(ids.len());
     let last = ids.len().saturating_sub(1);
     for (i, id) in ids.into_iter().enumerate() {
@@ -190,7 +196,7 @@ fn export_one(
     let len = match client.receive()? {
         Response::ExportStream { len, .. } => len,
         Response::Error { message, .. } => return Ok(Err(message)),
-        Response::Ok { .. } => {
+        Response::Ok { .. } | Response::Page { .. } | Response::End { .. } => {
             return Err(Failure::failed(anyhow::anyhow!(
                 "unexpected answer from the daemon"
             )));

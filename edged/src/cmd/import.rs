@@ -11,12 +11,14 @@
 //! Each file ends with one line of the report, whatever happens to it: a file that cannot be
 //! opened, that shrinks while it is read, or that the daemon refuses or cuts is reported as
 //! rejected with its reason, and the import goes on with the next file. Through the daemon,
-//! each file travels on a connection of its own, so a file that stops short never leaves a
-//! connection out of step for the next one.
+//! small files (at most [`CONTROL_IMPORT_PIPELINED_BYTES_MAX`]) are read whole first and
+//! pipelined on one connection, so a file that shrinks is never sent and never leaves the
+//! connection out of step; a larger file travels alone on a connection of its own, streamed
+//! from the medium.
 
 use base::Clock as _;
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Write as _};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,7 +31,7 @@ use store::{IngestOptions, IngestOutcome};
 
 use crate::cli::ImportArgs;
 use crate::config::Config;
-use crate::control::{Request, Response};
+use crate::control::{CONTROL_IMPORT_PIPELINED_BYTES_MAX, Request, Response};
 use crate::exit::{CliResult, Failure};
 use crate::output;
 
@@ -81,21 +83,27 @@ pub fn run(args: &ImportArgs) -> CliResult {
             Target::Direct(relay)
         }
     };
-    let mut lines = Vec::with_capacity(entries.len());
-    for entry in entries {
-        bar.set_message(output::escape(&entry.name).into_owned());
-        let result = match entry.kind {
-            Kind::Candidate => match &target {
-                Target::Direct(relay) => import_file(relay, &entry.path, &bar),
-                Target::Daemon(cfg) => import_through_daemon(cfg, &entry, &bar),
-            },
-            Kind::Skip(reason) => reason,
-        };
-        lines.push(Line {
+    let results = match &target {
+        Target::Daemon(cfg) => through_daemon(cfg, &entries, &bar),
+        Target::Direct(relay) => entries
+            .iter()
+            .map(|entry| {
+                bar.set_message(output::escape(&entry.name).into_owned());
+                match &entry.kind {
+                    Kind::Candidate => import_file(relay, &entry.path, &bar),
+                    Kind::Skip(reason) => reason.clone(),
+                }
+            })
+            .collect(),
+    };
+    let lines: Vec<Line> = entries
+        .into_iter()
+        .zip(results)
+        .map(|(entry, result)| Line {
             file: entry.name,
             result,
-        });
-    }
+        })
+        .collect();
     bar.finish_and_clear();
     if let Target::Direct(relay) = target {
         relay.store().close();
@@ -115,6 +123,192 @@ fn shrank(path: &Path, read: u64, len: u64) -> String {
         "{} shrank while being imported ({read} of {len} bytes read)",
         path.display()
     )
+}
+
+/// Every entry through the daemon, a result for each, in order. Files of at most
+/// [`CONTROL_IMPORT_PIPELINED_BYTES_MAX`] are read whole and sent one after another on one
+/// connection, up to `[control] import_window` of them waiting for their answers (the daemon
+/// stores them concurrently and answers in order); a larger file goes alone on a connection of
+/// its own, streamed from the medium, after the answers before it.
+fn through_daemon(cfg: &Config, entries: &[Entry], bar: &ProgressBar) -> Vec<FileResult> {
+    let mut results: Vec<Option<FileResult>> = entries
+        .iter()
+        .map(|e| match &e.kind {
+            Kind::Skip(reason) => Some(reason.clone()),
+            Kind::Candidate => None,
+        })
+        .collect();
+    let mut conn: Option<Pipelined> = None;
+    for (i, entry) in entries.iter().enumerate() {
+        if results[i].is_some() {
+            continue;
+        }
+        bar.set_message(output::escape(&entry.name).into_owned());
+        let bytes = match read_small(&entry.path) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                if let Some(c) = conn.take() {
+                    c.finish(&mut results);
+                }
+                results[i] = Some(import_through_daemon(cfg, entry, bar));
+                continue;
+            }
+            Err(rejected) => {
+                bar.inc(entry.len);
+                results[i] = Some(rejected);
+                continue;
+            }
+        };
+        if conn.is_none() {
+            match Pipelined::open(cfg) {
+                Ok(c) => conn = Some(c),
+                Err(reason) => {
+                    results[i] = Some(FileResult::Rejected { reason });
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        bar.inc(bytes.len() as u64);
+        if let Err(e) = c.send(i, &entry.name, &bytes) {
+            // The daemon closed the connection: the answers it sent are kept, the next files
+            // go over a new one.
+            if let Some(c) = conn.take() {
+                c.finish(&mut results);
+            }
+            results[i].get_or_insert(FileResult::rejected(format!(
+                "the daemon closed the connection: {e}"
+            )));
+        }
+    }
+    if let Some(c) = conn.take() {
+        c.finish(&mut results);
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| FileResult::rejected("no answer from the daemon")))
+        .collect()
+}
+
+/// A file of at most [`CONTROL_IMPORT_PIPELINED_BYTES_MAX`] bytes, read whole (opened as
+/// [`open_regular`] does); `None` for a larger one. A file that shrinks while it is read is
+/// refused here: nothing of it is sent.
+fn read_small(path: &Path) -> Result<Option<Vec<u8>>, FileResult> {
+    let file = open_regular(path).map_err(|e| FileResult::rejected(format!("{e:#}")))?;
+    let len = file
+        .metadata()
+        .map_err(|e| FileResult::rejected(format!("cannot stat {}: {e}", path.display())))?
+        .len();
+    if len > CONTROL_IMPORT_PIPELINED_BYTES_MAX {
+        return Ok(None);
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(len)
+        .read_to_end(&mut bytes)
+        .map_err(|e| FileResult::rejected(format!("cannot read {}: {e}", path.display())))?;
+    if (bytes.len() as u64) < len {
+        return Err(FileResult::rejected(shrank(path, bytes.len() as u64, len)));
+    }
+    Ok(Some(bytes))
+}
+
+/// One connection carrying pipelined imports: requests go out from this thread, answers are
+/// read in order by a thread of their own, so neither side waits for the other.
+struct Pipelined {
+    writer: std::os::unix::net::UnixStream,
+    /// The entry index of each request sent, in order; bounded by the window.
+    sent: Option<std::sync::mpsc::SyncSender<usize>>,
+    answers: std::sync::mpsc::Receiver<(usize, FileResult)>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pipelined {
+    fn open(cfg: &Config) -> Result<Pipelined, String> {
+        let client = match super::client::connect(cfg) {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                return Err(format!(
+                    "the daemon no longer answers on {}",
+                    cfg.control_socket.display()
+                ));
+            }
+            Err(f) => return Err(format!("{:#}", f.error)),
+        };
+        let super::client::Client { reader, writer } = client;
+        let (sent, to_answer) = std::sync::mpsc::sync_channel::<usize>(cfg.control.import_window);
+        let (answered, answers) = std::sync::mpsc::channel();
+        let reader = std::thread::Builder::new()
+            .name("import-answers".into())
+            .spawn(move || read_answers(reader, &to_answer, &answered))
+            .map_err(|e| format!("cannot start a thread: {e}"))?;
+        Ok(Pipelined {
+            writer,
+            sent: Some(sent),
+            answers,
+            reader: Some(reader),
+        })
+    }
+
+    /// Sends one import; waits first while the window is full.
+    fn send(&mut self, index: usize, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        let sent = self.sent.as_ref().is_some_and(|s| s.send(index).is_ok());
+        if !sent {
+            return Err(std::io::Error::other("no more answers are read"));
+        }
+        // Small files are one group at most: no outboard.
+        let request = Request::Import {
+            file_name: name.to_owned(),
+            len: bytes.len() as u64,
+            outboard_len: 0,
+        };
+        crate::control::write_frame(&mut self.writer, &request)?;
+        self.writer.write_all(bytes)
+    }
+
+    /// Ends the requests and collects every answer (or why none came) into `results`.
+    fn finish(mut self, results: &mut [Option<FileResult>]) {
+        let _ = self.writer.shutdown(std::net::Shutdown::Write);
+        drop(self.sent.take());
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        for (index, result) in self.answers.try_iter() {
+            if let Some(slot) = results.get_mut(index) {
+                *slot = Some(result);
+            }
+        }
+    }
+}
+
+/// Reads the answer of each request sent, in order, until the requests end; once the
+/// connection fails, each request still unanswered gets that as its result.
+fn read_answers(
+    mut reader: BufReader<std::os::unix::net::UnixStream>,
+    sent: &std::sync::mpsc::Receiver<usize>,
+    answered: &std::sync::mpsc::Sender<(usize, FileResult)>,
+) {
+    let mut failure: Option<String> = None;
+    for index in sent {
+        let result = match &failure {
+            Some(why) => FileResult::rejected(why),
+            None => match crate::control::read_frame::<_, Response>(&mut reader) {
+                Ok(Some(response)) => answer_of(response),
+                Ok(None) => {
+                    let why = "the daemon closed the connection before answering".to_owned();
+                    failure = Some(why.clone());
+                    FileResult::rejected(why)
+                }
+                Err(e) => {
+                    let why = format!("control socket: {e}");
+                    failure = Some(why.clone());
+                    FileResult::rejected(why)
+                }
+            },
+        };
+        if answered.send((index, result)).is_err() {
+            return;
+        }
+    }
 }
 
 /// Streams one file to the daemon on a connection of its own; the daemon verifies and stores
@@ -271,7 +465,7 @@ fn answer_of(response: Response) -> FileResult {
     let body = match response {
         Response::Ok { body } => body,
         Response::Error { message, .. } => return FileResult::Rejected { reason: message },
-        Response::ExportStream { .. } => {
+        Response::ExportStream { .. } | Response::Page { .. } | Response::End { .. } => {
             return FileResult::rejected("unexpected answer from the daemon");
         }
     };

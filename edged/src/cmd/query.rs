@@ -3,6 +3,8 @@
 //! Tables escape every cell and the other lines escape what they show ([`output::escape`]); JSON
 //! is printed as the daemon sent it.
 
+use std::io::Write as _;
+
 use serde_json::Value;
 
 use super::client;
@@ -131,88 +133,105 @@ pub fn peers(args: &QueryArgs) -> CliResult {
     Ok(())
 }
 
-/// Per-segment propagation, from the daemon (peers acked / pending / dead).
-pub fn segments_from_daemon(v: &Value, json: bool) -> CliResult {
+/// A listing from the daemon printed as its pages arrive: with `--json` one JSON array (the
+/// items as the daemon sent them), otherwise a table of `row(item)` and the line
+/// `footer(count)`. Memory holds one page.
+fn stream_listing(
+    client: &mut client::Client,
+    request: &Request,
+    json: bool,
+    header: &[&str],
+    row: impl Fn(&Value) -> Vec<String>,
+    footer: impl Fn(u64) -> String,
+) -> CliResult {
+    let out = std::io::stdout();
+    let mut out = std::io::BufWriter::new(out.lock());
+    let write_err = |e: std::io::Error| Failure::failed(anyhow::anyhow!("cannot write: {e}"));
     if json {
-        print_json(v);
+        let mut array = output::JsonArray::new(&mut out);
+        client.list(request, |items| {
+            for item in &items {
+                array.item(item).map_err(write_err)?;
+            }
+            array.flush().map_err(write_err)
+        })?;
+        array.finish().map_err(write_err)?;
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|r| {
-                    vec![
-                        s(&r["id"]).chars().take(12).collect(),
-                        s(&r["name"]),
-                        s(&r["channel"]),
-                        output::bytes(u(&r["bytes"])),
-                        s(&r["condition"]),
-                        format!(
-                            "{}/{}/{}",
-                            u(&r["peers_acked"]),
-                            u(&r["peers_pending"]),
-                            u(&r["peers_dead"])
-                        ),
-                        r["propagated_at_ms"]
-                            .as_u64()
-                            .map(format_ms)
-                            .unwrap_or_else(|| "no".into()),
-                        s(&r["source"]),
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    print!(
-        "{}",
-        output::table(
-            &[
-                "segment",
-                "name",
-                "channel",
-                "size",
-                "condition",
-                "acked/pending/dead",
-                "propagated",
-                "from"
-            ],
-            &rows
-        )
-    );
-    println!("{} segment(s)", rows.len());
-    Ok(())
+    let mut table = output::TableStream::new(header);
+    let count = client.list(request, |items| {
+        let rows: Vec<Vec<String>> = items.iter().map(&row).collect();
+        out.write_all(table.page(&rows).as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(write_err)
+    })?;
+    out.write_all(table.finish().as_bytes())
+        .and_then(|()| writeln!(out, "{}", footer(count)))
+        .and_then(|()| out.flush())
+        .map_err(write_err)
+}
+
+/// Per-segment propagation, from the daemon (peers acked / pending / dead), as it arrives.
+pub fn segments_from_daemon(client: &mut client::Client, json: bool) -> CliResult {
+    let row = |r: &Value| {
+        vec![
+            s(&r["id"]).chars().take(12).collect(),
+            s(&r["name"]),
+            s(&r["channel"]),
+            output::bytes(u(&r["bytes"])),
+            s(&r["condition"]),
+            format!(
+                "{}/{}/{}",
+                u(&r["peers_acked"]),
+                u(&r["peers_pending"]),
+                u(&r["peers_dead"])
+            ),
+            r["propagated_at_ms"]
+                .as_u64()
+                .map(format_ms)
+                .unwrap_or_else(|| "no".into()),
+            s(&r["source"]),
+        ]
+    };
+    stream_listing(
+        client,
+        &Request::Segments,
+        json,
+        &[
+            "segment",
+            "name",
+            "channel",
+            "size",
+            "condition",
+            "acked/pending/dead",
+            "propagated",
+            "from",
+        ],
+        row,
+        |n| format!("{n} segment(s)"),
+    )
 }
 
 pub fn dlq_list(args: &QueryArgs) -> CliResult {
-    let Some(v) = ask(&args.config, args.json, &Request::DlqList)? else {
-        return Ok(());
+    let cfg = Config::load(&args.config.config)?;
+    let mut client = client::require(&cfg)?;
+    let row = |d: &Value| {
+        vec![
+            s(&d["segment"]).chars().take(12).collect(),
+            s(&d["peer"]),
+            u(&d["attempts"]).to_string(),
+            d["dead_at_ms"].as_u64().map(format_ms).unwrap_or_default(),
+            s(&d["last_error"]),
+        ]
     };
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|d| {
-                    vec![
-                        s(&d["segment"]).chars().take(12).collect(),
-                        s(&d["peer"]),
-                        u(&d["attempts"]).to_string(),
-                        d["dead_at_ms"].as_u64().map(format_ms).unwrap_or_default(),
-                        s(&d["last_error"]),
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    print!(
-        "{}",
-        output::table(
-            &["segment", "peer", "attempts", "dead since", "last error"],
-            &rows
-        )
-    );
-    println!("{} dead letter(s)", rows.len());
-    Ok(())
+    stream_listing(
+        &mut client,
+        &Request::DlqList,
+        args.json,
+        &["segment", "peer", "attempts", "dead since", "last error"],
+        row,
+        |n| format!("{n} dead letter(s)"),
+    )
 }
 
 pub fn dlq_act(target: &DlqTarget, requeue: bool) -> CliResult {
@@ -243,13 +262,25 @@ pub fn dlq_act(target: &DlqTarget, requeue: bool) -> CliResult {
             segment: target.segment.clone(),
         }
     };
-    let Some(v) = ask(&target.config, target.json, &request)? else {
-        return Ok(());
-    };
-    for r in v.as_array().into_iter().flatten() {
-        let seg: String = s(&r["segment"]).chars().take(12).collect();
-        let line = format!("{seg} {} {}", s(&r["peer"]), s(&r["result"]).to_lowercase());
-        println!("{}", Escaped(&line));
+    let cfg = Config::load(&target.config.config)?;
+    let mut client = client::require(&cfg)?;
+    if target.json {
+        return stream_listing(
+            &mut client,
+            &request,
+            true,
+            &[],
+            |_| Vec::new(),
+            |_| String::new(),
+        );
     }
+    client.list(&request, |items| {
+        for r in &items {
+            let seg: String = s(&r["segment"]).chars().take(12).collect();
+            let line = format!("{seg} {} {}", s(&r["peer"]), s(&r["result"]).to_lowercase());
+            println!("{}", Escaped(&line));
+        }
+        Ok(())
+    })?;
     Ok(())
 }

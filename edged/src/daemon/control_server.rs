@@ -37,7 +37,9 @@ use serde_json::json;
 use store::{IngestOptions, IngestOutcome, SegmentId};
 use tokio::sync::{Notify, watch};
 
-use super::control_io::{BodyReader, RateWriter, RequestRead, read_request};
+use super::control_io::{BodyReader, Cut, RateWriter, RequestRead, read_request};
+use super::listing::{self, ListError, Pages};
+use super::pipeline::{CONTROL_IMPORT_PIPELINED_BYTES_MAX, Pipeline};
 use super::{Daemon, views};
 use crate::control::{
     CONTROL_FILE_NAME_BYTES_MAX, CONTROL_IMPORT_BYTES_MAX, CONTROL_IMPORT_OUTBOARD_BYTES_MAX,
@@ -53,6 +55,11 @@ pub const CONTROL_ACCEPT_RETRY_MS: u64 = 100;
 pub const CONTROL_ADMIT_RECHECK_MS: u64 = 100;
 /// Buffer of each connection's reader, in bytes.
 pub const CONTROL_READ_BUF_BYTES: usize = 64 * 1024;
+/// How long a pipelined import waits for another ingest of the same segment to end before it
+/// is answered "busy".
+pub const CONTROL_IMPORT_BUSY_WAIT_MS: u64 = 10_000;
+/// While it waits, how often it tries again.
+pub const CONTROL_IMPORT_BUSY_RETRY_MS: u64 = 5;
 /// Threads of connections (served, or closed and still ending) at most, as a multiple of
 /// `connections_max`: a closed connection's thread ends at its next read, but a flood of
 /// admissions must not outrun that.
@@ -507,9 +514,10 @@ async fn accept_loop(
         };
         let Some(id) = id else { continue };
         let (d, s) = (daemon.clone(), shared.clone());
+        let runtime = tokio::runtime::Handle::current();
         let spawned = std::thread::Builder::new()
             .name("edged-control-conn".into())
-            .spawn(move || serve_connection(&d, &s, id, stream, &who));
+            .spawn(move || serve_connection(&d, &s, &runtime, id, stream, &who));
         if spawned.is_err() {
             shared.leave(id);
             tracing::error!("cannot start a control connection thread");
@@ -520,7 +528,14 @@ async fn accept_loop(
 // ---------------------------------------------------------------------------------------------
 // Serving one connection.
 
-fn serve_connection(daemon: &Daemon, shared: &Shared, id: u64, conn: UnixStream, who: &str) {
+fn serve_connection(
+    daemon: &Arc<Daemon>,
+    shared: &Arc<Shared>,
+    runtime: &tokio::runtime::Handle,
+    id: u64,
+    conn: UnixStream,
+    who: &str,
+) {
     let _leave = Leave { shared, id };
     let limits = shared.limits;
     let Ok(writer) = conn.try_clone() else {
@@ -529,14 +544,34 @@ fn serve_connection(daemon: &Daemon, shared: &Shared, id: u64, conn: UnixStream,
     let respond =
         |response: &Response| write_frame(&mut RateWriter::new(&writer, &limits), response).is_ok();
     let mut reader = BufReader::with_capacity(CONTROL_READ_BUF_BYTES, conn);
+    // Pipelined imports in flight, answered in order by a thread of their own; anything written
+    // directly on the connection waits until they are (`settled`).
+    let mut pipeline: Option<Pipeline> = None;
+    let settled = |pipeline: &Option<Pipeline>| pipeline.as_ref().is_none_or(Pipeline::drain);
+    // Held while pipelined imports are in flight: the connection counts as one stream.
+    let mut slot: Option<StreamSlot<'_>> = None;
     loop {
-        if !shared.set_waiting(id) {
+        let importing = pipeline.as_ref().is_some_and(|p| p.in_flight() > 0);
+        if !importing {
+            slot = None;
+        }
+        // A connection with imports in flight is executing them: never closed to make room.
+        let present = if importing {
+            shared.set_executing(id)
+        } else {
+            shared.set_waiting(id)
+        };
+        if !present {
             return;
         }
         let request = match read_request(&mut reader, &limits) {
             RequestRead::Request(r) => r,
-            RequestRead::Closed => return,
+            RequestRead::Closed => {
+                settled(&pipeline);
+                return;
+            }
             RequestRead::Idle => {
+                settled(&pipeline);
                 tracing::debug!(client = who, "control connection idle; closed");
                 return;
             }
@@ -549,13 +584,15 @@ fn serve_connection(daemon: &Daemon, shared: &Shared, id: u64, conn: UnixStream,
                     deadline_ms = limits.request_deadline_ms,
                     "control socket: request not complete by its deadline; connection closed"
                 );
-                respond(&failed(
-                    exit::USAGE,
-                    format!(
-                        "request not complete within {} ms of its first byte",
-                        limits.request_deadline_ms
-                    ),
-                ));
+                if settled(&pipeline) {
+                    respond(&failed(
+                        exit::USAGE,
+                        format!(
+                            "request not complete within {} ms of its first byte",
+                            limits.request_deadline_ms
+                        ),
+                    ));
+                }
                 return;
             }
             RequestRead::Bad(why) => {
@@ -567,7 +604,9 @@ fn serve_connection(daemon: &Daemon, shared: &Shared, id: u64, conn: UnixStream,
                     why = %Escaped(&why),
                     "control socket: bad request; connection closed"
                 );
-                respond(&failed(exit::USAGE, format!("bad control request: {why}")));
+                if settled(&pipeline) {
+                    respond(&failed(exit::USAGE, format!("bad control request: {why}")));
+                }
                 return;
             }
         };
@@ -578,29 +617,150 @@ fn serve_connection(daemon: &Daemon, shared: &Shared, id: u64, conn: UnixStream,
             Request::Import {
                 file_name,
                 len,
+                outboard_len: 0,
+            } if len <= CONTROL_IMPORT_PIPELINED_BYTES_MAX => {
+                if pipeline.is_none() {
+                    pipeline = writer
+                        .try_clone()
+                        .and_then(|w| Pipeline::start(w, &limits))
+                        .ok();
+                }
+                let Some(p) = pipeline.as_ref() else {
+                    return;
+                };
+                if slot.is_none() {
+                    slot = shared.stream_slot();
+                }
+                let import = Pipelined {
+                    daemon,
+                    shared,
+                    runtime,
+                    who,
+                    holds_slot: slot.is_some(),
+                };
+                import.one(p, file_name, len, &mut reader)
+            }
+            Request::Import {
+                file_name,
+                len,
                 outboard_len,
-            } => match shared.stream_slot() {
-                Some(_slot) => {
-                    let body = Body { len, outboard_len };
-                    let (response, keep) =
-                        import(daemon, shared, who, &file_name, body, &mut reader);
-                    respond(&response) && keep
+            } => {
+                if !settled(&pipeline) {
+                    return;
                 }
-                None => {
-                    // The body that follows is not read: answer and close.
-                    respond(&busy(&limits));
-                    false
+                let streaming = slot.take().or_else(|| shared.stream_slot());
+                match streaming {
+                    Some(_slot) => {
+                        let body = Body { len, outboard_len };
+                        let (response, keep) =
+                            import(daemon, shared, who, &file_name, body, &mut reader);
+                        respond(&response) && keep
+                    }
+                    None => {
+                        // The body that follows is not read: answer and close.
+                        respond(&busy(&limits));
+                        false
+                    }
                 }
-            },
-            Request::Export { id } => match shared.stream_slot() {
-                Some(_slot) => export(daemon, &id, &mut RateWriter::new(&writer, &limits)),
-                None => respond(&busy(&limits)),
-            },
-            other => respond(&answer(daemon, other)),
+            }
+            Request::Export { id } => {
+                if !settled(&pipeline) {
+                    return;
+                }
+                match shared.stream_slot() {
+                    Some(_slot) => export(daemon, &id, &mut RateWriter::new(&writer, &limits)),
+                    None => respond(&busy(&limits)),
+                }
+            }
+            other if other.is_listing() => {
+                settled(&pipeline)
+                    && list(
+                        daemon,
+                        shared,
+                        who,
+                        other,
+                        &mut RateWriter::new(&writer, &limits),
+                    )
+            }
+            other => settled(&pipeline) && respond(&answer(daemon, other)),
         };
         if !keep_going {
+            settled(&pipeline);
             return;
         }
+    }
+}
+
+/// One pipelined import on a connection (see [`pipeline`](super::pipeline)).
+struct Pipelined<'a> {
+    daemon: &'a Arc<Daemon>,
+    shared: &'a Arc<Shared>,
+    runtime: &'a tokio::runtime::Handle,
+    who: &'a str,
+    /// The connection holds one of the `streams_max` stream slots.
+    holds_slot: bool,
+}
+
+impl Pipelined<'_> {
+    /// Waits for room in the window, reads the whole body and hands it to an ingest of its own;
+    /// its answer is queued in request order. Returns whether the connection can carry another
+    /// request: not once the body was cut or the connection broke.
+    fn one(
+        &self,
+        p: &Pipeline,
+        file_name: String,
+        len: u64,
+        reader: &mut BufReader<UnixStream>,
+    ) -> bool {
+        let (shared, who) = (self.shared, self.who);
+        if !p.admit(len) {
+            return false;
+        }
+        let body = match read_body(reader, len, &shared.limits) {
+            Ok(body) => body,
+            Err(cut) => {
+                let file = Escaped(&file_name);
+                net::warn_limited!(shared.log, who, "import_cut", client = who, file = %file, why = %cut, "control socket: import cut before its verdict; nothing stored");
+                p.push_now(len, failed(exit::FAILED, format!("import cut: {cut}")));
+                return false;
+            }
+        };
+        // Refusals are answered in order like any verdict; the body was read, so the
+        // connection stays in step.
+        if let Some(refused) = refuse_import(shared, who, &file_name, len) {
+            p.push_now(len, refused);
+            return true;
+        }
+        if !self.holds_slot {
+            p.push_now(len, busy(&shared.limits));
+            return true;
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (d, s, who) = (self.daemon.clone(), self.shared.clone(), who.to_owned());
+        // Dropped unsent if the runtime is shutting down: the answer then says so.
+        drop(self.runtime.spawn_blocking(move || {
+            let _ = tx.send(import_whole(&d, &s, &who, &file_name, &body));
+        }));
+        p.push(len, rx);
+        true
+    }
+}
+
+/// Reads exactly `len` bytes of an import body (at most
+/// [`CONTROL_IMPORT_PIPELINED_BYTES_MAX`], checked by the caller) under the minimum-rate rule.
+fn read_body(
+    reader: &mut BufReader<UnixStream>,
+    len: u64,
+    limits: &ControlLimits,
+) -> Result<Vec<u8>, Cut> {
+    let mut body = BodyReader::new(reader, len, limits).map_err(|e| Cut::Failed(e.to_string()))?;
+    let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    match std::io::Read::read_to_end(&mut body, &mut out) {
+        Ok(_) if body.left == 0 => Ok(out),
+        Ok(_) => Err(Cut::Closed {
+            received: out.len() as u64,
+        }),
+        Err(e) => Err(body.cut.take().unwrap_or(Cut::Failed(e.to_string()))),
     }
 }
 
@@ -628,12 +788,12 @@ fn busy(limits: &ControlLimits) -> Response {
 fn answer(d: &Daemon, request: Request) -> Response {
     let result = match request {
         Request::Status => views::status(d).map(ok),
-        Request::Segments => views::segments(d).map(ok),
         Request::Peers => Ok(ok(views::peers(d))),
-        Request::DlqList => views::dead_letters(d).map(ok),
-        Request::DlqRequeue { peer, segment } => dlq(d, &peer, segment.as_deref(), true),
-        Request::DlqPurge { peer, segment } => dlq(d, &peer, segment.as_deref(), false),
-        Request::ExportSelect { all, channel, ids } => select(d, all, channel, &ids),
+        Request::Segments
+        | Request::DlqList
+        | Request::DlqRequeue { .. }
+        | Request::DlqPurge { .. }
+        | Request::ExportSelect { .. } => Ok(failed(exit::USAGE, "listings are handled apart")),
         Request::Import { .. } | Request::Export { .. } => {
             Ok(failed(exit::USAGE, "streamed requests are handled apart"))
         }
@@ -641,110 +801,69 @@ fn answer(d: &Daemon, request: Request) -> Response {
     result.unwrap_or_else(|e| failed(exit::FAILED, format!("{e:#}")))
 }
 
-/// Requeues or purges the dead letters of `peer`: all of them, or those of the one segment
-/// `segment` names (a prefix of at least [`store::limits::ID_PREFIX_HEX_MIN`] hex characters,
-/// as everywhere else; one that matches several segments is refused as ambiguous).
-fn dlq(d: &Daemon, peer: &str, segment: Option<&str>, requeue: bool) -> anyhow::Result<Response> {
-    let peer: relay::NodeId = match peer.parse() {
-        Ok(p) => p,
-        Err(e) => return Ok(failed(exit::USAGE, format!("--peer {peer:?}: {e}"))),
-    };
-    let prefix = match segment.map(store::id::parse_prefix).transpose() {
-        Ok(p) => p,
-        Err(e) => {
-            let given = segment.unwrap_or_default();
-            return Ok(failed(exit::USAGE, format!("--segment {given:?}: {e}")));
-        }
-    };
-    let now = d.clock.now_ms();
-    let mut keys: Vec<relay::JobKey> = d
-        .relay
-        .dead_letters()?
-        .into_iter()
-        .filter(|l| l.key.peer == peer)
-        .filter(|l| prefix.is_none_or(|p| p.matches(&l.key.seg)))
-        .map(|l| l.key)
-        .collect();
-    keys.sort();
-    keys.dedup();
-    if keys.is_empty() {
-        return Ok(failed(
-            exit::FAILED,
-            format!(
-                "no dead letter for peer {peer}{}",
-                prefix
-                    .map(|p| format!(" and segment {p}"))
-                    .unwrap_or_default()
-            ),
-        ));
-    }
-    if let Some(p) = prefix {
-        let segments: std::collections::BTreeSet<SegmentId> = keys.iter().map(|k| k.seg).collect();
-        if segments.len() > 1 {
-            return Ok(failed(
-                exit::FAILED,
-                format!(
-                    "segment prefix {p} matches {} dead letters of peer {peer}; give more characters",
-                    segments.len()
-                ),
-            ));
-        }
-    }
-    let mut done = Vec::new();
-    for key in keys {
-        let result = if requeue {
-            format!("{:?}", d.relay.requeue_blocking(&key, now)?)
-        } else {
-            format!("{:?}", d.relay.purge_blocking(&key, now)?)
-        };
-        done.push(json!({ "segment": key.seg.to_string(), "peer": key.peer.to_string(), "result": result }));
-    }
-    Ok(ok(serde_json::Value::Array(done)))
-}
-
-fn select(
+/// Answers a listing in pages (see [`listing`]). Returns whether the connection can carry
+/// another request: not once writing to the client failed.
+fn list<W: std::io::Write>(
     d: &Daemon,
-    all: bool,
-    channel: Option<String>,
-    ids: &[String],
-) -> anyhow::Result<Response> {
-    let chosen: Vec<String> = if all {
-        d.store
-            .list()?
-            .into_iter()
-            .map(|s| s.id.to_string())
-            .collect()
-    } else if let Some(channel) = channel {
-        d.store
-            .list()?
-            .into_iter()
-            .filter(|s| s.row.channel == channel)
-            .map(|s| s.id.to_string())
-            .collect()
-    } else {
-        let mut out = Vec::new();
-        for prefix in ids {
-            match d.store.resolve(prefix) {
-                Ok(id) => out.push(id.to_string()),
-                Err(e) => return Ok(failed(exit::FAILED, e)),
-            }
+    shared: &Shared,
+    who: &str,
+    request: Request,
+    writer: &mut W,
+) -> bool {
+    let mut pages = Pages::new(writer, &shared.limits);
+    let listed = match &request {
+        Request::Segments => listing::segments(d, &mut pages),
+        Request::DlqList => listing::dead_letters(d, &mut pages),
+        Request::ExportSelect { all, channel, ids } => {
+            listing::export_select(d, &mut pages, *all, channel.as_deref(), ids)
         }
-        out
+        Request::DlqRequeue { peer, segment } => {
+            listing::dlq_act(d, &mut pages, peer, segment.as_deref(), true)
+        }
+        Request::DlqPurge { peer, segment } => {
+            listing::dlq_act(d, &mut pages, peer, segment.as_deref(), false)
+        }
+        _ => Err(ListError::Failed {
+            code: exit::USAGE,
+            message: "not a listing".into(),
+        }),
     };
-    Ok(ok(json!(chosen)))
+    let ended = listed.and_then(|()| pages.finish().map(|_| ()));
+    match ended {
+        Ok(()) => true,
+        Err(ListError::Failed { code, message }) => {
+            write_frame(writer, &failed(code, message)).is_ok()
+        }
+        Err(ListError::Client(e)) => {
+            net::warn_limited!(
+                shared.log,
+                who,
+                "listing_cut",
+                client = who,
+                error = %e,
+                "control socket: listing cut (client gone or too slow); connection closed"
+            );
+            false
+        }
+    }
 }
 
 /// Stores the `len` bytes of a `.seg` stream that follow an `Import` request. Returns the answer
 /// and whether the connection can carry another request: only if the whole body was read
 /// (otherwise the rest of it is still on its way, and the connection is closed after the
 /// answer). An import cut by the client (it closed early or sent too slowly) reached no verdict:
-/// it is answered as cut, stores nothing and is not counted as received (INV-26).
 /// What follows an import request: the outboard, then the `.seg` file.
 struct Body {
     len: u64,
     outboard_len: u64,
 }
 
+/// Stores the `len` bytes of a `.seg` stream that follow an `Import` request (after its
+/// `outboard_len` bytes of outboard). Returns the answer and whether the connection can carry
+/// another request: only if the whole body was read (otherwise the rest of it is still on its
+/// way, and the connection is closed after the answer). An import cut by the client (it closed
+/// early or sent too slowly) reached no verdict: it is answered as cut, stores nothing and is
+/// not counted as received (INV-26).
 fn import(
     d: &Daemon,
     shared: &Shared,
@@ -753,41 +872,11 @@ fn import(
     Body { len, outboard_len }: Body,
     reader: &mut BufReader<UnixStream>,
 ) -> (Response, bool) {
-    if file_name.len() > CONTROL_FILE_NAME_BYTES_MAX {
-        net::warn_limited!(
-            shared.log,
-            who,
-            "import_name_too_long",
-            client = who,
-            bytes = file_name.len(),
-            "control socket: import with an oversized file name refused"
-        );
-        return (
-            failed(
-                exit::USAGE,
-                format!(
-                    "a file name of {} bytes is longer than {CONTROL_FILE_NAME_BYTES_MAX}",
-                    file_name.len()
-                ),
-            ),
-            false,
-        );
-    }
-    let file = Escaped(file_name);
-    if len > CONTROL_IMPORT_BYTES_MAX {
-        net::warn_limited!(shared.log, who, "import_too_large", client = who, file = %file, len, "control socket: import larger than any segment refused");
-        return (
-            failed(
-                exit::USAGE,
-                format!(
-                    "an import of {len} bytes is larger than any segment ({CONTROL_IMPORT_BYTES_MAX} bytes)"
-                ),
-            ),
-            false,
-        );
+    if let Some(refused) = refuse_import(shared, who, file_name, len) {
+        return (refused, false);
     }
     if outboard_len > CONTROL_IMPORT_OUTBOARD_BYTES_MAX {
-        net::warn_limited!(shared.log, who, "import_outboard_too_large", client = who, file = %file, outboard_len, "control socket: import with an outboard larger than any segment's refused");
+        net::warn_limited!(shared.log, who, "import_outboard_too_large", client = who, file = %Escaped(file_name), outboard_len, "control socket: import with an outboard larger than any segment's refused");
         return (
             failed(
                 exit::USAGE,
@@ -823,31 +912,90 @@ fn import(
     };
     let whole = body.left == 0;
     let cut = body.cut.take();
+    let file = Escaped(file_name);
     match (result, cut) {
-        (Ok(IngestOutcome::Stored(s)), _) => {
-            d.counters.count_stored();
-            tracing::info!(seg_id = %s.id, file = %file, bytes = s.row.file_len, "segment imported");
-            let response = ok(
-                json!({ "status": "imported", "id": s.id.to_string(), "bytes": s.row.file_len }),
-            );
-            (response, whole)
-        }
-        (Ok(IngestOutcome::AlreadyHave { id, .. }), _) => {
-            d.counters.count_duplicate();
-            let response = ok(json!({ "status": "already_present", "id": id.to_string() }));
-            (response, whole)
-        }
         (Err(_), Some(cut)) => {
             net::warn_limited!(shared.log, who, "import_cut", client = who, file = %file, why = %cut, "control socket: import cut before its verdict; nothing stored");
             (failed(exit::FAILED, format!("import cut: {cut}")), false)
         }
-        (Err(e), None) => {
+        (result, _) => (verdict(d, shared, who, file_name, result), whole),
+    }
+}
+
+/// Stores a whole `.seg` file received in memory (a pipelined import).
+fn import_whole(d: &Daemon, shared: &Shared, who: &str, file_name: &str, body: &[u8]) -> Response {
+    let opts = IngestOptions::import().with_file_len(body.len() as u64);
+    let waiting_since = Instant::now();
+    loop {
+        let result = d.relay.ingest_reader(body, &opts, d.clock.now_ms());
+        // The same segment is being stored by another ingest: a copy earlier in the same
+        // pipeline (a stick may hold one segment under two names), or a peer's transfer. Its
+        // verdict comes soon; then this copy is checked against what it stored.
+        let busy = matches!(result, Err(store::IngestError::Busy(_)));
+        if busy && waiting_since.elapsed() < Duration::from_millis(CONTROL_IMPORT_BUSY_WAIT_MS) {
+            std::thread::sleep(Duration::from_millis(CONTROL_IMPORT_BUSY_RETRY_MS));
+            continue;
+        }
+        return verdict(d, shared, who, file_name, result);
+    }
+}
+
+/// Why an import is refused before its body is looked at: a file name or a length beyond
+/// their bounds.
+fn refuse_import(shared: &Shared, who: &str, file_name: &str, len: u64) -> Option<Response> {
+    if file_name.len() > CONTROL_FILE_NAME_BYTES_MAX {
+        net::warn_limited!(
+            shared.log,
+            who,
+            "import_name_too_long",
+            client = who,
+            bytes = file_name.len(),
+            "control socket: import with an oversized file name refused"
+        );
+        return Some(failed(
+            exit::USAGE,
+            format!(
+                "a file name of {} bytes is longer than {CONTROL_FILE_NAME_BYTES_MAX}",
+                file_name.len()
+            ),
+        ));
+    }
+    if len > CONTROL_IMPORT_BYTES_MAX {
+        let file = Escaped(file_name);
+        net::warn_limited!(shared.log, who, "import_too_large", client = who, file = %file, len, "control socket: import larger than any segment refused");
+        return Some(failed(
+            exit::USAGE,
+            format!(
+                "an import of {len} bytes is larger than any segment ({CONTROL_IMPORT_BYTES_MAX} bytes)"
+            ),
+        ));
+    }
+    None
+}
+
+/// The answer to an import that reached a verdict, counted (INV-26) and logged.
+fn verdict(
+    d: &Daemon,
+    shared: &Shared,
+    who: &str,
+    file_name: &str,
+    result: Result<IngestOutcome<relay::Scheduled>, store::IngestError>,
+) -> Response {
+    let file = Escaped(file_name);
+    match result {
+        Ok(IngestOutcome::Stored(s)) => {
+            d.counters.count_stored();
+            tracing::info!(seg_id = %s.id, file = %file, bytes = s.row.file_len, "segment imported");
+            ok(json!({ "status": "imported", "id": s.id.to_string(), "bytes": s.row.file_len }))
+        }
+        Ok(IngestOutcome::AlreadyHave { id, .. }) => {
+            d.counters.count_duplicate();
+            ok(json!({ "status": "already_present", "id": id.to_string() }))
+        }
+        Err(e) => {
             d.counters.count_rejected(reject_reason(&e));
             net::warn_limited!(shared.log, who, "import_rejected", client = who, file = %file, error = %Escaped(&e.to_string()), "import rejected");
-            (
-                ok(json!({ "status": "rejected", "reason": e.to_string() })),
-                whole,
-            )
+            ok(json!({ "status": "rejected", "reason": e.to_string() }))
         }
     }
 }

@@ -10,6 +10,8 @@
 
 mod control_io;
 mod control_server;
+mod listing;
+mod pipeline;
 mod views;
 pub mod wiring;
 

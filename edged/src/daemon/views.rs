@@ -12,14 +12,10 @@ pub fn cert_expires_in_s(d: &Daemon, now_ms: u64) -> Option<i64> {
 
 pub fn status(d: &Daemon) -> Result<Value, anyhow::Error> {
     let now = d.clock.now_ms();
-    let segments = d.store.list()?;
-    let propagated = segments
-        .iter()
-        .filter(|s| s.row.propagated_at_ms.is_some())
-        .count();
+    let counts = d.store.segment_counts()?;
     let usage = d.store.usage();
     let peers = d.node.peers();
-    let dead = d.relay.dead_letters()?.len();
+    let dead = d.relay.dead_letter_count()?;
     let mut warnings = Vec::new();
     if let Some(left) = cert_expires_in_s(d, now) {
         if left < super::CERT_EXPIRY_WARNING_S {
@@ -43,9 +39,9 @@ pub fn status(d: &Daemon) -> Result<Value, anyhow::Error> {
         "uptime_s": d.started.elapsed().as_secs(),
         "peers_connected": peers.iter().filter(|p| p.connected).count(),
         "peers_known": peers.len(),
-        "segments_stored": segments.len(),
-        "segments_propagated": propagated,
-        "segments_pending": segments.len() - propagated,
+        "segments_stored": counts.stored,
+        "segments_propagated": counts.propagated,
+        "segments_pending": counts.stored - counts.propagated,
         "jobs_pending": d.relay.pending_count(),
         "jobs_in_flight": d.relay.in_flight_count(),
         "bytes_used": usage.total(),
@@ -57,9 +53,9 @@ pub fn status(d: &Daemon) -> Result<Value, anyhow::Error> {
     }))
 }
 
-pub fn segments(d: &Daemon) -> Result<Value, anyhow::Error> {
-    let mut out = Vec::new();
-    for s in d.store.list()? {
+/// One stored segment with its propagation, as `edged segments` lists it.
+pub fn segment(d: &Daemon, s: &store::SegmentInfo) -> Result<Value, anyhow::Error> {
+    {
         let status = d.relay.status(&s.id)?;
         let (acked, pending, dead, refused, peers) = match &status {
             Some(st) => (
@@ -82,7 +78,7 @@ pub fn segments(d: &Daemon) -> Result<Value, anyhow::Error> {
             ),
             None => (0, 0, 0, 0, Vec::new()),
         };
-        out.push(json!({
+        Ok(json!({
             "id": s.id.to_string(),
             "name": s.row.name,
             "channel": s.row.channel,
@@ -98,9 +94,8 @@ pub fn segments(d: &Daemon) -> Result<Value, anyhow::Error> {
             "peers_refused": refused,
             "jobs": peers,
             "pinned_by": s.pins,
-        }));
+        }))
     }
-    Ok(Value::Array(out))
 }
 
 pub fn peers(d: &Daemon) -> Value {
@@ -121,29 +116,25 @@ pub fn peers(d: &Daemon) -> Value {
     )
 }
 
-pub fn dead_letters(d: &Daemon) -> Result<Value, anyhow::Error> {
-    Ok(Value::Array(
-        d.relay
-            .dead_letters()?
-            .into_iter()
-            .map(|dl| {
-                json!({
-                    "segment": dl.key.seg.to_string(),
-                    "peer": dl.key.peer.to_string(),
-                    "attempts": dl.attempts,
-                    "store_full_attempts": dl.store_full_attempts,
-                    "last_error": dl.last_error,
-                    "dead_at_ms": dl.dead_at_ms,
-                    "pin_release_at_ms": dl.pin_release_at_ms,
-                })
-            })
-            .collect(),
-    ))
+/// One dead letter, as `edged dlq list` lists it.
+pub fn dead_letter(dl: &relay::DeadLetter) -> Value {
+    json!({
+        "segment": dl.key.seg.to_string(),
+        "peer": dl.key.peer.to_string(),
+        "attempts": dl.attempts,
+        "store_full_attempts": dl.store_full_attempts,
+        "last_error": dl.last_error,
+        "dead_at_ms": dl.dead_at_ms,
+        "pin_release_at_ms": dl.pin_release_at_ms,
+    })
 }
 
 pub fn metrics_snapshot(d: &Daemon) -> crate::metrics::Snapshot {
     let now = d.clock.now_ms();
-    let segments = d.store.list().unwrap_or_default();
+    let counts = d.store.segment_counts().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "segment counts unavailable");
+        Default::default()
+    });
     let usage = d.store.usage();
     let peers = d.node.peers();
     let net = d.node.stats();
@@ -156,11 +147,8 @@ pub fn metrics_snapshot(d: &Daemon) -> crate::metrics::Snapshot {
     crate::metrics::Snapshot {
         node_id: d.cfg.node_id.clone(),
         uptime_s: d.started.elapsed().as_secs(),
-        segments_stored: segments.len() as u64,
-        segments_propagated: segments
-            .iter()
-            .filter(|s| s.row.propagated_at_ms.is_some())
-            .count() as u64,
+        segments_stored: counts.stored,
+        segments_propagated: counts.propagated,
         bytes_stored: usage.stored_bytes,
         ceiling_bytes: d.cfg.store.ceiling_bytes,
         bytes_reserved: usage.reserved_bytes,
