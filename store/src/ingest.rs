@@ -503,10 +503,18 @@ impl Ingest {
 
     fn start_fresh(&mut self) -> Result<(), IngestError> {
         let fs = self.store.inner.fs.clone();
-        match fs.remove_file(&self.tmp_path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(self.fail(self.io_err("remove stale temp file")(e))),
+        // Looked up first: an unlink of a name that is not there still takes the directory's
+        // lock exclusively, and concurrent small ingests queued on it.
+        let stale = match fs.file_len(&self.tmp_path) {
+            Ok(len) => len.is_some(),
+            Err(e) => return Err(self.fail(self.io_err("look up stale temp file")(e))),
+        };
+        if stale {
+            match fs.remove_file(&self.tmp_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.fail(self.io_err("remove stale temp file")(e))),
+            }
         }
         // The header is written now: it needs room (the only bytes an ingest holds before its
         // payload arrives).
