@@ -14,7 +14,7 @@ PURE_CORES_TESTS = --lib --test model
 # machine from calling a slow test a timeout.
 MUTANTS_TEST_TIMEOUT_MIN_S = 120
 
-.PHONY: build test lint bench demo mutants edge-fi edge-fi-quick sim sim-soak clean
+.PHONY: build test lint bench bench-peers demo mutants edge-fi edge-fi-quick sim sim-soak clean
 
 build:
 	$(CARGO) build --release --workspace
@@ -92,6 +92,13 @@ bench:
 	./scripts/bench-daemon.sh
 	$(CARGO) bench -p relay --bench relay
 	$(CARGO) bench -p net --bench hop
+
+## edged beside rsync over ssh, Syncthing and NNCP on the same scenarios, one machine, one run
+## (not run in CI): installs the peers when missing, builds edged unless EDGED names a binary,
+## prints one table; raw figures and logs in target/bench-peers/. Settings:
+## scripts/bench-peers/bench.py (RUNS, SCENARIOS, PEERS, BENCH_PEERS_QUICK=1, ...).
+bench-peers:
+	./scripts/bench-peers/run.sh
 
 clean:
 	$(CARGO) clean
