@@ -81,6 +81,10 @@ pub trait FsFile: Read + Write + Seek + Send + Debug {
     /// so the final [`FsFile::sync`] has little left to do. Makes nothing durable and reports
     /// nothing (a writeback error still fails the next sync). The default does nothing.
     fn start_writeback(&mut self, _offset: u64, _len: u64) {}
+    /// A hint: this file is written by one thread that also does the reading and hashing (an
+    /// import), so writes should return at once through the page cache rather than wait for
+    /// the device. The default does nothing.
+    fn prefer_cache(&mut self) {}
 }
 
 /// A file opened read-only.
@@ -89,6 +93,10 @@ pub trait FsFile: Read + Write + Seek + Send + Debug {
 pub trait FsRead: Read + Seek + Send + Debug {
     /// Current length of the file.
     fn len(&self) -> io::Result<u64>;
+    /// A hint: this file is read front to back by a thread that also writes what it reads
+    /// elsewhere (an export), so the kernel's read-ahead should overlap the two rather than each
+    /// read wait for the device. The default does nothing.
+    fn prefer_cache(&mut self) {}
 }
 
 /// One entry of [`Fs::list_dir`].
@@ -260,6 +268,10 @@ impl FsFile for RealFile {
         self.leave_direct()?;
         self.file.set_len(len)
     }
+    fn prefer_cache(&mut self) {
+        // Best effort: if the tail cannot be written now, the next write or sync says so.
+        let _ = self.leave_direct();
+    }
     fn start_writeback(&mut self, offset: u64, len: u64) {
         if self.direct.is_some() {
             // Direct writes are on their way to the device already.
@@ -325,6 +337,11 @@ impl Seek for RealReader {
 impl FsRead for RealReader {
     fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
+    }
+    fn prefer_cache(&mut self) {
+        if self.direct.is_some() && direct::set_direct(&self.file, false).is_ok() {
+            self.direct = None;
+        }
     }
 }
 

@@ -526,6 +526,12 @@ impl Ingest {
             Ok(file) => file,
             Err(e) => return Err(self.fail(self.io_err("create temp file")(e))),
         };
+        if self.source == "import" {
+            // An import reads, hashes and writes on one thread: a direct write that waits for
+            // the device stalls the reading (1 GiB took 1.6–1.8 s instead of 1.0), while a
+            // peer's transfer writes from a disk thread of its own and gains from it.
+            file.prefer_cache();
+        }
         if let Err(e) = file.write_all(&header_bytes(&self.signed)) {
             self.file = Some(file);
             return Err(self.fail(self.io_err("write header")(e)));

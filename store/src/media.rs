@@ -351,13 +351,9 @@ fn fill<R: Read>(
     if let Some(actual) = expected_len.filter(|&n| n != declared) {
         return Err(bad(SegFileError::FileLengthMismatch { declared, actual }));
     }
-    // A large copy bypasses the page cache, as the store's own files do (`fs::direct`): on the
-    // machines measured, filling the cache cost more than writing the medium.
-    let mut out: Box<dyn Write + '_> = if declared >= crate::fs::DIRECT_IO_MIN_FILE_BYTES {
-        Box::new(crate::fs::direct::DirectFile::new(file))
-    } else {
-        Box::new(io::BufWriter::with_capacity(STREAM_BUF_BYTES, file))
-    };
+    // Through the page cache: the copy is written by the thread that reads and checks it, and
+    // direct writes that wait for the device made a 1 GiB export take 2.2 s instead of 1.2.
+    let mut out = io::BufWriter::with_capacity(STREAM_BUF_BYTES, file);
     segfile::write_header(&mut out, &signed).map_err(write_err)?;
     let mut payload = PayloadReader::for_manifest(&mut src, &signed);
     let mut buf = vec![0u8; STREAM_BUF_BYTES];

@@ -144,6 +144,8 @@ impl SegmentReader {
     /// mismatch the segment is quarantined and the error returned; `out` has then received
     /// bytes that must be discarded.
     pub fn copy_to<W: Write>(mut self, out: &mut W, now_ms: u64) -> Result<u64, StoreError> {
+        // Read and written on one thread: the kernel's read-ahead keeps the two overlapping.
+        self.file.prefer_cache();
         let store = self.lease.store.clone();
         let id = self.id();
         let header = crate::ingest::header_bytes(&self.signed);

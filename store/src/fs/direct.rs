@@ -90,8 +90,7 @@ fn write_all_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> 
     Ok(())
 }
 
-/// The direct-write state of a file created empty and written from offset 0 onwards (the
-/// store's temp files; exported copies, through [`DirectFile`]).
+/// The direct-write state of a file created empty and written from offset 0 onwards.
 #[derive(Debug)]
 pub(crate) struct DirectWriter {
     block: AlignedBlock,
@@ -168,37 +167,6 @@ impl DirectWriter {
             set_direct(file, true)?;
         }
         written
-    }
-}
-
-/// A new, empty file written front to back through a [`DirectWriter`]: `flush` puts the tail
-/// in, after which an fsync makes it all durable. If the file system refuses `O_DIRECT` it is
-/// written through the cache.
-pub(crate) struct DirectFile<'f> {
-    file: &'f File,
-    writer: Option<DirectWriter>,
-}
-
-impl<'f> DirectFile<'f> {
-    pub(crate) fn new(file: &'f File) -> Self {
-        let writer = set_direct(file, true).ok().map(|()| DirectWriter::new());
-        DirectFile { file, writer }
-    }
-}
-
-impl io::Write for DirectFile<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.writer.as_mut() {
-            Some(w) => w.write(self.file, buf),
-            None => (&mut &*self.file).write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self.writer.as_mut() {
-            Some(w) => w.write_tail(self.file),
-            None => Ok(()),
-        }
     }
 }
 
