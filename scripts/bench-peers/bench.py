@@ -144,6 +144,11 @@ class Ctx:
             prefault(self.work, write_bytes * 11 // 10 // MIB + 32)
 
 
+def describe(e):
+    """A failure in one line: our own Failed as it is, anything else with its type."""
+    return str(e) if isinstance(e, Failed) else f"{type(e).__name__}: {e}"
+
+
 def version_of(argv):
     try:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
@@ -191,6 +196,16 @@ def main():
     os.environ.pop("NNCPNOSYNC", None)
     ctx = Ctx()
     set_log_file(os.path.join(ctx.out, "bench.log"))
+    try:
+        bench(ctx, t_start)
+    finally:
+        # Also when interrupted: the processes first, then their data (GiBs); logs stay.
+        ctx.procs.stop_all()
+        if not ctx.keep:
+            shutil.rmtree(ctx.work, ignore_errors=True)
+
+
+def bench(ctx, t_start):
     check_disk(ctx)
     ctx.edged_version = version_of([ctx.edged, "--version"])
     meta = {"edged": f"{ctx.edged_version} ({ctx.edged})", "load_start": os.getloadavg()}
@@ -209,7 +224,8 @@ def main():
                 log(f"starting {tool.label}")
                 tool.setup()
                 tools.append(tool)
-            except Failed as e:
+            except Exception as e:  # one peer that cannot start does not stop the others
+                e = describe(e)
                 log(f"{tool.label}: setup failed, left out: {e}")
                 meta.setdefault("notes", []).append(f"{tool.label}: setup failed ({e})")
                 tool.teardown()
@@ -231,9 +247,9 @@ def main():
                         m = getattr(tool, scen.lower())(run)
                         results.add(run, scen, tool.label, m)
                         log("  " + report.brief(m))
-                    except Failed as e:
-                        results.fail(run, scen, tool.label, str(e))
-                        log(f"  FAILED: {e}")
+                    except Exception as e:  # a failed run is a result; the others go on
+                        results.fail(run, scen, tool.label, describe(e))
+                        log(f"  FAILED: {describe(e)}")
     finally:
         for tool in tools[1:]:
             tool.teardown()
@@ -244,12 +260,10 @@ def main():
             for count, r, m in tools[0].s6(ctx.s6_counts, ctx.runs, ctx.s6_idle_s):
                 results.add(r, f"S6-{count}", "edged", m)
                 log(f"S6 {count} held, restart {r}: " + report.brief(m))
-        except Failed as e:
-            results.fail(0, "S6", "edged", str(e))
-            log(f"S6 FAILED: {e}")
+        except Exception as e:
+            results.fail(0, "S6", "edged", describe(e))
+            log(f"S6 FAILED: {describe(e)}")
 
-    if not ctx.keep:
-        shutil.rmtree(ctx.work, ignore_errors=True)
     meta["load_end"] = os.getloadavg()
     meta["elapsed_s"] = time.monotonic() - t_start
     table = report.render(ctx, [t.label for t in tools], results, meta)

@@ -229,12 +229,13 @@ def s6_table(ctx, results):
         secs = fmt(statistics.median(listed), "s") if listed else "fails"
         if listed and len(listed) < len(ms):
             secs += f" [fails {len(ms) - len(listed)}/{len(ms)}]"
-        idle = f"{med('idle_cpu_pct'):.1f}"
+        idle = [m["idle_cpu_pct"] for m in ms if "idle_cpu_pct" in m]
+        idle = f"{statistics.median(idle):.1f}" if idle else "—"
         lines.append(f"| {count:,} | {start} | {after} | {secs} | {idle} |")
     lines += ["", f"S6: node A, which imported the segments (B received them), restarted "
               f"{ctx.runs} time(s) per count once both hold them all; RSS 1 s after it is up and "
-              "connected again, then after one `edged segments --json` (peak in brackets), then "
-              f"its CPU over the next {ctx.s6_idle_s} s."]
+              "connected again, then after one `edged segments --json` (peak in brackets); after "
+              f"the last restart, its CPU over the next {ctx.s6_idle_s} s."]
     errors = sorted({m["list_error"] for count in ctx.s6_counts
                      for m in results.ok(f"S6-{count}", EDGED)[0].values() if "list_error" in m})
     if errors:

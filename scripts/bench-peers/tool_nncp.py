@@ -86,9 +86,17 @@ class Nncp:
             return 0
 
     def _clean(self):
+        """Empty every incoming directory, and the spools (what a failed run left there would
+        count as landed in the next one)."""
         for n in NODES:
             shutil.rmtree(self._incoming(n))
             os.makedirs(self._incoming(n))
+            spool = os.path.join(self.dir, n, "spool")
+            for node_id in os.listdir(spool):
+                for way in ("rx", "tx"):
+                    d = os.path.join(spool, node_id, way)
+                    if os.path.isdir(d):
+                        shutil.rmtree(d)
 
     def _nncp(self, tool, node, *args, on_start=None):
         return self.ctx.procs.run([tool, "-cfg", self._cfg(node), "-quiet", *args],
