@@ -21,6 +21,12 @@
 //!   `O_DIRECT` (EINVAL at open, at a read or a write) falls back to buffered I/O on the same
 //!   descriptor: slower, never wrong.
 //!
+//! - A file read or written by a thread that also does the other half of a copy (an import
+//!   reading its socket, an export writing its medium) asks for the page cache instead
+//!   (`prefer_cache`): a direct request waits for the device and would stall that other half,
+//!   where buffered I/O overlaps it with the kernel's read-ahead and write-back. A peer's
+//!   transfer has a disk thread of its own and keeps direct I/O.
+//!
 //! Durability is unchanged: data reaches the device's cache through either path and is durable
 //! only after the caller's `fsync` ([`super::FsFile::sync`]).
 
