@@ -385,6 +385,15 @@ pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R) -> std::io::Result<Op
 mod tests {
     use super::*;
 
+    /// The cap on an announced outboard is exactly the outboard of the largest payload: no
+    /// real import is refused, and nothing larger is ever allocated.
+    #[test]
+    fn inv_17_the_import_outboard_cap_is_the_largest_payloads_outboard() {
+        let largest = store::outboard::outboard_len(PAYLOAD_BYTES_MAX);
+        assert_eq!(CONTROL_IMPORT_OUTBOARD_BYTES_MAX, largest);
+        assert!(store::outboard::outboard_len(PAYLOAD_BYTES_MAX - 1) <= largest);
+    }
+
     #[test]
     fn frames_round_trip() {
         let mut buf = Vec::new();

@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use net::wire::{Msg, RejectReason, encode_frame, read_frame};
+use net::wire::{Msg, RejectReason, read_frame};
 use net::{OfferResult, SendOutcome};
 use store::Holding;
 use store::outboard::GROUP_BYTES;
@@ -78,16 +78,7 @@ async fn line() -> Line {
 
 /// Offers the segment to `b` from the raw upstream and sends its outboard; returns the streams.
 async fn offer(l: &Line) -> (quinn::SendStream, quinn::RecvStream) {
-    let (mut send, mut recv) = l.upstream.open_bi().await.expect("stream");
-    send.write_all(&encode_frame(&Msg::Offer {
-        manifest: segment(TAG, SEG_BYTES).encode(),
-    }))
-    .await
-    .expect("offer");
-    let answer = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut recv, 1 << 16))
-        .await
-        .expect("answered in time")
-        .expect("answer");
+    let (mut send, recv, answer) = raw_offer(&l.upstream, &segment(TAG, SEG_BYTES)).await;
     assert_eq!(answer, Msg::Want { offset: 0 });
     send.write_all(&outboard(TAG, SEG_BYTES))
         .await

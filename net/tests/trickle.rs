@@ -65,17 +65,7 @@ async fn offer(
     tag: u64,
     len: u64,
 ) -> (quinn::SendStream, quinn::RecvStream, Msg) {
-    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-    send.write_all(&encode_frame(&Msg::Offer {
-        manifest: segment(tag, len).encode(),
-    }))
-    .await
-    .expect("offer");
-    let answer = tokio::time::timeout(Duration::from_secs(6), read_frame(&mut recv, 1 << 16))
-        .await
-        .expect("answered in time")
-        .expect("a frame");
-    (send, recv, answer)
+    raw_offer(conn, &segment(tag, len)).await
 }
 
 /// Writes `body[from..]` in pieces of `piece` bytes every `every`, until done, the stream is
