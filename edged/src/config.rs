@@ -144,6 +144,7 @@ overrides!(RawNet => net::NetConfig {
     response_timeout_ms: u64,
     frame_bytes_max: usize,
     streams_per_peer_max: u32,
+    large_sends_per_peer_max: usize,
     connections_per_peer_max: usize,
     handshakes_unauthenticated_max: usize,
     handshakes_per_addr_max: usize,

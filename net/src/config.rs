@@ -52,6 +52,9 @@ pub struct NetConfig {
     pub response_timeout_ms: u64,
     pub frame_bytes_max: usize,
     pub streams_per_peer_max: u32,
+    /// Sends of segments with a payload over one chunk to one peer at once; more wait (see
+    /// [`LARGE_SENDS_PER_PEER_MAX_DEFAULT`]).
+    pub large_sends_per_peer_max: usize,
     pub connections_per_peer_max: usize,
     /// Handshakes in flight from configured peers' addresses (after address validation).
     pub handshakes_unauthenticated_max: usize,
@@ -123,6 +126,7 @@ impl NetConfig {
             response_timeout_ms: RESPONSE_TIMEOUT_MS_DEFAULT,
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             streams_per_peer_max: STREAMS_PER_PEER_MAX_DEFAULT,
+            large_sends_per_peer_max: LARGE_SENDS_PER_PEER_MAX_DEFAULT,
             connections_per_peer_max: CONNECTIONS_PER_PEER_MAX_DEFAULT,
             handshakes_unauthenticated_max: HANDSHAKES_UNAUTHENTICATED_MAX_DEFAULT,
             handshakes_per_addr_max: HANDSHAKES_PER_ADDR_MAX_DEFAULT,
@@ -228,6 +232,7 @@ impl NetConfig {
             );
         }
         for (key, v) in [
+            ("large_sends_per_peer_max", self.large_sends_per_peer_max),
             ("catchup_pulls_concurrent", self.catchup_pulls_concurrent),
             (
                 "catchup_pulls_per_round_max",

@@ -31,6 +31,15 @@ pub const PAYLOAD_CHUNK_BYTES: usize = store::limits::DIRECT_IO_BLOCK_BYTES;
 /// chunks: at most this many chunks (plus one in each hand) are in memory per transfer.
 pub const PAYLOAD_QUEUE_CHUNKS: usize = 4;
 
+/// Default of `NetConfig::large_sends_per_peer_max`: sends of large segments (payload over
+/// [`LARGE_SEND_PAYLOAD_BYTES`]) to one peer at once. A large send holds up to
+/// `PAYLOAD_QUEUE_CHUNKS` + 1 full chunks (1.25 MiB); a small one holds its payload once. So the
+/// relay may keep many small segments in flight to a peer (a round trip and a commit per batch
+/// of them, not per segment) while large ones stay few.
+pub const LARGE_SENDS_PER_PEER_MAX_DEFAULT: usize = 4;
+/// A segment whose payload is larger than one chunk is a large send.
+pub const LARGE_SEND_PAYLOAD_BYTES: u64 = PAYLOAD_CHUNK_BYTES as u64;
+
 /// Segments a node forwards to its peers while still receiving them (cut-through), at once;
 /// beyond it a segment waits for its ordinary relay once stored.
 pub const CUT_THROUGH_FORWARDS_MAX: usize = 16;

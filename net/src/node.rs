@@ -31,6 +31,10 @@
 //!   certificate that does not chain to the fleet CA or names an id not in `known_peers`
 //!   ([`crate::tls`]). A peer may open at most `streams_per_peer_max` streams at once (QUIC
 //!   flow control), and each stream must send its first frame within `response_timeout_ms`.
+//! - **Sends**: as many as the relay asks for at once, except that at most
+//!   `large_sends_per_peer_max` of segments over one chunk run to one peer at once (the others
+//!   wait for a permit): memory stays bounded by configuration while many small segments share
+//!   round trips.
 //! - **Catch-up** runs per connection, paced per peer ([`crate::catchup`]); a segment this
 //!   node's store quarantines triggers a round with every connected peer within
 //!   `catchup_followup_ms`, so a good copy is fetched again from a peer that holds it.
@@ -55,8 +59,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, NetConfig};
 use crate::filter::{AddrFilter, answer_for, canonical};
 use crate::limits::{
-    CROSSING_MIN_MS, CROSSING_RTTS, CUT_THROUGH_FORWARDS_MAX, RETIRE_GRACE_MIN_MS,
-    RETIRE_GRACE_RTTS, RETRY_TOKEN_LIFETIME_MS,
+    CROSSING_MIN_MS, CROSSING_RTTS, CUT_THROUGH_FORWARDS_MAX, LARGE_SEND_PAYLOAD_BYTES,
+    RETIRE_GRACE_MIN_MS, RETIRE_GRACE_RTTS, RETRY_TOKEN_LIFETIME_MS,
 };
 use crate::logcap::LogLimiter;
 use crate::pki::{NodeId, NodeIdentity, node_id_of_cert};
@@ -219,6 +223,8 @@ struct Peer {
     dialing: AtomicBool,
     /// One catch-up round at a time with this peer, and what catch-up keeps about it.
     catchup: tokio::sync::Mutex<PeerCatchup>,
+    /// Permits for sends of large segments to this peer (`large_sends_per_peer_max`).
+    large_sends: Arc<Semaphore>,
 }
 
 impl Peer {
@@ -501,6 +507,7 @@ impl Node {
                     last_failure: Mutex::new(None),
                     dialing: AtomicBool::new(true),
                     catchup: tokio::sync::Mutex::new(PeerCatchup::new(&config, now)),
+                    large_sends: Arc::new(Semaphore::new(config.large_sends_per_peer_max)),
                 };
                 (id.clone(), Arc::new(peer))
             })
@@ -703,7 +710,7 @@ impl Inner {
             };
             let in_flight = live.streams.start();
             let conn = live.conn;
-            let outcome = self.send_on(peer, &conn, id).await;
+            let outcome = self.send_on(p, &conn, id).await;
             drop(in_flight);
             let replaced = matches!(
                 conn.close_reason(),
@@ -720,12 +727,18 @@ impl Inner {
         }
     }
 
-    async fn send_on(&self, peer: &NodeId, conn: &Connection, id: SegmentId) -> SendOutcome {
+    async fn send_on(&self, p: &Peer, conn: &Connection, id: SegmentId) -> SendOutcome {
         let ctx = &self.ctx;
         let reader = match transfer::open_for_send(ctx, id).await {
             Ok(r) => r,
             Err(outcome) => return outcome,
         };
+        // Held until the send ends; the semaphore lives as long as the node and is never closed.
+        let _large = match reader.payload_len() > LARGE_SEND_PAYLOAD_BYTES {
+            true => p.large_sends.acquire().await.ok(),
+            false => None,
+        };
+        let peer = &p.id;
         let (mut send, mut recv) = match timeout(ctx.cfg.response_timeout(), conn.open_bi()).await {
             Err(_) => return SendOutcome::TimedOut,
             Ok(Err(e)) => return conn_outcome(&e),

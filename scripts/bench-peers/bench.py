@@ -34,6 +34,8 @@ Environment (default / with BENCH_PEERS_QUICK=1):
   BENCH_PEERS_TIMEOUT_S    longest wait for one transfer, seconds               600
   BENCH_PEERS_DIR          output and cache directory                           target/bench-peers
   BENCH_PEERS_KEEP=1       keep the work directories (data dirs, spools) after the run
+  BENCH_PEERS_EDGED_TOML   lines appended to every edged node's config, e.g.
+                           $'[relay]\nper_peer_concurrency_max = 16'                none
 
 Output: BENCH_PEERS_DIR/<date-time>/ holds results.tsv (run, scenario, tool, metric, value),
 table.md, bench.log and the logs of every process; BENCH_PEERS_DIR/cache keeps the payloads and
@@ -95,6 +97,7 @@ class Ctx:
         self.s1_mib = env_int("BENCH_PEERS_S1_MIB", 256 if quick else 1024)
         self.s2_count = env_int("BENCH_PEERS_S2_COUNT", 200 if quick else 1000)
         self.s2_size = env_int("BENCH_PEERS_S2_BYTES", 4096)
+        self.edged_toml = os.environ.get("BENCH_PEERS_EDGED_TOML", "")
         self.s3_mib = env_int("BENCH_PEERS_S3_MIB", 64 if quick else 256)
         self.s5_mib = env_int("BENCH_PEERS_S5_MIB", 64 if quick else 256)
         self.s5_hops = env_int("BENCH_PEERS_S5_HOPS", 10)

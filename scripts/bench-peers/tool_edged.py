@@ -56,6 +56,8 @@ class Fleet:
                 toml += ["[[known_peers]]", f'id = "{p}"', f'addr = "127.0.0.1:{ports[p]}"']
             toml += ["[publishers]", f'trusted = ["{ctx.data.publisher}"]',
                      "[store]", f"ceiling_bytes = {CEILING_BYTES}", "min_free_bytes = 0"]
+            if ctx.edged_toml:
+                toml.append(ctx.edged_toml)
             with open(self.cfg(node), "w") as f:
                 f.write("\n".join(toml) + "\n")
 

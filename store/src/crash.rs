@@ -14,8 +14,10 @@
 //!
 //! Names are stable: tests, the failure-injection suite and the docs refer to them.
 //! [`POINTS`] lists the store's own points (ingest, checkpoint, eviction), which the store's
-//! crash test reaches with a store-only workload; [`RELAY_POINTS`] lists the relay's, which only
-//! a running relay reaches. [`all_points`] is both.
+//! crash test reaches with a store-only workload; [`GROUP_POINTS`] the committer's points inside
+//! a group commit, which only concurrent writers reach (a pipelined import, many segments
+//! arriving at once); [`RELAY_POINTS`] lists the relay's, which only a running relay reaches.
+//! [`all_points`] is all of them.
 
 /// `name:k` — abort at the k-th hit of the crash point `name`.
 pub const CRASH_AT_ENV: &str = "EDGED_CRASH_AT";
@@ -44,9 +46,17 @@ pub const RELAY_POINTS: &[&str] = &[
     RELAY_AFTER_REQUEUE_COMMIT,
 ];
 
-/// Every crash point: the store's, then the relay's.
+/// The committer's points inside a group commit: a batch of two or more operations (ingests,
+/// relay outcomes, checkpoints, in any mix), in path order.
+pub const GROUP_POINTS: &[&str] = &[COMMIT_GROUP_BEFORE_COMMIT, COMMIT_GROUP_AFTER_COMMIT];
+
+/// Every crash point: the store's, the committer's, then the relay's.
 pub fn all_points() -> impl Iterator<Item = &'static str> {
-    POINTS.iter().chain(RELAY_POINTS).copied()
+    POINTS
+        .iter()
+        .chain(GROUP_POINTS)
+        .chain(RELAY_POINTS)
+        .copied()
 }
 
 /// Each payload chunk written to the temp file.
@@ -71,6 +81,13 @@ pub const CHECKPOINT_AFTER_COMMIT: &str = "checkpoint.after_commit";
 pub const EVICT_AFTER_COMMIT: &str = "evict.after_commit";
 /// Evicted files removed, directory not yet fsynced.
 pub const EVICT_AFTER_REMOVE: &str = "evict.after_remove";
+
+/// Every operation of a batch of two or more has written its rows into the one transaction;
+/// it is not committed, and none of them has been answered. A hit per such batch.
+pub const COMMIT_GROUP_BEFORE_COMMIT: &str = "commit.group_before_commit";
+/// A batch of two or more operations is committed (durable); none of them has been answered
+/// yet. A hit per such batch.
+pub const COMMIT_GROUP_AFTER_COMMIT: &str = "commit.group_after_commit";
 
 /// The starts of a batch of attempts are committed (attempts counted, crash-retry due times
 /// set); no transfer has begun. A hit per batch with at least one attempt started.
@@ -150,5 +167,6 @@ mod tests {
         assert_eq!(unique.len(), all.len(), "{all:?}");
         assert!(RELAY_POINTS.iter().all(|p| p.starts_with("relay.")));
         assert!(POINTS.iter().all(|p| !p.starts_with("relay.")));
+        assert!(GROUP_POINTS.iter().all(|p| p.starts_with("commit.group_")));
     }
 }

@@ -11,13 +11,14 @@
 //! A logical failure is part of the operation's own result type (`T`), and an operation that
 //! reports one must not have written anything.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use redb::{Database, WriteTransaction};
 
+use crate::crash;
 use crate::error::StoreError;
 use crate::limits::{COMMIT_BATCH_MAX, COMMIT_QUEUE_MAX};
 
@@ -32,16 +33,29 @@ pub struct Writer {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Batches that ended (committed or not) so far; see [`Writer::generation`].
     generation: Arc<AtomicU64>,
+    counts: Arc<Counts>,
+}
+
+/// What the committer has done, for operators and tests.
+#[derive(Debug, Default)]
+struct Counts {
+    /// Operations submitted and not yet taken into a batch.
+    queued: AtomicUsize,
+    /// Operations in batches that committed.
+    ops_committed: AtomicU64,
+    /// The most operations one committed batch held.
+    largest_batch: AtomicUsize,
 }
 
 impl Writer {
     pub(crate) fn start(db: Arc<Database>) -> Result<Writer, StoreError> {
         let (tx, rx) = sync_channel::<Job>(COMMIT_QUEUE_MAX);
         let generation = Arc::new(AtomicU64::new(0));
-        let ended = generation.clone();
+        let counts = Arc::new(Counts::default());
+        let (ended, counted) = (generation.clone(), counts.clone());
         let thread = std::thread::Builder::new()
             .name("store-committer".into())
-            .spawn(move || run(&db, &rx, &ended))
+            .spawn(move || run(&db, &rx, &ended, &counted))
             .map_err(|source| StoreError::Io {
                 op: "spawn committer thread",
                 path: Default::default(),
@@ -51,7 +65,24 @@ impl Writer {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             generation,
+            counts,
         })
+    }
+
+    /// Operations waiting for the committer (submitted, not yet in a batch).
+    pub fn queued(&self) -> usize {
+        self.counts.queued.load(Ordering::Acquire)
+    }
+
+    /// Operations that have been committed so far: with [`Writer::generation`] (the batches),
+    /// how many writes one commit pays for on average.
+    pub fn ops_committed(&self) -> u64 {
+        self.counts.ops_committed.load(Ordering::Acquire)
+    }
+
+    /// The most operations one committed batch has held so far.
+    pub fn largest_batch(&self) -> usize {
+        self.counts.largest_batch.load(Ordering::Acquire)
     }
 
     /// A number that changes whenever a write batch has ended, before any of its operations is
@@ -100,7 +131,11 @@ impl Writer {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or(StoreError::Closed)?;
-        tx.send(job).map_err(|_| StoreError::Closed)
+        self.counts.queued.fetch_add(1, Ordering::AcqRel);
+        tx.send(job).map_err(|_| {
+            self.counts.queued.fetch_sub(1, Ordering::AcqRel);
+            StoreError::Closed
+        })
     }
 
     /// Stops accepting work, lets queued operations commit, and joins the thread.
@@ -124,7 +159,7 @@ impl Drop for Writer {
     }
 }
 
-fn run(db: &Database, rx: &Receiver<Job>, generation: &AtomicU64) {
+fn run(db: &Database, rx: &Receiver<Job>, generation: &AtomicU64, counts: &Counts) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < COMMIT_BATCH_MAX {
@@ -133,11 +168,13 @@ fn run(db: &Database, rx: &Receiver<Job>, generation: &AtomicU64) {
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        commit_batch(db, batch, generation);
+        counts.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        commit_batch(db, batch, generation, counts);
     }
 }
 
-fn commit_batch(db: &Database, batch: Vec<Job>, generation: &AtomicU64) {
+fn commit_batch(db: &Database, batch: Vec<Job>, generation: &AtomicU64, counts: &Counts) {
+    let group = batch.len() > 1;
     let txn = match db.begin_write() {
         Ok(txn) => txn,
         Err(e) => {
@@ -159,7 +196,16 @@ fn commit_batch(db: &Database, batch: Vec<Job>, generation: &AtomicU64) {
         }
     }
     let result = match failure {
-        None => txn.commit().map_err(|e| e.to_string()),
+        None => {
+            if group {
+                crash::point(crash::COMMIT_GROUP_BEFORE_COMMIT);
+            }
+            let committed = txn.commit().map_err(|e| e.to_string());
+            if group && committed.is_ok() {
+                crash::point(crash::COMMIT_GROUP_AFTER_COMMIT);
+            }
+            committed
+        }
         Some(reason) => {
             if let Err(e) = txn.abort() {
                 tracing::error!(error = %e, "abort of a failed batch failed");
@@ -167,8 +213,18 @@ fn commit_batch(db: &Database, batch: Vec<Job>, generation: &AtomicU64) {
             Err(reason)
         }
     };
-    if let Err(reason) = &result {
-        tracing::error!(error = %reason, ops = completions.len(), "write batch failed");
+    match &result {
+        Ok(()) => {
+            counts
+                .ops_committed
+                .fetch_add(completions.len() as u64, Ordering::AcqRel);
+            counts
+                .largest_batch
+                .fetch_max(completions.len(), Ordering::AcqRel);
+        }
+        Err(reason) => {
+            tracing::error!(error = %reason, ops = completions.len(), "write batch failed")
+        }
     }
     // Before any answer: whoever learns of this write and then reads sees a new generation.
     generation.fetch_add(1, Ordering::AcqRel);
