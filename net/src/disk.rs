@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use store::inflight::{InFlight, InFlightEnd, Slice};
+use store::inflight::{GroupError, InFlight, InFlightEnd, Slice};
 use store::{Ingest, IngestError, SegmentReader, Stored};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -239,10 +239,12 @@ pub(crate) enum PayloadSource {
     InFlight(Box<InFlightFeed>),
 }
 
-/// Feeds a send from a segment in flight ([`store::inflight`]): the outboard, then each verified
-/// group as it is published, from memory. A forward that falls behind the ring (a slower peer)
-/// or outlives the receipt (the segment got stored) reads whole groups from the file instead,
-/// each checked against the outboard: it slows nobody else and still sends only verified bytes.
+/// Feeds a send from a ring of verified groups ([`store::inflight`]): the outboard, then each
+/// verified group as it is published, from memory. A forward that falls behind the ring (a
+/// slower peer) or outlives the receipt (the segment got stored) reads whole groups from the
+/// file instead, each checked against the outboard: it slows nobody else and still sends only
+/// verified bytes. On a shared read of a stored segment the send that needs the next group
+/// first reads it for all, and reads the one after it in the background while it sends.
 pub(crate) struct InFlightFeed {
     inflight: Arc<InFlight>,
     mode: DiskMode,
@@ -294,7 +296,21 @@ impl InFlightFeed {
             match self.inflight.read(self.pos, PAYLOAD_CHUNK_BYTES) {
                 Slice::Data(bytes) => {
                     self.pos += bytes.len() as u64;
+                    self.read_ahead();
                     return FromDisk::Data(bytes);
+                }
+                Slice::Pending if self.inflight.fills_on_demand() => {
+                    let inflight = self.inflight.clone();
+                    match blocking(self.mode, move || inflight.fill_next()).await {
+                        Ok(Ok(true)) => {}
+                        // Another send is reading it: wait for it.
+                        Ok(Ok(false)) => {
+                            let inflight = self.inflight.clone();
+                            std::future::poll_fn(|cx| inflight.poll_changed(cx, seen)).await;
+                        }
+                        Ok(Err(e)) => return self.group_failed(e),
+                        Err(e) => return FromDisk::Io(e.to_string()),
+                    }
                 }
                 Slice::Pending => {
                     let inflight = self.inflight.clone();
@@ -308,14 +324,41 @@ impl InFlightFeed {
                             let start = index * store::outboard::GROUP_BYTES;
                             self.from_file = Some((start, bytes));
                         }
-                        Ok(Err(e)) => return FromDisk::Io(e),
+                        Ok(Err(e)) => return self.group_failed(e),
                         Err(e) => return FromDisk::Io(e.to_string()),
                     }
                 }
+                Slice::Corrupt(reason) => return FromDisk::Corrupt(reason),
                 Slice::Ended(InFlightEnd::Abandoned) => {
                     return FromDisk::Io("the upstream transfer it forwards was abandoned".into());
                 }
             }
+        }
+    }
+}
+
+impl InFlightFeed {
+    /// A group that did not match its CV is a corrupt stored copy when this is a shared read of
+    /// it (the send is aborted and the segment quarantined); for a receipt it is an error of
+    /// this forward only.
+    fn group_failed(&self, e: GroupError) -> FromDisk {
+        match e {
+            GroupError::Mismatch(reason) if self.inflight.fills_on_demand() => {
+                FromDisk::Corrupt(reason)
+            }
+            e => FromDisk::Io(e.to_string()),
+        }
+    }
+
+    /// On a shared read, the send at the front reads the next group on a blocking thread
+    /// while it sends this one, so the network never waits for the disk between groups.
+    /// (Inline mode reads it when it is needed instead: nothing runs in the background there.)
+    fn read_ahead(&self) {
+        if self.mode == DiskMode::Threads && self.inflight.wants_fill(self.pos) {
+            let inflight = self.inflight.clone();
+            // A failure shows to whoever reads next: a corrupt group marks the ring, and an
+            // I/O error is met again by the send that needs the group.
+            drop(tokio::task::spawn_blocking(move || inflight.fill_next()));
         }
     }
 }

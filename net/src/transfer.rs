@@ -27,8 +27,11 @@
 //! being told `Busy` for as long as the first one likes; the preempted sender is answered
 //! `Busy` and its stream is stopped with [`StreamCode::Preempted`](crate::wire::StreamCode::Preempted).
 //!
-//! Sender guarantees: the bytes sent are hashed as they are read from the stored copy
-//! (including the prefix skipped when resuming); if the copy is corrupt the stream is reset
+//! Sender guarantees: every byte sent was checked against the manifest's root as it was read
+//! from the stored copy — a payload of one group or less hashed whole (including the prefix
+//! skipped when resuming), a larger one group by group against its outboard, each group read
+//! and checked once for all the sends of the segment running at the same time
+//! ([`store::Store::open_shared`]); if the copy is corrupt the stream is reset
 //! with [`StreamCode::LocalCorrupt`](crate::wire::StreamCode::LocalCorrupt) instead of being finished — so the receiver can never
 //! commit it — and the segment is quarantined (INV-24).
 
@@ -37,6 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use quinn::{RecvStream, SendStream};
+use store::inflight::Opened;
 use store::manifest::VerifyError;
 use store::segfile::SegFileError;
 use store::{Begin, Ingest, IngestError, IngestOptions, SegmentId, SegmentReader, Store, Stored};
@@ -284,9 +288,10 @@ async fn drop_blocking(ctx: &Ctx, ingest: Box<Ingest>) {
 
 /// What a send streams from.
 pub(crate) enum Source {
-    /// The stored copy.
+    /// The stored copy, read and hashed by this send alone (a payload of one group or less).
     Stored(Box<SegmentReader>),
-    /// A segment still arriving here: its verified groups (cut-through).
+    /// Verified groups: of a segment still arriving here (cut-through), or of a stored one,
+    /// read once for every send of it running at the same time (fan-out from one read).
     InFlight(Arc<store::inflight::InFlight>),
 }
 
@@ -310,8 +315,9 @@ impl Source {
     }
 }
 
-/// Opens a segment for sending (off the async threads): the stored copy, or else, while it is
-/// still arriving with its outboard, its verified groups. `Err` is the outcome to report.
+/// Opens a segment for sending (off the async threads): the stored copy — through a read shared
+/// with the other sends of it running now, when it has more than one group — or else, while it
+/// is still arriving with its outboard, its verified groups. `Err` is the outcome to report.
 pub(crate) async fn open_for_send(ctx: &Ctx, id: SegmentId) -> Result<Source, SendOutcome> {
     match open_stored(ctx, id).await {
         Err(SendOutcome::NotStored) => match ctx.store.in_flight(&id) {
@@ -321,19 +327,24 @@ pub(crate) async fn open_for_send(ctx: &Ctx, id: SegmentId) -> Result<Source, Se
             Some(f) => Ok(Source::InFlight(f)),
             None => Err(SendOutcome::NotStored),
         },
-        opened => opened.map(|r| Source::Stored(Box::new(r))),
+        opened => opened,
     }
 }
 
-async fn open_stored(ctx: &Ctx, id: SegmentId) -> Result<SegmentReader, SendOutcome> {
+async fn open_stored(ctx: &Ctx, id: SegmentId) -> Result<Source, SendOutcome> {
     let store = ctx.store.clone();
     let now = ctx.clock.now_ms();
-    match disk::blocking(ctx.cfg.disk_mode, move || store.open_for_read(&id, now)).await {
+    let opened = disk::blocking(ctx.cfg.disk_mode, move || store.open_shared(&id, now)).await;
+    let source = |opened: Opened| match opened {
+        Opened::Shared(f) => Source::InFlight(f),
+        Opened::Alone(reader) => Source::Stored(reader),
+    };
+    match opened.map(|r| r.map(source)) {
         // An expired segment is relayed to nobody, whether pushed or pulled (INV-16): the relay
         // cancels its jobs when they come due, and this keeps catch-up from serving it until
         // the next sweep evicts it.
-        Ok(Ok(reader)) if reader.manifest().manifest().is_expired(now) => Err(SendOutcome::Expired),
-        Ok(Ok(reader)) => Ok(reader),
+        Ok(Ok(source)) if source.manifest().manifest().is_expired(now) => Err(SendOutcome::Expired),
+        Ok(Ok(source)) => Ok(source),
         Ok(Err(store::StoreError::NotFound(_) | store::StoreError::Evicting(_))) => {
             Err(SendOutcome::NotStored)
         }

@@ -1,9 +1,18 @@
-//! Segments being received, readable while they arrive: verified groups only.
+//! Segments readable by many senders from one read: verified groups only.
 //!
-//! An ingest that was given its payload's outboard ([`crate::Ingest::set_outboard`]) publishes
-//! each group here once it hashed to its CV, and only then. A forwarder (the network layer
-//! sending the segment on before this node has it whole) reads from here; it can never see a
-//! byte that did not verify, and it never touches the temp file.
+//! Two kinds share this ring of verified groups:
+//!
+//! - **Receipts.** An ingest that was given its payload's outboard
+//!   ([`crate::Ingest::set_outboard`]) publishes each group here once it hashed to its CV, and
+//!   only then. A forwarder (the network layer sending the segment on before this node has it
+//!   whole) reads from here; it can never see a byte that did not verify, and it never touches
+//!   the temp file.
+//! - **Shared reads of a stored segment** ([`Store::open_shared`]). Sends of one stored segment
+//!   that run at the same time (to several peers) attach to one of these: the reader that needs
+//!   the next group first reads it from the file and checks it against the outboard
+//!   ([`InFlight::fill_next`]), and the others take it from memory. So the segment is read and
+//!   hashed once, not once per peer. It holds the segment's read lease (no eviction meanwhile)
+//!   and lives as long as one of its readers.
 //!
 //! Memory is bounded per segment: the last [`INFLIGHT_RING_GROUPS`] groups are kept. A reader
 //! that falls further behind than that is told so ([`Slice::Behind`]) and gives up; the
@@ -14,17 +23,21 @@
 //! the single-threaded deterministic simulation.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
+use crate::error::StoreError;
 use crate::fs::Fs;
 use crate::id::SegmentId;
 use crate::limits::INFLIGHT_RING_GROUPS;
 use crate::manifest::SignedManifest;
-use crate::outboard::{GROUP_BYTES, Outboard, group_cv};
+use crate::outboard::{self, GROUP_BYTES, Outboard, group_cv};
+use crate::read::SegmentReader;
+use crate::store::Store;
 
 /// How a segment's receipt ended, as its readers see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +60,25 @@ pub enum Slice {
     Behind,
     /// The receipt ended before that position was published.
     Ended(InFlightEnd),
+    /// A shared read found the stored copy corrupt (a group does not match its CV).
+    Corrupt(String),
+}
+
+/// Why a group could not be read from the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupError {
+    /// The bytes on disk are not the group the outboard names: the copy is corrupt.
+    Mismatch(String),
+    /// The file could not be read.
+    Io(String),
+}
+
+impl std::fmt::Display for GroupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GroupError::Mismatch(s) | GroupError::Io(s) => f.write_str(s),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -56,6 +88,10 @@ struct Ring {
     /// Payload bytes published so far (the end of the last group).
     verified: u64,
     ended: Option<InFlightEnd>,
+    /// A shared read: a reader is reading the next group from the file.
+    filling: bool,
+    /// A shared read found the copy corrupt.
+    corrupt: Option<String>,
     /// Bumped at every change; readers wait for it to move.
     version: u64,
     wakers: Vec<Waker>,
@@ -72,23 +108,34 @@ pub(crate) struct Files {
     pub header_bytes: u64,
 }
 
-/// One segment being received with an outboard.
+/// Where a ring's groups come from.
+#[derive(Debug)]
+enum Origin {
+    /// A receipt: its ingest publishes; a reader behind the ring reads the temp or stored file.
+    Receipt(Files),
+    /// A shared read of a stored segment, through its open reader (which holds the lease), and
+    /// the store's count of groups that shared reads read from their files.
+    Stored(Box<Mutex<SegmentReader>>, Arc<AtomicU64>),
+}
+
+/// One segment readable from verified groups: being received with an outboard, or stored and
+/// read by several senders at once (see the module docs).
 #[derive(Debug)]
 pub struct InFlight {
     id: SegmentId,
     manifest: SignedManifest,
     outboard: Outboard,
-    files: Files,
+    origin: Origin,
     ring: Mutex<Ring>,
 }
 
 impl InFlight {
-    fn new(manifest: SignedManifest, outboard: Outboard, files: Files, start: u64) -> Self {
+    fn new(manifest: SignedManifest, outboard: Outboard, origin: Origin, start: u64) -> Self {
         InFlight {
             id: manifest.id(),
             manifest,
             outboard,
-            files,
+            origin,
             ring: Mutex::new(Ring {
                 verified: start,
                 ..Ring::default()
@@ -96,34 +143,109 @@ impl InFlight {
         }
     }
 
-    /// Group `index`, read from the file (for a reader behind the ring) and checked against its
-    /// CV: only verified bytes come out of here too. Blocking I/O. Only groups already
-    /// published (or, once stored, any group) are asked for.
-    pub fn read_group(&self, index: u64) -> Result<Vec<u8>, String> {
+    /// Group `index`, read from the file (for a reader behind the ring, or to fill a shared
+    /// read) and checked against its CV: only verified bytes come out of here too. Blocking
+    /// I/O. Only groups already published (or, once stored, any group) are asked for.
+    pub fn read_group(&self, index: u64) -> Result<Vec<u8>, GroupError> {
         let len = self.manifest.manifest().payload_len;
         let start = index * GROUP_BYTES;
         let Some(expected) = self.outboard.cv(index) else {
-            return Err(format!("no group {index}"));
+            return Err(GroupError::Io(format!("no group {index}")));
         };
         let want = (len - start).min(GROUP_BYTES);
-        let f = &self.files;
-        let mut file = match f.fs.open_read(&f.tmp) {
-            Ok(file) => file,
-            // Renamed into place meanwhile: it is stored.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                f.fs.open_read(&f.stored).map_err(|e| e.to_string())?
-            }
-            Err(e) => return Err(e.to_string()),
-        };
+        let io = |e: std::io::Error| GroupError::Io(e.to_string());
         // Cannot truncate: at most GROUP_BYTES.
         let mut bytes = vec![0u8; want as usize];
-        file.seek(SeekFrom::Start(f.header_bytes + start))
-            .and_then(|_| file.read_exact(&mut bytes))
-            .map_err(|e| e.to_string())?;
+        match &self.origin {
+            Origin::Receipt(f) => {
+                let mut file = match f.fs.open_read(&f.tmp) {
+                    Ok(file) => file,
+                    // Renamed into place meanwhile: it is stored.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        f.fs.open_read(&f.stored).map_err(io)?
+                    }
+                    Err(e) => return Err(io(e)),
+                };
+                file.seek(SeekFrom::Start(f.header_bytes + start))
+                    .and_then(|_| file.read_exact(&mut bytes))
+                    .map_err(io)?;
+            }
+            Origin::Stored(reader, groups_read) => {
+                groups_read.fetch_add(1, Ordering::Relaxed);
+                let mut reader = reader.lock().unwrap_or_else(|e| e.into_inner());
+                let at = reader.header_bytes() + start;
+                let file = reader.payload();
+                file.seek(SeekFrom::Start(at))
+                    .and_then(|_| file.read_exact(&mut bytes))
+                    .map_err(|e| match e.kind() {
+                        std::io::ErrorKind::UnexpectedEof => GroupError::Mismatch(format!(
+                            "the stored copy ends within group {index}"
+                        )),
+                        _ => io(e),
+                    })?;
+            }
+        }
         if group_cv(index, &bytes) != *expected {
-            return Err(format!("group {index} on disk does not match the outboard"));
+            return Err(GroupError::Mismatch(format!(
+                "group {index} on disk does not match the outboard"
+            )));
         }
         Ok(bytes)
+    }
+
+    /// Whether readers fill this ring themselves ([`InFlight::fill_next`]): a shared read of a
+    /// stored segment.
+    pub fn fills_on_demand(&self) -> bool {
+        matches!(self.origin, Origin::Stored(..))
+    }
+
+    /// Whether the ring's next group should be read now for a reader at `pos`: a shared read,
+    /// not ended, no fill running, and `pos` in the last group published (or at its end).
+    pub fn wants_fill(&self, pos: u64) -> bool {
+        if !self.fills_on_demand() {
+            return false;
+        }
+        let ring = self.ring();
+        let last_start = ring.groups.back().map_or(ring.verified, |(s, _)| *s);
+        ring.ended.is_none() && !ring.filling && pos >= last_start
+    }
+
+    /// A shared read: reads the next group from the file, checks it and publishes it. `Ok(false)`
+    /// when another reader is filling already or everything is published (wait for the ring to
+    /// change, [`InFlight::poll_changed`]). A corrupt group ends the ring for every reader
+    /// ([`Slice::Corrupt`]). Blocking I/O.
+    pub fn fill_next(&self) -> Result<bool, GroupError> {
+        let len = self.manifest.manifest().payload_len;
+        let index = {
+            let mut ring = self.ring();
+            if !self.fills_on_demand() || ring.filling || ring.ended.is_some() {
+                return Ok(false);
+            }
+            ring.filling = true;
+            ring.verified / GROUP_BYTES
+        };
+        let read = self.read_group(index);
+        let mut ring = self.ring();
+        ring.filling = false;
+        match read {
+            Ok(bytes) => {
+                Self::push(&mut ring, bytes);
+                if ring.verified >= len {
+                    ring.ended = Some(InFlightEnd::Stored);
+                }
+                Self::change(&mut ring);
+                Ok(true)
+            }
+            Err(e) => {
+                if let GroupError::Mismatch(reason) = &e {
+                    ring.corrupt = Some(reason.clone());
+                    ring.ended = Some(InFlightEnd::Abandoned);
+                    ring.groups.clear();
+                }
+                Self::change(&mut ring);
+                Err(e)
+            }
+        }
     }
 
     pub fn id(&self) -> SegmentId {
@@ -150,6 +272,9 @@ impl InFlight {
     /// At most `max` verified bytes from payload offset `pos`.
     pub fn read(&self, pos: u64, max: usize) -> Slice {
         let ring = self.ring();
+        if let Some(reason) = &ring.corrupt {
+            return Slice::Corrupt(reason.clone());
+        }
         let Some((first, _)) = ring.groups.front() else {
             return match ring.ended {
                 Some(end) => Slice::Ended(end),
@@ -207,13 +332,17 @@ impl InFlight {
         if ring.ended.is_some() || bytes.is_empty() {
             return;
         }
+        Self::push(&mut ring, bytes);
+        Self::change(&mut ring);
+    }
+
+    fn push(ring: &mut Ring, bytes: Vec<u8>) {
         let start = ring.verified;
         ring.verified += bytes.len() as u64;
         ring.groups.push_back((start, Arc::new(bytes)));
         while ring.groups.len() > INFLIGHT_RING_GROUPS {
             ring.groups.pop_front();
         }
-        Self::change(&mut ring);
     }
 
     pub(crate) fn end(&self, end: InFlightEnd) {
@@ -225,6 +354,94 @@ impl InFlight {
             }
             Self::change(&mut ring);
         }
+    }
+}
+
+/// A stored segment opened for sending ([`Store::open_shared`]).
+#[derive(Debug)]
+pub enum Opened {
+    /// Read through a ring shared with the other sends of the segment running now.
+    Shared(Arc<InFlight>),
+    /// Read alone: a payload of one group or less (nothing to share), or a segment without a
+    /// usable outboard (its send reads and hashes the whole payload, and finds the damage).
+    Alone(Box<SegmentReader>),
+}
+
+impl Store {
+    /// Opens stored segment `id` for a send, sharing one read of it with the other sends of it
+    /// running at the same time (see the module docs). The same checks as
+    /// [`Store::open_for_read`]; blocking I/O (the first send of a segment whose outboard was
+    /// never recorded hashes it once to record it).
+    pub fn open_shared(&self, id: &SegmentId, now_ms: u64) -> Result<Opened, StoreError> {
+        let shared = &self.inner.shared;
+        if let Some(f) = shared.get(id) {
+            return Ok(Opened::Shared(f));
+        }
+        let mut reader = self.open_for_read(id, now_ms)?;
+        let m = reader.manifest().manifest();
+        let (len, root) = (m.payload_len, m.payload_hash);
+        if outboard::outboard_len(len) == 0 {
+            return Ok(Opened::Alone(Box::new(reader)));
+        }
+        let parsed = reader
+            .outboard()
+            .ok()
+            .and_then(|bytes| Outboard::parse(&bytes, len, &root).ok());
+        let Some(outboard) = parsed else {
+            return Ok(Opened::Alone(Box::new(reader)));
+        };
+        let signed = reader.manifest().clone();
+        let origin = Origin::Stored(Box::new(Mutex::new(reader)), shared.groups_read.clone());
+        let fresh = InFlight::new(signed, outboard, origin, 0);
+        Ok(Opened::Shared(shared.insert_or_join(Arc::new(fresh))))
+    }
+
+    /// Groups that shared reads of stored segments have read from their files so far: with one
+    /// send per segment, one per group sent; with several at once, still about one per group.
+    pub fn shared_groups_read(&self) -> u64 {
+        self.inner.shared.groups_read.load(Ordering::Relaxed)
+    }
+}
+
+/// Shared reads of stored segments that have a reader now, by id. Held weakly: a shared read
+/// lives as long as one of its senders.
+#[derive(Debug, Default)]
+pub(crate) struct SharedReads {
+    map: Mutex<BTreeMap<SegmentId, Weak<InFlight>>>,
+    groups_read: Arc<AtomicU64>,
+}
+
+impl SharedReads {
+    fn map(&self) -> MutexGuard<'_, BTreeMap<SegmentId, Weak<InFlight>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The shared read of `id` that is still reading, if any. One that has read everything
+    /// (or found the copy corrupt) takes no newcomers: they would only read behind its ring.
+    fn get(&self, id: &SegmentId) -> Option<Arc<InFlight>> {
+        let mut map = self.map();
+        let live = map
+            .get(id)
+            .and_then(Weak::upgrade)
+            .filter(|f| f.ring().ended.is_none());
+        if live.is_none() {
+            map.remove(id);
+        }
+        live
+    }
+
+    /// Registers `fresh`, or joins the shared read of the same segment another send opened
+    /// meanwhile (then `fresh` and its lease are dropped). Forgets dead entries on the way.
+    fn insert_or_join(&self, fresh: Arc<InFlight>) -> Arc<InFlight> {
+        let mut map = self.map();
+        map.retain(|_, w| w.strong_count() > 0);
+        if let Some(live) = map.get(&fresh.id()).and_then(Weak::upgrade)
+            && live.ring().ended.is_none()
+        {
+            return live;
+        }
+        map.insert(fresh.id(), Arc::downgrade(&fresh));
+        fresh
     }
 }
 
@@ -247,7 +464,12 @@ impl Registry {
         files: Files,
         start: u64,
     ) -> Arc<InFlight> {
-        let inflight = Arc::new(InFlight::new(manifest, outboard, files, start));
+        let inflight = Arc::new(InFlight::new(
+            manifest,
+            outboard,
+            Origin::Receipt(files),
+            start,
+        ));
         if let Some(old) = self.map().insert(inflight.id(), inflight.clone()) {
             old.end(InFlightEnd::Abandoned);
         }

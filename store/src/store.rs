@@ -210,6 +210,7 @@ pub(crate) struct Inner {
     pub(crate) acct: Mutex<Accounting>,
     pub(crate) quarantine_watchers: Watchers,
     pub(crate) inflight: crate::inflight::Registry,
+    pub(crate) shared: crate::inflight::SharedReads,
     pub(crate) cached: Mutex<Cached>,
 }
 
@@ -306,6 +307,7 @@ impl Store {
                 acct: Mutex::new(acct),
                 quarantine_watchers: Watchers::default(),
                 inflight: Default::default(),
+                shared: Default::default(),
                 cached: Mutex::new(Cached::default()),
             }),
         };
