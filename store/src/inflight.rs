@@ -92,6 +92,10 @@ struct Ring {
     filling: bool,
     /// A shared read found the copy corrupt.
     corrupt: Option<String>,
+    /// A shared read: the buffer of the group that last left the ring, for the next fill (so
+    /// a shared read allocates its few buffers once, not one per group on whichever blocking
+    /// thread reads it, which spread them over the allocator's arenas).
+    spare: Option<Vec<u8>>,
     /// Bumped at every change; readers wait for it to move.
     version: u64,
     wakers: Vec<Waker>,
@@ -147,6 +151,11 @@ impl InFlight {
     /// read) and checked against its CV: only verified bytes come out of here too. Blocking
     /// I/O. Only groups already published (or, once stored, any group) are asked for.
     pub fn read_group(&self, index: u64) -> Result<Vec<u8>, GroupError> {
+        self.read_group_into(index, Vec::new())
+    }
+
+    /// [`InFlight::read_group`] into `bytes` (its capacity reused).
+    fn read_group_into(&self, index: u64, mut bytes: Vec<u8>) -> Result<Vec<u8>, GroupError> {
         let len = self.manifest.manifest().payload_len;
         let start = index * GROUP_BYTES;
         let Some(expected) = self.outboard.cv(index) else {
@@ -155,7 +164,7 @@ impl InFlight {
         let want = (len - start).min(GROUP_BYTES);
         let io = |e: std::io::Error| GroupError::Io(e.to_string());
         // Cannot truncate: at most GROUP_BYTES.
-        let mut bytes = vec![0u8; want as usize];
+        bytes.resize(want as usize, 0);
         match &self.origin {
             Origin::Receipt(f) => {
                 let mut file = match f.fs.open_read(&f.tmp) {
@@ -216,20 +225,23 @@ impl InFlight {
     /// ([`Slice::Corrupt`]). Blocking I/O.
     pub fn fill_next(&self) -> Result<bool, GroupError> {
         let len = self.manifest.manifest().payload_len;
-        let index = {
+        let (index, buf) = {
             let mut ring = self.ring();
             if !self.fills_on_demand() || ring.filling || ring.ended.is_some() {
                 return Ok(false);
             }
             ring.filling = true;
-            ring.verified / GROUP_BYTES
+            (
+                ring.verified / GROUP_BYTES,
+                ring.spare.take().unwrap_or_default(),
+            )
         };
-        let read = self.read_group(index);
+        let read = self.read_group_into(index, buf);
         let mut ring = self.ring();
         ring.filling = false;
         match read {
             Ok(bytes) => {
-                Self::push(&mut ring, bytes);
+                Self::push(&mut ring, bytes, true);
                 if ring.verified >= len {
                     ring.ended = Some(InFlightEnd::Stored);
                 }
@@ -332,16 +344,23 @@ impl InFlight {
         if ring.ended.is_some() || bytes.is_empty() {
             return;
         }
-        Self::push(&mut ring, bytes);
+        Self::push(&mut ring, bytes, false);
         Self::change(&mut ring);
     }
 
-    fn push(ring: &mut Ring, bytes: Vec<u8>) {
+    /// Appends a group, dropping the oldest past the ring's size; `keep_spare` keeps the
+    /// dropped group's buffer for the next fill of a shared read.
+    fn push(ring: &mut Ring, bytes: Vec<u8>, keep_spare: bool) {
         let start = ring.verified;
         ring.verified += bytes.len() as u64;
         ring.groups.push_back((start, Arc::new(bytes)));
         while ring.groups.len() > INFLIGHT_RING_GROUPS {
-            ring.groups.pop_front();
+            if let Some((_, gone)) = ring.groups.pop_front()
+                && keep_spare
+                && let Ok(buf) = Arc::try_unwrap(gone)
+            {
+                ring.spare = Some(buf);
+            }
         }
     }
 
