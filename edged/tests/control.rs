@@ -771,3 +771,73 @@ fn imports_sent_without_waiting_are_answered_in_order_and_a_later_request_after_
         "the connection is closed after a cut".into()
     });
 }
+
+/// An import whose outboard is declared larger than any segment's is refused before a byte of
+/// it is read, the connection closed, nothing stored; the daemon goes on serving.
+#[test]
+fn inv_17_an_import_outboard_larger_than_any_segments_is_refused_unread() {
+    let mut f = Fleet::new(1, &[], |_| NodeOptions::default());
+    f.start(1);
+    let mut s = UnixStream::connect(f.node(1).control_socket()).unwrap();
+    send_frame(
+        &mut s,
+        &json!({ "op": "import", "file_name": "big.seg", "len": 4096, "outboard_len": 1u64 << 40 }),
+    );
+    let answer = read_frame(&mut s, Duration::from_secs(5));
+    f.check(
+        answer.as_ref().is_some_and(|a| {
+            a["kind"] == "error"
+                && a["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("larger than any segment"))
+        }),
+        || format!("the client is told why: {answer:?}"),
+    );
+    f.check(closed_within(&mut s, Duration::from_secs(5)), || {
+        "the connection stays open after a refused body".into()
+    });
+    f.check(f.segment_ids(1).is_empty(), || "nothing stored".into());
+    let o = f.cli(1, &["status"]);
+    f.check(o.status.success(), || format!("status: {}", stderr(&o)));
+}
+
+/// An import whose outboard does not hash to the segment's signed root stores nothing and
+/// leaves nothing in tmp/; the same file with its own outboard (the CLI's) is imported.
+#[test]
+fn inv_02_an_import_with_a_wrong_outboard_stores_nothing() {
+    const PAYLOAD: u64 = (3 << 20) + 100;
+    // 32 bytes of chaining value per 1 MiB group.
+    const OUTBOARD: usize = 4 * 32;
+    let mut f = Fleet::new(1, &[], |_| NodeOptions::default());
+    f.start(1);
+    let usb = f.path("usb");
+    std::fs::create_dir(&usb).unwrap();
+    let (seg, _) = f.make_segment("groups", PAYLOAD, &usb);
+    let bytes = std::fs::read(&seg).unwrap();
+    let mut s = UnixStream::connect(f.node(1).control_socket()).unwrap();
+    send_frame(
+        &mut s,
+        &json!({ "op": "import", "file_name": "groups.seg", "len": bytes.len(), "outboard_len": OUTBOARD }),
+    );
+    s.write_all(&[0x5a; OUTBOARD]).unwrap();
+    // The daemon may stop reading at the bad outboard: the rest of the body need not go in.
+    let _ = s.write_all(&bytes);
+    let answer = read_frame(&mut s, Duration::from_secs(10));
+    f.check(
+        answer.as_ref().is_some_and(|a| {
+            a["body"]["status"] == "rejected"
+                && a["body"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("outboard"))
+        }),
+        || format!("a wrong outboard is rejected, and says so: {answer:?}"),
+    );
+    f.check(f.segment_ids(1).is_empty(), || "nothing stored".into());
+    let tmp: Vec<_> = std::fs::read_dir(f.node(1).data_dir().join("tmp"))
+        .unwrap()
+        .collect();
+    f.check(tmp.is_empty(), || format!("tmp/ holds {tmp:?}"));
+    let o = f.cli(1, &["import", p(&usb)]);
+    f.check(o.status.success(), || format!("import: {}", stderr(&o)));
+    f.check(f.segment_ids(1).len() == 1, || "imported".into());
+}

@@ -848,10 +848,6 @@ fn list<W: std::io::Write>(
     }
 }
 
-/// Stores the `len` bytes of a `.seg` stream that follow an `Import` request. Returns the answer
-/// and whether the connection can carry another request: only if the whole body was read
-/// (otherwise the rest of it is still on its way, and the connection is closed after the
-/// answer). An import cut by the client (it closed early or sent too slowly) reached no verdict:
 /// What follows an import request: the outboard, then the `.seg` file.
 struct Body {
     len: u64,
