@@ -153,17 +153,21 @@ pub const LOG_WINDOW_MS_DEFAULT: u64 = crate::logcap::LOG_WINDOW_MS;
 // one 1 GiB hop ran at ~190-300 MiB/s store-to-durable-ack (raw quinn in the same runs
 // ~260-320); with quinn's default windows ~188-245 MiB/s, up to ~20% slower. The windows are
 // what a node's memory is made of: with 32/64/64 MiB real daemons peaked at 66-85 MiB (VmHWM)
-// relaying 256 MiB; with the 8/16/16 MiB chosen here they peak at 33-37 MiB and relayed the same
-// segment no slower in the same test (INV-20: under 64 MiB per node). Raise them in `[net]` for
-// long fat links. 8 MiB UDP buffers against the 208 KiB default and 1 vs 2 vs 4 runtime workers
+// relaying 256 MiB; with 8/16/16 MiB they peak at 33-37 MiB and relayed the same segment no
+// slower in the same test (INV-20: under 64 MiB per node). With the 4/8/4 MiB chosen here, in
+// `make bench-peers` (medians of 2, one invocation each): S1 1 GiB 4.19 s against 4.35,
+// receiver PSS 15 MiB against 23; S3 (one sender, three peers) 2.57 s against 2.44 (noise),
+// sender PSS 54 MiB against 72; S5's largest daemon 45 MiB against 61. A 4 MiB window is
+// still above the bandwidth-delay product of a gigabit link at 30 ms. Raise them in `[net]`
+// for long fat links. 8 MiB UDP buffers against the 208 KiB default and 1 vs 2 vs 4 runtime workers
 // made no difference larger than the run-to-run noise (±30%) on loopback.
 
-/// QUIC per-stream receive window (8 MiB).
-pub const STREAM_RECEIVE_WINDOW_BYTES_DEFAULT: u64 = 8 << 20;
-/// QUIC per-connection receive window (16 MiB).
-pub const RECEIVE_WINDOW_BYTES_DEFAULT: u64 = 16 << 20;
-/// QUIC per-connection send window (16 MiB).
-pub const SEND_WINDOW_BYTES_DEFAULT: u64 = 16 << 20;
+/// QUIC per-stream receive window (4 MiB).
+pub const STREAM_RECEIVE_WINDOW_BYTES_DEFAULT: u64 = 4 << 20;
+/// QUIC per-connection receive window (8 MiB).
+pub const RECEIVE_WINDOW_BYTES_DEFAULT: u64 = 8 << 20;
+/// QUIC per-connection send window (4 MiB).
+pub const SEND_WINDOW_BYTES_DEFAULT: u64 = 4 << 20;
 /// UDP socket receive and send buffers requested (8 MiB; the kernel caps at `rmem_max`).
 pub const UDP_BUFFER_BYTES_DEFAULT: usize = 8 << 20;
 

@@ -8,6 +8,7 @@ when every target node lists the segment(s) in `edged segments --json`, polled e
 import json
 import os
 import shutil
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -268,13 +269,28 @@ class Edged:
             t_exp = now()
             fleet.cli("node-b", "import", usb)
             t1 = fleet.wait_lists(["node-b"], seg_id)
-            return dict(total_s=t1 - t0, export_s=t_exp - t0, import_s=t1 - t_exp)
+            dd_s = self._dd(stick, usb)
+            return dict(total_s=t1 - t0, export_s=t_exp - t0, import_s=t1 - t_exp, dd_s=dd_s,
+                        export_dd=(t_exp - t0) / dd_s, import_dd=(t1 - t_exp) / dd_s)
 
         try:
             # Two nodes that never meet: the stick is the only link.
             return self._one(f"r{run}-S4-edged", {"node-a": [], "node-b": []}, measure)
         finally:
             shutil.rmtree(usb, ignore_errors=True)
+
+    def _dd(self, stick, usb):
+        """`dd conv=fsync` of the stick's segment file onto the same disk, prepared like the
+        transfer before it: the yardstick of export and import (target: each within 1.3x)."""
+        (name,) = os.listdir(stick)
+        src, dst = os.path.join(stick, name), os.path.join(usb, "dd.bin")
+        self.ctx.before_write(src, self.ctx.s1_bytes)
+        t0 = now()
+        subprocess.run(["dd", f"if={src}", f"of={dst}", "bs=1M", "conv=fsync", "status=none"],
+                       check=True)
+        t1 = now()
+        os.remove(dst)
+        return t1 - t0
 
     def s5(self, run):
         """The line and one hop, in the order that alternates from run to run."""
