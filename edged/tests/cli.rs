@@ -337,3 +337,34 @@ fn data_dir_held_by_another_process_is_reported_clearly() {
     );
     drop(held);
 }
+
+/// With no daemon and no store yet, a listing or an export says so (exit 6) and creates
+/// nothing: a read must not make a store a daemon's first start would then race to create.
+#[test]
+fn reads_without_a_daemon_or_a_store_create_nothing() {
+    let f = Fixture::new();
+    let out = f.path("out");
+    std::fs::create_dir(&out).unwrap();
+    for args in [
+        vec!["segments", "--config", p(&f.config)],
+        vec!["export", "--config", p(&f.config), "--to", p(&out), "--all"],
+    ] {
+        let o = edged(&args);
+        assert_eq!(o.status.code(), Some(6), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("holds no store yet"), "{}", stderr(&o));
+        assert!(
+            !f.path("data").exists(),
+            "{args:?} created the data directory"
+        );
+    }
+    // An import seeds a node before its first start: it creates the store.
+    let seg = f.create("seed", b"seed", &[]);
+    let stick = f.path("stick");
+    std::fs::create_dir(&stick).unwrap();
+    std::fs::rename(&seg, stick.join("seed.seg")).unwrap();
+    let o = edged(&["import", "--config", p(&f.config), p(&stick)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = edged(&["segments", "--config", p(&f.config)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("seed"), "{}", stdout(&o));
+}

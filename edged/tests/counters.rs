@@ -107,9 +107,15 @@ fn inv_26_received_reconciles_after_imports_of_every_kind_and_a_peer_duplicate()
             .find(|l| l["file"] == file)
             .map(|l| l["status"].as_str().unwrap_or("").to_owned())
     };
+    // Two copies of one segment in one pipelined import: they are ingested at the same time,
+    // so either may be the one stored; the other then finds it there.
+    let copies = [status_of("good.seg"), status_of("good-again.seg")];
+    f.check(
+        copies.contains(&Some("imported".into()))
+            && copies.contains(&Some("already_present".into())),
+        || format!("one copy imported, the other already present: {lines:?}"),
+    );
     for (file, status) in [
-        ("good-again.seg", "imported"),
-        ("good.seg", "already_present"),
         ("other.seg", "imported"),
         ("bad-signature.seg", "rejected"),
         ("untrusted.seg", "rejected"),

@@ -238,12 +238,19 @@ impl Store {
             let path = path.to_owned();
             move |source| StoreError::Io { op, path, source }
         };
-        let db_exists = fs
-            .file_len(&db_path)
-            .map_err(io("stat", &db_path))?
-            .is_some();
+        let stat_db = || {
+            fs.file_len(&db_path)
+                .map_err(io("stat", &db_path))
+                .map(|len| len.is_some())
+        };
+        let mut db_exists = stat_db()?;
         if !db_exists && holds_segment_files(fs.as_ref(), &layout)? {
-            return Err(StoreError::IndexMissing { path: db_path });
+            // Segment files and no index, unless another process created the store and stored
+            // in it between the two looks.
+            db_exists = stat_db()?;
+            if !db_exists {
+                return Err(StoreError::IndexMissing { path: db_path });
+            }
         }
         create_layout(fs.as_ref(), &layout)?;
         let db_error = |path: &Path| {
@@ -274,17 +281,45 @@ impl Store {
             // Created under a temporary name and renamed into place once redb has initialised
             // it (the open handle follows the file): a crash inside redb's creation must leave
             // no `edge.redb`, since a half-initialised one would fail every later start as
-            // corrupt. A temporary left by such a crash is replaced.
+            // corrupt. A temporary left by such a crash is replaced; one that another process
+            // holds (it is creating the store right now: a daemon's first start and an offline
+            // import at once) is not, or each would end up on a file the other renamed away.
             let new_path = db_path.with_extension("redb.new");
-            match fs.remove_file(&new_path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(io("remove", &new_path)(e));
+            // redb locks the file before it reads it: whoever locks it first creates the store
+            // (or takes over an empty one a crash left), the others are told it is held.
+            let left_before = fs
+                .file_len(&new_path)
+                .map_err(io("stat", &new_path))?
+                .is_some();
+            let db = match fs.open_database(&new_path, true) {
+                Ok(db) => db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    return Err(StoreError::Locked { path: new_path });
                 }
-                _ => {}
+                // A temporary left half-initialised by a crash, which no process holds.
+                Err(_) if left_before => {
+                    match fs.remove_file(&new_path) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(io("remove", &new_path)(e));
+                        }
+                        _ => {}
+                    }
+                    fs.open_database(&new_path, true)
+                        .map_err(db_error(&new_path))?
+                }
+                Err(e) => return Err(db_error(&new_path)(e)),
+            };
+            // A creator that got here first has renamed its database into place meanwhile (the
+            // temporary name was free again): that one is the store.
+            if fs
+                .file_len(&db_path)
+                .map_err(io("stat", &db_path))?
+                .is_some()
+            {
+                drop(db);
+                let _ = fs.remove_file(&new_path);
+                return Err(StoreError::Locked { path: db_path });
             }
-            let db = fs
-                .open_database(&new_path, true)
-                .map_err(db_error(&new_path))?;
             fs.rename(&new_path, &db_path)
                 .map_err(io("rename", &new_path))?;
             // The new database file's directory entry must survive a power loss too.

@@ -817,3 +817,56 @@ fn list_after_pages_through_every_segment_once_in_order() {
     let counts = store.segment_counts().unwrap();
     assert_eq!((counts.stored, counts.propagated), (10, 1));
 }
+
+/// Several processes opening a store that does not exist yet (a daemon's first start and an
+/// offline import at once): each either gets the store or is told it is held, and nobody ends
+/// up on a database file another one renamed away, where what it stores would be lost.
+#[test]
+fn inv_05_concurrent_first_opens_never_lose_what_the_winner_stores() {
+    const ROUNDS: u64 = 12;
+    const OPENERS: u64 = 6;
+    let secret = publisher(11);
+    for round in 0..ROUNDS {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), 1 << 30, trusting(&[&secret]));
+        let barrier = std::sync::Barrier::new(OPENERS as usize);
+        let stored: Vec<store::SegmentId> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..OPENERS)
+                .map(|i| {
+                    let (cfg, barrier, secret) = (cfg.clone(), &barrier, &secret);
+                    s.spawn(move || {
+                        barrier.wait();
+                        let store = match store::Store::open(
+                            cfg,
+                            std::sync::Arc::new(store::fs::RealFs),
+                            NOW_MS,
+                        ) {
+                            Ok((store, _)) => store,
+                            Err(StoreError::Locked { .. }) => return None,
+                            Err(e) => panic!("round {round}, opener {i}: {e}"),
+                        };
+                        let body = payload(round * 100 + i, 1_000);
+                        let spec = SegSpec::named(&format!("r{round}-{i}"));
+                        let (_, file) = seg(secret, &spec, &body);
+                        let id = ingest_ok(&store, &file);
+                        store.close();
+                        Some(id)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .filter_map(|h| h.join().unwrap())
+                .collect()
+        });
+        assert!(!stored.is_empty(), "round {round}: nobody opened the store");
+        let store = open_real(cfg);
+        let listed: Vec<_> = store.list().unwrap().into_iter().map(|s| s.id).collect();
+        for id in &stored {
+            assert!(
+                listed.contains(id),
+                "round {round}: {id} was stored, then lost"
+            );
+        }
+    }
+}

@@ -64,7 +64,7 @@ pub fn run(args: &ExportArgs) -> CliResult {
         let lines = export_through_daemon(client, &cfg, args, &dir)?;
         return report(&lines, args.json);
     }
-    let store = super::open_store_direct(&cfg)?;
+    let store = super::open_store_direct(&cfg, super::Direct::Existing)?;
     let ids: Vec<SegmentId> = if args.all {
         store.list()?.into_iter().map(|s| s.id).collect()
     } else if let Some(channel) = &args.channel {

@@ -75,7 +75,7 @@ pub fn run(args: &ImportArgs) -> CliResult {
         // Each file opens a connection of its own; this one only told that a daemon answers.
         Some(_probe) => Target::Daemon(&cfg),
         None => {
-            let store = super::open_store_direct(&cfg)?;
+            let store = super::open_store_direct(&cfg, super::Direct::Create)?;
             // Jobs for the peers are scheduled in the same transaction as each segment, as the
             // daemon would; it sends them when it starts.
             let relay = relay::Relay::open(store, cfg.relay.clone(), base::SystemClock.now_ms())

@@ -41,9 +41,27 @@ pub fn run(cli: Cli) -> CliResult {
     }
 }
 
+/// Whether a command that finds no daemon may create the store (an offline import seeds a node
+/// before its first start), or only reads one that exists (a listing, an export).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direct {
+    Create,
+    Existing,
+}
+
 /// Opens the node's store directly (the daemon is not running), with a clear message when some
-/// other process holds it.
-pub(crate) fn open_store_direct(cfg: &Config) -> CliResult<store::Store> {
+/// other process holds it, or, for a command that only reads, when there is none.
+pub(crate) fn open_store_direct(cfg: &Config, direct: Direct) -> CliResult<store::Store> {
+    let db = store::layout::Layout::new(cfg.store.data_dir.clone()).db();
+    if direct == Direct::Existing && !db.exists() {
+        return Err(Failure::new(
+            crate::exit::DAEMON_DOWN,
+            anyhow::anyhow!(
+                "no daemon answers and {} holds no store yet: start the daemon (or check data_dir in the config)",
+                cfg.store.data_dir.display()
+            ),
+        ));
+    }
     let fs: Arc<dyn store::fs::Fs> = Arc::new(store::fs::RealFs);
     match store::Store::open(cfg.store.clone(), fs, base::SystemClock.now_ms()) {
         Ok((store, report)) => {

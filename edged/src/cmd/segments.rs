@@ -32,7 +32,7 @@ pub fn run(args: &SegmentsArgs) -> CliResult {
     if let Some(mut daemon) = super::client::connect(&cfg)? {
         return super::query::segments_from_daemon(&mut daemon, args.json);
     }
-    let store = super::open_store_direct(&cfg)?;
+    let store = super::open_store_direct(&cfg, super::Direct::Existing)?;
     let listed = print_direct(&store, args.json);
     store.close();
     listed

@@ -121,7 +121,7 @@ async fn serve(cfg: Config) -> CliResult {
     // housekeeping all read it.
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let now = clock.now_ms();
-    let store = crate::cmd::open_store_direct(&cfg)?;
+    let store = crate::cmd::open_store_direct(&cfg, crate::cmd::Direct::Create)?;
     // After the store's lock (a second daemon on this data dir stops there, before touching the
     // socket) and before anything that would have to be stopped.
     let control_socket = match control_server::bind(&cfg) {
