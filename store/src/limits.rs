@@ -91,6 +91,13 @@ const _: () = assert!(CHANNEL_DEFAULT.len() <= CHANNEL_BYTES_MAX);
 const _: () = assert!(KEY_FILE_BYTES_MAX as usize <= STREAM_BUF_BYTES);
 const _: () = assert!(DIRECT_IO_BLOCK_BYTES % DIRECT_IO_ALIGN_BYTES == 0);
 const _: () = assert!(OUTBOARD_GROUP_BYTES.is_power_of_two() && OUTBOARD_GROUP_BYTES >= 1024);
+// A forwarder behind the ring reads the group it needs from the temp file: every group that left
+// the ring is further behind the write position than the writer's unwritten last block (plus the
+// header), so it is all in the file.
+const _: () = assert!(
+    (INFLIGHT_RING_GROUPS as u64 - 1) * OUTBOARD_GROUP_BYTES
+        >= DIRECT_IO_BLOCK_BYTES as u64 + HEADER_BYTES_MAX as u64
+);
 /// Memory redb may use to cache pages of `edge.redb` (its default is 1 GiB): 4 MiB. A scan of
 /// a large index fills the cache to its bound and the daemon keeps it (its pages are freed in
 /// several threads' malloc arenas); with 100,000 segments 16 MiB kept the daemon at about

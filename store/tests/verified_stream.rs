@@ -142,3 +142,60 @@ fn inv_02_a_wrong_outboard_or_a_wrong_group_is_refused_and_nothing_is_kept() {
     assert!(matches!(ingest(&file, &good), Ok(IngestOutcome::Stored(_))));
     assert!(store.in_flight(&id).is_none());
 }
+
+/// A forwarder that fell behind the ring reads whole groups from the file instead: from the
+/// temp file while the segment arrives, from the stored file once it is stored, and each one
+/// checked against the outboard (INV-02: still only verified bytes).
+#[test]
+fn inv_02_a_reader_behind_the_ring_reads_verified_groups_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = publisher(1);
+    let store = open_real(config(dir.path(), 1 << 30, trusting(&[&secret])));
+    let body = payload(3, LEN);
+    let (signed, _) = seg(&secret, &SegSpec::named("behind"), &body);
+    let id = signed.id();
+    let store::Begin::Ingest(mut ingest) = store
+        .begin_ingest(signed, &IngestOptions::from_peer("up"), NOW_MS)
+        .unwrap()
+    else {
+        panic!("a fresh segment is ingested");
+    };
+    ingest.set_outboard(&outboard_of(&body), true).unwrap();
+    let group = GROUP_BYTES as usize;
+    // Every group but the last: the ring keeps the last four, so group 0 has left it.
+    for piece in body[..5 * group].chunks(100_000) {
+        ingest.write(piece).unwrap();
+    }
+    let f = store.in_flight(&id).expect("in flight");
+    assert_eq!(f.read(0, 10), Slice::Behind);
+    // Only groups that left the ring are read this way, long since written out: the newest
+    // bytes of the temp file may still wait in the writer's last direct-I/O block.
+    assert_eq!(
+        f.read_group(0).unwrap(),
+        body[..group],
+        "from the temp file"
+    );
+    ingest.write(&body[5 * group..]).unwrap();
+    ingest.finish(NOW_MS, |_, _| Ok(())).unwrap();
+    assert_eq!(
+        f.read_group(1).unwrap(),
+        body[group..2 * group],
+        "from the stored file"
+    );
+    assert_eq!(
+        f.read_group(5).unwrap(),
+        body[5 * group..],
+        "the short last group"
+    );
+
+    // A group that changed on disk is refused, not served.
+    let path = store.layout().segment_file(&id);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let header = bytes.len() - body.len();
+    bytes[header + group + 5] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(matches!(
+        f.read_group(1),
+        Err(store::inflight::GroupError::Mismatch(_))
+    ));
+}
