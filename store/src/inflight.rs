@@ -392,11 +392,13 @@ impl Store {
     /// [`Store::open_for_read`]; blocking I/O (the first send of a segment whose outboard was
     /// never recorded hashes it once to record it).
     pub fn open_shared(&self, id: &SegmentId, now_ms: u64) -> Result<Opened, StoreError> {
+        // The checks of a read (quarantine, trust, eviction) every time, also for a send that
+        // joins a shared read: what changed since it began applies to the newcomer.
+        let mut reader = self.open_for_read(id, now_ms)?;
         let shared = &self.inner.shared;
         if let Some(f) = shared.get(id) {
             return Ok(Opened::Shared(f));
         }
-        let mut reader = self.open_for_read(id, now_ms)?;
         let m = reader.manifest().manifest();
         let (len, root) = (m.payload_len, m.payload_hash);
         if outboard::outboard_len(len) == 0 {
