@@ -950,6 +950,10 @@ mod tests {
             "relay.attempts_max",
         );
         check(&base.replace("[net]", "[net]\ncolour = 1"), "colour");
+        check(
+            &base.replace("[net]", "[net]\nlarge_sends_per_peer_max = 0"),
+            "large_sends_per_peer_max",
+        );
         let long = format!("control_socket = \"/{}\"\n", "s".repeat(120));
         check(&format!("{long}{base}"), "control_socket");
         check(

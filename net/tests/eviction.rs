@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use net::wire::{Msg, StreamCode, encode_frame, read_frame};
+use net::wire::{Msg, StreamCode, read_frame};
 use net::{RejectReason, SendOutcome};
 use store::{Holding, SegmentId, Store};
 
@@ -103,17 +103,7 @@ async fn offer_a_few_bytes(
     conn: &quinn::Connection,
     tag: u64,
 ) -> (quinn::SendStream, quinn::RecvStream) {
-    let signed = segment(tag, BIG_BYTES);
-    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-    send.write_all(&encode_frame(&Msg::Offer {
-        manifest: signed.encode(),
-    }))
-    .await
-    .expect("offer");
-    let answer = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut recv, 1 << 16))
-        .await
-        .expect("answered in time")
-        .expect("answer");
+    let (mut send, recv, answer) = raw_offer(conn, &segment(tag, BIG_BYTES)).await;
     assert_eq!(
         answer,
         Msg::Want { offset: 0 },

@@ -21,20 +21,31 @@ fn stored_file(store: &store::Store, id: &SegmentId) -> Vec<u8> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stored_segment_sent_to_two_peers_at_once_is_read_once() {
+/// Nodes a, b and c, a knowing both others, and segment (`tag`, [`SEG_BYTES`]) stored at a;
+/// `at_rest` may change a's stored file before the nodes start.
+fn fan(tag: u64, at_rest: impl FnOnce(&std::path::Path)) -> (Fleet, Vec<TestNode>, SegmentId) {
     logs();
     let fleet = Fleet::new();
     let planned = plan(&["a", "b", "c"], 1 << 30);
-    let seg = seed(&planned[0].store, 21, SEG_BYTES);
+    let seg = seed(&planned[0].store, tag, SEG_BYTES);
+    at_rest(&planned[0].store.layout().segment_file(&seg));
     let nodes = start(&fleet, planned, &[("a", "b"), ("a", "c")], |_| {});
+    (fleet, nodes, seg)
+}
+
+/// a sends `seg` to b and to c at the same time: the two outcomes.
+async fn send_to_both(nodes: &[TestNode], seg: SegmentId) -> (SendOutcome, SendOutcome) {
+    let (b_id, c_id) = (nodes[1].id(), nodes[2].id());
+    let a = &nodes[0].node;
+    tokio::join!(a.send_segment(&b_id, seg), a.send_segment(&c_id, seg))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_segment_sent_to_two_peers_at_once_is_read_once() {
+    let (_fleet, nodes, seg) = fan(21, |_| {});
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let before = a.store.shared_groups_read();
-    let (b_id, c_id) = (b.id(), c.id());
-    let (to_b, to_c) = tokio::join!(
-        a.node.send_segment(&b_id, seg),
-        a.node.send_segment(&c_id, seg)
-    );
+    let (to_b, to_c) = send_to_both(&nodes, seg).await;
     assert_eq!(
         (to_b, to_c),
         (SendOutcome::Delivered, SendOutcome::Delivered)
@@ -54,23 +65,16 @@ async fn a_stored_segment_sent_to_two_peers_at_once_is_read_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inv_24_a_corrupt_group_ends_every_send_of_a_shared_read_and_quarantines_it() {
-    logs();
-    let fleet = Fleet::new();
-    let planned = plan(&["a", "b", "c"], 1 << 30);
-    let seg = seed(&planned[0].store, 22, SEG_BYTES);
     // One byte of the fourth group flipped at rest.
-    let path = planned[0].store.layout().segment_file(&seg);
-    let mut bytes = std::fs::read(&path).unwrap();
-    let header = bytes.len() - SEG_BYTES as usize;
-    bytes[header + (3 << 20) + 77] ^= 0x01;
-    std::fs::write(&path, &bytes).unwrap();
-    let nodes = start(&fleet, planned, &[("a", "b"), ("a", "c")], |_| {});
+    let (_fleet, nodes, seg) = fan(22, |path| {
+        let mut bytes = std::fs::read(path).unwrap();
+        let header = bytes.len() - SEG_BYTES as usize;
+        bytes[header + (3 << 20) + 77] ^= 0x01;
+        std::fs::write(path, &bytes).unwrap();
+    });
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
-    let (b_id, c_id) = (b.id(), c.id());
-    let (to_b, to_c) = tokio::join!(
-        a.node.send_segment(&b_id, seg),
-        a.node.send_segment(&c_id, seg)
-    );
+    let path = a.store.layout().segment_file(&seg);
+    let (to_b, to_c) = send_to_both(&nodes, seg).await;
     for (peer, outcome) in [("b", to_b), ("c", to_c)] {
         match outcome {
             SendOutcome::LocalCorrupt(reason) => {

@@ -166,6 +166,10 @@ pub struct DeadLetter {
     pub pin_release_at_ms: Option<u64>,
 }
 
+/// An import's outboard and whom to tell once its segment is in flight (see
+/// [`Relay::ingest_reader_forwarding`]).
+type Forwarding<'a> = (&'a [u8], &'a mut dyn FnMut(SegmentId));
+
 impl Relay {
     /// Opens the relay on `store`'s database: creates its tables, cancels the pending jobs of
     /// peers no longer in `known_peers`, and loads pending jobs (due times clamped to
@@ -357,14 +361,7 @@ impl Relay {
         if mutants::active("schedule_outside_ingest_txn") {
             return self.ingest_then_schedule(reader, opts, now_ms);
         }
-        let out = self
-            .inner
-            .store
-            .ingest_reader(reader, opts, now_ms, self.schedule_fn(now_ms))?;
-        if let IngestOutcome::Stored(stored) = &out {
-            self.on_stored(stored);
-        }
-        Ok(out)
+        self.ingest(reader, opts, now_ms, None)
     }
 
     /// [`Relay::ingest_reader`] of an import whose payload's outboard the importer computed:
@@ -379,14 +376,25 @@ impl Relay {
         outboard: &[u8],
         in_flight: &mut dyn FnMut(SegmentId),
     ) -> Result<IngestOutcome<Scheduled>, IngestError> {
-        let out = self.inner.store.ingest_reader_forwarding(
-            reader,
-            opts,
-            now_ms,
-            outboard,
-            in_flight,
-            self.schedule_fn(now_ms),
-        )?;
+        self.ingest(reader, opts, now_ms, Some((outboard, in_flight)))
+    }
+
+    /// Stores the stream with its jobs scheduled in the ingest's transaction (forwarding it
+    /// while it arrives when given its outboard), then tells the scheduler.
+    fn ingest<R: Read>(
+        &self,
+        reader: R,
+        opts: &IngestOptions,
+        now_ms: u64,
+        forwarding: Option<Forwarding<'_>>,
+    ) -> Result<IngestOutcome<Scheduled>, IngestError> {
+        let store = &self.inner.store;
+        let schedule = self.schedule_fn(now_ms);
+        let out = match forwarding {
+            None => store.ingest_reader(reader, opts, now_ms, schedule)?,
+            Some((outboard, in_flight)) => store
+                .ingest_reader_forwarding(reader, opts, now_ms, outboard, in_flight, schedule)?,
+        };
         if let IngestOutcome::Stored(stored) = &out {
             self.on_stored(stored);
         }

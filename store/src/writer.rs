@@ -41,8 +41,6 @@ pub struct Writer {
 struct Counts {
     /// Operations submitted and not yet taken into a batch.
     queued: AtomicUsize,
-    /// Operations in batches that committed.
-    ops_committed: AtomicU64,
     /// The most operations one committed batch held.
     largest_batch: AtomicUsize,
 }
@@ -72,12 +70,6 @@ impl Writer {
     /// Operations waiting for the committer (submitted, not yet in a batch).
     pub fn queued(&self) -> usize {
         self.counts.queued.load(Ordering::Acquire)
-    }
-
-    /// Operations that have been committed so far: with [`Writer::generation`] (the batches),
-    /// how many writes one commit pays for on average.
-    pub fn ops_committed(&self) -> u64 {
-        self.counts.ops_committed.load(Ordering::Acquire)
     }
 
     /// The most operations one committed batch has held so far.
@@ -215,9 +207,6 @@ fn commit_batch(db: &Database, batch: Vec<Job>, generation: &AtomicU64, counts: 
     };
     match &result {
         Ok(()) => {
-            counts
-                .ops_committed
-                .fetch_add(completions.len() as u64, Ordering::AcqRel);
             counts
                 .largest_batch
                 .fetch_max(completions.len(), Ordering::AcqRel);

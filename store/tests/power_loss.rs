@@ -700,17 +700,6 @@ enum Restarted {
 }
 
 /// The whole `.seg` file of `id` as the store serves it (verifying its payload hash).
-fn read_back(store: &Store, id: &SegmentId, ctx: &str) -> Vec<u8> {
-    let reader = store
-        .open_for_read(id, NOW_MS)
-        .unwrap_or_else(|e| panic!("{ctx}: open_for_read {id}: {e}"));
-    let mut out = Vec::new();
-    reader
-        .copy_to(&mut out, NOW_MS)
-        .unwrap_or_else(|e| panic!("{ctx}: segment {id} does not verify: {e}"));
-    out
-}
-
 /// `.seg` files under `segments/`, by id, with their lengths, listed through the Fs.
 ///
 /// The store names files after segment ids only, and every id it could hold is one of the

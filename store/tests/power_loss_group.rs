@@ -169,17 +169,6 @@ fn segment_files(fs: &dyn Fs, w: &World, ctx: &str) -> BTreeMap<SegmentId, u64> 
     out
 }
 
-fn read_back(store: &Store, id: &SegmentId, ctx: &str) -> Vec<u8> {
-    let reader = store
-        .open_for_read(id, NOW_MS)
-        .unwrap_or_else(|e| panic!("{ctx}: open_for_read {id}: {e}"));
-    let mut out = Vec::new();
-    reader
-        .copy_to(&mut out, NOW_MS)
-        .unwrap_or_else(|e| panic!("{ctx}: segment {id} does not verify: {e}"));
-    out
-}
-
 /// After the reboot: every acknowledged segment is stored and verifies, every listed one is
 /// byte for byte what was offered, files and rows agree, `tmp/` is empty, usage is the bytes on
 /// disk, and a new ingest works.

@@ -146,3 +146,16 @@ pub fn tmp_files(data_dir: &Path) -> Vec<std::path::PathBuf> {
         .map(|(p, _)| p)
         .collect()
 }
+
+/// The whole `.seg` file of stored segment `id`, verified as it is read (`ctx` names the case in
+/// a failure).
+pub fn read_back(store: &Store, id: &store::SegmentId, ctx: &str) -> Vec<u8> {
+    let reader = store
+        .open_for_read(id, NOW_MS)
+        .unwrap_or_else(|e| panic!("{ctx}: open_for_read {id}: {e}"));
+    let mut out = Vec::new();
+    reader
+        .copy_to(&mut out, NOW_MS)
+        .unwrap_or_else(|e| panic!("{ctx}: segment {id} does not verify: {e}"));
+    out
+}
