@@ -76,6 +76,17 @@ pub struct NetConfig {
     /// Delay before a follow-up round (after a productive round cut by a bound, or a
     /// quarantine), and the least gap between two rounds with one peer for a quarantine.
     pub catchup_followup_ms: u64,
+    /// Receipt gossip per connection ([`crate::receipts::gossip`]); 0 turns fleet receipts
+    /// off altogether (none made, none exchanged).
+    pub receipt_interval_ms: u64,
+    /// Pages of receipts one gossip round reads at most.
+    pub receipt_pages_per_round_max: usize,
+    /// A liveness receipt is made when the node made none for this long.
+    pub alive_interval_ms: u64,
+    /// Receipts kept per node; past it, that node's oldest are forgotten.
+    pub receipts_per_node_max: u64,
+    /// Nodes whose receipts are kept; receipts of further nodes are refused.
+    pub fleet_nodes_max: u64,
     /// The receiver checkpoints (fsync + partial record) after this many payload bytes.
     pub checkpoint_bytes: u64,
     pub redial_backoff_base_ms: u64,
@@ -138,6 +149,11 @@ impl NetConfig {
             catchup_pages_per_round_max: CATCHUP_PAGES_PER_ROUND_MAX_DEFAULT,
             catchup_wasted_pulls_per_peer_per_min: CATCHUP_WASTED_PULLS_PER_PEER_PER_MIN_DEFAULT,
             catchup_followup_ms: CATCHUP_FOLLOWUP_MS_DEFAULT,
+            receipt_interval_ms: RECEIPT_INTERVAL_MS_DEFAULT,
+            receipt_pages_per_round_max: RECEIPT_PAGES_PER_ROUND_MAX_DEFAULT,
+            alive_interval_ms: ALIVE_INTERVAL_MS_DEFAULT,
+            receipts_per_node_max: crate::receipts::book::RECEIPTS_PER_NODE_MAX_DEFAULT,
+            fleet_nodes_max: crate::receipts::book::FLEET_NODES_MAX_DEFAULT,
             checkpoint_bytes: CHECKPOINT_BYTES_DEFAULT,
             redial_backoff_base_ms: REDIAL_BACKOFF_BASE_MS_DEFAULT,
             redial_backoff_max_ms: REDIAL_BACKOFF_MAX_MS_DEFAULT,
@@ -243,6 +259,12 @@ impl NetConfig {
                 self.catchup_pages_per_round_max,
             ),
             ("handshakes_per_addr_max", self.handshakes_per_addr_max),
+            (
+                "receipt_pages_per_round_max",
+                self.receipt_pages_per_round_max,
+            ),
+            ("alive_interval_ms", self.alive_interval_ms as usize),
+            ("receipts_per_node_max", self.receipts_per_node_max as usize),
         ] {
             if v == 0 {
                 return err(key, "must be greater than 0".into());
@@ -262,6 +284,9 @@ impl NetConfig {
                 "handshakes_unknown_addresses_max",
                 "must be greater than 0 when accept_unknown_addresses is true".into(),
             );
+        }
+        if self.fleet_nodes_max < 2 {
+            return err("fleet_nodes_max", "must be at least 2".into());
         }
         if self.stall_timeout_ms > (1 << 40) {
             return err("stall_timeout_ms", "too large".into());

@@ -82,6 +82,7 @@ pub mod node;
 pub mod pki;
 pub(crate) mod proto;
 pub mod rate;
+pub mod receipts;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod supervision;

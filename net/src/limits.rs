@@ -137,6 +137,26 @@ pub const CATCHUP_FOLLOWUP_MS_DEFAULT: u64 = 1_000;
 /// process runs); the set is cleared when full.
 pub const CATCHUP_SKIP_IDS_MAX: usize = 65_536;
 
+/// Receipt gossip runs on every connect and then this often per connection (`[fleet]
+/// gossip_interval_ms`); a round whose digests agree costs one small exchange. A receipt made
+/// on one node reaches a node `d` hops away within about `d` × this.
+pub const RECEIPT_INTERVAL_MS_DEFAULT: u64 = 2_000;
+/// Pages of receipts one gossip round reads at most (`[fleet] gossip_pages_per_round_max`):
+/// with [`RECEIPT_PAGE_MAX`], 16,384 receipts and at most this × `frame_bytes_max` bytes per
+/// round; the next round goes on where it stopped.
+pub const RECEIPT_PAGES_PER_ROUND_MAX_DEFAULT: usize = 64;
+/// Node heads in one `ReceiptHeads` page.
+pub const RECEIPT_HEADS_PAGE_MAX: usize = 256;
+/// Receipts in one `ReceiptPage` (fewer when `frame_bytes_max` would be passed).
+pub const RECEIPT_PAGE_MAX: usize = 256;
+/// Certificates in one `ReceiptPage`, and hashes of held ones in a `ReceiptPageRequest`.
+pub const RECEIPT_PAGE_CERTS_MAX: usize = crate::receipts::book::CERTS_PER_NODE_MAX;
+/// A node makes a liveness receipt when it has made none for this long (`[fleet]
+/// alive_interval_ms`), so that the fleet can tell a quiet node from a silent one.
+pub const ALIVE_INTERVAL_MS_DEFAULT: u64 = 60_000;
+/// How often a node compares its store with its own receipts when the store changed.
+pub const RECEIPT_RECONCILE_MS: u64 = 200;
+
 /// First re-dial delay after a connection attempt fails.
 pub const REDIAL_BACKOFF_BASE_MS_DEFAULT: u64 = 500;
 /// Longest re-dial delay.

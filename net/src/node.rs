@@ -57,13 +57,15 @@ use tokio::time::{Instant, timeout};
 use crate::catchup::{self, CatchupReport, PeerCatchup, ServeReq, SkipSet};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, NetConfig};
+use crate::disk;
 use crate::filter::{AddrFilter, answer_for, canonical};
 use crate::limits::{
     CROSSING_MIN_MS, CROSSING_RTTS, CUT_THROUGH_FORWARDS_MAX, LARGE_SEND_PAYLOAD_BYTES,
-    RETIRE_GRACE_MIN_MS, RETIRE_GRACE_RTTS, RETRY_TOKEN_LIFETIME_MS,
+    RECEIPT_RECONCILE_MS, RETIRE_GRACE_MIN_MS, RETIRE_GRACE_RTTS, RETRY_TOKEN_LIFETIME_MS,
 };
 use crate::logcap::LogLimiter;
 use crate::pki::{NodeId, NodeIdentity, node_id_of_cert};
+use crate::receipts::gossip::{self, Fleet};
 use crate::supervision::{self, Current, Keep, New, Retire};
 use crate::takeover::Receiving;
 use crate::tls::{self, TlsError};
@@ -89,6 +91,8 @@ pub enum NetError {
     },
     #[error("QUIC endpoint: {0}")]
     Endpoint(std::io::Error),
+    #[error(transparent)]
+    Fleet(#[from] crate::receipts::gossip::FleetError),
 }
 
 /// Everything a node is started with.
@@ -512,6 +516,11 @@ impl Node {
                 (id.clone(), Arc::new(peer))
             })
             .collect();
+        let fleet = if config.receipt_interval_ms > 0 {
+            Some(Fleet::open(store.clone(), &identity, &config)?)
+        } else {
+            None
+        };
         let admission = Arc::new(Admission::new(&config));
         let kick = Arc::new(watch::channel(0u64).0);
         // The store outlives the node (and may serve a later one): the watcher holds the kick
@@ -533,6 +542,7 @@ impl Node {
                 stats,
                 limiter,
                 receiving: Arc::new(Receiving::default()),
+                fleet,
             },
             endpoint,
             filter,
@@ -549,6 +559,9 @@ impl Node {
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(inner.clone().accept_loop());
+        if inner.ctx.fleet.is_some() {
+            tasks.spawn(inner.clone().reconcile_loop());
+        }
         for peer in inner.peers.values() {
             tasks.spawn(inner.clone().supervise(peer.clone()));
         }
@@ -574,6 +587,11 @@ impl Node {
 
     pub fn store(&self) -> &Store {
         &self.inner.ctx.store
+    }
+
+    /// The node's fleet receipts; `None` when `receipt_interval_ms` is 0.
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.inner.ctx.fleet.as_ref()
     }
 
     /// Sends one stored segment to `peer` over the supervised connection, streaming it from the
@@ -1039,6 +1057,12 @@ impl Inner {
         *peer.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
         // A peer reconnecting in a loop must not flood the log either.
         info_limited!(self.ctx.limiter, peer.id.as_str(), "connected", peer = %peer.id, remote = %conn.remote_address(), opened_by_me, "connected");
+        if let Some(fleet) = &self.ctx.fleet {
+            tokio::spawn(
+                self.clone()
+                    .gossip_loop(peer.clone(), fleet.clone(), conn.clone()),
+            );
+        }
         tokio::spawn(self.clone().catchup_loop(peer.clone(), conn, streams));
         self.ctx.hooks.on_peer_connected(&peer.id);
         true
@@ -1313,6 +1337,12 @@ impl Inner {
             Msg::DigestRequest => {
                 catchup::serve(ctx, &peer, &mut send, &mut recv, ServeReq::Digest).await
             }
+            msg if gossip::is_request(&msg) && ctx.fleet.is_some() => {
+                let fleet = ctx.fleet.as_ref().expect("checked above");
+                if let Err(e) = gossip::serve(ctx, fleet, &mut send, msg).await {
+                    tracing::debug!(peer = %peer, error = %e, "receipt request not answered");
+                }
+            }
             Msg::PageRequest { after } => {
                 let req = ServeReq::Page { after };
                 catchup::serve(ctx, &peer, &mut send, &mut recv, req).await
@@ -1394,6 +1424,71 @@ impl Inner {
                     next = Some(next.map_or(soon, |n| n.min(soon)));
                 }
                 _ = until_next => {}
+            }
+        }
+    }
+
+    /// Gossips receipts with `peer` on `conn` while it is the peer's current connection: a round
+    /// on connect, then every `receipt_interval_ms` (see [`crate::receipts::gossip`]).
+    async fn gossip_loop(self: Arc<Self>, peer: Arc<Peer>, fleet: Arc<Fleet>, conn: Connection) {
+        let mut shutdown = self.shutdown.subscribe();
+        let interval = Duration::from_millis(self.cfg().receipt_interval_ms);
+        loop {
+            let is_current = peer
+                .live()
+                .is_some_and(|l| l.conn.stable_id() == conn.stable_id());
+            if !is_current {
+                return;
+            }
+            match gossip::pull_round(&self.ctx, &fleet, &conn).await {
+                Ok(report) if report.in_sync => {}
+                Ok(report) => tracing::debug!(peer = %peer.id, ?report, "receipt gossip round"),
+                Err(e) => {
+                    info_limited!(self.ctx.limiter, peer.id.as_str(), "receipts_failed", peer = %peer.id, error = %e, "receipt gossip round failed")
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return,
+                _ = conn.closed() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
+    /// Makes this node's own receipts from its store whenever the store changed, and at least
+    /// every quarter of `alive_interval_ms` (see [`Fleet::reconcile`]).
+    async fn reconcile_loop(self: Arc<Self>) {
+        let Some(fleet) = self.ctx.fleet.clone() else {
+            return;
+        };
+        let mut shutdown = self.shutdown.subscribe();
+        let tick = Duration::from_millis(RECEIPT_RECONCILE_MS);
+        let idle_max = Duration::from_millis((self.cfg().alive_interval_ms / 4).max(1));
+        let mut seen = None;
+        let mut last = Instant::now();
+        loop {
+            let generation = self.ctx.store.writer().generation();
+            if seen != Some(generation) || last.elapsed() >= idle_max {
+                seen = Some(generation);
+                last = Instant::now();
+                let (store, f, now) = (
+                    self.ctx.store.clone(),
+                    fleet.clone(),
+                    self.ctx.clock.now_ms(),
+                );
+                let done =
+                    disk::blocking(self.cfg().disk_mode, move || f.reconcile(&store, now)).await;
+                match done {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "receipts of this node not made"),
+                    Err(e) => tracing::warn!(error = %e, "receipts of this node not made"),
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(tick) => {}
             }
         }
     }

@@ -261,6 +261,8 @@ pub(crate) struct Ctx {
     pub limiter: Arc<LogLimiter>,
     /// One per node: who receives which segment (see [`crate::takeover`]).
     pub receiving: Arc<Receiving>,
+    /// The node's receipts; `None` when `receipt_interval_ms` is 0.
+    pub fleet: Option<Arc<crate::receipts::gossip::Fleet>>,
 }
 
 /// Maps a lost connection to an outcome.

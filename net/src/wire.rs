@@ -36,6 +36,12 @@
 //! | 9 | `Page` | `ids`: ≤ [`CATCHUP_PAGE_IDS_MAX`] ids, strictly increasing, all > `after`; `more`: bool | peer |
 //! | 10 | `Pull` | `id`: [u8; 32] (send me this segment, as if you offered it) | puller |
 //! | 11 | `NotHeld` | — (the pulled id is not stored here, e.g. tombstoned) | peer |
+//! | 12 | `ReceiptDigestRequest` | — | puller |
+//! | 13 | `ReceiptDigest` | `nodes`: u64, `hash`: [u8; 32] (blake3 of every (node, highest receipt seq), see [`crate::receipts::book::Book::digest`]) | peer |
+//! | 14 | `ReceiptHeadsRequest` | `after`: Option<node id> (nodes strictly after this one) | puller |
+//! | 15 | `ReceiptHeads` | `heads`: ≤ [`RECEIPT_HEADS_PAGE_MAX`] (node id, highest seq), strictly increasing, all after `after`; `more`: bool | peer |
+//! | 16 | `ReceiptPageRequest` | `node`, `after_seq`: u64, `certs`: ≤ [`RECEIPT_PAGE_CERTS_MAX`] hashes of that node's certificates the puller holds | puller |
+//! | 17 | `ReceiptPage` | `receipts`: ≤ [`RECEIPT_PAGE_MAX`] encoded signed receipts of `node` with seq > `after_seq`, increasing; `certs`: ≤ [`RECEIPT_PAGE_CERTS_MAX`] certificates (DER) they name that the puller lacks; `more`: bool | peer |
 //!
 //! [`RejectReason`] indexes: 0 `BadSignature`, 1 `UntrustedPublisher`, 2 `Expired`,
 //! 3 `CreatedInFuture`, 4 `TooLarge`, 5 `Malformed`, 6 `StoreFull`, 7 `HashMismatch`,
@@ -71,6 +77,12 @@
 //! `→ Pull(id)`, after which the roles of the transfer apply with the peer as sender:
 //! `← Offer | NotHeld`, `→ Want | Have | Busy | Reject`, `← payload`, `→ Ack | Reject`.
 //!
+//! **Receipt gossip** ([`crate::receipts::gossip`]), the same shape, run by the receiving side
+//! every `receipt_interval_ms`: `→ ReceiptDigestRequest`, `← ReceiptDigest`; if it differs,
+//! `→ ReceiptHeadsRequest(after)`, `← ReceiptHeads(heads, more)`; for each node whose head is
+//! ahead of its own, `→ ReceiptPageRequest(node, after_seq, certs)`, `← ReceiptPage`, each on a
+//! new stream.
+//!
 //! # Errors
 //!
 //! A bad frame (too large, undecodable, trailing bytes, unexpected in that place), a stall
@@ -83,8 +95,12 @@ use quinn::{RecvStream, SendStream, VarInt};
 use serde::{Deserialize, Serialize};
 
 #[allow(unused_imports)] // used by the docs above
-use crate::limits::{ALPN, CATCHUP_PAGE_IDS_MAX, FRAME_BYTES_MAX_DEFAULT};
+use crate::limits::{
+    ALPN, CATCHUP_PAGE_IDS_MAX, FRAME_BYTES_MAX_DEFAULT, RECEIPT_HEADS_PAGE_MAX,
+    RECEIPT_PAGE_CERTS_MAX, RECEIPT_PAGE_MAX,
+};
 use crate::limits::{FRAME_PREFIX_BYTES, REJECT_DETAIL_BYTES_MAX};
+use crate::pki::NodeId;
 
 /// Bytes the sender streams after `Want(offset)`: the outboard, then the payload from `offset`.
 pub fn stream_len(payload_len: u64, offset: u64) -> u64 {
@@ -131,6 +147,28 @@ pub enum Msg {
         id: [u8; 32],
     },
     NotHeld,
+    ReceiptDigestRequest,
+    ReceiptDigest {
+        nodes: u64,
+        hash: [u8; 32],
+    },
+    ReceiptHeadsRequest {
+        after: Option<NodeId>,
+    },
+    ReceiptHeads {
+        heads: Vec<(NodeId, u64)>,
+        more: bool,
+    },
+    ReceiptPageRequest {
+        node: NodeId,
+        after_seq: u64,
+        certs: Vec<[u8; 32]>,
+    },
+    ReceiptPage {
+        receipts: Vec<Vec<u8>>,
+        certs: Vec<Vec<u8>>,
+        more: bool,
+    },
 }
 
 impl Msg {
@@ -147,6 +185,12 @@ impl Msg {
             Msg::Digest { .. } => "Digest",
             Msg::PageRequest { .. } => "PageRequest",
             Msg::Page { .. } => "Page",
+            Msg::ReceiptDigestRequest => "ReceiptDigestRequest",
+            Msg::ReceiptDigest { .. } => "ReceiptDigest",
+            Msg::ReceiptHeadsRequest { .. } => "ReceiptHeadsRequest",
+            Msg::ReceiptHeads { .. } => "ReceiptHeads",
+            Msg::ReceiptPageRequest { .. } => "ReceiptPageRequest",
+            Msg::ReceiptPage { .. } => "ReceiptPage",
             Msg::Pull { .. } => "Pull",
             Msg::NotHeld => "NotHeld",
         }
