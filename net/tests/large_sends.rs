@@ -89,6 +89,8 @@ async fn offered_at_once(large_max: usize) -> (usize, bool) {
     let nodes = start(&fleet, planned, &[], |cfg| {
         cfg.known_peers.insert(id("raw"), raw_socket.addr);
         cfg.large_sends_per_peer_max = large_max;
+        // The raw peer reads offers only: no receipt gossip streams.
+        cfg.receipt_interval_ms = 0;
         // The raw peer holds offers unanswered while it watches.
         cfg.response_timeout_ms = 10_000;
     });

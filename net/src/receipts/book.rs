@@ -478,7 +478,13 @@ fn merge_in(
         report.merged += 1;
         // Past the bound, the node's oldest receipts go (its liveness receipt is among its
         // newest: it is renewed).
-        while head.count > limits.receipts_per_node_max {
+        // Mutation point (INV-29): one receipt more than the bound is kept per node.
+        let keep = if store::mutants::active("receipts_bound_plus_one") {
+            limits.receipts_per_node_max + 1
+        } else {
+            limits.receipts_per_node_max
+        };
+        while head.count > keep {
             let oldest = by_seq
                 .range((node, 0)..=(node, u64::MAX))?
                 .next()
@@ -499,7 +505,7 @@ fn merge_in(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::receipts::tests::fleet;
     use crate::receipts::{SignedReceipt, Signer};

@@ -208,7 +208,8 @@ impl Fleet {
                     said.next();
                 }
                 (_, Some((sid, stored))) => {
-                    if stored == 1 {
+                    // Mutation point (INV-31): a copy that left the store is never reported.
+                    if stored == 1 && !store::mutants::active("no_gone_receipt") {
                         events.push((now_ms, Event::Gone { segment: sid }));
                     }
                     said.next();
@@ -676,4 +677,121 @@ pub(crate) fn is_request(msg: &Msg) -> bool {
             | Msg::ReceiptHeadsRequest { .. }
             | Msg::ReceiptPageRequest { .. }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::receipts::tests::{fleet, now_ms};
+
+    fn node(id: &NodeIdentity) -> (tempfile::TempDir, Arc<Fleet>, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::receipts::book::tests::open_store(dir.path());
+        let cfg = NetConfig::new(
+            id.id.clone(),
+            "127.0.0.1:1".parse().unwrap(),
+            Default::default(),
+        );
+        let f = Fleet::open(store.clone(), id, &cfg).unwrap();
+        (dir, f, store)
+    }
+
+    #[test]
+    fn inv_29_heads_pages_are_checked_at_n_and_n_plus_1() {
+        let ids: Vec<NodeId> = (0..=RECEIPT_HEADS_PAGE_MAX)
+            .map(|i| format!("node-{i:04}").parse().unwrap())
+            .collect();
+        let heads: Vec<(NodeId, u64)> = ids.iter().map(|n| (n.clone(), 1)).collect();
+        assert!(check_heads(&heads[..RECEIPT_HEADS_PAGE_MAX], None).is_ok());
+        assert!(check_heads(&heads, None).is_err());
+        assert!(check_heads(&heads[1..3], Some(&ids[0])).is_ok());
+        assert!(check_heads(&heads[1..3], Some(&ids[1])).is_err());
+        let mut unordered = heads[..3].to_vec();
+        unordered.swap(0, 1);
+        assert!(check_heads(&unordered, None).is_err());
+    }
+
+    #[test]
+    fn inv_29_a_page_answer_fits_the_smallest_frame_and_refuses_too_many_hashes() {
+        let (_d, ids) = fleet(&["node-a"]);
+        let (_dir, f, _store) = node(&ids[0]);
+        let events = (0..600u32)
+            .map(|i| {
+                let mut segment = [0u8; 32];
+                segment[..4].copy_from_slice(&i.to_be_bytes());
+                (i as u64, Event::Stored { segment })
+            })
+            .collect();
+        f.book.record_own(&f.signer, events, 1).unwrap();
+        let frame_min = crate::limits::CATCHUP_PAGE_IDS_MAX * 32 + 16;
+        let ask = |certs: Vec<[u8; 32]>| Msg::ReceiptPageRequest {
+            node: ids[0].id.clone(),
+            after_seq: 0,
+            certs,
+        };
+        for frame_max in [frame_min, crate::limits::FRAME_BYTES_MAX_DEFAULT] {
+            let answer = answer(&f, ask(Vec::new()), frame_max).unwrap().unwrap();
+            let Msg::ReceiptPage {
+                receipts,
+                certs,
+                more,
+            } = &answer
+            else {
+                panic!("{answer:?}")
+            };
+            assert!(more);
+            assert!(receipts.len() <= RECEIPT_PAGE_MAX);
+            assert_eq!(
+                certs.len(),
+                1,
+                "the certificate the puller lacks comes along"
+            );
+            assert!(frame_len(&answer) as usize <= frame_max, "{frame_max}");
+        }
+        // A puller that holds the certificate does not get it again.
+        let hash = crate::receipts::cert_hash(&ids[0].cert);
+        let Some(Msg::ReceiptPage { certs, .. }) =
+            answer(&f, ask(vec![hash]), crate::limits::FRAME_BYTES_MAX_DEFAULT).unwrap()
+        else {
+            panic!()
+        };
+        assert!(certs.is_empty());
+        // N hashes are heard, N + 1 are refused.
+        let n = vec![[0u8; 32]; RECEIPT_PAGE_CERTS_MAX];
+        assert!(answer(&f, ask(n.clone()), frame_min).unwrap().is_some());
+        let mut n1 = n;
+        n1.push([1; 32]);
+        assert!(answer(&f, ask(n1), frame_min).unwrap().is_none());
+    }
+
+    #[test]
+    fn inv_31_own_receipts_follow_the_store_and_liveness_is_renewed() {
+        let (_d, ids) = fleet(&["node-a"]);
+        let (_dir, f, store) = node(&ids[0]);
+        let t0 = now_ms();
+        // An empty store: only a liveness receipt, and then nothing until it is due.
+        assert_eq!(f.reconcile(&store, t0).unwrap(), 1);
+        assert_eq!(f.reconcile(&store, t0 + 1).unwrap(), 0);
+        assert_eq!(
+            f.reconcile(&store, t0 + crate::limits::ALIVE_INTERVAL_MS_DEFAULT)
+                .unwrap(),
+            1
+        );
+        let me = ids[0].id.clone();
+        let latest = |f: &Fleet| {
+            f.book
+                .latest_of(&me, None, 100)
+                .unwrap()
+                .into_iter()
+                .map(|(r, _)| r.event)
+                .collect::<Vec<_>>()
+        };
+        assert!(matches!(latest(&f)[..], [Event::Alive { held: 0 }]));
+        // Merged receipts of other nodes do not make this node's own.
+        let (_d2, other) = fleet(&["node-b"]);
+        let b = Signer::new(&other[0]).unwrap();
+        let r = b.sign(1, t0, Event::Stored { segment: [5; 32] });
+        f.book.merge(vec![(r.receipt().unwrap(), r)]).unwrap();
+        assert_eq!(f.reconcile(&store, t0 + 2).unwrap(), 0);
+    }
 }
