@@ -211,7 +211,7 @@ pub struct ExportArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = ["to", "for_dir", "all", "channel", "ids"])]
     pub need_list: Option<PathBuf>,
     /// Sneakernet: read every *.need in DIR and write into DIR the stored segments their nodes
-    /// lack, most important first (priority, then newest), skipping ones already there; then
+    /// lack, most important first (priority, then newest), skipping ones already there, and
     /// this node's own need-list, so its receipts travel back. Import the stick with
     /// `edged import DIR` on the other side.
     #[arg(long = "for", value_name = "DIR", conflicts_with_all = ["to", "all", "channel", "ids"])]
