@@ -37,9 +37,10 @@ pub enum Command {
     /// Make and check signed segment files (.seg).
     #[command(subcommand)]
     Segment(SegmentCommand),
-    /// USB in: store every regular .seg file of DIR (verified; symlinks, FIFOs and devices skipped).
+    /// USB in: store every regular .seg file of DIR (verified; symlinks, FIFOs and devices skipped),
+    /// then merge the fleet receipts of other nodes' need-lists (*.need) there.
     Import(ImportArgs),
-    /// USB out: write stored segments into DIR as <id>.seg, atomically.
+    /// USB out: write stored segments into DIR as <id>.seg, atomically (or need-lists: --need-list, --for).
     Export(ExportArgs),
     /// List stored segments and their propagation.
     Segments(SegmentsArgs),
@@ -202,8 +203,23 @@ pub struct ExportArgs {
     #[command(flatten)]
     pub config: ConfigArg,
     /// Directory to write into (must exist).
-    #[arg(long)]
-    pub to: PathBuf,
+    #[arg(long, required_unless_present_any = ["need_list", "for_dir"])]
+    pub to: Option<PathBuf>,
+    /// Sneakernet: write this node's need-list, <node-id>.need (the ids it holds and the
+    /// fleet receipts it knows), into DIR, for a host of another part of the fleet to answer
+    /// with `export --for DIR`.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["to", "for_dir", "all", "channel", "ids"])]
+    pub need_list: Option<PathBuf>,
+    /// Sneakernet: read every *.need in DIR and write into DIR the stored segments their nodes
+    /// lack, most important first (priority, then newest), skipping ones already there, and
+    /// this node's own need-list, so its receipts travel back. Import the stick with
+    /// `edged import DIR` on the other side.
+    #[arg(long = "for", value_name = "DIR", conflicts_with_all = ["to", "all", "channel", "ids"])]
+    pub for_dir: Option<PathBuf>,
+    /// With --for: at most this many bytes of segments (default: the free space of DIR's file
+    /// system, less a small reserve).
+    #[arg(long, value_name = "N", requires = "for_dir")]
+    pub max_bytes: Option<u64>,
     /// Export every stored segment.
     #[arg(long, conflicts_with_all = ["channel", "ids"])]
     pub all: bool,

@@ -289,7 +289,27 @@ pub enum Request {
     Export {
         id: String,
     },
+    /// Need-lists (listing): every id held (stored or tombstoned), hex, in id order.
+    NeedHeld,
+    /// Need-lists (listing): every stored segment as `export --for` weighs it
+    /// ([`crate::needlist::Candidate`]), in id order.
+    NeedStored,
+    /// Need-lists (listing): the receipts the node knows, `{"cert": hex}` and
+    /// `{"receipt": hex}` items, its own first (see [`crate::needlist::walk_receipts`]).
+    NeedReceipts,
+    /// Need-lists: verify and merge receipts brought on a stick (hex), with the certificates
+    /// they name; at most [`CONTROL_NEED_MERGE_RECEIPTS_MAX`] receipts and
+    /// [`CONTROL_NEED_MERGE_CERTS_MAX`] certificates per request.
+    NeedMerge {
+        receipts: Vec<String>,
+        certs: Vec<String>,
+    },
 }
+
+/// Receipts in one `NeedMerge` request: 1024 of at most 256 bytes, hex, are 512 KiB of JSON.
+pub const CONTROL_NEED_MERGE_RECEIPTS_MAX: usize = 1024;
+/// Certificates in one `NeedMerge` request: 64 of at most 4 KiB, hex, are 512 KiB of JSON.
+pub const CONTROL_NEED_MERGE_CERTS_MAX: usize = 64;
 
 impl Request {
     /// Whether the answer is a listing (`Page` frames, then `End`) rather than one frame.
@@ -301,6 +321,14 @@ impl Request {
                 | Request::ExportSelect { .. }
                 | Request::DlqRequeue { .. }
                 | Request::DlqPurge { .. }
+        ) || self.is_need_listing()
+    }
+
+    /// The need-list listings (kept apart so the list above stays as it was).
+    pub fn is_need_listing(&self) -> bool {
+        matches!(
+            self,
+            Request::NeedHeld | Request::NeedStored | Request::NeedReceipts
         )
     }
 }

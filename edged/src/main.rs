@@ -10,6 +10,7 @@ mod control;
 mod daemon;
 mod exit;
 mod metrics;
+mod needlist;
 mod output;
 
 use std::process::ExitCode;

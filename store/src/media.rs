@@ -58,6 +58,10 @@ const TEMP_FLAGS: OFlags = OFlags::WRONLY
 /// Permissions of an exported file before the umask: what `std::fs::File::create` uses.
 const EXPORT_FILE_MODE: u32 = 0o666;
 
+/// Longest name [`ExportDir::write_file`] writes: what file systems allow in one component,
+/// less the temporary name's dot and `.tmp`.
+const FILE_NAME_BYTES_MAX: usize = 250;
+
 /// Outcome of exporting one segment into a directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exported {
@@ -288,6 +292,73 @@ impl ExportDir {
         rustix::fs::openat(&self.dir, tmp, TEMP_FLAGS, mode)
             .map(File::from)
             .map_err(self.io("create", tmp))
+    }
+
+    /// Writes `bytes` as the file `name` directly in this directory, atomically: a new
+    /// temporary `.<name>.tmp` (whatever was at that name is unlinked, never followed), fsync,
+    /// rename over `name`, fsync of the directory. `name` must be a plain file name (no `/`,
+    /// not hidden); anything but nothing or a regular file at `name` is refused. For the small
+    /// files that travel beside segments (need-lists), which are not segments and so are not
+    /// verified here.
+    pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, ExportError> {
+        let plain = !name.is_empty()
+            && name.len() <= FILE_NAME_BYTES_MAX
+            && !name.starts_with('.')
+            && !name.contains('/')
+            && !name.contains('\0');
+        if !plain {
+            return Err(ExportError::Io {
+                op: "name",
+                path: self.path.join(name),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "not a plain file name"),
+            });
+        }
+        if let AtName::Other(t) = self.at(name)? {
+            return Err(ExportError::NotRegular {
+                path: self.path.join(name),
+                kind: kind_name(t),
+            });
+        }
+        let tmp = format!(".{name}.tmp");
+        let mut file = self.create_temp(&tmp)?;
+        let written = (|| {
+            file.write_all(bytes).map_err(|source| ExportError::Io {
+                op: "write",
+                path: self.path.join(&tmp),
+                source,
+            })?;
+            rustix::fs::fsync(&file).map_err(self.io("fsync", &tmp))?;
+            // Checked again: the rename must not replace what was put there meanwhile.
+            if let AtName::Other(t) = self.at(name)? {
+                return Err(ExportError::NotRegular {
+                    path: self.path.join(name),
+                    kind: kind_name(t),
+                });
+            }
+            rustix::fs::renameat(&self.dir, tmp.as_str(), &self.dir, name)
+                .map_err(self.io("rename", name))?;
+            rustix::fs::fsync(&self.dir).map_err(|e| ExportError::Io {
+                op: "fsync",
+                path: self.path.clone(),
+                source: e.into(),
+            })?;
+            Ok(self.path.join(name))
+        })();
+        if written.is_err() {
+            let _ = rustix::fs::unlinkat(&self.dir, tmp.as_str(), AtFlags::empty());
+        }
+        written
+    }
+
+    /// Bytes an unprivileged writer may still write on this directory's file system
+    /// (`statvfs`: available blocks × fragment size).
+    pub fn available_bytes(&self) -> Result<u64, ExportError> {
+        let st = rustix::fs::fstatvfs(&self.dir).map_err(|e| ExportError::Io {
+            op: "statvfs",
+            path: self.path.clone(),
+            source: e.into(),
+        })?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
     fn fill_and_commit<R: Read>(

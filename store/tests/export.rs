@@ -433,3 +433,30 @@ fn inv_19_a_large_export_is_the_stored_file_byte_for_byte() {
     );
     assert!(std::fs::read(&target).unwrap() == file, "the copy differs");
 }
+
+/// A need-list beside the segments: written atomically (no temporary left), replacing a
+/// regular file, refusing a symlink at its name (never followed) and names that are not plain.
+#[test]
+fn inv_19_a_small_file_is_written_only_as_a_plain_regular_file_in_the_directory() {
+    let out = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let dir = ExportDir::open(out.path()).unwrap();
+    let path = dir.write_file("node-a.need", b"first").unwrap();
+    assert_eq!(path, out.path().join("node-a.need"));
+    dir.write_file("node-a.need", b"second").unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"second");
+    let names: Vec<_> = std::fs::read_dir(out.path()).unwrap().flatten().collect();
+    assert_eq!(names.len(), 1, "no temporary file is left");
+    let target = outside.path().join("victim");
+    std::fs::write(&target, b"untouched").unwrap();
+    std::os::unix::fs::symlink(&target, out.path().join("node-b.need")).unwrap();
+    assert!(matches!(
+        dir.write_file("node-b.need", b"x"),
+        Err(ExportError::NotRegular { .. })
+    ));
+    assert_eq!(std::fs::read(&target).unwrap(), b"untouched");
+    for bad in ["", ".hidden", "a/b", "../x"] {
+        assert!(dir.write_file(bad, b"x").is_err(), "{bad:?}");
+    }
+    assert!(dir.available_bytes().unwrap() > 0);
+}

@@ -52,13 +52,25 @@ impl Line {
 }
 
 pub fn run(args: &ExportArgs) -> CliResult {
+    if let Some(dir) = &args.need_list {
+        return super::needs::write_need_list(&args.config, dir, args.json);
+    }
+    if let Some(dir) = &args.for_dir {
+        return super::needs::export_for(&args.config, dir, args.max_bytes, args.json);
+    }
+    let Some(to) = &args.to else {
+        return Err(Failure::new(
+            USAGE,
+            anyhow::anyhow!("say where to export: --to DIR, --need-list DIR or --for DIR"),
+        ));
+    };
     if !args.all && args.channel.is_none() && args.ids.is_empty() {
         return Err(Failure::new(
             USAGE,
             anyhow::anyhow!("say what to export: --all, --channel C, or segment ids"),
         ));
     }
-    let dir = ExportDir::open(&args.to).map_err(Failure::failed)?;
+    let dir = ExportDir::open(to).map_err(Failure::failed)?;
     let cfg = Config::load(&args.config.config)?;
     if let Some(client) = super::client::connect(&cfg)? {
         let lines = export_through_daemon(client, &cfg, args, &dir)?;
@@ -175,7 +187,7 @@ fn export_through_daemon(
 }
 
 /// The outer error ends the connection (it is out of step); the inner one is this file's.
-fn export_one(
+pub(super) fn export_one(
     client: &mut super::client::Client,
     id_text: &str,
     dir: &ExportDir,

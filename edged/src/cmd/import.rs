@@ -45,10 +45,25 @@ pub const IMPORT_CUT_ANSWER_TIMEOUT_MS: u64 = 5_000;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum FileResult {
-    Imported { id: String, bytes: u64 },
-    AlreadyPresent { id: String },
-    Rejected { reason: String },
-    Skipped { reason: String },
+    Imported {
+        id: String,
+        bytes: u64,
+    },
+    AlreadyPresent {
+        id: String,
+    },
+    Rejected {
+        reason: String,
+    },
+    Skipped {
+        reason: String,
+    },
+    /// A need-list of another node whose receipts were merged (see [`super::needs`]).
+    Receipts {
+        merged: u64,
+        known: u64,
+        refused: u64,
+    },
 }
 
 impl FileResult {
@@ -92,10 +107,35 @@ pub fn run(args: &ImportArgs) -> CliResult {
                 match &entry.kind {
                     Kind::Candidate => import_file(relay, &entry.path, &bar),
                     Kind::Skip(reason) => reason.clone(),
+                    Kind::NeedList => FileResult::Skipped {
+                        reason: "need-list".into(),
+                    },
                 }
             })
             .collect(),
     };
+    // After the segments: receipts of other nodes that travelled with them, so this node
+    // learns what the other side holds (including what it sent here).
+    let merge_target = match &target {
+        Target::Daemon(cfg) => super::needs::MergeTarget::Daemon(cfg),
+        Target::Direct(relay) => super::needs::MergeTarget::Direct(relay.store()),
+    };
+    let results: Vec<FileResult> = entries
+        .iter()
+        .zip(results)
+        .map(|(entry, result)| match entry.kind {
+            Kind::NeedList => match super::needs::merge(&cfg, &merge_target, &entry.path) {
+                Ok(Ok(m)) => FileResult::Receipts {
+                    merged: m.merged,
+                    known: m.known,
+                    refused: m.refused,
+                },
+                Ok(Err(reason)) => FileResult::Skipped { reason },
+                Err(reason) => FileResult::Rejected { reason },
+            },
+            _ => result,
+        })
+        .collect();
     let lines: Vec<Line> = entries
         .into_iter()
         .zip(results)
@@ -135,6 +175,9 @@ fn through_daemon(cfg: &Config, entries: &[Entry], bar: &ProgressBar) -> Vec<Fil
         .iter()
         .map(|e| match &e.kind {
             Kind::Skip(reason) => Some(reason.clone()),
+            Kind::NeedList => Some(FileResult::Skipped {
+                reason: "need-list".into(),
+            }),
             Kind::Candidate => None,
         })
         .collect();
@@ -516,6 +559,15 @@ fn report(lines: &[Line], json: bool) -> CliResult {
                 FileResult::Skipped { reason } => {
                     vec![l.file.clone(), "skipped".into(), reason.clone()]
                 }
+                FileResult::Receipts {
+                    merged,
+                    known,
+                    refused,
+                } => vec![
+                    l.file.clone(),
+                    "receipts".into(),
+                    format!("{merged} merged, {known} already known, {refused} refused"),
+                ],
             })
             .collect();
         print!("{}", output::table(&["file", "result", "detail"], &rows));
@@ -548,6 +600,8 @@ fn progress(total: u64) -> ProgressBar {
 enum Kind {
     Candidate,
     Skip(FileResult),
+    /// A need-list: its receipts are merged after the segments are stored.
+    NeedList,
 }
 
 #[derive(Debug)]
@@ -610,12 +664,15 @@ fn scan(dir: &Path) -> anyhow::Result<Vec<Entry>> {
             })
         };
         let is_seg = name.ends_with(".seg");
+        let is_need = super::needs::is_need_list(&name);
         let (kind, len) = if ft.is_symlink() {
             (rejected("symlink: not followed"), 0)
         } else if let Some(reason) = special_file(ft) {
             (rejected(reason), 0)
         } else if ft.is_dir() {
             (skipped("directory (import is not recursive)"), 0)
+        } else if is_need {
+            (Kind::NeedList, 0)
         } else if !is_seg {
             (skipped("not a .seg file"), 0)
         } else {

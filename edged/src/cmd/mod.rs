@@ -5,6 +5,7 @@ pub(crate) mod client;
 mod export;
 mod import;
 mod key;
+mod needs;
 mod query;
 mod segment;
 mod segments;

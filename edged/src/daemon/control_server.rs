@@ -39,6 +39,7 @@ use tokio::sync::{Notify, watch};
 
 use super::control_io::{BodyReader, Cut, RateWriter, RequestRead, read_request};
 use super::listing::{self, ListError, Pages};
+use super::need;
 use super::pipeline::{CONTROL_IMPORT_PIPELINED_BYTES_MAX, Pipeline};
 use super::{Daemon, views};
 use crate::control::{
@@ -797,6 +798,10 @@ fn answer(d: &Daemon, request: Request) -> Response {
         Request::Import { .. } | Request::Export { .. } => {
             Ok(failed(exit::USAGE, "streamed requests are handled apart"))
         }
+        Request::NeedHeld | Request::NeedStored | Request::NeedReceipts => {
+            Ok(failed(exit::USAGE, "listings are handled apart"))
+        }
+        Request::NeedMerge { receipts, certs } => Ok(need::merge(d, &receipts, &certs)),
     };
     result.unwrap_or_else(|e| failed(exit::FAILED, format!("{e:#}")))
 }
@@ -823,6 +828,9 @@ fn list<W: std::io::Write>(
         Request::DlqPurge { peer, segment } => {
             listing::dlq_act(d, &mut pages, peer, segment.as_deref(), false)
         }
+        Request::NeedHeld => need::held(d, &mut pages),
+        Request::NeedStored => need::stored(d, &mut pages),
+        Request::NeedReceipts => need::receipts(d, &mut pages),
         _ => Err(ListError::Failed {
             code: exit::USAGE,
             message: "not a listing".into(),

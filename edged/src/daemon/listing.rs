@@ -91,6 +91,11 @@ impl<'a, W: Write> Pages<'a, W> {
         self.items_max
     }
 
+    /// Bytes of a page: what a listing reads from the database at a time, by size.
+    pub(super) fn page_bytes(&self) -> usize {
+        self.bytes_max
+    }
+
     pub(super) fn push<T: Serialize>(&mut self, item: &T) -> Result<(), ListError> {
         let mark = self.buf.len();
         if self.in_page > 0 {

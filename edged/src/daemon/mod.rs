@@ -11,6 +11,7 @@
 mod control_io;
 mod control_server;
 mod listing;
+mod need;
 mod pipeline;
 mod views;
 pub mod wiring;
