@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use net::receipts::book::Head;
 use net::receipts::verdict::{MemberState, Roster, SegmentView, Verdict, segment_view};
-use net::receipts::{Event, SignedReceipt};
+use net::receipts::{Entry, Event, SignedReceipt};
 use store::SegmentId;
 
 /// Receipt gossip interval of these tests.
@@ -159,17 +159,23 @@ async fn inv_28_a_forged_receipt_relayed_by_a_peer_is_refused_and_counted() {
     // n2 (n1's neighbour) holds, unverified, an altered copy of n3's receipt about the segment:
     // "gone", with a higher sequence number, under n3's certificate and old signature.
     let n2 = nodes[1].node.fleet().unwrap();
-    let (real, bytes) = n2
-        .book
-        .latest_of(&id("n3"), None, 1_000)
-        .unwrap()
+    let (pages, _) = n2.book.page(&id("n3"), 0, 1_000, 1 << 20).unwrap();
+    let (real, bytes) = pages
         .into_iter()
-        .find(|(r, _)| r.event == Event::Stored { segment: seg.0 })
+        .map(|b| (SignedReceipt::decode(&b).unwrap().receipt().unwrap(), b))
+        .find(|(r, _)| {
+            r.entries
+                .iter()
+                .any(|e| e.event == Event::Stored { segment: seg.0 })
+        })
         .expect("n2 knows n3's receipt");
     let mut forged = SignedReceipt::decode(&bytes).unwrap();
     let mut claim = real.clone();
     claim.seq += 1_000_000;
-    claim.event = Event::Gone { segment: seg.0 };
+    claim.entries = vec![Entry {
+        at_ms: real.at_ms,
+        event: Event::Gone { segment: seg.0 },
+    }];
     forged.body = postcard::to_allocvec(&claim).unwrap();
     n2.book.merge(vec![(claim, forged)]).unwrap();
 

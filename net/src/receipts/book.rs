@@ -5,15 +5,17 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `fleet-receipts-v1` | (node, subject) | (seq, encoded [`SignedReceipt`]) — the latest per subject |
-//! | `fleet-by-seq-v1` | (node, seq) | subject — the same receipts, in the order gossip pages them |
+//! | `fleet-batches-v1` | (node, seq) | (entries still latest, encoded [`SignedReceipt`]) — signed batches, in the order gossip pages them |
+//! | `fleet-latest-v1` | (node, subject) | (seq, kind, at_ms) — the latest receipt per subject and the batch holding it |
 //! | `fleet-holders-v1` | (segment, node) | (stored, at_ms) — the fleet view of one segment |
-//! | `fleet-heads-v1` | node | (highest seq, receipts kept, newest at_ms) |
+//! | `fleet-heads-v1` | node | (highest seq, subjects kept, newest at_ms) |
 //! | `fleet-certs-v1` | (node, blake3 of the DER) | certificate DER, checked against the fleet CA |
 //!
-//! **Merging** is idempotent and commutative: a receipt replaces the one kept for its (node,
-//! subject) only when its sequence number is higher, so receiving a receipt twice, or two
-//! receipts in either order, leaves the same book.
+//! **Merging** is idempotent and commutative: an entry replaces the one kept for its (node,
+//! subject) only when its batch's sequence number is higher, so receiving a batch twice, or two
+//! batches in either order, leaves the same book. A batch is kept (to be passed on) while at
+//! least one of its entries is still the latest for its subject, and dropped when the last one
+//! is replaced.
 //!
 //! **Bounds** ([`BookLimits`]): at most `nodes_max` nodes (receipts of further nodes are refused
 //! and counted); at most `receipts_per_node_max` receipts per node — past it, that node's
@@ -30,14 +32,15 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefiniti
 use rustls::pki_types::CertificateDer;
 use store::{SegmentId, Store, StoreError};
 
-use super::{ALIVE_SUBJECT, Event, Receipt, SignedReceipt, Signer, cert_hash};
+use super::{
+    ALIVE_SUBJECT, Entry, Event, RECEIPT_ENTRIES_MAX, Receipt, SignedReceipt, Signer, cert_hash,
+};
 use crate::pki::NodeId;
 
-/// (node, subject) → (seq, encoded signed receipt).
-type ReceiptsTable =
-    TableDefinition<'static, (&'static str, &'static [u8; 32]), (u64, &'static [u8])>;
-const RECEIPTS: ReceiptsTable = TableDefinition::new("fleet-receipts-v1");
-const BY_SEQ: TableDefinition<(&str, u64), &[u8; 32]> = TableDefinition::new("fleet-by-seq-v1");
+const BATCHES: TableDefinition<(&str, u64), (u32, &[u8])> =
+    TableDefinition::new("fleet-batches-v1");
+const LATEST: TableDefinition<(&str, &[u8; 32]), (u64, u8, u64)> =
+    TableDefinition::new("fleet-latest-v1");
 const HOLDERS: TableDefinition<(&[u8; 32], &str), (bool, u64)> =
     TableDefinition::new("fleet-holders-v1");
 const HEADS: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("fleet-heads-v1");
@@ -84,16 +87,59 @@ pub struct NodeHolding {
     pub at_ms: u64,
 }
 
+/// What the latest receipt of a node about a subject says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Stored,
+    Gone,
+    Alive,
+}
+
+impl Kind {
+    fn of(event: &Event) -> Kind {
+        match event {
+            Event::Stored { .. } => Kind::Stored,
+            Event::Gone { .. } => Kind::Gone,
+            Event::Alive { .. } => Kind::Alive,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            Kind::Gone => 0,
+            Kind::Stored => 1,
+            Kind::Alive => 2,
+        }
+    }
+
+    fn from_u8(v: u8) -> Kind {
+        match v {
+            0 => Kind::Gone,
+            1 => Kind::Stored,
+            _ => Kind::Alive,
+        }
+    }
+}
+
+/// One node's latest receipt about one subject, and the batch it came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Latest {
+    pub subject: [u8; 32],
+    pub kind: Kind,
+    pub at_ms: u64,
+    pub seq: u64,
+}
+
 /// What a merge did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct MergeReport {
-    /// Receipts that replaced an older one or were new.
+    /// Entries that replaced an older one or were new.
     pub merged: u64,
-    /// Receipts not newer than what the book holds (already known).
+    /// Entries not newer than what the book holds (already known).
     pub known: u64,
-    /// Receipts refused because the book holds `nodes_max` other nodes.
+    /// Batches refused because the book holds `nodes_max` other nodes.
     pub refused_nodes: u64,
-    /// Old receipts forgotten to stay within `receipts_per_node_max`.
+    /// Old entries forgotten to stay within `receipts_per_node_max`.
     pub forgotten: u64,
 }
 
@@ -110,8 +156,8 @@ impl Book {
     /// Opens the book in `store`'s database, creating its tables.
     pub fn open(store: Store, limits: BookLimits) -> Result<Book> {
         store.writer().write(|txn| {
-            txn.open_table(RECEIPTS)?;
-            txn.open_table(BY_SEQ)?;
+            txn.open_table(BATCHES)?;
+            txn.open_table(LATEST)?;
             txn.open_table(HOLDERS)?;
             txn.open_table(HEADS)?;
             txn.open_table(CERTS)?;
@@ -189,22 +235,29 @@ impl Book {
             .write(move |txn| merge_in(txn, limits, receipts))
     }
 
-    /// Signs `events` (with their times) as this node's next receipts and merges them. Only
-    /// one task of a node makes its receipts (the reconciler), so the head read here is still
-    /// the head when they are merged.
+    /// Signs `events` (with their times) as this node's next receipts — in batches of at most
+    /// [`RECEIPT_ENTRIES_MAX`], subjects in order — and merges them. Only one task of a node
+    /// makes its receipts (the reconciler), so the head read here is still the head when they
+    /// are merged.
     pub fn record_own(
         &self,
         signer: &Signer,
-        events: Vec<(u64, Event)>,
+        mut events: Vec<(u64, Event)>,
         now_ms: u64,
     ) -> Result<MergeReport> {
+        events.sort_by_key(|(_, e)| e.subject());
+        events.dedup_by_key(|(_, e)| e.subject());
         let mut seq = self.head(signer.node())?.map_or(0, |h| h.seq);
-        let mut signed = Vec::with_capacity(events.len());
-        for (at_ms, event) in events {
+        let mut signed = Vec::new();
+        for chunk in events.chunks(RECEIPT_ENTRIES_MAX) {
             seq = (seq + 1).max(now_ms);
-            let s = signer.sign(seq, at_ms, event);
+            let entries = chunk
+                .iter()
+                .map(|&(at_ms, event)| Entry { at_ms, event })
+                .collect();
+            let s = signer.sign(seq, now_ms, entries);
             let receipt = s.receipt().map_err(|e| StoreError::CorruptRow {
-                table: "fleet-receipts-v1",
+                table: "fleet-batches-v1",
                 reason: e.to_string(),
             })?;
             signed.push((receipt, s));
@@ -265,9 +318,9 @@ impl Book {
         Ok((heads.len() as u64, *hasher.finalize().as_bytes()))
     }
 
-    /// Receipts of `node` with a sequence number above `after_seq`, in order: at most `limit`,
-    /// and no more encoded bytes than `bytes_max` (always at least one receipt when one
-    /// exists). `more`: receipts were left.
+    /// Signed batches of `node` with a sequence number above `after_seq`, in order: at most
+    /// `limit`, and no more encoded bytes than `bytes_max` (always at least one batch when one
+    /// exists). `more`: batches were left.
     pub fn page(
         &self,
         node: &NodeId,
@@ -276,26 +329,18 @@ impl Book {
         bytes_max: usize,
     ) -> Result<(Vec<Vec<u8>>, bool)> {
         let read = self.read()?;
-        let by_seq = read.open_table(BY_SEQ).map_err(redb::Error::from)?;
-        let receipts = read.open_table(RECEIPTS).map_err(redb::Error::from)?;
+        let batches = read.open_table(BATCHES).map_err(redb::Error::from)?;
         let mut out = Vec::new();
         let mut bytes = 0;
         let Some(from) = after_seq.checked_add(1) else {
             return Ok((out, false));
         };
-        for entry in by_seq
+        for entry in batches
             .range((node.as_str(), from)..=(node.as_str(), u64::MAX))
             .map_err(redb::Error::from)?
         {
-            let (_, subject) = entry.map_err(redb::Error::from)?;
-            let subject = *subject.value();
-            let Some(row) = receipts
-                .get((node.as_str(), &subject))
-                .map_err(redb::Error::from)?
-            else {
-                continue;
-            };
-            let (_, signed) = row.value();
+            let (_, v) = entry.map_err(redb::Error::from)?;
+            let (_, signed) = v.value();
             if out.len() >= limit || (!out.is_empty() && bytes + signed.len() > bytes_max) {
                 return Ok((out, true));
             }
@@ -306,34 +351,34 @@ impl Book {
     }
 
     /// The latest receipt of `node` about each subject, in subject order after `after`, at
-    /// most `limit`: (subject, receipt, encoded signed receipt).
+    /// most `limit`.
     pub fn latest_of(
         &self,
         node: &NodeId,
         after: Option<&[u8; 32]>,
         limit: usize,
-    ) -> Result<Vec<(Receipt, Vec<u8>)>> {
+    ) -> Result<Vec<Latest>> {
         let read = self.read()?;
-        let receipts = read.open_table(RECEIPTS).map_err(redb::Error::from)?;
+        let latest = read.open_table(LATEST).map_err(redb::Error::from)?;
         let lower = match after {
             Some(s) => Bound::Excluded((node.as_str(), s)),
             None => Bound::Included((node.as_str(), &[0u8; 32])),
         };
         let upper = Bound::Included((node.as_str(), &[0xffu8; 32]));
         let mut out = Vec::new();
-        for entry in receipts.range((lower, upper)).map_err(redb::Error::from)? {
+        for entry in latest.range((lower, upper)).map_err(redb::Error::from)? {
             if out.len() >= limit {
                 break;
             }
-            let (_, v) = entry.map_err(redb::Error::from)?;
-            let (_, bytes) = v.value();
-            let receipt = SignedReceipt::decode(bytes)
-                .and_then(|s| s.receipt())
-                .map_err(|e| StoreError::CorruptRow {
-                    table: "fleet-receipts-v1",
-                    reason: e.to_string(),
-                })?;
-            out.push((receipt, bytes.to_vec()));
+            let (k, v) = entry.map_err(redb::Error::from)?;
+            let subject = *k.value().1;
+            let (seq, kind, at_ms) = v.value();
+            out.push(Latest {
+                subject,
+                kind: Kind::from_u8(kind),
+                at_ms,
+                seq,
+            });
         }
         Ok(out)
     }
@@ -390,11 +435,11 @@ impl Book {
         Ok(out)
     }
 
-    /// Receipts kept in all.
+    /// Subjects with a receipt kept, over every node.
     pub fn len(&self) -> Result<u64> {
         let read = self.read()?;
-        let receipts = read.open_table(RECEIPTS).map_err(redb::Error::from)?;
-        Ok(receipts.len().map_err(redb::Error::from)?)
+        let latest = read.open_table(LATEST).map_err(redb::Error::from)?;
+        Ok(latest.len().map_err(redb::Error::from)?)
     }
 
     pub fn is_empty(&self) -> Result<bool> {
@@ -430,13 +475,13 @@ fn merge_in(
     receipts: Vec<(Receipt, SignedReceipt)>,
 ) -> std::result::Result<MergeReport, redb::Error> {
     let mut report = MergeReport::default();
-    let mut table = txn.open_table(RECEIPTS)?;
-    let mut by_seq = txn.open_table(BY_SEQ)?;
+    let mut batches = txn.open_table(BATCHES)?;
+    let mut latest = txn.open_table(LATEST)?;
     let mut holders = txn.open_table(HOLDERS)?;
     let mut heads = txn.open_table(HEADS)?;
     for (receipt, signed) in receipts {
         let node = receipt.node.as_str();
-        let subject = receipt.event.subject();
+        let seq = receipt.seq;
         let head = heads.get(node)?.map(|v| head_of(v.value()));
         let mut head = match head {
             Some(h) => h,
@@ -450,58 +495,103 @@ fn merge_in(
                 newest_at_ms: 0,
             },
         };
-        let old_seq = table.get((node, &subject))?.map(|v| v.value().0);
-        if old_seq.is_some_and(|s| s >= receipt.seq) {
-            report.known += 1;
+        if batches.get((node, seq))?.is_some() {
+            report.known += receipt.entries.len() as u64;
             continue;
         }
-        match old_seq {
-            Some(s) => {
-                by_seq.remove((node, s))?;
+        let mut live = 0u32;
+        for entry in &receipt.entries {
+            let subject = entry.event.subject();
+            let old = latest.get((node, &subject))?.map(|v| v.value().0);
+            match old {
+                Some(old_seq) if old_seq >= seq => {
+                    report.known += 1;
+                    continue;
+                }
+                Some(old_seq) => release(&mut batches, node, old_seq)?,
+                None => head.count += 1,
             }
-            None => head.count += 1,
+            let kind = Kind::of(&entry.event);
+            latest.insert((node, &subject), (seq, kind.to_u8(), entry.at_ms))?;
+            match entry.event {
+                Event::Stored { segment } => {
+                    holders.insert((&segment, node), (true, entry.at_ms))?;
+                }
+                Event::Gone { segment } => {
+                    holders.insert((&segment, node), (false, entry.at_ms))?;
+                }
+                Event::Alive { .. } => {}
+            }
+            head.newest_at_ms = head.newest_at_ms.max(entry.at_ms);
+            live += 1;
         }
-        let bytes = signed.encode();
-        table.insert((node, &subject), (receipt.seq, bytes.as_slice()))?;
-        by_seq.insert((node, receipt.seq), &subject)?;
-        match receipt.event {
-            Event::Stored { segment } => {
-                holders.insert((&segment, node), (true, receipt.at_ms))?;
-            }
-            Event::Gone { segment } => {
-                holders.insert((&segment, node), (false, receipt.at_ms))?;
-            }
-            Event::Alive { .. } => {}
+        if live > 0 {
+            batches.insert((node, seq), (live, signed.encode().as_slice()))?;
         }
-        head.seq = head.seq.max(receipt.seq);
+        report.merged += u64::from(live);
+        // The head moves past a batch even when none of its entries was new: gossip does not
+        // ask for it again.
+        head.seq = head.seq.max(seq);
         head.newest_at_ms = head.newest_at_ms.max(receipt.at_ms);
-        report.merged += 1;
-        // Past the bound, the node's oldest receipts go (its liveness receipt is among its
-        // newest: it is renewed).
         // Mutation point (INV-29): one receipt more than the bound is kept per node.
         let keep = if store::mutants::active("receipts_bound_plus_one") {
             limits.receipts_per_node_max + 1
         } else {
             limits.receipts_per_node_max
         };
+        // Past the bound, the node's oldest batches go with their entries (its liveness
+        // receipt is among its newest: it is renewed).
         while head.count > keep {
-            let oldest = by_seq
+            let oldest = batches
                 .range((node, 0)..=(node, u64::MAX))?
                 .next()
                 .transpose()?
-                .map(|(k, v)| (k.value().1, *v.value()));
-            let Some((seq, subject)) = oldest else { break };
-            by_seq.remove((node, seq))?;
-            table.remove((node, &subject))?;
-            if subject != ALIVE_SUBJECT {
-                holders.remove((&subject, node))?;
+                .map(|(k, v)| (k.value().1, v.value().1.to_vec()));
+            let Some((old_seq, bytes)) = oldest else {
+                break;
+            };
+            batches.remove((node, old_seq))?;
+            let old = SignedReceipt::decode(&bytes)
+                .and_then(|s| s.receipt())
+                .map_err(|e| redb::Error::Corrupted(format!("fleet-batches-v1: {e}")))?;
+            for entry in &old.entries {
+                let subject = entry.event.subject();
+                let still = latest.get((node, &subject))?.map(|v| v.value().0);
+                if still != Some(old_seq) {
+                    continue;
+                }
+                latest.remove((node, &subject))?;
+                if subject != ALIVE_SUBJECT {
+                    holders.remove((&subject, node))?;
+                }
+                head.count -= 1;
+                report.forgotten += 1;
             }
-            head.count -= 1;
-            report.forgotten += 1;
         }
         heads.insert(node, (head.seq, head.count, head.newest_at_ms))?;
     }
     Ok(report)
+}
+
+/// One entry of batch `seq` of `node` is no longer the latest: the batch goes when none is.
+fn release(
+    batches: &mut redb::Table<(&str, u64), (u32, &[u8])>,
+    node: &str,
+    seq: u64,
+) -> std::result::Result<(), redb::Error> {
+    let row = batches
+        .get((node, seq))?
+        .map(|v| (v.value().0, v.value().1.to_vec()));
+    match row {
+        Some((live, _)) if live <= 1 => {
+            batches.remove((node, seq))?;
+        }
+        Some((live, bytes)) => {
+            batches.insert((node, seq), (live - 1, bytes.as_slice()))?;
+        }
+        None => {}
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -525,7 +615,7 @@ pub(crate) mod tests {
     }
 
     fn signed(s: &Signer, seq: u64, event: Event) -> (Receipt, SignedReceipt) {
-        let signed = s.sign(seq, seq, event);
+        let signed = s.sign(seq, seq, vec![Entry { at_ms: seq, event }]);
         (signed.receipt().unwrap(), signed)
     }
 
@@ -560,6 +650,51 @@ pub(crate) mod tests {
         assert!(!holders[0].1.stored, "the later Gone receipt wins");
         assert_eq!(views[0].1.unwrap().count, 1);
         assert_eq!(views[0].2.0.len(), 1, "one receipt per subject is kept");
+    }
+
+    #[test]
+    fn inv_30_a_batch_is_kept_while_one_of_its_entries_is_the_latest() {
+        let (_d, ids) = fleet(&["node-a"]);
+        let a = Signer::new(&ids[0]).unwrap();
+        let (_dir, b) = book(BookLimits::default());
+        let node: NodeId = "node-a".parse().unwrap();
+        let (s1, s2) = ([1u8; 32], [2u8; 32]);
+        let batch = |seq: u64, events: &[Event]| {
+            let entries = events
+                .iter()
+                .map(|&event| Entry { at_ms: seq, event })
+                .collect();
+            let signed = a.sign(seq, seq, entries);
+            (signed.receipt().unwrap(), signed)
+        };
+        let seqs = |b: &Book| -> Vec<u64> {
+            b.page(&node, 0, 100, 1 << 20)
+                .unwrap()
+                .0
+                .iter()
+                .map(|p| SignedReceipt::decode(p).unwrap().receipt().unwrap().seq)
+                .collect()
+        };
+        let both = [Event::Stored { segment: s1 }, Event::Stored { segment: s2 }];
+        let r = b.merge(vec![batch(10, &both)]).unwrap();
+        assert_eq!(r.merged, 2);
+        b.merge(vec![batch(11, &[Event::Gone { segment: s1 }])])
+            .unwrap();
+        assert_eq!(seqs(&b), [10, 11], "batch 10 still says s2 is stored");
+        b.merge(vec![batch(12, &[Event::Gone { segment: s2 }])])
+            .unwrap();
+        assert_eq!(seqs(&b), [11, 12], "batch 10 has nothing left to say");
+        // A late copy of batch 10 changes nothing, and the head stays.
+        let r = b.merge(vec![batch(10, &both)]).unwrap();
+        assert_eq!((r.merged, r.known), (0, 2));
+        assert_eq!(seqs(&b), [11, 12]);
+        assert_eq!(b.head(&node).unwrap().unwrap().seq, 12);
+        assert!(
+            b.holders(&SegmentId(s1))
+                .unwrap()
+                .iter()
+                .all(|(_, h)| !h.stored)
+        );
     }
 
     #[test]

@@ -40,7 +40,7 @@ use rustls::pki_types::CertificateDer;
 use store::{SegmentId, Store, StoreError};
 use tokio::time::timeout;
 
-use super::book::{Book, BookLimits, MergeReport};
+use super::book::{Book, BookLimits, Kind, MergeReport};
 use super::{
     Event, RECEIPT_CERT_BYTES_MAX, Receipt, ReceiptError, SIGNED_RECEIPT_BYTES_MAX, SignedReceipt,
     Signer, SignerError, check_cert,
@@ -185,10 +185,10 @@ impl Fleet {
             let page = self.book.latest_of(&me, after.as_ref(), PAGE)?;
             Ok(page
                 .into_iter()
-                .filter_map(|(r, _)| match r.event {
-                    Event::Stored { segment } => Some((segment, 1)),
-                    Event::Gone { segment } => Some((segment, 0)),
-                    Event::Alive { .. } => None,
+                .filter_map(|l| match l.kind {
+                    Kind::Stored => Some((l.subject, 1)),
+                    Kind::Gone => Some((l.subject, 0)),
+                    Kind::Alive => None,
                 })
                 .collect())
         });
@@ -715,7 +715,7 @@ mod tests {
     fn inv_29_a_page_answer_fits_the_smallest_frame_and_refuses_too_many_hashes() {
         let (_d, ids) = fleet(&["node-a"]);
         let (_dir, f, _store) = node(&ids[0]);
-        let events = (0..600u32)
+        let events = (0..6000u32)
             .map(|i| {
                 let mut segment = [0u8; 32];
                 segment[..4].copy_from_slice(&i.to_be_bytes());
@@ -783,14 +783,18 @@ mod tests {
                 .latest_of(&me, None, 100)
                 .unwrap()
                 .into_iter()
-                .map(|(r, _)| r.event)
+                .map(|l| l.kind)
                 .collect::<Vec<_>>()
         };
-        assert!(matches!(latest(&f)[..], [Event::Alive { held: 0 }]));
+        assert_eq!(latest(&f), [Kind::Alive]);
         // Merged receipts of other nodes do not make this node's own.
         let (_d2, other) = fleet(&["node-b"]);
         let b = Signer::new(&other[0]).unwrap();
-        let r = b.sign(1, t0, Event::Stored { segment: [5; 32] });
+        let r = b.sign(
+            1,
+            t0,
+            crate::receipts::tests::one(Event::Stored { segment: [5; 32] }),
+        );
         f.book.merge(vec![(r.receipt().unwrap(), r)]).unwrap();
         assert_eq!(f.reconcile(&store, t0 + 2).unwrap(), 0);
     }

@@ -3,15 +3,18 @@
 //!
 //! # What a receipt says
 //!
-//! A [`Receipt`] is made by one node about itself: "segment S was stored here at T", "segment S
-//! is no longer here since T" (evicted, expired, removed), or "I was alive at T and held N
-//! segments". It carries the node's id and a sequence number that grows with every receipt the
-//! node makes (`max(last + 1, now in ms)`, so a node whose database was lost still counts up).
-//! It is signed with the node's own key — the key of its fleet certificate — over
-//! [`SIGNING_CONTEXT`] and the encoded receipt, and names the certificate by its blake3 hash. No
-//! relay can forge or alter another node's receipt: a receipt is believed only if its
-//! signature verifies under a certificate that chains to the fleet CA, was valid when the
-//! receipt was made, and names the receipt's node.
+//! A receipt is made by one node about itself: "segment S was stored here at T", "segment S is
+//! no longer here since T" (evicted, expired, removed), or "I was alive at T and held N
+//! segments". A node signs its receipts in batches — a [`Receipt`] of one to
+//! [`RECEIPT_ENTRIES_MAX`] [`Entry`]s, the ones it made in one pass over its store — so that a
+//! thousand segments arriving together cost one signature to make and one to check per node,
+//! not a thousand. A batch carries the node's id and a sequence number that grows with every
+//! batch the node makes (`max(last + 1, now in ms)`, so a node whose database was lost still
+//! counts up). It is signed with the node's own key — the key of its fleet certificate — over
+//! [`SIGNING_CONTEXT`] and the encoded batch, and names the certificate by its blake3 hash. No
+//! relay can forge or alter another node's receipt: a batch is believed only if its signature
+//! verifies under a certificate that chains to the fleet CA, was valid when the batch was
+//! made, and names the batch's node.
 //!
 //! # Encoding (postcard, like the wire protocol)
 //!
@@ -20,12 +23,16 @@
 //! | `version` | u8, [`RECEIPT_VERSION`] (a node refuses a version it does not know) |
 //! | `node` | string, the signer's node id |
 //! | `seq` | u64 varint |
-//! | `at_ms` | u64 varint, Unix ms on the signer's clock |
-//! | `event` | enum: 0 `Stored { segment: [u8; 32] }`, 1 `Gone { segment: [u8; 32] }`, 2 `Alive { held: u64 }` |
+//! | `at_ms` | u64 varint, Unix ms on the signer's clock: when the batch was made |
+//! | `entries` | 1..=[`RECEIPT_ENTRIES_MAX`] of (`at_ms`: u64 varint, `event`), subjects strictly increasing |
+//!
+//! An `event` is an enum: 0 `Stored { segment: [u8; 32] }`, 1 `Gone { segment: [u8; 32] }`,
+//! 2 `Alive { held: u64 }`; its subject is the segment, or [`ALIVE_SUBJECT`] for `Alive`.
 //!
 //! A [`SignedReceipt`] is `body` (those bytes, ≤ [`RECEIPT_BODY_BYTES_MAX`]), `cert` (blake3 of
-//! the signer's certificate DER) and `sig` (ECDSA P-256 SHA-256 in ASN.1, or Ed25519, following the
-//! certificate's key; ≤ [`RECEIPT_SIG_BYTES_MAX`]); its encoding is at most [`SIGNED_RECEIPT_BYTES_MAX`].
+//! the signer's certificate DER) and `sig` (ECDSA P-256 SHA-256 in ASN.1, or Ed25519, following
+//! the certificate's key; ≤ [`RECEIPT_SIG_BYTES_MAX`]); its encoding is at most
+//! [`SIGNED_RECEIPT_BYTES_MAX`].
 //!
 //! # Where they live and how they travel
 //!
@@ -54,13 +61,17 @@ pub const RECEIPT_VERSION: u8 = 1;
 /// Bytes signed before the encoded receipt: a signature over a receipt cannot be replayed as a
 /// signature over anything else the node's key signs (TLS handshakes sign other contexts).
 pub const SIGNING_CONTEXT: &[u8] = b"edged fleet receipt v1\0";
-/// Largest encoded receipt body: version, a node id of at most 63 bytes, two u64 varints and
-/// an event of at most 33 bytes fit in 128.
-pub const RECEIPT_BODY_BYTES_MAX: usize = 128;
+/// Entries in one signed batch.
+pub const RECEIPT_ENTRIES_MAX: usize = 128;
+/// Largest encoded entry: a u64 varint (10) and an event (1 + 32).
+const ENTRY_BYTES_MAX: usize = 43;
+/// Largest encoded batch body: version, a node id of at most 63 bytes, two u64 varints and the
+/// entries' count fit in 128 bytes before the entries.
+pub const RECEIPT_BODY_BYTES_MAX: usize = 128 + RECEIPT_ENTRIES_MAX * ENTRY_BYTES_MAX;
 /// Largest signature: an ASN.1 ECDSA P-256 signature is at most 72 bytes.
 pub const RECEIPT_SIG_BYTES_MAX: usize = 80;
 /// Largest encoded [`SignedReceipt`], checked before it is decoded.
-pub const SIGNED_RECEIPT_BYTES_MAX: usize = 256;
+pub const SIGNED_RECEIPT_BYTES_MAX: usize = RECEIPT_BODY_BYTES_MAX + 128;
 /// Largest certificate accepted with receipts, in bytes of DER.
 pub const RECEIPT_CERT_BYTES_MAX: usize = 4096;
 
@@ -89,14 +100,21 @@ impl Event {
     }
 }
 
-/// One node's signed statement about itself (see the module docs).
+/// One receipt of a batch: what happened, and when (on the signer's clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub at_ms: u64,
+    pub event: Event,
+}
+
+/// A batch of one node's receipts about itself, signed together (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
     pub version: u8,
     pub node: NodeId,
     pub seq: u64,
     pub at_ms: u64,
-    pub event: Event,
+    pub entries: Vec<Entry>,
 }
 
 /// A receipt as stored and sent: its encoded body, the hash of the signer's certificate, the
@@ -155,6 +173,21 @@ impl SignedReceipt {
         let receipt: Receipt = decode_whole(&self.body)?;
         if receipt.version != RECEIPT_VERSION {
             return Err(ReceiptError::UnknownVersion(receipt.version));
+        }
+        if receipt.entries.is_empty() || receipt.entries.len() > RECEIPT_ENTRIES_MAX {
+            return Err(ReceiptError::Malformed(format!(
+                "{} entries, not 1..={RECEIPT_ENTRIES_MAX}",
+                receipt.entries.len()
+            )));
+        }
+        let increasing = receipt
+            .entries
+            .windows(2)
+            .all(|w| w[0].event.subject() < w[1].event.subject());
+        if !increasing {
+            return Err(ReceiptError::Malformed(
+                "entry subjects not strictly increasing".into(),
+            ));
         }
         Ok(receipt)
     }
@@ -291,14 +324,15 @@ impl Signer {
         &self.cert
     }
 
-    /// Signs a receipt of this node.
-    pub fn sign(&self, seq: u64, at_ms: u64, event: Event) -> SignedReceipt {
+    /// Signs a batch of this node's receipts; `entries` must be 1..=[`RECEIPT_ENTRIES_MAX`]
+    /// with strictly increasing subjects (a reader refuses anything else).
+    pub fn sign(&self, seq: u64, at_ms: u64, entries: Vec<Entry>) -> SignedReceipt {
         let receipt = Receipt {
             version: RECEIPT_VERSION,
             node: self.node.clone(),
             seq,
             at_ms,
-            event,
+            entries,
         };
         let body = postcard::to_allocvec(&receipt).expect("a receipt always encodes");
         let msg = signed_bytes(&body);
@@ -330,6 +364,11 @@ pub(crate) mod tests {
             .as_millis() as u64
     }
 
+    /// One entry at time 1.
+    pub(crate) fn one(event: Event) -> Vec<Entry> {
+        vec![Entry { at_ms: 1, event }]
+    }
+
     /// A fleet CA and identities of `nodes`, in a temporary directory.
     pub(crate) fn fleet(nodes: &[&str]) -> (tempfile::TempDir, Vec<NodeIdentity>) {
         let dir = tempfile::tempdir().unwrap();
@@ -356,12 +395,12 @@ pub(crate) mod tests {
         let a = Signer::new(&ids[0]).unwrap();
         let b = Signer::new(&ids[1]).unwrap();
         let seg = [7u8; 32];
-        let signed = a.sign(5, 1_000, Event::Stored { segment: seg });
+        let signed = a.sign(5, 1_000, one(Event::Stored { segment: seg }));
         let got = SignedReceipt::decode(&signed.encode()).unwrap();
         let receipt = got.verify(&ids[0].cert).unwrap();
         assert_eq!(receipt.node.as_str(), "node-a");
         assert_eq!((receipt.seq, receipt.at_ms), (5, 1_000));
-        assert_eq!(receipt.event, Event::Stored { segment: seg });
+        assert_eq!(receipt.entries, one(Event::Stored { segment: seg }));
         assert_eq!(
             check_cert(&ids[0].ca_cert, &ids[0].cert, now_ms())
                 .unwrap()
@@ -377,14 +416,14 @@ pub(crate) mod tests {
         }
         // A Stored receipt turned into a Gone one, re-encoded: the signature no longer holds.
         let mut r = signed.receipt().unwrap();
-        r.event = Event::Gone { segment: seg };
+        r.entries[0].event = Event::Gone { segment: seg };
         let forged = SignedReceipt {
             body: postcard::to_allocvec(&r).unwrap(),
             ..signed.clone()
         };
         assert_eq!(forged.verify(&ids[0].cert), Err(ReceiptError::BadSignature));
         // node-b signs a receipt claiming to be node-a's, naming a's certificate.
-        let mut by_b = b.sign(5, 1_000, Event::Stored { segment: seg });
+        let mut by_b = b.sign(5, 1_000, one(Event::Stored { segment: seg }));
         let mut claim = by_b.receipt().unwrap();
         claim.node = "node-a".parse().unwrap();
         by_b.body = postcard::to_allocvec(&claim).unwrap();
@@ -420,13 +459,15 @@ pub(crate) mod tests {
         let (_dir, ids) =
             fleet(&["a-node-id-of-sixty-three-bytes-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"]);
         let s = Signer::new(&ids[0]).unwrap();
-        let signed = s.sign(
-            u64::MAX,
-            u64::MAX,
-            Event::Stored {
-                segment: [0xff; 32],
-            },
-        );
+        let full: Vec<Entry> = (0..RECEIPT_ENTRIES_MAX)
+            .map(|i| Entry {
+                at_ms: u64::MAX,
+                event: Event::Gone {
+                    segment: [i as u8; 32],
+                },
+            })
+            .collect();
+        let signed = s.sign(u64::MAX, u64::MAX, full.clone());
         assert!(signed.body.len() <= RECEIPT_BODY_BYTES_MAX);
         assert!(signed.sig.len() <= RECEIPT_SIG_BYTES_MAX);
         assert!(signed.encode().len() <= SIGNED_RECEIPT_BYTES_MAX);
@@ -438,5 +479,17 @@ pub(crate) mod tests {
         let mut trailing = signed.encode();
         trailing.push(0);
         assert!(SignedReceipt::decode(&trailing).is_err());
+        // N entries are read; N + 1, none, or subjects out of order are refused.
+        assert!(signed.verify(&ids[0].cert).is_ok());
+        let mut over = full.clone();
+        over.push(Entry {
+            at_ms: 1,
+            event: Event::Alive { held: 0 },
+        });
+        assert!(s.sign(1, 1, over).receipt().is_err());
+        assert!(s.sign(1, 1, Vec::new()).receipt().is_err());
+        let mut unordered = full[..2].to_vec();
+        unordered.swap(0, 1);
+        assert!(s.sign(1, 1, unordered).receipt().is_err());
     }
 }
