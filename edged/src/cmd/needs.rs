@@ -172,7 +172,7 @@ struct Written {
     receipts: usize,
     certs: usize,
     receipts_left_out: u64,
-    /// Receipts per node they are about.
+    /// Receipt entries (one per segment or liveness statement) per node they are about.
     receipts_by_node: BTreeMap<String, u64>,
 }
 
@@ -185,7 +185,7 @@ fn write(dir: &ExportDir, list: &NeedList, left_out: u64) -> CliResult<Written> 
     let mut by_node = BTreeMap::new();
     for r in &list.receipts {
         if let Ok(receipt) = net::receipts::SignedReceipt::decode(r).and_then(|s| s.receipt()) {
-            *by_node.entry(receipt.node.to_string()).or_insert(0) += 1;
+            *by_node.entry(receipt.node.to_string()).or_insert(0) += receipt.entries.len() as u64;
         }
     }
     Ok(Written {
