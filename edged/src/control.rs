@@ -306,10 +306,18 @@ pub enum Request {
     },
 }
 
-/// Receipts in one `NeedMerge` request: 1024 of at most 256 bytes, hex, are 512 KiB of JSON.
-pub const CONTROL_NEED_MERGE_RECEIPTS_MAX: usize = 1024;
+/// Signed receipt batches in one `NeedMerge` request: 256 of at most
+/// [`net::receipts::SIGNED_RECEIPT_BYTES_MAX`] (5.6 KiB), hex, are under 3 MiB of JSON.
+pub const CONTROL_NEED_MERGE_RECEIPTS_MAX: usize = 256;
 /// Certificates in one `NeedMerge` request: 64 of at most 4 KiB, hex, are 512 KiB of JSON.
 pub const CONTROL_NEED_MERGE_CERTS_MAX: usize = 64;
+
+// A full `NeedMerge` request (hex doubles every byte; 64 bytes of JSON per item) fits a frame.
+const _: () = assert!(
+    CONTROL_NEED_MERGE_RECEIPTS_MAX * (2 * net::receipts::SIGNED_RECEIPT_BYTES_MAX + 64)
+        + CONTROL_NEED_MERGE_CERTS_MAX * (2 * net::receipts::RECEIPT_CERT_BYTES_MAX + 64)
+        < CONTROL_FRAME_BYTES_MAX as usize
+);
 
 impl Request {
     /// Whether the answer is a listing (`Page` frames, then `End`) rather than one frame.

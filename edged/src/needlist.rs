@@ -46,9 +46,10 @@ pub const NODE_ID_BYTES_MAX: usize = 63;
 /// Segment ids in one need-list: a node holding more cannot write a complete one (a partial
 /// list would bring back segments it has).
 pub const NEED_IDS_MAX: usize = 1 << 20;
-/// Receipts in one need-list; a node knowing more writes its own first, then others', and
-/// leaves the rest out (they travel next time or by gossip).
-pub const NEED_RECEIPTS_MAX: usize = 1 << 16;
+/// Signed receipt batches in one need-list (each up to 128 receipts: a million in all); a node
+/// knowing more writes its own first, then others', and leaves the rest out (they travel next
+/// time or by gossip).
+pub const NEED_RECEIPTS_MAX: usize = 1 << 13;
 /// Certificates in one need-list (those the receipts name).
 pub const NEED_CERTS_MAX: usize = 1024;
 /// Bytes of a varint of a u64, at most.
