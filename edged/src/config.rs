@@ -93,6 +93,63 @@ struct RawConfig {
     net: RawNet,
     #[serde(default)]
     control: RawControl,
+    #[serde(default)]
+    fleet: RawFleet,
+}
+
+/// `[fleet]`: the roster and the receipts that answer "is it everywhere yet?".
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    #[serde(default)]
+    members: Vec<String>,
+    stale_after_ms: Option<u64>,
+    gossip_interval_ms: Option<u64>,
+    gossip_pages_per_round_max: Option<usize>,
+    alive_interval_ms: Option<u64>,
+    receipts_per_node_max: Option<u64>,
+    nodes_max: Option<u64>,
+}
+
+impl RawFleet {
+    fn apply(&self, net: &mut net::NetConfig) {
+        if let Some(v) = self.gossip_interval_ms {
+            net.receipt_interval_ms = v;
+        }
+        if let Some(v) = self.gossip_pages_per_round_max {
+            net.receipt_pages_per_round_max = v;
+        }
+        if let Some(v) = self.alive_interval_ms {
+            net.alive_interval_ms = v;
+        }
+        if let Some(v) = self.receipts_per_node_max {
+            net.receipts_per_node_max = v;
+        }
+        if let Some(v) = self.nodes_max {
+            net.fleet_nodes_max = v;
+        }
+    }
+}
+
+/// The `[fleet]` key under which `edged.toml` sets a network-layer field of the receipts.
+fn fleet_key(net_key: &str) -> Option<&'static str> {
+    Some(match net_key {
+        "receipt_interval_ms" => "gossip_interval_ms",
+        "receipt_pages_per_round_max" => "gossip_pages_per_round_max",
+        "alive_interval_ms" => "alive_interval_ms",
+        "receipts_per_node_max" => "receipts_per_node_max",
+        "fleet_nodes_max" => "nodes_max",
+        _ => return None,
+    })
+}
+
+/// The fleet view's settings (`[fleet]`; the gossip keys go to [`Config::net`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fleet {
+    /// The roster the operator expects; empty: learned from peers and receipts.
+    pub members: Vec<base::NodeId>,
+    /// A member that lacks a segment and sent no receipt for this long makes it `unknown`.
+    pub stale_after_ms: u64,
 }
 
 /// Declares a config section whose keys are all optional overrides of a library's defaults,
@@ -267,6 +324,8 @@ pub struct Config {
     pub net: net::NetConfig,
     /// Bounds on the control socket's clients (`[control]`).
     pub control: crate::control::ControlLimits,
+    /// The fleet view (`[fleet]`).
+    pub fleet: Fleet,
 }
 
 impl Config {
@@ -513,11 +572,51 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         .validate()
         .map_err(|e| invalid(&format!("relay.{}", e.key), e.reason))?;
 
+    let mut members = Vec::with_capacity(raw.fleet.members.len());
+    for (i, member) in raw.fleet.members.iter().enumerate() {
+        let id: base::NodeId = member.parse().map_err(|e: base::NodeIdError| {
+            invalid(&format!("fleet.members[{i}]"), e.to_string())
+        })?;
+        if members.contains(&id) {
+            return Err(invalid(
+                &format!("fleet.members[{i}]"),
+                format!("`{member}` is listed twice"),
+            ));
+        }
+        members.push(id);
+    }
+    if !members.is_empty() && !members.contains(&node_id) {
+        return Err(invalid(
+            "fleet.members",
+            format!(
+                "does not list this node's own id `{node_id}`: the roster is every node expected to hold the fleet's segments, this one included"
+            ),
+        ));
+    }
     let mut net_cfg = net::NetConfig::new(node_id, listen_addr, net_peers);
     raw.net.apply(&mut net_cfg);
-    net_cfg
-        .validate()
-        .map_err(|e| invalid(&format!("net.{}", e.key), e.reason))?;
+    raw.fleet.apply(&mut net_cfg);
+    net_cfg.validate().map_err(|e| match fleet_key(e.key) {
+        Some(key) => invalid(&format!("fleet.{key}"), e.reason),
+        None => invalid(&format!("net.{}", e.key), e.reason),
+    })?;
+    let stale_after_ms = raw
+        .fleet
+        .stale_after_ms
+        .unwrap_or(net::receipts::verdict::STALE_AFTER_MS_DEFAULT);
+    if stale_after_ms <= net_cfg.alive_interval_ms {
+        return Err(invalid(
+            "fleet.stale_after_ms",
+            format!(
+                "{stale_after_ms} must exceed fleet.alive_interval_ms ({}): a quiet node renews its liveness receipt only that often",
+                net_cfg.alive_interval_ms
+            ),
+        ));
+    }
+    let fleet = Fleet {
+        members,
+        stale_after_ms,
+    };
 
     let mut control = crate::control::ControlLimits::default();
     raw.control.apply(&mut control);
@@ -541,6 +640,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
 
     Ok(Config {
         control,
+        fleet,
         housekeeping_interval: Duration::from_millis(housekeeping),
         relay: relay_cfg,
         net: net_cfg,
@@ -750,6 +850,59 @@ mod tests {
         );
         assert!(err.contains("edge.toml"), "file not named in: {err}");
         assert!(err.contains(detail), "`{detail}` not in: {err}");
+    }
+
+    #[test]
+    fn inv_21_fleet_keys_are_checked_and_named() {
+        let (_dir, base, path) = example();
+        assert!(base.contains("\n[fleet]\n"));
+        let with = |fleet: &str| base.replace("\n[fleet]\n", &format!("\n[fleet]\n{fleet}\n"));
+        let cfg = Config::parse(&path, &base).unwrap();
+        assert!(cfg.fleet.members.is_empty(), "learned roster by default");
+        assert_eq!(
+            cfg.fleet.stale_after_ms,
+            net::receipts::verdict::STALE_AFTER_MS_DEFAULT
+        );
+        let cfg = Config::parse(
+            &path,
+            &with("members = [\"node-1\", \"node-2\"]\ngossip_interval_ms = 500"),
+        )
+        .unwrap();
+        assert_eq!(cfg.fleet.members.len(), 2);
+        assert_eq!(cfg.net.receipt_interval_ms, 500);
+        refused(
+            &path,
+            &with("members = [\"node-2\"]"),
+            "fleet.members",
+            "own id",
+        );
+        refused(
+            &path,
+            &with("members = [\"node-1\", \"Bad_Id\"]"),
+            "fleet.members[1]",
+            "invalid node id",
+        );
+        refused(
+            &path,
+            &with("members = [\"node-1\", \"node-1\"]"),
+            "fleet.members[1]",
+            "twice",
+        );
+        refused(
+            &path,
+            &with("alive_interval_ms = 600000"),
+            "fleet.stale_after_ms",
+            "must exceed",
+        );
+        refused(
+            &path,
+            &with("gossip_pages_per_round_max = 0"),
+            "fleet.gossip_pages_per_round_max",
+            "greater than 0",
+        );
+        refused(&path, &with("nodes_max = 1"), "fleet.nodes_max", "at least 2");
+        let err = Config::parse(&path, &with("colour = 1")).unwrap_err().to_string();
+        assert!(err.contains("unknown field `colour`"), "{err}");
     }
 
     #[test]
