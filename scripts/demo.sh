@@ -77,6 +77,9 @@ for n in 1 2 3 4; do
     echo "backoff_base_ms = 200"
     echo "backoff_max_ms = 2000"
     echo "store_full_backoff_min_ms = 1000"
+    echo "[fleet]"
+    echo "members = [\"node-1\", \"node-2\", \"node-3\", \"node-4\"]"
+    echo "gossip_interval_ms = 500"
   } >"$cfg"
 done
 
@@ -122,8 +125,7 @@ while :; do
   sleep 1
 done
 
-say "node-1: edged status / segments"
-"$bin" status --config "$work/node-1/edge.toml"
+say "node-1: edged segments"
 "$bin" segments --config "$work/node-1/edge.toml"
 
 say "node-4 (two hops away): edged export"
@@ -134,3 +136,22 @@ else
   echo "demo: export differs from the original" >&2
   exit 1
 fi
+
+say "is it everywhere yet? node-1 asks the fleet (signed receipts, passed peer to peer)"
+deadline=$(( $(date +%s) + timeout_s ))
+while :; do
+  verdict=$("$bin" fleet --config "$work/node-1/edge.toml" --segment "$id" --json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["segments"][0]["verdict"])')
+  [ "$verdict" = everywhere ] && break
+  echo "$(date +%T)  $verdict"
+  if [ "$(date +%s)" -ge "$deadline" ]; then
+    echo "demo: node-1 never saw the segment everywhere within ${timeout_s}s" >&2
+    exit 1
+  fi
+  sleep 0.5
+done
+"$bin" fleet --config "$work/node-1/edge.toml"
+"$bin" fleet --config "$work/node-1/edge.toml" --segment "$id"
+sleep 0.3  # status recomputes the fleet counts at most every 200 ms
+"$bin" status --config "$work/node-1/edge.toml" | grep -E '^ *fleet'
+say "OK: node-1 reports the segment everywhere"

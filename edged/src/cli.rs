@@ -44,6 +44,9 @@ pub enum Command {
     Export(ExportArgs),
     /// List stored segments and their propagation.
     Segments(SegmentsArgs),
+    /// Is it everywhere yet? Per segment, which nodes of the fleet hold it, from their signed
+    /// receipts (with the daemon running, or from this node's book when it is not).
+    Fleet(FleetArgs),
     /// The node at a glance (from the running daemon).
     Status(QueryArgs),
     /// Known peers and their connections (from the running daemon).
@@ -229,6 +232,22 @@ pub struct ExportArgs {
     /// Segment ids or unique prefixes (at least 4 hex characters).
     pub ids: Vec<String>,
     /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Every node of the roster with its state and receipt time for this segment (an id or a
+    /// unique prefix of at least 4 hex characters).
+    #[arg(long, value_name = "ID", conflicts_with = "node")]
+    pub segment: Option<String>,
+    /// What this node holds and lacks, among the segments receipts name.
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+    /// Print JSON for scripts: {"roster", "stale_after_ms", "now_ms", "segments": [...]}.
     #[arg(long)]
     pub json: bool,
 }

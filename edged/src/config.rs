@@ -900,8 +900,15 @@ mod tests {
             "fleet.gossip_pages_per_round_max",
             "greater than 0",
         );
-        refused(&path, &with("nodes_max = 1"), "fleet.nodes_max", "at least 2");
-        let err = Config::parse(&path, &with("colour = 1")).unwrap_err().to_string();
+        refused(
+            &path,
+            &with("nodes_max = 1"),
+            "fleet.nodes_max",
+            "at least 2",
+        );
+        let err = Config::parse(&path, &with("colour = 1"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `colour`"), "{err}");
     }
 

@@ -304,6 +304,11 @@ pub enum Request {
         receipts: Vec<String>,
         certs: Vec<String>,
     },
+    /// The fleet view (listing): a header item (the roster), then one item per segment (see
+    /// [`crate::fleetview`]).
+    Fleet {
+        query: crate::fleetview::Query,
+    },
 }
 
 /// Signed receipt batches in one `NeedMerge` request: 256 of at most
@@ -326,6 +331,7 @@ impl Request {
             self,
             Request::Segments
                 | Request::DlqList
+                | Request::Fleet { .. }
                 | Request::ExportSelect { .. }
                 | Request::DlqRequeue { .. }
                 | Request::DlqPurge { .. }

@@ -9,6 +9,7 @@ mod config;
 mod control;
 mod daemon;
 mod exit;
+mod fleetview;
 mod metrics;
 mod needlist;
 mod output;

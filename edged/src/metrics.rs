@@ -117,6 +117,16 @@ pub struct Snapshot {
     pub cert_expires_in_s: Option<i64>,
     /// The network layer's own counters since start.
     pub net: net::StatsSnapshot,
+    /// Fleet receipts; `None` when they are off.
+    pub fleet: Option<FleetMetrics>,
+}
+
+/// What the fleet view says and what receipts cost.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetMetrics {
+    /// Segments by verdict (the last computed view).
+    pub counts: crate::fleetview::Counts,
+    pub stats: net::receipts::gossip::FleetStatsSnapshot,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -427,7 +437,69 @@ impl Exposition {
                 .collect(),
         );
         e.net(&s.net);
+        if let Some(f) = &s.fleet {
+            e.fleet(f);
+        }
         e
+    }
+
+    /// The fleet view and the receipts behind it.
+    fn fleet(&mut self, f: &FleetMetrics) {
+        self.gauge_by(
+            "fleet_segments",
+            "Segments by fleet verdict: held by every roster member, by some, or unknown (a member that lacks it has been silent)",
+            [
+                ("everywhere", f.counts.everywhere),
+                ("partial", f.counts.partial),
+                ("unknown", f.counts.unknown),
+            ]
+            .into_iter()
+            .map(|(v, n)| (vec![("verdict", v.to_owned())], n))
+            .collect(),
+        );
+        let st = &f.stats;
+        self.counter(
+            "fleet_receipts_made",
+            "Receipts this node made about itself",
+            None,
+            st.made,
+        );
+        self.counter(
+            "fleet_receipts_merged",
+            "Receipts of other nodes merged (new or newer than those held)",
+            None,
+            st.merged,
+        );
+        self.counter(
+            "fleet_receipts_refused",
+            "Receipt batches refused: malformed, bad certificate or signature, out of order",
+            None,
+            st.refused,
+        );
+        self.counter(
+            "fleet_receipts_refused_nodes",
+            "Receipt batches refused because the book holds fleet nodes_max nodes",
+            None,
+            st.refused_nodes,
+        );
+        self.counter(
+            "fleet_receipts_forgotten",
+            "Old receipts forgotten to stay within fleet receipts_per_node_max",
+            None,
+            st.forgotten,
+        );
+        self.counter(
+            "fleet_gossip_sent",
+            "Receipt gossip bytes sent (frames, both roles)",
+            Some(Unit::Bytes),
+            st.bytes_sent,
+        );
+        self.counter(
+            "fleet_gossip_received",
+            "Receipt gossip bytes received (frames, both roles)",
+            Some(Unit::Bytes),
+            st.bytes_received,
+        );
     }
 
     /// What peers and strangers made the network layer do, and what it refused them.
@@ -981,6 +1053,24 @@ mod tests {
                 catchup_rounds_cut: 152,
                 ..Default::default()
             },
+            fleet: Some(FleetMetrics {
+                counts: crate::fleetview::Counts {
+                    everywhere: 160,
+                    partial: 161,
+                    unknown: 162,
+                },
+                stats: net::receipts::gossip::FleetStatsSnapshot {
+                    made: 163,
+                    merged: 164,
+                    refused: 165,
+                    refused_nodes: 166,
+                    forgotten: 167,
+                    bytes_sent: 168,
+                    bytes_received: 169,
+                    rounds: 0,
+                    rounds_in_sync: 0,
+                },
+            }),
         }
     }
 
@@ -1089,6 +1179,16 @@ mod tests {
             ("edged_net_datagrams_blocked_send_total", 150),
             ("edged_net_catchup_pulls_total", 151),
             ("edged_net_catchup_rounds_cut_total", 152),
+            ("edged_fleet_segments{verdict=\"everywhere\"}", 160),
+            ("edged_fleet_segments{verdict=\"partial\"}", 161),
+            ("edged_fleet_segments{verdict=\"unknown\"}", 162),
+            ("edged_fleet_receipts_made_total", 163),
+            ("edged_fleet_receipts_merged_total", 164),
+            ("edged_fleet_receipts_refused_total", 165),
+            ("edged_fleet_receipts_refused_nodes_total", 166),
+            ("edged_fleet_receipts_forgotten_total", 167),
+            ("edged_fleet_gossip_sent_bytes_total", 168),
+            ("edged_fleet_gossip_received_bytes_total", 169),
         ];
         for (name, value) in expected {
             assert_eq!(series.get(*name), Some(value), "{name} in\n{text}");

@@ -3,6 +3,7 @@
 mod ca;
 pub(crate) mod client;
 mod export;
+mod fleet;
 mod import;
 mod key;
 mod needs;
@@ -39,6 +40,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Import(args) => import::run(&args),
         Command::Export(args) => export::run(&args),
         Command::Segments(args) => segments::run(&args),
+        Command::Fleet(args) => fleet::run(&args),
     }
 }
 

@@ -43,6 +43,21 @@ fn ask(config: &ConfigArg, json: bool, request: &Request) -> CliResult<Option<Va
     Ok(Some(v))
 }
 
+/// The `fleet` line of `status`: segments by verdict and the roster they are judged against.
+fn fleet_line(f: &Value) -> String {
+    if f.is_null() {
+        return "not computed yet (or receipts off): see `edged fleet`".into();
+    }
+    format!(
+        "{} everywhere, {} partial, {} unknown (roster: {}, {} nodes)",
+        u(&f["everywhere"]),
+        u(&f["partial"]),
+        u(&f["unknown"]),
+        s(&f["roster"]),
+        u(&f["roster_size"])
+    )
+}
+
 pub fn status(args: &QueryArgs) -> CliResult {
     let Some(v) = ask(&args.config, args.json, &Request::Status)? else {
         return Ok(());
@@ -88,6 +103,7 @@ pub fn status(args: &QueryArgs) -> CliResult {
             ),
         ],
         vec!["dead letters".into(), u(&v["dead_letters"]).to_string()],
+        vec!["fleet".into(), fleet_line(&v["fleet"])],
     ];
     print!(
         "{}",

@@ -798,7 +798,7 @@ fn answer(d: &Daemon, request: Request) -> Response {
         Request::Import { .. } | Request::Export { .. } => {
             Ok(failed(exit::USAGE, "streamed requests are handled apart"))
         }
-        Request::NeedHeld | Request::NeedStored | Request::NeedReceipts => {
+        Request::NeedHeld | Request::NeedStored | Request::NeedReceipts | Request::Fleet { .. } => {
             Ok(failed(exit::USAGE, "listings are handled apart"))
         }
         Request::NeedMerge { receipts, certs } => Ok(need::merge(d, &receipts, &certs)),
@@ -831,6 +831,7 @@ fn list<W: std::io::Write>(
         Request::NeedHeld => need::held(d, &mut pages),
         Request::NeedStored => need::stored(d, &mut pages),
         Request::NeedReceipts => need::receipts(d, &mut pages),
+        Request::Fleet { query } => listing::fleet(d, &mut pages, query),
         _ => Err(ListError::Failed {
             code: exit::USAGE,
             message: "not a listing".into(),

@@ -36,6 +36,43 @@ pub const CERT_EXPIRY_WARNING_S: i64 = 30 * 24 * 3600;
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
 /// Worker threads of the daemon's runtime: fewer threads cost less CPU per GiB on small hosts.
 pub const RUNTIME_WORKERS: usize = 2;
+/// The fleet counts of `status` and the metrics are recomputed this often when the book
+/// changed (a pass over every segment the book knows)...
+pub const FLEET_VIEW_REFRESH_MS: u64 = 1_000;
+/// ...and by `status` itself when the database changed since, if they are at least this old.
+pub const FLEET_VIEW_STATUS_AGE_MIN_MS: u64 = 200;
+/// ...and at least this often (silence turns verdicts `unknown` with time alone).
+pub const FLEET_VIEW_REFRESH_MAX_MS: u64 = 30_000;
+
+/// The fleet view's counts as last computed.
+#[derive(Debug, Clone)]
+pub struct FleetSummary {
+    pub counts: crate::fleetview::Counts,
+    pub roster: net::receipts::verdict::Roster,
+    pub at_ms: u64,
+    /// The database's generation it was computed at.
+    pub generation: u64,
+}
+
+impl Daemon {
+    /// Recomputes the fleet summary (a pass over the book) and keeps it.
+    pub fn refresh_fleet_summary(&self) -> Result<Option<FleetSummary>, store::StoreError> {
+        let Some(fleet) = self.node.fleet() else {
+            return Ok(None);
+        };
+        let generation = self.store.writer().generation();
+        let now = self.clock.now_ms();
+        let (counts, roster) = crate::fleetview::counts(&fleet.book, &self.cfg, now)?;
+        let summary = FleetSummary {
+            counts,
+            roster,
+            at_ms: now,
+            generation,
+        };
+        *self.fleet_summary.lock().unwrap_or_else(|e| e.into_inner()) = Some(summary.clone());
+        Ok(Some(summary))
+    }
+}
 
 /// Counters of the segments that reached a verdict here, from peers or imports (INV-26):
 /// received = stored + duplicate + rejected (by reason). Offers answered "busy", transfers cut
@@ -95,6 +132,9 @@ pub struct Daemon {
     pub clock: Arc<dyn Clock>,
     pub started: Instant,
     pub cert_not_after_ms: Option<u64>,
+    /// The fleet view's counts, refreshed by [`fleet_view`]; `None` until first computed or
+    /// when receipts are off.
+    pub fleet_summary: Mutex<Option<FleetSummary>>,
 }
 
 pub fn run(args: &RunArgs) -> CliResult {
@@ -169,6 +209,7 @@ async fn serve(cfg: Config) -> CliResult {
         clock: clock.clone(),
         started: Instant::now(),
         cert_not_after_ms,
+        fleet_summary: Mutex::new(None),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -202,6 +243,7 @@ async fn serve(cfg: Config) -> CliResult {
     let control = control_server::start(control_socket, daemon.clone(), stop_rx.clone())
         .map_err(|e| Failure::new(e.exit_code(), e))?;
     let housekeeping = tokio::spawn(housekeeping(daemon.clone(), stop_rx.clone()));
+    let fleet_view = tokio::spawn(fleet_view(daemon.clone(), stop_rx.clone()));
 
     tracing::info!(
         node_id = %cfg.node_id,
@@ -227,6 +269,7 @@ async fn serve(cfg: Config) -> CliResult {
         .await;
     control.stop(Duration::from_millis(SHUTDOWN_GRACE_MS)).await;
     housekeeping.abort();
+    fleet_view.abort();
     if let Some(m) = metrics {
         m.abort();
     }
@@ -256,6 +299,35 @@ async fn wait_for_signal_or(
                     return "relay executor ended";
                 }
             }
+        }
+    }
+}
+
+/// Keeps [`Daemon::fleet_summary`] current: recomputed when the database changed (at most
+/// every [`FLEET_VIEW_REFRESH_MS`]) and at least every [`FLEET_VIEW_REFRESH_MAX_MS`].
+async fn fleet_view(daemon: Arc<Daemon>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    if daemon.node.fleet().is_none() {
+        return;
+    }
+    let mut seen = None;
+    let mut last = Instant::now();
+    loop {
+        let generation = daemon.store.writer().generation();
+        let due = last.elapsed() >= Duration::from_millis(FLEET_VIEW_REFRESH_MAX_MS);
+        if seen != Some(generation) || due {
+            seen = Some(generation);
+            last = Instant::now();
+            let d = daemon.clone();
+            let computed = tokio::task::spawn_blocking(move || d.refresh_fleet_summary()).await;
+            match computed {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "fleet view not computed"),
+                Err(e) => tracing::warn!(error = %e, "fleet view not computed"),
+            }
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(Duration::from_millis(FLEET_VIEW_REFRESH_MS)) => {}
         }
     }
 }

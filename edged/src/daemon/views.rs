@@ -34,7 +34,18 @@ pub fn status(d: &Daemon) -> Result<Value, anyhow::Error> {
     if dead > 0 {
         warnings.push(format!("{dead} dead letter(s): see `edged dlq list`"));
     }
+    let fleet = fleet_summary_now(d).map(|f| {
+        json!({
+            "everywhere": f.counts.everywhere,
+            "partial": f.counts.partial,
+            "unknown": f.counts.unknown,
+            "roster": f.roster.source,
+            "roster_size": f.roster.members.len(),
+            "computed_at_ms": f.at_ms,
+        })
+    });
     Ok(json!({
+        "fleet": fleet,
         "node_id": d.cfg.node_id,
         "uptime_s": d.started.elapsed().as_secs(),
         "peers_connected": peers.iter().filter(|p| p.connected).count(),
@@ -129,6 +140,36 @@ pub fn dead_letter(dl: &relay::DeadLetter) -> Value {
     })
 }
 
+fn fleet_summary(d: &Daemon) -> Option<super::FleetSummary> {
+    d.fleet_summary
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
+/// The fleet summary for `status`: the kept one, or a fresh one when the database changed
+/// since it was computed and it is older than [`super::FLEET_VIEW_STATUS_AGE_MIN_MS`] (an
+/// operator asking right after a change sees it; a script polling status cannot make the
+/// daemon walk the book more often than that).
+fn fleet_summary_now(d: &Daemon) -> Option<super::FleetSummary> {
+    let kept = fleet_summary(d);
+    let now = d.clock.now_ms();
+    let stale = kept.as_ref().is_none_or(|k| {
+        k.generation != d.store.writer().generation()
+            && now.saturating_sub(k.at_ms) >= super::FLEET_VIEW_STATUS_AGE_MIN_MS
+    });
+    if !stale {
+        return kept;
+    }
+    match d.refresh_fleet_summary() {
+        Ok(fresh) => fresh,
+        Err(e) => {
+            tracing::warn!(error = %e, "fleet view not computed");
+            kept
+        }
+    }
+}
+
 pub fn metrics_snapshot(d: &Daemon) -> crate::metrics::Snapshot {
     let now = d.clock.now_ms();
     let counts = d.store.segment_counts().unwrap_or_else(|e| {
@@ -173,5 +214,9 @@ pub fn metrics_snapshot(d: &Daemon) -> crate::metrics::Snapshot {
         segments_rejected_total: c.rejected.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         cert_expires_in_s: cert_expires_in_s(d, now),
         net,
+        fleet: d.node.fleet().map(|f| crate::metrics::FleetMetrics {
+            counts: fleet_summary(d).map(|s| s.counts).unwrap_or_default(),
+            stats: f.stats.snapshot(),
+        }),
     }
 }

@@ -435,6 +435,40 @@ impl Book {
         Ok(out)
     }
 
+    /// Segments some receipt is about in `low..=high`, in id order, at most `limit`.
+    pub fn segments_in(
+        &self,
+        low: &SegmentId,
+        high: &SegmentId,
+        limit: usize,
+    ) -> Result<Vec<SegmentId>> {
+        let mut out = Vec::new();
+        let first = self.read()?;
+        let holders = first.open_table(HOLDERS).map_err(redb::Error::from)?;
+        let starts_at_low = holders
+            .range((&low.0, "")..)
+            .map_err(redb::Error::from)?
+            .next()
+            .transpose()
+            .map_err(redb::Error::from)?
+            .is_some_and(|(k, _)| k.value().0 == &low.0);
+        if starts_at_low {
+            out.push(*low);
+        }
+        let mut after = *low;
+        while out.len() < limit {
+            let next = self.segments_after(Some(&after), 1)?;
+            match next.first() {
+                Some(id) if id <= high => {
+                    out.push(*id);
+                    after = *id;
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// Subjects with a receipt kept, over every node.
     pub fn len(&self) -> Result<u64> {
         let read = self.read()?;
