@@ -255,6 +255,7 @@ pub struct NodeOptions {
     pub relay: BTreeMap<&'static str, String>,
     pub net: BTreeMap<&'static str, String>,
     pub control: BTreeMap<&'static str, String>,
+    pub fleet: BTreeMap<&'static str, String>,
     pub metrics: bool,
 }
 
@@ -276,6 +277,7 @@ impl Default for NodeOptions {
             relay: relay.iter().map(|(k, v)| (*k, v.to_string())).collect(),
             net: net.iter().map(|(k, v)| (*k, v.to_string())).collect(),
             control: BTreeMap::new(),
+            fleet: BTreeMap::new(),
             metrics: false,
         }
     }
@@ -294,6 +296,11 @@ impl NodeOptions {
 
     pub fn control(mut self, key: &'static str, value: impl ToString) -> Self {
         self.control.insert(key, value.to_string());
+        self
+    }
+
+    pub fn fleet(mut self, key: &'static str, value: impl ToString) -> Self {
+        self.fleet.insert(key, value.to_string());
         self
     }
 
@@ -406,6 +413,7 @@ impl Fleet {
                 ("relay", &opts.relay),
                 ("net", &opts.net),
                 ("control", &opts.control),
+                ("fleet", &opts.fleet),
             ] {
                 let _ = writeln!(text, "[{section}]");
                 for (k, v) in keys {
