@@ -329,6 +329,29 @@ fn act<W: Write>(
     Ok(())
 }
 
+/// The fleet view (see [`crate::fleetview`]).
+pub(super) fn fleet<W: Write>(
+    d: &Daemon,
+    pages: &mut Pages<'_, W>,
+    query: &crate::fleetview::Query,
+) -> Result<(), ListError> {
+    use crate::fleetview::{WalkError, walk};
+    let Some(fleet) = d.node.fleet() else {
+        return Err(ListError::usage(
+            "fleet receipts are off on this node ([fleet] gossip_interval_ms = 0)".into(),
+        ));
+    };
+    let now = d.clock.now_ms();
+    match walk(&fleet.book, &d.store, &d.cfg, query, now, |item| {
+        pages.push(&item)
+    }) {
+        Ok(_) => Ok(()),
+        Err(WalkError::Usage(m)) => Err(ListError::usage(m)),
+        Err(WalkError::Store(e)) => Err(e.into()),
+        Err(WalkError::Emit(e)) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,28 +454,5 @@ mod tests {
         let huge = json!("y".repeat(CONTROL_FRAME_BYTES_MAX as usize));
         assert!(matches!(pages.push(&huge), Err(ListError::Failed { .. })));
         assert!(out.is_empty(), "nothing oversized was written");
-    }
-}
-
-/// The fleet view (see [`crate::fleetview`]).
-pub(super) fn fleet<W: Write>(
-    d: &Daemon,
-    pages: &mut Pages<'_, W>,
-    query: &crate::fleetview::Query,
-) -> Result<(), ListError> {
-    use crate::fleetview::{WalkError, walk};
-    let Some(fleet) = d.node.fleet() else {
-        return Err(ListError::usage(
-            "fleet receipts are off on this node ([fleet] gossip_interval_ms = 0)".into(),
-        ));
-    };
-    let now = d.clock.now_ms();
-    match walk(&fleet.book, &d.store, &d.cfg, query, now, |item| {
-        pages.push(&item)
-    }) {
-        Ok(_) => Ok(()),
-        Err(WalkError::Usage(m)) => Err(ListError::usage(m)),
-        Err(WalkError::Store(e)) => Err(e.into()),
-        Err(WalkError::Emit(e)) => Err(e),
     }
 }
