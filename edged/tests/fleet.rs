@@ -38,11 +38,25 @@ fn segment_view(f: &Fleet, i: usize, id: &str) -> Value {
     v["segments"][0].clone()
 }
 
+/// Node `i`'s view of the segment; `None` while no receipt names it yet (the node's own
+/// receipt is made within a reconcile tick of storing it).
+fn try_view(f: &Fleet, i: usize, id: &str) -> Option<Value> {
+    let o = f.cli(i, &["fleet", "--segment", id, "--json"]);
+    if !o.status.success() {
+        f.check(stderr(&o).contains("no receipt names a segment"), || {
+            format!("edged fleet on node-{i}: {}", stderr(&o))
+        });
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    Some(v["segments"][0].clone())
+}
+
+/// The verdict node `i` gives the segment; empty while no receipt names it.
 fn verdict(f: &Fleet, i: usize, id: &str) -> String {
-    segment_view(f, i, id)["verdict"]
-        .as_str()
+    try_view(f, i, id)
+        .and_then(|v| v["verdict"].as_str().map(str::to_owned))
         .unwrap_or_default()
-        .to_owned()
 }
 
 fn import_on(f: &Fleet, i: usize, name: &str) -> String {
@@ -161,10 +175,7 @@ fn inv_31_without_a_daemon_fleet_reads_the_nodes_own_book() {
         "node-1 to hear node-2's receipt",
         everywhere_bound(),
         Duration::from_millis(50),
-        || {
-            let v = segment_view(&f, 1, &id);
-            (v["held"] == 2).then_some(())
-        },
+        || try_view(&f, 1, &id).filter(|v| v["held"] == 2).map(|_| ()),
     );
     f.sigterm(1);
     // node-1's learned roster: itself, its peers node-2 and node-5, and whom it heard from;

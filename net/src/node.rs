@@ -1456,8 +1456,9 @@ impl Inner {
         }
     }
 
-    /// Makes this node's own receipts from its store whenever the store changed, and at least
-    /// every quarter of `alive_interval_ms` (see [`Fleet::reconcile`]).
+    /// Makes this node's own receipts from its store whenever the store changed, and a
+    /// liveness receipt when one is due (checked every quarter of `alive_interval_ms`; see
+    /// [`Fleet::reconcile`]).
     async fn reconcile_loop(self: Arc<Self>) {
         let Some(fleet) = self.ctx.fleet.clone() else {
             return;
@@ -1469,18 +1470,23 @@ impl Inner {
         let mut last = Instant::now();
         loop {
             let generation = self.ctx.store.writer().generation();
-            if seen != Some(generation) || last.elapsed() >= idle_max {
-                seen = Some(generation);
+            let changed = seen != Some(generation);
+            if changed || last.elapsed() >= idle_max {
                 last = Instant::now();
                 let (store, f, now) = (
                     self.ctx.store.clone(),
                     fleet.clone(),
                     self.ctx.clock.now_ms(),
                 );
-                let done =
-                    disk::blocking(self.cfg().disk_mode, move || f.reconcile(&store, now)).await;
+                let done = disk::blocking(self.cfg().disk_mode, move || {
+                    f.reconcile(&store, now, changed)
+                })
+                .await;
                 match done {
-                    Ok(Ok(_)) => {}
+                    // Done: this generation is accounted for. Put off (a full disk): the walk
+                    // is owed still.
+                    Ok(Ok(Some(_))) => seen = Some(generation),
+                    Ok(Ok(None)) => {}
                     Ok(Err(e)) => tracing::warn!(error = %e, "receipts of this node not made"),
                     Err(e) => tracing::warn!(error = %e, "receipts of this node not made"),
                 }

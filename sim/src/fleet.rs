@@ -294,11 +294,14 @@ impl Fleet {
         Ok(())
     }
 
-    /// Restarts nodes that are down or whose executor ended.
+    /// Restarts nodes that are down, whose executor ended or whose store failed.
     pub async fn revive(&mut self) -> Result<(), SimError> {
         for i in 0..self.nodes.len() {
             if self.nodes[i].executor_ended() {
                 self.note(format!("n{i} executor ended: restarting"));
+                self.nodes[i].power_loss(&self.simnet).await;
+            } else if self.nodes[i].store_failed() {
+                self.note(format!("n{i} store failed: restarting"));
                 self.nodes[i].power_loss(&self.simnet).await;
             }
             if !self.nodes[i].is_up() {

@@ -204,6 +204,14 @@ impl SimNode {
         self.up.as_ref().is_some_and(|r| r.executor.is_finished())
     }
 
+    /// Whether the running incarnation's store takes no more writes (a commit failed: the
+    /// daemon would exit and be restarted).
+    pub fn store_failed(&self) -> bool {
+        self.up
+            .as_ref()
+            .is_some_and(|r| r.store.failure().is_some())
+    }
+
     /// Starts the daemon's parts on the current disk, as `edged run` does: store (recovering),
     /// ledger, network node with the relay's hooks, executor over the node.
     pub fn boot(&mut self, simnet: &SimNet) -> Result<(), SimError> {

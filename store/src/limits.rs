@@ -104,3 +104,7 @@ const _: () = assert!(
 /// 50 MiB after start, 4 MiB at about 25 MiB, with no measurable change in import rate (the
 /// pages it misses come from the kernel's page cache).
 pub const DB_CACHE_BYTES: usize = 4 << 20;
+
+/// Free space (beyond `min_free_bytes`) below which writes that can wait — fleet receipts —
+/// are put off, so that they never fail a commit on a full disk.
+pub const METADATA_ROOM_BYTES: u64 = 4 << 20;

@@ -368,6 +368,22 @@ impl Store {
         &self.inner.db
     }
 
+    /// Why this store can take no more writes (a commit failed on an I/O error; redb refuses
+    /// every later write until the database is opened again), or `None`. The daemon exits on
+    /// it, so that the service manager restarts it and the store recovers on open.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.writer.failure()
+    }
+
+    /// Whether the data directory's file system has room for metadata writes beyond the
+    /// segments (receipts): at least `min_free_bytes` plus [`crate::limits::METADATA_ROOM_BYTES`]
+    /// free. Writes that can wait skip a full disk instead of failing a commit.
+    pub fn has_metadata_room(&self) -> bool {
+        self.available_bytes().is_ok_and(|free| {
+            free >= self.inner.cfg.min_free_bytes + crate::limits::METADATA_ROOM_BYTES
+        })
+    }
+
     /// The one committer: every write to the database goes through it.
     pub fn writer(&self) -> &Writer {
         &self.inner.writer

@@ -43,6 +43,9 @@ struct Counts {
     queued: AtomicUsize,
     /// The most operations one committed batch held.
     largest_batch: AtomicUsize,
+    /// Why the database can take no more writes: a transaction could not begin or a commit
+    /// failed (redb refuses every later write after an I/O error until it is opened again).
+    failure: Mutex<Option<String>>,
 }
 
 impl Writer {
@@ -70,6 +73,16 @@ impl Writer {
     /// Operations waiting for the committer (submitted, not yet in a batch).
     pub fn queued(&self) -> usize {
         self.counts.queued.load(Ordering::Acquire)
+    }
+
+    /// Why the database takes no more writes, once a commit failed or a transaction could not
+    /// begin (see [`crate::Store::failure`]).
+    pub fn failure(&self) -> Option<String> {
+        self.counts
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The most operations one committed batch has held so far.
@@ -165,12 +178,21 @@ fn run(db: &Database, rx: &Receiver<Job>, generation: &AtomicU64, counts: &Count
     }
 }
 
+/// Records the first reason the database stopped taking writes.
+fn failed(counts: &Counts, reason: String) {
+    let mut failure = counts.failure.lock().unwrap_or_else(|e| e.into_inner());
+    if failure.is_none() {
+        *failure = Some(reason);
+    }
+}
+
 fn commit_batch(db: &Database, batch: Vec<Job>, generation: &AtomicU64, counts: &Counts) {
     let group = batch.len() > 1;
     let txn = match db.begin_write() {
         Ok(txn) => txn,
         Err(e) => {
             tracing::error!(error = %e, "cannot begin write transaction");
+            failed(counts, format!("cannot begin a write transaction: {e}"));
             // Dropping the jobs drops their reply channels: waiters see the store as closed.
             return;
         }
@@ -193,6 +215,9 @@ fn commit_batch(db: &Database, batch: Vec<Job>, generation: &AtomicU64, counts: 
                 crash::point(crash::COMMIT_GROUP_BEFORE_COMMIT);
             }
             let committed = txn.commit().map_err(|e| e.to_string());
+            if let Err(e) = &committed {
+                failed(counts, format!("commit failed: {e}"));
+            }
             if group && committed.is_ok() {
                 crash::point(crash::COMMIT_GROUP_AFTER_COMMIT);
             }

@@ -59,7 +59,7 @@ impl Source {
             }
         };
         if let Some(f) = &fleet {
-            f.reconcile(&store, base::SystemClock.now_ms())?;
+            f.reconcile(&store, base::SystemClock.now_ms(), true)?;
         }
         Ok(Source::Direct { store, fleet })
     }
@@ -341,7 +341,12 @@ fn answer(
             let id: SegmentId = c.id.parse().ok()?;
             let lacking: Vec<String> = lists
                 .iter()
-                .filter(|l| l.held.binary_search(&id.0).is_err())
+                // Mutation point (INV-32): a need-list's holdings are ignored (everything is
+                // written).
+                .filter(|l| {
+                    l.held.binary_search(&id.0).is_err()
+                        || store::mutants::active("need_list_ignores_holdings")
+                })
                 .map(|l| l.node.to_string())
                 .collect();
             (!lacking.is_empty()).then_some((c, lacking))

@@ -42,7 +42,7 @@ pub const FLEET_VIEW_REFRESH_MS: u64 = 1_000;
 /// ...and by `status` itself when the database changed since, if they are at least this old.
 pub const FLEET_VIEW_STATUS_AGE_MIN_MS: u64 = 200;
 /// ...and at least this often (silence turns verdicts `unknown` with time alone).
-pub const FLEET_VIEW_REFRESH_MAX_MS: u64 = 30_000;
+pub const FLEET_VIEW_REFRESH_MAX_MS: u64 = 60_000;
 
 /// The fleet view's counts as last computed.
 #[derive(Debug, Clone)]
@@ -253,10 +253,17 @@ async fn serve(cfg: Config) -> CliResult {
         "edged started"
     );
 
-    let exit = wait_for_signal_or(&executor).await;
+    let exit = wait_for_signal_or(&executor, &store).await;
     tracing::info!(node_id = %cfg.node_id, reason = exit, "shutting down");
     let _ = stop_tx.send(true);
     let mut result = Ok(());
+    if let Some(why) = store.failure() {
+        tracing::error!(error = %why, "the database takes no more writes; exiting so that the service manager restarts the node (the store recovers on open)");
+        result = Err(Failure::new(
+            STORAGE,
+            anyhow::anyhow!("storage failure: {why}"),
+        ));
+    }
     match executor.await {
         Ok(Ok(report)) => tracing::info!(?report, "relay executor stopped"),
         Ok(Err(e)) => {
@@ -278,9 +285,11 @@ async fn serve(cfg: Config) -> CliResult {
     result
 }
 
-/// Waits for SIGTERM or SIGINT, or for the executor to end on its own (a fatal ledger error).
+/// Waits for SIGTERM or SIGINT, for the executor to end on its own (a fatal ledger error), or
+/// for the store to stop taking writes (a commit failed on an I/O error).
 async fn wait_for_signal_or(
     executor: &tokio::task::JoinHandle<Result<relay::executor::ExecutorReport, relay::RelayError>>,
+    store: &store::Store,
 ) -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
@@ -297,6 +306,9 @@ async fn wait_for_signal_or(
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
                 if executor.is_finished() {
                     return "relay executor ended";
+                }
+                if store.failure().is_some() {
+                    return "storage failure";
                 }
             }
         }

@@ -170,6 +170,11 @@ impl Book {
         self.limits
     }
 
+    /// The store whose database holds the book.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     fn read(&self) -> Result<redb::ReadTransaction> {
         Ok(self
             .store
@@ -537,8 +542,10 @@ fn merge_in(
         for entry in &receipt.entries {
             let subject = entry.event.subject();
             let old = latest.get((node, &subject))?.map(|v| v.value().0);
+            // Mutation point (INV-30): an older receipt replaces a newer one.
+            let older_wins = store::mutants::active("older_receipt_wins");
             match old {
-                Some(old_seq) if old_seq >= seq => {
+                Some(old_seq) if old_seq >= seq && !older_wins => {
                     report.known += 1;
                     continue;
                 }
@@ -664,6 +671,7 @@ pub(crate) mod tests {
         let mut views = Vec::new();
         for order in [
             vec![stored.clone(), gone.clone()],
+            vec![gone.clone(), stored.clone()],
             vec![gone.clone(), stored.clone(), gone.clone()],
         ] {
             let (_dir, b) = book(BookLimits::default());
@@ -679,6 +687,7 @@ pub(crate) mod tests {
             ));
         }
         assert_eq!(views[0], views[1]);
+        assert_eq!(views[0], views[2]);
         let holders = &views[0].0;
         assert_eq!(holders.len(), 1);
         assert!(!holders[0].1.stored, "the later Gone receipt wins");

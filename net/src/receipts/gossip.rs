@@ -139,6 +139,8 @@ pub struct GossipReport {
     pub merged: u64,
     /// The round stopped at `receipt_pages_per_round_max`.
     pub cut: bool,
+    /// Put off: the disk has no room for receipts.
+    pub deferred: bool,
 }
 
 impl Fleet {
@@ -169,11 +171,49 @@ impl Fleet {
     }
 
     /// Makes the receipts this node owes about itself (see the module docs); returns how many.
-    /// Memory: two pages, whatever the size of the store.
-    pub fn reconcile(&self, store: &Store, now_ms: u64) -> Result<u64, StoreError> {
+    /// `walk`: compare the whole store with this node's receipts (the store changed); without
+    /// it only a liveness receipt is made, when one is due — an idle node does not walk a store
+    /// of many segments every time. Memory: two pages, whatever the size of the store.
+    /// `None`: put off, the disk is full (see [`Store::has_metadata_room`]); the caller tries
+    /// again later.
+    pub fn reconcile(
+        &self,
+        store: &Store,
+        now_ms: u64,
+        walk: bool,
+    ) -> Result<Option<u64>, StoreError> {
+        if !store.has_metadata_room() {
+            return Ok(None);
+        }
+        let mut events = Vec::new();
+        if walk {
+            self.walk_store(store, now_ms, &mut events)?;
+        }
+        let me = self.signer.node();
+        let newest = self.book.head(me)?.map_or(0, |h| h.newest_at_ms);
+        if events.is_empty() && now_ms.saturating_sub(newest) < self.alive_interval_ms {
+            return Ok(Some(0));
+        }
+        if now_ms.saturating_sub(newest) >= self.alive_interval_ms || newest == 0 {
+            let held = store.segment_counts()?.stored;
+            events.push((now_ms, Event::Alive { held }));
+        }
+        let made = events.len() as u64;
+        self.book.record_own(&self.signer, events, now_ms)?;
+        self.stats.made.fetch_add(made, Ordering::Relaxed);
+        Ok(Some(made))
+    }
+
+    /// The receipts the store owes: stored segments without a `Stored` receipt, `Stored`
+    /// receipts of segments no longer here.
+    fn walk_store(
+        &self,
+        store: &Store,
+        now_ms: u64,
+        events: &mut Vec<(u64, Event)>,
+    ) -> Result<(), StoreError> {
         const PAGE: usize = 512;
         let me = self.signer.node().clone();
-        let mut events = Vec::new();
         let mut held = Cursor::new(|after: Option<[u8; 32]>| {
             let page = store.list_after(after.map(SegmentId).as_ref(), PAGE)?;
             Ok(page
@@ -217,18 +257,7 @@ impl Fleet {
                 (Some(_), None) => unreachable!("matched by the second arm"),
             }
         }
-        let newest = self.book.head(&me)?.map_or(0, |h| h.newest_at_ms);
-        if events.is_empty() && now_ms.saturating_sub(newest) < self.alive_interval_ms {
-            return Ok(0);
-        }
-        if now_ms.saturating_sub(newest) >= self.alive_interval_ms || newest == 0 {
-            let held = store.segment_counts()?.stored;
-            events.push((now_ms, Event::Alive { held }));
-        }
-        let made = events.len() as u64;
-        self.book.record_own(&self.signer, events, now_ms)?;
-        self.stats.made.fetch_add(made, Ordering::Relaxed);
-        Ok(made)
+        Ok(())
     }
 
     /// Verifies a page of `node`'s receipts after `after_seq`: the valid prefix, and why the
@@ -328,6 +357,14 @@ impl Fleet {
         receipts: &[Vec<u8>],
         certs: &[Vec<u8>],
     ) -> Result<(MergeReport, u64), StoreError> {
+        let store = self.book.store();
+        if !store.has_metadata_room() {
+            return Err(StoreError::Io {
+                op: "merge receipts into",
+                path: store.layout().root().to_owned(),
+                source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+            });
+        }
         let offered: HashMap<[u8; 32], &Vec<u8>> = certs
             .iter()
             .filter(|c| c.len() <= RECEIPT_CERT_BYTES_MAX)
@@ -472,6 +509,15 @@ pub(crate) async fn pull_round(
     let mode = ctx.cfg.disk_mode;
     let mut report = GossipReport::default();
     fleet.stats.rounds.fetch_add(1, Ordering::Relaxed);
+    let store = ctx.store.clone();
+    let room = disk::blocking(mode, move || store.has_metadata_room())
+        .await
+        .unwrap_or(false);
+    if !room {
+        // Receipts can wait for space; a commit failing on a full disk cannot be undone.
+        report.deferred = true;
+        return Ok(report);
+    }
     let theirs = match request(ctx, fleet, conn, &Msg::ReceiptDigestRequest).await? {
         Msg::ReceiptDigest { nodes, hash } => (nodes, hash),
         other => {
@@ -770,12 +816,12 @@ mod tests {
         let (_dir, f, store) = node(&ids[0]);
         let t0 = now_ms();
         // An empty store: only a liveness receipt, and then nothing until it is due.
-        assert_eq!(f.reconcile(&store, t0).unwrap(), 1);
-        assert_eq!(f.reconcile(&store, t0 + 1).unwrap(), 0);
+        assert_eq!(f.reconcile(&store, t0, true).unwrap(), Some(1));
+        assert_eq!(f.reconcile(&store, t0 + 1, true).unwrap(), Some(0));
         assert_eq!(
-            f.reconcile(&store, t0 + crate::limits::ALIVE_INTERVAL_MS_DEFAULT)
+            f.reconcile(&store, t0 + crate::limits::ALIVE_INTERVAL_MS_DEFAULT, false)
                 .unwrap(),
-            1
+            Some(1)
         );
         let me = ids[0].id.clone();
         let latest = |f: &Fleet| {
@@ -796,6 +842,6 @@ mod tests {
             crate::receipts::tests::one(Event::Stored { segment: [5; 32] }),
         );
         f.book.merge(vec![(r.receipt().unwrap(), r)]).unwrap();
-        assert_eq!(f.reconcile(&store, t0 + 2).unwrap(), 0);
+        assert_eq!(f.reconcile(&store, t0 + 2, true).unwrap(), Some(0));
     }
 }
