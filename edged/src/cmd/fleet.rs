@@ -97,7 +97,14 @@ fn write_err(e: std::io::Error) -> Failure {
 impl Printer {
     fn new(query: Query, json: bool) -> Printer {
         let columns: &[&str] = match query {
-            Query::All => &["segment", "name", "held", "verdict", "missing"],
+            Query::All => &[
+                "segment",
+                "name",
+                "held",
+                "verdict",
+                "newest receipt",
+                "missing",
+            ],
             Query::Segment(_) => &["node", "state", "receipt", "last heard from"],
             Query::Node(_) => &["segment", "name", "state", "receipt"],
         };
@@ -143,11 +150,17 @@ impl Printer {
                     .as_array()
                     .map(|a| a.iter().map(s).collect())
                     .unwrap_or_default();
+                // Each member's receipt time is in --segment and --json; the table shows the
+                // newest, which says how fresh the verdict is.
+                let newest = item["members"]
+                    .as_array()
+                    .and_then(|m| m.iter().filter_map(|m| m["at_ms"].as_u64()).max());
                 self.rows.push(vec![
                     s(&item["segment"]).chars().take(12).collect(),
                     s(&item["name"]),
                     format!("{}/{}", s(&item["held"]), s(&item["of"])),
                     s(&item["verdict"]),
+                    when(&newest.map_or(Value::Null, Value::from), now),
                     missing.join(" "),
                 ]);
             }
