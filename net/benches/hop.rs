@@ -8,88 +8,16 @@
 //! `BENCH_HOP_BYTES` and `BENCH_SMALL_COUNT` shrink the runs; `BENCH_WORKERS` sets the tokio
 //! worker threads (default 2); `BENCH_UDP_BUFFER_BYTES` the socket buffers (default 8 MiB).
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{env_u64, open_store, seed};
 use net::{NetConfig, Node, NodeSetup, SendOutcome};
-use store::fs::{Fs, RealFs};
 use store::keys::PublisherSecret;
-use store::manifest::{Manifest, SignedManifest};
-use store::{IngestOptions, SegmentId, Store, StoreConfig};
-
-fn env_u64(key: &str, default: u64) -> u64 {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// Deterministic payload bytes: byte `p` depends only on the tag and `p`, so any read sizes
-/// (a hash pass, then an ingest behind a header) see the same bytes.
-struct Gen {
-    tag: u64,
-    pos: u64,
-    len: u64,
-}
-
-impl Read for Gen {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = (buf.len() as u64).min(self.len - self.pos) as usize;
-        for (i, b) in buf[..n].iter_mut().enumerate() {
-            let p = self.pos + i as u64;
-            let mut x = (p / 8)
-                .wrapping_add(self.tag)
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                | 1;
-            x ^= x >> 29;
-            *b = x.to_le_bytes()[(p % 8) as usize];
-        }
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-fn payload_gen(tag: u64, len: u64) -> Gen {
-    Gen { tag, pos: 0, len }
-}
-
-fn seed(store: &Store, secret: &PublisherSecret, tag: u64, len: u64) -> SegmentId {
-    let (_, hash) = store::segfile::hash_reader(payload_gen(tag, len)).unwrap();
-    let m = Manifest::new(
-        secret.public(),
-        format!("bench-{tag}"),
-        now_ms() - 60_000,
-        len,
-        hash,
-    );
-    let signed = SignedManifest::sign(m, secret).unwrap();
-    let mut header = Vec::new();
-    store::segfile::write_header(&mut header, &signed).unwrap();
-    let reader = std::io::Cursor::new(header).chain(payload_gen(tag, len));
-    match store
-        .ingest_reader(reader, &IngestOptions::import(), now_ms(), |_, _| Ok(()))
-        .unwrap()
-    {
-        store::IngestOutcome::Stored(s) => s.id,
-        store::IngestOutcome::AlreadyHave { id, .. } => id,
-    }
-}
-
-fn open_store(dir: &std::path::Path, secret: &PublisherSecret) -> Store {
-    let mut cfg = StoreConfig::new(dir, 8 << 30, std::iter::once(secret.public()).collect());
-    cfg.min_free_bytes = 0;
-    let fs: Arc<dyn Fs> = Arc::new(RealFs);
-    Store::open(cfg, fs, now_ms()).unwrap().0
-}
+use store::{SegmentId, Store};
 
 fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -310,7 +310,7 @@ pub(crate) fn check_page(ids: &[[u8; 32]], after: Option<&[u8; 32]>) -> Result<(
 }
 
 /// One request/answer exchange on a new stream.
-async fn request(ctx: &Ctx, conn: &Connection, msg: &Msg) -> Result<Msg, String> {
+pub(crate) async fn request(ctx: &Ctx, conn: &Connection, msg: &Msg) -> Result<Msg, String> {
     let response = ctx.cfg.response_timeout();
     let (mut send, mut recv) = timeout(response, conn.open_bi())
         .await

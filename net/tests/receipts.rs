@@ -63,6 +63,18 @@ fn ring() -> (Fleet, Vec<TestNode>, SegmentId) {
     (fleet, nodes, seg)
 }
 
+/// A ring whose segment every node stores and n1 sees everywhere.
+async fn ring_seen_everywhere_by_n1() -> (Fleet, Vec<TestNode>, SegmentId) {
+    let (fleet, nodes, seg) = ring();
+    everyone_stores(&nodes.iter().collect::<Vec<_>>(), seg).await;
+    let seen = eventually(everywhere_bound(), || {
+        view(&nodes[0], seg).verdict == Verdict::Everywhere
+    })
+    .await;
+    assert!(seen, "{:?}", view(&nodes[0], seg));
+    (fleet, nodes, seg)
+}
+
 async fn everyone_stores(nodes: &[&TestNode], seg: SegmentId) {
     let stores: Vec<_> = nodes.iter().map(|n| n.store.clone()).collect();
     assert!(
@@ -110,16 +122,8 @@ async fn inv_31_every_node_of_a_ring_sees_a_segment_everywhere_within_the_bound(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inv_31_a_stopped_node_stays_missing() {
     logs();
-    let (_fleet, mut nodes, seg) = ring();
-    everyone_stores(&nodes.iter().collect::<Vec<_>>(), seg).await;
+    let (_fleet, mut nodes, seg) = ring_seen_everywhere_by_n1().await;
     let bound = everywhere_bound();
-    assert!(
-        eventually(bound, || view(&nodes[0], seg).verdict
-            == Verdict::Everywhere)
-        .await,
-        "{:?}",
-        view(&nodes[0], seg)
-    );
     // n4 stops; a second segment arrives on n3 and reaches the four others.
     let n4 = nodes.remove(3);
     n4.node.shutdown(Duration::from_secs(2)).await;
@@ -146,16 +150,8 @@ async fn inv_31_a_stopped_node_stays_missing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inv_28_a_forged_receipt_relayed_by_a_peer_is_refused_and_counted() {
     logs();
-    let (_fleet, nodes, seg) = ring();
-    everyone_stores(&nodes.iter().collect::<Vec<_>>(), seg).await;
+    let (_fleet, nodes, seg) = ring_seen_everywhere_by_n1().await;
     let bound = everywhere_bound();
-    assert!(
-        eventually(bound, || view(&nodes[0], seg).verdict
-            == Verdict::Everywhere)
-        .await,
-        "{:?}",
-        view(&nodes[0], seg)
-    );
     // n2 (n1's neighbour) holds, unverified, an altered copy of n3's receipt about the segment:
     // "gone", with a higher sequence number, under n3's certificate and old signature.
     let n2 = nodes[1].node.fleet().unwrap();

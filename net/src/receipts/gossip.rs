@@ -38,7 +38,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use quinn::Connection;
 use rustls::pki_types::CertificateDer;
 use store::{SegmentId, Store, StoreError};
-use tokio::time::timeout;
 
 use super::book::{Book, BookLimits, Kind, MergeReport};
 use super::{
@@ -50,7 +49,7 @@ use crate::disk::{self, DiskMode};
 use crate::limits::{RECEIPT_HEADS_PAGE_MAX, RECEIPT_PAGE_CERTS_MAX, RECEIPT_PAGE_MAX};
 use crate::pki::{NodeId, NodeIdentity};
 use crate::transfer::Ctx;
-use crate::wire::{Msg, StreamCode, read_frame, write_frame};
+use crate::wire::{Msg, StreamCode, write_frame};
 
 /// Counters of a node's receipts.
 #[derive(Debug, Default)]
@@ -435,40 +434,21 @@ fn frame_len(msg: &Msg) -> u64 {
     postcard::to_allocvec(msg).map_or(0, |v| v.len() as u64 + 4)
 }
 
-/// One request/answer on a new stream, counted as gossip traffic.
+/// One request/answer on a new stream (as catch-up asks), counted as gossip traffic. A
+/// request that got no answer counts as sent: it was written, or the stream failed first.
 async fn request(ctx: &Ctx, fleet: &Fleet, conn: &Connection, msg: &Msg) -> Result<Msg, String> {
-    let response = ctx.cfg.response_timeout();
-    let (mut send, mut recv) = timeout(response, conn.open_bi())
-        .await
-        .map_err(|_| "timed out opening a stream".to_owned())?
-        .map_err(|e| e.to_string())?;
-    write_frame(&mut send, msg)
-        .await
-        .map_err(|e| e.to_string())?;
+    let reply = crate::catchup::request(ctx, conn, msg).await;
     fleet
         .stats
         .bytes_sent
         .fetch_add(frame_len(msg), Ordering::Relaxed);
-    let _ = send.finish();
-    match timeout(response, read_frame(&mut recv, ctx.cfg.frame_bytes_max)).await {
-        Err(_) => {
-            let _ = recv.stop(StreamCode::Stalled.varint());
-            Err(format!("no answer to {} in time", msg.name()))
-        }
-        Ok(Err(e)) => {
-            if let Some(code) = e.stream_code() {
-                let _ = recv.stop(code.varint());
-            }
-            Err(e.to_string())
-        }
-        Ok(Ok(reply)) => {
-            fleet
-                .stats
-                .bytes_received
-                .fetch_add(frame_len(&reply), Ordering::Relaxed);
-            Ok(reply)
-        }
+    if let Ok(reply) = &reply {
+        fleet
+            .stats
+            .bytes_received
+            .fetch_add(frame_len(reply), Ordering::Relaxed);
     }
+    reply
 }
 
 async fn on_book<T: Send + 'static>(
