@@ -347,6 +347,18 @@ impl Config {
         Config::parse(path, &text)
     }
 
+    /// The node's identity from `[tls]`, checked (an error names the file and the section).
+    pub fn node_identity(&self) -> Result<net::NodeIdentity, crate::exit::Failure> {
+        net::load_node_identity(&self.tls.ca_cert, &self.tls.node_cert, &self.tls.node_key).map_err(
+            |e| {
+                crate::exit::Failure::new(
+                    crate::exit::CONFIG,
+                    anyhow::anyhow!("{}: [tls]: {e}", self.path.display()),
+                )
+            },
+        )
+    }
+
     /// Parses and validates `text` as if read from `path`. Relative paths in it are taken
     /// relative to the directory of `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {

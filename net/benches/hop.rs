@@ -88,14 +88,7 @@ async fn run(workers: usize) {
             cfg.receive_window_bytes = u32::MAX as u64;
             cfg.send_window_bytes = 10_000_000;
         }
-        net::ca_issue(&ca, &name.parse().unwrap(), &dir.path().join("pki"), 30).unwrap();
-        let pki = dir.path().join("pki");
-        let identity = net::load_node_identity(
-            &ca.join("ca.crt"),
-            &pki.join(format!("{name}.crt")),
-            &pki.join(format!("{name}.key")),
-        )
-        .unwrap();
+        let identity = common::identity(&ca, &dir.path().join("pki"), name);
         let mut setup = NodeSetup::new(cfg, identity, stores[i].clone());
         setup.socket = Some(sockets[i].clone());
         nodes.push(Arc::new(Node::start(setup).unwrap()));

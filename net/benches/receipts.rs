@@ -92,14 +92,7 @@ async fn run(receipts: bool) -> Duration {
         } else {
             0
         };
-        let pki = dir.path().join("pki");
-        net::ca_issue(&ca, &name.parse().unwrap(), &pki, 30).unwrap();
-        let identity = net::load_node_identity(
-            &ca.join("ca.crt"),
-            &pki.join(format!("{name}.crt")),
-            &pki.join(format!("{name}.key")),
-        )
-        .unwrap();
+        let identity = common::identity(&ca, &dir.path().join("pki"), name);
         let mut setup = NodeSetup::new(cfg, identity, stores[i].clone());
         setup.socket = Some(sockets[i].clone());
         nodes.push(Arc::new(Node::start(setup).unwrap()));

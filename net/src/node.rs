@@ -232,6 +232,12 @@ struct Peer {
 }
 
 impl Peer {
+    /// Whether `conn` is the peer's current connection (loops tied to one end with it).
+    fn is_current(&self, conn: &Connection) -> bool {
+        self.live()
+            .is_some_and(|l| l.conn.stable_id() == conn.stable_id())
+    }
+
     fn live(&self) -> Option<Live> {
         self.current
             .borrow()
@@ -1380,10 +1386,7 @@ impl Inner {
             catchup::next_round_in(self.cfg(), None).map(|d| Instant::now() + d)
         };
         loop {
-            let is_current = peer
-                .live()
-                .is_some_and(|l| l.conn.stable_id() == conn.stable_id());
-            if !is_current {
+            if !peer.is_current(&conn) {
                 return;
             }
             if next.is_some_and(|at| at <= Instant::now()) {
@@ -1434,10 +1437,7 @@ impl Inner {
         let mut shutdown = self.shutdown.subscribe();
         let interval = Duration::from_millis(self.cfg().receipt_interval_ms);
         loop {
-            let is_current = peer
-                .live()
-                .is_some_and(|l| l.conn.stable_id() == conn.stable_id());
-            if !is_current {
+            if !peer.is_current(&conn) {
                 return;
             }
             match gossip::pull_round(&self.ctx, &fleet, &conn).await {

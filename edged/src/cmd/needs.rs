@@ -79,13 +79,7 @@ fn open_fleet(
     if cfg.net.receipt_interval_ms == 0 {
         return Ok(None);
     }
-    let identity = net::load_node_identity(&cfg.tls.ca_cert, &cfg.tls.node_cert, &cfg.tls.node_key)
-        .map_err(|e| {
-            Failure::new(
-                CONFIG,
-                anyhow::anyhow!("{}: [tls]: {e}", cfg.path.display()),
-            )
-        })?;
+    let identity = cfg.node_identity()?;
     let fleet = net::receipts::gossip::Fleet::open(store.clone(), &identity, &cfg.net)
         .map_err(Failure::failed)?;
     Ok(Some(fleet))

@@ -172,13 +172,7 @@ async fn serve(cfg: Config) -> CliResult {
             return Err(Failure::new(e.exit_code(), e));
         }
     };
-    let identity = net::load_node_identity(&cfg.tls.ca_cert, &cfg.tls.node_cert, &cfg.tls.node_key)
-        .map_err(|e| {
-            Failure::new(
-                CONFIG,
-                anyhow::anyhow!("{}: [tls]: {e}", cfg.path.display()),
-            )
-        })?;
+    let identity = cfg.node_identity()?;
     let cert_not_after_ms = identity
         .not_after
         .duration_since(std::time::UNIX_EPOCH)

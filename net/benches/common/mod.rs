@@ -80,3 +80,14 @@ pub fn open_store(dir: &std::path::Path, secret: &PublisherSecret) -> Store {
     let fs: Arc<dyn Fs> = Arc::new(RealFs);
     Store::open(cfg, fs, now_ms()).unwrap().0
 }
+
+/// Issues `name`'s certificate from the CA in `ca` into `pki` and loads it.
+pub fn identity(ca: &std::path::Path, pki: &std::path::Path, name: &str) -> net::NodeIdentity {
+    net::ca_issue(ca, &name.parse().unwrap(), pki, 30).unwrap();
+    net::load_node_identity(
+        &ca.join("ca.crt"),
+        &pki.join(format!("{name}.crt")),
+        &pki.join(format!("{name}.key")),
+    )
+    .unwrap()
+}
