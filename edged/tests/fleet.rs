@@ -157,11 +157,24 @@ fn inv_31_every_daemon_reports_everywhere_within_the_bound_and_a_stopped_node_st
         table.contains("partial (4/5)") && table.contains("node-4"),
         || table.clone(),
     );
-    // Unknown names are usage errors.
-    let o = f.cli(1, &["fleet", "--node", "node-9"]);
-    f.check(o.status.code() == Some(2), || stderr(&o));
-    let o = f.cli(1, &["fleet", "--segment", "abcdef"]);
-    f.check(o.status.code() == Some(2), || stderr(&o));
+    // Well-formed names the book does not know: the command failed (1), as for a segment
+    // prefix the store does not know; malformed ones are a bad command line (2).
+    for (args, code, says) in [
+        (&["fleet", "--node", "node-9"][..], 1, "not in the roster"),
+        (
+            &["fleet", "--segment", "abcdef"][..],
+            1,
+            "no receipt names a segment",
+        ),
+        (&["fleet", "--node", "Node_9"][..], 2, "node `Node_9`"),
+        (&["fleet", "--segment", "xyz!"][..], 2, "segment `xyz!`"),
+    ] {
+        let o = f.cli(1, args);
+        f.check(
+            o.status.code() == Some(code) && stderr(&o).contains(says),
+            || format!("{args:?}: {} {}", o.status, stderr(&o)),
+        );
+    }
 }
 
 #[test]
@@ -183,4 +196,31 @@ fn inv_31_without_a_daemon_fleet_reads_the_nodes_own_book() {
     let v = segment_view(&f, 1, &id);
     f.check(v["held"] == 2, || format!("{v:#}"));
     f.check(v["kind"] != "everywhere", || format!("{v:#}"));
+}
+
+#[test]
+fn inv_31_a_segment_stored_here_before_any_receipt_is_listed_and_not_everywhere() {
+    // node-1 never runs: `edged import` stores the segment directly, and no receipt is made
+    // until a daemon compares its store with its receipts.
+    let f = ring();
+    let id = import_on(&f, 1, "early");
+    let all = f.json(1, &["fleet"]);
+    let listed = all["segments"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["segment"] == id.as_str()))
+        .cloned()
+        .unwrap_or_default();
+    f.check(listed["name"] == "early", || format!("{all:#}"));
+    f.check(
+        listed["held"] == 0 && listed["kind"] != "everywhere",
+        || format!("{all:#}"),
+    );
+    // A prefix finds it too; this node is listed as having sent no receipt for it.
+    let v = segment_view(&f, 1, &id[..8]);
+    let me = v["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["node"] == "node-1"))
+        .cloned()
+        .unwrap_or_default();
+    f.check(me["state"] == "no_receipt", || format!("{v:#}"));
 }

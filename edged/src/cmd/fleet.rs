@@ -44,6 +44,7 @@ pub fn run(args: &FleetArgs) -> CliResult {
             let now = base::SystemClock.now_ms();
             walk(&book, &store, &cfg, &query, now, |item| printer.item(item)).map_err(|e| match e {
                 WalkError::Usage(m) => Failure::new(USAGE, anyhow::anyhow!(m)),
+                WalkError::NotFound(m) => Failure::failed(anyhow::anyhow!(m)),
                 WalkError::Store(e) => e.into(),
                 WalkError::Emit(f) => f,
             })
