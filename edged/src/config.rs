@@ -682,10 +682,45 @@ fn parse_message(text: &str, e: &toml::de::Error) -> String {
                 .chars()
                 .count()
                 + 1;
-            format!("line {line}, column {column}: {message}")
+            match key_at(before) {
+                Some(key) => format!("line {line}, column {column}, `{key}`: {message}"),
+                None => format!("line {line}, column {column}: {message}"),
+            }
         }
         None => message,
     }
+}
+
+/// The key whose value starts on the last line of `before` (`section.key`, as the validation
+/// errors name keys), when that line reads `key = …`: a value of the wrong type is then named
+/// like any other refusal. `None` when the error is elsewhere (a header, a value continued
+/// on a later line).
+fn key_at(before: &str) -> Option<String> {
+    let (above, line) = before.rsplit_once('\n').unwrap_or(("", before));
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    let bare = |k: &str| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    if !bare(key) {
+        return None;
+    }
+    let section = above.lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.starts_with('[').then(|| {
+            l.trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim()
+        })
+    });
+    Some(match section {
+        Some(section) if bare(section) => format!("{section}.{key}"),
+        _ => key.to_owned(),
+    })
 }
 
 /// The address as IPv4 when it is an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), where the
@@ -925,6 +960,56 @@ mod tests {
     }
 
     #[test]
+    fn inv_21_fleet_keys_reach_the_network_layer_and_default_to_its_values() {
+        let (_dir, base, path) = example();
+        let with = |fleet: &str| base.replace("\n[fleet]\n", &format!("\n[fleet]\n{fleet}\n"));
+        // Absent keys leave the network layer's defaults: receipts on.
+        let cfg = Config::parse(&path, &base).unwrap();
+        let defaults = net::NetConfig::new(
+            cfg.net.node_id.clone(),
+            cfg.net.listen_addr,
+            Default::default(),
+        );
+        assert_eq!(cfg.net.receipt_interval_ms, defaults.receipt_interval_ms);
+        assert!(cfg.net.receipt_interval_ms > 0);
+        assert_eq!(
+            cfg.net.receipt_pages_per_round_max,
+            defaults.receipt_pages_per_round_max
+        );
+        assert_eq!(cfg.net.alive_interval_ms, defaults.alive_interval_ms);
+        assert_eq!(
+            cfg.net.receipts_per_node_max,
+            defaults.receipts_per_node_max
+        );
+        assert_eq!(cfg.net.fleet_nodes_max, defaults.fleet_nodes_max);
+        // Each key lands on its own field.
+        let cfg = Config::parse(
+            &path,
+            &with(
+                "stale_after_ms = 900000\ngossip_pages_per_round_max = 7\nalive_interval_ms = 30000\nreceipts_per_node_max = 5000\nnodes_max = 9",
+            ),
+        )
+        .unwrap();
+        assert_eq!(cfg.fleet.stale_after_ms, 900_000);
+        assert_eq!(cfg.net.receipt_pages_per_round_max, 7);
+        assert_eq!(cfg.net.alive_interval_ms, 30_000);
+        assert_eq!(cfg.net.receipts_per_node_max, 5_000);
+        assert_eq!(cfg.net.fleet_nodes_max, 9);
+        // 0 turns receipts off; it is not an error.
+        let cfg = Config::parse(&path, &with("gossip_interval_ms = 0")).unwrap();
+        assert_eq!(cfg.net.receipt_interval_ms, 0);
+        // A value of the wrong type names its key.
+        for (text, key) in [
+            ("stale_after_ms = \"10m\"", "`fleet.stale_after_ms`"),
+            ("gossip_interval_ms = -1", "`fleet.gossip_interval_ms`"),
+            ("members = \"node-1\"", "`fleet.members`"),
+        ] {
+            let err = Config::parse(&path, &with(text)).unwrap_err().to_string();
+            assert!(err.contains(key), "`{key}` not named in: {err}");
+        }
+    }
+
+    #[test]
     fn inv_21_empty_data_dir_and_control_socket_are_refused() {
         let (dir, base, path) = example();
         let root = dir.path().to_str().unwrap();
@@ -1090,7 +1175,12 @@ mod tests {
         let err = Config::parse(&path, "node_id = 5\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("line 1, column 11"), "{err}");
+        assert!(err.contains("line 1, column 11, `node_id`"), "{err}");
+        // A value of the wrong type in a section is named with its section.
+        let err = Config::parse(&path, &format!("{base}\nstale_after_ms = true\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`fleet.stale_after_ms`"), "{err}");
     }
 
     #[test]

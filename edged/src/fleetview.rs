@@ -34,8 +34,13 @@ pub enum Query {
 /// Why a walk stopped.
 #[derive(Debug)]
 pub enum WalkError<E> {
-    /// The query names no known segment or node (exit code 2).
+    /// The query is malformed: not a segment id prefix, not a node id (exit code 2, a bad
+    /// command line).
     Usage(String),
+    /// The query is well formed but names no segment the book knows, several of them, or a
+    /// node outside the roster that sent no receipt (exit code 1, like a segment prefix that
+    /// matches nothing in the store).
+    NotFound(String),
     Store(StoreError),
     /// The consumer of the items failed.
     Emit(E),
@@ -141,16 +146,21 @@ pub fn walk<E>(
             let parsed = store::id::parse_prefix(prefix)
                 .map_err(|e| WalkError::Usage(format!("segment `{prefix}`: {e}")))?;
             let (low, high) = parsed.range();
-            let found = book.segments_in(&low, &high, 2)?;
+            // Segments the book names, and those stored here (before this node's own receipt
+            // names them): at most two of each tell one from several.
+            let mut found = book.segments_in(&low, &high, 2)?;
+            found.extend(stored_in(store, &low, &high)?);
+            found.sort_unstable();
+            found.dedup();
             let id = match found[..] {
                 [id] => id,
                 [] => {
-                    return Err(WalkError::Usage(format!(
-                        "no receipt names a segment starting with {prefix}"
+                    return Err(WalkError::NotFound(format!(
+                        "no receipt names a segment starting with {prefix}, and none is stored here"
                     )));
                 }
                 _ => {
-                    return Err(WalkError::Usage(format!(
+                    return Err(WalkError::NotFound(format!(
                         "several segments start with {prefix}: give more of the id"
                     )));
                 }
@@ -165,7 +175,7 @@ pub fn walk<E>(
                 .map_err(|e| WalkError::Usage(format!("node `{name}`: {e}")))?;
             if !roster.members.contains(&node) && !heads.contains_key(&node) {
                 let known: Vec<String> = roster.members.iter().map(|n| n.to_string()).collect();
-                return Err(WalkError::Usage(format!(
+                return Err(WalkError::NotFound(format!(
                     "node `{name}` is not in the roster and sent no receipt (roster: {})",
                     known.join(", ")
                 )));
@@ -174,6 +184,7 @@ pub fn walk<E>(
             let mut count = 0;
             each_segment(
                 book,
+                store,
                 |seg| {
                     let holders = book.holders(seg)?;
                     let mine = holders.iter().find(|(n, _)| n == &node).map(|(_, h)| *h);
@@ -202,6 +213,7 @@ pub fn walk<E>(
             let mut count = 0;
             each_segment(
                 book,
+                store,
                 |seg| {
                     count += 1;
                     Ok(Some(segment_item(seg, store, &view(seg)?)?))
@@ -213,23 +225,107 @@ pub fn walk<E>(
     }
 }
 
-/// Calls `item` for every segment of the book, a page at a time, emitting what it returns.
+/// Segments stored here with ids in `low..=high`, at most two (enough to tell one from
+/// several).
+fn stored_in(
+    store: &Store,
+    low: &SegmentId,
+    high: &SegmentId,
+) -> Result<Vec<SegmentId>, StoreError> {
+    let mut out = Vec::with_capacity(2);
+    if store.get(low)?.is_some() {
+        out.push(*low);
+    }
+    out.extend(
+        store
+            .list_after(Some(low), 2)?
+            .into_iter()
+            .map(|s| s.id)
+            .filter(|id| id <= high),
+    );
+    out.truncate(2);
+    Ok(out)
+}
+
+/// Calls `item` for every segment the book names or this node stores, in id order, a page
+/// at a time, emitting what it returns. A segment stored here before this node's own receipt
+/// names it (its receipt follows within a reconcile tick) or after that receipt was forgotten
+/// (`receipts_per_node_max`) is still listed, with the verdict its receipts give.
 fn each_segment<E>(
     book: &Book,
+    store: &Store,
     mut item: impl FnMut(&SegmentId) -> Result<Option<Value>, StoreError>,
     emit: &mut impl FnMut(Value) -> Result<(), E>,
 ) -> Result<(), WalkError<E>> {
     let mut after = None;
     loop {
-        let page = book.segments_after(after.as_ref(), FLEET_PAGE_SEGMENTS)?;
-        let Some(last) = page.last() else {
+        let named = book.segments_after(after.as_ref(), FLEET_PAGE_SEGMENTS)?;
+        let stored: Vec<SegmentId> = store
+            .list_after(after.as_ref(), FLEET_PAGE_SEGMENTS)?
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        let Some(page) = merge_page(&named, &stored, FLEET_PAGE_SEGMENTS) else {
             return Ok(());
         };
-        after = Some(*last);
+        after = page.last().copied();
         for seg in &page {
             if let Some(v) = item(seg)? {
                 emit(v).map_err(WalkError::Emit)?;
             }
         }
+    }
+}
+
+/// One page of the union of two sorted pages read after the same cursor, each at most
+/// `limit` long: every id up to the end of the shorter reach, so nothing beyond a full page's
+/// last id (where that source may have more) is taken before the next read. `None` when both
+/// are empty. Never empty otherwise: a full page's last id is itself within reach.
+fn merge_page(a: &[SegmentId], b: &[SegmentId], limit: usize) -> Option<Vec<SegmentId>> {
+    if a.is_empty() && b.is_empty() {
+        return None;
+    }
+    let reach = |p: &[SegmentId]| (p.len() >= limit).then(|| p.last().copied()).flatten();
+    let bound = match (reach(a), reach(b)) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    };
+    let mut page: Vec<SegmentId> = a
+        .iter()
+        .chain(b)
+        .copied()
+        .filter(|id| bound.is_none_or(|bound| *id <= bound))
+        .collect();
+    page.sort_unstable();
+    page.dedup();
+    Some(page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: &[u8]) -> Vec<SegmentId> {
+        n.iter().map(|&b| SegmentId([b; 32])).collect()
+    }
+
+    #[test]
+    fn merge_page_takes_the_union_up_to_the_shorter_reach() {
+        assert_eq!(merge_page(&[], &[], 2), None);
+        // Neither page is full: both sources are exhausted, everything is taken.
+        assert_eq!(
+            merge_page(&ids(&[1, 5]), &ids(&[3]), 3),
+            Some(ids(&[1, 3, 5]))
+        );
+        // `a` is full up to 4: `b`'s 7 waits for the next read (a may hold 5 and 6).
+        assert_eq!(
+            merge_page(&ids(&[2, 4]), &ids(&[1, 4, 7]), 2),
+            Some(ids(&[1, 2, 4]))
+        );
+        // Both full: the smaller last id bounds the page.
+        assert_eq!(
+            merge_page(&ids(&[1, 9]), &ids(&[3, 5]), 2),
+            Some(ids(&[1, 3, 5]))
+        );
     }
 }

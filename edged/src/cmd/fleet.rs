@@ -44,6 +44,7 @@ pub fn run(args: &FleetArgs) -> CliResult {
             let now = base::SystemClock.now_ms();
             walk(&book, &store, &cfg, &query, now, |item| printer.item(item)).map_err(|e| match e {
                 WalkError::Usage(m) => Failure::new(USAGE, anyhow::anyhow!(m)),
+                WalkError::NotFound(m) => Failure::failed(anyhow::anyhow!(m)),
                 WalkError::Store(e) => e.into(),
                 WalkError::Emit(f) => f,
             })
@@ -254,10 +255,22 @@ impl Printer {
             .write_all(self.table.finish().as_bytes())
             .map_err(write_err)?;
         let footer = match &self.query {
-            Query::All => format!(
-                "{} segment(s): {} everywhere, {} partial, {} unknown",
-                self.items, self.counts.everywhere, self.counts.partial, self.counts.unknown
-            ),
+            Query::All => {
+                let c = &self.counts;
+                // Segments no member holds are not counted by verdict (as in `status` and the
+                // metrics); said apart so the figures add up.
+                let none = self.items - (c.everywhere + c.partial + c.unknown);
+                let mut line = format!(
+                    "{} segment(s): {} everywhere, {} partial, {} unknown",
+                    self.items, c.everywhere, c.partial, c.unknown
+                );
+                if none > 0 {
+                    line.push_str(&format!(
+                        ", {none} held by no member (gone everywhere, or stored here before its receipt)"
+                    ));
+                }
+                line
+            }
             Query::Segment(_) => String::new(),
             Query::Node(n) => format!(
                 "{n} holds {} of the {} segment(s) receipts name",

@@ -347,6 +347,7 @@ pub(super) fn fleet<W: Write>(
     }) {
         Ok(_) => Ok(()),
         Err(WalkError::Usage(m)) => Err(ListError::usage(m)),
+        Err(WalkError::NotFound(m)) => Err(ListError::failed(m)),
         Err(WalkError::Store(e)) => Err(e.into()),
         Err(WalkError::Emit(e)) => Err(e),
     }

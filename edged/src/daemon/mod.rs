@@ -43,6 +43,11 @@ pub const FLEET_VIEW_REFRESH_MS: u64 = 1_000;
 pub const FLEET_VIEW_STATUS_AGE_MIN_MS: u64 = 200;
 /// ...and at least this often (silence turns verdicts `unknown` with time alone).
 pub const FLEET_VIEW_REFRESH_MAX_MS: u64 = 60_000;
+/// A pass over the book costs time in proportion to the segments it names; under steady
+/// change the two intervals above would have a large book counted back to back. Passes are
+/// therefore also spaced by this many times the last one's duration: counting takes at most
+/// about a tenth of one core, whatever the book's size (the counts then lag by that spacing).
+pub const FLEET_VIEW_SPACING_FACTOR: u64 = 10;
 
 /// The fleet view's counts as last computed.
 #[derive(Debug, Clone)]
@@ -52,6 +57,16 @@ pub struct FleetSummary {
     pub at_ms: u64,
     /// The database's generation it was computed at.
     pub generation: u64,
+    /// How long the pass took.
+    pub took_ms: u64,
+}
+
+impl FleetSummary {
+    /// How long after this one the next pass may start, at the earliest `min_ms` (see
+    /// [`FLEET_VIEW_SPACING_FACTOR`]).
+    pub fn spacing_ms(&self, min_ms: u64) -> u64 {
+        min_ms.max(self.took_ms.saturating_mul(FLEET_VIEW_SPACING_FACTOR))
+    }
 }
 
 impl Daemon {
@@ -62,12 +77,14 @@ impl Daemon {
         };
         let generation = self.store.writer().generation();
         let now = self.clock.now_ms();
+        let started = Instant::now();
         let (counts, roster) = crate::fleetview::counts(&fleet.book, &self.cfg, now)?;
         let summary = FleetSummary {
             counts,
             roster,
             at_ms: now,
             generation,
+            took_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         };
         *self.fleet_summary.lock().unwrap_or_else(|e| e.into_inner()) = Some(summary.clone());
         Ok(Some(summary))
@@ -310,7 +327,8 @@ async fn wait_for_signal_or(
 }
 
 /// Keeps [`Daemon::fleet_summary`] current: recomputed when the database changed (at most
-/// every [`FLEET_VIEW_REFRESH_MS`]) and at least every [`FLEET_VIEW_REFRESH_MAX_MS`].
+/// every [`FLEET_VIEW_REFRESH_MS`], or the spacing a long pass asks for) and at least every
+/// [`FLEET_VIEW_REFRESH_MAX_MS`].
 async fn fleet_view(daemon: Arc<Daemon>, mut stop: tokio::sync::watch::Receiver<bool>) {
     if daemon.node.fleet().is_none() {
         return;
@@ -331,9 +349,18 @@ async fn fleet_view(daemon: Arc<Daemon>, mut stop: tokio::sync::watch::Receiver<
                 Err(e) => tracing::warn!(error = %e, "fleet view not computed"),
             }
         }
+        // Also after a pass `status` ran itself: its duration counts the same.
+        let pause = daemon
+            .fleet_summary
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(FLEET_VIEW_REFRESH_MS, |s| {
+                s.spacing_ms(FLEET_VIEW_REFRESH_MS)
+            });
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(Duration::from_millis(FLEET_VIEW_REFRESH_MS)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(pause)) => {}
         }
     }
 }
@@ -365,5 +392,34 @@ async fn housekeeping(daemon: Arc<Daemon>, mut stop: tokio::sync::watch::Receive
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(daemon.cfg.housekeeping_interval) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_fleet_pass_spaces_the_next_one() {
+        let summary = |took_ms| FleetSummary {
+            counts: Default::default(),
+            roster: net::receipts::verdict::Roster::new(
+                &[],
+                &"node-1".parse().unwrap(),
+                &[],
+                std::iter::empty(),
+            ),
+            at_ms: 0,
+            generation: 0,
+            took_ms,
+        };
+        // A quick pass leaves the interval as it is...
+        assert_eq!(
+            summary(3).spacing_ms(FLEET_VIEW_REFRESH_MS),
+            FLEET_VIEW_REFRESH_MS
+        );
+        // ...a long one keeps counting to a tenth of a core.
+        assert_eq!(summary(400).spacing_ms(FLEET_VIEW_REFRESH_MS), 4_000);
+        assert_eq!(summary(u64::MAX).spacing_ms(1), u64::MAX);
     }
 }

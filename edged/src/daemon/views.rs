@@ -148,7 +148,8 @@ fn fleet_summary(d: &Daemon) -> Option<super::FleetSummary> {
 }
 
 /// The fleet summary for `status`: the kept one, or a fresh one when the database changed
-/// since it was computed and it is older than [`super::FLEET_VIEW_STATUS_AGE_MIN_MS`] (an
+/// since it was computed and it is older than [`super::FLEET_VIEW_STATUS_AGE_MIN_MS`] or the
+/// spacing its pass asks for ([`super::FleetSummary::spacing_ms`]) (an
 /// operator asking right after a change sees it; a script polling status cannot make the
 /// daemon walk the book more often than that).
 fn fleet_summary_now(d: &Daemon) -> Option<super::FleetSummary> {
@@ -156,7 +157,7 @@ fn fleet_summary_now(d: &Daemon) -> Option<super::FleetSummary> {
     let now = d.clock.now_ms();
     let stale = kept.as_ref().is_none_or(|k| {
         k.generation != d.store.writer().generation()
-            && now.saturating_sub(k.at_ms) >= super::FLEET_VIEW_STATUS_AGE_MIN_MS
+            && now.saturating_sub(k.at_ms) >= k.spacing_ms(super::FLEET_VIEW_STATUS_AGE_MIN_MS)
     });
     if !stale {
         return kept;
