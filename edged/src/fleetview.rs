@@ -188,11 +188,7 @@ pub fn walk<E>(
                 |seg| {
                     let holders = book.holders(seg)?;
                     let mine = holders.iter().find(|(n, _)| n == &node).map(|(_, h)| *h);
-                    let state = match mine {
-                        Some(h) if h.stored => MemberState::Holds,
-                        Some(_) => MemberState::Gone,
-                        None => MemberState::NoReceipt,
-                    };
+                    let state = MemberState::of(mine.as_ref());
                     let row = store.get(seg)?;
                     count += 1;
                     Ok(Some(json!({

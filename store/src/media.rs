@@ -335,14 +335,7 @@ impl ExportDir {
                     kind: kind_name(t),
                 });
             }
-            rustix::fs::renameat(&self.dir, tmp.as_str(), &self.dir, name)
-                .map_err(self.io("rename", name))?;
-            rustix::fs::fsync(&self.dir).map_err(|e| ExportError::Io {
-                op: "fsync",
-                path: self.path.clone(),
-                source: e.into(),
-            })?;
-            Ok(self.path.join(name))
+            self.rename_durably(&tmp, name)
         })();
         if written.is_err() {
             let _ = rustix::fs::unlinkat(&self.dir, tmp.as_str(), AtFlags::empty());
@@ -378,9 +371,13 @@ impl ExportDir {
         // Checked again: the rename must not replace a directory, symlink or FIFO put there
         // while the bytes were being written.
         self.check_target(id)?;
-        let name = target_name(id);
-        rustix::fs::renameat(&self.dir, tmp, &self.dir, name.as_str())
-            .map_err(self.io("rename", &name))?;
+        self.rename_durably(tmp, &target_name(id))
+    }
+
+    /// Renames the synced temporary `tmp` to `name` and syncs the directory: the file is there,
+    /// whole, across a power loss.
+    fn rename_durably(&self, tmp: &str, name: &str) -> Result<PathBuf, ExportError> {
+        rustix::fs::renameat(&self.dir, tmp, &self.dir, name).map_err(self.io("rename", name))?;
         rustix::fs::fsync(&self.dir).map_err(|e| ExportError::Io {
             op: "fsync",
             path: self.path.clone(),

@@ -518,6 +518,15 @@ pub(crate) async fn pull_round(
     // Which nodes the peer knows further than this node does.
     let mut wanted = Vec::new();
     let mut after: Option<NodeId> = None;
+    // Whether the book holds `nodes_max` nodes: then nodes it has never heard of are not asked
+    // about (their receipts would be refused).
+    let full = on_book(mode, fleet, |f| {
+        f.book
+            .heads()
+            .map(|h| h.len() as u64 >= f.book.limits().nodes_max)
+            .unwrap_or(true)
+    })
+    .await?;
     let heads_pages = ctx.cfg.fleet_nodes_max as usize / RECEIPT_HEADS_PAGE_MAX + 1;
     for _ in 0..heads_pages {
         let (heads, more) = match request(
@@ -536,11 +545,6 @@ pub(crate) async fn pull_round(
         check_heads(&heads, after.as_ref())?;
         after = heads.last().map(|(n, _)| n.clone());
         let ahead = on_book(mode, fleet, move |f| {
-            let full = f
-                .book
-                .heads()
-                .map(|h| h.len() as u64 >= f.book.limits().nodes_max)
-                .unwrap_or(true);
             heads
                 .into_iter()
                 .filter_map(|(node, seq)| match f.book.head(&node) {

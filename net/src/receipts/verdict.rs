@@ -106,6 +106,17 @@ pub enum MemberState {
     NoReceipt,
 }
 
+impl MemberState {
+    /// What a node's latest receipt about a segment (if any) says.
+    pub fn of(holding: Option<&NodeHolding>) -> MemberState {
+        match holding {
+            Some(h) if h.stored => MemberState::Holds,
+            Some(_) => MemberState::Gone,
+            None => MemberState::NoReceipt,
+        }
+    }
+}
+
 /// One member in the view of a segment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MemberView {
@@ -149,11 +160,7 @@ pub fn segment_view(
     let (mut held, mut silent_missing) = (0u64, false);
     for node in &roster.members {
         let h = holding.get(node);
-        let state = match h {
-            Some(h) if h.stored => MemberState::Holds,
-            Some(_) => MemberState::Gone,
-            None => MemberState::NoReceipt,
-        };
+        let state = MemberState::of(h.copied());
         let heard_at_ms = heads.get(node).map(|h| h.newest_at_ms);
         let silent = heard_at_ms.is_none_or(|at| now_ms.saturating_sub(at) > stale_after_ms);
         if state == MemberState::Holds {
