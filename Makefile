@@ -14,10 +14,44 @@ PURE_CORES_TESTS = --lib --test model
 # machine from calling a slow test a timeout.
 MUTANTS_TEST_TIMEOUT_MIN_S = 120
 
-.PHONY: build test lint bench bench-peers demo mutants edge-fi edge-fi-quick sim sim-soak clean
+.PHONY: build test lint bench bench-peers demo mutants edge-fi edge-fi-quick sim sim-soak clean \
+	release man completions deb deb-check
 
 build:
 	$(CARGO) build --release --workspace
+
+## The shipped binary (release profile: line tables kept for backtraces; the package strips them
+## into its -dbgsym companion).
+release:
+	$(CARGO) build --release --locked -p edged
+
+## Manual pages (edged.1 and one per command), generated from the command line's definition.
+MAN_DIR = target/release/man
+man: release
+	rm -rf $(MAN_DIR) && mkdir -p $(MAN_DIR)
+	target/release/edged man --out $(MAN_DIR)
+	gzip -9n $(MAN_DIR)/*.1
+
+## Shell completions for bash, zsh and fish.
+COMPLETIONS_DIR = target/release/completions
+completions: release
+	rm -rf $(COMPLETIONS_DIR) && mkdir -p $(COMPLETIONS_DIR)
+	target/release/edged completions bash > $(COMPLETIONS_DIR)/edged.bash
+	target/release/edged completions zsh > $(COMPLETIONS_DIR)/_edged
+	target/release/edged completions fish > $(COMPLETIONS_DIR)/edged.fish
+
+## The offline package for airgapped hosts: target/debian/edged_<version>-1_<arch>.deb (stripped
+## binary, hardened unit, system user, example config, man pages, completions) and
+## edged-dbgsym_…ddeb (the debug info). Install from a stick with `dpkg -i`; no network needed.
+CARGO_DEB_VERSION = 3.8.0
+deb: man completions
+	@command -v cargo-deb >/dev/null 2>&1 || $(CARGO) install --locked --version $(CARGO_DEB_VERSION) cargo-deb
+	$(CARGO) deb -p edged --locked --no-build
+
+## Installs the package on this machine (as root, without network where the kernel allows it),
+## checks what it installed, and removes it again (CI runs this).
+deb-check: deb
+	./scripts/deb-check.sh target/debian
 
 ## The main job: a local 4-node fleet seeded from a directory (see scripts/demo.sh).
 demo:

@@ -11,6 +11,7 @@ pub const CONFIG_DEFAULT: &str = "/etc/edged/edge.toml";
 #[command(
     name = "edged",
     version,
+    propagate_version = true,
     about = "Relay signed content through an airgapped fleet",
     after_help = "Exit codes: 0 success; 1 the command failed (a file rejected, a segment not verified); \
                   2 bad command line; 3 invalid configuration; 4 data directory or control socket held by another process; \
@@ -54,6 +55,18 @@ pub enum Command {
     /// Dead letters: relay jobs that exhausted their attempts.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Print a shell completion script (install it where your shell looks, e.g.
+    /// /usr/share/bash-completion/completions/edged).
+    Completions {
+        /// The shell to write it for.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (edged.1 and one page per command, edged-import.1, ...) into DIR.
+    Man {
+        /// Directory to write into (must exist); existing pages of the same names are replaced.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

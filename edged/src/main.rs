@@ -13,6 +13,7 @@ mod fleetview;
 mod metrics;
 mod needlist;
 mod output;
+mod progress;
 
 use std::process::ExitCode;
 

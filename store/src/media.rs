@@ -439,6 +439,20 @@ fn fill<R: Read>(
     out.flush().map_err(write_err)
 }
 
+/// A reader that reports how many bytes each read returned.
+struct Reported<R, F> {
+    inner: R,
+    moved: F,
+}
+
+impl<R: Read, F: FnMut(u64)> Read for Reported<R, F> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        (self.moved)(n as u64);
+        Ok(n)
+    }
+}
+
 fn target_name(id: &SegmentId) -> String {
     format!("{id}.seg")
 }
@@ -457,6 +471,18 @@ impl Store {
         dir: &ExportDir,
         now_ms: u64,
     ) -> Result<Exported, ExportError> {
+        self.export_to_reporting(id, dir, now_ms, |_| {})
+    }
+
+    /// [`Store::export_to`], telling `moved` how many bytes each read of the stored copy took (a
+    /// progress bar's feed).
+    pub fn export_to_reporting(
+        &self,
+        id: &SegmentId,
+        dir: &ExportDir,
+        now_ms: u64,
+        moved: impl FnMut(u64),
+    ) -> Result<Exported, ExportError> {
         let mut reader = self.open_for_read(id, now_ms)?;
         let trusted = &self.config().trusted;
         if dir.holds(id, trusted)? {
@@ -464,7 +490,10 @@ impl Store {
         }
         let header = crate::ingest::header_bytes(reader.manifest());
         let file_len = reader.row().file_len;
-        let src = io::Cursor::new(header).chain(reader.payload());
+        let src = Reported {
+            inner: io::Cursor::new(header).chain(reader.payload()),
+            moved,
+        };
         match dir.write(id, trusted, Some(file_len), src) {
             Ok(path) => Ok(Exported::Written(path)),
             // The header was checked when opened: what fails here is the stored payload.

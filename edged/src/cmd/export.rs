@@ -16,7 +16,7 @@ use crate::control::{Request, Response};
 use crate::cli::ExportArgs;
 use crate::config::Config;
 use crate::exit::{CliResult, Failure, USAGE};
-use crate::output;
+use crate::{output, progress};
 
 #[derive(Debug, Serialize)]
 struct Line {
@@ -77,12 +77,12 @@ pub fn run(args: &ExportArgs) -> CliResult {
         return report(&lines, args.json);
     }
     let store = super::open_store_direct(&cfg, super::Direct::Existing)?;
+    let stored = store.list()?;
     let ids: Vec<SegmentId> = if args.all {
-        store.list()?.into_iter().map(|s| s.id).collect()
+        stored.iter().map(|s| s.id).collect()
     } else if let Some(channel) = &args.channel {
-        store
-            .list()?
-            .into_iter()
+        stored
+            .iter()
             .filter(|s| &s.row.channel == channel)
             .map(|s| s.id)
             .collect()
@@ -93,14 +93,23 @@ pub fn run(args: &ExportArgs) -> CliResult {
         }
         ids
     };
+    let total: u64 = stored
+        .iter()
+        .filter(|s| ids.contains(&s.id))
+        .map(|s| s.row.file_len)
+        .sum();
+    let bar = progress::bytes(total, "exporting", args.json);
     let now = base::SystemClock.now_ms();
     let lines: Vec<Line> = ids
         .into_iter()
         .map(|id| {
-            let result = store.export_to(&id, &dir, now).map_err(|e| e.to_string());
+            let result = store
+                .export_to_reporting(&id, &dir, now, |n| bar.inc(n))
+                .map_err(|e| e.to_string());
             Line::of(id.to_string(), result)
         })
         .collect();
+    bar.finish_and_clear();
     store.close();
     report(&lines, args.json)
 }
@@ -160,12 +169,16 @@ fn export_through_daemon(
         Ok(())
     })?;
     let mut lines = Vec::with_capacity(ids.len());
-    let last = ids.len().saturating_sub(1);
+    let count = ids.len();
+    let last = count.saturating_sub(1);
+    // The listing names ids only: the bar grows by each segment's length as its stream begins.
+    let bar = progress::bytes(0, "exporting", args.json);
     for (i, id) in ids.into_iter().enumerate() {
+        bar.set_message(format!("{} of {count}", i + 1));
         // After any failure the next segment goes over a new connection: a daemon that found
         // its copy corrupt while streaming it quarantines it and closes the connection, even
         // when every byte was sent.
-        let failed = match export_one(&mut client, &id, dir, trusted) {
+        let failed = match export_one(&mut client, &id, dir, trusted, &bar) {
             Ok(Ok(exported)) => {
                 lines.push(Line::of(id, Ok(exported)));
                 false
@@ -183,6 +196,7 @@ fn export_through_daemon(
             client = super::client::require(cfg)?;
         }
     }
+    bar.finish_and_clear();
     Ok(lines)
 }
 
@@ -192,6 +206,7 @@ pub(super) fn export_one(
     id_text: &str,
     dir: &ExportDir,
     trusted: &TrustedPublishers,
+    bar: &indicatif::ProgressBar,
 ) -> CliResult<Result<Exported, String>> {
     let Ok(id) = id_text.parse::<SegmentId>() else {
         return Ok(Err(format!("the daemon named a bad id {id_text}")));
@@ -214,8 +229,14 @@ pub(super) fn export_one(
             )));
         }
     };
+    bar.inc_length(len);
     let mut stream = (&mut client.reader).take(len);
-    let written = dir.write(&id, trusted, Some(len), &mut stream);
+    let written = dir.write(
+        &id,
+        trusted,
+        Some(len),
+        progress::Reading::new(&mut stream, bar),
+    );
     // The connection stays in step only if exactly `len` bytes were consumed: drain what the
     // writer left (it stops at the first byte that does not verify).
     let drained = std::io::copy(&mut stream, &mut std::io::sink());

@@ -2,6 +2,7 @@
 
 mod ca;
 pub(crate) mod client;
+mod docs;
 mod export;
 mod fleet;
 mod import;
@@ -41,6 +42,8 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Export(args) => export::run(&args),
         Command::Segments(args) => segments::run(&args),
         Command::Fleet(args) => fleet::run(&args),
+        Command::Completions { shell } => docs::completions(shell),
+        Command::Man { out } => docs::man(&out),
     }
 }
 

@@ -25,7 +25,7 @@ use crate::exit::{CONFIG, CliResult, Failure};
 use crate::needlist::{
     self, Candidate, NEED_EXTENSION, NEED_PAGE_ITEMS, NeedList, ReceiptItem, ReceiptsCollector,
 };
-use crate::output;
+use crate::{output, progress};
 
 /// Bytes of DIR's file system `export --for` leaves free when no `--max-bytes` is given: room
 /// for the file system's own bookkeeping and a need-list written on the way back.
@@ -296,7 +296,9 @@ pub fn export_for(
     let mut lines = Vec::new();
     let lists = read_lists(dir_path, &cfg.node_id, &mut lines)?;
     let mut source = Source::open(&cfg)?;
-    let result = answer(&cfg, &mut source, &dir, &lists, max_bytes, &mut lines);
+    let bar = progress::bytes(0, "exporting", json);
+    let result = answer(&cfg, &mut source, &dir, &lists, max_bytes, &mut lines, &bar);
+    bar.finish_and_clear();
     source.close();
     result?;
     report(&lines, json)
@@ -310,6 +312,7 @@ fn answer(
     lists: &[NeedList],
     max_bytes: Option<u64>,
     lines: &mut Vec<Line>,
+    bar: &indicatif::ProgressBar,
 ) -> CliResult {
     let mut stored: Vec<Candidate> = Vec::new();
     match source {
@@ -412,7 +415,7 @@ fn answer(
         }
         let exported = match source {
             Source::Daemon(client) => {
-                match super::export::export_one(client, &c.id, dir, trusted) {
+                match super::export::export_one(client, &c.id, dir, trusted, bar) {
                     Ok(r) => r,
                     Err(cut) => {
                         // The connection is out of step: the next segment goes over a new one.
@@ -422,7 +425,12 @@ fn answer(
                 }
             }
             Source::Direct { store, .. } => {
-                store.export_to(&id, dir, now).map_err(|e| e.to_string())
+                // The bar grows by each segment as it is begun (as the daemon's streams do):
+                // what fits is known only then.
+                bar.inc_length(c.file_len);
+                store
+                    .export_to_reporting(&id, dir, now, |n| bar.inc(n))
+                    .map_err(|e| e.to_string())
             }
         };
         match exported {

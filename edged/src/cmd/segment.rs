@@ -19,8 +19,8 @@ use store::segfile;
 
 use crate::cli::CreateArgs;
 use crate::exit::{CliResult, Failure, USAGE};
-use crate::output;
 use crate::output::format_ms;
+use crate::{output, progress};
 
 /// The expiry `lifetime` after `now_ms`, if it is no later than [`TIME_MS_MAX`].
 fn expiry_ms(now_ms: u64, lifetime: std::time::Duration) -> Option<u64> {
@@ -48,10 +48,14 @@ pub fn create(args: &CreateArgs) -> CliResult {
     let open =
         || File::open(&args.input).with_context(|| format!("cannot read {}", args.input.display()));
     // Two passes over the input: the manifest (signed first) carries the payload's hash.
-    let (payload_len, payload_hash) =
-        segfile::hash_reader(BufReader::new(open().map_err(Failure::failed)?))
-            .with_context(|| format!("cannot read {}", args.input.display()))
-            .map_err(Failure::failed)?;
+    let input = open().map_err(Failure::failed)?;
+    let input_len = input.metadata().map(|m| m.len()).unwrap_or(0);
+    let bar = progress::bytes(input_len, "hashing", false);
+    let hashed = segfile::hash_reader(BufReader::new(progress::Reading::new(input, &bar)));
+    bar.finish_and_clear();
+    let (payload_len, payload_hash) = hashed
+        .with_context(|| format!("cannot read {}", args.input.display()))
+        .map_err(Failure::failed)?;
     let manifest = Manifest {
         format_version: MANIFEST_FORMAT_VERSION,
         publisher: secret.public(),
@@ -66,17 +70,20 @@ pub fn create(args: &CreateArgs) -> CliResult {
         payload_hash,
     };
     let signed = SignedManifest::sign(manifest, &secret).map_err(Failure::failed)?;
-    write_atomically(&args.out, |out| {
+    let bar = progress::bytes(payload_len, "writing", false);
+    let written = write_atomically(&args.out, |out| {
         // The copy re-hashes the input: a file changed between the passes is refused.
-        segfile::write_seg(out, &signed, BufReader::new(open()?)).with_context(|| {
+        let input = progress::Reading::new(open()?, &bar);
+        segfile::write_seg(out, &signed, BufReader::new(input)).with_context(|| {
             format!(
                 "{} changed while it was being signed, or cannot be read",
                 args.input.display()
             )
         })?;
         Ok(())
-    })
-    .map_err(Failure::failed)?;
+    });
+    bar.finish_and_clear();
+    written.map_err(Failure::failed)?;
     eprintln!(
         "{} ({}) written",
         output::path(&args.out),
