@@ -54,6 +54,44 @@ pub enum Command {
     /// Dead letters: relay jobs that exhausted their attempts.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Re-verify every stored segment (length, header, signature by a trusted publisher, payload
+    /// hash) and quarantine the corrupt. Through the running daemon, or on the data directory
+    /// itself when none runs (then the store's open also brings files and index back into
+    /// agreement, and what it repaired is reported). Exit 0: clean; 1: findings (each listed).
+    Fsck(QueryArgs),
+    /// Segments quarantined because their stored file failed verification (daemon running or not).
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// Every quarantined segment: id, name, when, and why.
+    List(QueryArgs),
+    /// Everything known about one quarantined segment.
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Segment id or unique prefix (at least 4 hex characters).
+        id: String,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete quarantined files and their records, and say how many bytes that freed.
+    Purge {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Segment ids or unique prefixes (at least 4 hex characters).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        /// Every quarantined segment.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -10,9 +10,11 @@ mod control;
 mod daemon;
 mod exit;
 mod fleetview;
+mod fsck;
 mod metrics;
 mod needlist;
 mod output;
+mod quarantine;
 
 use std::process::ExitCode;
 

@@ -10,6 +10,7 @@
 
 mod control_io;
 mod control_server;
+mod fsck;
 mod listing;
 mod need;
 mod pipeline;

@@ -1,0 +1,90 @@
+//! `edged fsck`: re-verify every stored segment and report what was found (see
+//! [`crate::fsck`]).
+
+use std::io::IsTerminal as _;
+
+use base::Clock as _;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::cli::QueryArgs;
+use crate::config::Config;
+use crate::control::Request;
+use crate::exit::{CliResult, Failure};
+use crate::fsck::{self, Report};
+
+pub fn run(args: &QueryArgs) -> CliResult {
+    let cfg = Config::load(&args.config.config)?;
+    let show_progress = !args.json && std::io::stderr().is_terminal();
+    let report = match super::client::connect(&cfg)? {
+        Some(mut daemon) => {
+            // The daemon does the reading; a spinner says the command is alive meanwhile.
+            let bar = spinner(show_progress);
+            let body = daemon.call(&Request::Fsck);
+            bar.finish_and_clear();
+            serde_json::from_value::<Report>(body?).map_err(|e| {
+                Failure::failed(anyhow::anyhow!(
+                    "the daemon's fsck report did not parse: {e}"
+                ))
+            })?
+        }
+        None => {
+            let (store, recovery) =
+                super::open_store_direct_reporting(&cfg, super::Direct::Existing)?;
+            let mut report = Report::default();
+            report.add_recovery(&recovery);
+            let bar = progress(store.usage().stored_bytes, show_progress);
+            let checked = fsck::check_segments(
+                &store,
+                || base::SystemClock.now_ms(),
+                &mut report,
+                |bytes| bar.inc(bytes),
+            );
+            bar.finish_and_clear();
+            store.close();
+            checked?;
+            report
+        }
+    };
+    let printed = if args.json {
+        serde_json::to_string_pretty(&report)
+            .map(|s| s + "\n")
+            .map_err(Failure::failed)?
+    } else {
+        fsck::render(&report)
+    };
+    super::print_stdout(&printed)?;
+    if report.is_clean() {
+        Ok(())
+    } else {
+        Err(Failure::failed(anyhow::anyhow!(
+            "fsck found {} problem(s) (listed above)",
+            report.findings_total
+        )))
+    }
+}
+
+fn progress(total: u64, shown: bool) -> ProgressBar {
+    if !shown {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+fn spinner(shown: bool) -> ProgressBar {
+    if !shown {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_message("the daemon is verifying its store");
+    bar.enable_steady_tick(std::time::Duration::from_millis(SPINNER_TICK_MS));
+    bar
+}
+
+/// How often the spinner moves while the daemon checks.
+const SPINNER_TICK_MS: u64 = 200;
