@@ -15,6 +15,7 @@ mod metrics;
 mod needlist;
 mod output;
 mod quarantine;
+mod scrub;
 
 use std::process::ExitCode;
 

@@ -7,9 +7,10 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::Output;
+use std::time::Duration;
 
 use serde_json::Value;
-use support::{Fleet, NodeOptions, p, stderr, stdout};
+use support::{Fleet, NodeOptions, http_get, p, stderr, stdout};
 
 /// Where node 1 keeps segment `id`'s file.
 fn stored_file(f: &Fleet, id: &str) -> PathBuf {
@@ -201,4 +202,84 @@ fn inv_24_fsck_through_the_daemon_quarantines_damaged_files() {
         || format!("purge --all: {} {}", stdout(&o), stderr(&o)),
     );
     f.check(quarantined_ids(&f).is_empty(), || "nothing left".into());
+}
+
+/// Node 1's config with `[store] scrub_bytes_per_sec` set.
+fn set_scrub_rate(f: &Fleet, bytes_per_sec: u64) {
+    let path = &f.node(1).config;
+    let text = std::fs::read_to_string(path).unwrap();
+    let text = text.replace(
+        "min_free_bytes = 0\n",
+        &format!("min_free_bytes = 0\nscrub_bytes_per_sec = {bytes_per_sec}\n"),
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn inv_24_the_background_scrub_quarantines_a_damaged_file_and_shows_it_in_status_and_metrics() {
+    let mut f = Fleet::new(1, &[], |_| NodeOptions::default().metrics());
+    // A rate far above what the test reads: passes follow each other a second apart.
+    set_scrub_rate(&f, 1 << 30);
+    f.start(1);
+    let ids = import_four(&f);
+    flip_last_byte(&stored_file(&f, &ids[0]));
+
+    let scrub = f.wait_for(
+        "the background scrub to quarantine the damaged file and complete a pass",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let v = f.json(1, &["status"]);
+            let scrub = v["scrub"].clone();
+            (scrub["quarantined"] == 1 && scrub["last_full_pass_ms"].is_u64()).then_some(scrub)
+        },
+    );
+    f.check(scrub["bytes_per_sec"] == 1u64 << 30, || scrub.to_string());
+    f.check(quarantined_ids(&f) == vec![ids[0].clone()], || {
+        format!("the damaged one is quarantined: {:?}", quarantined_ids(&f))
+    });
+    f.check(!f.segment_ids(1).contains(&ids[0]), || {
+        "no longer stored".into()
+    });
+
+    let o = f.cli(1, &["status"]);
+    let line = stdout(&o)
+        .lines()
+        .find(|l| l.trim_start().starts_with("scrub"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| f.fail(format!("no scrub line in status: {}", stdout(&o))));
+    f.check(
+        line.contains("last full pass") && line.contains("1 quarantined"),
+        || format!("the status line: {line}"),
+    );
+
+    let port = f.node(1).metrics_port.unwrap();
+    let (code, body) = http_get(port, "/metrics").unwrap_or_else(|e| f.fail(e));
+    f.check(
+        code == 200
+            && body.contains("edged_store_scrub_quarantined_total 1\n")
+            && body.contains("edged_store_scrub_last_full_pass_timestamp_seconds "),
+        || format!("scrub metrics: {body}"),
+    );
+
+    // Its position is kept for the next start.
+    f.sigterm(1);
+    f.check(
+        f.node(1).data_dir().join("scrub-state.json").is_file(),
+        || "the scrub's state is saved at shutdown".into(),
+    );
+}
+
+#[test]
+fn the_background_scrub_is_off_by_default() {
+    let mut f = Fleet::new(1, &[], |_| NodeOptions::default());
+    f.start(1);
+    let v = f.json(1, &["status"]);
+    f.check(
+        v["scrub"]["bytes_per_sec"] == 0
+            && v["scrub"]["line"]
+                .as_str()
+                .is_some_and(|l| l.starts_with("off")),
+        || format!("off: {v}"),
+    );
 }
