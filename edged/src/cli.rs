@@ -12,7 +12,7 @@ pub const CONFIG_DEFAULT: &str = "/etc/edged/edge.toml";
     name = "edged",
     version,
     about = "Relay signed content through an airgapped fleet",
-    after_help = "Exit codes: 0 success; 1 the command failed (a file rejected, a segment not verified); \
+    after_help = "Exit codes: 0 success; 1 the command failed (a file rejected, a segment not verified, fsck found problems); \
                   2 bad command line; 3 invalid configuration; 4 data directory or control socket held by another process; \
                   5 storage failure; 6 the daemon is not running (commands that need it)."
 )]

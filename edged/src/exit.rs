@@ -3,7 +3,7 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success |
-//! | 1 | the command ran but failed: a file was rejected, a segment did not verify |
+//! | 1 | the command ran but failed: a file was rejected, a segment did not verify, `fsck` found problems |
 //! | 2 | bad command line (unknown flag, missing argument) |
 //! | 3 | invalid configuration: the message names the key and the file |
 //! | 4 | the data directory or the control socket is held by another process (is the daemon running?) |
