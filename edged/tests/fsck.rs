@@ -112,6 +112,11 @@ fn inv_24_fsck_offline_finds_damaged_files_and_quarantine_lists_shows_and_purges
     f.check(stderr(&o).contains("fsck found 3 problem(s)"), || {
         stderr(&o)
     });
+    // Not a terminal: no progress bar drawn (it redraws its line with carriage returns).
+    f.check(
+        !stderr(&o).contains('\r') && !stderr(&o).contains("=>"),
+        || format!("no progress bar on a pipe: {:?}", stderr(&o)),
+    );
 
     // What was found was dealt with: the next check is clean, and d is still there.
     let (c, v) = fsck_json(&f);
@@ -132,6 +137,13 @@ fn inv_24_fsck_offline_finds_damaged_files_and_quarantine_lists_shows_and_purges
     f.check(
         entries[0]["name"] == "a" && entries[0]["reason"].as_str().is_some_and(|r| !r.is_empty()),
         || format!("named with a reason: {list}"),
+    );
+    let o = f.cli(1, &["quarantine", "list"]);
+    f.check(
+        o.status.success()
+            && stdout(&o).contains(&ids[0][..12])
+            && stdout(&o).contains("1 quarantined segment(s)"),
+        || format!("list as a table: {}", stdout(&o)),
     );
     let o = f.cli(1, &["quarantine", "show", &ids[0][..8]]);
     let shown = stdout(&o);

@@ -13,63 +13,96 @@ use crate::quarantine::{self, Entry, PurgeReport, QUARANTINE_PAGE_ITEMS};
 
 pub fn list(args: &QueryArgs) -> CliResult {
     let cfg = Config::load(&args.config.config)?;
-    let mut entries = Vec::new();
-    match super::client::connect(&cfg)? {
-        Some(mut daemon) => {
-            daemon.list(&Request::QuarantineList, |items| {
-                for item in items {
-                    entries.push(parse::<Entry>(item)?);
-                }
-                Ok(())
-            })?;
-        }
+    let mut printer = Printer::new(args.json);
+    let listed = match super::client::connect(&cfg)? {
+        Some(mut daemon) => daemon
+            .list(&Request::QuarantineList, |items| {
+                let entries = items
+                    .into_iter()
+                    .map(parse::<Entry>)
+                    .collect::<CliResult<Vec<_>>>()?;
+                printer.page(&entries)
+            })
+            .map(|_| ()),
         None => {
             let store = super::open_store_direct(&cfg, super::Direct::Existing)?;
-            let listed = list_direct(&store, &mut entries);
+            let listed = list_direct(&store, |entries| printer.page(&entries));
             store.close();
-            listed?;
+            listed
         }
-    }
-    if args.json {
-        return super::print_stdout(&(json(&entries)? + "\n"));
-    }
-    let rows: Vec<Vec<String>> = entries
-        .iter()
-        .map(|e| {
-            vec![
-                e.id.chars().take(12).collect(),
-                e.name.clone().unwrap_or_else(|| "unknown".into()),
-                e.quarantined_at.clone(),
-                e.file_bytes.map_or("none kept".into(), output::bytes),
-                e.reason.clone(),
-            ]
-        })
-        .collect();
-    let mut text = String::new();
-    if !rows.is_empty() {
-        text.push_str(&output::table(
-            &["segment", "name", "quarantined", "file", "reason"],
-            &rows,
-        ));
-    }
-    text.push_str(&format!("{} quarantined segment(s)\n", entries.len()));
-    super::print_stdout(&text)
+    };
+    listed?;
+    printer.finish()
 }
 
-/// Every quarantined segment of a store opened directly, a page of records at a time.
-fn list_direct(store: &store::Store, entries: &mut Vec<Entry>) -> CliResult {
+/// Prints a listing page by page as it arrives: memory holds one page.
+struct Printer {
+    json: Option<output::JsonArray<std::io::Stdout>>,
+    table: output::TableStream,
+    count: u64,
+}
+
+impl Printer {
+    fn new(json: bool) -> Printer {
+        Printer {
+            json: json.then(|| output::JsonArray::new(std::io::stdout())),
+            table: output::TableStream::new(&["segment", "name", "quarantined", "file", "reason"]),
+            count: 0,
+        }
+    }
+
+    fn page(&mut self, entries: &[Entry]) -> CliResult {
+        self.count += entries.len() as u64;
+        if let Some(array) = &mut self.json {
+            for e in entries {
+                array.item(e).map_err(write_err)?;
+            }
+            return array.flush().map_err(write_err);
+        }
+        let rows: Vec<Vec<String>> = entries
+            .iter()
+            .map(|e| {
+                vec![
+                    e.id.chars().take(12).collect(),
+                    e.name.clone().unwrap_or_else(|| "unknown".into()),
+                    e.quarantined_at.clone(),
+                    e.file_bytes.map_or("none kept".into(), output::bytes),
+                    e.reason.clone(),
+                ]
+            })
+            .collect();
+        super::print_stdout(&self.table.page(&rows))
+    }
+
+    fn finish(mut self) -> CliResult {
+        if let Some(array) = self.json.take() {
+            return array.finish().map(|_| ()).map_err(write_err);
+        }
+        let tail = self.table.finish();
+        super::print_stdout(&format!("{tail}{} quarantined segment(s)\n", self.count))
+    }
+}
+
+fn write_err(e: std::io::Error) -> Failure {
+    Failure::failed(anyhow::anyhow!("cannot write: {e}"))
+}
+
+/// Every quarantined segment of a store opened directly, handed to `page` a page at a time.
+fn list_direct(store: &store::Store, mut page: impl FnMut(Vec<Entry>) -> CliResult) -> CliResult {
     let mut after: Option<SegmentId> = None;
     loop {
-        let page = store.quarantined_after(after.as_ref(), QUARANTINE_PAGE_ITEMS)?;
-        let Some((last, _)) = page.last() else {
+        let rows = store.quarantined_after(after.as_ref(), QUARANTINE_PAGE_ITEMS)?;
+        let Some((last, _)) = rows.last() else {
             return Ok(());
         };
         after = Some(*last);
-        for (id, _) in &page {
+        let mut entries = Vec::with_capacity(rows.len());
+        for (id, _) in &rows {
             if let Some(q) = store.quarantined_segment(id)? {
                 entries.push(Entry::from_store(&q));
             }
         }
+        page(entries)?;
     }
 }
 
