@@ -57,11 +57,25 @@ pub enum Command {
     /// Re-verify every stored segment (length, header, signature by a trusted publisher, payload
     /// hash) and quarantine the corrupt. Through the running daemon, or on the data directory
     /// itself when none runs (then the store's open also brings files and index back into
-    /// agreement, and what it repaired is reported). Exit 0: clean; 1: findings (each listed).
-    Fsck(QueryArgs),
+    /// agreement, and what it repaired is reported). Exit 0: clean; 1: findings (each listed,
+    /// also those repaired or quarantined by this run).
+    Fsck(FsckArgs),
     /// Segments quarantined because their stored file failed verification (daemon running or not).
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct FsckArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Also remove leftovers a running store holds: segment files without an index row, temp
+    /// files of no ingest (the store's open removes them by itself).
+    #[arg(long)]
+    pub repair: bool,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -310,8 +310,11 @@ pub enum Request {
         query: crate::fleetview::Query,
     },
     /// Re-verify every stored segment, quarantining the corrupt (see [`crate::fsck`]); answered
-    /// with the [`crate::fsck::Report`] once done.
-    Fsck,
+    /// with the [`crate::fsck::Report`] once done. `repair`: also remove leftover files.
+    Fsck {
+        #[serde(default)]
+        repair: bool,
+    },
     /// Quarantined segments (listing): [`crate::quarantine::Entry`] items in id order.
     QuarantineList,
     /// One quarantined segment (id or unique prefix): its [`crate::quarantine::Entry`].

@@ -6,9 +6,10 @@
 //! that fails is quarantined with the reason. The agreement of files and index (a file without
 //! an index row, a row without a file, stray temp files, partials without their file) is what
 //! the store's own open repairs ([`store::RecoveryReport`]): when fsck opens the store itself,
-//! what that open found is reported as findings already repaired. With a daemon running, its
-//! store was brought into agreement when it started, and a row whose file has gone since is
-//! found here as a corrupt segment ("file missing").
+//! what that open found is reported as findings already repaired. On a running store the same
+//! leftovers (a segment file without a row, a temp file of no ingest) are looked for again
+//! ([`store::Store::check_files`]) and removed with `--repair`; a row whose file has gone is
+//! found as a corrupt segment ("file missing").
 
 use serde::{Deserialize, Serialize};
 use store::{RecoveryReport, ScrubOutcome, SegmentId};
@@ -51,6 +52,9 @@ pub struct Report {
     pub untrusted: u64,
     /// Files and rows brought back into agreement when the store was opened.
     pub repaired_at_open: u64,
+    /// Leftover files removed by `--repair`.
+    #[serde(default)]
+    pub repaired: u64,
     /// Findings, at most [`FSCK_FINDINGS_MAX`]; `findings_total` counts them all.
     pub findings: Vec<Finding>,
     pub findings_total: u64,
@@ -112,6 +116,37 @@ impl Report {
                 Some(id),
                 format!("partial transfer dropped: {reason}"),
             );
+        }
+    }
+
+    /// Records leftover files found on the store as it runs (see [`store::agreement`]).
+    pub fn add_leftovers(&mut self, found: &store::agreement::Leftovers) {
+        let action = if found.removed {
+            "removed (--repair)"
+        } else {
+            "left in place; `edged fsck --repair` removes it"
+        };
+        for p in &found.orphan_files {
+            self.add(Finding {
+                kind: "orphan_file".to_owned(),
+                segment: None,
+                what: format!("segment file {} has no index row", path(p)),
+                action: action.to_owned(),
+            });
+        }
+        for p in &found.stray_temp_files {
+            self.add(Finding {
+                kind: "stray_temp_file".to_owned(),
+                segment: None,
+                what: format!("temp file {} belongs to no ingest", path(p)),
+                action: action.to_owned(),
+            });
+        }
+        // Listed up to the store's own bound; the rest still count.
+        let listed = (found.orphan_files.len() + found.stray_temp_files.len()) as u64;
+        self.findings_total += found.total.saturating_sub(listed);
+        if found.removed {
+            self.repaired += found.total;
         }
     }
 
@@ -192,12 +227,13 @@ pub fn render(report: &Report) -> String {
         ));
     }
     out.push_str(&format!(
-        "{} segment(s) intact ({} verified); {} quarantined, {} of untrusted publishers kept, {} repaired when the store was opened\n",
+        "{} segment(s) intact ({} verified); {} quarantined, {} of untrusted publishers kept, {} repaired when the store was opened, {} leftover file(s) removed\n",
         report.segments_ok,
         crate::output::bytes(report.bytes_checked),
         report.quarantined,
         report.untrusted,
         report.repaired_at_open,
+        report.repaired,
     ));
     out.push_str(if report.is_clean() {
         "clean\n"

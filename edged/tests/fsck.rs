@@ -295,3 +295,48 @@ fn the_background_scrub_is_off_by_default() {
         || format!("off: {v}"),
     );
 }
+
+#[test]
+fn fsck_repair_removes_leftover_files_of_a_running_store() {
+    let mut f = Fleet::new(1, &[], |_| NodeOptions::default());
+    f.start(1);
+    let ids = import_four(&f);
+    // A segment file that never got its index row, and a temp file of no ingest.
+    let dir = f.path("elsewhere");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (seg, orphan_id) = f.make_segment("orphan", 1000, &dir);
+    let orphan = stored_file(&f, &orphan_id);
+    std::fs::copy(&seg, &orphan).unwrap();
+    let stray = f
+        .node(1)
+        .data_dir()
+        .join("tmp")
+        .join(format!("{}.part", "ab".repeat(32)));
+    std::fs::write(&stray, b"half a segment").unwrap();
+
+    let (c, v) = fsck_json(&f);
+    f.check(c == 1, || format!("findings exit 1: {v}"));
+    f.check(
+        findings_of(&v, "orphan_file").len() == 1 && findings_of(&v, "stray_temp_file").len() == 1,
+        || format!("both found: {v}"),
+    );
+    f.check(orphan.exists() && stray.exists(), || {
+        "without --repair nothing is removed".into()
+    });
+
+    let o = f.cli(1, &["fsck", "--repair"]);
+    let text = stdout(&o);
+    f.check(
+        code(&o) == 1
+            && text.contains("removed (--repair)")
+            && text.contains("2 leftover file(s) removed"),
+        || format!("--repair says what it did: {text}"),
+    );
+    f.check(!orphan.exists() && !stray.exists(), || {
+        "both removed".into()
+    });
+    let (c, v) = fsck_json(&f);
+    f.check(c == 0 && v["segments_ok"] == ids.len(), || {
+        format!("clean after: {v}")
+    });
+}

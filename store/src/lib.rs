@@ -18,6 +18,7 @@
 //!   transaction as an ingest, through [`writer::Writer`], the database's one committer.
 #![forbid(unsafe_code)]
 
+pub mod agreement;
 pub mod crash;
 pub mod error;
 pub mod evict;

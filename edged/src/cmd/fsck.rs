@@ -6,20 +6,22 @@ use std::io::IsTerminal as _;
 use base::Clock as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::cli::QueryArgs;
+use crate::cli::FsckArgs;
 use crate::config::Config;
 use crate::control::Request;
 use crate::exit::{CliResult, Failure};
 use crate::fsck::{self, Report};
 
-pub fn run(args: &QueryArgs) -> CliResult {
+pub fn run(args: &FsckArgs) -> CliResult {
     let cfg = Config::load(&args.config.config)?;
     let show_progress = !args.json && std::io::stderr().is_terminal();
     let report = match super::client::connect(&cfg)? {
         Some(mut daemon) => {
             // The daemon does the reading; a spinner says the command is alive meanwhile.
             let bar = spinner(show_progress);
-            let body = daemon.call(&Request::Fsck);
+            let body = daemon.call(&Request::Fsck {
+                repair: args.repair,
+            });
             bar.finish_and_clear();
             serde_json::from_value::<Report>(body?).map_err(|e| {
                 Failure::failed(anyhow::anyhow!(
@@ -32,6 +34,15 @@ pub fn run(args: &QueryArgs) -> CliResult {
                 super::open_store_direct_reporting(&cfg, super::Direct::Existing)?;
             let mut report = Report::default();
             report.add_recovery(&recovery);
+            // The open has just removed what it found; this finds what it leaves (none, unless
+            // another process wrote meanwhile).
+            match store.check_files(args.repair) {
+                Ok(found) => report.add_leftovers(&found),
+                Err(e) => {
+                    store.close();
+                    return Err(e.into());
+                }
+            }
             let bar = progress(store.usage().stored_bytes, show_progress);
             let checked = fsck::check_segments(
                 &store,

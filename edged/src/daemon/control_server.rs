@@ -803,7 +803,7 @@ fn answer(d: &Daemon, request: Request) -> Response {
         }
         Request::NeedMerge { receipts, certs } => Ok(need::merge(d, &receipts, &certs)),
         Request::QuarantineList => Ok(failed(exit::USAGE, "listings are handled apart")),
-        Request::Fsck => fsck::check(d).map(ok),
+        Request::Fsck { repair } => fsck::check(d, repair).map(ok),
         Request::QuarantineShow { id } => fsck::quarantine_show(d, &id).map(ok),
         Request::QuarantinePurge { ids, all } => fsck::quarantine_purge(d, &ids, all).map(ok),
     };

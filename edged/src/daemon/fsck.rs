@@ -12,8 +12,9 @@ use crate::quarantine::{Entry, QUARANTINE_PAGE_ITEMS};
 
 /// Re-verifies every stored segment on the connection's own thread: the daemon keeps serving
 /// meanwhile, and a segment being checked is leased like one being sent.
-pub(super) fn check(d: &Daemon) -> Result<Value, anyhow::Error> {
+pub(super) fn check(d: &Daemon, repair: bool) -> Result<Value, anyhow::Error> {
     let mut report = crate::fsck::Report::default();
+    report.add_leftovers(&d.store.check_files(repair)?);
     crate::fsck::check_segments(&d.store, || d.clock.now_ms(), &mut report, |_| {})?;
     tracing::info!(
         segments_ok = report.segments_ok,
