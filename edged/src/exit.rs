@@ -57,6 +57,7 @@ impl From<store::StoreError> for Failure {
             E::Config(_) => CONFIG,
             E::NotFound(_)
             | E::PrefixNotFound(_)
+            | E::NotQuarantined(_)
             | E::AmbiguousPrefix { .. }
             | E::Untrusted { .. }
             | E::Quarantined { .. } => FAILED,

@@ -152,9 +152,10 @@ fn inv_24_fsck_offline_finds_damaged_files_and_quarantine_lists_shows_and_purges
         || format!("show by prefix: {shown} {}", stderr(&o)),
     );
     let o = f.cli(1, &["quarantine", "show", "ffffffff"]);
-    f.check(code(&o) == 1, || {
-        format!("unknown id fails: {}", stderr(&o))
-    });
+    f.check(
+        code(&o) == 1 && stderr(&o).contains("no quarantined segment's id starts with ffffffff"),
+        || format!("unknown id fails in words: {}", stderr(&o)),
+    );
 
     let qfile = f
         .node(1)

@@ -81,7 +81,7 @@ impl Store {
             found.push(SegmentId(*entry.map_err(db)?.0.value()));
         }
         match found.as_slice() {
-            [] => Err(StoreError::PrefixNotFound(prefix.to_owned())),
+            [] => Err(StoreError::NotQuarantined(prefix.to_owned())),
             [one] => Ok(*one),
             _ => Err(StoreError::AmbiguousPrefix {
                 prefix: prefix.to_owned(),

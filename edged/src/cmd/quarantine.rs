@@ -129,7 +129,7 @@ fn show_direct(store: &store::Store, prefix: &str) -> CliResult<Entry> {
     let id = store.resolve_quarantined(prefix)?;
     let q = store
         .quarantined_segment(&id)?
-        .ok_or(store::StoreError::NotFound(id))?;
+        .ok_or_else(|| store::StoreError::NotQuarantined(prefix.to_owned()))?;
     Ok(Entry::from_store(&q))
 }
 

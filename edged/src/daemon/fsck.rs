@@ -53,7 +53,7 @@ pub(super) fn quarantine_show(d: &Daemon, prefix: &str) -> Result<Value, anyhow:
     let q = d
         .store
         .quarantined_segment(&id)?
-        .ok_or(store::StoreError::NotFound(id))?;
+        .ok_or_else(|| store::StoreError::NotQuarantined(prefix.to_owned()))?;
     Ok(serde_json::to_value(Entry::from_store(&q))?)
 }
 
