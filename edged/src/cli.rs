@@ -13,7 +13,7 @@ pub const CONFIG_DEFAULT: &str = "/etc/edged/edge.toml";
     version,
     propagate_version = true,
     about = "Relay signed content through an airgapped fleet",
-    after_help = "Exit codes: 0 success; 1 the command failed (a file rejected, a segment not verified); \
+    after_help = "Exit codes: 0 success; 1 the command failed (a file rejected, a segment not verified, fsck found problems); \
                   2 bad command line; 3 invalid configuration; 4 data directory or control socket held by another process; \
                   5 storage failure; 6 the daemon is not running (commands that need it)."
 )]
@@ -66,6 +66,58 @@ pub enum Command {
         /// Directory to write into (must exist); existing pages of the same names are replaced.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Re-verify every stored segment (length, header, signature by a trusted publisher, payload
+    /// hash) and quarantine the corrupt. Through the running daemon, or on the data directory
+    /// itself when none runs (then the store's open also brings files and index back into
+    /// agreement, and what it repaired is reported). Exit 0: clean; 1: findings (each listed,
+    /// also those repaired or quarantined by this run).
+    Fsck(FsckArgs),
+    /// Segments quarantined because their stored file failed verification (daemon running or not).
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct FsckArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Also remove leftovers a running store holds: segment files without an index row, temp
+    /// files of no ingest (the store's open removes them by itself).
+    #[arg(long)]
+    pub repair: bool,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// Every quarantined segment: id, name, when, and why.
+    List(QueryArgs),
+    /// Everything known about one quarantined segment.
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Segment id or unique prefix (at least 4 hex characters).
+        id: String,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete quarantined files and their records, and say how many bytes that freed.
+    Purge {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Segment ids or unique prefixes (at least 4 hex characters).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        /// Every quarantined segment.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -278,6 +278,9 @@ struct RawStore {
     tombstones_max: u64,
     #[serde(default = "default_partial_age")]
     partial_age_max_ms: u64,
+    /// The daemon's background scrub; 0 (the default): off. See [`crate::scrub`].
+    #[serde(default)]
+    scrub_bytes_per_sec: u64,
 }
 
 fn default_min_free() -> u64 {
@@ -320,6 +323,8 @@ pub struct Config {
     pub tls: Tls,
     pub known_peers: Vec<Peer>,
     pub store: store::StoreConfig,
+    /// `[store] scrub_bytes_per_sec`: the daemon's background scrub rate; 0: off.
+    pub scrub_bytes_per_sec: u64,
     pub relay: relay::RelayConfig,
     pub net: net::NetConfig,
     /// Bounds on the control socket's clients (`[control]`).
@@ -664,6 +669,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         metrics_addr,
         tls,
         known_peers,
+        scrub_bytes_per_sec: raw.store.scrub_bytes_per_sec,
         store: store_cfg,
     })
 }

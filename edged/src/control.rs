@@ -309,6 +309,24 @@ pub enum Request {
     Fleet {
         query: crate::fleetview::Query,
     },
+    /// Re-verify every stored segment, quarantining the corrupt (see [`crate::fsck`]); answered
+    /// with the [`crate::fsck::Report`] once done. `repair`: also remove leftover files.
+    Fsck {
+        #[serde(default)]
+        repair: bool,
+    },
+    /// Quarantined segments (listing): [`crate::quarantine::Entry`] items in id order.
+    QuarantineList,
+    /// One quarantined segment (id or unique prefix): its [`crate::quarantine::Entry`].
+    QuarantineShow {
+        id: String,
+    },
+    /// Delete quarantined files and their records: these (ids or unique prefixes), or all.
+    /// Answered with a [`crate::quarantine::PurgeReport`].
+    QuarantinePurge {
+        ids: Vec<String>,
+        all: bool,
+    },
 }
 
 /// Signed receipt batches in one `NeedMerge` request: 256 of at most
@@ -336,6 +354,7 @@ impl Request {
                 | Request::DlqRequeue { .. }
                 | Request::DlqPurge { .. }
         ) || self.is_need_listing()
+            || matches!(self, Request::QuarantineList)
     }
 
     /// The need-list listings (kept apart so the list above stays as it was).

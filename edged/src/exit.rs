@@ -3,7 +3,7 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success |
-//! | 1 | the command ran but failed: a file was rejected, a segment did not verify |
+//! | 1 | the command ran but failed: a file was rejected, a segment did not verify, `fsck` found problems |
 //! | 2 | bad command line (unknown flag, missing argument) |
 //! | 3 | invalid configuration: the message names the key and the file |
 //! | 4 | the data directory or the control socket is held by another process (is the daemon running?) |
@@ -57,6 +57,7 @@ impl From<store::StoreError> for Failure {
             E::Config(_) => CONFIG,
             E::NotFound(_)
             | E::PrefixNotFound(_)
+            | E::NotQuarantined(_)
             | E::AmbiguousPrefix { .. }
             | E::Untrusted { .. }
             | E::Quarantined { .. } => FAILED,

@@ -10,10 +10,13 @@ mod control;
 mod daemon;
 mod exit;
 mod fleetview;
+mod fsck;
 mod metrics;
 mod needlist;
 mod output;
 mod progress;
+mod quarantine;
+mod scrub;
 
 use std::process::ExitCode;
 

@@ -119,6 +119,23 @@ pub struct Snapshot {
     pub net: net::StatsSnapshot,
     /// Fleet receipts; `None` when they are off.
     pub fleet: Option<FleetMetrics>,
+    /// The background scrub (see [`crate::scrub`]).
+    pub scrub: ScrubMetrics,
+}
+
+/// The background scrub's rate and progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrubMetrics {
+    /// `[store] scrub_bytes_per_sec`; 0: off.
+    pub rate_bytes_per_sec: u64,
+    pub bytes_checked_total: u64,
+    pub segments_checked_total: u64,
+    pub quarantined_total: u64,
+    pub passes_total: u64,
+    /// When the last full pass ended, in seconds since 1970; `None`: none yet.
+    pub last_full_pass_s: Option<u64>,
+    /// How far the current pass is.
+    pub pass_percent: u64,
 }
 
 /// What the fleet view says and what receipts cost.
@@ -342,6 +359,52 @@ impl Exposition {
             Some(Unit::Bytes),
             s.ceiling_bytes,
         );
+
+        // The background scrub.
+        e.gauge(
+            "store_scrub_rate_bytes_per_second",
+            "Configured background scrub rate (store.scrub_bytes_per_sec); 0 is off",
+            None,
+            s.scrub.rate_bytes_per_sec,
+        );
+        e.counter(
+            "store_scrub_checked",
+            "Bytes of stored segments the background scrub read and verified",
+            Some(Unit::Bytes),
+            s.scrub.bytes_checked_total,
+        );
+        e.counter(
+            "store_scrub_segments_checked",
+            "Stored segments the background scrub verified",
+            None,
+            s.scrub.segments_checked_total,
+        );
+        e.counter(
+            "store_scrub_quarantined",
+            "Stored segments the background scrub found corrupt and quarantined",
+            None,
+            s.scrub.quarantined_total,
+        );
+        e.counter(
+            "store_scrub_passes",
+            "Complete passes of the background scrub over the store",
+            None,
+            s.scrub.passes_total,
+        );
+        e.gauge(
+            "store_scrub_pass_percent",
+            "How far the background scrub's current pass is, in percent of the id space",
+            None,
+            s.scrub.pass_percent,
+        );
+        if let Some(at) = s.scrub.last_full_pass_s {
+            e.gauge(
+                "store_scrub_last_full_pass_timestamp",
+                "When the background scrub last completed a pass, in seconds since 1970",
+                Some(Unit::Seconds),
+                at,
+            );
+        }
 
         // Peers and relay jobs, now.
         e.gauge(
@@ -1071,6 +1134,15 @@ mod tests {
                     rounds_in_sync: 0,
                 },
             }),
+            scrub: ScrubMetrics {
+                rate_bytes_per_sec: 170,
+                bytes_checked_total: 171,
+                segments_checked_total: 172,
+                quarantined_total: 173,
+                passes_total: 174,
+                last_full_pass_s: Some(175),
+                pass_percent: 76,
+            },
         }
     }
 
@@ -1189,6 +1261,13 @@ mod tests {
             ("edged_fleet_receipts_forgotten_total", 167),
             ("edged_fleet_gossip_sent_bytes_total", 168),
             ("edged_fleet_gossip_received_bytes_total", 169),
+            ("edged_store_scrub_rate_bytes_per_second", 170),
+            ("edged_store_scrub_checked_bytes_total", 171),
+            ("edged_store_scrub_segments_checked_total", 172),
+            ("edged_store_scrub_quarantined_total", 173),
+            ("edged_store_scrub_passes_total", 174),
+            ("edged_store_scrub_last_full_pass_timestamp_seconds", 175),
+            ("edged_store_scrub_pass_percent", 76),
         ];
         for (name, value) in expected {
             assert_eq!(series.get(*name), Some(value), "{name} in\n{text}");

@@ -27,6 +27,20 @@ pub fn bytes(total: u64, what: &str, json: bool) -> ProgressBar {
     bar
 }
 
+/// How often a spinner moves while the command waits on the daemon.
+const SPINNER_TICK_MS: u64 = 200;
+
+/// A spinner saying `what` while the command waits on work it cannot count (the daemon's).
+pub fn spinner(what: &str, json: bool) -> ProgressBar {
+    if json || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_message(what.to_owned());
+    bar.enable_steady_tick(std::time::Duration::from_millis(SPINNER_TICK_MS));
+    bar
+}
+
 /// A reader that advances `bar` by what it reads.
 #[derive(Debug)]
 pub struct Reading<'a, R> {

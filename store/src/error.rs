@@ -47,6 +47,9 @@ pub enum StoreError {
     /// No stored segment id starts with this prefix.
     #[error("no segment id starts with {0}")]
     PrefixNotFound(String),
+    /// No quarantined segment's id starts with this prefix.
+    #[error("no quarantined segment's id starts with {0}")]
+    NotQuarantined(String),
     /// Several stored segment ids start with this prefix.
     #[error("segment id prefix {prefix} matches {count} segments; give more characters")]
     AmbiguousPrefix { prefix: String, count: usize },

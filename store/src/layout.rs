@@ -8,6 +8,7 @@
 //!     <64 hex id>.seg         a stored segment, exactly the .seg file format
 //!   tmp/<64 hex id>.part      an ingest in flight, or a partial kept for resume
 //!   quarantine/<64 hex id>.seg  a file that failed verification at rest, kept as evidence
+//!   scrub-state.json          where the daemon's background scrub is (kept across restarts)
 //! ```
 //!
 //! File names are derived from ids only, never from anything a publisher or peer chose.
@@ -66,6 +67,11 @@ impl Layout {
 
     pub fn segment_file(&self, id: &SegmentId) -> PathBuf {
         self.fanout(id).join(format!("{id}.{SEG_EXT}"))
+    }
+
+    /// The daemon's background scrub position (JSON; losing it only restarts a pass).
+    pub fn scrub_state(&self) -> PathBuf {
+        self.root.join("scrub-state.json")
     }
 
     pub fn tmp_file(&self, id: &SegmentId) -> PathBuf {

@@ -18,6 +18,7 @@
 //!   transaction as an ingest, through [`writer::Writer`], the database's one committer.
 #![forbid(unsafe_code)]
 
+pub mod agreement;
 pub mod crash;
 pub mod error;
 pub mod evict;
@@ -33,6 +34,7 @@ pub mod manifest;
 pub mod media;
 pub mod mutants;
 pub mod outboard;
+pub mod quarantine;
 pub mod read;
 pub mod segfile;
 pub mod store;
@@ -43,7 +45,8 @@ pub use error::{ExportError, IngestError, OpenError, StoreError};
 pub use id::SegmentId;
 pub use ingest::{Begin, Ingest, IngestOptions, IngestOutcome, Stored};
 pub use media::{ExportDir, Exported};
-pub use read::{ScrubReport, SegmentReader};
+pub use quarantine::{Purged, QuarantinedSegment};
+pub use read::{ScrubOutcome, ScrubReport, SegmentReader};
 pub use store::{
     HeldDigest, Holding, RecoveryReport, SegmentCounts, SegmentInfo, Store, StoreConfig,
 };

@@ -199,6 +199,17 @@ impl Store {
     /// the indexed segment and that its signature verifies against a trusted publisher (see the
     /// module docs). Records the use for least-recently-used eviction.
     pub fn open_for_read(&self, id: &SegmentId, now_ms: u64) -> Result<SegmentReader, StoreError> {
+        self.open_checked(id, now_ms, true)
+    }
+
+    /// [`Store::open_for_read`]; `touch`: record the use for eviction (a scrub's read is not a
+    /// use: it would make every segment look recently wanted).
+    fn open_checked(
+        &self,
+        id: &SegmentId,
+        now_ms: u64,
+        touch: bool,
+    ) -> Result<SegmentReader, StoreError> {
         {
             let mut acct = self.acct();
             if acct.evicting.contains(id) {
@@ -269,7 +280,9 @@ impl Store {
         };
         match problem {
             Ok((signed, file)) => {
-                self.touch(id, now_ms);
+                if touch {
+                    self.touch(id, now_ms);
+                }
                 let header_bytes = row.file_len - row.payload_len;
                 Ok(SegmentReader {
                     lease,
@@ -326,31 +339,78 @@ impl Store {
         };
         let mut report = ScrubReport::default();
         for id in ids {
-            let reader = match self.open_for_read(&id, now_ms) {
-                Ok(r) => r,
-                Err(StoreError::Quarantined { id, reason }) => {
+            match self.scrub_one(&id, now_ms)? {
+                ScrubOutcome::Intact { bytes } => {
+                    report.checked += 1;
+                    report.bytes += bytes;
+                }
+                ScrubOutcome::Quarantined { reason, read } => {
+                    if read {
+                        report.checked += 1;
+                    }
                     report.quarantined.push((id, reason));
-                    continue;
                 }
-                Err(StoreError::Untrusted { id, publisher }) => {
-                    report.untrusted.push((id, publisher));
-                    continue;
-                }
-                // Evicted since listing: nothing to check.
-                Err(StoreError::NotFound(_) | StoreError::Evicting(_)) => continue,
-                Err(e) => return Err(e),
-            };
-            report.checked += 1;
-            match reader.copy_to(&mut std::io::sink(), now_ms) {
-                Ok(n) => report.bytes += n,
-                Err(StoreError::Quarantined { id, reason }) => {
-                    report.quarantined.push((id, reason))
-                }
-                Err(e) => return Err(e),
+                ScrubOutcome::Untrusted { publisher } => report.untrusted.push((id, publisher)),
+                ScrubOutcome::Gone => {}
             }
         }
         Ok(report)
     }
+
+    /// Re-verifies one stored segment as [`Store::scrub`] does, quarantining it if it fails.
+    /// Not a use for eviction.
+    pub fn scrub_one(&self, id: &SegmentId, now_ms: u64) -> Result<ScrubOutcome, StoreError> {
+        self.scrub_one_into(id, now_ms, &mut std::io::sink())
+    }
+
+    /// [`Store::scrub_one`], streaming the file through `out` (a background scrub paces its
+    /// reads there; an error `out` returns ends the check as an I/O error, quarantining
+    /// nothing).
+    pub fn scrub_one_into<W: Write>(
+        &self,
+        id: &SegmentId,
+        now_ms: u64,
+        out: &mut W,
+    ) -> Result<ScrubOutcome, StoreError> {
+        let reader = match self.open_checked(id, now_ms, false) {
+            Ok(r) => r,
+            Err(StoreError::Quarantined { reason, .. }) => {
+                return Ok(ScrubOutcome::Quarantined {
+                    reason,
+                    read: false,
+                });
+            }
+            Err(StoreError::Untrusted { publisher, .. }) => {
+                return Ok(ScrubOutcome::Untrusted { publisher });
+            }
+            // Evicted since listing: nothing to check.
+            Err(StoreError::NotFound(_) | StoreError::Evicting(_)) => {
+                return Ok(ScrubOutcome::Gone);
+            }
+            Err(e) => return Err(e),
+        };
+        match reader.copy_to(out, now_ms) {
+            Ok(bytes) => Ok(ScrubOutcome::Intact { bytes }),
+            Err(StoreError::Quarantined { reason, .. }) => {
+                Ok(ScrubOutcome::Quarantined { reason, read: true })
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// What re-verifying one stored segment found ([`Store::scrub_one`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScrubOutcome {
+    /// Read through and intact: `bytes` of its file were checked.
+    Intact { bytes: u64 },
+    /// Corrupt at rest and now quarantined. `read`: the header verified and the payload was
+    /// read before its hash failed.
+    Quarantined { reason: String, read: bool },
+    /// Intact as far as checked, but its publisher is not trusted (any more): kept.
+    Untrusted { publisher: PublisherKey },
+    /// No longer stored (evicted or expired since it was listed).
+    Gone,
 }
 
 use redb::{ReadableDatabase, ReadableTable};

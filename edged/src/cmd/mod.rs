@@ -5,9 +5,11 @@ pub(crate) mod client;
 mod docs;
 mod export;
 mod fleet;
+mod fsck;
 mod import;
 mod key;
 mod needs;
+mod quarantine;
 mod query;
 mod segment;
 mod segments;
@@ -15,7 +17,9 @@ mod segments;
 use base::Clock as _;
 use std::sync::Arc;
 
-use crate::cli::{CaCommand, Cli, Command, DlqCommand, KeyCommand, SegmentCommand};
+use crate::cli::{
+    CaCommand, Cli, Command, DlqCommand, KeyCommand, QuarantineCommand, SegmentCommand,
+};
 use crate::config::Config;
 use crate::exit::{BUSY, CliResult, Failure};
 
@@ -44,6 +48,17 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Fleet(args) => fleet::run(&args),
         Command::Completions { shell } => docs::completions(shell),
         Command::Man { out } => docs::man(&out),
+        Command::Fsck(args) => fsck::run(&args),
+        Command::Quarantine(QuarantineCommand::List(args)) => quarantine::list(&args),
+        Command::Quarantine(QuarantineCommand::Show { config, id, json }) => {
+            quarantine::show(&config, &id, json)
+        }
+        Command::Quarantine(QuarantineCommand::Purge {
+            config,
+            ids,
+            all,
+            json,
+        }) => quarantine::purge(&config, &ids, all, json),
     }
 }
 
@@ -58,6 +73,18 @@ pub(crate) enum Direct {
 /// Opens the node's store directly (the daemon is not running), with a clear message when some
 /// other process holds it, or, for a command that only reads, when there is none.
 pub(crate) fn open_store_direct(cfg: &Config, direct: Direct) -> CliResult<store::Store> {
+    let (store, report) = open_store_direct_reporting(cfg, direct)?;
+    if !report.is_clean() {
+        tracing::warn!(?report, "store recovered from an unclean shutdown");
+    }
+    Ok(store)
+}
+
+/// [`open_store_direct`], handing back what the store's open repaired (for `fsck` to report).
+pub(crate) fn open_store_direct_reporting(
+    cfg: &Config,
+    direct: Direct,
+) -> CliResult<(store::Store, store::RecoveryReport)> {
     let db = store::layout::Layout::new(cfg.store.data_dir.clone()).db();
     if direct == Direct::Existing && !db.exists() {
         return Err(Failure::new(
@@ -70,12 +97,7 @@ pub(crate) fn open_store_direct(cfg: &Config, direct: Direct) -> CliResult<store
     }
     let fs: Arc<dyn store::fs::Fs> = Arc::new(store::fs::RealFs);
     match store::Store::open(cfg.store.clone(), fs, base::SystemClock.now_ms()) {
-        Ok((store, report)) => {
-            if !report.is_clean() {
-                tracing::warn!(?report, "store recovered from an unclean shutdown");
-            }
-            Ok(store)
-        }
+        Ok(opened) => Ok(opened),
         Err(store::StoreError::Locked { path }) => Err(Failure::new(
             BUSY,
             anyhow::anyhow!(
@@ -84,5 +106,16 @@ pub(crate) fn open_store_direct(cfg: &Config, direct: Direct) -> CliResult<store
             ),
         )),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes `text` to stdout; a reader that has gone (`| head`) ends the output quietly.
+pub(crate) fn print_stdout(text: &str) -> CliResult {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure::failed(anyhow::anyhow!("cannot write: {e}"))),
     }
 }

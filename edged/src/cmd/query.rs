@@ -104,6 +104,7 @@ pub fn status(args: &QueryArgs) -> CliResult {
         ],
         vec!["dead letters".into(), u(&v["dead_letters"]).to_string()],
         vec!["fleet".into(), fleet_line(&v["fleet"])],
+        vec!["scrub".into(), s(&v["scrub"]["line"])],
     ];
     print!(
         "{}",

@@ -39,9 +39,9 @@ use tokio::sync::{Notify, watch};
 
 use super::control_io::{BodyReader, Cut, RateWriter, RequestRead, read_request};
 use super::listing::{self, ListError, Pages};
-use super::need;
 use super::pipeline::{CONTROL_IMPORT_PIPELINED_BYTES_MAX, Pipeline};
 use super::{Daemon, views};
+use super::{fsck, need};
 use crate::control::{
     CONTROL_FILE_NAME_BYTES_MAX, CONTROL_IMPORT_BYTES_MAX, CONTROL_IMPORT_OUTBOARD_BYTES_MAX,
     ControlLimits, Request, Response, write_frame,
@@ -802,6 +802,10 @@ fn answer(d: &Daemon, request: Request) -> Response {
             Ok(failed(exit::USAGE, "listings are handled apart"))
         }
         Request::NeedMerge { receipts, certs } => Ok(need::merge(d, &receipts, &certs)),
+        Request::QuarantineList => Ok(failed(exit::USAGE, "listings are handled apart")),
+        Request::Fsck { repair } => fsck::check(d, repair).map(ok),
+        Request::QuarantineShow { id } => fsck::quarantine_show(d, &id).map(ok),
+        Request::QuarantinePurge { ids, all } => fsck::quarantine_purge(d, &ids, all).map(ok),
     };
     result.unwrap_or_else(|e| failed(exit::FAILED, format!("{e:#}")))
 }
@@ -832,6 +836,7 @@ fn list<W: std::io::Write>(
         Request::NeedStored => need::stored(d, &mut pages),
         Request::NeedReceipts => need::receipts(d, &mut pages),
         Request::Fleet { query } => listing::fleet(d, &mut pages, query),
+        Request::QuarantineList => fsck::quarantine_list(d, &mut pages),
         _ => Err(ListError::Failed {
             code: exit::USAGE,
             message: "not a listing".into(),

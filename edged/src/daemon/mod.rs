@@ -10,9 +10,11 @@
 
 mod control_io;
 mod control_server;
+mod fsck;
 mod listing;
 mod need;
 mod pipeline;
+mod scrub;
 mod views;
 pub mod wiring;
 
@@ -152,6 +154,14 @@ pub struct Daemon {
     /// The fleet view's counts, refreshed by [`fleet_view`]; `None` until first computed or
     /// when receipts are off.
     pub fleet_summary: Mutex<Option<FleetSummary>>,
+    /// What the background scrub has done (see [`crate::scrub`]).
+    pub scrub: Mutex<crate::scrub::Progress>,
+}
+
+impl Daemon {
+    pub fn scrub_progress(&self) -> std::sync::MutexGuard<'_, crate::scrub::Progress> {
+        self.scrub.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 pub fn run(args: &RunArgs) -> CliResult {
@@ -221,6 +231,7 @@ async fn serve(cfg: Config) -> CliResult {
         started: Instant::now(),
         cert_not_after_ms,
         fleet_summary: Mutex::new(None),
+        scrub: Mutex::new(crate::scrub::Progress::default()),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -255,6 +266,11 @@ async fn serve(cfg: Config) -> CliResult {
         .map_err(|e| Failure::new(e.exit_code(), e))?;
     let housekeeping = tokio::spawn(housekeeping(daemon.clone(), stop_rx.clone()));
     let fleet_view = tokio::spawn(fleet_view(daemon.clone(), stop_rx.clone()));
+    // Without it the node still relays: a failure to start it is reported, not fatal.
+    let scrub = scrub::start(daemon.clone(), stop_rx.clone()).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "background scrub not started: no thread for it");
+        None
+    });
 
     tracing::info!(
         node_id = %cfg.node_id,
@@ -288,6 +304,10 @@ async fn serve(cfg: Config) -> CliResult {
     control.stop(Duration::from_millis(SHUTDOWN_GRACE_MS)).await;
     housekeeping.abort();
     fleet_view.abort();
+    // It notices the stop within a poll interval; joined so that the store closes after it.
+    if let Some(scrub) = scrub {
+        let _ = tokio::task::spawn_blocking(move || scrub.join()).await;
+    }
     if let Some(m) = metrics {
         m.abort();
     }

@@ -61,7 +61,24 @@ pub fn status(d: &Daemon) -> Result<Value, anyhow::Error> {
         "dead_letters": dead,
         "cert_expires_in_s": cert_expires_in_s(d, now),
         "warnings": warnings,
+        "scrub": scrub_status(d),
     }))
+}
+
+/// The background scrub's progress (see [`crate::scrub`]), with its `status` line.
+fn scrub_status(d: &Daemon) -> Value {
+    let p = d.scrub_progress().clone();
+    json!({
+        "line": p.line(),
+        "bytes_per_sec": p.rate_bytes_per_sec,
+        "position": p.position.map(|id| id.to_string()),
+        "percent": p.percent(),
+        "last_full_pass_ms": p.last_full_pass_ms,
+        "bytes_checked": p.bytes_checked,
+        "segments_checked": p.segments_checked,
+        "quarantined": p.quarantined,
+        "passes_completed": p.passes_completed,
+    })
 }
 
 /// One stored segment with its propagation, as `edged segments` lists it.
@@ -219,5 +236,17 @@ pub fn metrics_snapshot(d: &Daemon) -> crate::metrics::Snapshot {
             counts: fleet_summary(d).map(|s| s.counts).unwrap_or_default(),
             stats: f.stats.snapshot(),
         }),
+        scrub: {
+            let p = d.scrub_progress();
+            crate::metrics::ScrubMetrics {
+                rate_bytes_per_sec: p.rate_bytes_per_sec,
+                bytes_checked_total: p.bytes_checked,
+                segments_checked_total: p.segments_checked,
+                quarantined_total: p.quarantined,
+                passes_total: p.passes_completed,
+                last_full_pass_s: p.last_full_pass_ms.map(|ms| ms / 1000),
+                pass_percent: p.percent(),
+            }
+        },
     }
 }
