@@ -585,3 +585,44 @@ fn inv_12_inv_22_dead_letter_then_requeue_delivers() {
         format!("inv_26: received {received:?}, stored + duplicate + rejected {accounted}\n{body}")
     });
 }
+
+#[test]
+fn a_received_segment_is_logged_once() {
+    let mut f = Fleet::new(2, &[(1, 2)], |_| NodeOptions::default());
+    let usb = f.path("usb");
+    std::fs::create_dir(&usb).unwrap();
+    let (_, id) = f.make_segment("once", 64 * 1024, &usb);
+    f.start(1);
+    f.start(2);
+    let o = f.cli(1, &["import", p(&usb)]);
+    f.check(o.status.success(), || {
+        format!("import on node-1: {}", stderr(&o))
+    });
+    f.wait_for(
+        "node-2 to hold the segment",
+        Duration::from_secs(30),
+        POLL,
+        || f.segment_ids(2).contains(&id).then_some(()),
+    );
+    // The line is written after the commit that makes the segment visible: wait (bounded) for
+    // it, then give a second line, were there one, the time to appear.
+    f.wait_for(
+        "node-2 to log the segment received",
+        Duration::from_secs(10),
+        POLL,
+        || (!f.events(2, 0, "segment received").is_empty()).then_some(()),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let lines: Vec<Value> = f
+        .events(2, 0, "segment received")
+        .into_iter()
+        .filter(|e| e["seg_id"] == id.as_str())
+        .collect();
+    f.check(lines.len() == 1, || {
+        format!("one \"segment received\" line for {id} on node-2, got {lines:?}")
+    });
+    f.check(
+        lines[0]["peer"] == "node-1" && lines[0]["bytes"].as_u64().is_some(),
+        || format!("the line names the sender and the size: {lines:?}"),
+    );
+}

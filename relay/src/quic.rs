@@ -130,7 +130,7 @@ impl NetHooks for Hooks {
             .collect()
     }
 
-    fn on_received(&self, from: &NodeId, id: &SegmentId) {
+    fn on_received(&self, _from: &NodeId, id: &SegmentId) {
         let entry = self
             .pending
             .lock()
@@ -139,7 +139,8 @@ impl NetHooks for Hooks {
         if let Some(stored) = entry {
             self.relay.on_stored(&stored);
         }
-        tracing::info!(seg_id = %id, peer_id = %from, "segment received");
+        // No log line here: the receive itself logs "segment received", with the size and the
+        // resume offset, once per stored segment.
     }
 
     fn on_delivered(&self, to: &NodeId, id: &SegmentId) {
