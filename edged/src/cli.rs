@@ -70,8 +70,9 @@ pub enum Command {
     /// Re-verify every stored segment (length, header, signature by a trusted publisher, payload
     /// hash) and quarantine the corrupt. Through the running daemon, or on the data directory
     /// itself when none runs (then the store's open also brings files and index back into
-    /// agreement, and what it repaired is reported). Exit 0: clean; 1: findings (each listed,
-    /// also those repaired or quarantined by this run).
+    /// agreement, and what it repaired is reported); also checks the relay ledger against itself
+    /// and the store. Exit 0: clean; 1: findings (each listed, also those repaired or
+    /// quarantined by this run).
     Fsck(FsckArgs),
     /// Segments quarantined because their stored file failed verification (daemon running or not).
     #[command(subcommand)]
@@ -83,7 +84,8 @@ pub struct FsckArgs {
     #[command(flatten)]
     pub config: ConfigArg,
     /// Also remove leftovers a running store holds: segment files without an index row, temp
-    /// files of no ingest (the store's open removes them by itself).
+    /// files of no ingest (the store's open removes them by itself); with no daemon running,
+    /// rebuild the relay ledger's due list, counts, dead-letter rows and pins from its jobs.
     #[arg(long)]
     pub repair: bool,
     /// Print JSON for scripts.

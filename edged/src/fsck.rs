@@ -9,7 +9,9 @@
 //! what that open found is reported as findings already repaired. On a running store the same
 //! leftovers (a segment file without a row, a temp file of no ingest) are looked for again
 //! ([`store::Store::check_files`]) and removed with `--repair`; a row whose file has gone is
-//! found as a corrupt segment ("file missing").
+//! found as a corrupt segment ("file missing"). The relay's ledger is checked against itself
+//! and the store's pins ([`relay::audit`]); with `--repair` and no daemon running, what can be
+//! is rebuilt from the jobs.
 
 use serde::{Deserialize, Serialize};
 use store::{RecoveryReport, ScrubOutcome, SegmentId};
@@ -55,6 +57,12 @@ pub struct Report {
     /// Leftover files removed by `--repair`.
     #[serde(default)]
     pub repaired: u64,
+    /// Relay jobs read while checking the ledger against itself and the store.
+    #[serde(default)]
+    pub ledger_jobs: u64,
+    /// Ledger rows and pins rebuilt by `--repair` (only with no daemon running).
+    #[serde(default)]
+    pub ledger_repaired: u64,
     /// Findings, at most [`FSCK_FINDINGS_MAX`]; `findings_total` counts them all.
     pub findings: Vec<Finding>,
     pub findings_total: u64,
@@ -150,6 +158,44 @@ impl Report {
         }
     }
 
+    /// Records where the relay's ledger disagrees with itself or with the store (see
+    /// [`relay::audit`]). `running`: a daemon holds the ledger, so nothing of it was rebuilt.
+    pub fn add_ledger(&mut self, audit: &relay::audit::Audit, running: bool) {
+        self.ledger_jobs = audit.jobs;
+        for d in &audit.found {
+            let action = match (d.repairable, running) {
+                (true, false) => "left in place; `edged fsck --repair` rebuilds it from the jobs",
+                (true, true) => {
+                    "left in place; stop the daemon and run `edged fsck --repair` (the running \
+                     relay holds its due list in memory)"
+                }
+                (false, _) => "left for the operator: `edged dlq` settles the job",
+            };
+            self.add(Finding {
+                kind: format!("ledger_{}", d.kind),
+                segment: d.segment.map(|id| id.to_string()),
+                what: d.what.clone(),
+                action: action.to_owned(),
+            });
+        }
+        self.findings_total += audit.total.saturating_sub(audit.found.len() as u64);
+    }
+
+    /// Records `changed` ledger rows and pins rebuilt by `--repair`: each was a finding.
+    pub fn add_ledger_repaired(&mut self, changed: u64) {
+        self.ledger_repaired = changed;
+        if changed > 0 {
+            self.add(Finding {
+                kind: "ledger_rebuilt".to_owned(),
+                segment: None,
+                what: format!(
+                    "the relay ledger disagreed with its jobs or with the store's pins in {changed} row(s)"
+                ),
+                action: "rebuilt from the jobs (--repair)".to_owned(),
+            });
+        }
+    }
+
     /// Records the outcome of re-verifying one stored segment.
     pub fn add_outcome(&mut self, id: &SegmentId, outcome: ScrubOutcome) {
         match outcome {
@@ -227,13 +273,15 @@ pub fn render(report: &Report) -> String {
         ));
     }
     out.push_str(&format!(
-        "{} segment(s) intact ({} verified); {} quarantined, {} of untrusted publishers kept, {} repaired when the store was opened, {} leftover file(s) removed\n",
+        "{} segment(s) intact ({} verified); {} quarantined, {} of untrusted publishers kept, {} repaired when the store was opened, {} leftover file(s) removed; {} relay job(s) checked against the store, {} ledger row(s) rebuilt\n",
         report.segments_ok,
         crate::output::bytes(report.bytes_checked),
         report.quarantined,
         report.untrusted,
         report.repaired_at_open,
         report.repaired,
+        report.ledger_jobs,
+        report.ledger_repaired,
     ));
     out.push_str(if report.is_clean() {
         "clean\n"

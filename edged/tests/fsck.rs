@@ -341,3 +341,63 @@ fn fsck_repair_removes_leftover_files_of_a_running_store() {
         format!("clean after: {v}")
     });
 }
+
+/// Empties node 1's due list and falsifies its pending count, as a torn ledger would be (the
+/// daemon stopped; the database opened directly).
+fn tear_ledger(f: &Fleet) {
+    let db = redb::Database::open(f.node(1).data_dir().join("edge.redb"))
+        .unwrap_or_else(|e| f.fail(format!("open the database: {e}")));
+    let txn = db.begin_write().unwrap();
+    {
+        let mut due: redb::Table<&[u8], u8> = txn
+            .open_table(redb::TableDefinition::new("relay-due-v1"))
+            .unwrap();
+        due.retain(|_, _| false).unwrap();
+        let mut counts: redb::Table<&str, u64> = txn
+            .open_table(redb::TableDefinition::new("relay-job-counts-v1"))
+            .unwrap();
+        counts.insert("pending", 99).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+#[test]
+fn fsck_finds_a_torn_relay_ledger_and_repair_rebuilds_it_so_the_segment_is_sent() {
+    let mut f = Fleet::new(2, &[(1, 2)], |_| NodeOptions::default());
+    let dir = f.path("stick");
+    std::fs::create_dir_all(&dir).unwrap();
+    let id = f.make_segment("owed", 50_000, &dir).1;
+    let o = f.cli(1, &["import", p(&dir)]);
+    f.check(o.status.success(), || format!("import: {}", stderr(&o)));
+    let (c, v) = fsck_json(&f);
+    f.check(c == 0 && v["ledger_jobs"] == 1, || {
+        format!("one job to node 2, in agreement: {v}")
+    });
+
+    tear_ledger(&f);
+    let (c, v) = fsck_json(&f);
+    f.check(
+        c == 1
+            && findings_of(&v, "ledger_due_missing").len() == 1
+            && findings_of(&v, "ledger_counts").len() == 1,
+        || format!("the pending job off the due list and the count are found: {v}"),
+    );
+    let o = f.cli(1, &["fsck", "--repair"]);
+    let text = stdout(&o);
+    f.check(
+        code(&o) == 1 && text.contains("2 ledger row(s) rebuilt"),
+        || format!("--repair says what it rebuilt: {text}"),
+    );
+    let (c, v) = fsck_json(&f);
+    f.check(c == 0, || format!("clean after the repair: {v}"));
+
+    // The rebuilt due list runs: the segment reaches node 2.
+    f.start(1);
+    f.start(2);
+    f.wait_for(
+        "the owed segment on node 2",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || f.segment_ids(2).contains(&id).then_some(()),
+    );
+}

@@ -27,6 +27,7 @@
 //! - [`limits`]: every bound, and [`RelayConfig`] with its documented defaults.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod clock;
 pub mod core;
 pub mod counters;

@@ -102,3 +102,60 @@ pub(crate) fn remove_tombstone(txn: &WriteTransaction, id: &SegmentId) -> Result
     }
     Ok(())
 }
+
+/// The store's index and pins through a read transaction, for a reader that checks its own
+/// tables against them in the same snapshot (the relay's ledger audit).
+pub struct ReadView {
+    segments: redb::ReadOnlyTable<tables::IdKey, &'static [u8]>,
+    pins: redb::ReadOnlyMultimapTable<tables::IdKey, &'static str>,
+}
+
+impl std::fmt::Debug for ReadView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadView").finish_non_exhaustive()
+    }
+}
+
+impl ReadView {
+    pub fn open(read: &redb::ReadTransaction) -> Result<ReadView, redb::Error> {
+        Ok(ReadView {
+            segments: read.open_table(SEGMENTS)?,
+            pins: read.open_multimap_table(PINS)?,
+        })
+    }
+
+    /// True when `id` has an index row.
+    pub fn is_stored(&self, id: &SegmentId) -> Result<bool, redb::Error> {
+        Ok(self.segments.get(&id.0)?.is_some())
+    }
+
+    /// True when `owner` pins `id`.
+    pub fn is_pinned_by(&self, id: &SegmentId, owner: &str) -> Result<bool, redb::Error> {
+        for o in self.pins.get(&id.0)? {
+            if o?.value() == owner {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Calls `f` with every pin whose owner starts with `prefix`, in segment order; stops at
+    /// the first error `f` returns.
+    pub fn for_each_pin<E: From<redb::Error>>(
+        &self,
+        prefix: &str,
+        mut f: impl FnMut(SegmentId, &str) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for entry in self.pins.iter().map_err(redb::Error::from)? {
+            let (key, owners) = entry.map_err(redb::Error::from)?;
+            let id = SegmentId(*key.value());
+            for owner in owners {
+                let owner = owner.map_err(redb::Error::from)?;
+                if owner.value().starts_with(prefix) {
+                    f(id, owner.value())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

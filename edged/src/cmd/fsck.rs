@@ -32,12 +32,9 @@ pub fn run(args: &FsckArgs) -> CliResult {
             report.add_recovery(&recovery);
             // The open has just removed what it found; this finds what it leaves (none, unless
             // another process wrote meanwhile).
-            match store.check_files(args.repair) {
-                Ok(found) => report.add_leftovers(&found),
-                Err(e) => {
-                    store.close();
-                    return Err(e.into());
-                }
+            if let Err(e) = check_offline(&store, args.repair, &mut report) {
+                store.close();
+                return Err(e);
             }
             let bar = crate::progress::bytes(store.usage().stored_bytes, "verifying", args.json);
             let checked = fsck::check_segments(
@@ -68,4 +65,20 @@ pub fn run(args: &FsckArgs) -> CliResult {
             report.findings_total
         )))
     }
+}
+
+/// What only an offline fsck may repair: the leftover files, and the relay's ledger (no relay
+/// holds it in memory).
+fn check_offline(store: &store::Store, repair: bool, report: &mut Report) -> CliResult {
+    report.add_leftovers(&store.check_files(repair)?);
+    if repair {
+        report.add_ledger_repaired(
+            relay::audit::repair(store).map_err(|e| Failure::failed(anyhow::anyhow!(e)))?,
+        );
+    }
+    report.add_ledger(
+        &relay::audit::audit(store).map_err(|e| Failure::failed(anyhow::anyhow!(e)))?,
+        false,
+    );
+    Ok(())
 }

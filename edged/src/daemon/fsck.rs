@@ -15,6 +15,7 @@ use crate::quarantine::{Entry, QUARANTINE_PAGE_ITEMS};
 pub(super) fn check(d: &Daemon, repair: bool) -> Result<Value, anyhow::Error> {
     let mut report = crate::fsck::Report::default();
     report.add_leftovers(&d.store.check_files(repair)?);
+    report.add_ledger(&relay::audit::audit(&d.store)?, true);
     crate::fsck::check_segments(&d.store, || d.clock.now_ms(), &mut report, |_| {})?;
     tracing::info!(
         segments_ok = report.segments_ok,
