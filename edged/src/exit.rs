@@ -9,6 +9,9 @@
 //! | 4 | the data directory or the control socket is held by another process (is the daemon running?) |
 //! | 5 | storage failure: corrupt database, I/O error on the data directory |
 //! | 6 | the command needs the running daemon, and none answers on the control socket |
+//!
+//! A command whose reader goes away (`edged segments | head`) stops writing and exits 0, quietly:
+//! everything it changed was committed before it printed.
 
 use std::process::ExitCode;
 

@@ -27,6 +27,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::io::Write as _;
 use std::time::UNIX_EPOCH;
 
 use store::limits::TIME_MS_MAX;
@@ -399,5 +400,66 @@ mod tests {
             t.contains("x\\x1b[1A\\x1b[2K\\nfake row\\u{202e}.seg  ok"),
             "{t}"
         );
+    }
+}
+
+/// `print!` for command output: a reader that has gone (`edged segments | head`) ends the
+/// command quietly instead of in a panic (see [`write_stdout`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// `println!` for command output (see [`out!`]).
+macro_rules! outln {
+    () => {
+        $crate::output::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+pub(crate) use {out, outln};
+
+/// Writes command output to stdout (see [`Stdout`]).
+pub fn write_stdout(args: fmt::Arguments<'_>) {
+    let mut out = stdout();
+    // `Stdout` ends the process on any write error, so there is none left to handle.
+    let _ = out.write_fmt(args).and_then(|()| out.flush());
+}
+
+/// Stdout for command output. A closed pipe (`edged segments --json | head -c 200`) ends the
+/// process with exit code 0: the reader took what it wanted, and everything the command
+/// changed was committed before it printed. Any other write error ends it with exit code 1 and
+/// says so. Never a panic.
+pub fn stdout() -> Stdout {
+    Stdout(std::io::stdout().lock())
+}
+
+#[derive(Debug)]
+pub struct Stdout(std::io::StdoutLock<'static>);
+
+impl Stdout {
+    fn check<T>(r: std::io::Result<T>) -> std::io::Result<T> {
+        match r {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+            Err(e) => {
+                eprintln!("edged: error: cannot write the output: {e}");
+                std::process::exit(i32::from(crate::exit::FAILED));
+            }
+            ok => ok,
+        }
+    }
+}
+
+impl std::io::Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Self::check(self.0.write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Self::check(self.0.flush())
     }
 }

@@ -7,6 +7,7 @@
 //! and checked against the CA, and the operator is told which files were written and what the
 //! node's `edge.toml` needs.
 
+use crate::output::{out, outln};
 use std::fs::DirBuilder;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -24,8 +25,8 @@ const CA_DIR_MODE: u32 = 0o700;
 pub fn init(out: &Path) -> CliResult {
     prepare_ca_dir(out)?;
     let files = net::ca_init(out).map_err(pki_failure)?;
-    println!("wrote {}", output::path(&shown(&files.cert)));
-    println!("wrote {}", output::path(&shown(&files.key)));
+    outln!("wrote {}", output::path(&shown(&files.cert)));
+    outln!("wrote {}", output::path(&shown(&files.key)));
     eprintln!(
         "fleet CA created. {} goes to every node ([tls] ca_cert); {} (mode 0600) signs node certificates: keep it offline, never on a node.",
         CA_CERT_FILE, CA_KEY_FILE
@@ -79,7 +80,7 @@ pub fn issue(ca: &Path, node: &str, out: &Path, days: u32) -> CliResult {
     eprintln!(
         "certificate for node {node_id}, valid {days} days; copy the three files named below to the node and put this section in its edge.toml:"
     );
-    print!("{}", tls_snippet(&node_id, &ca_cert, &cert, &key));
+    out!("{}", tls_snippet(&node_id, &ca_cert, &cert, &key));
     Ok(())
 }
 

@@ -15,7 +15,7 @@ pub fn completions(shell: clap_complete::Shell) -> CliResult {
     let mut cmd = Cli::command();
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut cmd, "edged", &mut script);
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     out.write_all(&script)
         .and_then(|()| out.flush())
         .context("cannot write the completion script to stdout")

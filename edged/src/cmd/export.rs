@@ -4,6 +4,7 @@
 //! alone; a symlink, FIFO, device or directory at the target name is refused, never followed.
 //! Through the daemon the bytes come over the control socket; without it, from the data dir.
 
+use crate::output::{out, outln};
 use base::Clock as _;
 use std::io::Read;
 
@@ -117,7 +118,7 @@ pub fn run(args: &ExportArgs) -> CliResult {
 fn report(lines: &[Line], json: bool) -> CliResult {
     let failed = lines.iter().filter(|l| l.error.is_some()).count();
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&lines).map_err(Failure::failed)?
         );
@@ -135,8 +136,8 @@ fn report(lines: &[Line], json: bool) -> CliResult {
                 ]
             })
             .collect();
-        print!("{}", output::table(&["segment", "result", "file"], &rows));
-        println!("{} exported, {failed} failed", lines.len() - failed);
+        out!("{}", output::table(&["segment", "result", "file"], &rows));
+        outln!("{} exported, {failed} failed", lines.len() - failed);
     }
     if failed > 0 {
         return Err(Failure::failed(anyhow::anyhow!(

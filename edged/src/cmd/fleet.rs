@@ -82,7 +82,7 @@ fn when(at: &Value, now: u64) -> String {
 struct Printer {
     query: Query,
     json: bool,
-    out: std::io::BufWriter<std::io::StdoutLock<'static>>,
+    out: std::io::BufWriter<output::Stdout>,
     header: Option<Value>,
     table: output::TableStream,
     rows: Vec<Vec<String>>,
@@ -112,7 +112,7 @@ impl Printer {
         Printer {
             query,
             json,
-            out: std::io::BufWriter::new(std::io::stdout().lock()),
+            out: std::io::BufWriter::new(output::stdout()),
             header: None,
             table: output::TableStream::new(columns),
             rows: Vec::new(),

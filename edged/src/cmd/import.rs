@@ -16,6 +16,7 @@
 //! connection out of step; a larger file travels alone on a connection of its own, streamed
 //! from the medium.
 
+use crate::output::{out, outln};
 use base::Clock as _;
 use std::fs::File;
 use std::io::{BufReader, Read, Write as _};
@@ -537,7 +538,7 @@ fn report(lines: &[Line], json: bool) -> CliResult {
     let rejected = count(|r| matches!(r, FileResult::Rejected { .. }));
     let skipped = count(|r| matches!(r, FileResult::Skipped { .. }));
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(lines).map_err(Failure::failed)?
         );
@@ -570,12 +571,12 @@ fn report(lines: &[Line], json: bool) -> CliResult {
                 ],
             })
             .collect();
-        print!("{}", output::table(&["file", "result", "detail"], &rows));
-        println!(
+        out!("{}", output::table(&["file", "result", "detail"], &rows));
+        outln!(
             "{imported} imported, {present} already present, {rejected} rejected, {skipped} skipped"
         );
         if imported == 0 && rejected == 0 && present > 0 {
-            println!("nothing new: every segment was already stored");
+            outln!("nothing new: every segment was already stored");
         }
     }
     if rejected > 0 {

@@ -1,5 +1,6 @@
 //! `edged key gen`.
 
+use crate::output::outln;
 use std::path::Path;
 
 use store::keys::PublisherSecret;
@@ -14,6 +15,6 @@ pub fn generate(out: &Path) -> CliResult {
         crate::output::path(out)
     );
     eprintln!("add the public key to each node's edge.toml under [publishers] trusted:");
-    println!("{}", secret.public());
+    outln!("{}", secret.public());
     Ok(())
 }

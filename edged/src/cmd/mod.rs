@@ -109,13 +109,9 @@ pub(crate) fn open_store_direct_reporting(
     }
 }
 
-/// Writes `text` to stdout; a reader that has gone (`| head`) ends the output quietly.
+/// Writes `text` to stdout; a reader that has gone (`| head`) ends the output quietly (see
+/// [`crate::output::stdout`]).
 pub(crate) fn print_stdout(text: &str) -> CliResult {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Failure::failed(anyhow::anyhow!("cannot write: {e}"))),
-    }
+    crate::output::write_stdout(format_args!("{text}"));
+    Ok(())
 }

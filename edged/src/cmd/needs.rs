@@ -8,6 +8,7 @@
 //! Each works through the running daemon (paged listings and bounded merge requests on the
 //! control socket) or, without one, directly on the data directory.
 
+use crate::output::{out, outln};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -203,12 +204,12 @@ pub fn write_need_list(config: &ConfigArg, dir: &Path, json: bool) -> CliResult 
     let (list, left_out) = gathered?;
     let w = write(&dir, &list, left_out)?;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&w).map_err(Failure::failed)?
         );
     } else {
-        println!(
+        outln!(
             "need-list written: {} ({} segment ids, {} receipts, {} certificates{})",
             output::escape(&w.file),
             w.held,
@@ -449,7 +450,7 @@ fn report(lines: &[Line], json: bool) -> CliResult {
     let count = |r: &str| lines.iter().filter(|l| l.result == r).count();
     let bad = count("rejected") + count("failed");
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(lines).map_err(Failure::failed)?
         );
@@ -471,12 +472,12 @@ fn report(lines: &[Line], json: bool) -> CliResult {
                 ]
             })
             .collect();
-        print!(
+        out!(
             "{}",
             output::table(&["kind", "item", "result", "bytes", "detail"], &rows)
         );
         let written: u64 = lines.iter().map(|l| l.bytes).sum();
-        println!(
+        outln!(
             "{} written ({}), {} already there, {} skipped, {bad} failed or rejected",
             count("written"),
             output::bytes(written),

@@ -37,7 +37,7 @@ pub fn list(args: &QueryArgs) -> CliResult {
 
 /// Prints a listing page by page as it arrives: memory holds one page.
 struct Printer {
-    json: Option<output::JsonArray<std::io::Stdout>>,
+    json: Option<output::JsonArray<output::Stdout>>,
     table: output::TableStream,
     count: u64,
 }
@@ -45,7 +45,7 @@ struct Printer {
 impl Printer {
     fn new(json: bool) -> Printer {
         Printer {
-            json: json.then(|| output::JsonArray::new(std::io::stdout())),
+            json: json.then(|| output::JsonArray::new(output::stdout())),
             table: output::TableStream::new(&["segment", "name", "quarantined", "file", "reason"]),
             count: 0,
         }

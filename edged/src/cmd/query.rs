@@ -3,6 +3,7 @@
 //! Tables escape every cell and the other lines escape what they show ([`output::escape`]); JSON
 //! is printed as the daemon sent it.
 
+use crate::output::{out, outln};
 use std::io::Write as _;
 
 use serde_json::Value;
@@ -28,7 +29,7 @@ fn u(v: &Value) -> u64 {
 }
 
 fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 /// Asks the daemon. With `--json` the answer is printed as is and `None` returned; otherwise
@@ -106,7 +107,7 @@ pub fn status(args: &QueryArgs) -> CliResult {
         vec!["fleet".into(), fleet_line(&v["fleet"])],
         vec!["scrub".into(), s(&v["scrub"]["line"])],
     ];
-    print!(
+    out!(
         "{}",
         output::table(&["", ""], &rows)
             .split_once('\n')
@@ -114,7 +115,7 @@ pub fn status(args: &QueryArgs) -> CliResult {
     );
     if let Some(warnings) = v["warnings"].as_array() {
         for w in warnings {
-            println!("WARNING: {}", Escaped(&s(w)));
+            outln!("WARNING: {}", Escaped(&s(w)));
         }
     }
     Ok(())
@@ -143,7 +144,7 @@ pub fn peers(args: &QueryArgs) -> CliResult {
                 .collect()
         })
         .unwrap_or_default();
-    print!(
+    out!(
         "{}",
         output::table(&["peer", "address", "state", "last failure"], &rows)
     );
@@ -161,8 +162,7 @@ fn stream_listing(
     row: impl Fn(&Value) -> Vec<String>,
     footer: impl Fn(u64) -> String,
 ) -> CliResult {
-    let out = std::io::stdout();
-    let mut out = std::io::BufWriter::new(out.lock());
+    let mut out = std::io::BufWriter::new(output::stdout());
     let write_err = |e: std::io::Error| Failure::failed(anyhow::anyhow!("cannot write: {e}"));
     if json {
         let mut array = output::JsonArray::new(&mut out);
@@ -295,7 +295,7 @@ pub fn dlq_act(target: &DlqTarget, requeue: bool) -> CliResult {
         for r in &items {
             let seg: String = s(&r["segment"]).chars().take(12).collect();
             let line = format!("{seg} {} {}", s(&r["peer"]), s(&r["result"]).to_lowercase());
-            println!("{}", Escaped(&line));
+            outln!("{}", Escaped(&line));
         }
         Ok(())
     })?;

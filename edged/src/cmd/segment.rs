@@ -5,6 +5,7 @@
 //! bounded by [`TIME_MS_MAX`] (the end of year 9999 UTC): `create --expires` refuses an expiry
 //! beyond it, and `inspect` shows any time without panicking.
 
+use crate::output::{out, outln};
 use base::Clock as _;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
@@ -89,7 +90,7 @@ pub fn create(args: &CreateArgs) -> CliResult {
         output::path(&args.out),
         output::bytes(payload_len)
     );
-    println!("{}", signed.id());
+    outln!("{}", signed.id());
     Ok(())
 }
 
@@ -184,7 +185,7 @@ pub fn inspect(path: &Path, json: bool) -> CliResult {
         file_length_ok: expected == file_bytes,
     };
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&info).map_err(Failure::failed)?
         );
@@ -224,7 +225,7 @@ pub fn inspect(path: &Path, json: bool) -> CliResult {
                 "not checked (use `edged segment verify`)".into(),
             ],
         ];
-        print!("{}", output::table(&["field", "value"], &rows));
+        out!("{}", output::table(&["field", "value"], &rows));
     }
     Ok(())
 }
@@ -249,7 +250,7 @@ pub fn verify(trust: &[String], path: &Path) -> CliResult {
     )
     .with_context(|| format!("{} does not verify", path.display()))
     .map_err(Failure::failed)?;
-    println!(
+    outln!(
         "{}  OK  {} ({})",
         signed.id(),
         output::escape(&signed.manifest().name),

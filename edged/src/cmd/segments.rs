@@ -40,8 +40,7 @@ pub fn run(args: &SegmentsArgs) -> CliResult {
 
 /// Lists the data directory's own index (no daemon runs), printed as it is read.
 fn print_direct(store: &store::Store, json: bool) -> CliResult {
-    let out = std::io::stdout();
-    let mut out = std::io::BufWriter::new(out.lock());
+    let mut out = std::io::BufWriter::new(output::stdout());
     let write_err = |e: std::io::Error| Failure::failed(anyhow::anyhow!("cannot write: {e}"));
     if json {
         let mut array = output::JsonArray::new(&mut out);

@@ -50,9 +50,14 @@ pub fn stderr(o: &Output) -> String {
 }
 
 /// Runs `cmd` with no stdin, capturing its output, and kills it after `limit`.
-pub fn run_bounded(mut cmd: Command, limit: Duration) -> Result<Output, String> {
+pub fn run_bounded(cmd: Command, limit: Duration) -> Result<Output, String> {
+    run_bounded_to(cmd, limit, Stdio::piped())
+}
+
+/// [`run_bounded`] with stdout going to `stdout` (then `Output::stdout` is empty).
+pub fn run_bounded_to(mut cmd: Command, limit: Duration, stdout: Stdio) -> Result<Output, String> {
     cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
@@ -628,6 +633,19 @@ impl Fleet {
             .env_remove("EDGED_CONFIG")
             .env_remove("EDGED_LOG");
         run_bounded(cmd, CLI_TIMEOUT).unwrap_or_else(|e| self.fail(e))
+    }
+
+    /// `edged ARGS --config <node i's config>` writing into a pipe whose reader has already
+    /// gone (as `| head` leaves it), bounded.
+    pub fn cli_into_closed_pipe(&self, i: usize, args: &[&str]) -> Output {
+        let (reader, writer) = rustix::pipe::pipe().unwrap_or_else(|e| self.fail(e));
+        drop(reader);
+        let mut cmd = Command::new(EDGED);
+        cmd.args(args)
+            .args(["--config", p(&self.nodes[i - 1].config)])
+            .env_remove("EDGED_CONFIG")
+            .env_remove("EDGED_LOG");
+        run_bounded_to(cmd, CLI_TIMEOUT, Stdio::from(writer)).unwrap_or_else(|e| self.fail(e))
     }
 
     /// `edged ARGS --json` on node `i`, which must succeed; its stdout parsed.
