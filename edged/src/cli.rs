@@ -15,7 +15,8 @@ pub const CONFIG_DEFAULT: &str = "/etc/edged/edge.toml";
     about = "Relay signed content through an airgapped fleet",
     after_help = "Exit codes: 0 success; 1 the command failed (a file rejected, a segment not verified, fsck found problems); \
                   2 bad command line; 3 invalid configuration; 4 data directory or control socket held by another process; \
-                  5 storage failure; 6 the daemon is not running (commands that need it)."
+                  5 storage failure; 6 the daemon is not running (commands that need it); \
+                  7 the store is full (retry once what it holds has propagated)."
 )]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug). EDGED_LOG overrides.
@@ -38,8 +39,10 @@ pub enum Command {
     /// Make and check signed segment files (.seg).
     #[command(subcommand)]
     Segment(SegmentCommand),
-    /// USB in: store every regular .seg file of DIR (verified; symlinks, FIFOs and devices skipped),
-    /// then merge the fleet receipts of other nodes' need-lists (*.need) there.
+    /// USB in: store every regular .seg file of DIR (verified; symlinks, FIFOs, devices and other
+    /// files are skipped, counted in the summary, and never fail the import), then merge the
+    /// fleet receipts of other nodes' need-lists (*.need) there. Exit 1 if a file was rejected;
+    /// 7 if a segment did not fit because the store is full of segments still owed to peers.
     Import(ImportArgs),
     /// USB out: write stored segments into DIR as <id>.seg, atomically (or need-lists: --need-list, --for).
     Export(ExportArgs),

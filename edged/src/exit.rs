@@ -9,6 +9,7 @@
 //! | 4 | the data directory or the control socket is held by another process (is the daemon running?) |
 //! | 5 | storage failure: corrupt database, I/O error on the data directory |
 //! | 6 | the command needs the running daemon, and none answers on the control socket |
+//! | 7 | the store is full: a segment did not fit because the space is held by segments still owed to peers; retry once they propagate (nothing else failed) |
 //!
 //! A command whose reader goes away (`edged segments | head`) stops writing and exits 0, quietly:
 //! everything it changed was committed before it printed.
@@ -21,6 +22,7 @@ pub const CONFIG: u8 = 3;
 pub const BUSY: u8 = 4;
 pub const STORAGE: u8 = 5;
 pub const DAEMON_DOWN: u8 = 6;
+pub const STORE_FULL: u8 = 7;
 
 /// An error with the exit code it maps to.
 #[derive(Debug)]

@@ -17,6 +17,7 @@ mod output;
 mod progress;
 mod quarantine;
 mod scrub;
+mod storefull;
 
 use std::process::ExitCode;
 

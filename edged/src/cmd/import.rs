@@ -1,8 +1,9 @@
 //! `edged import DIR`: USB in.
 //!
 //! Reads only regular files directly in DIR: the directory itself and every entry are examined
-//! without following symlinks, and FIFOs, devices and sockets are refused from the listing
-//! alone, without being opened. Files are opened with `O_NOFOLLOW | O_NONBLOCK` (a FIFO cannot
+//! without following symlinks, and symlinks, FIFOs, devices and sockets are skipped from the
+//! listing alone, without being opened (skipped entries never fail the import; the summary
+//! counts them by kind). Files are opened with `O_NOFOLLOW | O_NONBLOCK` (a FIFO cannot
 //! block the import) and checked again on the open descriptor, so a file swapped for a symlink
 //! or a FIFO between listing and opening is refused. Nothing is ever written to the medium.
 //! Every segment is verified by the store before anything is stored; importing twice changes
@@ -25,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 use store::limits::STREAM_BUF_BYTES;
 use store::{IngestOptions, IngestOutcome};
@@ -56,7 +57,14 @@ pub enum FileResult {
     Rejected {
         reason: String,
     },
+    /// Did not fit: the space is held by segments still owed to peers. Retryable.
+    StoreFull {
+        reason: String,
+    },
+    /// Not a segment file to import (a symlink, a FIFO or device, a directory, another file):
+    /// counted by `kind` in the summary, never a failure.
     Skipped {
+        kind: String,
         reason: String,
     },
     /// A need-list of another node whose receipts were merged (see [`super::needs`]).
@@ -68,6 +76,13 @@ pub enum FileResult {
 }
 
 impl FileResult {
+    fn skipped(kind: &str, reason: &str) -> FileResult {
+        FileResult::Skipped {
+            kind: kind.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+
     fn rejected(reason: impl std::fmt::Display) -> FileResult {
         FileResult::Rejected {
             reason: reason.to_string(),
@@ -85,8 +100,19 @@ struct Line {
 pub fn run(args: &ImportArgs) -> CliResult {
     let cfg = Config::load(&args.config.config)?;
     let entries = scan(&args.dir).map_err(Failure::failed)?;
+    if !entries
+        .iter()
+        .any(|e| matches!(e.kind, Kind::Candidate | Kind::NeedList))
+    {
+        eprintln!(
+            "edged: no .seg file in {} ({} other entr{} skipped): nothing to import",
+            output::path(&args.dir),
+            entries.len(),
+            if entries.len() == 1 { "y" } else { "ies" }
+        );
+    }
     let total: u64 = entries.iter().map(|e| e.len).sum();
-    let bar = progress(total);
+    let bar = crate::progress::bytes(total, "importing", args.json);
     let target = match super::client::connect(&cfg)? {
         // Each file opens a connection of its own; this one only told that a daemon answers.
         Some(_probe) => Target::Daemon(&cfg),
@@ -108,9 +134,7 @@ pub fn run(args: &ImportArgs) -> CliResult {
                 match &entry.kind {
                     Kind::Candidate => import_file(relay, &entry.path, &bar),
                     Kind::Skip(reason) => reason.clone(),
-                    Kind::NeedList => FileResult::Skipped {
-                        reason: "need-list".into(),
-                    },
+                    Kind::NeedList => FileResult::skipped("need-list", "need-list"),
                 }
             })
             .collect(),
@@ -131,7 +155,10 @@ pub fn run(args: &ImportArgs) -> CliResult {
                     known: m.known,
                     refused: m.refused,
                 },
-                Ok(Err(reason)) => FileResult::Skipped { reason },
+                Ok(Err(reason)) => FileResult::Skipped {
+                    kind: "need-list".into(),
+                    reason,
+                },
                 Err(reason) => FileResult::Rejected { reason },
             },
             _ => result,
@@ -176,9 +203,7 @@ fn through_daemon(cfg: &Config, entries: &[Entry], bar: &ProgressBar) -> Vec<Fil
         .iter()
         .map(|e| match &e.kind {
             Kind::Skip(reason) => Some(reason.clone()),
-            Kind::NeedList => Some(FileResult::Skipped {
-                reason: "need-list".into(),
-            }),
+            Kind::NeedList => Some(FileResult::skipped("need-list", "need-list")),
             Kind::Candidate => None,
         })
         .collect();
@@ -520,6 +545,9 @@ fn answer_of(response: Response) -> FileResult {
             bytes: body["bytes"].as_u64().unwrap_or(0),
         },
         Some("already_present") => FileResult::AlreadyPresent { id: text("id") },
+        Some("store_full") => FileResult::StoreFull {
+            reason: text("reason"),
+        },
         _ => FileResult::Rejected {
             reason: text("reason"),
         },
@@ -537,6 +565,7 @@ fn report(lines: &[Line], json: bool) -> CliResult {
     let present = count(|r| matches!(r, FileResult::AlreadyPresent { .. }));
     let rejected = count(|r| matches!(r, FileResult::Rejected { .. }));
     let skipped = count(|r| matches!(r, FileResult::Skipped { .. }));
+    let full = count(|r| matches!(r, FileResult::StoreFull { .. }));
     if json {
         outln!(
             "{}",
@@ -557,7 +586,10 @@ fn report(lines: &[Line], json: bool) -> CliResult {
                 FileResult::Rejected { reason } => {
                     vec![l.file.clone(), "REJECTED".into(), reason.clone()]
                 }
-                FileResult::Skipped { reason } => {
+                FileResult::StoreFull { reason } => {
+                    vec![l.file.clone(), "STORE FULL".into(), reason.clone()]
+                }
+                FileResult::Skipped { reason, .. } => {
                     vec![l.file.clone(), "skipped".into(), reason.clone()]
                 }
                 FileResult::Receipts {
@@ -572,8 +604,13 @@ fn report(lines: &[Line], json: bool) -> CliResult {
             })
             .collect();
         out!("{}", output::table(&["file", "result", "detail"], &rows));
+        let full = match full {
+            0 => String::new(),
+            n => format!(", {n} did not fit (store full)"),
+        };
         outln!(
-            "{imported} imported, {present} already present, {rejected} rejected, {skipped} skipped"
+            "{imported} imported, {present} already present, {rejected} rejected{full}, {skipped} skipped{}",
+            skipped_kinds(lines)
         );
         if imported == 0 && rejected == 0 && present > 0 {
             outln!("nothing new: every segment was already stored");
@@ -584,17 +621,30 @@ fn report(lines: &[Line], json: bool) -> CliResult {
             "{rejected} file(s) rejected"
         )));
     }
+    if full > 0 {
+        return Err(Failure::new(
+            crate::exit::STORE_FULL,
+            anyhow::anyhow!(
+                "{full} segment(s) did not fit: the store is full of segments still owed to peers (retryable; see above)"
+            ),
+        ));
+    }
     Ok(())
 }
 
-fn progress(total: u64) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template(
-        "{spinner} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {wide_msg}",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
+/// " (2 symlink, 1 FIFO)": the skipped entries by kind, for the summary line.
+fn skipped_kinds(lines: &[Line]) -> String {
+    let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
+    for l in lines {
+        if let FileResult::Skipped { kind, .. } = &l.result {
+            *kinds.entry(kind.as_str()).or_default() += 1;
+        }
     }
-    bar
+    if kinds.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    format!(" ({})", parts.join(", "))
 }
 
 #[derive(Debug)]
@@ -616,15 +666,18 @@ struct Entry {
 /// Why an entry that is neither a regular file nor a directory is refused, from its listed
 /// type alone (it is never opened: opening a device can act on the hardware, and reading a
 /// FIFO takes its bytes from whoever writes them).
-fn special_file(ft: std::fs::FileType) -> Option<&'static str> {
+fn special_file(ft: std::fs::FileType) -> Option<(&'static str, &'static str)> {
     if ft.is_fifo() {
-        Some("FIFO: not a regular file (not opened)")
+        Some(("FIFO", "FIFO: not a regular file (not opened)"))
     } else if ft.is_char_device() {
-        Some("character device: not a regular file (not opened)")
+        Some((
+            "device",
+            "character device: not a regular file (not opened)",
+        ))
     } else if ft.is_block_device() {
-        Some("block device: not a regular file (not opened)")
+        Some(("device", "block device: not a regular file (not opened)"))
     } else if ft.is_socket() {
-        Some("socket: not a regular file (not opened)")
+        Some(("socket", "socket: not a regular file (not opened)"))
     } else {
         None
     }
@@ -658,24 +711,22 @@ fn scan(dir: &Path) -> anyhow::Result<Vec<Entry>> {
         let ft = item
             .file_type()
             .with_context(|| format!("cannot stat {}", path.display()))?;
-        let rejected = |reason: &str| Kind::Skip(FileResult::rejected(reason));
-        let skipped = |reason: &str| {
-            Kind::Skip(FileResult::Skipped {
-                reason: reason.into(),
-            })
-        };
+        let skipped = |kind: &str, reason: &str| Kind::Skip(FileResult::skipped(kind, reason));
         let is_seg = name.ends_with(".seg");
         let is_need = super::needs::is_need_list(&name);
         let (kind, len) = if ft.is_symlink() {
-            (rejected("symlink: not followed"), 0)
-        } else if let Some(reason) = special_file(ft) {
-            (rejected(reason), 0)
+            (skipped("symlink", "symlink: not followed"), 0)
+        } else if let Some((kind, reason)) = special_file(ft) {
+            (skipped(kind, reason), 0)
         } else if ft.is_dir() {
-            (skipped("directory (import is not recursive)"), 0)
+            (
+                skipped("directory", "directory (import is not recursive)"),
+                0,
+            )
         } else if is_need {
             (Kind::NeedList, 0)
         } else if !is_seg {
-            (skipped("not a .seg file"), 0)
+            (skipped("not a .seg file", "not a .seg file"), 0)
         } else {
             let len = item.metadata().map(|m| m.len()).unwrap_or(0);
             (Kind::Candidate, len)
@@ -724,7 +775,18 @@ fn import_file(relay: &relay::Relay, path: &Path, bar: &ProgressBar) -> FileResu
             FileResult::AlreadyPresent { id: id.to_string() }
         }
         Err(_) if reader.short => FileResult::rejected(shrank(path, reader.bytes, len)),
+        Err(store::IngestError::StoreFull {
+            needed_bytes,
+            available_bytes,
+        }) => store_full(relay.store(), needed_bytes, available_bytes),
         Err(e) => FileResult::rejected(e),
+    }
+}
+
+/// A segment that did not fit, with who holds the space (see [`crate::storefull`]).
+pub fn store_full(store: &store::Store, needed: u64, available: u64) -> FileResult {
+    FileResult::StoreFull {
+        reason: crate::storefull::reason(store, needed, available),
     }
 }
 

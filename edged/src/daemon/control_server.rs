@@ -1002,6 +1002,19 @@ fn verdict(
             d.counters.count_duplicate();
             ok(json!({ "status": "already_present", "id": id.to_string() }))
         }
+        Err(store::IngestError::StoreFull {
+            needed_bytes,
+            available_bytes,
+        }) => {
+            d.counters
+                .count_rejected(reject_reason(&store::IngestError::StoreFull {
+                    needed_bytes,
+                    available_bytes,
+                }));
+            let reason = crate::storefull::reason(&d.store, needed_bytes, available_bytes);
+            net::warn_limited!(shared.log, who, "import_store_full", client = who, file = %file, needed_bytes, available_bytes, "import did not fit: store full");
+            ok(json!({ "status": "store_full", "reason": reason }))
+        }
         Err(e) => {
             d.counters.count_rejected(reject_reason(&e));
             net::warn_limited!(shared.log, who, "import_rejected", client = who, file = %file, error = %Escaped(&e.to_string()), "import rejected");

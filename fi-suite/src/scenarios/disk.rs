@@ -522,7 +522,10 @@ fn import_round_checks(
                 run.stderr.lines().last().unwrap_or("nothing")
             )),
             Some(l) if matches!(l.status.as_str(), "imported" | "already_present") => {}
-            Some(l) if l.status == "rejected" && l.reason.as_deref().is_some_and(no_room) => {
+            Some(l)
+                if matches!(l.status.as_str(), "rejected" | "store_full")
+                    && l.reason.as_deref().is_some_and(no_room) =>
+            {
                 refused += 1
             }
             Some(l) => bad.push(format!("{name}: {} {:?}", l.status, l.reason)),
@@ -623,7 +626,12 @@ fn disk_full_import(ctx: &mut Ctx) -> anyhow::Result<World> {
     // Round 1: the stick is larger than the disk.
     let run = look::import(&world.fleet, IMPORTER, &stick)?;
     let mut acknowledged = run.acknowledged();
-    let refused = run.lines.iter().filter(|l| l.status == "rejected").count();
+    // Not fitting under the ceiling is `store_full`; ENOSPC from the disk is `rejected`.
+    let refused = run
+        .lines
+        .iter()
+        .filter(|l| matches!(l.status.as_str(), "rejected" | "store_full"))
+        .count();
     if refused > 0 && !acknowledged.is_empty() {
         ctx.fault(
             "disk.full",
