@@ -1,24 +1,15 @@
 //! The operator's comforts of the real binary: shell completions and manual pages generated from
 //! the command line's definition, and progress bars drawn on a terminal only.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod support;
 
-fn edged(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edged"))
-        .args(args)
-        .env_remove("EDGED_CONFIG")
-        .env_remove("EDGED_LOG")
-        .output()
-        .expect("run edged")
-}
+use std::path::Path;
+use std::process::Command;
+
+use support::{Fleet, NodeOptions, edged, p};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
 }
 
 /// The commands `edged --help` lists (clap's own `help` aside).
@@ -165,67 +156,17 @@ fn progress_bars_are_drawn_on_a_terminal() {
     assert!(seg.exists());
 }
 
-/// A node config trusting `public`, its store in `dir/data` (no daemon runs: the commands
-/// open the store themselves).
-fn node_config(dir: &Path, public: &str) -> String {
-    for f in ["ca.pem", "node.pem", "node.key"] {
-        std::fs::write(dir.join(f), "placeholder").unwrap();
-    }
-    let config = dir.join("edge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-node_id = "node-1"
-listen_addr = "127.0.0.1:7401"
-data_dir = "data"
-[tls]
-ca_cert = "ca.pem"
-node_cert = "node.pem"
-node_key = "node.key"
-[[known_peers]]
-id = "node-2"
-addr = "127.0.0.1:7402"
-[publishers]
-trusted = ["{public}"]
-[store]
-ceiling_bytes = 1073741824
-min_free_bytes = 0
-"#
-        ),
-    )
-    .unwrap();
-    p(&config).to_owned()
-}
-
 /// Export on a terminal draws its bar, unless the output is JSON for a script.
 #[test]
 fn export_bar_is_drawn_on_a_terminal_but_not_with_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("publisher.key");
-    let generated = edged(&["key", "gen", "--out", p(&key)]);
-    let public = text(&generated.stdout).trim().to_owned();
-    let config = node_config(dir.path(), &public);
-    let stick = dir.path().join("stick");
+    let f = Fleet::new(1, &[], |_| NodeOptions::default());
+    let stick = f.path("stick");
     std::fs::create_dir(&stick).unwrap();
-    let input = dir.path().join("payload.bin");
-    std::fs::write(&input, vec![9u8; 4 << 20]).unwrap();
-    let seg = stick.join("big.seg");
-    let made = edged(&[
-        "segment",
-        "create",
-        "--key",
-        p(&key),
-        "--name",
-        "big",
-        "--out",
-        p(&seg),
-        p(&input),
-    ]);
-    assert!(made.status.success(), "{}", text(&made.stderr));
-    let imported = edged(&["import", "--config", &config, p(&stick)]);
+    f.make_segment("big", 4 << 20, &stick);
+    let imported = f.cli(1, &["import", p(&stick)]);
     assert!(imported.status.success(), "{}", text(&imported.stderr));
 
+    let config = p(&f.node(1).config).to_owned();
     let on_terminal = |out: &Path, json: &str| {
         std::fs::create_dir(out).unwrap();
         let command = format!(
@@ -235,15 +176,14 @@ fn export_bar_is_drawn_on_a_terminal_but_not_with_json() {
         );
         let run = Command::new("script")
             .args(["-q", "-e", "-c", &command, "/dev/null"])
-            .current_dir(dir.path())
             .output()
             .expect("script (util-linux)");
         assert!(run.status.success(), "{}", text(&run.stdout));
         text(&run.stdout)
     };
-    let screen = on_terminal(&dir.path().join("out-1"), "");
+    let screen = on_terminal(&f.path("out-1"), "");
     assert!(screen.contains("exporting"), "{screen:?}");
-    let screen = on_terminal(&dir.path().join("out-2"), "--json");
+    let screen = on_terminal(&f.path("out-2"), "--json");
     assert!(!screen.contains("exporting"), "{screen:?}");
     assert!(screen.contains("\"written\""), "{screen:?}");
 }
