@@ -172,9 +172,12 @@ pub enum CaCommand {
 pub enum DlqCommand {
     /// List dead letters.
     List(QueryArgs),
-    /// Requeue a peer's dead letters (or one segment's) with fresh attempts.
+    /// Requeue a peer's dead letters (or one segment's) with fresh attempts. Exit 0 also when
+    /// there is nothing to requeue (it says so); exit 2 for a peer the node does not know
+    /// (the known ones are listed).
     Requeue(DlqTarget),
-    /// Remove a peer's dead letters (or one segment's); the segment may then be evicted.
+    /// Remove a peer's dead letters (or one segment's); the segment may then be evicted. Exit 0
+    /// also when there is nothing to purge; exit 2 for a peer the node does not know.
     Purge(DlqTarget),
 }
 

@@ -555,10 +555,12 @@ fn inv_12_inv_22_dead_letter_then_requeue_delivers() {
     let logged = f.events(1, 0, "dead letter requeued");
     f.check(logged.len() == 1, || format!("requeues logged: {logged:?}"));
 
-    // A second requeue does nothing: no dead letter left, exit code 1 (the command failed).
+    // A second requeue does nothing: no dead letter left, and it says so (exit 0: nothing
+    // failed).
     let o = f.cli(1, &requeue);
     f.check(
-        o.status.code() == Some(1) && stderr(&o).contains("no dead letter for peer node-2"),
+        o.status.code() == Some(0)
+            && stdout(&o).contains("no dead letters for peer node-2; nothing requeued"),
         || format!("second requeue: {} {} {}", o.status, stdout(&o), stderr(&o)),
     );
     f.check(f.events(1, 0, "dead letter requeued").len() == 1, || {
@@ -625,4 +627,64 @@ fn a_received_segment_is_logged_once() {
         lines[0]["peer"] == "node-1" && lines[0]["bytes"].as_u64().is_some(),
         || format!("the line names the sender and the size: {lines:?}"),
     );
+}
+
+/// A peer name the node does not know is a usage error naming the known peers (exit 2); a known
+/// peer with no dead letters is nothing to do (exit 0, said in words), for requeue and purge,
+/// with and without `--segment`.
+#[test]
+fn dlq_unknown_peer_is_exit_2_and_nothing_to_do_is_exit_0() {
+    let mut f = Fleet::new(3, &[(1, 2), (1, 3)], |_| NodeOptions::default());
+    f.start(1);
+    for action in ["requeue", "purge"] {
+        let o = f.cli(1, &["dlq", action, "--peer", "nosuch"]);
+        f.check(
+            o.status.code() == Some(2)
+                && stderr(&o).contains("unknown peer nosuch")
+                && stderr(&o).contains("node-2, node-3"),
+            || format!("{action} nosuch: {} {}", o.status, stderr(&o)),
+        );
+        let o = f.cli(1, &["dlq", action, "--peer", "nosuch", "--segment", "abcd"]);
+        f.check(o.status.code() == Some(2), || {
+            format!("{action} nosuch --segment: {} {}", o.status, stderr(&o))
+        });
+        let done = if action == "requeue" {
+            "requeued"
+        } else {
+            "purged"
+        };
+        let o = f.cli(1, &["dlq", action, "--peer", "node-2"]);
+        f.check(
+            o.status.code() == Some(0)
+                && stdout(&o).contains(&format!("no dead letters for peer node-2; nothing {done}")),
+            || {
+                format!(
+                    "{action} node-2: {} {} {}",
+                    o.status,
+                    stdout(&o),
+                    stderr(&o)
+                )
+            },
+        );
+        let o = f.cli(1, &["dlq", action, "--peer", "node-3", "--segment", "abcd"]);
+        f.check(
+            o.status.code() == Some(0)
+                && stdout(&o).contains(&format!(
+                    "no dead letters for peer node-3 and segment abcd; nothing {done}"
+                )),
+            || {
+                format!(
+                    "{action} node-3 --segment: {} {} {}",
+                    o.status,
+                    stdout(&o),
+                    stderr(&o)
+                )
+            },
+        );
+        let o = f.cli(1, &["dlq", action, "--peer", "node-2", "--json"]);
+        f.check(
+            o.status.code() == Some(0) && stdout(&o).trim() == "[]",
+            || format!("{action} node-2 --json: {} {}", o.status, stdout(&o)),
+        );
+    }
 }

@@ -291,7 +291,7 @@ pub fn dlq_act(target: &DlqTarget, requeue: bool) -> CliResult {
             |_| String::new(),
         );
     }
-    client.list(&request, |items| {
+    let count = client.list(&request, |items| {
         for r in &items {
             let seg: String = s(&r["segment"]).chars().take(12).collect();
             let line = format!("{seg} {} {}", s(&r["peer"]), s(&r["result"]).to_lowercase());
@@ -299,5 +299,19 @@ pub fn dlq_act(target: &DlqTarget, requeue: bool) -> CliResult {
         }
         Ok(())
     })?;
+    // The daemon refuses an unknown peer (exit 2); a known one with nothing dead is no failure.
+    if count == 0 {
+        let segment = target
+            .segment
+            .as_ref()
+            .map(|p| format!(" and segment {p}"))
+            .unwrap_or_default();
+        let done = if requeue { "requeued" } else { "purged" };
+        let line = format!(
+            "no dead letters for peer {}{segment}; nothing {done}",
+            target.peer
+        );
+        println!("{}", Escaped(&line));
+    }
     Ok(())
 }

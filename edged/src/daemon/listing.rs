@@ -269,9 +269,8 @@ pub(super) fn dlq_act<W: Write>(
             )));
         }
         if keys.is_empty() {
-            return Err(ListError::failed(format!(
-                "no dead letter for peer {peer} and segment {p}"
-            )));
+            // Nothing to do is not a failure (the client says so); a typo in the peer is.
+            return known_peer(d, &peer);
         }
         return act(d, pages, keys, now, requeue);
     }
@@ -294,9 +293,30 @@ pub(super) fn dlq_act<W: Write>(
         }
     }
     if done == 0 {
-        return Err(ListError::failed(format!("no dead letter for peer {peer}")));
+        return known_peer(d, &peer);
     }
     Ok(())
+}
+
+/// A peer named by the operator with no dead letters must at least be one of the node's
+/// peers: otherwise it is most likely a typo, refused as a usage error with the known ones.
+fn known_peer(d: &Daemon, peer: &relay::NodeId) -> Result<(), ListError> {
+    let mut known: Vec<String> = d
+        .node
+        .peers()
+        .into_iter()
+        .map(|p| p.id.to_string())
+        .collect();
+    if known.iter().any(|k| k == peer.as_str()) {
+        return Ok(());
+    }
+    known.sort();
+    let list = if known.is_empty() {
+        "this node has no peers (known_peers in the config)".to_owned()
+    } else {
+        format!("the known peers are {}", known.join(", "))
+    };
+    Err(ListError::usage(format!("unknown peer {peer}: {list}")))
 }
 
 fn act<W: Write>(
