@@ -51,7 +51,9 @@ pub enum Command {
     /// Is it everywhere yet? Per segment, which nodes of the fleet hold it, from their signed
     /// receipts (with the daemon running, or from this node's book when it is not).
     Fleet(FleetArgs),
-    /// The node at a glance (from the running daemon).
+    /// The node at a glance (from the running daemon). `jobs N pending (T trying now, W
+    /// waiting)`: every relay job not ended, counted once (T + W = N); the pending column of
+    /// `edged segments` adds up to N.
     Status(QueryArgs),
     /// Known peers and their connections (from the running daemon).
     Peers(QueryArgs),

@@ -688,3 +688,61 @@ fn dlq_unknown_peer_is_exit_2_and_nothing_to_do_is_exit_0() {
         );
     }
 }
+
+/// One job retrying against a peer that is down is one pending job in `status` and in
+/// `segments`, in the same words; its parts (trying now, waiting) add up to it.
+#[test]
+fn status_and_segments_count_a_retrying_job_once_in_the_same_words() {
+    let mut f = Fleet::new(2, &[(1, 2)], |_| NodeOptions::default());
+    let usb = f.path("usb");
+    std::fs::create_dir(&usb).unwrap();
+    f.make_segment("policy", 64 * 1024, &usb);
+    f.start(1);
+    let o = f.cli(1, &["import", p(&usb)]);
+    f.check(o.status.success(), || format!("import: {}", stderr(&o)));
+    // Samples across several retries (backoff 100 ms .. 1 s, dials of up to 2 s): the job is
+    // sometimes being tried, sometimes waiting; it is one pending job in every sample.
+    let (mut trying, mut waiting) = (0, 0);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        let status = f.json(1, &["status"]);
+        let segments = f.json(1, &["segments"]);
+        let pending_in_segments: u64 = segments
+            .as_array()
+            .map(|a| a.iter().filter_map(|s| s["peers_pending"].as_u64()).sum())
+            .unwrap_or(0);
+        let (total, now, wait) = (
+            status["jobs_pending"].as_u64(),
+            status["jobs_in_flight"].as_u64(),
+            status["jobs_waiting"].as_u64(),
+        );
+        f.check(
+            total == Some(1)
+                && pending_in_segments == 1
+                && now.zip(wait).map(|(a, b)| a + b) == Some(1),
+            || format!("one pending job: status {status}, segments {segments}"),
+        );
+        if now == Some(1) {
+            trying += 1;
+        } else {
+            waiting += 1;
+        }
+        std::thread::sleep(POLL);
+    }
+    eprintln!("samples: {trying} trying now, {waiting} waiting");
+    let o = f.cli(1, &["status"]);
+    let jobs = stdout(&o)
+        .lines()
+        .find(|l| l.starts_with("jobs"))
+        .unwrap_or_default()
+        .to_owned();
+    f.check(
+        jobs.contains("1 pending (") && jobs.contains("trying now") && jobs.contains("waiting"),
+        || format!("status: {}", stdout(&o)),
+    );
+    let o = f.cli(1, &["segments"]);
+    f.check(
+        stdout(&o).contains("acked/pending/dead") && stdout(&o).contains("0/1/0"),
+        || format!("segments: {}", stdout(&o)),
+    );
+}

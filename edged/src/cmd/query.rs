@@ -90,9 +90,10 @@ pub fn status(args: &QueryArgs) -> CliResult {
         vec![
             "jobs".into(),
             format!(
-                "{} pending, {} in flight",
+                "{} pending ({} trying now, {} waiting)",
                 u(&v["jobs_pending"]),
-                u(&v["jobs_in_flight"])
+                u(&v["jobs_in_flight"]),
+                u(&v["jobs_waiting"])
             ),
         ],
         vec![

@@ -16,6 +16,7 @@ pub fn status(d: &Daemon) -> Result<Value, anyhow::Error> {
     let usage = d.store.usage();
     let peers = d.node.peers();
     let dead = d.relay.dead_letter_count()?;
+    let jobs = d.relay.counters()?.jobs;
     let mut warnings = Vec::new();
     if let Some(left) = cert_expires_in_s(d, now) {
         if left < super::CERT_EXPIRY_WARNING_S {
@@ -53,8 +54,13 @@ pub fn status(d: &Daemon) -> Result<Value, anyhow::Error> {
         "segments_stored": counts.stored,
         "segments_propagated": counts.propagated,
         "segments_pending": counts.stored - counts.propagated,
-        "jobs_pending": d.relay.pending_count(),
-        "jobs_in_flight": d.relay.in_flight_count(),
+        // One job, one state: `pending` is every job not ended (what `edged segments` sums
+        // per segment), of which `in_flight` are being tried now (a transfer, or waiting for
+        // the peer's connection) and `waiting` wait for their turn or a retry. All three from
+        // one reading of the ledger, so they add up.
+        "jobs_pending": jobs.pending + jobs.in_flight,
+        "jobs_in_flight": jobs.in_flight,
+        "jobs_waiting": jobs.pending,
         "bytes_used": usage.total(),
         "bytes_stored": usage.stored_bytes,
         "ceiling_bytes": d.cfg.store.ceiling_bytes,
