@@ -312,7 +312,7 @@ pub fn dlq_act(target: &DlqTarget, requeue: bool) -> CliResult {
             "no dead letters for peer {}{segment}; nothing {done}",
             target.peer
         );
-        println!("{}", Escaped(&line));
+        outln!("{}", Escaped(&line));
     }
     Ok(())
 }
