@@ -53,8 +53,16 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour())
         .with_target(false)
         .init();
+}
+
+/// Colour in log lines only on a terminal, and not when NO_COLOR is set: a file, a pipe and the
+/// journal get plain text.
+fn colour() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// The daemon logs at info (EDGED_LOG overrides), human-readable or as JSON lines.
@@ -64,6 +72,7 @@ pub fn init_daemon_logging(format: config::LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour())
         .with_target(false);
     match format {
         config::LogFormat::Json => builder.json().init(),

@@ -83,6 +83,7 @@ pub mod pki;
 pub(crate) mod proto;
 pub mod rate;
 pub mod receipts;
+pub mod refusal;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod supervision;

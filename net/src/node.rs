@@ -913,6 +913,11 @@ impl Inner {
                 warn_limited!(self.ctx.limiter, &self.who(remote), "handshake_timeout", %remote, "inbound handshake timed out");
                 return;
             }
+            Ok(Err(e)) if crate::refusal::is_refusal(&e) => {
+                let reason = crate::refusal::in_words(&e.to_string());
+                warn_limited!(self.ctx.limiter, &self.who(remote), "handshake_refused", %remote, inbound = true, %reason, "handshake refused");
+                return;
+            }
             Ok(Err(e)) => {
                 info_limited!(self.ctx.limiter, &self.who(remote), "handshake_failed", %remote, error = %e, "inbound handshake failed");
                 return;
@@ -1196,6 +1201,14 @@ impl Inner {
                     // If an inbound connection was adopted meanwhile, the rule decides.
                     self.adopt(&peer, conn, true, began);
                     false
+                }
+                Err(SendOutcome::HandshakeRefused(detail)) => {
+                    failures += 1;
+                    let reason = crate::refusal::in_words(&detail);
+                    warn_limited!(self.ctx.limiter, &peer.addr.to_string(), "handshake_refused", peer = %peer.id, remote = %peer.addr, inbound = false, %reason, failures, "handshake refused");
+                    *peer.last_failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(SendOutcome::HandshakeRefused(reason));
+                    true
                 }
                 Err(outcome) => {
                     failures += 1;

@@ -190,7 +190,8 @@ impl ClientCertVerifier for KnownPeerVerifier {
             .inner
             .verify_client_cert(end_entity, intermediates, now)
         {
-            crate::warn_limited!(self.limiter, "unverified", "tls_untrusted_certificate", presented_id = %presented_names(end_entity), error = %e, "peer refused: certificate not valid under the fleet CA");
+            // The handshake's failure is logged per source, in words ("handshake refused").
+            tracing::debug!(presented_id = %presented_names(end_entity), error = %e, "peer refused: certificate not valid under the fleet CA");
             return Err(e);
         }
         match node_id_of_cert(end_entity) {

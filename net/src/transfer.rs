@@ -267,15 +267,10 @@ pub(crate) struct Ctx {
 
 /// Maps a lost connection to an outcome.
 pub(crate) fn conn_outcome(e: &quinn::ConnectionError) -> SendOutcome {
-    let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
-    match e {
-        quinn::ConnectionError::TransportError(t) if crypto(t.code) => {
-            SendOutcome::HandshakeRefused(e.to_string())
-        }
-        quinn::ConnectionError::ConnectionClosed(c) if crypto(c.error_code) => {
-            SendOutcome::HandshakeRefused(e.to_string())
-        }
-        _ => SendOutcome::Unreachable(e.to_string()),
+    if crate::refusal::is_refusal(e) {
+        SendOutcome::HandshakeRefused(e.to_string())
+    } else {
+        SendOutcome::Unreachable(e.to_string())
     }
 }
 

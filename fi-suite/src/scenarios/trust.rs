@@ -117,7 +117,7 @@ fn impostor_certificate(ctx: &mut Ctx) -> anyhow::Result<World> {
     let refused = p["connected"] == false
         && p["last_failure"]
             .as_str()
-            .is_some_and(|f| f.contains("HandshakeRefused"));
+            .is_some_and(|f| f.contains("not signed by this fleet's CA"));
     ctx.check(
         "impostor_refused_nothing_relayed",
         &["INV-09"],
