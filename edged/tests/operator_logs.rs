@@ -145,3 +145,54 @@ fn a_log_file_gets_no_colour() {
         format!("escape codes in a file: {text:?}")
     });
 }
+
+#[test]
+fn shutdown_says_what_it_waits_for_and_peers_hear_the_close() {
+    let mut f = Fleet::new(2, &[(1, 2)], |_| NodeOptions::default());
+    f.start(1);
+    f.start(2);
+    f.wait_for(
+        "the two nodes connected",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || {
+            f.json(1, &["peers"])[0]["connected"]
+                .as_bool()
+                .filter(|c| *c)
+        },
+    );
+    let status = f.sigterm(2);
+    f.check(status.code() == Some(0), || format!("node-2: {status}"));
+    let stopping = f.events(
+        2,
+        0,
+        "node stopping: closing its peer connections, waiting for the peers to hear it",
+    );
+    f.check(
+        stopping.len() == 1 && stopping[0]["connections"] == 1 && stopping[0]["wait_ms"].is_u64(),
+        || format!("node-2 says what it waits for: {stopping:?}"),
+    );
+    f.check(f.events(2, 0, "node stopped").len() == 1, || {
+        "node-2: node stopped".into()
+    });
+    // Well before the 30 s idle timeout: node-1 heard the close.
+    f.wait_for(
+        "node-1 to see node-2 gone",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || (f.json(1, &["peers"])[0]["connected"] == false).then_some(()),
+    );
+    // node-1 now redials a peer that is down: a dial in its handshake does not hold it up.
+    std::thread::sleep(Duration::from_millis(300));
+    let status = f.sigterm(1);
+    f.check(status.code() == Some(0), || format!("node-1: {status}"));
+    let stopping = f.events(
+        1,
+        0,
+        "node stopping: closing its peer connections, waiting for the peers to hear it",
+    );
+    f.check(
+        stopping.len() == 1 && stopping[0]["connections"] == 0,
+        || format!("node-1 has no live connection to close: {stopping:?}"),
+    );
+}

@@ -378,6 +378,13 @@ impl std::fmt::Debug for Node {
 
 /// Attempts of one `send_segment` when its connection is replaced by the duplicate rule.
 const DUPLICATE_RETRIES_MAX: u32 = 3;
+/// At shutdown, how long peers get to hear the close, in round trips of the slowest live
+/// connection...
+const SHUTDOWN_CLOSE_RTTS: u32 = 4;
+/// ...and at least this long. Nothing else is waited for: a connection still in its handshake
+/// (a dial to a peer that is down) would otherwise hold the endpoint for its whole draining
+/// period, three probe timeouts of an unknown round trip (seconds).
+const SHUTDOWN_CLOSE_MIN_MS: u64 = 100;
 
 /// Resolves once `peer`'s current connection is no longer the one with `stable_id` (pending
 /// forever if the node is gone).
@@ -690,18 +697,35 @@ impl Node {
             .collect()
     }
 
-    /// Stops the node: closes every connection (peers see [`ConnCode::Shutdown`]), waits up to
-    /// `grace` for them to drain, and stops its tasks.
+    /// Stops the node: closes every connection (peers see [`ConnCode::Shutdown`]), gives the
+    /// peers a few round trips (at most `grace`) to hear it, and stops its tasks.
     pub async fn shutdown(&self, grace: Duration) {
+        let began = Instant::now();
         self.inner.shutdown.send_replace(true);
+        let live: Vec<Live> = self.inner.peers.values().filter_map(|p| p.live()).collect();
+        let slowest = live.iter().map(|l| l.conn.rtt()).max().unwrap_or_default();
+        let wait = (slowest * SHUTDOWN_CLOSE_RTTS)
+            .max(Duration::from_millis(SHUTDOWN_CLOSE_MIN_MS))
+            .min(grace);
+        tracing::info!(
+            connections = live.len(),
+            wait_ms = wait.as_millis() as u64,
+            "node stopping: closing its peer connections, waiting for the peers to hear it"
+        );
         self.inner
             .endpoint
             .close(ConnCode::Shutdown.varint(), b"shutdown");
-        let _ = timeout(grace, self.inner.endpoint.wait_idle()).await;
+        let idle = timeout(wait, self.inner.endpoint.wait_idle()).await.is_ok();
         self.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .abort_all();
+        tracing::info!(
+            took_ms = began.elapsed().as_millis() as u64,
+            // Not idle: a dial still in its handshake, or a peer that did not answer the close.
+            idle,
+            "node stopped"
+        );
     }
 }
 

@@ -292,7 +292,8 @@ async fn serve(cfg: Config) -> CliResult {
         ));
     }
     match executor.await {
-        Ok(Ok(report)) => tracing::info!(?report, "relay executor stopped"),
+        // The executor logs its own report when it stops.
+        Ok(Ok(_)) => {}
         Ok(Err(e)) => {
             tracing::error!(error = %e, "relay ledger failed");
             result = Err(Failure::new(STORAGE, e));
