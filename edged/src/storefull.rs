@@ -110,6 +110,37 @@ pub fn reason(store: &Store, needed_bytes: u64, available_bytes: u64) -> String 
     }
 }
 
+impl StoreFull {
+    /// Who holds the space, for a line that does not concern one segment's size (a receive
+    /// refused): the ceiling and the held segments.
+    pub fn holders_in_words(&self) -> String {
+        match self.held() {
+            Some(held) => format!("the ceiling is {}; {held}", bytes(self.ceiling_bytes)),
+            None => format!("the ceiling is {}", bytes(self.ceiling_bytes)),
+        }
+    }
+
+    /// "32.0 MiB is held by 1 segment(s) not yet propagated (…)"; `None` when nothing is held.
+    fn held(&self) -> Option<String> {
+        if self.held_segments == 0 {
+            return None;
+        }
+        let listed: Vec<String> = self.holders.iter().map(describe).collect();
+        let mut s = format!(
+            "{} is held by {} segment(s) not yet propagated ({}",
+            bytes(self.held_bytes),
+            self.held_segments,
+            listed.join("; ")
+        );
+        let rest = self.held_segments.saturating_sub(self.holders.len() as u64);
+        if rest > 0 {
+            s.push_str(&format!("; and {rest} more"));
+        }
+        s.push(')');
+        Some(s)
+    }
+}
+
 impl std::fmt::Display for StoreFull {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -119,20 +150,8 @@ impl std::fmt::Display for StoreFull {
             bytes(self.available_bytes),
             bytes(self.ceiling_bytes),
         )?;
-        if self.held_segments > 0 {
-            write!(
-                f,
-                "; {} is held by {} segment(s) not yet propagated",
-                bytes(self.held_bytes),
-                self.held_segments
-            )?;
-            let listed: Vec<String> = self.holders.iter().map(describe).collect();
-            write!(f, " ({}", listed.join("; "))?;
-            let rest = self.held_segments.saturating_sub(self.holders.len() as u64);
-            if rest > 0 {
-                write!(f, "; and {rest} more")?;
-            }
-            write!(f, ")")?;
+        if let Some(held) = self.held() {
+            write!(f, "; {held}")?;
         }
         write!(
             f,

@@ -7,15 +7,17 @@ mod support;
 
 use std::process::Output;
 
+use std::time::Duration;
+
 use support::{Fleet, NodeOptions, p, stderr, stdout};
 
 fn code(o: &Output) -> Option<i32> {
     o.status.code()
 }
 
-/// Node 1's store ceiling set to `bytes`.
-fn set_ceiling(f: &Fleet, bytes: u64) {
-    let path = &f.node(1).config;
+/// Node `i`'s store ceiling set to `bytes`.
+fn set_ceiling_of(f: &Fleet, i: usize, bytes: u64) {
+    let path = &f.node(i).config;
     let text = std::fs::read_to_string(path).unwrap();
     let text = text.replace(
         "ceiling_bytes = 2147483648",
@@ -36,7 +38,7 @@ fn store_full_says_who_holds_the_space_and_exits_7_through_the_daemon_and_direct
     f.make_segment("release-2", 3 << 20, &second);
     let held_len = std::fs::metadata(&held).unwrap().len();
     // Room for one segment and a half.
-    set_ceiling(&f, held_len * 3 / 2);
+    set_ceiling_of(&f, 1, held_len * 3 / 2);
     let o = f.cli(1, &["import", p(&first)]);
     f.check(code(&o) == Some(0), || {
         format!("the first fits: {}", stderr(&o))
@@ -143,4 +145,68 @@ fn a_directory_without_segment_files_says_so_and_exits_0() {
             || format!("{round}, only other files: {:?} {}", code(&o), stderr(&o)),
         );
     }
+}
+
+/// A segment a peer sends that does not fit is refused the same way: the receiving node says in
+/// words (a rate-limited WARN) which segments hold its space and for whom, and the sender keeps
+/// retrying (its job stays pending, not dead).
+#[test]
+fn a_receive_refused_for_a_full_store_names_what_holds_the_space() {
+    const MIB: u64 = 1 << 20;
+    // node-2 relays between node-1 and node-3; node-3 stays down, so what node-2 stores stays
+    // owed to it.
+    let mut f = Fleet::new(3, &[(1, 2), (2, 3)], |_| {
+        NodeOptions::default().net("catchup_on_connect", false)
+    });
+    set_ceiling_of(&f, 2, 2 * MIB);
+    let usb2 = f.path("usb2");
+    std::fs::create_dir(&usb2).unwrap();
+    let (_, first) = f.make_segment("first", 3 * MIB / 2, &usb2);
+    f.start(2);
+    let o = f.cli(2, &["import", p(&usb2)]);
+    f.check(o.status.success(), || {
+        format!("import on node-2: {}", stderr(&o))
+    });
+
+    let usb1 = f.path("usb1");
+    std::fs::create_dir(&usb1).unwrap();
+    let (_, second) = f.make_segment("second", 3 * MIB / 2, &usb1);
+    f.start(1);
+    let o = f.cli(1, &["import", p(&usb1)]);
+    f.check(o.status.success(), || {
+        format!("import on node-1: {}", stderr(&o))
+    });
+
+    let refused = f.wait_for(
+        "node-2 to refuse node-1's segment for a full store",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            f.events(
+                2,
+                0,
+                "segment from a peer refused: store full; the peer retries later",
+            )
+            .into_iter()
+            .find(|l| l["peer"] == "node-1")
+        },
+    );
+    let held = refused["held"].as_str().unwrap_or_default();
+    f.check(
+        held.contains("held by 1 segment(s)")
+            && held.contains(&format!("first {}", &first[..12]))
+            && held.contains("owed to ") && held.contains("node-3"),
+        || format!("the held segment named, with its peer: {refused}"),
+    );
+    f.check(!f.segment_ids(2).contains(&second), || {
+        "node-2 does not hold node-1's segment".into()
+    });
+    let row = f
+        .segment_row(1, &second)
+        .unwrap_or_else(|| f.fail("node-1 lost its segment"));
+    let pending = row["jobs"]
+        .as_array()
+        .and_then(|jobs| jobs.iter().find(|j| j["peer"] == "node-2"))
+        .is_some_and(|j| j["state"] == "pending");
+    f.check(pending, || format!("node-1 keeps retrying node-2: {row}"));
 }

@@ -211,7 +211,7 @@ async fn serve(cfg: Config) -> CliResult {
     let hooks = Arc::new(wiring::Hooks::new(
         relay.clone(),
         clock.clone(),
-        counters.clone(),
+        Arc::new(wiring::Offers::new(counters.clone(), store.clone())),
     ));
     let mut setup = net::NodeSetup::new(cfg.net.clone(), identity, store.clone());
     setup.hooks = hooks;

@@ -1,10 +1,60 @@
 //! The glue between the relay engine and the network layer lives in `relay::quic` (the fleet
-//! simulator runs the same code); the daemon supplies where offer verdicts are counted.
+//! simulator runs the same code); the daemon supplies where offer verdicts go: counted, and a
+//! segment refused because the store is full said in words, with what holds the space.
+
+use std::sync::Arc;
 
 pub use relay::quic::{Hooks, QuicTransport};
 
-impl relay::quic::OfferSink for super::Counters {
-    fn offer(&self, _from: &net::NodeId, result: net::OfferResult) {
-        super::Counters::offer(self, result);
+/// The daemon's sink of offer verdicts.
+pub struct Offers {
+    counters: Arc<super::Counters>,
+    store: store::Store,
+    /// A peer retries a refused segment: one line per peer and window, not one per retry.
+    log: net::logcap::LogLimiter,
+}
+
+impl Offers {
+    pub fn new(counters: Arc<super::Counters>, store: store::Store) -> Offers {
+        Offers {
+            counters,
+            store,
+            log: net::logcap::LogLimiter::default(),
+        }
+    }
+
+    /// A receive refused for a full store, in words: which segments hold the space, for whom
+    /// (read only when the line is logged: the read walks the index).
+    fn store_full(&self, from: &net::NodeId) {
+        let Some(suppressed) = self.log.check(
+            from.as_str(),
+            "receive_store_full",
+            std::time::Instant::now(),
+        ) else {
+            return;
+        };
+        let held = match crate::storefull::StoreFull::explain(&self.store, 0, 0) {
+            Ok(full) => full.holders_in_words(),
+            Err(e) => format!("the segments holding the space cannot be listed: {e}"),
+        };
+        tracing::warn!(
+            suppressed,
+            kind = "receive_store_full",
+            peer = %from,
+            held = %crate::output::Escaped(&held),
+            "segment from a peer refused: store full; the peer retries later"
+        );
+    }
+}
+
+impl relay::quic::OfferSink for Offers {
+    fn offer(&self, from: &net::NodeId, result: net::OfferResult) {
+        self.counters.offer(result);
+        if matches!(
+            result,
+            net::OfferResult::Rejected(net::RejectReason::StoreFull)
+        ) {
+            self.store_full(from);
+        }
     }
 }
