@@ -34,7 +34,9 @@ use crate::exit::{CONFIG, CliResult, Failure, STORAGE};
 
 /// Certificates closer than this to expiry are warned about, in logs and `status`.
 pub const CERT_EXPIRY_WARNING_S: i64 = 30 * 24 * 3600;
-/// How long shutdown waits for connections to close.
+/// How long shutdown waits for cut receives to keep their checkpoints (the closes themselves
+/// wait at most [`net::limits::CLOSE_DRAIN_MAX_MS`]), for control clients to go, and for
+/// blocking work at the end.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
 /// Worker threads of the daemon's runtime: fewer threads cost less CPU per GiB on small hosts.
 pub const RUNTIME_WORKERS: usize = 2;
@@ -281,7 +283,21 @@ async fn serve(cfg: Config) -> CliResult {
     );
 
     let exit = wait_for_signal_or(&executor, &store).await;
-    tracing::info!(node_id = %cfg.node_id, reason = exit, "shutting down");
+    let stopping = Instant::now();
+    let waits = ShutdownWaits {
+        connections: node.open_connections(),
+        sends: relay.in_flight_count(),
+        receives: node.receives_in_flight(),
+    };
+    tracing::info!(
+        node_id = %cfg.node_id,
+        reason = exit,
+        peer_connections = waits.connections,
+        sends_in_flight = waits.sends,
+        receives_to_checkpoint = waits.receives,
+        "shutting down: {}",
+        waits.describe()
+    );
     let _ = stop_tx.send(true);
     let mut result = Ok(());
     if let Some(why) = store.failure() {
@@ -312,8 +328,42 @@ async fn serve(cfg: Config) -> CliResult {
         m.abort();
     }
     store.close();
-    tracing::info!(node_id = %cfg.node_id, "edged stopped");
+    let took_ms = u64::try_from(stopping.elapsed().as_millis()).unwrap_or(u64::MAX);
+    tracing::info!(node_id = %cfg.node_id, took_ms, "edged stopped in {took_ms} ms");
     result
+}
+
+/// What a shutdown has to wait for, said in its first log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ShutdownWaits {
+    /// Peer connections closed (with [`net::node::SHUTDOWN_REASON`]).
+    connections: usize,
+    /// Sends cut (their attempts refunded).
+    sends: usize,
+    /// Receives cut, each keeping its checkpoint.
+    receives: usize,
+}
+
+impl ShutdownWaits {
+    /// "closing 3 peer connections, cutting 1 send, waiting for 1 transfer to checkpoint".
+    fn describe(&self) -> String {
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let mut parts = vec![format!(
+            "closing {}",
+            plural(self.connections, "peer connection", "peer connections")
+        )];
+        if self.sends > 0 {
+            parts.push(format!("cutting {}", plural(self.sends, "send", "sends")));
+        }
+        if self.receives > 0 {
+            parts.push(format!(
+                "waiting for {} to checkpoint",
+                plural(self.receives, "transfer", "transfers")
+            ));
+        }
+        parts.join(", ")
+    }
 }
 
 /// Waits for SIGTERM or SIGINT, for the executor to end on its own (a fatal ledger error), or
@@ -418,6 +468,24 @@ async fn housekeeping(daemon: Arc<Daemon>, mut stop: tokio::sync::watch::Receive
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shutdown_says_what_it_waits_for() {
+        let waits = |connections, sends, receives| ShutdownWaits {
+            connections,
+            sends,
+            receives,
+        };
+        assert_eq!(waits(0, 0, 0).describe(), "closing 0 peer connections");
+        assert_eq!(
+            waits(3, 0, 1).describe(),
+            "closing 3 peer connections, waiting for 1 transfer to checkpoint"
+        );
+        assert_eq!(
+            waits(1, 2, 2).describe(),
+            "closing 1 peer connection, cutting 2 sends, waiting for 2 transfers to checkpoint"
+        );
+    }
 
     #[test]
     fn a_long_fleet_pass_spaces_the_next_one() {
