@@ -14,6 +14,7 @@ mod fsck;
 mod listing;
 mod need;
 mod pipeline;
+pub mod reload;
 mod scrub;
 mod views;
 pub mod wiring;
@@ -82,7 +83,9 @@ impl Daemon {
         let generation = self.store.writer().generation();
         let now = self.clock.now_ms();
         let started = Instant::now();
-        let (counts, roster) = crate::fleetview::counts(&fleet.book, &self.cfg, now)?;
+        // The roster follows `known_peers` as reloaded.
+        let cfg = self.live_config().clone();
+        let (counts, roster) = crate::fleetview::counts(&fleet.book, &cfg, now)?;
         let summary = FleetSummary {
             counts,
             roster,
@@ -158,11 +161,22 @@ pub struct Daemon {
     pub fleet_summary: Mutex<Option<FleetSummary>>,
     /// What the background scrub has done (see [`crate::scrub`]).
     pub scrub: Mutex<crate::scrub::Progress>,
+    /// The configuration in force: `cfg` with what reloads changed (see [`reload`]).
+    pub live: Mutex<Config>,
+    /// Changes the log filter (`log_level`).
+    pub log_filter: crate::LogFilterHandle,
+    /// EDGED_LOG sets the log filter: `log_level` is not applied.
+    pub log_env_override: bool,
 }
 
 impl Daemon {
     pub fn scrub_progress(&self) -> std::sync::MutexGuard<'_, crate::scrub::Progress> {
         self.scrub.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The configuration in force (held: one reload at a time).
+    pub fn live_config(&self) -> std::sync::MutexGuard<'_, Config> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -173,20 +187,20 @@ pub fn run(args: &RunArgs) -> CliResult {
         Some(_) => LogFormat::Human,
         None => cfg.log_format,
     };
-    crate::init_daemon_logging(format);
+    let log_filter = crate::init_daemon_logging(format, &cfg.log_level);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(RUNTIME_WORKERS)
         .thread_name("edged")
         .enable_all()
         .build()
         .map_err(|e| Failure::new(STORAGE, e))?;
-    let result = runtime.block_on(serve(cfg));
+    let result = runtime.block_on(serve(cfg, log_filter));
     // Blocking tasks (commits waited on) end with the runtime.
     runtime.shutdown_timeout(Duration::from_millis(SHUTDOWN_GRACE_MS));
     result
 }
 
-async fn serve(cfg: Config) -> CliResult {
+async fn serve(cfg: Config, log_filter: crate::LogFilterHandle) -> CliResult {
     // The one clock of this process: the relay, the network layer, the control socket and
     // housekeeping all read it.
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -234,6 +248,9 @@ async fn serve(cfg: Config) -> CliResult {
         cert_not_after_ms,
         fleet_summary: Mutex::new(None),
         scrub: Mutex::new(crate::scrub::Progress::default()),
+        live: Mutex::new(cfg.clone()),
+        log_filter,
+        log_env_override: std::env::var_os("EDGED_LOG").is_some(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -282,7 +299,7 @@ async fn serve(cfg: Config) -> CliResult {
         "edged started"
     );
 
-    let exit = wait_for_signal_or(&executor, &store).await;
+    let exit = wait_for_signal_or(&executor, &daemon).await;
     let stopping = Instant::now();
     let waits = ShutdownWaits {
         connections: node.open_connections(),
@@ -367,15 +384,18 @@ impl ShutdownWaits {
 }
 
 /// Waits for SIGTERM or SIGINT, for the executor to end on its own (a fatal ledger error), or
-/// for the store to stop taking writes (a commit failed on an I/O error).
+/// for the store to stop taking writes (a commit failed on an I/O error). A SIGHUP reloads the
+/// configuration meanwhile.
 async fn wait_for_signal_or(
     executor: &tokio::task::JoinHandle<Result<relay::executor::ExecutorReport, relay::RelayError>>,
-    store: &store::Store,
+    daemon: &Arc<Daemon>,
 ) -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let store = &daemon.store;
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers");
         return "no signal handlers";
@@ -384,6 +404,11 @@ async fn wait_for_signal_or(
         tokio::select! {
             _ = term.recv() => return "SIGTERM",
             _ = int.recv() => return "SIGINT",
+            _ = hup.recv() => {
+                // Its outcome is logged; a SIGHUP has nobody to answer.
+                let d = daemon.clone();
+                let _ = tokio::task::spawn_blocking(move || reload::reload(&d, "SIGHUP")).await;
+            }
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
                 if executor.is_finished() {
                     return "relay executor ended";
