@@ -57,6 +57,11 @@ pub enum Command {
     Status(QueryArgs),
     /// Known peers and their connections (from the running daemon).
     Peers(QueryArgs),
+    /// Make the running daemon read its config again (as SIGHUP does) and apply what can change
+    /// live: known_peers (jobs scheduled for peers added, cancelled for peers removed, their
+    /// connections closed), [relay], trusted publishers, log_level. Prints what changed and the
+    /// changed keys that need a restart. An invalid file changes nothing: exit 3.
+    Reload(QueryArgs),
     /// Dead letters: relay jobs that exhausted their attempts.
     #[command(subcommand)]
     Dlq(DlqCommand),

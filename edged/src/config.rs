@@ -77,6 +77,8 @@ struct RawConfig {
     control_socket: Option<PathBuf>,
     #[serde(default)]
     log_format: LogFormat,
+    #[serde(default = "default_log_level")]
+    log_level: String,
     metrics_addr: Option<String>,
     #[serde(default = "default_clock_skew")]
     clock_skew_max_s: u64,
@@ -152,6 +154,23 @@ pub struct Fleet {
     pub stale_after_ms: u64,
 }
 
+/// A key whose value differs between two configurations (see [`section_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyChange {
+    /// As in `edge.toml`: `relay.attempts_max`.
+    pub key: String,
+    pub old: String,
+    pub new: String,
+}
+
+/// The keys of `[relay]`, `[net]` and `[control]` that differ between `old` and `new`.
+pub fn section_changes(old: &Config, new: &Config) -> Vec<KeyChange> {
+    let mut out = RawRelay::changes("relay", &old.relay, &new.relay);
+    out.extend(RawNet::changes("net", &old.net, &new.net));
+    out.extend(RawControl::changes("control", &old.control, &new.control));
+    out
+}
+
 /// Declares a config section whose keys are all optional overrides of a library's defaults,
 /// and the function that applies them.
 macro_rules! overrides {
@@ -167,6 +186,19 @@ macro_rules! overrides {
                 $(if let Some(v) = self.$field {
                     target.$field = v;
                 })*
+            }
+
+            /// The keys of this section whose values differ between `old` and `new`.
+            fn changes(section: &str, old: &$target, new: &$target) -> Vec<KeyChange> {
+                let mut out = Vec::new();
+                $(if old.$field != new.$field {
+                    out.push(KeyChange {
+                        key: format!("{section}.{}", stringify!($field)),
+                        old: old.$field.to_string(),
+                        new: new.$field.to_string(),
+                    });
+                })*
+                out
             }
         }
     };
@@ -236,6 +268,13 @@ overrides!(RawControl => crate::control::ControlLimits {
     list_page_items: usize,
     list_page_bytes: usize,
 });
+
+/// The daemon's log filter unless `log_level` says otherwise.
+pub const LOG_LEVEL_DEFAULT: &str = "info";
+
+fn default_log_level() -> String {
+    LOG_LEVEL_DEFAULT.to_owned()
+}
 
 fn default_clock_skew() -> u64 {
     CLOCK_SKEW_MAX_S_DEFAULT
@@ -317,6 +356,8 @@ pub struct Config {
     pub listen_addr: SocketAddr,
     pub control_socket: PathBuf,
     pub log_format: LogFormat,
+    /// `log_level`: the daemon's log filter (`info`, `debug`, `warn,relay=debug`...).
+    pub log_level: String,
     pub metrics_addr: Option<SocketAddr>,
     /// Period of the housekeeping tick (`housekeeping_interval_ms`).
     pub housekeeping_interval: Duration,
@@ -469,6 +510,16 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             Some(addr)
         }
     };
+
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&raw.log_level) {
+        return Err(invalid(
+            "log_level",
+            format!(
+                "`{}` is not a log filter ({e}); give a level (error, warn, info, debug, trace), optionally with per-module levels such as `info,relay=debug`",
+                raw.log_level
+            ),
+        ));
+    }
 
     let tls = Tls {
         ca_cert: resolve(&raw.tls.ca_cert),
@@ -666,6 +717,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         listen_addr,
         control_socket,
         log_format: raw.log_format,
+        log_level: raw.log_level,
         metrics_addr,
         tls,
         known_peers,

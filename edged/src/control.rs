@@ -327,6 +327,9 @@ pub enum Request {
         ids: Vec<String>,
         all: bool,
     },
+    /// Read `edge.toml` again and apply what can change live; answered with what changed and
+    /// which changed keys need a restart (an invalid file: error, exit code 3, nothing changed).
+    Reload,
 }
 
 /// Signed receipt batches in one `NeedMerge` request: 256 of at most

@@ -16,6 +16,7 @@ mod needlist;
 mod output;
 mod progress;
 mod quarantine;
+mod reload;
 mod scrub;
 mod storefull;
 
@@ -65,17 +66,43 @@ fn colour() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-/// The daemon logs at info (EDGED_LOG overrides), human-readable or as JSON lines.
-pub fn init_daemon_logging(format: config::LogFormat) {
+/// Puts a new log filter (`log_level`) in force in the running daemon; the error in words.
+pub type LogFilterHandle = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// The daemon logs at `level` (the config's `log_level`; EDGED_LOG overrides), human-readable
+/// or as JSON lines. The handle changes the filter while it runs (a reload).
+pub fn init_daemon_logging(format: config::LogFormat, level: &str) -> LogFilterHandle {
     let filter = tracing_subscriber::EnvFilter::try_from_env("EDGED_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(colour())
         .with_target(false);
+    fn handle<L, S>(h: tracing_subscriber::reload::Handle<L, S>) -> LogFilterHandle
+    where
+        L: From<tracing_subscriber::EnvFilter> + Send + Sync + 'static,
+        S: Send + Sync + 'static,
+    {
+        Box::new(move |level| {
+            let filter = tracing_subscriber::EnvFilter::builder()
+                .parse(level)
+                .map_err(|e| e.to_string())?;
+            h.reload(filter).map_err(|e| e.to_string())
+        })
+    }
     match format {
-        config::LogFormat::Json => builder.json().init(),
-        config::LogFormat::Human => builder.init(),
+        config::LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let h = handle(builder.reload_handle());
+            builder.init();
+            h
+        }
+        config::LogFormat::Human => {
+            let builder = builder.with_filter_reloading();
+            let h = handle(builder.reload_handle());
+            builder.init();
+            h
+        }
     }
 }

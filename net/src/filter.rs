@@ -73,7 +73,8 @@ struct Answered {
 #[derive(Debug)]
 pub struct AddrFilter {
     inner: Arc<dyn AsyncUdpSocket>,
-    configured: BTreeSet<SocketAddr>,
+    /// Replaced when `known_peers` is reloaded.
+    configured: std::sync::RwLock<BTreeSet<SocketAddr>>,
     accept_unknown: bool,
     answered: Mutex<BTreeMap<SocketAddr, Answered>>,
     stats: Arc<NetStats>,
@@ -90,7 +91,7 @@ impl AddrFilter {
     ) -> AddrFilter {
         AddrFilter {
             inner,
-            configured: configured.into_iter().map(canonical).collect(),
+            configured: std::sync::RwLock::new(configured.into_iter().map(canonical).collect()),
             accept_unknown,
             answered: Mutex::new(BTreeMap::new()),
             stats,
@@ -100,14 +101,27 @@ impl AddrFilter {
 
     /// Whether `addr` (canonical) is a configured peer's address.
     pub fn is_configured(&self, addr: SocketAddr) -> bool {
-        self.configured.contains(&canonical(addr))
+        self.configured_has(canonical(addr))
+    }
+
+    fn configured_has(&self, addr: SocketAddr) -> bool {
+        self.configured
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&addr)
+    }
+
+    /// Puts the configured peers' addresses of a reloaded `known_peers` in force.
+    pub(crate) fn set_configured(&self, configured: impl IntoIterator<Item = SocketAddr>) {
+        *self.configured.write().unwrap_or_else(|e| e.into_inner()) =
+            configured.into_iter().map(canonical).collect();
     }
 
     /// Lets the node answer a stranger's handshake from `addr` until `until`. False when the
     /// table of answered addresses is full (the handshake is then not answered).
     pub(crate) fn answer(&self, addr: SocketAddr, until: Instant) -> bool {
         let addr = canonical(addr);
-        if self.configured.contains(&addr) {
+        if self.configured_has(addr) {
             return true;
         }
         let now = Instant::now();
@@ -127,7 +141,7 @@ impl AddrFilter {
     /// [`AddrFilter::release`].
     pub(crate) fn hold(&self, addr: SocketAddr) {
         let addr = canonical(addr);
-        if self.configured.contains(&addr) {
+        if self.configured_has(addr) {
             return;
         }
         let mut answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
@@ -154,7 +168,7 @@ impl AddrFilter {
     fn may_send_to(&self, addr: SocketAddr) -> bool {
         let addr = canonical(addr);
         // Mutation point (INV-27, with `may_hear`): datagrams go to any address.
-        if self.configured.contains(&addr) || store::mutants::active("send_to_strangers") {
+        if self.configured_has(addr) || store::mutants::active("send_to_strangers") {
             return true;
         }
         if !self.accept_unknown {
@@ -168,7 +182,7 @@ impl AddrFilter {
 
     fn may_hear(&self, addr: SocketAddr) -> bool {
         self.accept_unknown
-            || self.configured.contains(&canonical(addr))
+            || self.configured_has(canonical(addr))
             || store::mutants::active("send_to_strangers")
     }
 }

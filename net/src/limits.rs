@@ -100,6 +100,13 @@ pub const HANDSHAKES_UNKNOWN_ADDRESSES_MAX_DEFAULT: usize = 16;
 pub const ANSWERED_ADDRESSES_MAX: usize = 4096;
 /// Lifetime of the token of a QUIC Retry: a client must come back with it within this long.
 pub const RETRY_TOKEN_LIFETIME_MS: u64 = 15_000;
+/// Longest a shutting-down node waits for its connections' closes to drain once sent: long
+/// enough for an established connection's draining period on a LAN (three probe timeouts),
+/// short of a half-open dial's (about 3 s, its path unmeasured). Also how long the address of
+/// a peer removed by a reload is still heard, for its close to go out.
+pub const CLOSE_DRAIN_MAX_MS: u64 = 250;
+/// How often a shutting-down node looks whether its receives have kept their checkpoints.
+pub const SHUTDOWN_POLL_MS: u64 = 10;
 /// A connection retired by the duplicate rule is closed once no stream has been in flight on it
 /// for this many round trips (streams the peer opened before it saw the kept connection arrive
 /// within about one)...

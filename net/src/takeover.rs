@@ -161,6 +161,15 @@ impl Receiving {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Receives holding a claim now (each checkpoints its partial when it ends).
+    pub fn holders(&self) -> usize {
+        self.lock()
+            .slots
+            .values()
+            .filter(|s| s.holder.is_some())
+            .count()
+    }
+
     /// Claims `id` for `peer`, waiting and taking over as the module docs say. `None`: answer
     /// `Busy`.
     pub async fn claim(

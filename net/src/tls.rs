@@ -85,7 +85,7 @@ pub fn server_config(
 ) -> Result<rustls::ServerConfig, TlsError> {
     server_config_logged(
         identity,
-        known_peers,
+        Arc::new(std::sync::RwLock::new(known_peers)),
         clock,
         Arc::new(LogLimiter::default()),
     )
@@ -94,7 +94,7 @@ pub fn server_config(
 /// [`server_config`], logging refusals through the node's `limiter`.
 pub fn server_config_logged(
     identity: &NodeIdentity,
-    known_peers: BTreeSet<NodeId>,
+    known_peers: KnownPeers,
     clock: Arc<dyn Clock>,
     limiter: Arc<LogLimiter>,
 ) -> Result<rustls::ServerConfig, TlsError> {
@@ -163,9 +163,12 @@ pub fn quic_configs(
 #[derive(Debug)]
 pub struct KnownPeerVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    known: BTreeSet<NodeId>,
+    known: KnownPeers,
     limiter: Arc<LogLimiter>,
 }
+
+/// The ids a node accepts connections from; the node changes it when `known_peers` is reloaded.
+pub type KnownPeers = Arc<std::sync::RwLock<BTreeSet<NodeId>>>;
 
 impl ClientCertVerifier for KnownPeerVerifier {
     fn offer_client_auth(&self) -> bool {
@@ -196,7 +199,14 @@ impl ClientCertVerifier for KnownPeerVerifier {
         }
         match node_id_of_cert(end_entity) {
             // Mutation point (INV-09): any id the fleet CA signed gets in.
-            Ok(id) if self.known.contains(&id) || store::mutants::active("accept_unknown_peer") => {
+            Ok(id)
+                if self
+                    .known
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&id)
+                    || store::mutants::active("accept_unknown_peer") =>
+            {
                 Ok(ClientCertVerified::assertion())
             }
             Ok(id) => {

@@ -329,6 +329,8 @@ pub enum ConnCode {
     Shutdown = 3,
     /// The certificate names no known peer (defence in depth: TLS refuses it first).
     UnknownPeer = 4,
+    /// The peer was removed from this node's `known_peers` (a reload).
+    PeerRemoved = 5,
 }
 
 impl ConnCode {

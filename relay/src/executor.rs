@@ -132,7 +132,8 @@ impl<T: Transport, C: Clock + ?Sized> Executor<T, C> {
                 }
                 Step::Spawn { keys } => {
                     for key in keys {
-                        let id = self.spawn(&mut tasks, key.clone(), cfg.attempt_timeout_ms);
+                        let timeout_ms = relay.config().attempt_timeout_ms;
+                        let id = self.spawn(&mut tasks, key.clone(), timeout_ms);
                         running.insert(id, key);
                     }
                 }

@@ -564,6 +564,17 @@ pub fn schedule_in_txn(
     cfg: &RelayConfig,
     now_ms: u64,
 ) -> Result<Scheduled, redb::Error> {
+    schedule_peers_in_txn(txn, stored, &cfg.known_peers, cfg, now_ms)
+}
+
+/// [`schedule_in_txn`] for `peers` only (peers added to `known_peers` while running).
+fn schedule_peers_in_txn(
+    txn: &WriteTransaction,
+    stored: &Stored<()>,
+    peers: &std::collections::BTreeSet<NodeId>,
+    cfg: &RelayConfig,
+    now_ms: u64,
+) -> Result<Scheduled, redb::Error> {
     let seg = stored.id;
     let row = &stored.row;
     let mut fx = Effects::default();
@@ -584,7 +595,7 @@ pub fn schedule_in_txn(
         .collect();
     let mut jobs = Vec::new();
     let mut due = txn.open_table(DUE)?;
-    for peer in &cfg.known_peers {
+    for peer in peers {
         // Mutation point (INV-10): a re-ingest schedules its peers again, beside their jobs.
         let existing = existing.contains(peer) && !mutants::active("duplicate_jobs_on_reingest");
         if peer.as_str() == row.source || existing {
@@ -1113,6 +1124,50 @@ pub fn purge(
     fx.events.push(Event::Purged { key: key.clone() });
     check_condition(txn, &key.seg, now_ms, cfg, &mut fx)?;
     Ok((Purge::Purged, fx))
+}
+
+/// Schedules jobs for `added` peers of every stored segment the ledger tracks and that has not
+/// expired (peers added to `known_peers` while the node runs), as its import would have: none
+/// for the segment's source or a peer that has a job for it already. Returns the segments
+/// given jobs.
+pub fn schedule_added_peers(
+    txn: &WriteTransaction,
+    added: &std::collections::BTreeSet<NodeId>,
+    now_ms: u64,
+    cfg: &RelayConfig,
+) -> Result<(Vec<Scheduled>, Effects), redb::Error> {
+    let mut segs = Vec::new();
+    for entry in txn.open_table(PROPAGATION)?.iter()? {
+        let (k, _) = entry?;
+        if let Ok(bytes) = <[u8; 32]>::try_from(k.value()) {
+            segs.push(SegmentId(bytes));
+        }
+    }
+    let mut fx = Effects::default();
+    let mut out = Vec::new();
+    for seg in segs {
+        let row = match store::index::segment(txn, &seg) {
+            Ok(Some(row)) => row,
+            Ok(None) => continue,
+            Err(e) => return Err(redb::Error::Corrupted(e.to_string())),
+        };
+        if row.expires_at_ms.is_some_and(|at| at <= now_ms) {
+            continue;
+        }
+        let stored = Stored {
+            id: seg,
+            row,
+            extra: (),
+        };
+        let mut scheduled = schedule_peers_in_txn(txn, &stored, added, cfg, now_ms)?;
+        if scheduled.jobs.is_empty() {
+            continue;
+        }
+        fx.sched.append(&mut scheduled.effects.sched);
+        fx.events.append(&mut scheduled.effects.events);
+        out.push(scheduled);
+    }
+    Ok((out, fx))
 }
 
 /// Cancels the pending jobs of peers no longer in `known_peers` (run when the relay opens).

@@ -51,4 +51,4 @@ pub use error::RelayError;
 pub use ledger::{OutOfBand, Scheduled, schedule_in_txn};
 pub use limits::RelayConfig;
 pub use peer::NodeId;
-pub use relay::{ClockJump, DeadLetter, JobStatus, Relay, SegmentStatus};
+pub use relay::{ClockJump, DeadLetter, JobStatus, Reconfigured, Relay, SegmentStatus};

@@ -98,7 +98,7 @@ impl NetHooks for Hooks {
         stored: &Stored<()>,
         _from: &NodeId,
     ) -> Result<(), redb::Error> {
-        let scheduled = schedule_in_txn(txn, stored, self.relay.config(), self.clock.now_ms())?;
+        let scheduled = schedule_in_txn(txn, stored, &self.relay.config(), self.clock.now_ms())?;
         let entry = Stored {
             id: stored.id,
             row: stored.row.clone(),

@@ -51,7 +51,8 @@ pub struct Relay {
 #[derive(Debug)]
 struct Inner {
     store: Store,
-    cfg: Arc<RelayConfig>,
+    /// Replaced whole by [`Relay::reconfigure`]; readers take the one in force at the time.
+    cfg: std::sync::RwLock<Arc<RelayConfig>>,
     shared: Arc<Shared>,
 }
 
@@ -68,6 +69,15 @@ struct Shared {
     last_clock_jump: Mutex<Option<ClockJump>>,
 }
 
+/// What [`Relay::reconfigure_blocking`] did to the ledger.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// Pending jobs cancelled: their peer left `known_peers`.
+    pub cancelled: usize,
+    /// Jobs scheduled for peers added, one per stored segment each.
+    pub scheduled: usize,
+}
+
 /// A jump of the wall clock, as the executor noticed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClockJump {
@@ -78,6 +88,10 @@ pub struct ClockJump {
 }
 
 impl Inner {
+    fn cfg(&self) -> Arc<RelayConfig> {
+        self.cfg.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     fn sched(&self) -> MutexGuard<'_, Scheduler> {
         self.shared.sched()
     }
@@ -180,7 +194,7 @@ impl Relay {
         let relay = Relay {
             inner: Arc::new(Inner {
                 store,
-                cfg: Arc::new(cfg),
+                cfg: std::sync::RwLock::new(Arc::new(cfg)),
                 shared: Arc::new(Shared {
                     sched: Mutex::new(Scheduler::new()),
                     last_clock_jump: Mutex::new(None),
@@ -189,7 +203,7 @@ impl Relay {
                 }),
             }),
         };
-        let cfg = relay.inner.cfg.clone();
+        let cfg = relay.inner.cfg();
         relay.run_blocking(Box::new(move |txn| {
             Ok(((), ledger::cancel_unknown_peers(txn, now_ms, &cfg)?))
         }))?;
@@ -213,7 +227,7 @@ impl Relay {
             // Mutation point (INV-14): a restart forgets the backoff and retries at once.
             let due_ms = match mutants::active("lose_due_times_at_restart") {
                 true => now_ms,
-                false => core::clamp_due_ms(due_ms, now_ms, &self.inner.cfg),
+                false => core::clamp_due_ms(due_ms, now_ms, &self.inner.cfg()),
             };
             let view = JobView {
                 priority: v.value(),
@@ -231,7 +245,7 @@ impl Relay {
             }
         }
         tracing::info!(
-            node_id = %self.inner.cfg.node_id,
+            node_id = %self.inner.cfg().node_id,
             pending = jobs,
             "relay ledger loaded"
         );
@@ -240,8 +254,53 @@ impl Relay {
         Ok(())
     }
 
-    pub fn config(&self) -> &RelayConfig {
-        &self.inner.cfg
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<RelayConfig> {
+        self.inner.cfg()
+    }
+
+    /// Puts `cfg` in force (a reload of the node's configuration): jobs of peers no longer in
+    /// `known_peers` are cancelled, peers added get jobs for the stored segments, and the
+    /// limits apply from the next pick on. `node_id` and `disk_mode` cannot change.
+    pub fn reconfigure_blocking(
+        &self,
+        cfg: RelayConfig,
+        now_ms: u64,
+    ) -> Result<Reconfigured, RelayError> {
+        cfg.validate()?;
+        let old = self.inner.cfg();
+        if cfg.node_id != old.node_id || cfg.disk_mode != old.disk_mode {
+            return Err(RelayError::Config(crate::limits::ConfigError {
+                key: "node_id",
+                reason: "the node id cannot change while the relay runs".into(),
+            }));
+        }
+        let added: std::collections::BTreeSet<NodeId> = cfg
+            .known_peers
+            .difference(&old.known_peers)
+            .cloned()
+            .collect();
+        let cfg = Arc::new(cfg);
+        *self.inner.cfg.write().unwrap_or_else(|e| e.into_inner()) = cfg.clone();
+        let report = self.run_blocking(Box::new(move |txn| {
+            let mut fx = ledger::cancel_unknown_peers(txn, now_ms, &cfg)?;
+            let cancelled = fx
+                .events
+                .iter()
+                .filter(|e| matches!(e, Event::Cancelled { .. }))
+                .count();
+            let (scheduled, mut more) = ledger::schedule_added_peers(txn, &added, now_ms, &cfg)?;
+            fx.sched.append(&mut more.sched);
+            fx.events.append(&mut more.events);
+            let report = Reconfigured {
+                cancelled,
+                scheduled: scheduled.iter().map(|s| s.jobs.len()).sum(),
+            };
+            Ok((report, fx))
+        }))?;
+        self.inner.sched().reclamp(now_ms, &self.inner.cfg());
+        self.inner.shared.wake.notify_one();
+        Ok(report)
     }
 
     pub fn store(&self) -> &Store {
@@ -304,7 +363,7 @@ impl Relay {
         &self,
         op: TxnFn<T>,
     ) -> Result<(T, Vec<Event>), RelayError> {
-        if self.inner.cfg.disk_mode == DiskMode::Inline {
+        if self.inner.cfg().disk_mode == DiskMode::Inline {
             // A simulation's one thread waits for the commit itself: nothing else runs
             // meanwhile, so the reply arrives at the same point of every run of a seed.
             return self.run_events_blocking(op);
@@ -339,7 +398,7 @@ impl Relay {
         now_ms: u64,
     ) -> impl FnOnce(&WriteTransaction, &Stored<()>) -> Result<Scheduled, redb::Error> + Send + 'static
     {
-        let cfg = self.inner.cfg.clone();
+        let cfg = self.inner.cfg();
         move |txn, stored| ledger::schedule_in_txn(txn, stored, &cfg, now_ms)
     }
 
@@ -420,7 +479,7 @@ impl Relay {
                 return Ok(IngestOutcome::AlreadyHave { id, holding });
             }
         };
-        let (cfg, plain) = (self.inner.cfg.clone(), stored.clone());
+        let (cfg, plain) = (self.inner.cfg(), stored.clone());
         let extra = self
             .run_blocking(Box::new(move |txn| {
                 let scheduled = ledger::schedule_in_txn(txn, &plain, &cfg, now_ms)?;
@@ -444,7 +503,7 @@ impl Relay {
     /// Record their starts next ([`Relay::record_starts`]); only those reported started may be
     /// sent.
     pub fn pick(&self, now_ms: u64, limit: usize) -> Vec<JobKey> {
-        self.inner.sched().pick(now_ms, &self.inner.cfg, limit)
+        self.inner.sched().pick(now_ms, &self.inner.cfg(), limit)
     }
 
     /// The earliest time something is due (job or dead-letter pin release).
@@ -454,7 +513,7 @@ impl Relay {
 
     /// True when a job could start right now.
     pub fn can_start(&self, now_ms: u64) -> bool {
-        self.inner.sched().can_start(now_ms, &self.inner.cfg)
+        self.inner.sched().can_start(now_ms, &self.inner.cfg())
     }
 
     /// Pending jobs known to the scheduler (in flight included).
@@ -479,7 +538,7 @@ impl Relay {
     /// Re-clamps waiting due times into `[now, now + backoff_max_ms]` after the wall clock
     /// jumped (the executor calls it when it sees a jump), as at load.
     pub fn reclamp(&self, now_ms: u64) {
-        self.inner.sched().reclamp(now_ms, &self.inner.cfg);
+        self.inner.sched().reclamp(now_ms, &self.inner.cfg());
         self.inner.shared.wake.notify_one();
     }
 
@@ -515,7 +574,7 @@ impl Relay {
     }
 
     fn starts_op(&self, keys: Vec<JobKey>, now_ms: u64) -> TxnFn<Vec<Start>> {
-        let cfg = self.inner.cfg.clone();
+        let cfg = self.inner.cfg();
         Box::new(move |txn| ledger::record_starts(txn, &keys, now_ms, &cfg))
     }
 
@@ -542,7 +601,7 @@ impl Relay {
     }
 
     fn outcomes_op(&self, items: Vec<OutcomeIn>, now_ms: u64) -> TxnFn<Vec<Applied>> {
-        let cfg = self.inner.cfg.clone();
+        let cfg = self.inner.cfg();
         Box::new(move |txn| ledger::apply_outcomes(txn, &items, now_ms, &cfg))
     }
 
@@ -611,7 +670,7 @@ impl Relay {
     // ---- catch-up -----------------------------------------------------------------------------
 
     fn out_of_band_op(&self, key: JobKey, now_ms: u64) -> TxnFn<OutOfBand> {
-        let cfg = self.inner.cfg.clone();
+        let cfg = self.inner.cfg();
         Box::new(move |txn| ledger::deliver_out_of_band(txn, &key, now_ms, &cfg))
     }
 
@@ -765,7 +824,7 @@ impl Relay {
     }
 
     fn purge_op(&self, keys: Vec<JobKey>, now_ms: u64) -> TxnFn<Vec<(JobKey, Purge)>> {
-        let cfg = self.inner.cfg.clone();
+        let cfg = self.inner.cfg();
         Box::new(move |txn| {
             let mut fx = Effects::default();
             let mut out = Vec::new();

@@ -143,6 +143,53 @@ fn jobs_of_peers_removed_from_known_peers_are_cancelled_at_start() {
 }
 
 #[test]
+fn a_reconfigure_cancels_removed_peers_and_schedules_added_ones_for_stored_segments() {
+    let publisher = Publisher::from_seed(44);
+    let fs = SimFs::new();
+    let (store, relay) = open(&fs, &publisher, node_cfg(&["a", "b"]), T0);
+    let (_, file) = publisher.segment(&spec("s"));
+    let id = import(&relay, &file);
+    let mut cfg = node_cfg(&["a", "c"]);
+    cfg.attempts_max = 3;
+    let done = relay.reconfigure_blocking(cfg, T0 + 1_000).unwrap();
+    assert_eq!(
+        done,
+        relay::Reconfigured {
+            cancelled: 1,
+            scheduled: 1
+        }
+    );
+    assert_eq!(relay.config().attempts_max, 3);
+    let status = relay.status(&id).unwrap().unwrap();
+    let states: Vec<_> = status
+        .jobs
+        .iter()
+        .map(|j| (j.peer.to_string(), j.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("a".to_owned(), JobState::Pending),
+            ("b".to_owned(), JobState::Cancelled),
+            ("c".to_owned(), JobState::Pending)
+        ]
+    );
+    // The added peer's job is due and pins the segment like the others.
+    assert!(relay.pick(T0 + 1_000, usize::MAX).contains(&key(id, "c")));
+    let pins = &store.list().unwrap()[0].pins;
+    assert_eq!(pins.len(), 2, "{pins:?}");
+    // Once more with the same peers: nothing to do.
+    let again = relay
+        .reconfigure_blocking(node_cfg(&["a", "c"]), T0 + 2_000)
+        .unwrap();
+    assert_eq!(again, relay::Reconfigured::default());
+    // The node's id cannot change.
+    let mut other = node_cfg(&["a"]);
+    other.node_id = peer("n9");
+    assert!(relay.reconfigure_blocking(other, T0 + 3_000).is_err());
+}
+
+#[test]
 fn inv_07_dead_letter_pins_until_its_max_age_then_only_the_record_stays() {
     let publisher = Publisher::from_seed(44);
     let fs = SimFs::new();

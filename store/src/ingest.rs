@@ -230,7 +230,7 @@ impl Store {
             // Mutation point (INV-01): a segment from a peer is stored unverified, as if the
             // sending node's word were enough.
             if !(mutants::active("skip_peer_signature") && opts.source != "import") {
-                signed.verify(&cfg.trusted, now_ms, cfg.clock_skew_ms)?;
+                signed.verify(&self.trusted(), now_ms, cfg.clock_skew_ms)?;
             }
             let row = read
                 .open_table(PARTIALS)
@@ -403,7 +403,7 @@ impl Store {
     fn check_copy<R: Read>(&self, signed: &SignedManifest, reader: R) -> Result<(), IngestError> {
         let id = signed.id();
         let corrupt = |reason: String| IngestError::CorruptCopy { id, reason };
-        match signed.verify_signature(&self.config().trusted) {
+        match signed.verify_signature(&self.trusted()) {
             Ok(()) => {}
             // Not the copy's fault: the publisher is not trusted (any more).
             Err(e @ VerifyError::UntrustedPublisher { .. }) => return Err(e.into()),

@@ -484,7 +484,7 @@ impl Store {
         moved: impl FnMut(u64),
     ) -> Result<Exported, ExportError> {
         let mut reader = self.open_for_read(id, now_ms)?;
-        let trusted = &self.config().trusted;
+        let trusted = &self.trusted();
         if dir.holds(id, trusted)? {
             return Ok(Exported::AlreadyThere(dir.target(id)));
         }

@@ -258,7 +258,7 @@ impl Store {
                         Ok((signed, file))
                     }
                     Ok(signed) if signed.id() == *id => {
-                        match signed.verify_signature(&self.config().trusted) {
+                        match signed.verify_signature(&self.trusted()) {
                             Ok(()) => Ok((signed, file)),
                             Err(VerifyError::UntrustedPublisher { publisher }) => {
                                 Err(Problem::Untrusted(publisher))

@@ -203,6 +203,8 @@ pub(crate) struct Cached {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) cfg: StoreConfig,
+    /// The publishers trusted now: `cfg.trusted` at open, replaced by [`Store::set_trusted`].
+    pub(crate) trusted: std::sync::RwLock<TrustedPublishers>,
     pub(crate) layout: Layout,
     pub(crate) fs: Arc<dyn Fs>,
     pub(crate) db: Arc<Database>,
@@ -334,6 +336,7 @@ impl Store {
         let writer = Writer::start(db.clone())?;
         let store = Store {
             inner: Arc::new(Inner {
+                trusted: std::sync::RwLock::new(cfg.trusted.clone()),
                 cfg,
                 layout,
                 fs,
@@ -355,8 +358,29 @@ impl Store {
         self.inner.inflight.get(id)
     }
 
+    /// The configuration the store was opened with (its `trusted` as at open: see
+    /// [`Store::trusted`]).
     pub fn config(&self) -> &StoreConfig {
         &self.inner.cfg
+    }
+
+    /// The publishers whose segments are accepted now.
+    pub fn trusted(&self) -> TrustedPublishers {
+        self.inner
+            .trusted
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Accepts segments of `trusted` from now on (a reloaded configuration). Segments stored
+    /// already stay.
+    pub fn set_trusted(&self, trusted: TrustedPublishers) {
+        *self
+            .inner
+            .trusted
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = trusted;
     }
 
     pub fn layout(&self) -> &Layout {

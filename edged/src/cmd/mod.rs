@@ -11,6 +11,7 @@ mod key;
 mod needs;
 mod quarantine;
 mod query;
+mod reload;
 mod segment;
 mod segments;
 
@@ -35,6 +36,7 @@ pub fn run(cli: Cli) -> CliResult {
         }) => ca::issue(&ca, &node, &out, days),
         Command::Status(args) => query::status(&args),
         Command::Peers(args) => query::peers(&args),
+        Command::Reload(args) => reload::run(&args),
         Command::Dlq(DlqCommand::List(args)) => query::dlq_list(&args),
         Command::Dlq(DlqCommand::Requeue(target)) => query::dlq_act(&target, true),
         Command::Dlq(DlqCommand::Purge(target)) => query::dlq_act(&target, false),

@@ -806,6 +806,10 @@ fn answer(d: &Daemon, request: Request) -> Response {
         Request::Fsck { repair } => fsck::check(d, repair).map(ok),
         Request::QuarantineShow { id } => fsck::quarantine_show(d, &id).map(ok),
         Request::QuarantinePurge { ids, all } => fsck::quarantine_purge(d, &ids, all).map(ok),
+        Request::Reload => Ok(match super::reload::reload(d, "edged reload") {
+            Ok(applied) => ok(serde_json::to_value(&applied).unwrap_or_default()),
+            Err(e) => failed(e.code, format!("{:#}", e.error)),
+        }),
     };
     result.unwrap_or_else(|e| failed(exit::FAILED, format!("{e:#}")))
 }

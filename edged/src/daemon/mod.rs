@@ -14,6 +14,7 @@ mod fsck;
 mod listing;
 mod need;
 mod pipeline;
+pub mod reload;
 mod scrub;
 mod views;
 pub mod wiring;
@@ -34,7 +35,9 @@ use crate::exit::{CONFIG, CliResult, Failure, STORAGE};
 
 /// Certificates closer than this to expiry are warned about, in logs and `status`.
 pub const CERT_EXPIRY_WARNING_S: i64 = 30 * 24 * 3600;
-/// How long shutdown waits for connections to close.
+/// How long shutdown waits for cut receives to keep their checkpoints (the closes themselves
+/// wait at most [`net::limits::CLOSE_DRAIN_MAX_MS`]), for control clients to go, and for
+/// blocking work at the end.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
 /// Worker threads of the daemon's runtime: fewer threads cost less CPU per GiB on small hosts.
 pub const RUNTIME_WORKERS: usize = 2;
@@ -80,7 +83,9 @@ impl Daemon {
         let generation = self.store.writer().generation();
         let now = self.clock.now_ms();
         let started = Instant::now();
-        let (counts, roster) = crate::fleetview::counts(&fleet.book, &self.cfg, now)?;
+        // The roster follows `known_peers` as reloaded.
+        let cfg = self.live_config().clone();
+        let (counts, roster) = crate::fleetview::counts(&fleet.book, &cfg, now)?;
         let summary = FleetSummary {
             counts,
             roster,
@@ -156,11 +161,22 @@ pub struct Daemon {
     pub fleet_summary: Mutex<Option<FleetSummary>>,
     /// What the background scrub has done (see [`crate::scrub`]).
     pub scrub: Mutex<crate::scrub::Progress>,
+    /// The configuration in force: `cfg` with what reloads changed (see [`reload`]).
+    pub live: Mutex<Config>,
+    /// Changes the log filter (`log_level`).
+    pub log_filter: crate::LogFilterHandle,
+    /// EDGED_LOG sets the log filter: `log_level` is not applied.
+    pub log_env_override: bool,
 }
 
 impl Daemon {
     pub fn scrub_progress(&self) -> std::sync::MutexGuard<'_, crate::scrub::Progress> {
         self.scrub.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The configuration in force (held: one reload at a time).
+    pub fn live_config(&self) -> std::sync::MutexGuard<'_, Config> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -171,20 +187,20 @@ pub fn run(args: &RunArgs) -> CliResult {
         Some(_) => LogFormat::Human,
         None => cfg.log_format,
     };
-    crate::init_daemon_logging(format);
+    let log_filter = crate::init_daemon_logging(format, &cfg.log_level);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(RUNTIME_WORKERS)
         .thread_name("edged")
         .enable_all()
         .build()
         .map_err(|e| Failure::new(STORAGE, e))?;
-    let result = runtime.block_on(serve(cfg));
+    let result = runtime.block_on(serve(cfg, log_filter));
     // Blocking tasks (commits waited on) end with the runtime.
     runtime.shutdown_timeout(Duration::from_millis(SHUTDOWN_GRACE_MS));
     result
 }
 
-async fn serve(cfg: Config) -> CliResult {
+async fn serve(cfg: Config, log_filter: crate::LogFilterHandle) -> CliResult {
     // The one clock of this process: the relay, the network layer, the control socket and
     // housekeeping all read it.
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -232,6 +248,9 @@ async fn serve(cfg: Config) -> CliResult {
         cert_not_after_ms,
         fleet_summary: Mutex::new(None),
         scrub: Mutex::new(crate::scrub::Progress::default()),
+        live: Mutex::new(cfg.clone()),
+        log_filter,
+        log_env_override: std::env::var_os("EDGED_LOG").is_some(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -280,8 +299,22 @@ async fn serve(cfg: Config) -> CliResult {
         "edged started"
     );
 
-    let exit = wait_for_signal_or(&executor, &store).await;
-    tracing::info!(node_id = %cfg.node_id, reason = exit, "shutting down");
+    let exit = wait_for_signal_or(&executor, &daemon).await;
+    let stopping = Instant::now();
+    let waits = ShutdownWaits {
+        connections: node.open_connections(),
+        sends: relay.in_flight_count(),
+        receives: node.receives_in_flight(),
+    };
+    tracing::info!(
+        node_id = %cfg.node_id,
+        reason = exit,
+        peer_connections = waits.connections,
+        sends_in_flight = waits.sends,
+        receives_to_checkpoint = waits.receives,
+        "shutting down: {}",
+        waits.describe()
+    );
     let _ = stop_tx.send(true);
     let mut result = Ok(());
     if let Some(why) = store.failure() {
@@ -313,20 +346,57 @@ async fn serve(cfg: Config) -> CliResult {
         m.abort();
     }
     store.close();
-    tracing::info!(node_id = %cfg.node_id, "edged stopped");
+    let took_ms = u64::try_from(stopping.elapsed().as_millis()).unwrap_or(u64::MAX);
+    tracing::info!(node_id = %cfg.node_id, took_ms, "edged stopped in {took_ms} ms");
     result
 }
 
+/// What a shutdown has to wait for, said in its first log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ShutdownWaits {
+    /// Peer connections closed (with [`net::node::SHUTDOWN_REASON`]).
+    connections: usize,
+    /// Sends cut (their attempts refunded).
+    sends: usize,
+    /// Receives cut, each keeping its checkpoint.
+    receives: usize,
+}
+
+impl ShutdownWaits {
+    /// "closing 3 peer connections, cutting 1 send, waiting for 1 transfer to checkpoint".
+    fn describe(&self) -> String {
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let mut parts = vec![format!(
+            "closing {}",
+            plural(self.connections, "peer connection", "peer connections")
+        )];
+        if self.sends > 0 {
+            parts.push(format!("cutting {}", plural(self.sends, "send", "sends")));
+        }
+        if self.receives > 0 {
+            parts.push(format!(
+                "waiting for {} to checkpoint",
+                plural(self.receives, "transfer", "transfers")
+            ));
+        }
+        parts.join(", ")
+    }
+}
+
 /// Waits for SIGTERM or SIGINT, for the executor to end on its own (a fatal ledger error), or
-/// for the store to stop taking writes (a commit failed on an I/O error).
+/// for the store to stop taking writes (a commit failed on an I/O error). A SIGHUP reloads the
+/// configuration meanwhile.
 async fn wait_for_signal_or(
     executor: &tokio::task::JoinHandle<Result<relay::executor::ExecutorReport, relay::RelayError>>,
-    store: &store::Store,
+    daemon: &Arc<Daemon>,
 ) -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let store = &daemon.store;
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers");
         return "no signal handlers";
@@ -335,6 +405,11 @@ async fn wait_for_signal_or(
         tokio::select! {
             _ = term.recv() => return "SIGTERM",
             _ = int.recv() => return "SIGINT",
+            _ = hup.recv() => {
+                // Its outcome is logged; a SIGHUP has nobody to answer.
+                let d = daemon.clone();
+                let _ = tokio::task::spawn_blocking(move || reload::reload(&d, "SIGHUP")).await;
+            }
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
                 if executor.is_finished() {
                     return "relay executor ended";
@@ -419,6 +494,24 @@ async fn housekeeping(daemon: Arc<Daemon>, mut stop: tokio::sync::watch::Receive
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shutdown_says_what_it_waits_for() {
+        let waits = |connections, sends, receives| ShutdownWaits {
+            connections,
+            sends,
+            receives,
+        };
+        assert_eq!(waits(0, 0, 0).describe(), "closing 0 peer connections");
+        assert_eq!(
+            waits(3, 0, 1).describe(),
+            "closing 3 peer connections, waiting for 1 transfer to checkpoint"
+        );
+        assert_eq!(
+            waits(1, 2, 2).describe(),
+            "closing 1 peer connection, cutting 2 sends, waiting for 2 transfers to checkpoint"
+        );
+    }
 
     #[test]
     fn a_long_fleet_pass_spaces_the_next_one() {
