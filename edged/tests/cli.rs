@@ -194,6 +194,21 @@ fn inv_01_inv_19_import_good_and_bad_files() {
     ] {
         assert_eq!(status(bad), "rejected", "{bad}");
     }
+    // The expiry is a time in words, with its age: never milliseconds since the epoch.
+    let reason = |file: &str| {
+        lines.iter().find(|l| l["file"] == file).unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let expired_reason = reason("expired.seg");
+    assert!(
+        expired_reason.contains("manifest expired at 20")
+            && expired_reason.contains("Z (")
+            && expired_reason.contains("ago)")
+            && !expired_reason.contains(" ms"),
+        "{expired_reason}"
+    );
     // Not segment files: skipped, never a failure of their own.
     assert_eq!(status("link.seg"), "skipped");
     assert_eq!(status("README.txt"), "skipped");
