@@ -76,6 +76,7 @@ pub mod clock;
 pub mod config;
 pub mod disk;
 pub mod filter;
+pub mod handshake_cause;
 pub mod limits;
 pub mod logcap;
 pub mod node;

@@ -571,7 +571,7 @@ impl Node {
         for peer in inner.peers.values() {
             tasks.spawn(inner.clone().supervise(peer.clone()));
         }
-        tracing::info!(node = %inner.id, addr = ?inner.endpoint.local_addr().ok(), peers = inner.peers.len(), "node started");
+        tracing::info!(node = %inner.id, addr = %inner.endpoint.local_addr().map_or_else(|e| format!("unknown ({e})"), |a| a.to_string()), peers = inner.peers.len(), "node started");
         Ok(Node {
             inner,
             tasks: Mutex::new(tasks),
@@ -634,11 +634,7 @@ impl Node {
             .peers
             .get(peer)
             .ok_or_else(|| format!("{peer} is not a known peer"))?;
-        let live = self
-            .inner
-            .connection(p)
-            .await
-            .map_err(|o| format!("{o:?}"))?;
+        let live = self.inner.connection(p).await.map_err(|o| o.to_string())?;
         let _in_flight = live.streams.start();
         self.inner.catch_up_on(p, &live.conn).await
     }
@@ -1155,7 +1151,7 @@ impl Inner {
                 let reason = live.conn.close_reason();
                 let refused = reason.as_ref().map(conn_outcome);
                 let duplicate = is_duplicate_close(&live.conn);
-                info_limited!(self.ctx.limiter, peer.id.as_str(), "disconnected", peer = %peer.id, reason = ?reason, "disconnected");
+                info_limited!(self.ctx.limiter, peer.id.as_str(), "disconnected", peer = %peer.id, reason = %reason.as_ref().map_or_else(|| "no reason given".into(), crate::transfer::close_words), "disconnected");
                 if let Some(o @ SendOutcome::HandshakeRefused(_)) = refused {
                     failures += 1;
                     *peer.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(o);
@@ -1199,7 +1195,7 @@ impl Inner {
                 }
                 Err(outcome) => {
                     failures += 1;
-                    tracing::info!(peer = %peer.id, addr = %peer.addr, failures, outcome = ?outcome, "dial failed");
+                    tracing::info!(peer = %peer.id, addr = %peer.addr, failures, outcome = %outcome, "dial failed");
                     *peer.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
                     true
                 }
@@ -1325,7 +1321,7 @@ impl Inner {
                     .unwrap_or(StreamCode::Stalled);
                 if e.is_none() || e.as_ref().is_some_and(|e| e.stream_code().is_some()) {
                     bump(&ctx.stats.streams_failed, 1);
-                    warn_limited!(ctx.limiter, peer.as_str(), "bad_first_frame", peer = %peer, error = ?e.map(|e| e.to_string()), "stream ended: bad or missing first frame");
+                    warn_limited!(ctx.limiter, peer.as_str(), "bad_first_frame", peer = %peer, error = %e.map_or_else(|| "no first frame in time".into(), |e| e.to_string()), "stream ended: bad or missing first frame");
                 }
                 let _ = send.reset(code.varint());
                 let _ = recv.stop(code.varint());
@@ -1398,7 +1394,7 @@ impl Inner {
                         tracing::debug!(peer = %peer.id, "catch-up: in sync")
                     }
                     Ok(report) => {
-                        info_limited!(self.ctx.limiter, peer.id.as_str(), "catchup_round", peer = %peer.id, ?report, "catch-up round")
+                        info_limited!(self.ctx.limiter, peer.id.as_str(), "catchup_round", peer = %peer.id, pages = report.pages, ids_seen = report.ids_seen, pulled = report.pulled, stored = report.stored, failed = report.failed, wasted = report.wasted, cut = report.cut.map_or("no", catchup::RoundCut::as_str), "catch-up round")
                     }
                     Err(e) => {
                         info_limited!(self.ctx.limiter, peer.id.as_str(), "catchup_failed", peer = %peer.id, error = %e, "catch-up round failed")

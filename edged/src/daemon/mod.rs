@@ -292,7 +292,13 @@ async fn serve(cfg: Config) -> CliResult {
         ));
     }
     match executor.await {
-        Ok(Ok(report)) => tracing::info!(?report, "relay executor stopped"),
+        Ok(Ok(report)) => tracing::info!(
+            started = report.started,
+            outcomes = report.outcomes,
+            refunded = report.refunded,
+            wakeups = report.wakeups,
+            "relay executor stopped"
+        ),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "relay ledger failed");
             result = Err(Failure::new(STORAGE, e));
