@@ -687,7 +687,7 @@ impl Relay {
         }
         for (key, r) in results {
             if *r != Requeue::Requeued {
-                tracing::info!(seg_id = %key.seg, peer_id = %key.peer, result = ?r, "requeue did nothing");
+                tracing::info!(seg_id = %key.seg, peer_id = %key.peer, result = %r, "requeue did nothing");
             }
         }
     }
@@ -782,7 +782,7 @@ impl Relay {
     fn log_purges(results: &[(JobKey, Purge)]) {
         for (key, r) in results {
             if *r != Purge::Purged {
-                tracing::info!(seg_id = %key.seg, peer_id = %key.peer, result = ?r, "purge did nothing");
+                tracing::info!(seg_id = %key.seg, peer_id = %key.peer, result = %r, "purge did nothing");
             }
         }
     }
