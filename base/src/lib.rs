@@ -8,6 +8,8 @@
 //!   the wall clock jumped ([`clock::wall_clock_jump_ms`]).
 //! - [`DiskMode`]: where blocking storage work runs — on blocking threads (production) or inline
 //!   (deterministic simulation); the relay and the network layer take the same value.
+//! - [`setting::Conflict`]: two configuration settings that contradict each other, as data,
+//!   so the configuration file's reader can name both keys and say which one is a default.
 //!
 //! The daemon creates one clock and hands the same `Arc<dyn Clock>` to the relay, the network
 //! layer and its own services; tests and simulations hand a [`clock::VirtualClock`] instead.
@@ -16,6 +18,7 @@
 pub mod clock;
 pub mod disk_mode;
 pub mod node_id;
+pub mod setting;
 
 pub use clock::{Clock, SystemClock, VirtualClock};
 pub use disk_mode::DiskMode;

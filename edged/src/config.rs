@@ -1,7 +1,9 @@
 //! `edge.toml`: the node's one configuration file.
 //!
 //! Parsing is strict — an unknown key is an error, not a silent typo — and validation names the
-//! offending key and the file (INV-21). Every key, with its default, is documented in
+//! offending key and the file (INV-21). Validation reports every problem at once
+//! ([`ConfigError::Invalid`]); a conflict with a default the file leaves unset says so, and
+//! which key to set. Every key, with its default, is documented in
 //! `edge.toml.example` at the repository root; keys put their unit last (`ceiling_bytes`).
 //!
 //! Beyond types and ranges, validation refuses what would hurt the node itself: an empty
@@ -16,6 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use base::setting::{Bound, Conflict};
 use serde::Deserialize;
 use store::keys::{PublisherKey, TrustedPublishers};
 use store::limits::{
@@ -49,14 +52,123 @@ pub enum ConfigError {
     },
     #[error("{path}: file is {len} bytes, more than the {max} accepted")]
     TooLarge { path: PathBuf, len: u64, max: u64 },
+    /// TOML syntax or a value of the wrong type: the parser stops at the first, so these come
+    /// one at a time; every check after parsing reports all its problems at once (`Invalid`).
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("{path}: key `{key}`: {message}")]
+    /// Every problem found in a file that parsed, one per line, each naming the file.
+    #[error("{}", invalid_lines(path, problems))]
     Invalid {
         path: PathBuf,
-        key: String,
-        message: String,
+        problems: Vec<Problem>,
     },
+}
+
+fn invalid_lines(path: &Path, problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{}: {p}", path.display()))
+        .collect();
+    lines.join("\n")
+}
+
+/// One thing wrong in a config file: the key it concerns (`section.key`) and why, in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    /// The key's default, when the problem is a default the file leaves unset: the operator
+    /// never wrote it, so the message says so, and which key to set.
+    pub default: Option<u64>,
+    pub message: String,
+}
+
+/// "key `relay.busy_retry_ms` (default 2000) must be at most …", or "key `k`: why".
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.default {
+            Some(default) => write!(f, "key `{}` (default {default}) {}", self.key, self.message),
+            None => write!(f, "key `{}`: {}", self.key, self.message),
+        }
+    }
+}
+
+/// The problems found so far; validation goes on after each, so the file is fixed in one go.
+#[derive(Debug, Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, key: &str, message: String) {
+        self.push(Problem {
+            key: key.to_owned(),
+            default: None,
+            message,
+        });
+    }
+
+    fn push(&mut self, mut problem: Problem) {
+        // Mutation point (INV-21): a refusal no longer says which key is wrong.
+        if store::mutants::active("config_error_without_key") {
+            problem.key.clear();
+        }
+        self.0.push(problem);
+    }
+
+    /// The value, or `None` with its problem recorded under `key`.
+    fn check<T>(&mut self, key: &str, result: Result<T, String>) -> Option<T> {
+        result.map_err(|m| self.add(key, m)).ok()
+    }
+
+    /// Two keys that contradict each other, named as in the file (`qualify` gives a library
+    /// key's name in the file and whether the file sets it). A key left at its default is
+    /// said to be one, with what to set.
+    fn conflict(&mut self, c: &Conflict, qualify: &dyn Fn(&str) -> (String, bool)) {
+        let (key, key_set) = qualify(c.key);
+        let (other, other_set) = qualify(c.other);
+        let why = match c.why {
+            "" => String::new(),
+            why => format!("; {why}"),
+        };
+        let other_default = if other_set { "" } else { "default " };
+        let rule = format!(
+            "{} `{other}` ({other_default}{}){why}",
+            c.bound.words(),
+            c.other_value
+        );
+        let (default, message) = match (key_set, other_set) {
+            (false, _) => (
+                Some(c.value),
+                format!("{rule}: set {key}, or {} {other}", c.bound.other_fix()),
+            ),
+            (true, false) => (
+                None,
+                format!("{} {rule}: set {other}, or change {key}", c.value),
+            ),
+            (true, true) => (None, format!("{} {rule}", c.value)),
+        };
+        self.push(Problem {
+            key,
+            default,
+            message,
+        });
+    }
+
+    /// A library's problem with one of its keys, named as in the file.
+    fn library(
+        &mut self,
+        key: &str,
+        reason: String,
+        conflict: Option<&Conflict>,
+        qualify: &dyn Fn(&str) -> (String, bool),
+    ) {
+        match (conflict, qualify(key)) {
+            (Some(c), _) => self.conflict(c, qualify),
+            (None, (key, true)) => self.add(&key, reason),
+            (None, (key, false)) => self.add(
+                &key,
+                format!("{reason} (its default, not set in this file: set {key})"),
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -133,6 +245,21 @@ impl RawFleet {
     }
 }
 
+impl RawFleet {
+    /// Whether the file sets `[fleet]` key `key`.
+    fn is_set(&self, key: &str) -> bool {
+        match key {
+            "stale_after_ms" => self.stale_after_ms.is_some(),
+            "gossip_interval_ms" => self.gossip_interval_ms.is_some(),
+            "gossip_pages_per_round_max" => self.gossip_pages_per_round_max.is_some(),
+            "alive_interval_ms" => self.alive_interval_ms.is_some(),
+            "receipts_per_node_max" => self.receipts_per_node_max.is_some(),
+            "nodes_max" => self.nodes_max.is_some(),
+            _ => false,
+        }
+    }
+}
+
 /// The `[fleet]` key under which `edged.toml` sets a network-layer field of the receipts.
 fn fleet_key(net_key: &str) -> Option<&'static str> {
     Some(match net_key {
@@ -199,6 +326,14 @@ macro_rules! overrides {
                     });
                 })*
                 out
+            }
+
+            /// Whether the file sets `key` (else the library's default holds).
+            fn is_set(&self, key: &str) -> bool {
+                match key {
+                    $(stringify!($field) => self.$field.is_some(),)*
+                    _ => false,
+                }
             }
         }
     };
@@ -416,16 +551,11 @@ impl Config {
     }
 }
 
+/// Checks everything that can be checked without starting the daemon, and reports every
+/// problem at once: a value that cannot be parsed is left out of the checks that need it, and
+/// every other check still runs.
 fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
-    let invalid = |key: &str, message: String| ConfigError::Invalid {
-        path: path.to_owned(),
-        // Mutation point (INV-21): a refusal no longer says which key is wrong.
-        key: match store::mutants::active("config_error_without_key") {
-            true => String::new(),
-            false => key.to_owned(),
-        },
-        message,
-    };
+    let mut problems = Problems::default();
     let base = path.parent().unwrap_or(Path::new("."));
     let resolve = |p: &Path| {
         if p.is_absolute() {
@@ -435,90 +565,80 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         }
     };
 
-    check_node_id(&raw.node_id).map_err(|m| invalid("node_id", m))?;
-    let listen_addr: SocketAddr = raw
-        .listen_addr
-        .parse()
-        .map_err(|e| invalid("listen_addr", format!("`{}`: {e}", raw.listen_addr)))?;
-    check_listen_addr(listen_addr).map_err(|m| invalid("listen_addr", m))?;
+    let node_id = problems
+        .check("node_id", check_node_id(&raw.node_id))
+        .and_then(|()| {
+            problems.check(
+                "node_id",
+                raw.node_id
+                    .parse::<base::NodeId>()
+                    .map_err(|e| e.to_string()),
+            )
+        });
+    let listen_addr = problems.check(
+        "listen_addr",
+        raw.listen_addr
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("`{}`: {e}", raw.listen_addr))
+            .and_then(|addr| check_listen_addr(addr).map(|()| addr)),
+    );
     if raw.data_dir.as_os_str().is_empty() {
-        return Err(invalid(
+        problems.add(
             "data_dir",
             "is empty; give the directory that holds this node's segments and database".into(),
-        ));
+        );
     }
     let data_dir = resolve(&raw.data_dir);
-    if raw
-        .control_socket
-        .as_deref()
-        .is_some_and(|p| p.as_os_str().is_empty())
-    {
-        return Err(invalid(
-            "control_socket",
-            "is empty; remove the key to use control.sock in data_dir".into(),
-        ));
-    }
     let control_socket = raw
         .control_socket
         .as_deref()
         .map(resolve)
         .unwrap_or_else(|| data_dir.join(CONTROL_SOCKET_DEFAULT));
-    if let Some(why) = store_owned(&control_socket, &data_dir) {
-        return Err(invalid(
+    let socket_len = control_socket.as_os_str().len();
+    if raw
+        .control_socket
+        .as_deref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        problems.add(
+            "control_socket",
+            "is empty; remove the key to use control.sock in data_dir".into(),
+        );
+    } else if let Some(why) = store_owned(&control_socket, &data_dir) {
+        problems.add(
             "control_socket",
             format!(
                 "{} is {why}; the daemon would replace it with its socket (choose another path)",
                 control_socket.display()
             ),
-        ));
-    }
-    let socket_len = control_socket.as_os_str().len();
-    if socket_len > SOCKET_PATH_BYTES_MAX {
+        );
+    } else if socket_len > SOCKET_PATH_BYTES_MAX {
         let key = if raw.control_socket.is_some() {
             "control_socket"
         } else {
             "data_dir"
         };
-        return Err(invalid(
+        problems.add(
             key,
             format!(
                 "control socket path {} is {socket_len} bytes; Unix sockets allow at most {SOCKET_PATH_BYTES_MAX} (set control_socket to a shorter path)",
                 control_socket.display()
             ),
-        ));
+        );
     }
-    let metrics_addr = match &raw.metrics_addr {
-        None => None,
-        Some(text) => {
-            let addr: SocketAddr = text
-                .parse()
-                .map_err(|e| invalid("metrics_addr", format!("`{text}`: {e}")))?;
-            if !addr.ip().is_loopback() {
-                return Err(invalid(
-                    "metrics_addr",
-                    format!(
-                        "`{text}` is not a loopback address; metrics are served on localhost only"
-                    ),
-                ));
-            }
-            if addr.port() == 0 {
-                return Err(invalid(
-                    "metrics_addr",
-                    format!("`{text}`: port 0 would serve on a random port no scraper knows"),
-                ));
-            }
-            Some(addr)
-        }
-    };
+    let metrics_addr = problems.check(
+        "metrics_addr",
+        raw.metrics_addr.as_deref().map(metrics_addr).transpose(),
+    );
 
     if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&raw.log_level) {
-        return Err(invalid(
+        problems.add(
             "log_level",
             format!(
                 "`{}` is not a log filter ({e}); give a level (error, warn, info, debug, trace), optionally with per-module levels such as `info,relay=debug`",
                 raw.log_level
             ),
-        ));
+        );
     }
 
     let tls = Tls {
@@ -531,62 +651,74 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         ("tls.node_cert", &tls.node_cert),
         ("tls.node_key", &tls.node_key),
     ] {
-        std::fs::File::open(file)
-            .map_err(|e| invalid(key, format!("cannot read {}: {e}", file.display())))?;
+        if let Err(e) = std::fs::File::open(file) {
+            problems.add(key, format!("cannot read {}: {e}", file.display()));
+        }
     }
 
+    // Only the peers without a problem go on to the relay's and the network layer's checks,
+    // so one mistake is reported once.
     let mut known_peers = Vec::with_capacity(raw.known_peers.len());
-    let mut seen = BTreeSet::new();
+    let mut net_peers = std::collections::BTreeMap::new();
     for (i, peer) in raw.known_peers.iter().enumerate() {
         let key = format!("known_peers[{i}]");
-        check_node_id(&peer.id).map_err(|m| invalid(&format!("{key}.id"), m))?;
-        if peer.id == raw.node_id {
-            return Err(invalid(
-                &format!("{key}.id"),
-                format!("`{}` is this node's own id", peer.id),
-            ));
+        let id = problems
+            .check(&format!("{key}.id"), check_node_id(&peer.id))
+            .and_then(|()| {
+                let problem = if peer.id == raw.node_id {
+                    Some(format!("`{}` is this node's own id", peer.id))
+                } else if net_peers
+                    .keys()
+                    .any(|p: &base::NodeId| p.as_str() == peer.id)
+                {
+                    Some(format!("peer `{}` is listed twice", peer.id))
+                } else {
+                    None
+                };
+                let id = problem.map_or_else(
+                    || peer.id.parse::<base::NodeId>().map_err(|e| e.to_string()),
+                    Err,
+                );
+                problems.check(&format!("{key}.id"), id)
+            });
+        let addr = problems.check(
+            &format!("{key}.addr"),
+            peer.addr
+                .parse::<SocketAddr>()
+                .map_err(|e| format!("`{}`: {e}", peer.addr))
+                .and_then(|addr| check_peer_addr(addr).map(|()| addr)),
+        );
+        if let (Some(id), Some(addr)) = (id, addr) {
+            net_peers.insert(id, addr);
+            known_peers.push(Peer {
+                id: peer.id.clone(),
+                addr,
+            });
         }
-        if !seen.insert(peer.id.clone()) {
-            return Err(invalid(
-                &format!("{key}.id"),
-                format!("peer `{}` is listed twice", peer.id),
-            ));
-        }
-        let addr: SocketAddr = peer
-            .addr
-            .parse()
-            .map_err(|e| invalid(&format!("{key}.addr"), format!("`{}`: {e}", peer.addr)))?;
-        check_peer_addr(addr).map_err(|m| invalid(&format!("{key}.addr"), m))?;
-        known_peers.push(Peer {
-            id: peer.id.clone(),
-            addr,
-        });
     }
 
     if raw.publishers.trusted.is_empty() {
-        return Err(invalid(
+        problems.add(
             "publishers.trusted",
             "no trusted publisher: this node would reject every segment".into(),
-        ));
+        );
     }
     let mut keys = Vec::new();
     for (i, text) in raw.publishers.trusted.iter().enumerate() {
-        let key: PublisherKey = text
-            .parse()
-            .map_err(|e| invalid(&format!("publishers.trusted[{i}]"), format!("{e}")))?;
-        keys.push(key);
+        let key = text.parse::<PublisherKey>().map_err(|e| e.to_string());
+        keys.extend(problems.check(&format!("publishers.trusted[{i}]"), key));
     }
     let trusted: TrustedPublishers = keys.into_iter().collect();
 
     let smallest_ceiling = SEG_PREAMBLE_BYTES + u64::from(HEADER_BYTES_MAX);
     if raw.store.ceiling_bytes <= smallest_ceiling {
-        return Err(invalid(
+        problems.add(
             "store.ceiling_bytes",
             format!(
                 "{} bytes cannot hold even an empty segment ({smallest_ceiling} bytes of header)",
                 raw.store.ceiling_bytes
             ),
-        ));
+        );
     }
     let largest = SEG_PREAMBLE_BYTES + u64::from(HEADER_BYTES_MAX) + PAYLOAD_BYTES_MAX;
     if raw.store.ceiling_bytes < largest {
@@ -597,20 +729,21 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         );
     }
     if raw.store.tombstones_max == 0 {
-        return Err(invalid(
+        problems.add(
             "store.tombstones_max",
             "must be at least 1, or evicted segments are fetched again and again".into(),
-        ));
+        );
     }
     let mut pinned_channels = BTreeSet::new();
     for (i, channel) in raw.store.pinned_channels.iter().enumerate() {
-        store::manifest::validate_channel(channel).map_err(|e| {
-            invalid(
-                &format!("store.pinned_channels[{i}]"),
-                format!("`{channel}`: {e}"),
-            )
-        })?;
-        pinned_channels.insert(channel.clone());
+        let checked =
+            store::manifest::validate_channel(channel).map_err(|e| format!("`{channel}`: {e}"));
+        if problems
+            .check(&format!("store.pinned_channels[{i}]"), checked)
+            .is_some()
+        {
+            pinned_channels.insert(channel.clone());
+        }
     }
 
     let mut store_cfg =
@@ -621,65 +754,69 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
     store_cfg.pinned_channels = pinned_channels;
     store_cfg.clock_skew_ms = raw.clock_skew_max_s.saturating_mul(1000);
 
-    // Parsed once: the relay and the network layer take the same ids.
-    let node_id: base::NodeId = raw
-        .node_id
-        .parse()
-        .map_err(|e: base::NodeIdError| invalid("node_id", e.to_string()))?;
-    let mut net_peers = std::collections::BTreeMap::new();
-    for (i, peer) in known_peers.iter().enumerate() {
-        let id: base::NodeId = peer.id.parse().map_err(|e: base::NodeIdError| {
-            invalid(&format!("known_peers[{i}].id"), e.to_string())
-        })?;
-        net_peers.insert(id, peer.addr);
-    }
+    // With node_id refused, the limits are still checked, for a stand-in id that no peer has.
+    let limits_id = node_id.clone().unwrap_or_else(|| stand_in_id(&net_peers));
     let peer_ids = net_peers.keys().cloned().collect::<Vec<_>>();
-    let mut relay_cfg = relay::RelayConfig::new(node_id.clone(), peer_ids);
+    let mut relay_cfg = relay::RelayConfig::new(limits_id.clone(), peer_ids);
     raw.relay.apply(&mut relay_cfg);
-    relay_cfg
-        .validate()
-        .map_err(|e| invalid(&format!("relay.{}", e.key), e.reason))?;
+    let relay_key = |key: &str| match key {
+        "known_peers" => (key.to_owned(), true),
+        _ => (format!("relay.{key}"), raw.relay.is_set(key)),
+    };
+    for e in relay_cfg.problems() {
+        problems.library(e.key, e.reason, e.conflict.as_deref(), &relay_key);
+    }
 
     let mut members = Vec::with_capacity(raw.fleet.members.len());
     for (i, member) in raw.fleet.members.iter().enumerate() {
-        let id: base::NodeId = member.parse().map_err(|e: base::NodeIdError| {
-            invalid(&format!("fleet.members[{i}]"), e.to_string())
-        })?;
+        let key = format!("fleet.members[{i}]");
+        let Some(id) = problems.check(
+            &key,
+            member.parse().map_err(|e: base::NodeIdError| e.to_string()),
+        ) else {
+            continue;
+        };
         if members.contains(&id) {
-            return Err(invalid(
-                &format!("fleet.members[{i}]"),
-                format!("`{member}` is listed twice"),
-            ));
+            problems.add(&key, format!("`{member}` is listed twice"));
+        } else {
+            members.push(id);
         }
-        members.push(id);
     }
-    if !members.is_empty() && !members.contains(&node_id) {
-        return Err(invalid(
+    if let Some(node_id) = &node_id
+        && !members.is_empty()
+        && !members.contains(node_id)
+    {
+        problems.add(
             "fleet.members",
             format!(
                 "does not list this node's own id `{node_id}`: the roster is every node expected to hold the fleet's segments, this one included"
             ),
-        ));
+        );
     }
-    let mut net_cfg = net::NetConfig::new(node_id, listen_addr, net_peers);
+    // A refused listen_addr is reported above; the network layer's checks do not look at it.
+    let net_listen = listen_addr.unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, 1)));
+    let mut net_cfg = net::NetConfig::new(limits_id, net_listen, net_peers);
     raw.net.apply(&mut net_cfg);
     raw.fleet.apply(&mut net_cfg);
-    net_cfg.validate().map_err(|e| match fleet_key(e.key) {
-        Some(key) => invalid(&format!("fleet.{key}"), e.reason),
-        None => invalid(&format!("net.{}", e.key), e.reason),
-    })?;
+    let net_key = |key: &str| match (key, fleet_key(key)) {
+        ("known_peers", _) => (key.to_owned(), true),
+        (_, Some(fleet)) => (format!("fleet.{fleet}"), raw.fleet.is_set(fleet)),
+        (_, None) => (format!("net.{key}"), raw.net.is_set(key)),
+    };
+    for e in net_cfg.problems() {
+        problems.library(e.key, e.reason, e.conflict.as_deref(), &net_key);
+    }
     let stale_after_ms = raw
         .fleet
         .stale_after_ms
         .unwrap_or(net::receipts::verdict::STALE_AFTER_MS_DEFAULT);
-    if stale_after_ms <= net_cfg.alive_interval_ms {
-        return Err(invalid(
-            "fleet.stale_after_ms",
-            format!(
-                "{stale_after_ms} must exceed fleet.alive_interval_ms ({}): a quiet node renews its liveness receipt only that often",
-                net_cfg.alive_interval_ms
-            ),
-        ));
+    if let Some(c) = Conflict::check(
+        ("stale_after_ms", stale_after_ms),
+        Bound::MoreThan,
+        ("alive_interval_ms", net_cfg.alive_interval_ms),
+        "a quiet node renews its liveness receipt only that often",
+    ) {
+        problems.conflict(&c, &|key| (format!("fleet.{key}"), raw.fleet.is_set(key)));
     }
     let fleet = Fleet {
         members,
@@ -692,20 +829,30 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         // Unset, it follows a lowered connections_max instead of contradicting it.
         control.streams_max = control.streams_max.min(control.connections_max);
     }
-    control
-        .validate()
-        .map_err(|e| invalid(&format!("control.{}", e.key), e.reason))?;
+    let control_key = |key: &str| (format!("control.{key}"), raw.control.is_set(key));
+    for e in control.problems() {
+        problems.library(e.key, e.reason, None, &control_key);
+    }
 
     let housekeeping = raw.housekeeping_interval_ms;
     if !(HOUSEKEEPING_INTERVAL_MS_MIN..=HOUSEKEEPING_INTERVAL_MS_MAX).contains(&housekeeping) {
-        return Err(invalid(
+        problems.add(
             "housekeeping_interval_ms",
             format!(
                 "{housekeeping} is outside {HOUSEKEEPING_INTERVAL_MS_MIN}..={HOUSEKEEPING_INTERVAL_MS_MAX}"
             ),
-        ));
+        );
     }
 
+    // Every value left out above comes with its problem, so all are present when none is.
+    let (true, Some(_), Some(listen_addr), Some(metrics_addr)) =
+        (problems.0.is_empty(), node_id, listen_addr, metrics_addr)
+    else {
+        return Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            problems: problems.0,
+        });
+    };
     Ok(Config {
         control,
         fleet,
@@ -724,6 +871,31 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         scrub_bytes_per_sec: raw.store.scrub_bytes_per_sec,
         store: store_cfg,
     })
+}
+
+/// A node id none of `peers` has, for checking the limits of a file whose own `node_id` is
+/// refused. Among `peers.len() + 1` candidates one is always free.
+fn stand_in_id(peers: &std::collections::BTreeMap<base::NodeId, SocketAddr>) -> base::NodeId {
+    (0..=peers.len())
+        .filter_map(|i| base::NodeId::new(&format!("unset-{i}")).ok())
+        .find(|id| !peers.contains_key(id))
+        .unwrap_or_else(|| unreachable!("one of {} candidates is free", peers.len() + 1))
+}
+
+/// `metrics_addr`: a fixed loopback port.
+fn metrics_addr(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text.parse().map_err(|e| format!("`{text}`: {e}"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "`{text}` is not a loopback address; metrics are served on localhost only"
+        ));
+    }
+    if addr.port() == 0 {
+        return Err(format!(
+            "`{text}`: port 0 would serve on a random port no scraper knows"
+        ));
+    }
+    Ok(addr)
 }
 
 /// A TOML error on one line: its message and where it is (line and column, 1-based). The
@@ -997,7 +1169,7 @@ mod tests {
             &path,
             &with("alive_interval_ms = 600000"),
             "fleet.stale_after_ms",
-            "must exceed",
+            "must be more than `fleet.alive_interval_ms`",
         );
         refused(
             &path,

@@ -168,11 +168,12 @@ pub struct ControlLimitsError {
 }
 
 impl ControlLimits {
-    /// Checks every value against its range and the relations between them.
-    pub fn validate(&self) -> Result<(), ControlLimitsError> {
-        let err = |key, reason: String| Err(ControlLimitsError { key, reason });
+    /// Every value out of its range, and every relation broken, each once.
+    pub fn problems(&self) -> Vec<ControlLimitsError> {
+        let mut problems = Vec::new();
+        let mut err = |key, reason: String| problems.push(ControlLimitsError { key, reason });
         if !(1..=CONTROL_CONNECTIONS_LIMIT).contains(&self.connections_max) {
-            return err(
+            err(
                 "connections_max",
                 format!(
                     "{} is outside 1..={CONTROL_CONNECTIONS_LIMIT}",
@@ -181,7 +182,7 @@ impl ControlLimits {
             );
         }
         if !(1..=self.connections_max).contains(&self.streams_max) {
-            return err(
+            err(
                 "streams_max",
                 format!(
                     "{} is outside 1..=connections_max ({})",
@@ -190,7 +191,7 @@ impl ControlLimits {
             );
         }
         if !(1..=CONTROL_IMPORT_WINDOW_LIMIT).contains(&self.import_window) {
-            return err(
+            err(
                 "import_window",
                 format!(
                     "{} is outside 1..={CONTROL_IMPORT_WINDOW_LIMIT}",
@@ -201,7 +202,7 @@ impl ControlLimits {
         if !(CONTROL_IMPORT_PIPELINED_BYTES_MAX..=CONTROL_IMPORT_WINDOW_BYTES_LIMIT)
             .contains(&self.import_window_bytes)
         {
-            return err(
+            err(
                 "import_window_bytes",
                 format!(
                     "{} is outside {CONTROL_IMPORT_PIPELINED_BYTES_MAX}..={CONTROL_IMPORT_WINDOW_BYTES_LIMIT}",
@@ -210,7 +211,7 @@ impl ControlLimits {
             );
         }
         if !(1..=CONTROL_LIST_PAGE_ITEMS_LIMIT).contains(&self.list_page_items) {
-            return err(
+            err(
                 "list_page_items",
                 format!(
                     "{} is outside 1..={CONTROL_LIST_PAGE_ITEMS_LIMIT}",
@@ -221,7 +222,7 @@ impl ControlLimits {
         if !(CONTROL_LIST_PAGE_BYTES_MIN..=CONTROL_LIST_PAGE_BYTES_LIMIT)
             .contains(&self.list_page_bytes)
         {
-            return err(
+            err(
                 "list_page_bytes",
                 format!(
                     "{} is outside {CONTROL_LIST_PAGE_BYTES_MIN}..={CONTROL_LIST_PAGE_BYTES_LIMIT}",
@@ -235,13 +236,13 @@ impl ControlLimits {
             ("stream_rate_window_ms", self.stream_rate_window_ms),
         ] {
             if !(1..=CONTROL_TIMEOUT_MS_LIMIT).contains(&value) {
-                return err(
+                err(
                     key,
                     format!("{value} is outside 1..={CONTROL_TIMEOUT_MS_LIMIT} ms"),
                 );
             }
         }
-        Ok(())
+        problems
     }
 
     /// Bytes a window must carry: the minimum rate over the window, at least one byte.
@@ -475,12 +476,15 @@ mod tests {
     #[test]
     fn control_limits_defaults_validate_and_bounds_name_their_key() {
         let ok = ControlLimits::default();
-        assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(ok.problems(), []);
         assert_eq!(
             ok.stream_window_bytes_min(),
             CONTROL_STREAM_RATE_MIN_BYTES_PER_S * CONTROL_STREAM_RATE_WINDOW_MS / 1000
         );
-        let key = |l: ControlLimits| l.validate().map_err(|e| e.key);
+        let key = |l: ControlLimits| match l.problems().first() {
+            Some(e) => Err(e.key),
+            None => Ok(()),
+        };
         let at = |f: fn(&mut ControlLimits)| {
             let mut l = ControlLimits::default();
             f(&mut l);

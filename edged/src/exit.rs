@@ -5,7 +5,7 @@
 //! | 0 | success |
 //! | 1 | the command ran but failed: a file was rejected, a segment did not verify, `fsck` found problems |
 //! | 2 | bad command line (unknown flag, missing argument) |
-//! | 3 | invalid configuration: the message names the key and the file |
+//! | 3 | invalid configuration: one line per problem, each naming the key and the file |
 //! | 4 | the data directory or the control socket is held by another process (is the daemon running?) |
 //! | 5 | storage failure: corrupt database, I/O error on the data directory |
 //! | 6 | the command needs the running daemon, and none answers on the control socket |

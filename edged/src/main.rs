@@ -35,10 +35,25 @@ fn main() -> ExitCode {
         Err(failure) => {
             // Errors quote paths, file names and what the daemon said: escaped, so none of them
             // can drive the terminal (see `output`).
-            let message = format!("{:#}", failure.error);
-            eprintln!("edged: error: {}", output::escape(&message));
+            for message in error_lines(&failure.error) {
+                eprintln!("edged: error: {}", output::escape(&message));
+            }
             failure.exit_code()
         }
+    }
+}
+
+/// The lines of an error message: one per problem of a config file (each escaped on its own,
+/// so a line break is never taken from a quoted path), else the error and its causes on one.
+fn error_lines(error: &anyhow::Error) -> Vec<String> {
+    match error.downcast_ref::<config::ConfigError>() {
+        Some(config::ConfigError::Invalid { path, problems }) if error.chain().count() == 1 => {
+            problems
+                .iter()
+                .map(|p| format!("{}: {p}", path.display()))
+                .collect()
+        }
+        _ => vec![format!("{error:#}")],
     }
 }
 

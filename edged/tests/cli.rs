@@ -194,6 +194,21 @@ fn inv_01_inv_19_import_good_and_bad_files() {
     ] {
         assert_eq!(status(bad), "rejected", "{bad}");
     }
+    // The expiry is a time in words, with its age: never milliseconds since the epoch.
+    let reason = |file: &str| {
+        lines.iter().find(|l| l["file"] == file).unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let expired_reason = reason("expired.seg");
+    assert!(
+        expired_reason.contains("manifest expired at 20")
+            && expired_reason.contains("Z (")
+            && expired_reason.contains("ago)")
+            && !expired_reason.contains(" ms"),
+        "{expired_reason}"
+    );
     // Not segment files: skipped, never a failure of their own.
     assert_eq!(status("link.seg"), "skipped");
     assert_eq!(status("README.txt"), "skipped");
@@ -315,6 +330,64 @@ fn inv_21_config_errors_name_the_key_and_the_file() {
     let o = edged(&["segments", "--config", p(&f.config)]);
     assert_eq!(o.status.code(), Some(3));
     assert!(stderr(&o).contains("own id"), "{}", stderr(&o));
+}
+
+/// A file with several mistakes is refused with all of them at once, one line each naming the
+/// key and the file; a default that conflicts with a value the file sets is called a default,
+/// with the key to set.
+#[test]
+fn inv_21_config_errors_come_all_at_once_and_name_the_defaults() {
+    let f = Fixture::new();
+    let refused = |text: String| {
+        std::fs::write(&f.config, text).unwrap();
+        let o = edged(&["segments", "--config", p(&f.config)]);
+        assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+        let lines: Vec<String> = stderr(&o).lines().map(str::to_owned).collect();
+        for line in &lines {
+            assert!(
+                line.starts_with("edged: error: ") && line.contains("edge.toml: key `"),
+                "{line}"
+            );
+        }
+        lines
+    };
+    // Two independent mistakes: both reported in one run.
+    let two = config_text(&f.public, "housekeeping_interval_ms = 1")
+        + "\n[relay]\njitter_percent = 1000\n";
+    let lines = refused(two);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].contains("`relay.jitter_percent`"), "{lines:?}");
+    assert!(lines[1].contains("`housekeeping_interval_ms`"), "{lines:?}");
+    // Lowering backoff_max_ms alone: every default above it is named as a default, with the
+    // key to set.
+    let lowered = config_text(&f.public, "") + "\n[relay]\nbackoff_max_ms = 100\n";
+    let lines = refused(lowered);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for key in [
+        "backoff_base_ms",
+        "store_full_backoff_min_ms",
+        "busy_retry_ms",
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(&format!("`relay.{key}` (default ")))
+            .unwrap_or_else(|| panic!("relay.{key} not named as a default: {lines:?}"));
+        assert!(
+            line.contains("must be at most `relay.backoff_max_ms` (100)")
+                && line.contains(&format!("set relay.{key}")),
+            "{line}"
+        );
+    }
+    // A set value against a default: the default is named, and the key to set.
+    let base_high = config_text(&f.public, "") + "\n[relay]\nbackoff_base_ms = 100000000\n";
+    let lines = refused(base_high);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains(
+            "`relay.backoff_base_ms`: 100000000 must be at most `relay.backoff_max_ms` (default "
+        ) && lines[0].contains("set relay.backoff_max_ms"),
+        "{lines:?}"
+    );
 }
 
 #[test]

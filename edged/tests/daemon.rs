@@ -746,3 +746,63 @@ fn status_and_segments_count_a_retrying_job_once_in_the_same_words() {
         || format!("segments: {}", stdout(&o)),
     );
 }
+
+/// A peer whose certificate another CA signed: `edged peers` says so in words, not as the TLS
+/// library's error value.
+#[test]
+fn a_peer_certificate_of_another_ca_is_said_in_words() {
+    let mut f = Fleet::new(2, &[(1, 2)], |_| NodeOptions::default());
+    // node-2 gets a CA of its own, which signs its certificate and is the only one it trusts.
+    let rogue = f.path("rogue-ca");
+    let rogue_node = f.path("rogue-node-2");
+    for args in [
+        vec!["ca", "init", "--out", p(&rogue)],
+        vec![
+            "ca",
+            "issue",
+            "--ca",
+            p(&rogue),
+            "--node",
+            "node-2",
+            "--out",
+            p(&rogue_node),
+        ],
+    ] {
+        let o = support::edged(&args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    }
+    let config = f.node(2).config.clone();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text
+        .replace("../ca/ca.crt", p(&rogue.join("ca.crt")))
+        .replace(
+            "\"node-2.crt\"",
+            &format!("{:?}", p(&rogue_node.join("node-2.crt"))),
+        )
+        .replace(
+            "\"node-2.key\"",
+            &format!("{:?}", p(&rogue_node.join("node-2.key"))),
+        );
+    std::fs::write(&config, text).unwrap();
+    f.start(1);
+    f.start(2);
+    let words = "handshake refused: its certificate is not signed by this fleet's CA";
+    f.wait_for(
+        "node-1 to say why node-2 is refused",
+        Duration::from_secs(30),
+        POLL,
+        || {
+            let peers = f.json(1, &["peers"]);
+            peers
+                .as_array()?
+                .iter()
+                .any(|p| p["id"] == "node-2" && p["last_failure"] == words)
+                .then_some(())
+        },
+    );
+    let table = f.cli(1, &["peers"]);
+    f.check(
+        stdout(&table).contains(words) && !stdout(&table).contains("HandshakeRefused"),
+        || format!("edged peers:\n{}", stdout(&table)),
+    );
+}

@@ -195,7 +195,8 @@ fn a_receive_refused_for_a_full_store_names_what_holds_the_space() {
     f.check(
         held.contains("held by 1 segment(s)")
             && held.contains(&format!("first {}", &first[..12]))
-            && held.contains("owed to ") && held.contains("node-3"),
+            && held.contains("owed to ")
+            && held.contains("node-3"),
         || format!("the held segment named, with its peer: {refused}"),
     );
     f.check(!f.segment_ids(2).contains(&second), || {

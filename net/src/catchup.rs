@@ -63,6 +63,18 @@ pub enum RoundCut {
     NotHeld,
 }
 
+impl RoundCut {
+    /// A stable name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoundCut::PullBound => "pull_bound",
+            RoundCut::PageBound => "page_bound",
+            RoundCut::Budget => "budget",
+            RoundCut::NotHeld => "not_held",
+        }
+    }
+}
+
 /// What one catch-up round did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CatchupReport {

@@ -113,6 +113,29 @@ pub struct NetConfig {
 pub struct ConfigError {
     pub key: &'static str,
     pub reason: String,
+    /// When the key contradicts another one: both, with their values, so that the reader of
+    /// the file can say which of them the operator set. Boxed: errors stay small.
+    pub conflict: Option<Box<base::setting::Conflict>>,
+}
+
+impl ConfigError {
+    fn new(key: &'static str, reason: String) -> ConfigError {
+        ConfigError {
+            key,
+            reason,
+            conflict: None,
+        }
+    }
+}
+
+impl From<base::setting::Conflict> for ConfigError {
+    fn from(c: base::setting::Conflict) -> ConfigError {
+        ConfigError {
+            key: c.key,
+            reason: c.to_string(),
+            conflict: Some(Box::new(c)),
+        }
+    }
 }
 
 impl NetConfig {
@@ -168,11 +191,22 @@ impl NetConfig {
         }
     }
 
-    /// Checks every value and the relations between them.
+    /// Checks every value and the relations between them; the first problem found.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |key, reason: String| Err(ConfigError { key, reason });
+        match self.problems().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every value out of range and every relation broken, each once, so that a file with
+    /// several mistakes is corrected in one go.
+    pub fn problems(&self) -> Vec<ConfigError> {
+        use base::setting::{Bound, Conflict};
+        let mut problems = Vec::new();
+        let mut err = |key, reason: String| problems.push(ConfigError::new(key, reason));
         if self.known_peers.contains_key(&self.node_id) {
-            return err(
+            err(
                 "known_peers",
                 format!("lists this node's own id {}", self.node_id),
             );
@@ -207,42 +241,27 @@ impl NetConfig {
             ("log_window_ms", self.log_window_ms),
         ] {
             if v == 0 {
-                return err(key, "must be greater than 0".into());
+                err(key, "must be greater than 0".into());
             }
         }
-        if self.keep_alive_interval_ms >= self.idle_timeout_ms {
-            return err(
-                "keep_alive_interval_ms",
-                format!(
-                    "{} must be less than idle_timeout_ms {}",
-                    self.keep_alive_interval_ms, self.idle_timeout_ms
-                ),
-            );
-        }
         if self.idle_timeout_ms > (1 << 40) {
-            return err("idle_timeout_ms", "too large".into());
-        }
-        if self.redial_backoff_max_ms < self.redial_backoff_base_ms {
-            return err(
-                "redial_backoff_max_ms",
-                "must be at least redial_backoff_base_ms".into(),
-            );
+            err("idle_timeout_ms", "too large".into());
         }
         let frame_min = (CATCHUP_PAGE_IDS_MAX * 32 + 16).max(SIGNED_MANIFEST_BYTES_MAX + 16);
         if self.frame_bytes_max < frame_min || self.frame_bytes_max > u32::MAX as usize {
-            return err(
+            err(
                 "frame_bytes_max",
                 format!("must be in {frame_min}..={}", u32::MAX),
             );
         }
         if self.streams_per_peer_max == 0 {
-            return err("streams_per_peer_max", "must be greater than 0".into());
+            err("streams_per_peer_max", "must be greater than 0".into());
         }
         if self.connections_per_peer_max == 0 {
-            return err("connections_per_peer_max", "must be greater than 0".into());
+            err("connections_per_peer_max", "must be greater than 0".into());
         }
         if self.handshakes_unauthenticated_max == 0 {
-            return err(
+            err(
                 "handshakes_unauthenticated_max",
                 "must be greater than 0".into(),
             );
@@ -267,32 +286,23 @@ impl NetConfig {
             ("receipts_per_node_max", self.receipts_per_node_max as usize),
         ] {
             if v == 0 {
-                return err(key, "must be greater than 0".into());
+                err(key, "must be greater than 0".into());
             }
         }
-        if self.handshakes_per_addr_max > self.handshakes_unauthenticated_max {
-            return err(
-                "handshakes_per_addr_max",
-                format!(
-                    "{} must not exceed handshakes_unauthenticated_max {}",
-                    self.handshakes_per_addr_max, self.handshakes_unauthenticated_max
-                ),
-            );
-        }
         if self.accept_unknown_addresses && self.handshakes_unknown_addresses_max == 0 {
-            return err(
+            err(
                 "handshakes_unknown_addresses_max",
                 "must be greater than 0 when accept_unknown_addresses is true".into(),
             );
         }
         if self.fleet_nodes_max < 2 {
-            return err("fleet_nodes_max", "must be at least 2".into());
+            err("fleet_nodes_max", "must be at least 2".into());
         }
         if self.stall_timeout_ms > (1 << 40) {
-            return err("stall_timeout_ms", "too large".into());
+            err("stall_timeout_ms", "too large".into());
         }
         if self.stall_rate_min_bytes_per_s > (1 << 40) {
-            return err("stall_rate_min_bytes_per_s", "too large".into());
+            err("stall_rate_min_bytes_per_s", "too large".into());
         }
         for (key, v) in [
             (
@@ -302,16 +312,54 @@ impl NetConfig {
             ("receive_window_bytes", self.receive_window_bytes),
         ] {
             if VarInt::from_u64(v).is_err() {
-                return err(key, "must be below 2^62".into());
+                err(key, "must be below 2^62".into());
             }
         }
-        if self.stream_receive_window_bytes > self.receive_window_bytes {
-            return err(
-                "stream_receive_window_bytes",
-                "must not exceed receive_window_bytes".into(),
-            );
-        }
-        Ok(())
+        let conflicts = [
+            Conflict::check(
+                ("keep_alive_interval_ms", self.keep_alive_interval_ms),
+                Bound::LessThan,
+                ("idle_timeout_ms", self.idle_timeout_ms),
+                "",
+            ),
+            Conflict::check(
+                ("redial_backoff_max_ms", self.redial_backoff_max_ms),
+                Bound::AtLeast,
+                ("redial_backoff_base_ms", self.redial_backoff_base_ms),
+                "",
+            ),
+            Conflict::check(
+                (
+                    "handshakes_per_addr_max",
+                    self.handshakes_per_addr_max as u64,
+                ),
+                Bound::AtMost,
+                (
+                    "handshakes_unauthenticated_max",
+                    self.handshakes_unauthenticated_max as u64,
+                ),
+                "",
+            ),
+            Conflict::check(
+                (
+                    "stream_receive_window_bytes",
+                    self.stream_receive_window_bytes,
+                ),
+                Bound::AtMost,
+                ("receive_window_bytes", self.receive_window_bytes),
+                "",
+            ),
+        ];
+        // A value already refused alone (zero) is not reported again as a conflict.
+        let alone: Vec<&'static str> = problems.iter().map(|p| p.key).collect();
+        problems.extend(
+            conflicts
+                .into_iter()
+                .flatten()
+                .filter(|c| !alone.contains(&c.key) && !alone.contains(&c.other))
+                .map(ConfigError::from),
+        );
+        problems
     }
 
     pub fn handshake_timeout(&self) -> Duration {

@@ -76,6 +76,7 @@ pub mod clock;
 pub mod config;
 pub mod disk;
 pub mod filter;
+pub mod handshake_cause;
 pub mod limits;
 pub mod logcap;
 pub mod node;
@@ -83,7 +84,6 @@ pub mod pki;
 pub(crate) mod proto;
 pub mod rate;
 pub mod receipts;
-pub mod refusal;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod supervision;

@@ -632,7 +632,7 @@ impl Node {
             let supervisor = tasks.spawn(inner.clone().supervise(peer.clone()));
             peer.set_supervisor(supervisor);
         }
-        tracing::info!(node = %inner.id, addr = ?inner.endpoint.local_addr().ok(), peers = inner.peer_list().len(), "node started");
+        tracing::info!(node = %inner.id, addr = %inner.endpoint.local_addr().map_or_else(|e| format!("unknown ({e})"), |a| a.to_string()), peers = inner.peer_list().len(), "node started");
         Ok(Node {
             inner,
             tasks: Mutex::new(tasks),
@@ -694,11 +694,7 @@ impl Node {
             .inner
             .peer(peer)
             .ok_or_else(|| format!("{peer} is not a known peer"))?;
-        let live = self
-            .inner
-            .connection(&p)
-            .await
-            .map_err(|o| format!("{o:?}"))?;
+        let live = self.inner.connection(&p).await.map_err(|o| o.to_string())?;
         let _in_flight = live.streams.start();
         self.inner.catch_up_on(&p, &live.conn).await
     }
@@ -1082,13 +1078,15 @@ impl Inner {
                 warn_limited!(self.ctx.limiter, &self.who(remote), "handshake_timeout", %remote, "inbound handshake timed out");
                 return;
             }
-            Ok(Err(e)) if crate::refusal::is_refusal(&e) => {
-                let reason = crate::refusal::in_words(&e.to_string());
-                warn_limited!(self.ctx.limiter, &self.who(remote), "handshake_refused", %remote, inbound = true, %reason, "handshake refused");
-                return;
-            }
             Ok(Err(e)) => {
-                info_limited!(self.ctx.limiter, &self.who(remote), "handshake_failed", %remote, error = %e, "inbound handshake failed");
+                match conn_outcome(&e) {
+                    SendOutcome::HandshakeRefused(reason) => {
+                        warn_limited!(self.ctx.limiter, &self.who(remote), "handshake_refused", %remote, inbound = true, %reason, "handshake refused");
+                    }
+                    _ => {
+                        info_limited!(self.ctx.limiter, &self.who(remote), "handshake_failed", %remote, error = %e, "inbound handshake failed");
+                    }
+                }
                 return;
             }
             Ok(Ok(conn)) => conn,
@@ -1329,7 +1327,7 @@ impl Inner {
                 let reason = live.conn.close_reason();
                 let refused = reason.as_ref().map(conn_outcome);
                 let duplicate = is_duplicate_close(&live.conn);
-                info_limited!(self.ctx.limiter, peer.id.as_str(), "disconnected", peer = %peer.id, reason = ?reason, "disconnected");
+                info_limited!(self.ctx.limiter, peer.id.as_str(), "disconnected", peer = %peer.id, reason = %reason.as_ref().map_or_else(|| "no reason given".into(), crate::transfer::close_words), "disconnected");
                 if let Some(o @ SendOutcome::HandshakeRefused(_)) = refused {
                     failures += 1;
                     *peer.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(o);
@@ -1371,9 +1369,8 @@ impl Inner {
                     self.adopt(&peer, conn, true, began);
                     false
                 }
-                Err(SendOutcome::HandshakeRefused(detail)) => {
+                Err(SendOutcome::HandshakeRefused(reason)) => {
                     failures += 1;
-                    let reason = crate::refusal::in_words(&detail);
                     warn_limited!(self.ctx.limiter, &peer.addr.to_string(), "handshake_refused", peer = %peer.id, remote = %peer.addr, inbound = false, %reason, failures, "handshake refused");
                     *peer.last_failure.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some(SendOutcome::HandshakeRefused(reason));
@@ -1381,7 +1378,7 @@ impl Inner {
                 }
                 Err(outcome) => {
                     failures += 1;
-                    tracing::info!(peer = %peer.id, addr = %peer.addr, failures, outcome = ?outcome, "dial failed");
+                    tracing::info!(peer = %peer.id, addr = %peer.addr, failures, outcome = %outcome, "dial failed");
                     *peer.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
                     true
                 }
@@ -1507,7 +1504,7 @@ impl Inner {
                     .unwrap_or(StreamCode::Stalled);
                 if e.is_none() || e.as_ref().is_some_and(|e| e.stream_code().is_some()) {
                     bump(&ctx.stats.streams_failed, 1);
-                    warn_limited!(ctx.limiter, peer.as_str(), "bad_first_frame", peer = %peer, error = ?e.map(|e| e.to_string()), "stream ended: bad or missing first frame");
+                    warn_limited!(ctx.limiter, peer.as_str(), "bad_first_frame", peer = %peer, error = %e.map_or_else(|| "no first frame in time".into(), |e| e.to_string()), "stream ended: bad or missing first frame");
                 }
                 let _ = send.reset(code.varint());
                 let _ = recv.stop(code.varint());
@@ -1580,7 +1577,7 @@ impl Inner {
                         tracing::debug!(peer = %peer.id, "catch-up: in sync")
                     }
                     Ok(report) => {
-                        info_limited!(self.ctx.limiter, peer.id.as_str(), "catchup_round", peer = %peer.id, ?report, "catch-up round")
+                        info_limited!(self.ctx.limiter, peer.id.as_str(), "catchup_round", peer = %peer.id, pages = report.pages, ids_seen = report.ids_seen, pulled = report.pulled, stored = report.stored, failed = report.failed, wasted = report.wasted, cut = report.cut.map_or("no", catchup::RoundCut::as_str), "catch-up round")
                     }
                     Err(e) => {
                         info_limited!(self.ctx.limiter, peer.id.as_str(), "catchup_failed", peer = %peer.id, error = %e, "catch-up round failed")

@@ -154,6 +154,38 @@ pub enum SendOutcome {
     Failed(String),
 }
 
+/// The outcome in words, as `edged peers` and the logs show it.
+impl std::fmt::Display for SendOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendOutcome::Delivered => write!(f, "delivered"),
+            SendOutcome::Have => write!(f, "the peer has it already"),
+            SendOutcome::Busy => write!(f, "the peer is receiving it from another node"),
+            SendOutcome::Refused { reason, detail } if detail.is_empty() => {
+                write!(f, "refused by the peer: {reason}")
+            }
+            SendOutcome::Refused { reason, detail } => {
+                write!(f, "refused by the peer: {reason}: {detail}")
+            }
+            SendOutcome::StoreFull => write!(f, "the peer's store is full"),
+            SendOutcome::Unreachable(why) => write!(f, "unreachable: {why}"),
+            SendOutcome::HandshakeRefused(why) => write!(f, "handshake refused: {why}"),
+            SendOutcome::TimedOut => {
+                write!(f, "timed out: the peer read too slowly or did not answer")
+            }
+            SendOutcome::LocalCorrupt(why) => {
+                write!(f, "this node's copy is corrupt and was quarantined: {why}")
+            }
+            SendOutcome::NotStored => write!(f, "this node does not hold the segment"),
+            SendOutcome::Expired => write!(f, "the segment has expired"),
+            SendOutcome::Untrusted(why) => {
+                write!(f, "this node does not trust the segment's publisher: {why}")
+            }
+            SendOutcome::Failed(why) => write!(f, "failed: {why}"),
+        }
+    }
+}
+
 impl SendOutcome {
     /// True when the peer now holds the segment.
     pub fn is_delivered(&self) -> bool {
@@ -265,12 +297,50 @@ pub(crate) struct Ctx {
     pub fleet: Option<Arc<crate::receipts::gossip::Fleet>>,
 }
 
-/// Maps a lost connection to an outcome.
+/// Maps a lost connection to an outcome. A refused TLS handshake is said in words (see
+/// [`crate::handshake_cause`]); the technical text goes to the debug log.
 pub(crate) fn conn_outcome(e: &quinn::ConnectionError) -> SendOutcome {
-    if crate::refusal::is_refusal(e) {
-        SendOutcome::HandshakeRefused(e.to_string())
-    } else {
-        SendOutcome::Unreachable(e.to_string())
+    use crate::handshake_cause::{Side, in_words};
+    // QUIC's crypto errors are 0x100 plus the TLS alert.
+    let alert = |code: quinn::TransportErrorCode| {
+        u64::from(code)
+            .checked_sub(0x100)
+            .and_then(|a| u8::try_from(a).ok())
+    };
+    let refused = match e {
+        quinn::ConnectionError::TransportError(t) => {
+            alert(t.code).map(|a| in_words(Side::Here, a, &t.reason))
+        }
+        quinn::ConnectionError::ConnectionClosed(c) => alert(c.error_code)
+            .map(|a| in_words(Side::Peer, a, &String::from_utf8_lossy(&c.reason))),
+        _ => None,
+    };
+    match refused {
+        Some(words) => {
+            tracing::debug!(error = %e, cause = %words, "handshake refused");
+            SendOutcome::HandshakeRefused(words)
+        }
+        None => SendOutcome::Unreachable(e.to_string()),
+    }
+}
+
+/// Why a connection ended, in words: "closed by the peer: duplicate", "idle timeout: …".
+pub(crate) fn close_words(e: &quinn::ConnectionError) -> String {
+    use quinn::ConnectionError as E;
+    let text = |bytes: &[u8]| match String::from_utf8_lossy(bytes).trim() {
+        "" => "no reason given".to_owned(),
+        why => why.to_owned(),
+    };
+    match e {
+        E::ApplicationClosed(c) => format!("closed by the peer: {}", text(&c.reason)),
+        E::LocallyClosed => "closed by this node".into(),
+        E::TimedOut => "idle timeout: nothing heard from the peer".into(),
+        E::Reset => "reset by the peer (it restarted or lost the connection)".into(),
+        E::TransportError(_) | E::ConnectionClosed(_) => match conn_outcome(e) {
+            SendOutcome::HandshakeRefused(why) => format!("handshake refused: {why}"),
+            _ => e.to_string(),
+        },
+        _ => e.to_string(),
     }
 }
 

@@ -1032,6 +1032,19 @@ pub enum Requeue {
     NotFound,
 }
 
+/// What a requeue did, in words.
+impl std::fmt::Display for Requeue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Requeue::Requeued => write!(f, "requeued"),
+            Requeue::NotDead(state) => write!(f, "not a dead letter (the job is {state})"),
+            Requeue::Purged => write!(f, "the dead letter was purged"),
+            Requeue::SegmentGone => write!(f, "the segment is no longer stored here"),
+            Requeue::NotFound => write!(f, "no such job"),
+        }
+    }
+}
+
 /// Requeues a dead letter: pending again, attempts reset, due now, pinned again.
 pub fn requeue(
     txn: &WriteTransaction,
@@ -1092,6 +1105,17 @@ pub enum Purge {
     /// Not a dead letter (or already purged): nothing done.
     NotDead(JobState),
     NotFound,
+}
+
+/// What a purge did, in words.
+impl std::fmt::Display for Purge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Purge::Purged => write!(f, "purged"),
+            Purge::NotDead(state) => write!(f, "not a dead letter (the job is {state})"),
+            Purge::NotFound => write!(f, "no such job"),
+        }
+    }
 }
 
 /// Purges a dead letter: the record goes from the queue, its pin is released (other owners'

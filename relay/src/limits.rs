@@ -133,6 +133,29 @@ pub struct ConfigError {
     pub key: &'static str,
     /// What is wrong with it.
     pub reason: String,
+    /// When the key contradicts another one: both, with their values, so that the reader of
+    /// the file can say which of them the operator set. Boxed: errors stay small.
+    pub conflict: Option<Box<base::setting::Conflict>>,
+}
+
+impl ConfigError {
+    fn new(key: &'static str, reason: String) -> ConfigError {
+        ConfigError {
+            key,
+            reason,
+            conflict: None,
+        }
+    }
+}
+
+impl From<base::setting::Conflict> for ConfigError {
+    fn from(c: base::setting::Conflict) -> ConfigError {
+        ConfigError {
+            key: c.key,
+            reason: c.to_string(),
+            conflict: Some(Box::new(c)),
+        }
+    }
 }
 
 impl RelayConfig {
@@ -159,23 +182,33 @@ impl RelayConfig {
         }
     }
 
-    /// Checks every bound and the relations between them.
+    /// Checks every bound and the relations between them; the first problem found.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |key, reason: String| Err(ConfigError { key, reason });
+        match self.problems().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every bound and relation this configuration breaks, each once, so that a file with
+    /// several mistakes is corrected in one go.
+    pub fn problems(&self) -> Vec<ConfigError> {
+        use base::setting::{Bound, Conflict};
+        let mut problems = Vec::new();
         if self.known_peers.len() > KNOWN_PEERS_MAX {
-            return err(
+            problems.push(ConfigError::new(
                 "known_peers",
                 format!(
                     "{} peers, at most {KNOWN_PEERS_MAX}",
                     self.known_peers.len()
                 ),
-            );
+            ));
         }
         if self.known_peers.contains(&self.node_id) {
-            return err(
+            problems.push(ConfigError::new(
                 "known_peers",
                 format!("lists this node's own id {}", self.node_id),
-            );
+            ));
         }
         let positive: [(&'static str, u64); 10] = [
             ("attempts_max", self.attempts_max.into()),
@@ -195,63 +228,67 @@ impl RelayConfig {
             ("wake_interval_max_ms", self.wake_interval_max_ms),
             ("store_full_backoff_min_ms", self.store_full_backoff_min_ms),
         ];
+        let mut zero = BTreeSet::new();
         for (key, value) in positive {
             if value == 0 {
-                return err(key, "must be greater than 0".into());
+                zero.insert(key);
+                problems.push(ConfigError::new(key, "must be greater than 0".into()));
             }
         }
-        if self.backoff_base_ms > self.backoff_max_ms {
-            return err(
-                "backoff_base_ms",
-                format!(
-                    "{} is above backoff_max_ms ({})",
-                    self.backoff_base_ms, self.backoff_max_ms
+        let backoff_max = ("backoff_max_ms", self.backoff_max_ms);
+        let conflicts = [
+            Conflict::check(
+                ("backoff_base_ms", self.backoff_base_ms),
+                Bound::AtMost,
+                backoff_max,
+                "",
+            ),
+            Conflict::check(
+                ("store_full_backoff_min_ms", self.store_full_backoff_min_ms),
+                Bound::AtMost,
+                backoff_max,
+                "due times are clamped to backoff_max_ms",
+            ),
+            Conflict::check(
+                ("busy_retry_ms", self.busy_retry_ms),
+                Bound::AtMost,
+                backoff_max,
+                "",
+            ),
+            Conflict::check(
+                (
+                    "store_full_attempts_max",
+                    self.store_full_attempts_max.into(),
                 ),
-            );
-        }
-        if self.store_full_backoff_min_ms > self.backoff_max_ms {
-            return err(
-                "store_full_backoff_min_ms",
-                format!(
-                    "{} is above backoff_max_ms ({}); due times are clamped to backoff_max_ms",
-                    self.store_full_backoff_min_ms, self.backoff_max_ms
+                Bound::AtLeast,
+                ("attempts_max", self.attempts_max.into()),
+                "store-full is retried longer, not shorter",
+            ),
+            Conflict::check(
+                (
+                    "per_peer_concurrency_max",
+                    self.per_peer_concurrency_max as u64,
                 ),
-            );
-        }
-        if self.busy_retry_ms > self.backoff_max_ms {
-            return err(
-                "busy_retry_ms",
-                format!(
-                    "{} is above backoff_max_ms ({})",
-                    self.busy_retry_ms, self.backoff_max_ms
-                ),
-            );
-        }
+                Bound::AtMost,
+                ("global_concurrency_max", self.global_concurrency_max as u64),
+                "",
+            ),
+        ];
+        // A zero already reported is not reported again as a conflict.
+        problems.extend(
+            conflicts
+                .into_iter()
+                .flatten()
+                .filter(|c| !zero.contains(c.key) && !zero.contains(c.other))
+                .map(ConfigError::from),
+        );
         if self.jitter_percent > JITTER_PERCENT_MAX {
-            return err(
+            problems.push(ConfigError::new(
                 "jitter_percent",
                 format!("{} is above {JITTER_PERCENT_MAX}", self.jitter_percent),
-            );
+            ));
         }
-        if self.store_full_attempts_max < self.attempts_max {
-            return err(
-                "store_full_attempts_max",
-                format!(
-                    "{} is below attempts_max ({}); store-full is retried longer, not shorter",
-                    self.store_full_attempts_max, self.attempts_max
-                ),
-            );
-        }
-        if self.per_peer_concurrency_max > self.global_concurrency_max {
-            return err(
-                "per_peer_concurrency_max",
-                format!(
-                    "{} is above global_concurrency_max ({})",
-                    self.per_peer_concurrency_max, self.global_concurrency_max
-                ),
-            );
-        }
-        Ok(())
+        problems
     }
 }
 
@@ -317,6 +354,36 @@ mod tests {
         c.store_full_attempts_max = c.attempts_max;
         c.per_peer_concurrency_max = c.global_concurrency_max;
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut c = cfg();
+        c.backoff_max_ms = 100;
+        c.jitter_percent = JITTER_PERCENT_MAX + 1;
+        let problems = c.problems();
+        let keys: Vec<_> = problems.iter().map(|e| e.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "backoff_base_ms",
+                "store_full_backoff_min_ms",
+                "busy_retry_ms",
+                "jitter_percent"
+            ]
+        );
+        let busy = problems[2].conflict.as_ref().unwrap();
+        assert_eq!(
+            (busy.value, busy.other, busy.other_value),
+            (BUSY_RETRY_MS_DEFAULT, "backoff_max_ms", 100)
+        );
+        // validate() is the first of them.
+        assert_eq!(c.validate().unwrap_err(), problems[0]);
+        // A zero is reported once, not again as a conflict.
+        let mut c = cfg();
+        c.backoff_max_ms = 0;
+        let keys: Vec<_> = c.problems().iter().map(|e| e.key).collect();
+        assert_eq!(keys, ["backoff_max_ms"]);
     }
 
     #[test]

@@ -273,6 +273,7 @@ impl Relay {
             return Err(RelayError::Config(crate::limits::ConfigError {
                 key: "node_id",
                 reason: "the node id cannot change while the relay runs".into(),
+                conflict: None,
             }));
         }
         let added: std::collections::BTreeSet<NodeId> = cfg
@@ -746,7 +747,7 @@ impl Relay {
         }
         for (key, r) in results {
             if *r != Requeue::Requeued {
-                tracing::info!(seg_id = %key.seg, peer_id = %key.peer, result = ?r, "requeue did nothing");
+                tracing::info!(seg_id = %key.seg, peer_id = %key.peer, result = %r, "requeue did nothing");
             }
         }
     }
@@ -841,7 +842,7 @@ impl Relay {
     fn log_purges(results: &[(JobKey, Purge)]) {
         for (key, r) in results {
             if *r != Purge::Purged {
-                tracing::info!(seg_id = %key.seg, peer_id = %key.peer, result = ?r, "purge did nothing");
+                tracing::info!(seg_id = %key.seg, peer_id = %key.peer, result = %r, "purge did nothing");
             }
         }
     }

@@ -39,6 +39,7 @@ pub mod read;
 pub mod segfile;
 pub mod store;
 pub mod tables;
+pub mod when;
 pub mod writer;
 
 pub use error::{ExportError, IngestError, OpenError, StoreError};

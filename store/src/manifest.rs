@@ -126,7 +126,11 @@ pub enum ManifestError {
         ms: u64,
     },
     /// `expires_at_ms` is not after `created_at_ms`.
-    #[error("expires_at_ms {expires_at_ms} is not after created_at_ms {created_at_ms}")]
+    #[error(
+        "expires at {}, not after its creation at {}",
+        crate::when::rfc3339(*expires_at_ms),
+        crate::when::rfc3339(*created_at_ms)
+    )]
     ExpiryNotAfterCreation {
         /// Creation time, ms since the Unix epoch.
         created_at_ms: u64,
@@ -162,7 +166,10 @@ pub enum VerifyError {
     #[error("manifest signature does not verify")]
     BadSignature,
     /// The manifest expired, even allowing for the clock skew.
-    #[error("manifest expired at {expires_at_ms} ms (now {now_ms} ms)")]
+    #[error(
+        "manifest expired at {}",
+        crate::when::rfc3339_with_age(*expires_at_ms, *now_ms)
+    )]
     Expired {
         /// Expiry time, ms since the Unix epoch.
         expires_at_ms: u64,
@@ -170,7 +177,10 @@ pub enum VerifyError {
         now_ms: u64,
     },
     /// The manifest was created in the future, even allowing for the clock skew.
-    #[error("manifest created at {created_at_ms} ms, in the future (now {now_ms} ms)")]
+    #[error(
+        "manifest created at {}, in the future beyond the allowed clock skew: this node's clock or the publisher's is wrong",
+        crate::when::rfc3339_with_age(*created_at_ms, *now_ms)
+    )]
     CreatedInFuture {
         /// Creation time, ms since the Unix epoch.
         created_at_ms: u64,

@@ -77,7 +77,14 @@ pub(crate) enum Direct {
 pub(crate) fn open_store_direct(cfg: &Config, direct: Direct) -> CliResult<store::Store> {
     let (store, report) = open_store_direct_reporting(cfg, direct)?;
     if !report.is_clean() {
-        tracing::warn!(?report, "store recovered from an unclean shutdown");
+        tracing::warn!(
+            temp_files_removed = report.temp_removed.len(),
+            orphan_files_removed = report.orphans_removed.len(),
+            index_rows_dropped = report.rows_dropped.len(),
+            partials_dropped = report.partials_dropped.len(),
+            partials_kept = report.partials_kept,
+            "store recovered from an unclean shutdown"
+        );
     }
     Ok(store)
 }

@@ -143,7 +143,7 @@ pub fn peers(d: &Daemon) -> Value {
                     "addr": p.addr.to_string(),
                     "connected": p.connected,
                     "remote": p.remote.map(|r| r.to_string()),
-                    "last_failure": p.last_failure.map(|f| format!("{f:?}")),
+                    "last_failure": p.last_failure.map(|f| f.to_string()),
                 })
             })
             .collect(),

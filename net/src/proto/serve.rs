@@ -107,7 +107,7 @@ impl Server {
             Err(outcome) => {
                 if !matches!(outcome, SendOutcome::NotStored | SendOutcome::Expired) {
                     let peer = &self.obs.peer;
-                    warn_limited!(self.obs.limiter, peer.as_str(), "pull_refused_here", peer = %peer, seg_id = %id, ?outcome, "catch-up: cannot serve a pulled segment");
+                    warn_limited!(self.obs.limiter, peer.as_str(), "pull_refused_here", peer = %peer, seg_id = %id, outcome = %outcome, "catch-up: cannot serve a pulled segment");
                 }
                 self.answer(Msg::NotHeld);
             }
