@@ -1117,7 +1117,11 @@ impl Inner {
             }
             None => {
                 // TLS refuses these first; this is defence in depth.
-                warn_limited!(self.ctx.limiter, &self.who(remote), "unknown_peer", %remote, presented = ?id, "connection closed: not a known peer");
+                let presented = match &id {
+                    Ok(id) => id.to_string(),
+                    Err(why) => format!("no usable node id ({why})"),
+                };
+                warn_limited!(self.ctx.limiter, &self.who(remote), "unknown_peer", %remote, %presented, "connection closed: not a known peer");
                 conn.close(ConnCode::UnknownPeer.varint(), b"unknown peer");
             }
         }

@@ -86,7 +86,9 @@ fn run(d: &Daemon, rate: u64, stop: &watch::Receiver<bool>) {
     }
     tracing::info!(
         bytes_per_sec = rate,
-        resumes_after = ?saved.position,
+        resumes_after = %saved
+            .position
+            .map_or_else(|| "the start".to_owned(), |id| id.to_string()),
         "background scrub started"
     );
     let mut paced = Paced {
