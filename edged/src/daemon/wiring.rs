@@ -33,17 +33,26 @@ impl Offers {
         ) else {
             return;
         };
-        let held = match crate::storefull::StoreFull::explain(&self.store, 0, 0) {
-            Ok(full) => full.holders_in_words(),
-            Err(e) => format!("the segments holding the space cannot be listed: {e}"),
+        // The verdict arrives on the network's runtime; the walk of the index does not belong
+        // there.
+        let (store, from) = (self.store.clone(), from.clone());
+        let log = move || {
+            let held = match crate::storefull::StoreFull::explain(&store, 0, 0) {
+                Ok(full) => full.holders_in_words(),
+                Err(e) => format!("the segments holding the space cannot be listed: {e}"),
+            };
+            tracing::warn!(
+                suppressed,
+                kind = "receive_store_full",
+                peer = %from,
+                held = %crate::output::Escaped(&held),
+                "segment from a peer refused: store full; the peer retries later"
+            );
         };
-        tracing::warn!(
-            suppressed,
-            kind = "receive_store_full",
-            peer = %from,
-            held = %crate::output::Escaped(&held),
-            "segment from a peer refused: store full; the peer retries later"
-        );
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(log)),
+            Err(_) => log(),
+        }
     }
 }
 
