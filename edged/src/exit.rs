@@ -72,4 +72,14 @@ impl From<store::StoreError> for Failure {
     }
 }
 
+impl From<relay::RelayError> for Failure {
+    fn from(e: relay::RelayError) -> Self {
+        match e {
+            relay::RelayError::Config(_) => Failure::new(CONFIG, e),
+            relay::RelayError::Store(e) => Failure::from(e),
+            _ => Failure::new(STORAGE, e),
+        }
+    }
+}
+
 pub type CliResult<T = ()> = Result<T, Failure>;

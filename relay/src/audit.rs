@@ -20,7 +20,7 @@ use store::SegmentId;
 use store::index::ReadView;
 
 use crate::core::JobKey;
-use crate::error::RelayError;
+use crate::error::{RelayError, db};
 use crate::peer::pin_owner;
 use crate::tables::{
     CountSlot, DEAD, DUE, DeadRow, JOB_COUNTS, JOBS, JobRow, JobState, decode, due_key, job_key,
@@ -322,10 +322,6 @@ fn job_finding(kind: &'static str, key: &JobKey, what: &str, repairable: bool) -
         what: format!("the job for peer {} {what}", key.peer),
         repairable,
     }
-}
-
-fn db<E: Into<redb::Error>>(e: E) -> RelayError {
-    RelayError::Database(e.into())
 }
 
 #[cfg(test)]

@@ -23,3 +23,8 @@ pub enum RelayError {
     #[error("the relay's store is closed")]
     Closed,
 }
+
+/// A redb failure of the ledger, as the relay's error.
+pub(crate) fn db<E: Into<redb::Error>>(e: E) -> RelayError {
+    RelayError::Database(e.into())
+}

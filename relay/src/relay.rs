@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 
 use crate::core::{self, JobKey, JobView, Scheduler, Tally, Verdict};
 use crate::counters::{JobCounts, RelayCounters, RelayTotals};
-use crate::error::RelayError;
+use crate::error::{RelayError, db};
 use crate::ledger::{
     self, Applied, Effects, Event, OutOfBand, OutcomeIn, Purge, Requeue, SchedOp, Scheduled, Start,
 };
@@ -1055,8 +1055,4 @@ fn crash_after_outcomes(applied: &[Applied]) {
     if applied.iter().any(|a| matches!(a, Applied::Decided(_))) {
         crash::point(crash::RELAY_AFTER_OUTCOME_COMMIT);
     }
-}
-
-fn db<E: Into<redb::Error>>(e: E) -> RelayError {
-    RelayError::Database(e.into())
 }

@@ -72,13 +72,8 @@ pub fn run(args: &FsckArgs) -> CliResult {
 fn check_offline(store: &store::Store, repair: bool, report: &mut Report) -> CliResult {
     report.add_leftovers(&store.check_files(repair)?);
     if repair {
-        report.add_ledger_repaired(
-            relay::audit::repair(store).map_err(|e| Failure::failed(anyhow::anyhow!(e)))?,
-        );
+        report.add_ledger_repaired(relay::audit::repair(store)?);
     }
-    report.add_ledger(
-        &relay::audit::audit(store).map_err(|e| Failure::failed(anyhow::anyhow!(e)))?,
-        false,
-    );
+    report.add_ledger(&relay::audit::audit(store)?, false);
     Ok(())
 }

@@ -120,8 +120,7 @@ pub fn run(args: &ImportArgs) -> CliResult {
             let store = super::open_store_direct(&cfg, super::Direct::Create)?;
             // Jobs for the peers are scheduled in the same transaction as each segment, as the
             // daemon would; it sends them when it starts.
-            let relay = relay::Relay::open(store, cfg.relay.clone(), base::SystemClock.now_ms())
-                .map_err(|e| Failure::new(crate::exit::STORAGE, e))?;
+            let relay = relay::Relay::open(store, cfg.relay.clone(), base::SystemClock.now_ms())?;
             Target::Direct(relay)
         }
     };
