@@ -1,5 +1,6 @@
 //! A reader that goes away (`edged segments --json | head -c 200`) ends a command quietly:
-//! exit code 0, nothing on stderr, never a panic — with the daemon running and without it.
+//! exit code 0, nothing on stderr, never a panic — with the daemon running and without it. Any
+//! other failure to write the output is an error said in words, exit 1.
 
 mod support;
 
@@ -48,4 +49,25 @@ fn a_closed_pipe_ends_every_listing_quietly() {
         let o = f.cli_into_closed_pipe(1, args);
         check_quiet(&f, "daemon running", args, &o);
     }
+}
+
+#[test]
+fn output_that_cannot_be_written_is_an_error_in_words() {
+    let f = Fleet::new(1, &[], |_| NodeOptions::default());
+    let dir = f.path("stick");
+    std::fs::create_dir_all(&dir).unwrap();
+    f.make_segment("one", 1000, &dir);
+    let o = f.cli(1, &["import", p(&dir)]);
+    f.check(o.status.success(), || stderr(&o));
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full: a device that is always full");
+    let o = f.cli_to(1, &["segments", "--json"], std::process::Stdio::from(full));
+    f.check(
+        o.status.code() == Some(1)
+            && stderr(&o).contains("cannot write the output")
+            && !stderr(&o).contains("panicked"),
+        || format!("a full device: {:?} {}", o.status.code(), stderr(&o)),
+    );
 }

@@ -450,6 +450,35 @@ mod tests {
         assert_eq!(relay_jobs(&store), 2, "the jobs stay");
     }
 
+    #[test]
+    fn more_disagreements_than_one_pass_holds_are_counted_and_repaired_in_passes() {
+        let publisher = Publisher::from_seed(10);
+        let fs = SimFs::new();
+        let (store, relay) = node(&publisher, &fs);
+        let extra = 5u32;
+        let strays = AUDIT_LISTED_MAX as u32 + extra;
+        store
+            .writer()
+            .write(move |txn| {
+                for i in 0..strays {
+                    let mut id = [0u8; 32];
+                    id[..4].copy_from_slice(&i.to_be_bytes());
+                    store::index::pin(txn, &SegmentId(id), "relay:z")?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let a = audit(&store).unwrap();
+        assert_eq!(
+            (a.found.len(), a.total),
+            (AUDIT_LISTED_MAX, u64::from(strays)),
+            "listed up to the bound, all counted"
+        );
+        drop(relay);
+        assert_eq!(repair(&store).unwrap(), u64::from(strays), "two passes");
+        assert_eq!(audit(&store).unwrap().total, 0);
+    }
+
     fn relay_jobs(store: &Store) -> usize {
         let read = store.database().begin_read().unwrap();
         read.open_table(JOBS).unwrap().iter().unwrap().count()

@@ -627,12 +627,7 @@ impl Fleet {
 
     /// `edged ARGS --config <node i's config>`, bounded.
     pub fn cli(&self, i: usize, args: &[&str]) -> Output {
-        let mut cmd = Command::new(EDGED);
-        cmd.args(args)
-            .args(["--config", p(&self.nodes[i - 1].config)])
-            .env_remove("EDGED_CONFIG")
-            .env_remove("EDGED_LOG");
-        run_bounded(cmd, CLI_TIMEOUT).unwrap_or_else(|e| self.fail(e))
+        self.cli_to(i, args, Stdio::piped())
     }
 
     /// `edged ARGS --config <node i's config>` writing into a pipe whose reader has already
@@ -640,12 +635,17 @@ impl Fleet {
     pub fn cli_into_closed_pipe(&self, i: usize, args: &[&str]) -> Output {
         let (reader, writer) = rustix::pipe::pipe().unwrap_or_else(|e| self.fail(e));
         drop(reader);
+        self.cli_to(i, args, Stdio::from(writer))
+    }
+
+    /// [`Fleet::cli`] with stdout going to `stdout`.
+    pub fn cli_to(&self, i: usize, args: &[&str], stdout: Stdio) -> Output {
         let mut cmd = Command::new(EDGED);
         cmd.args(args)
             .args(["--config", p(&self.nodes[i - 1].config)])
             .env_remove("EDGED_CONFIG")
             .env_remove("EDGED_LOG");
-        run_bounded_to(cmd, CLI_TIMEOUT, Stdio::from(writer)).unwrap_or_else(|e| self.fail(e))
+        run_bounded_to(cmd, CLI_TIMEOUT, stdout).unwrap_or_else(|e| self.fail(e))
     }
 
     /// `edged ARGS --json` on node `i`, which must succeed; its stdout parsed.
