@@ -107,3 +107,35 @@ mod tests {
         assert!(Conflict::check(("a", 100), Bound::MoreThan, ("b", 100), "x").is_some());
     }
 }
+
+/// One setting a library refuses: its key (as in the configuration file, without the section),
+/// what is wrong, and, when it contradicts another setting, both with their values, so that the
+/// reader of the file can say which of them the operator set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct Refused {
+    pub key: &'static str,
+    pub reason: String,
+    /// Boxed: errors stay small.
+    pub conflict: Option<Box<Conflict>>,
+}
+
+impl Refused {
+    pub fn new(key: &'static str, reason: String) -> Refused {
+        Refused {
+            key,
+            reason,
+            conflict: None,
+        }
+    }
+}
+
+impl From<Conflict> for Refused {
+    fn from(c: Conflict) -> Refused {
+        Refused {
+            key: c.key,
+            reason: c.to_string(),
+            conflict: Some(Box::new(c)),
+        }
+    }
+}

@@ -107,36 +107,8 @@ pub struct NetConfig {
     pub disk_mode: DiskMode,
 }
 
-/// A configuration value out of range; names the key.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid network configuration: {key}: {reason}")]
-pub struct ConfigError {
-    pub key: &'static str,
-    pub reason: String,
-    /// When the key contradicts another one: both, with their values, so that the reader of
-    /// the file can say which of them the operator set. Boxed: errors stay small.
-    pub conflict: Option<Box<base::setting::Conflict>>,
-}
-
-impl ConfigError {
-    fn new(key: &'static str, reason: String) -> ConfigError {
-        ConfigError {
-            key,
-            reason,
-            conflict: None,
-        }
-    }
-}
-
-impl From<base::setting::Conflict> for ConfigError {
-    fn from(c: base::setting::Conflict) -> ConfigError {
-        ConfigError {
-            key: c.key,
-            reason: c.to_string(),
-            conflict: Some(Box::new(c)),
-        }
-    }
-}
+/// A configuration value out of range: the key and why (see [`base::setting::Refused`]).
+pub type ConfigError = base::setting::Refused;
 
 impl NetConfig {
     /// A configuration with every default.

@@ -79,7 +79,7 @@ use crate::{info_limited, warn_limited};
 /// Errors starting a node.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error(transparent)]
+    #[error("invalid network configuration: {0}")]
     Config(#[from] ConfigError),
     #[error(transparent)]
     Tls(#[from] TlsError),

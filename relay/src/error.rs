@@ -8,7 +8,7 @@ use crate::limits::ConfigError;
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     /// The relay configuration contradicts itself.
-    #[error(transparent)]
+    #[error("invalid relay configuration: {0}")]
     Config(#[from] ConfigError),
     /// The store (its committer, its database) failed underneath the relay.
     #[error(transparent)]

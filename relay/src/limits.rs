@@ -125,38 +125,8 @@ pub struct RelayConfig {
     pub disk_mode: DiskMode,
 }
 
-/// A configuration that contradicts itself. The message names the key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid relay configuration: {key}: {reason}")]
-pub struct ConfigError {
-    /// The offending key, as in `edge.toml`.
-    pub key: &'static str,
-    /// What is wrong with it.
-    pub reason: String,
-    /// When the key contradicts another one: both, with their values, so that the reader of
-    /// the file can say which of them the operator set. Boxed: errors stay small.
-    pub conflict: Option<Box<base::setting::Conflict>>,
-}
-
-impl ConfigError {
-    fn new(key: &'static str, reason: String) -> ConfigError {
-        ConfigError {
-            key,
-            reason,
-            conflict: None,
-        }
-    }
-}
-
-impl From<base::setting::Conflict> for ConfigError {
-    fn from(c: base::setting::Conflict) -> ConfigError {
-        ConfigError {
-            key: c.key,
-            reason: c.to_string(),
-            conflict: Some(Box::new(c)),
-        }
-    }
-}
+/// A configuration that contradicts itself: the key and why (see [`base::setting::Refused`]).
+pub type ConfigError = base::setting::Refused;
 
 impl RelayConfig {
     /// A configuration for `node_id` and its peers with every knob at its default.

@@ -270,11 +270,10 @@ impl Relay {
         cfg.validate()?;
         let old = self.inner.cfg();
         if cfg.node_id != old.node_id || cfg.disk_mode != old.disk_mode {
-            return Err(RelayError::Config(crate::limits::ConfigError {
-                key: "node_id",
-                reason: "the node id cannot change while the relay runs".into(),
-                conflict: None,
-            }));
+            return Err(RelayError::Config(crate::limits::ConfigError::new(
+                "node_id",
+                "the node id cannot change while the relay runs".into(),
+            )));
         }
         let added: std::collections::BTreeSet<NodeId> = cfg
             .known_peers
