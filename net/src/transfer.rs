@@ -585,7 +585,10 @@ pub(crate) enum Received {
 /// Maps an ingest error to the reason told to the sender.
 pub(crate) fn ingest_reason(e: &IngestError) -> RejectReason {
     let verify = |v: &VerifyError| match v {
-        VerifyError::UntrustedPublisher { .. } => RejectReason::UntrustedPublisher,
+        VerifyError::UntrustedPublisher { .. } | VerifyError::BelowThreshold { .. } => {
+            RejectReason::UntrustedPublisher
+        }
+        VerifyError::RootExpired { .. } | VerifyError::ChannelExpired { .. } => RejectReason::Stale,
         VerifyError::BadSignature => RejectReason::BadSignature,
         VerifyError::Expired { .. } => RejectReason::Expired,
         VerifyError::CreatedInFuture { .. } => RejectReason::CreatedInFuture,
@@ -614,6 +617,11 @@ pub(crate) fn ingest_reason(e: &IngestError) -> RejectReason {
         IngestError::Protocol { .. } => RejectReason::Internal,
         // Only imports of a copy of a stored segment produce it; a peer is answered "have".
         IngestError::CorruptCopy { .. } => RejectReason::Malformed,
+        IngestError::Superseded { .. } => RejectReason::Superseded,
+        IngestError::Recalled { .. } => RejectReason::Recalled,
+        // The chain does not lead from the receiver's root: its signers are not trusted there.
+        IngestError::RootRefused { .. } => RejectReason::UntrustedPublisher,
+        IngestError::RecallRefused { .. } => RejectReason::Malformed,
     }
 }
 

@@ -235,6 +235,14 @@ pub enum RejectReason {
     Internal,
     /// The peer broke the protocol (unexpected message, bad offset).
     Protocol,
+    /// The receiver has seen a higher sequence for this publisher, channel and name (or a root
+    /// not older than this one): a rollback, refused for good.
+    Superseded,
+    /// A recall withdrew this segment: refused for good.
+    Recalled,
+    /// The receiver's trust root or the channel's rule expired: no new content until a newer
+    /// root arrives (retryable).
+    Stale,
 }
 
 impl RejectReason {
@@ -247,6 +255,8 @@ impl RejectReason {
                 | RejectReason::Expired
                 | RejectReason::TooLarge
                 | RejectReason::Malformed
+                | RejectReason::Superseded
+                | RejectReason::Recalled
         )
     }
 
@@ -263,6 +273,9 @@ impl RejectReason {
             RejectReason::LengthMismatch => "length_mismatch",
             RejectReason::Internal => "internal",
             RejectReason::Protocol => "protocol",
+            RejectReason::Superseded => "superseded",
+            RejectReason::Recalled => "recalled",
+            RejectReason::Stale => "stale",
         }
     }
 }

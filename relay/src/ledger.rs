@@ -558,13 +558,32 @@ fn cancel_owing(
 /// transaction (INV-11): one job per known peer except the source, none for a peer that
 /// already has a job for this segment (a re-ingest after eviction keeps its jobs: INV-10), each
 /// pinning the segment. This is the `extra` the daemon passes to the store's ingest.
+///
+/// The segments it superseded or (a recall) withdrew stop owing in the same transaction: their
+/// pending jobs and dead letters are cancelled, which drops their pins (INV-42, INV-46).
 pub fn schedule_in_txn(
     txn: &WriteTransaction,
     stored: &Stored<()>,
     cfg: &RelayConfig,
     now_ms: u64,
 ) -> Result<Scheduled, redb::Error> {
-    schedule_peers_in_txn(txn, stored, &cfg.known_peers, cfg, now_ms)
+    let mut retired = Effects::default();
+    let superseded = format!("superseded by {}", stored.id);
+    for old in &stored.lifecycle.superseded {
+        // Mutation point (INV-42): the superseded segment keeps its jobs and goes on relaying.
+        if !mutants::active("keep_superseded_jobs") {
+            cancel_owing(txn, old, &superseded, now_ms, cfg, &mut retired)?;
+        }
+    }
+    let recalled = format!("recalled by {}", stored.id);
+    for gone in &stored.lifecycle.withdrawn {
+        cancel_owing(txn, gone, &recalled, now_ms, cfg, &mut retired)?;
+    }
+    let mut scheduled = schedule_peers_in_txn(txn, stored, &cfg.known_peers, cfg, now_ms)?;
+    retired.sched.append(&mut scheduled.effects.sched);
+    retired.events.append(&mut scheduled.effects.events);
+    scheduled.effects = retired;
+    Ok(scheduled)
 }
 
 /// [`schedule_in_txn`] for `peers` only (peers added to `known_peers` while running).
@@ -1181,6 +1200,7 @@ pub fn schedule_added_peers(
         let stored = Stored {
             id: seg,
             row,
+            lifecycle: Default::default(),
             extra: (),
         };
         let mut scheduled = schedule_peers_in_txn(txn, &stored, added, cfg, now_ms)?;

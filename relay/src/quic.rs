@@ -102,6 +102,7 @@ impl NetHooks for Hooks {
         let entry = Stored {
             id: stored.id,
             row: stored.row.clone(),
+            lifecycle: stored.lifecycle.clone(),
             extra: scheduled,
         };
         self.pending

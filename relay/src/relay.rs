@@ -493,6 +493,7 @@ impl Relay {
         Ok(IngestOutcome::Stored(Stored {
             id: stored.id,
             row: stored.row,
+            lifecycle: stored.lifecycle,
             extra,
         }))
     }

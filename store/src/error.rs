@@ -117,6 +117,24 @@ pub enum IngestError {
     /// The store failed underneath the ingest.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Not above the highest sequence already seen for its publisher, channel and name (or,
+    /// for a root, not above the root version in force): a rollback, refused for good.
+    #[error("segment {id} is superseded: sequence {sequence} is not above {highest}, the highest already seen{}", highest_id.map(|h| format!(" (segment {h})")).unwrap_or_default())]
+    Superseded {
+        id: SegmentId,
+        sequence: u64,
+        highest: u64,
+        highest_id: Option<SegmentId>,
+    },
+    /// A recall of its channel withdrew this segment: refused for good.
+    #[error("segment {id} was recalled by segment {recall}")]
+    Recalled { id: SegmentId, recall: SegmentId },
+    /// A root segment that cannot be put in force (in words).
+    #[error("root segment {id} refused: {reason}")]
+    RootRefused { id: SegmentId, reason: String },
+    /// A recall segment whose payload is not a valid recall.
+    #[error("recall segment {id} refused: {reason}")]
+    RecallRefused { id: SegmentId, reason: String },
 }
 
 impl IngestError {

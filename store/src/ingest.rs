@@ -62,7 +62,7 @@ use crate::id::SegmentId;
 use crate::index;
 use crate::inflight::{InFlight, InFlightEnd};
 use crate::limits::{RESERVE_STEP_BYTES, STREAM_BUF_BYTES, WRITEBACK_CHUNK_BYTES};
-use crate::manifest::{SignedManifest, VerifyError};
+use crate::manifest::{SegmentKind, SignedManifest};
 use crate::mutants;
 use crate::outboard::{GroupHasher, Outboard};
 use crate::segfile::{self, PayloadReader, SegFileError};
@@ -118,6 +118,8 @@ impl IngestOptions {
 pub struct Stored<T> {
     pub id: SegmentId,
     pub row: SegmentRow,
+    /// What storing it did to other segments (superseded, withdrawn) and to the trust root.
+    pub lifecycle: crate::lifecycle::Lifecycle,
     /// What the caller's writes in the ingest transaction returned.
     pub extra: T,
 }
@@ -133,6 +135,9 @@ pub enum Begin {
 
 /// The result of a whole ingest from a reader.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// One per ingest, returned and matched at once, never kept in collections: boxing the stored
+// variant would cost an allocation per segment for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum IngestOutcome<T> {
     Stored(Stored<T>),
     AlreadyHave { id: SegmentId, holding: Holding },
@@ -173,6 +178,9 @@ pub struct Ingest {
     has_partial_row: bool,
     /// Set by finish (nothing to undo) or by a failure (discard everything).
     state: State,
+    /// The payload of a recall or root segment, kept to be parsed at the commit (at most
+    /// `LIFECYCLE_PAYLOAD_BYTES_MAX`, bounded by the manifest's validation).
+    lifecycle_payload: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,6 +240,9 @@ impl Store {
             if !(mutants::active("skip_peer_signature") && opts.source != "import") {
                 signed.verify(&self.trusted(), now_ms, cfg.clock_skew_ms)?;
             }
+            // Refused before a payload byte is taken: a rollback, a recalled segment, a root
+            // that is not newer. Decided again in the commit's transaction.
+            crate::lifecycle::admit(&read, &signed, &self.trusted())?;
             let row = read
                 .open_table(PARTIALS)
                 .map_err(db)?
@@ -278,10 +289,16 @@ impl Store {
             resume_offset: 0,
             has_partial_row: partial.is_some(),
             state: State::Open,
+            lifecycle_payload: None,
         };
+        let lifecycle_kind = ingest.signed.manifest().kind != SegmentKind::Content;
         let resumed = match &partial {
+            // A recall's or root's payload is kept in memory to be parsed at the commit: it is
+            // small, and received whole each time rather than resumed.
             Some(row)
-                if row.header_bytes == header_bytes && row.payload_len == ingest.payload_len() =>
+                if !lifecycle_kind
+                    && row.header_bytes == header_bytes
+                    && row.payload_len == ingest.payload_len() =>
             {
                 ingest.try_resume(row.offset)
             }
@@ -406,7 +423,7 @@ impl Store {
         match signed.verify_signature(&self.trusted()) {
             Ok(()) => {}
             // Not the copy's fault: the publisher is not trusted (any more).
-            Err(e @ VerifyError::UntrustedPublisher { .. }) => return Err(e.into()),
+            Err(e) if e.is_trust() => return Err(e.into()),
             Err(e) => return Err(corrupt(e.to_string())),
         }
         match PayloadReader::for_manifest(reader, signed).finish() {
@@ -516,6 +533,10 @@ impl Ingest {
                 Err(e) => return Err(self.fail(self.io_err("remove stale temp file")(e))),
             }
         }
+        if self.signed.manifest().kind != SegmentKind::Content {
+            // Bounded: a recall's or root's declared length is at most LIFECYCLE_PAYLOAD_BYTES_MAX.
+            self.lifecycle_payload = Some(Vec::with_capacity(self.payload_len() as usize));
+        }
         // The header is written now: it needs room (the only bytes an ingest holds before its
         // payload arrives).
         if let Err(e) = self.ensure_grant(self.header_bytes) {
@@ -604,6 +625,9 @@ impl Ingest {
             return Err(self.fail(self.io_err("write")(e)));
         }
         self.written += buf.len() as u64;
+        if let Some(payload) = self.lifecycle_payload.as_mut() {
+            payload.extend_from_slice(buf);
+        }
         if self.written - self.writeback_from >= WRITEBACK_CHUNK_BYTES {
             let len = self.written - self.writeback_from;
             file.start_writeback(self.header_bytes + self.writeback_from, len);
@@ -876,12 +900,24 @@ impl Ingest {
             last_used_ms: now_ms,
             propagated_at_ms: None,
         };
-        let stored = Stored { id, row, extra: () };
-        let for_txn = stored.clone();
+        let signed = self.signed.clone();
+        let payload = self.lifecycle_payload.take().unwrap_or_default();
+        let trusted = self.store.trusted();
         let outboard = outboard.to_bytes();
         let committed = self.store.writer().write(move |txn| {
+            // Decided first, in this transaction: a refusal writes nothing.
+            let applied = match crate::lifecycle::apply(txn, &signed, &payload, &trusted, now_ms)? {
+                Ok(applied) => applied,
+                Err(refused) => return Ok(Err(refused)),
+            };
+            let stored = Stored {
+                id,
+                row,
+                lifecycle: applied.lifecycle.clone(),
+                extra: (),
+            };
             txn.open_table(SEGMENTS)?
-                .insert(&id.0, tables::encode(&for_txn.row).as_slice())?;
+                .insert(&id.0, tables::encode(&stored.row).as_slice())?;
             if !outboard.is_empty() {
                 txn.open_table(OUTBOARDS)?
                     .insert(&id.0, outboard.as_slice())?;
@@ -889,10 +925,12 @@ impl Ingest {
             txn.open_table(PARTIALS)?.remove(&id.0)?;
             index::remove_tombstone(txn, &id)?;
             crash::point(crash::INGEST_IN_COMMIT);
-            extra(txn, &for_txn)
+            let extra = extra(txn, &stored)?;
+            Ok(Ok((stored, applied, extra)))
         });
-        let extra = match committed {
-            Ok(extra) => extra,
+        let (stored, applied, extra) = match committed {
+            Ok(Ok(done)) => done,
+            Ok(Err(refused)) => return Err(undo_rename(&mut self, refused)),
             Err(e) => return Err(undo_rename(&mut self, e.into())),
         };
         crash::point(crash::INGEST_AFTER_COMMIT);
@@ -904,10 +942,12 @@ impl Ingest {
             acct.usage.stored_bytes += self.file_len;
             acct.ingesting.remove(&id);
         }
+        self.store.after_lifecycle(applied);
         tracing::debug!(seg_id = %id, bytes = self.file_len, source = %self.source, "segment stored");
         Ok(Stored {
             id,
             row: stored.row,
+            lifecycle: stored.lifecycle,
             extra,
         })
     }

@@ -6,9 +6,8 @@
 //!   replaces an existing file and makes the new one durable (file fsync, link, directory fsync);
 //!   [`PublisherSecret::load`] refuses a file that group or others may read or write and a file
 //!   larger than [`KEY_FILE_BYTES_MAX`], before reading it.
-//! - [`TrustedPublishers`] is the set of keys a node accepts segments from.
+//! - [`TrustedPublishers`] (in [`crate::trust`]) is what a node accepts segments from.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -309,41 +308,7 @@ fn parse_secret_line(text: &[u8]) -> Result<[u8; 32], &'static str> {
     Ok(seed)
 }
 
-/// The publisher keys a node accepts segments from.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedPublishers {
-    keys: BTreeSet<PublisherKey>,
-}
-
-impl TrustedPublishers {
-    /// Whether `key` is trusted.
-    pub fn contains(&self, key: &PublisherKey) -> bool {
-        self.keys.contains(key)
-    }
-
-    /// Number of trusted keys.
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    /// Whether no key is trusted (then no segment is accepted).
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
-    /// The trusted keys, in order.
-    pub fn iter(&self) -> impl Iterator<Item = &PublisherKey> {
-        self.keys.iter()
-    }
-}
-
-impl FromIterator<PublisherKey> for TrustedPublishers {
-    fn from_iter<I: IntoIterator<Item = PublisherKey>>(iter: I) -> Self {
-        Self {
-            keys: iter.into_iter().collect(),
-        }
-    }
-}
+pub use crate::trust::TrustedPublishers;
 
 #[cfg(test)]
 mod tests {

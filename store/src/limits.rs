@@ -20,8 +20,38 @@ pub const DIRECT_IO_BLOCK_BYTES: usize = 256 * 1024;
 pub const SEG_MAGIC: [u8; 6] = *b"EDGSEG";
 /// The `.seg` file format version this build writes and the only one it reads.
 pub const SEG_FORMAT_VERSION: u16 = 1;
-/// The manifest format version this build writes and the only one it accepts.
-pub const MANIFEST_FORMAT_VERSION: u16 = 1;
+/// The manifest format version this build writes: a kind and several signatures (see
+/// `manifest`). It also reads [`MANIFEST_FORMAT_V1`]; any other version is refused by name.
+pub const MANIFEST_FORMAT_VERSION: u16 = 2;
+/// The first manifest format: content only, one signature. Still read, never written.
+pub const MANIFEST_FORMAT_V1: u16 = 1;
+/// Signatures a manifest may carry (format 2): enough for any channel threshold.
+pub const SIGNATURES_MAX: usize = 8;
+/// Largest payload of a recall or root segment: these are parsed in memory before the commit.
+pub const LIFECYCLE_PAYLOAD_BYTES_MAX: u64 = 128 * 1024;
+/// Segment ids one recall may name.
+pub const RECALL_IDS_MAX: usize = 1024;
+/// Roots one root segment may carry (a node that far behind catches up from one segment).
+pub const ROOT_CHAIN_MAX: usize = 4;
+/// Largest encoded root document.
+pub const ROOT_DOC_BYTES_MAX: usize = 16 * 1024;
+/// Keys that may sign the next root (and signatures a root may carry: twice this).
+pub const ROOT_KEYS_MAX: usize = 16;
+/// Publisher keys a root may list.
+pub const ROOT_PUBLISHERS_MAX: usize = 64;
+/// Channel rules a root may carry.
+pub const ROOT_CHANNELS_MAX: usize = 64;
+/// Channels one publisher grant may list.
+pub const CHANNELS_PER_KEY_MAX: usize = 16;
+/// The channel of root segments; channels starting with `edged.` are reserved to edged.
+pub const ROOT_CHANNEL: &str = "edged.root";
+/// Prefix of the channels reserved to edged.
+pub const RESERVED_CHANNEL_PREFIX: &str = "edged.";
+/// Sequence changes remembered per publisher, channel and name (the history shown to an
+/// operator); the highest sequence itself is never forgotten.
+pub const SEQUENCE_HISTORY_MAX: usize = 16;
+/// Sequence rows listed at most by one query.
+pub const SEQUENCES_LIST_MAX: usize = 10_000;
 /// Bytes before the signed manifest: magic (6) + version (2) + header length (4).
 pub const SEG_PREAMBLE_BYTES: u64 = 12;
 /// Largest encoded signed manifest (the `.seg` header) accepted.
@@ -77,10 +107,22 @@ pub const KEY_FILE_BYTES_MAX: u64 = 256;
 /// (u16: 3, u64: 10), the publisher key and payload hash (32 each), name and channel at their
 /// bounds with their length varints (2 + 255, 1 + 64), the option tag (1), the condition (1) and
 /// the priority (1 raw byte). A test encodes a maximal manifest and checks it stays within this.
-pub const MANIFEST_BYTES_MAX: usize =
-    3 + 32 + (2 + NAME_BYTES_MAX) + (1 + CHANNEL_BYTES_MAX) + 10 + 10 + (1 + 10) + 1 + 1 + 10 + 32;
-/// Largest encoded signed manifest: a length varint (2), the manifest and the 64-byte signature.
-pub const SIGNED_MANIFEST_BYTES_MAX: usize = 2 + MANIFEST_BYTES_MAX + 64;
+/// Format 2 adds the kind (1).
+pub const MANIFEST_BYTES_MAX: usize = 3
+    + 32
+    + (2 + NAME_BYTES_MAX)
+    + (1 + CHANNEL_BYTES_MAX)
+    + 10
+    + 10
+    + (1 + 10)
+    + 1
+    + 1
+    + 10
+    + 32
+    + 1;
+/// Largest encoded signed manifest: a length varint (2), the manifest, the signature count (1)
+/// and up to [`SIGNATURES_MAX`] signatures of 96 bytes (key and signature).
+pub const SIGNED_MANIFEST_BYTES_MAX: usize = 2 + MANIFEST_BYTES_MAX + 1 + SIGNATURES_MAX * 96;
 
 // Relations between the bounds, checked at compile time.
 const _: () = assert!(SIGNED_MANIFEST_BYTES_MAX <= HEADER_BYTES_MAX as usize);
@@ -88,6 +130,9 @@ const _: () = assert!(MANIFEST_BYTES_MAX < 1 << 14); // its length varint fits i
 const _: () = assert!(SEG_PREAMBLE_BYTES == (SEG_MAGIC.len() + 2 + 4) as u64);
 const _: () = assert!(ID_PREFIX_HEX_MIN >= 1 && ID_PREFIX_HEX_MIN <= ID_HEX_LEN);
 const _: () = assert!(CHANNEL_DEFAULT.len() <= CHANNEL_BYTES_MAX);
+const _: () = assert!(ROOT_CHANNEL.len() <= CHANNEL_BYTES_MAX);
+const _: () = assert!(SIGNATURES_MAX < 128); // its count varint is one byte
+const _: () = assert!(RECALL_IDS_MAX as u64 * 32 + 16 <= LIFECYCLE_PAYLOAD_BYTES_MAX);
 const _: () = assert!(KEY_FILE_BYTES_MAX as usize <= STREAM_BUF_BYTES);
 const _: () = assert!(DIRECT_IO_BLOCK_BYTES % DIRECT_IO_ALIGN_BYTES == 0);
 const _: () = assert!(OUTBOARD_GROUP_BYTES.is_power_of_two() && OUTBOARD_GROUP_BYTES >= 1024);

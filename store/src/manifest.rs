@@ -4,24 +4,47 @@
 //!
 //! A [`Manifest`] is encoded with postcard, fields in declaration order (varints for integers
 //! wider than a byte, a length varint before strings, raw bytes for the 32-byte key and hash, a
-//! 0/1 tag before the optional expiry, the variant index of the condition). Only the canonical
-//! encoding — the one [`Manifest::encode`] produces — is accepted by
+//! 0/1 tag before the optional expiry, the variant index of the condition and of the kind).
+//! Only the canonical encoding — the one [`Manifest::encode`] produces — is accepted by
 //! [`Manifest::decode_canonical`]; overlong varints, trailing bytes and out-of-bound fields are
 //! rejected. Hence a manifest has exactly one byte string and one [`SegmentId`] (blake3 of those
 //! bytes).
 //!
-//! A [`SignedManifest`] is encoded as the postcard encoding of the pair
-//! `(manifest_bytes: byte string, signature: [u8; 64])`, i.e.
+//! ## Format versions
 //!
-//! | bytes | content |
+//! The first field, `format_version`, is read before anything else; a version this build does
+//! not know is refused by name ([`ManifestError::UnsupportedFormatVersion`]).
+//!
+//! - **2** (written by this build): the fields of version 1 followed by `kind`
+//!   ([`SegmentKind`]: 0 content, 1 recall, 2 root). A signed manifest is the postcard pair
+//!   `(manifest_bytes: byte string, signatures: sequence of (key: 32 bytes, signature: 64
+//!   bytes))`, 1..=[`SIGNATURES_MAX`] signatures sorted by key, distinct, one of them by the
+//!   manifest's `publisher`.
+//! - **1** (still read): no `kind` (content); a signed manifest is `(manifest_bytes, signature:
+//!   64 bytes)`, the one signature by `publisher`.
+//!
+//! | bytes (format 2) | content |
 //! |---|---|
 //! | 1..=2 | varint length `n` of the manifest bytes, canonical (shortest form) |
 //! | `n` | canonical manifest bytes |
-//! | 64 | ed25519 signature over [`SIGNATURE_DOMAIN_TAG`] followed by the manifest bytes |
+//! | 1 | number of signatures `s` |
+//! | `96 × s` | per signature: the key (32), then ed25519 over [`SIGNATURE_DOMAIN_TAG`] followed by the manifest bytes (64) |
 //!
 //! [`SignedManifest::decode`] re-encodes what it decoded and refuses anything but these exact
 //! bytes (an overlong length varint included), so a signed manifest has one encoding too. Its
-//! encoded length never exceeds [`SIGNED_MANIFEST_BYTES_MAX`] (≤ [`HEADER_BYTES_MAX`]).
+//! encoded length never exceeds [`SIGNED_MANIFEST_BYTES_MAX`] (≤ [`HEADER_BYTES_MAX`]). Adding
+//! a signature ([`SignedManifest::add_signature`]) changes the header, never the id.
+//!
+//! ## Kinds
+//!
+//! - `content`: a payload for the fleet.
+//! - `recall`: a payload listing segment ids of its channel to withdraw ([`crate::recall`]);
+//!   signed like content of that channel.
+//! - `root`: channel [`ROOT_CHANNEL`], payload a chain of root documents ([`crate::root`]),
+//!   sequence the newest root's version. Its manifest signatures are checked for integrity only:
+//!   the root documents inside carry the authority, checked before the segment is committed.
+//!
+//! Channels starting with [`RESERVED_CHANNEL_PREFIX`] are refused for any other kind.
 //!
 //! Times (`created_at_ms`, `expires_at_ms`) are at most [`TIME_MS_MAX`], the end of year 9999
 //! UTC, so every valid manifest can be rendered as an RFC 3339 date.
@@ -31,22 +54,24 @@
 //! - Every decoder checks the input length against [`HEADER_BYTES_MAX`] before anything else,
 //!   never allocates more than its input, and never panics on any input (INV-17).
 //! - A [`SignedManifest`] value always holds a valid, canonical manifest whose id matches its
-//!   bytes; whether its signature verifies against a trusted key is [`SignedManifest::verify`]'s
-//!   job (INV-01), and freshness too, with the configured clock skew (INV-16).
+//!   bytes; whether its signatures verify and meet the channel's threshold of trusted keys is
+//!   [`SignedManifest::verify`]'s job (INV-01, INV-43), and freshness too, with the configured
+//!   clock skew (INV-16) and the root's and channel's expiry (INV-45).
 
 use std::fmt;
 use std::str::FromStr;
 
-use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::id::SegmentId;
 use crate::keys::{PublisherKey, PublisherSecret, TrustedPublishers};
 use crate::limits::{
-    CHANNEL_BYTES_MAX, CHANNEL_DEFAULT, HEADER_BYTES_MAX, MANIFEST_FORMAT_VERSION, NAME_BYTES_MAX,
-    PAYLOAD_BYTES_MAX, PRIORITY_DEFAULT, SIGNATURE_DOMAIN_TAG, SIGNED_MANIFEST_BYTES_MAX,
-    TIME_MS_MAX,
+    CHANNEL_BYTES_MAX, CHANNEL_DEFAULT, HEADER_BYTES_MAX, LIFECYCLE_PAYLOAD_BYTES_MAX,
+    MANIFEST_FORMAT_V1, MANIFEST_FORMAT_VERSION, NAME_BYTES_MAX, PAYLOAD_BYTES_MAX,
+    PRIORITY_DEFAULT, RESERVED_CHANNEL_PREFIX, ROOT_CHANNEL, SIGNATURE_DOMAIN_TAG, SIGNATURES_MAX,
+    SIGNED_MANIFEST_BYTES_MAX, TIME_MS_MAX,
 };
+use crate::root::{BytesRef, WireSig, from_wire, to_wire, verifies};
 
 /// Errors decoding, validating or signing a manifest.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,9 +94,9 @@ pub enum ManifestError {
     /// The bytes decode but are not the canonical encoding of what they decode to.
     #[error("manifest encoding is not canonical")]
     NotCanonical,
-    /// `format_version` is not [`MANIFEST_FORMAT_VERSION`].
+    /// `format_version` is neither [`MANIFEST_FORMAT_VERSION`] nor [`MANIFEST_FORMAT_V1`].
     #[error(
-        "unsupported manifest format version {version} (this build reads {MANIFEST_FORMAT_VERSION})"
+        "unsupported manifest format version {version} (this build reads {MANIFEST_FORMAT_V1} and {MANIFEST_FORMAT_VERSION}): upgrade edged to read it"
     )]
     UnsupportedFormatVersion {
         /// The version found.
@@ -145,6 +170,40 @@ pub enum ManifestError {
         /// The public key of the secret used.
         secret: PublisherKey,
     },
+    /// A format-1 manifest of a kind other than content (format 1 has no kind).
+    #[error("a {kind} manifest needs format version {MANIFEST_FORMAT_VERSION}")]
+    KindNeedsFormat2 {
+        /// The kind.
+        kind: SegmentKind,
+    },
+    /// The channel does not fit the kind: root segments live on [`ROOT_CHANNEL`] only, and
+    /// other kinds may not use a channel starting with [`RESERVED_CHANNEL_PREFIX`].
+    #[error(
+        "a {kind} segment cannot use channel {channel:?} ({ROOT_CHANNEL} is for roots, {RESERVED_CHANNEL_PREFIX}* reserved)"
+    )]
+    ChannelForKind {
+        /// The kind.
+        kind: SegmentKind,
+        /// The channel.
+        channel: String,
+    },
+    /// A recall or root payload larger than [`LIFECYCLE_PAYLOAD_BYTES_MAX`].
+    #[error("a {kind} payload of {len} bytes exceeds the {LIFECYCLE_PAYLOAD_BYTES_MAX} allowed")]
+    LifecyclePayloadTooLarge {
+        /// The kind.
+        kind: SegmentKind,
+        /// The declared payload length.
+        len: u64,
+    },
+    /// The signature list breaks its rules (count, order, the publisher's own signature).
+    #[error("invalid signature list: {0}")]
+    Signatures(&'static str),
+    /// `add_signature` was given a key that already signed.
+    #[error("{key} already signed this manifest")]
+    AlreadySigned {
+        /// The key.
+        key: PublisherKey,
+    },
     /// A success condition other than `all_peers` or `one_peer`.
     #[error("unknown success condition {input:?} (expected all_peers or one_peer)")]
     UnknownCondition {
@@ -162,9 +221,47 @@ pub enum VerifyError {
         /// The manifest's publisher.
         publisher: PublisherKey,
     },
-    /// The signature does not verify (strictly) against the publisher key.
+    /// A signature does not verify (strictly) against its key.
     #[error("manifest signature does not verify")]
     BadSignature,
+    /// Fewer distinct trusted keys signed than the channel needs.
+    #[error(
+        "channel {channel} needs {needed} signatures by trusted keys, the manifest has {valid}"
+    )]
+    BelowThreshold {
+        /// The manifest's channel.
+        channel: String,
+        /// Distinct trusted keys that signed.
+        valid: usize,
+        /// The channel's threshold.
+        needed: usize,
+    },
+    /// The root document in force expired: no new content until a newer root arrives.
+    #[error(
+        "the trust root (version {version}) expired at {}: this node takes no new content until a newer root is imported",
+        crate::when::rfc3339_with_age(*expires_at_ms, *now_ms)
+    )]
+    RootExpired {
+        /// The root's version.
+        version: u64,
+        /// Its expiry, ms since the Unix epoch.
+        expires_at_ms: u64,
+        /// The time checked against.
+        now_ms: u64,
+    },
+    /// The channel's rule in the root document expired.
+    #[error(
+        "channel {channel} expired at {} by the trust root: its content is refused until a newer root extends it",
+        crate::when::rfc3339_with_age(*expires_at_ms, *now_ms)
+    )]
+    ChannelExpired {
+        /// The channel.
+        channel: String,
+        /// Its expiry, ms since the Unix epoch.
+        expires_at_ms: u64,
+        /// The time checked against.
+        now_ms: u64,
+    },
     /// The manifest expired, even allowing for the clock skew.
     #[error(
         "manifest expired at {}",
@@ -187,6 +284,49 @@ pub enum VerifyError {
         /// The time checked against, ms since the Unix epoch.
         now_ms: u64,
     },
+}
+
+impl VerifyError {
+    /// Whether this says the signers are not trusted (enough) rather than that the bytes are
+    /// damaged: a stored segment that fails so is not corrupt, and trusting its keys again makes
+    /// it servable.
+    pub fn is_trust(&self) -> bool {
+        matches!(
+            self,
+            VerifyError::UntrustedPublisher { .. } | VerifyError::BelowThreshold { .. }
+        )
+    }
+}
+
+/// What a segment is for.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub enum SegmentKind {
+    /// A payload for the fleet.
+    #[default]
+    Content,
+    /// Withdraws segments of its channel ([`crate::recall`]).
+    Recall,
+    /// Carries trust root documents ([`crate::root`]).
+    Root,
+}
+
+impl SegmentKind {
+    /// Text form, as in the CLI and listings.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SegmentKind::Content => "content",
+            SegmentKind::Recall => "recall",
+            SegmentKind::Root => "root",
+        }
+    }
+}
+
+impl fmt::Display for SegmentKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// When a segment counts as propagated.
@@ -258,6 +398,24 @@ pub struct Manifest {
     pub payload_len: u64,
     /// blake3 of the payload.
     pub payload_hash: [u8; 32],
+    /// What the segment is for (format 2; always content in format 1).
+    pub kind: SegmentKind,
+}
+
+/// The fields of a format-1 manifest, in their encoding order.
+#[derive(Serialize, Deserialize)]
+struct ManifestV1 {
+    format_version: u16,
+    publisher: PublisherKey,
+    name: String,
+    channel: String,
+    sequence: u64,
+    created_at_ms: u64,
+    expires_at_ms: Option<u64>,
+    condition: SuccessCondition,
+    priority: u8,
+    payload_len: u64,
+    payload_hash: [u8; 32],
 }
 
 impl Manifest {
@@ -282,18 +440,39 @@ impl Manifest {
             priority: PRIORITY_DEFAULT,
             payload_len,
             payload_hash,
+            kind: SegmentKind::Content,
         }
     }
 
     /// Checks every documented bound.
     pub fn validate(&self) -> Result<(), ManifestError> {
-        if self.format_version != MANIFEST_FORMAT_VERSION {
-            return Err(ManifestError::UnsupportedFormatVersion {
-                version: self.format_version,
-            });
+        match self.format_version {
+            MANIFEST_FORMAT_VERSION => {}
+            MANIFEST_FORMAT_V1 if self.kind == SegmentKind::Content => {}
+            MANIFEST_FORMAT_V1 => {
+                return Err(ManifestError::KindNeedsFormat2 { kind: self.kind });
+            }
+            version => return Err(ManifestError::UnsupportedFormatVersion { version }),
         }
         validate_name(&self.name)?;
         validate_channel(&self.channel)?;
+        let reserved = self.channel.starts_with(RESERVED_CHANNEL_PREFIX);
+        let fits = match self.kind {
+            SegmentKind::Root => self.channel == ROOT_CHANNEL,
+            SegmentKind::Content | SegmentKind::Recall => !reserved,
+        };
+        if !fits {
+            return Err(ManifestError::ChannelForKind {
+                kind: self.kind,
+                channel: self.channel.clone(),
+            });
+        }
+        if self.kind != SegmentKind::Content && self.payload_len > LIFECYCLE_PAYLOAD_BYTES_MAX {
+            return Err(ManifestError::LifecyclePayloadTooLarge {
+                kind: self.kind,
+                len: self.payload_len,
+            });
+        }
         if self.payload_len > PAYLOAD_BYTES_MAX {
             return Err(ManifestError::PayloadTooLarge {
                 len: self.payload_len,
@@ -327,20 +506,62 @@ impl Manifest {
         self.expires_at_ms.is_some_and(|e| e <= now_ms)
     }
 
-    /// The canonical encoding (postcard).
+    /// The canonical encoding (postcard) of its format version.
     pub fn encode(&self) -> Vec<u8> {
         // Cannot fail: every field is a fixed-shape integer, array, string or option, which
         // postcard serialises into a growable Vec without error.
+        if self.format_version == MANIFEST_FORMAT_V1 {
+            let v1 = ManifestV1 {
+                format_version: self.format_version,
+                publisher: self.publisher,
+                name: self.name.clone(),
+                channel: self.channel.clone(),
+                sequence: self.sequence,
+                created_at_ms: self.created_at_ms,
+                expires_at_ms: self.expires_at_ms,
+                condition: self.condition,
+                priority: self.priority,
+                payload_len: self.payload_len,
+                payload_hash: self.payload_hash,
+            };
+            return postcard::to_allocvec(&v1).expect("postcard encoding of a Manifest into a Vec");
+        }
         postcard::to_allocvec(self).expect("postcard encoding of a Manifest into a Vec")
     }
 
-    /// Decodes `bytes`, accepting only the canonical encoding of a valid manifest.
+    /// Decodes `bytes`, accepting only the canonical encoding of a valid manifest. The format
+    /// version is read first: one this build does not know is refused by name.
     pub fn decode_canonical(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         if bytes.len() > HEADER_BYTES_MAX as usize {
             return Err(ManifestError::TooLarge { len: bytes.len() });
         }
-        let (manifest, rest) =
-            postcard::take_from_bytes::<Manifest>(bytes).map_err(ManifestError::Decode)?;
+        let (version, _) =
+            postcard::take_from_bytes::<u16>(bytes).map_err(ManifestError::Decode)?;
+        let (manifest, rest) = match version {
+            MANIFEST_FORMAT_VERSION => {
+                postcard::take_from_bytes::<Manifest>(bytes).map_err(ManifestError::Decode)?
+            }
+            MANIFEST_FORMAT_V1 => {
+                let (v1, rest) = postcard::take_from_bytes::<ManifestV1>(bytes)
+                    .map_err(ManifestError::Decode)?;
+                let m = Manifest {
+                    format_version: v1.format_version,
+                    publisher: v1.publisher,
+                    name: v1.name,
+                    channel: v1.channel,
+                    sequence: v1.sequence,
+                    created_at_ms: v1.created_at_ms,
+                    expires_at_ms: v1.expires_at_ms,
+                    condition: v1.condition,
+                    priority: v1.priority,
+                    payload_len: v1.payload_len,
+                    payload_hash: v1.payload_hash,
+                    kind: SegmentKind::Content,
+                };
+                (m, rest)
+            }
+            version => return Err(ManifestError::UnsupportedFormatVersion { version }),
+        };
         if !rest.is_empty() {
             return Err(ManifestError::TrailingBytes { count: rest.len() });
         }
@@ -388,44 +609,23 @@ pub fn validate_channel(channel: &str) -> Result<(), ManifestError> {
     Ok(())
 }
 
-/// Serialises a byte slice as a postcard byte string (length varint + bytes).
-struct ByteStr<'a>(&'a [u8]);
-
-impl Serialize for ByteStr<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(self.0)
-    }
-}
-
 /// The signature as postcard sees it: serde implements arrays only up to 32 elements, and two
 /// 32-byte arrays encode exactly as 64 raw bytes.
 type WireSignature = ([u8; 32], [u8; 32]);
 
-fn split_signature(sig: &[u8; 64]) -> WireSignature {
-    let mut a = [0u8; 32];
-    let mut b = [0u8; 32];
-    a.copy_from_slice(&sig[..32]);
-    b.copy_from_slice(&sig[32..]);
-    (a, b)
-}
-
-fn join_signature((a, b): WireSignature) -> [u8; 64] {
-    let mut sig = [0u8; 64];
-    sig[..32].copy_from_slice(&a);
-    sig[32..].copy_from_slice(&b);
-    sig
-}
-
-/// A canonical manifest with its id and the publisher's signature.
+/// A canonical manifest with its id and its signatures.
 ///
-/// Holding one proves the manifest is valid and canonical, not that the signature verifies:
+/// Holding one proves the manifest is valid and canonical and the signature list well formed
+/// (sorted by key, distinct, the publisher's among them), not that any signature verifies:
 /// call [`SignedManifest::verify`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct SignedManifest {
     manifest_bytes: Vec<u8>,
     manifest: Manifest,
     id: SegmentId,
-    signature: [u8; 64],
+    /// Sorted by key, distinct, 1..=[`SIGNATURES_MAX`]; exactly one (the publisher's) in
+    /// format 1.
+    signatures: Vec<(PublisherKey, [u8; 64])>,
 }
 
 impl fmt::Debug for SignedManifest {
@@ -433,6 +633,7 @@ impl fmt::Debug for SignedManifest {
         f.debug_struct("SignedManifest")
             .field("id", &self.id)
             .field("manifest", &self.manifest)
+            .field("signers", &self.signers().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -454,29 +655,73 @@ impl SignedManifest {
             id: SegmentId::of_manifest_bytes(&manifest_bytes),
             manifest_bytes,
             manifest,
-            signature,
+            signatures: vec![(public, signature)],
         };
         debug_assert!(signed.encoded_len() <= SIGNED_MANIFEST_BYTES_MAX);
         Ok(signed)
     }
 
-    /// Decodes the wire/disk encoding; the manifest inside must be canonical and valid.
+    /// Adds the signature of `secret` (a co-signer of a channel with a threshold). The id does
+    /// not change; the header does. Format 2 only.
+    pub fn add_signature(&mut self, secret: &PublisherSecret) -> Result<(), ManifestError> {
+        if self.manifest.format_version == MANIFEST_FORMAT_V1 {
+            return Err(ManifestError::Signatures(
+                "a format-1 manifest carries one signature",
+            ));
+        }
+        let key = secret.public();
+        let at = match self.signatures.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(_) => return Err(ManifestError::AlreadySigned { key }),
+            Err(at) => at,
+        };
+        if self.signatures.len() >= SIGNATURES_MAX {
+            return Err(ManifestError::Signatures(
+                "at most SIGNATURES_MAX signatures",
+            ));
+        }
+        let sig = secret.sign(&signed_message(&self.manifest_bytes));
+        self.signatures.insert(at, (key, sig));
+        Ok(())
+    }
+
+    /// Decodes the wire/disk encoding of either format; the manifest inside must be canonical
+    /// and valid.
     pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
         if bytes.len() > HEADER_BYTES_MAX as usize {
             return Err(ManifestError::TooLarge { len: bytes.len() });
         }
-        let ((manifest_bytes, sig), rest) =
-            postcard::take_from_bytes::<(&[u8], WireSignature)>(bytes)
-                .map_err(ManifestError::Decode)?;
+        let (manifest_bytes, rest) =
+            postcard::take_from_bytes::<&[u8]>(bytes).map_err(ManifestError::Decode)?;
+        let manifest = Manifest::decode_canonical(manifest_bytes)?;
+        let (signatures, rest) = if manifest.format_version == MANIFEST_FORMAT_V1 {
+            let (sig, rest) =
+                postcard::take_from_bytes::<WireSignature>(rest).map_err(ManifestError::Decode)?;
+            (from_wire(vec![(manifest.publisher, sig)]), rest)
+        } else {
+            // The count is read and bounded before the list is collected.
+            let (count, _) =
+                postcard::take_from_bytes::<u32>(rest).map_err(ManifestError::Decode)?;
+            if count == 0 || count as usize > SIGNATURES_MAX {
+                return Err(ManifestError::Signatures("1..=SIGNATURES_MAX signatures"));
+            }
+            let (sigs, rest) =
+                postcard::take_from_bytes::<Vec<WireSig>>(rest).map_err(ManifestError::Decode)?;
+            (from_wire(sigs), rest)
+        };
         if !rest.is_empty() {
             return Err(ManifestError::TrailingBytes { count: rest.len() });
         }
-        let manifest = Manifest::decode_canonical(manifest_bytes)?;
+        if !signatures.windows(2).all(|w| w[0].0 < w[1].0) {
+            return Err(ManifestError::Signatures("sorted by key and distinct"));
+        }
+        if !signatures.iter().any(|(k, _)| *k == manifest.publisher) {
+            return Err(ManifestError::Signatures("the publisher must sign"));
+        }
         let signed = Self {
             id: SegmentId::of_manifest_bytes(manifest_bytes),
             manifest_bytes: manifest_bytes.to_vec(),
             manifest,
-            signature: join_signature(sig),
+            signatures,
         };
         // postcard accepts an overlong length varint (`85 00` for 5): the outer encoding must be
         // canonical too, or one signed manifest would have two headers (and `.seg` files).
@@ -486,14 +731,16 @@ impl SignedManifest {
         Ok(signed)
     }
 
-    /// The wire/disk encoding: `(manifest_bytes, signature)` in postcard.
+    /// The wire/disk encoding of its format (see the module docs).
     pub fn encode(&self) -> Vec<u8> {
-        let wire = (
-            ByteStr(&self.manifest_bytes),
-            split_signature(&self.signature),
-        );
-        // Cannot fail: a byte string and fixed arrays serialise into a growable Vec without error.
-        let out = postcard::to_allocvec(&wire).expect("postcard encoding of a SignedManifest");
+        // Cannot fail: byte strings and fixed arrays serialise into a growable Vec.
+        let out = if self.manifest.format_version == MANIFEST_FORMAT_V1 {
+            let (_, sig) = to_wire(&self.signatures[..1]).remove(0);
+            postcard::to_allocvec(&(BytesRef(&self.manifest_bytes), sig))
+        } else {
+            postcard::to_allocvec(&(BytesRef(&self.manifest_bytes), to_wire(&self.signatures)))
+        }
+        .expect("postcard encoding of a SignedManifest");
         debug_assert_eq!(out.len(), self.encoded_len());
         out
     }
@@ -503,7 +750,12 @@ impl SignedManifest {
         let n = self.manifest_bytes.len();
         let varint_len = if n < 1 << 7 { 1 } else { 2 };
         debug_assert!(n < 1 << 14);
-        varint_len + n + 64
+        if self.manifest.format_version == MANIFEST_FORMAT_V1 {
+            varint_len + n + 64
+        } else {
+            // SIGNATURES_MAX < 128: the count is one byte.
+            varint_len + n + 1 + 96 * self.signatures.len()
+        }
     }
 
     /// The decoded manifest.
@@ -521,14 +773,26 @@ impl SignedManifest {
         self.id
     }
 
-    /// The ed25519 signature.
+    /// The publisher's ed25519 signature.
     pub fn signature(&self) -> &[u8; 64] {
-        &self.signature
+        let (_, sig) = self
+            .signatures
+            .iter()
+            .find(|(k, _)| *k == self.manifest.publisher)
+            // Decoding and signing both require the publisher's signature in the list.
+            .expect("a signed manifest holds its publisher's signature");
+        sig
     }
 
-    /// Checks, in order: the publisher is trusted, the signature verifies strictly, the
-    /// manifest has not expired (`expires_at_ms + skew <= now_ms` is expired) and was not created
-    /// in the future (`created_at_ms > now_ms + skew`).
+    /// The keys that signed (signatures not checked), sorted.
+    pub fn signers(&self) -> impl Iterator<Item = &PublisherKey> {
+        self.signatures.iter().map(|(k, _)| k)
+    }
+
+    /// Checks, in order: the signatures verify and meet the channel's threshold of trusted keys
+    /// ([`SignedManifest::verify_signature`]); the manifest has not expired (`expires_at_ms +
+    /// skew <= now_ms` is expired) and was not created in the future (`created_at_ms > now_ms +
+    /// skew`); the root in force and the channel's rule have not expired (content and recalls).
     pub fn verify(
         &self,
         trusted: &TrustedPublishers,
@@ -554,26 +818,34 @@ impl SignedManifest {
                 now_ms,
             });
         }
+        if m.kind != SegmentKind::Root {
+            trusted.check_fresh(&m.channel, now_ms, clock_skew_ms)?;
+        }
         Ok(())
     }
 
-    /// Checks that the publisher is trusted and the signature verifies strictly, without any
-    /// freshness check: what a stored segment must pass each time it is read (an expired segment
-    /// already stored is still served until it is evicted).
+    /// Checks that every signature verifies strictly and that enough distinct keys trusted for
+    /// the channel signed, without any freshness check: what a stored segment must pass each
+    /// time it is read (an expired segment already stored is still served until it is evicted).
+    /// A root segment's signatures are checked for integrity only: its payload carries the
+    /// authority and is checked before it is committed.
     pub fn verify_signature(&self, trusted: &TrustedPublishers) -> Result<(), VerifyError> {
         let m = &self.manifest;
-        if !trusted.contains(&m.publisher) {
+        if m.kind != SegmentKind::Root && !self.signers().any(|k| trusted.contains(k)) {
+            // Nothing here is trusted: said before any curve arithmetic is spent on it.
             return Err(VerifyError::UntrustedPublisher {
                 publisher: m.publisher,
             });
         }
-        let key = VerifyingKey::from_bytes(m.publisher.as_bytes())
-            .map_err(|_| VerifyError::BadSignature)?;
-        key.verify_strict(
-            &signed_message(&self.manifest_bytes),
-            &Signature::from_bytes(&self.signature),
-        )
-        .map_err(|_| VerifyError::BadSignature)
+        for (key, sig) in &self.signatures {
+            if !verifies(key, SIGNATURE_DOMAIN_TAG, &self.manifest_bytes, sig) {
+                return Err(VerifyError::BadSignature);
+            }
+        }
+        if m.kind == SegmentKind::Root {
+            return Ok(());
+        }
+        trusted.check_signers(&m.channel, &m.publisher, self.signers())
     }
 }
 
@@ -633,6 +905,7 @@ pub(crate) mod tests {
             priority: u8::MAX,
             payload_len: PAYLOAD_BYTES_MAX,
             payload_hash: [0xff; 32],
+            kind: SegmentKind::Content,
         }
     }
 
@@ -687,9 +960,188 @@ pub(crate) mod tests {
                 "01",
                 "c8",
                 "05",
+                "ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f",
+                "00"
+            )
+            .replacen("01", "02", 1)
+        );
+    }
+
+    #[test]
+    fn format_1_is_still_read_with_its_pinned_id() {
+        // A format-1 manifest (no kind, one bare signature) as older builds wrote it.
+        let m = Manifest {
+            format_version: MANIFEST_FORMAT_V1,
+            ..sample()
+        };
+        assert_eq!(
+            hex::encode(m.encode()),
+            concat!(
+                "01",
+                "197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+                "11706f6c6963792d62756e646c652e746172",
+                "0f6f70732e706f6c6963792d76325f78",
+                "ac02",
+                "80d095ffbc31",
+                "01e8d795ffbc31",
+                "01",
+                "c8",
+                "05",
                 "ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f"
             )
         );
+        let signed = SignedManifest::sign(m.clone(), &secret()).unwrap();
+        let bytes = signed.encode();
+        let n = signed.manifest_bytes().len();
+        assert_eq!(
+            bytes.len(),
+            1 + n + 64,
+            "length, manifest, one bare signature"
+        );
+        assert_eq!(&bytes[1 + n..], signed.signature());
+        let back = SignedManifest::decode(&bytes).unwrap();
+        assert_eq!(back.manifest().kind, SegmentKind::Content);
+        assert_eq!(back.id(), m.id());
+        back.verify(&trusted(&secret()), NOW_MS, 0).unwrap();
+        // Format 1 has no kind and one signature.
+        let mut recall = m.clone();
+        recall.kind = SegmentKind::Recall;
+        assert_eq!(
+            recall.validate(),
+            Err(ManifestError::KindNeedsFormat2 {
+                kind: SegmentKind::Recall
+            })
+        );
+        let mut one = SignedManifest::sign(m, &secret()).unwrap();
+        assert!(matches!(
+            one.add_signature(&PublisherSecret::from_seed([7; 32])),
+            Err(ManifestError::Signatures(_))
+        ));
+    }
+
+    #[test]
+    fn an_unknown_format_is_refused_by_name() {
+        let mut bytes = sample().encode();
+        bytes[0] = 3;
+        assert_eq!(
+            Manifest::decode_canonical(&bytes),
+            Err(ManifestError::UnsupportedFormatVersion { version: 3 })
+        );
+        assert!(
+            ManifestError::UnsupportedFormatVersion { version: 3 }
+                .to_string()
+                .contains("upgrade edged")
+        );
+    }
+
+    #[test]
+    fn co_signatures_keep_the_id_and_one_encoding() {
+        let signed = SignedManifest::sign(sample(), &secret()).unwrap();
+        let mut co = signed.clone();
+        co.add_signature(&PublisherSecret::from_seed([7; 32]))
+            .unwrap();
+        co.add_signature(&PublisherSecret::from_seed([8; 32]))
+            .unwrap();
+        assert_eq!(co.id(), signed.id());
+        assert_eq!(co.signers().count(), 3);
+        assert!(matches!(
+            co.add_signature(&PublisherSecret::from_seed([7; 32])),
+            Err(ManifestError::AlreadySigned { .. })
+        ));
+        let back = SignedManifest::decode(&co.encode()).unwrap();
+        assert_eq!(back, co);
+        assert!(co.encoded_len() <= SIGNED_MANIFEST_BYTES_MAX);
+        // Swapping two signature entries breaks the order: refused.
+        let bytes = co.encode();
+        let n = co.manifest_bytes().len();
+        let at = 1 + n + 1;
+        let mut swapped = bytes[..at].to_vec();
+        swapped.extend_from_slice(&bytes[at + 96..at + 192]);
+        swapped.extend_from_slice(&bytes[at..at + 96]);
+        swapped.extend_from_slice(&bytes[at + 192..]);
+        assert_eq!(
+            SignedManifest::decode(&swapped),
+            Err(ManifestError::Signatures("sorted by key and distinct"))
+        );
+        // Up to the bound, and not one more.
+        let mut full = signed.clone();
+        for seed in 100..100 + SIGNATURES_MAX as u8 - 1 {
+            full.add_signature(&PublisherSecret::from_seed([seed; 32]))
+                .unwrap();
+        }
+        assert_eq!(full.signers().count(), SIGNATURES_MAX);
+        assert!(full.encoded_len() <= SIGNED_MANIFEST_BYTES_MAX);
+        assert!(matches!(
+            full.add_signature(&PublisherSecret::from_seed([99; 32])),
+            Err(ManifestError::Signatures(_))
+        ));
+        SignedManifest::decode(&full.encode()).unwrap();
+    }
+
+    #[test]
+    fn inv_43_a_channel_threshold_counts_distinct_trusted_signers() {
+        use crate::root::tests::{doc, signed as signed_root};
+        // Keys 10 and 11 on every channel; channel `rel` needs 2.
+        let root = signed_root(doc(1, &[1], 1, &[10, 11], 2), &[1]);
+        let t = TrustedPublishers::from_root(root);
+        let (a, b) = (
+            PublisherSecret::from_seed([10; 32]),
+            PublisherSecret::from_seed([11; 32]),
+        );
+        let mut m = manifest_for(&a, b"x");
+        m.channel = "rel".into();
+        let mut one = SignedManifest::sign(m, &a).unwrap();
+        assert!(matches!(
+            one.verify(&t, NOW_MS, 0),
+            Err(VerifyError::BelowThreshold {
+                valid: 1,
+                needed: 2,
+                ..
+            })
+        ));
+        // A stranger's signature does not count.
+        one.add_signature(&PublisherSecret::from_seed([12; 32]))
+            .unwrap();
+        assert!(one.verify(&t, NOW_MS, 0).is_err());
+        one.add_signature(&b).unwrap();
+        one.verify(&t, NOW_MS, 0).unwrap();
+        // A damaged co-signature is damage, even with the threshold met by the others.
+        let mut bytes = one.encode();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let damaged = SignedManifest::decode(&bytes).unwrap();
+        assert_eq!(
+            damaged.verify(&t, NOW_MS, 0),
+            Err(VerifyError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn kinds_live_on_their_channels() {
+        let mut m = manifest_for(&secret(), b"x");
+        m.kind = SegmentKind::Root;
+        assert!(matches!(
+            m.validate(),
+            Err(ManifestError::ChannelForKind { .. })
+        ));
+        m.channel = ROOT_CHANNEL.into();
+        m.validate().unwrap();
+        m.kind = SegmentKind::Content;
+        assert!(matches!(
+            m.validate(),
+            Err(ManifestError::ChannelForKind { .. })
+        ));
+        m.channel = "edged.other".into();
+        assert!(m.validate().is_err());
+        let mut r = manifest_for(&secret(), b"x");
+        r.kind = SegmentKind::Recall;
+        r.payload_len = LIFECYCLE_PAYLOAD_BYTES_MAX;
+        r.validate().unwrap();
+        r.payload_len += 1;
+        assert!(matches!(
+            r.validate(),
+            Err(ManifestError::LifecyclePayloadTooLarge { .. })
+        ));
     }
 
     #[test]
@@ -724,11 +1176,13 @@ pub(crate) mod tests {
         assert_eq!(back.manifest(), &sample());
         assert_eq!(back.manifest_bytes(), sample().encode());
         back.verify(&trusted(&secret()), NOW_MS, 0).unwrap();
-        // Layout: length varint, manifest bytes, 64 signature bytes.
+        // Layout: length varint, manifest bytes, signature count, then key and signature.
         let n = signed.manifest_bytes().len();
         assert_eq!(bytes[0] as usize, n);
         assert_eq!(&bytes[1..1 + n], signed.manifest_bytes());
-        assert_eq!(&bytes[1 + n..], signed.signature());
+        assert_eq!(bytes[1 + n], 1);
+        assert_eq!(&bytes[2 + n..2 + n + 32], secret().public().as_bytes());
+        assert_eq!(&bytes[2 + n + 32..], signed.signature());
     }
 
     #[test]
@@ -748,6 +1202,11 @@ pub(crate) mod tests {
             SignedManifest::sign(m, &secret()),
             Err(ManifestError::NameEmpty)
         );
+    }
+
+    /// A format-2 signed manifest's encoding around `manifest_bytes`, with `signed`'s signatures.
+    fn wire_of(manifest_bytes: &[u8], signed: &SignedManifest) -> Vec<u8> {
+        postcard::to_allocvec(&(BytesRef(manifest_bytes), to_wire(&signed.signatures))).unwrap()
     }
 
     /// Encodes without validating, to feed invalid manifests to the decoder.
@@ -906,9 +1365,9 @@ pub(crate) mod tests {
         // inside a signed manifest's envelope before anyone looks at the signature.
         let far = created(u64::MAX - 1);
         let signed = SignedManifest::sign(sample(), &secret()).unwrap();
-        let wire = (ByteStr(&raw(&far)), split_signature(signed.signature()));
+        let wire = wire_of(&raw(&far), &signed);
         assert_eq!(
-            SignedManifest::decode(&postcard::to_allocvec(&wire).unwrap()),
+            SignedManifest::decode(&wire),
             Err(ManifestError::TimeOutOfRange {
                 field: "created_at_ms",
                 ms: u64::MAX - 1,
@@ -927,7 +1386,7 @@ pub(crate) mod tests {
         let mut overlong = vec![bytes[0] | 0x80, 0x00];
         overlong.extend_from_slice(&bytes[1..]);
         let ((inner, _), rest) =
-            postcard::take_from_bytes::<(&[u8], WireSignature)>(&overlong).unwrap();
+            postcard::take_from_bytes::<(&[u8], Vec<WireSig>)>(&overlong).unwrap();
         assert!(rest.is_empty());
         assert_eq!(inner, signed.manifest_bytes(), "postcard itself accepts it");
         assert_eq!(
@@ -1033,8 +1492,8 @@ pub(crate) mod tests {
             Manifest::decode_canonical(&overlong),
             Err(ManifestError::NotCanonical)
         );
-        // Same for the format version (first byte: 01 -> 81 00).
-        let mut overlong = vec![0x81, 0x00];
+        // Same for the format version (first byte: 02 -> 82 00).
+        let mut overlong = vec![0x82, 0x00];
         overlong.extend_from_slice(&bytes[1..]);
         assert_eq!(
             Manifest::decode_canonical(&overlong),
@@ -1042,8 +1501,7 @@ pub(crate) mod tests {
         );
         // And inside a signed manifest: the signature covers the canonical bytes only.
         let signed = SignedManifest::sign(m, &secret()).unwrap();
-        let wire = (ByteStr(&overlong), split_signature(signed.signature()));
-        let wire = postcard::to_allocvec(&wire).unwrap();
+        let wire = wire_of(&overlong, &signed);
         assert_eq!(
             SignedManifest::decode(&wire),
             Err(ManifestError::NotCanonical)
@@ -1069,7 +1527,7 @@ pub(crate) mod tests {
         }
         // A flipped bit in the manifest (still a valid, canonical manifest): the priority byte.
         let n = signed.manifest_bytes().len();
-        let prio_at = 1 + n - 32 - 1 - 1;
+        let prio_at = 1 + n - 1 - 32 - 1 - 1;
         let mut b = bytes.clone();
         assert_eq!(b[prio_at], 200);
         b[prio_at] ^= 1;
@@ -1082,7 +1540,7 @@ pub(crate) mod tests {
         );
         // A payload hash bit.
         let mut b = bytes.clone();
-        b[1 + n - 1] ^= 0x80;
+        b[1 + n - 2] ^= 0x80;
         let tampered = SignedManifest::decode(&b).unwrap();
         assert_eq!(
             tampered.verify(&trusted, NOW_MS, 0),
@@ -1097,7 +1555,7 @@ pub(crate) mod tests {
         // A signature over the bare manifest bytes (no domain tag) must not verify.
         let signed = SignedManifest::sign(sample(), &secret()).unwrap();
         let forged = SignedManifest {
-            signature: secret().sign(signed.manifest_bytes()),
+            signatures: vec![(secret().public(), secret().sign(signed.manifest_bytes()))],
             ..signed
         };
         assert_eq!(
@@ -1145,7 +1603,7 @@ pub(crate) mod tests {
             manifest_bytes: m.encode(),
             id: m.id(),
             manifest: m,
-            ..signed
+            signatures: vec![(PublisherKey::from_bytes(bogus), *signed.signature())],
         };
         let trusted: TrustedPublishers = [PublisherKey::from_bytes(bogus)].into_iter().collect();
         assert_eq!(
@@ -1238,6 +1696,7 @@ pub(crate) mod tests {
                     priority,
                     payload_len,
                     payload_hash,
+                    kind: SegmentKind::Content,
                 }
             }
         }

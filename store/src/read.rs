@@ -21,7 +21,7 @@ use crate::fs::FsRead;
 use crate::id::SegmentId;
 use crate::keys::PublisherKey;
 use crate::limits::STREAM_BUF_BYTES;
-use crate::manifest::{SignedManifest, VerifyError};
+use crate::manifest::SignedManifest;
 use crate::outboard::{self, GroupHasher, Outboard};
 use crate::segfile::{self, SegFileError};
 use crate::store::Store;
@@ -260,8 +260,9 @@ impl Store {
                     Ok(signed) if signed.id() == *id => {
                         match signed.verify_signature(&self.trusted()) {
                             Ok(()) => Ok((signed, file)),
-                            Err(VerifyError::UntrustedPublisher { publisher }) => {
-                                Err(Problem::Untrusted(publisher))
+                            // Not damage: the signers are not trusted (enough) any more.
+                            Err(e) if e.is_trust() => {
+                                Err(Problem::Untrusted(signed.manifest().publisher))
                             }
                             Err(e) => corrupt(e.to_string()),
                         }

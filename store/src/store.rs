@@ -177,6 +177,19 @@ pub(crate) struct Accounting {
 /// Called with the id of every segment moved to quarantine, after the move.
 pub type QuarantineWatcher = Box<dyn Fn(&SegmentId) + Send + Sync>;
 
+/// Called (outside the store's locks) after every commit that stored or withdrew a segment.
+pub type ChangeWatcher = Arc<dyn Fn() + Send + Sync>;
+
+#[derive(Default)]
+pub(crate) struct ChangeWatchers(Mutex<Vec<ChangeWatcher>>);
+
+impl std::fmt::Debug for ChangeWatchers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map(|w| w.len()).unwrap_or(0);
+        write!(f, "ChangeWatchers({n})")
+    }
+}
+
 /// Whoever wants to hear of quarantines (the network layer, to fetch a good copy again).
 #[derive(Default)]
 pub(crate) struct Watchers(Mutex<Vec<QuarantineWatcher>>);
@@ -211,9 +224,24 @@ pub(crate) struct Inner {
     pub(crate) writer: Writer,
     pub(crate) acct: Mutex<Accounting>,
     pub(crate) quarantine_watchers: Watchers,
+    /// Called after every commit that stores or withdraws a segment.
+    pub(crate) change_watchers: ChangeWatchers,
     pub(crate) inflight: crate::inflight::Registry,
     pub(crate) shared: crate::inflight::SharedReads,
     pub(crate) cached: Mutex<Cached>,
+}
+
+/// The trust in force: the configured one, unless a newer root arrived as a segment (a root
+/// configured in `edge.toml` that is newer wins; a fixed `[publishers] trusted` list always
+/// wins, since it has no root to move from).
+fn in_force(
+    configured: TrustedPublishers,
+    arrived: Option<crate::root::SignedRoot>,
+) -> TrustedPublishers {
+    match (configured.root(), arrived) {
+        (Some(c), Some(a)) if a.version() > c.version() => TrustedPublishers::from_root(a),
+        _ => configured,
+    }
 }
 
 /// A node's segment store. Cheap to clone; all clones share one database and one committer.
@@ -330,13 +358,18 @@ impl Store {
             db
         };
         tables::init(&db, &db_path)?;
+        let stored_root = {
+            let read = db.begin_read().map_err(crate::error::db)?;
+            crate::lifecycle::stored_root(&read)?
+        };
+        let in_force = in_force(cfg.trusted.clone(), stored_root);
         let mut acct = Accounting::default();
         let report = recover(&cfg, fs.as_ref(), &layout, &db, now_ms, &mut acct)?;
         let db = Arc::new(db);
         let writer = Writer::start(db.clone())?;
         let store = Store {
             inner: Arc::new(Inner {
-                trusted: std::sync::RwLock::new(cfg.trusted.clone()),
+                trusted: std::sync::RwLock::new(in_force),
                 cfg,
                 layout,
                 fs,
@@ -344,6 +377,7 @@ impl Store {
                 writer,
                 acct: Mutex::new(acct),
                 quarantine_watchers: Watchers::default(),
+                change_watchers: ChangeWatchers::default(),
                 inflight: Default::default(),
                 shared: Default::default(),
                 cached: Mutex::new(Cached::default()),
@@ -374,13 +408,160 @@ impl Store {
     }
 
     /// Accepts segments of `trusted` from now on (a reloaded configuration). Segments stored
-    /// already stay.
+    /// already stay. A root older than the one in force (which arrived as a segment) does not
+    /// replace it: a reload cannot roll the trust root back.
     pub fn set_trusted(&self, trusted: TrustedPublishers) {
-        *self
+        let mut now = self
             .inner
             .trusted
             .write()
-            .unwrap_or_else(|e| e.into_inner()) = trusted;
+            .unwrap_or_else(|e| e.into_inner());
+        let current = now.root().cloned();
+        *now = in_force(trusted, current);
+    }
+
+    /// Registers `watcher`, called after every commit that stored or withdrew a segment (local
+    /// delivery wakes on it).
+    pub fn watch_changes(&self, watcher: ChangeWatcher) {
+        self.inner
+            .change_watchers
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(watcher);
+    }
+
+    pub(crate) fn notify_changes(&self) {
+        let watchers: Vec<ChangeWatcher> = self
+            .inner
+            .change_watchers
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for watcher in watchers {
+            watcher();
+        }
+    }
+
+    /// After the commit of a segment: removes the files of the segments it withdrew, puts a new
+    /// root in force, and tells the change watchers.
+    pub(crate) fn after_lifecycle(&self, applied: crate::lifecycle::Applied) {
+        if !applied.withdrawn_rows.is_empty() {
+            let mut acct = self.acct();
+            let mut dirs = BTreeSet::new();
+            for (id, row) in &applied.withdrawn_rows {
+                let path = self.inner.layout.segment_file(id);
+                match self.inner.fs.remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        // The row is gone: recovery removes the orphan file.
+                        tracing::warn!(seg_id = %id, path = %path.display(), error = %e, "recalled segment file not removed");
+                    }
+                    _ => {
+                        acct.usage.stored_bytes =
+                            acct.usage.stored_bytes.saturating_sub(row.file_len);
+                    }
+                }
+                dirs.insert(self.inner.layout.fanout(id));
+                tracing::info!(seg_id = %id, name = %row.name, channel = %row.channel, "segment recalled: removed");
+            }
+            drop(acct);
+            for dir in dirs {
+                if let Err(e) = self.inner.fs.sync_dir(&dir) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "fsync after recall failed");
+                }
+            }
+        }
+        for old in &applied.lifecycle.superseded {
+            tracing::info!(seg_id = %old, "segment superseded by a higher sequence");
+        }
+        if let Some(root) = applied.root {
+            let version = root.version();
+            *self
+                .inner
+                .trusted
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = TrustedPublishers::from_root(root);
+            tracing::info!(version, "trust root updated");
+        }
+        self.notify_changes();
+    }
+
+    /// Whether a recall withdrew `id` (held here or not).
+    pub fn is_recalled(&self, id: &SegmentId) -> Result<bool, StoreError> {
+        Ok(self.recalled_row(id)?.is_some())
+    }
+
+    /// The recall that withdrew `id`, if any.
+    pub fn recalled_row(
+        &self,
+        id: &SegmentId,
+    ) -> Result<Option<crate::lifecycle::RecalledRow>, StoreError> {
+        let read = self.database().begin_read().map_err(crate::error::db)?;
+        let table = read
+            .open_table(crate::lifecycle::RECALLED)
+            .map_err(crate::error::db)?;
+        let row = table.get(&id.0).map_err(crate::error::db)?;
+        row.map(|v| tables::decode("recalled-v1", v.value()))
+            .transpose()
+    }
+
+    /// Every recalled id with its recall, in id order (at most `limit`).
+    pub fn recalled(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(SegmentId, crate::lifecycle::RecalledRow)>, StoreError> {
+        let read = self.database().begin_read().map_err(crate::error::db)?;
+        let table = read
+            .open_table(crate::lifecycle::RECALLED)
+            .map_err(crate::error::db)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(crate::error::db)?.take(limit) {
+            let (k, v) = entry.map_err(crate::error::db)?;
+            out.push((
+                SegmentId::from_bytes(*k.value()),
+                tables::decode("recalled-v1", v.value())?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The segment that superseded `id`, if one did.
+    pub fn superseded_by(&self, id: &SegmentId) -> Result<Option<SegmentId>, StoreError> {
+        let read = self.database().begin_read().map_err(crate::error::db)?;
+        let table = read
+            .open_table(crate::lifecycle::SUPERSEDED)
+            .map_err(crate::error::db)?;
+        let row = table.get(&id.0).map_err(crate::error::db)?;
+        Ok(row.map(|v| SegmentId::from_bytes(*v.value())))
+    }
+
+    /// The sequence rows (highest sequence and history per publisher, channel and name), of
+    /// `channel` only when given, sorted by channel and name, at most
+    /// [`crate::limits::SEQUENCES_LIST_MAX`].
+    pub fn sequences(
+        &self,
+        channel: Option<&str>,
+    ) -> Result<Vec<crate::lifecycle::SequenceRow>, StoreError> {
+        let read = self.database().begin_read().map_err(crate::error::db)?;
+        let table = read
+            .open_table(crate::lifecycle::SEQUENCES)
+            .map_err(crate::error::db)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(crate::error::db)? {
+            let (_, v) = entry.map_err(crate::error::db)?;
+            let row: crate::lifecycle::SequenceRow = tables::decode("sequences-v1", v.value())?;
+            if channel.is_none_or(|c| c == row.channel) {
+                out.push(row);
+                if out.len() >= crate::limits::SEQUENCES_LIST_MAX {
+                    break;
+                }
+            }
+        }
+        out.sort_by(|a, b| {
+            (&a.channel, &a.name, a.publisher).cmp(&(&b.channel, &b.name, b.publisher))
+        });
+        Ok(out)
     }
 
     pub fn layout(&self) -> &Layout {

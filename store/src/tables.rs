@@ -13,6 +13,7 @@
 //! | `tombstone-order-v1` | tombstone sequence number | segment id |
 //! | `quarantine-v1` | segment id | [`QuarantineRow`] |
 //! | `store-meta-v1` | key | u64 (`schema_version`, `tombstone_seq`) |
+//! | `sequences-v1`, `superseded-v1`, `recalled-v1`, `root-v1` | see [`crate::lifecycle`] | |
 
 use redb::{MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -124,6 +125,7 @@ pub(crate) fn init(db: &redb::Database, path: &std::path::Path) -> Result<(), St
         txn.open_table(TOMBSTONE_ORDER).map_err(db_err)?;
         txn.open_table(QUARANTINE).map_err(db_err)?;
         txn.open_table(OUTBOARDS).map_err(db_err)?;
+        crate::lifecycle::init(&txn).map_err(db_err)?;
         let mut meta = txn.open_table(META).map_err(db_err)?;
         let found = meta
             .get(META_SCHEMA_VERSION)

@@ -69,6 +69,7 @@ pub fn create(args: &CreateArgs) -> CliResult {
         priority: args.priority,
         payload_len,
         payload_hash,
+        kind: store::manifest::SegmentKind::Content,
     };
     let signed = SignedManifest::sign(manifest, &secret).map_err(Failure::failed)?;
     let bar = progress::bytes(payload_len, "writing", false);

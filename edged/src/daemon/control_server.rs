@@ -1034,6 +1034,8 @@ pub fn reject_reason(e: &store::IngestError) -> &'static str {
     use store::segfile::SegFileError;
     match e {
         E::Verify(V::UntrustedPublisher { .. }) => "untrusted_publisher",
+        E::Verify(V::BelowThreshold { .. }) => "below_threshold",
+        E::Verify(V::RootExpired { .. } | V::ChannelExpired { .. }) => "stale",
         E::Verify(V::BadSignature) => "bad_signature",
         E::Verify(V::Expired { .. }) => "expired",
         E::Verify(V::CreatedInFuture { .. }) => "created_in_future",
@@ -1054,6 +1056,10 @@ pub fn reject_reason(e: &store::IngestError) -> &'static str {
         E::Protocol { .. } => "protocol",
         E::CorruptCopy { .. } => "corrupt_copy",
         E::Store(_) => "store",
+        E::Superseded { .. } => "superseded",
+        E::Recalled { .. } => "recalled",
+        E::RootRefused { .. } => "root_refused",
+        E::RecallRefused { .. } => "recall_refused",
     }
 }
 

@@ -79,6 +79,7 @@ pub(crate) mod testing {
             priority: 128,
             payload_len: payload.len() as u64,
             payload_hash: *blake3::hash(payload).as_bytes(),
+            kind: store::manifest::SegmentKind::Content,
         };
         SignedManifest::sign(m, &secret).expect("sign")
     }

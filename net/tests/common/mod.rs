@@ -173,6 +173,7 @@ pub fn signed_for(
         priority: 128,
         payload_len: len,
         payload_hash: hash,
+        kind: store::manifest::SegmentKind::Content,
     };
     SignedManifest::sign(m, secret).expect("sign")
 }

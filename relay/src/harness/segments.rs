@@ -98,6 +98,7 @@ impl Publisher {
             priority: spec.priority,
             payload_len: body.len() as u64,
             payload_hash: *blake3::hash(&body).as_bytes(),
+            kind: store::manifest::SegmentKind::Content,
         };
         // Test specs are valid by construction; a failure here is a bug in the test.
         let signed = SignedManifest::sign(manifest, &self.secret).expect("test manifest signs");

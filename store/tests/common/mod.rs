@@ -75,6 +75,7 @@ pub fn manifest_for(secret: &PublisherSecret, spec: &SegSpec, body: &[u8]) -> Ma
         priority: spec.priority,
         payload_len: body.len() as u64,
         payload_hash: *blake3::hash(body).as_bytes(),
+        kind: store::manifest::SegmentKind::Content,
     }
 }
 
