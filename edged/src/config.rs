@@ -437,7 +437,12 @@ struct RawPeer {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPublishers {
+    #[serde(default)]
     trusted: Vec<String>,
+    /// A root document file (`edged root create` / `sign`): the trusted keys per channel, with
+    /// thresholds, replaced by newer roots arriving as segments.
+    #[serde(default)]
+    root: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -697,18 +702,37 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         }
     }
 
-    if raw.publishers.trusted.is_empty() {
-        problems.add(
-            "publishers.trusted",
-            "no trusted publisher: this node would reject every segment".into(),
-        );
-    }
-    let mut keys = Vec::new();
-    for (i, text) in raw.publishers.trusted.iter().enumerate() {
-        let key = text.parse::<PublisherKey>().map_err(|e| e.to_string());
-        keys.extend(problems.check(&format!("publishers.trusted[{i}]"), key));
-    }
-    let trusted: TrustedPublishers = keys.into_iter().collect();
+    let trusted = match (&raw.publishers.root, raw.publishers.trusted.is_empty()) {
+        (Some(_), false) => {
+            problems.add(
+                "publishers.root",
+                "set either publishers.root or publishers.trusted, not both".into(),
+            );
+            TrustedPublishers::default()
+        }
+        (Some(path), true) => {
+            let path = resolve(path);
+            problems
+                .check("publishers.root", load_root(&path))
+                .map(TrustedPublishers::from_root)
+                .unwrap_or_default()
+        }
+        (None, true) => {
+            problems.add(
+                "publishers.trusted",
+                "no trusted publisher: this node would reject every segment (set publishers.trusted, or publishers.root)".into(),
+            );
+            TrustedPublishers::default()
+        }
+        (None, false) => {
+            let mut keys = Vec::new();
+            for (i, text) in raw.publishers.trusted.iter().enumerate() {
+                let key = text.parse::<PublisherKey>().map_err(|e| e.to_string());
+                keys.extend(problems.check(&format!("publishers.trusted[{i}]"), key));
+            }
+            keys.into_iter().collect()
+        }
+    };
 
     let smallest_ceiling = SEG_PREAMBLE_BYTES + u64::from(HEADER_BYTES_MAX);
     if raw.store.ceiling_bytes <= smallest_ceiling {
@@ -1467,4 +1491,31 @@ mod tests {
             assert_eq!(cfg.housekeeping_interval, Duration::from_millis(good));
         }
     }
+}
+
+/// Largest root document file read from `[publishers] root`.
+const ROOT_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+/// Reads and checks a root document file: bounded before it is read, canonical, and signed by
+/// its own threshold of its own root keys.
+pub fn load_root(path: &Path) -> Result<store::root::SignedRoot, String> {
+    use std::io::Read;
+    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open {shown}: {e}"))?;
+    let len = file
+        .metadata()
+        .map_err(|e| format!("cannot stat {shown}: {e}"))?
+        .len();
+    if len > ROOT_FILE_BYTES_MAX {
+        return Err(format!(
+            "{shown} is {len} bytes, more than the {ROOT_FILE_BYTES_MAX} a root document may have"
+        ));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(ROOT_FILE_BYTES_MAX)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let root = store::root::SignedRoot::decode(&bytes).map_err(|e| format!("{shown}: {e}"))?;
+    root.verify_self().map_err(|e| format!("{shown}: {e}"))?;
+    Ok(root)
 }
