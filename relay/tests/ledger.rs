@@ -461,3 +461,51 @@ fn inv_22_a_second_requeue_of_a_requeued_job_does_nothing() {
     assert!(logs.contains("requeue did nothing"), "{logs}");
     assert_eq!(relay.job(&k).unwrap().unwrap(), job, "the job is untouched");
 }
+
+#[test]
+fn inv_42_a_higher_sequence_cancels_the_superseded_segments_jobs_and_unpins_it() {
+    let publisher = Publisher::from_seed(47);
+    let fs = SimFs::new();
+    let (store, relay) = open(&fs, &publisher, node_cfg(&["a", "b"]), T0);
+    let (v1, f1) = publisher.segment(&spec("app").sequence(1));
+    let (v2, f2) = publisher.segment(&spec("app").sequence(2));
+    stored(
+        relay
+            .ingest_reader(f1.as_slice(), &IngestOptions::import(), T0)
+            .unwrap(),
+    );
+    assert_eq!(relay.pending_count(), 2);
+    stored(
+        relay
+            .ingest_reader(f2.as_slice(), &IngestOptions::import(), T0)
+            .unwrap(),
+    );
+    let states: Vec<(SegmentId, String, JobState)> = relay
+        .all_jobs()
+        .unwrap()
+        .into_iter()
+        .map(|(k, r)| (k.seg, k.peer.to_string(), r.state))
+        .collect();
+    for (seg, peer, state) in &states {
+        let want = if *seg == v1 {
+            JobState::Cancelled
+        } else {
+            JobState::Pending
+        };
+        assert_eq!(*state, want, "{peer} {seg}");
+    }
+    assert_eq!(relay.pending_count(), 2, "only the new release is owed");
+    let pins = |id: SegmentId| {
+        store
+            .list()
+            .unwrap()
+            .into_iter()
+            .find(|s| s.id == id)
+            .map(|s| s.pins)
+    };
+    assert_eq!(pins(v1), Some(vec![]), "the old release is evictable");
+    assert_eq!(
+        pins(v2),
+        Some(vec!["relay:a".to_owned(), "relay:b".to_owned()])
+    );
+}

@@ -64,6 +64,9 @@ pub struct Candidate {
     pub channel_pinned: bool,
     /// Being read for sending or export: never evicted.
     pub busy: bool,
+    /// A higher sequence of its publisher, channel and name is stored: evicted before anything
+    /// still current, even in a pinned channel.
+    pub superseded: bool,
 }
 
 impl Candidate {
@@ -73,7 +76,9 @@ impl Candidate {
 
     /// May a plan choose it: not pinned, not busy, and channel-pinned only once expired.
     fn evictable(&self, now_ms: u64) -> bool {
-        !self.pinned && !self.busy && (self.expired(now_ms) || !self.channel_pinned)
+        !self.pinned
+            && !self.busy
+            && (self.expired(now_ms) || self.superseded || !self.channel_pinned)
     }
 }
 
@@ -88,7 +93,7 @@ pub fn evictable_bytes(candidates: &[Candidate], now_ms: u64) -> u64 {
 }
 
 /// Which segments to evict to free `need_bytes`: expired ones first (soonest expiry first), then
-/// the rest by lowest priority, least recently used, id. Pinned and busy segments are never
+/// superseded ones, then the rest by lowest priority, least recently used, id. Pinned and busy segments are never
 /// chosen; channel-pinned ones only when expired. All or nothing: if the evictable segments
 /// cannot free enough, the plan is empty, because evicting without making room loses content
 /// for no gain.
@@ -102,6 +107,7 @@ pub fn plan(candidates: &[Candidate], need_bytes: u64, now_ms: u64) -> Vec<Segme
         (
             !expired,
             if expired { c.expires_at_ms } else { None },
+            !c.superseded,
             c.priority,
             c.last_used_ms,
             c.id,
@@ -150,6 +156,7 @@ mod tests {
             pinned: false,
             channel_pinned: false,
             busy: false,
+            superseded: false,
         }
     }
 
@@ -277,5 +284,24 @@ mod tests {
     #[test]
     fn nothing_to_free_plans_nothing() {
         check(&[cand(1, 10, 0, 0)], 0, 0, &[]);
+    }
+
+    #[test]
+    fn superseded_segments_go_after_expired_and_before_the_rest_even_when_channel_pinned() {
+        let mut old = cand(1, 10, 255, 9_000);
+        old.superseded = true;
+        old.channel_pinned = true;
+        let cheap = cand(2, 10, 0, 0);
+        let mut expired = cand(3, 10, 255, 9_000);
+        expired.expires_at_ms = Some(5);
+        let all = [cheap.clone(), old.clone(), expired.clone()];
+        assert_eq!(plan(&all, 30, 10), vec![id(3), id(1), id(2)]);
+        assert_eq!(plan(&all, 10, 0), vec![id(1)]);
+        // Superseded is not expired: the sweep leaves it.
+        assert!(expired_ids_exclude_superseded(&all));
+    }
+
+    fn expired_ids_exclude_superseded(all: &[Candidate]) -> bool {
+        !super::expired(all, 10).contains(&id(1))
     }
 }

@@ -199,8 +199,10 @@ fn check_header(
         }
         return Ok(());
     }
+    // Mutation point (INV-46): a recalled segment is taken again when it is offered.
     if let Some(r) = read_recalled(recalled, &id)?
         && r.channel == m.channel
+        && !crate::mutants::active("accept_recalled")
     {
         return Err(IngestError::Recalled {
             id,

@@ -879,6 +879,7 @@ impl Store {
         let read = self.inner.db.begin_read().map_err(db)?;
         let segments = read.open_table(SEGMENTS).map_err(db)?;
         let pins = read.open_multimap_table(PINS).map_err(db)?;
+        let superseded = read.open_table(crate::lifecycle::SUPERSEDED).map_err(db)?;
         let mut out = Vec::new();
         for entry in segments.iter().map_err(db)? {
             let (key, value) = entry.map_err(db)?;
@@ -898,6 +899,7 @@ impl Store {
                 busy: acct.leases.contains_key(&id)
                     || acct.ingesting.contains(&id)
                     || acct.evicting.contains(&id),
+                superseded: superseded.get(key.value()).map_err(db)?.is_some(),
             });
         }
         Ok(out)
@@ -1055,6 +1057,9 @@ impl Store {
                     .remove(&id.0)?
                     .map(|v| v.value().to_vec());
                 txn.open_table(OUTBOARDS)?.remove(&id.0)?;
+                // Its supersession is only shown while it is stored.
+                txn.open_table(crate::lifecycle::SUPERSEDED)?
+                    .remove(&id.0)?;
                 if let Some(bytes) = removed {
                     index::add_tombstone(txn, &id, tombstones_max)?;
                     gone.push((id, bytes));

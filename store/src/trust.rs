@@ -126,6 +126,10 @@ impl TrustedPublishers {
             return Ok(());
         };
         let doc = root.document();
+        // Mutation point (INV-45): a node past its root's expiry goes on taking content.
+        if crate::mutants::active("ignore_root_expiry") {
+            return Ok(());
+        }
         if let Some(expires_at_ms) = doc.expires_at_ms {
             if expires_at_ms.saturating_add(skew_ms) <= now_ms {
                 return Err(VerifyError::RootExpired {

@@ -155,7 +155,9 @@ pub fn tampered(
     if bytes.len() != old.len() {
         return Err(CraftError::LengthChanged);
     }
-    let start = c.manifest.len() - SIGNATURE_BYTES - old.len();
+    // The manifest bytes follow their length varint (one byte below 128, else two).
+    let start = if old.len() < 0x80 { 1 } else { 2 };
+    debug_assert_eq!(&c.manifest[start..start + old.len()], old);
     c.manifest[start..start + bytes.len()].copy_from_slice(&bytes);
     c.id = SegmentId::of_manifest_bytes(&bytes);
     c.label = "tampered_manifest";

@@ -23,6 +23,8 @@ pub struct SegSpec {
     pub created_at_ms: u64,
     pub expires_at_ms: Option<u64>,
     pub payload_len: usize,
+    /// The publisher's sequence for this name (1 unless set).
+    pub sequence: u64,
 }
 
 impl SegSpec {
@@ -35,7 +37,13 @@ impl SegSpec {
             created_at_ms: T0_MS - 1_000,
             expires_at_ms: None,
             payload_len: 1024,
+            sequence: 1,
         }
+    }
+
+    pub fn sequence(mut self, sequence: u64) -> SegSpec {
+        self.sequence = sequence;
+        self
     }
 
     pub fn condition(mut self, condition: SuccessCondition) -> SegSpec {
@@ -85,13 +93,19 @@ impl Publisher {
 
     /// A signed segment: its id and its `.seg` file bytes.
     pub fn segment(&self, spec: &SegSpec) -> (SegmentId, Vec<u8>) {
-        let body = payload(&spec.name, spec.payload_len);
+        // Another sequence of a name is another release: other bytes (the first keeps the
+        // payload it always had, so seeded runs replay as before).
+        let tag = match spec.sequence {
+            1 => spec.name.clone(),
+            n => format!("{}#{n}", spec.name),
+        };
+        let body = payload(&tag, spec.payload_len);
         let manifest = Manifest {
             format_version: MANIFEST_FORMAT_VERSION,
             publisher: self.secret.public(),
             name: spec.name.clone(),
             channel: "default".to_owned(),
-            sequence: 1,
+            sequence: spec.sequence,
             created_at_ms: spec.created_at_ms,
             expires_at_ms: spec.expires_at_ms,
             condition: spec.condition,
