@@ -1097,6 +1097,33 @@ fn check_node_id(id: &str) -> Result<(), String> {
         .map_err(|e| format!("`{id}`: {e}"))
 }
 
+/// Largest root document file read from `[publishers] root`.
+const ROOT_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+/// Reads and checks a root document file: bounded before it is read, canonical, and signed by
+/// its own threshold of its own root keys.
+pub fn load_root(path: &Path) -> Result<store::root::SignedRoot, String> {
+    use std::io::Read;
+    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open {shown}: {e}"))?;
+    let len = file
+        .metadata()
+        .map_err(|e| format!("cannot stat {shown}: {e}"))?
+        .len();
+    if len > ROOT_FILE_BYTES_MAX {
+        return Err(format!(
+            "{shown} is {len} bytes, more than the {ROOT_FILE_BYTES_MAX} a root document may have"
+        ));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(ROOT_FILE_BYTES_MAX)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let root = store::root::SignedRoot::decode(&bytes).map_err(|e| format!("{shown}: {e}"))?;
+    root.verify_self().map_err(|e| format!("{shown}: {e}"))?;
+    Ok(root)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1491,31 +1518,4 @@ mod tests {
             assert_eq!(cfg.housekeeping_interval, Duration::from_millis(good));
         }
     }
-}
-
-/// Largest root document file read from `[publishers] root`.
-const ROOT_FILE_BYTES_MAX: u64 = 64 * 1024;
-
-/// Reads and checks a root document file: bounded before it is read, canonical, and signed by
-/// its own threshold of its own root keys.
-pub fn load_root(path: &Path) -> Result<store::root::SignedRoot, String> {
-    use std::io::Read;
-    let shown = path.display();
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open {shown}: {e}"))?;
-    let len = file
-        .metadata()
-        .map_err(|e| format!("cannot stat {shown}: {e}"))?
-        .len();
-    if len > ROOT_FILE_BYTES_MAX {
-        return Err(format!(
-            "{shown} is {len} bytes, more than the {ROOT_FILE_BYTES_MAX} a root document may have"
-        ));
-    }
-    let mut bytes = Vec::with_capacity(len as usize);
-    file.take(ROOT_FILE_BYTES_MAX)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read {shown}: {e}"))?;
-    let root = store::root::SignedRoot::decode(&bytes).map_err(|e| format!("{shown}: {e}"))?;
-    root.verify_self().map_err(|e| format!("{shown}: {e}"))?;
-    Ok(root)
 }
