@@ -251,9 +251,12 @@ pub struct CreateArgs {
     /// Channel ([a-z0-9][a-z0-9._-]*).
     #[arg(long, default_value = store::limits::CHANNEL_DEFAULT)]
     pub channel: String,
-    /// Publisher's sequence number, recorded and shown.
-    #[arg(long, default_value_t = 1)]
-    pub sequence: u64,
+    /// Publisher's sequence number for this channel and name: a higher one supersedes the
+    /// segment before it, an equal or lower one is refused as a rollback on every host.
+    /// Default: the creation time in milliseconds, so each new segment of a name supersedes
+    /// the last one made on a machine with a sane clock.
+    #[arg(long)]
+    pub sequence: Option<u64>,
     /// When the segment counts as propagated: all_peers or one_peer.
     #[arg(long, default_value = "all_peers")]
     pub condition: String,

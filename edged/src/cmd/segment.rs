@@ -62,7 +62,7 @@ pub fn create(args: &CreateArgs) -> CliResult {
         publisher: secret.public(),
         name: args.name.clone(),
         channel: args.channel.clone(),
-        sequence: args.sequence,
+        sequence: args.sequence.unwrap_or(now),
         created_at_ms: now,
         expires_at_ms,
         condition,
