@@ -209,6 +209,30 @@ struct RawConfig {
     control: RawControl,
     #[serde(default)]
     fleet: RawFleet,
+    /// Local delivery: `[[deliver]]` tables (see [`crate::deliver`]).
+    #[serde(default)]
+    deliver: Vec<RawDeliver>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeliver {
+    channel: String,
+    dir: PathBuf,
+    #[serde(default)]
+    command: Vec<String>,
+    #[serde(default = "default_command_timeout")]
+    command_timeout_ms: u64,
+    #[serde(default = "default_keep")]
+    keep: u32,
+}
+
+fn default_command_timeout() -> u64 {
+    crate::deliver::COMMAND_TIMEOUT_MS_DEFAULT
+}
+
+fn default_keep() -> u32 {
+    crate::deliver::KEEP_DEFAULT
 }
 
 /// `[fleet]`: the roster and the receipts that answer "is it everywhere yet?".
@@ -512,6 +536,8 @@ pub struct Config {
     pub control: crate::control::ControlLimits,
     /// The fleet view (`[fleet]`).
     pub fleet: Fleet,
+    /// `[[deliver]]`: channels handed to programs on this host.
+    pub deliver: Vec<crate::deliver::DeliverSpec>,
 }
 
 impl Config {
@@ -868,6 +894,8 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         );
     }
 
+    let deliver = check_deliver(&raw.deliver, &mut problems);
+
     // Every value left out above comes with its problem, so all are present when none is.
     let (true, Some(_), Some(listen_addr), Some(metrics_addr)) =
         (problems.0.is_empty(), node_id, listen_addr, metrics_addr)
@@ -878,6 +906,7 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         });
     };
     Ok(Config {
+        deliver,
         control,
         fleet,
         housekeeping_interval: Duration::from_millis(housekeeping),
@@ -895,6 +924,72 @@ fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         scrub_bytes_per_sec: raw.store.scrub_bytes_per_sec,
         store: store_cfg,
     })
+}
+
+/// `[[deliver]]` entries, each checked; problems named `deliver[i].key`.
+fn check_deliver(raw: &[RawDeliver], problems: &mut Problems) -> Vec<crate::deliver::DeliverSpec> {
+    use crate::deliver::{DELIVER_ENTRIES_MAX, DeliverSpec, KEEP_MAX};
+    if raw.len() > DELIVER_ENTRIES_MAX {
+        problems.add(
+            "deliver",
+            format!("{} entries, at most {DELIVER_ENTRIES_MAX}", raw.len()),
+        );
+    }
+    let mut out = Vec::new();
+    let mut dirs = BTreeSet::new();
+    for (i, d) in raw.iter().enumerate() {
+        let key = |k: &str| format!("deliver[{i}].{k}");
+        let mut ok = true;
+        if let Err(e) = store::manifest::validate_channel(&d.channel) {
+            problems.add(&key("channel"), format!("`{}`: {e}", d.channel));
+            ok = false;
+        }
+        if !d.dir.is_absolute() {
+            problems.add(
+                &key("dir"),
+                format!("{} must be an absolute path", d.dir.display()),
+            );
+            ok = false;
+        } else if !dirs.insert(d.dir.clone()) {
+            problems.add(
+                &key("dir"),
+                format!("{} is already another entry's directory", d.dir.display()),
+            );
+            ok = false;
+        }
+        if let Some(program) = d.command.first() {
+            if !Path::new(program).is_absolute() {
+                problems.add(
+                    &key("command"),
+                    format!("{program:?}: the program must be an absolute path (commands never run through a shell)"),
+                );
+                ok = false;
+            }
+        } else if !d.command.is_empty() {
+            ok = false;
+        }
+        if d.command_timeout_ms == 0 {
+            problems.add(&key("command_timeout_ms"), "must be at least 1".into());
+            ok = false;
+        }
+        if d.keep == 0 || d.keep > KEEP_MAX {
+            problems.add(
+                &key("keep"),
+                format!("{} is outside 1..={KEEP_MAX}", d.keep),
+            );
+            ok = false;
+        }
+        if ok {
+            out.push(DeliverSpec {
+                channel: d.channel.clone(),
+                dir: d.dir.clone(),
+                command: d.command.clone(),
+                command_timeout_ms: d.command_timeout_ms,
+                keep: d.keep,
+            });
+        }
+    }
+    out
 }
 
 /// A node id none of `peers` has, for checking the limits of a file whose own `node_id` is

@@ -8,6 +8,7 @@ mod cmd;
 mod config;
 mod control;
 mod daemon;
+mod deliver;
 mod exit;
 mod fleetview;
 mod fsck;

@@ -184,6 +184,7 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         old.scrub_bytes_per_sec != new.scrub_bytes_per_sec,
     );
     restart("fleet.members", old.fleet.members != new.fleet.members);
+    restart("deliver", old.deliver != new.deliver);
     restart(
         "fleet.stale_after_ms",
         old.fleet.stale_after_ms != new.fleet.stale_after_ms,

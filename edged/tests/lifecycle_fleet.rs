@@ -79,7 +79,9 @@ fn import_ok(f: &Fleet, i: usize, file: &Path) {
 }
 
 fn wait_all(f: &Fleet, n: usize, what: &str, mut on: impl FnMut(usize) -> bool) {
-    f.wait_for(what, SPREAD_LIMIT, POLL, || (1..=n).all(&mut on).then_some(()));
+    f.wait_for(what, SPREAD_LIMIT, POLL, || {
+        (1..=n).all(&mut on).then_some(())
+    });
 }
 
 fn holds(f: &Fleet, i: usize, id: &str) -> bool {
@@ -116,7 +118,9 @@ fn delivered_name(sequence: u64, id: &str) -> String {
 #[test]
 fn inv_42_inv_46_a_release_supersedes_and_a_recall_withdraws_across_four_hosts() {
     // A line with a chord: 1-2-3-4, 4-1.
-    let mut f = Fleet::new(4, &[(1, 2), (2, 3), (3, 4), (4, 1)], |_| NodeOptions::default());
+    let mut f = Fleet::new(4, &[(1, 2), (2, 3), (3, 4), (4, 1)], |_| {
+        NodeOptions::default()
+    });
     with_delivery(&f);
     for i in 1..=4 {
         f.start(i);
@@ -155,7 +159,11 @@ fn inv_42_inv_46_a_release_supersedes_and_a_recall_withdraws_across_four_hosts()
         current(&f, i, "app") == Some(delivered_name(2, &v2))
     });
     for i in 1..=4 {
-        let file = f.node(i).dir.join("deliver/app").join(delivered_name(2, &v2));
+        let file = f
+            .node(i)
+            .dir
+            .join("deliver/app")
+            .join(delivered_name(2, &v2));
         f.check(
             std::fs::read(&file).ok().as_deref() == Some(&b"release two"[..]),
             || format!("node-{i}: {} holds the payload", file.display()),
@@ -200,16 +208,28 @@ fn inv_42_inv_46_a_release_supersedes_and_a_recall_withdraws_across_four_hosts()
         current(&f, i, "app") == Some(delivered_name(1, &v1))
     });
     for i in 1..=4 {
-        let file = f.node(i).dir.join("deliver/app").join(delivered_name(2, &v2));
+        let file = f
+            .node(i)
+            .dir
+            .join("deliver/app")
+            .join(delivered_name(2, &v2));
         f.check(!file.exists(), || {
-            format!("node-{i}: the recalled delivery {} is still there", file.display())
+            format!(
+                "node-{i}: the recalled delivery {} is still there",
+                file.display()
+            )
         });
     }
 }
 
 /// A root document of `version`: root keys `roots` (threshold `k`), `publishers` on every
 /// channel.
-fn root_doc(version: u64, roots: &[&PublisherSecret], k: u8, publishers: &[PublisherKey]) -> RootDocument {
+fn root_doc(
+    version: u64,
+    roots: &[&PublisherSecret],
+    k: u8,
+    publishers: &[PublisherKey],
+) -> RootDocument {
     let mut root_keys: Vec<PublisherKey> = roots.iter().map(|s| s.public()).collect();
     root_keys.sort();
     let mut grants: Vec<PublisherGrant> = publishers
@@ -278,15 +298,20 @@ fn rotate(f: &Fleet, n: usize, by: &PublisherSecret, chain: Vec<SignedRoot>) -> 
     let from: Vec<u64> = (1..=n).map(|i| f.log_len(i)).collect();
     let start = Instant::now();
     import_ok(f, 1, &file);
-    f.wait_for("the new root on every host", SPREAD_LIMIT, Duration::from_millis(10), || {
-        (1..=n)
-            .all(|i| {
-                f.events(i, from[i - 1], "trust root updated")
-                    .iter()
-                    .any(|e| e["version"].as_u64() == Some(version))
-            })
-            .then_some(())
-    });
+    f.wait_for(
+        "the new root on every host",
+        SPREAD_LIMIT,
+        Duration::from_millis(10),
+        || {
+            (1..=n)
+                .all(|i| {
+                    f.events(i, from[i - 1], "trust root updated")
+                        .iter()
+                        .any(|e| e["version"].as_u64() == Some(version))
+                })
+                .then_some(())
+        },
+    );
     start.elapsed()
 }
 
@@ -302,7 +327,12 @@ fn inv_44_a_root_rotation_carried_in_on_one_host_reaches_every_host_and_the_remo
     );
     let compromised = PublisherSecret::from_seed([74; 32]);
     let v1 = sign_root(
-        root_doc(1, &[&r1, &r2, &r3], 2, &[fleet_publisher.public(), compromised.public()]),
+        root_doc(
+            1,
+            &[&r1, &r2, &r3],
+            2,
+            &[fleet_publisher.public(), compromised.public()],
+        ),
         &[&r1, &r2],
     );
     with_root(&f, &v1);
@@ -321,9 +351,12 @@ fn inv_44_a_root_rotation_carried_in_on_one_host_reaches_every_host_and_the_remo
         b"signed while trusted",
     );
     import_ok(&f, 4, &before);
-    wait_all(&f, 4, "the segment of the soon-removed key everywhere", |i| {
-        holds(&f, i, &before_id)
-    });
+    wait_all(
+        &f,
+        4,
+        "the segment of the soon-removed key everywhere",
+        |i| holds(&f, i, &before_id),
+    );
 
     // Version 2 removes the compromised key; two of the three root keys sign it.
     let v2 = sign_root(
@@ -377,7 +410,10 @@ fn inv_44_a_root_rotation_carried_in_on_one_host_reaches_every_host_and_the_remo
     );
     let o = import(&f, 2, &file);
     f.check(!o.status.success(), || {
-        format!("after a restart node-2 took the removed key: {}", stdout(&o))
+        format!(
+            "after a restart node-2 took the removed key: {}",
+            stdout(&o)
+        )
     });
 }
 
@@ -409,8 +445,13 @@ fn a_root_rotation_crosses_a_seven_node_line() {
         b"warm",
     );
     import_ok(&f, 1, &warm);
-    wait_all(&f, n, "the warm-up segment everywhere", |i| holds(&f, i, &warm_id));
-    let v2 = sign_root(root_doc(2, &[&r2], 1, &[fleet_publisher.public()]), &[&r1, &r2]);
+    wait_all(&f, n, "the warm-up segment everywhere", |i| {
+        holds(&f, i, &warm_id)
+    });
+    let v2 = sign_root(
+        root_doc(2, &[&r2], 1, &[fleet_publisher.public()]),
+        &[&r1, &r2],
+    );
     let took = rotate(&f, n, &r1, vec![v2]);
     eprintln!("ROTATION_7_LINE_MS {}", took.as_millis());
 }

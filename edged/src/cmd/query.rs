@@ -189,6 +189,25 @@ fn stream_listing(
         .map_err(write_err)
 }
 
+/// A segment's lifecycle in words: superseded, and its local deliveries.
+fn lifecycle(r: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(by) = r["superseded_by"].as_str() {
+        parts.push(format!(
+            "superseded by {}",
+            by.chars().take(12).collect::<String>()
+        ));
+    }
+    for d in r["delivery"].as_array().into_iter().flatten() {
+        parts.push(s(&d["state"]));
+    }
+    if parts.is_empty() {
+        "current".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
 /// Per-segment propagation, from the daemon (peers acked / pending / dead), as it arrives.
 pub fn segments_from_daemon(client: &mut client::Client, json: bool) -> CliResult {
     let row = |r: &Value| {
@@ -209,6 +228,7 @@ pub fn segments_from_daemon(client: &mut client::Client, json: bool) -> CliResul
                 .map(format_ms)
                 .unwrap_or_else(|| "no".into()),
             s(&r["source"]),
+            lifecycle(r),
         ]
     };
     stream_listing(
@@ -224,6 +244,7 @@ pub fn segments_from_daemon(client: &mut client::Client, json: bool) -> CliResul
             "acked/pending/dead",
             "propagated",
             "from",
+            "state",
         ],
         row,
         |n| format!("{n} segment(s)"),

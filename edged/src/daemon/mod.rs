@@ -285,6 +285,14 @@ async fn serve(cfg: Config, log_filter: crate::LogFilterHandle) -> CliResult {
         .map_err(|e| Failure::new(e.exit_code(), e))?;
     let housekeeping = tokio::spawn(housekeeping(daemon.clone(), stop_rx.clone()));
     let fleet_view = tokio::spawn(fleet_view(daemon.clone(), stop_rx.clone()));
+    // Local delivery on a thread of its own; it delivers at once what was stored while the
+    // daemon was down. Without it the node still relays: a failure to start it is reported.
+    let deliverer =
+        crate::deliver::Deliverer::start(store.clone(), cfg.deliver.clone(), clock.clone())
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "local delivery not started: no thread for it");
+                None
+            });
     // Without it the node still relays: a failure to start it is reported, not fatal.
     let scrub = scrub::start(daemon.clone(), stop_rx.clone()).unwrap_or_else(|e| {
         tracing::error!(error = %e, "background scrub not started: no thread for it");
@@ -338,6 +346,9 @@ async fn serve(cfg: Config, log_filter: crate::LogFilterHandle) -> CliResult {
     control.stop(Duration::from_millis(SHUTDOWN_GRACE_MS)).await;
     housekeeping.abort();
     fleet_view.abort();
+    if let Some(deliverer) = deliverer {
+        let _ = tokio::task::spawn_blocking(move || deliverer.stop()).await;
+    }
     // It notices the stop within a poll interval; joined so that the store closes after it.
     if let Some(scrub) = scrub {
         let _ = tokio::task::spawn_blocking(move || scrub.join()).await;

@@ -128,6 +128,12 @@ pub fn segment(d: &Daemon, s: &store::SegmentInfo) -> Result<Value, anyhow::Erro
             "peers_refused": refused,
             "jobs": peers,
             "pinned_by": s.pins,
+            "sequence": s.row.sequence,
+            "superseded_by": d.store.superseded_by(&s.id)?.map(|id| id.to_string()),
+            "delivery": crate::deliver::states(&d.store, &d.cfg.deliver, &s.id)
+                .into_iter()
+                .map(|(dir, row)| json!({ "dir": dir, "state": row.describe(), "file": row.file, "exit_status": row.exit_status }))
+                .collect::<Vec<_>>(),
         }))
     }
 }
