@@ -39,6 +39,16 @@ pub enum Command {
     /// Make and check signed segment files (.seg).
     #[command(subcommand)]
     Segment(SegmentCommand),
+    /// Trust roots: create, sign (one key at a time), inspect and publish the signed document
+    /// that says which keys may publish on which channel, with thresholds.
+    #[command(subcommand)]
+    Root(RootCommand),
+    /// Recalls: signed segments that withdraw segments of their channel on every host.
+    #[command(subcommand)]
+    Recall(RecallCommand),
+    /// The sequence history per channel: for each publisher and name, the highest sequence
+    /// seen (lower or equal ones are refused as rollbacks) and the last changes.
+    Sequences(SequencesArgs),
     /// USB in: store every regular .seg file of DIR (verified; symlinks, FIFOs, devices and other
     /// files are skipped, counted in the summary, and never fail the import), then merge the
     /// fleet receipts of other nodes' need-lists (*.need) there. Exit 1 if a file was rejected;
@@ -221,7 +231,96 @@ pub enum KeyCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum RootCommand {
+    /// Write an unsigned root document from a spec (TOML: version, expires, root_threshold,
+    /// root_keys, [[publisher]] key + channels, [[channel]] name + threshold + expires).
+    Create {
+        #[arg(long)]
+        spec: PathBuf,
+        /// The root file to write (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Add one key's signature to a root file (run on that key's machine).
+    Sign {
+        /// Secret key file.
+        #[arg(long)]
+        key: PathBuf,
+        file: PathBuf,
+    },
+    /// Show a root file and whether it is valid (signed by its own threshold of its own root
+    /// keys; with --current, also a valid successor of that root). Exit 1 when not.
+    Inspect {
+        file: PathBuf,
+        /// The root in force, to check FILE against it.
+        #[arg(long)]
+        current: Option<PathBuf>,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a root segment of one or more root files (oldest first, each following the one
+    /// before): importing it on any host rotates the fleet.
+    Publish {
+        /// Secret key file that signs the segment's manifest (integrity only: the roots inside
+        /// carry the authority).
+        #[arg(long)]
+        key: PathBuf,
+        /// The segment file to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(required = true)]
+        roots: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecallCommand {
+    /// Make a recall of IDS (full 64-hex segment ids of CHANNEL): every host that receives it
+    /// removes them (and their local deliveries) and refuses them from then on.
+    Create {
+        /// Publisher secret key file; more signatures with `edged segment sign`.
+        #[arg(long)]
+        key: PathBuf,
+        /// The channel of the segments to withdraw (a recall withdraws nothing else).
+        #[arg(long)]
+        channel: String,
+        /// The recall's own name.
+        #[arg(long)]
+        name: String,
+        /// The recall's sequence (default: now, in milliseconds).
+        #[arg(long)]
+        sequence: Option<u64>,
+        /// The segment file to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SequencesArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Only this channel.
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum SegmentCommand {
+    /// Add a co-signature to a segment file (for a channel whose root needs k signatures);
+    /// the id does not change.
+    Sign {
+        /// Secret key file.
+        #[arg(long)]
+        key: PathBuf,
+        file: PathBuf,
+    },
     /// Sign INPUT into a segment file.
     Create(CreateArgs),
     /// Show a segment file's manifest (does not check the signature: use verify).

@@ -331,6 +331,11 @@ pub enum Request {
     /// Read `edge.toml` again and apply what can change live; answered with what changed and
     /// which changed keys need a restart (an invalid file: error, exit code 3, nothing changed).
     Reload,
+    /// The sequence history (listing): [`store::lifecycle::SequenceRow`] items as JSON, of one
+    /// channel or all, sorted by channel and name.
+    Sequences {
+        channel: Option<String>,
+    },
 }
 
 /// Signed receipt batches in one `NeedMerge` request: 256 of at most
@@ -358,7 +363,7 @@ impl Request {
                 | Request::DlqRequeue { .. }
                 | Request::DlqPurge { .. }
         ) || self.is_need_listing()
-            || matches!(self, Request::QuarantineList)
+            || matches!(self, Request::QuarantineList | Request::Sequences { .. })
     }
 
     /// The need-list listings (kept apart so the list above stays as it was).

@@ -8,18 +8,21 @@ mod fleet;
 mod fsck;
 mod import;
 mod key;
+mod lifecycle;
 mod needs;
 mod quarantine;
 mod query;
 mod reload;
-mod segment;
+pub(crate) mod segment;
 mod segments;
+pub(crate) mod sequences;
 
 use base::Clock as _;
 use std::sync::Arc;
 
 use crate::cli::{
-    CaCommand, Cli, Command, DlqCommand, KeyCommand, QuarantineCommand, SegmentCommand,
+    CaCommand, Cli, Command, DlqCommand, KeyCommand, QuarantineCommand, RecallCommand, RootCommand,
+    SegmentCommand,
 };
 use crate::config::Config;
 use crate::exit::{BUSY, CliResult, Failure};
@@ -42,6 +45,28 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Dlq(DlqCommand::Purge(target)) => query::dlq_act(&target, false),
         Command::Key(KeyCommand::Gen { out }) => key::generate(&out),
         Command::Segment(SegmentCommand::Create(args)) => segment::create(&args),
+        Command::Segment(SegmentCommand::Sign { key, file }) => {
+            lifecycle::segment_sign(&key, &file)
+        }
+        Command::Root(RootCommand::Create { spec, out }) => lifecycle::root_create(&spec, &out),
+        Command::Root(RootCommand::Sign { key, file }) => lifecycle::root_sign(&key, &file),
+        Command::Root(RootCommand::Inspect {
+            file,
+            current,
+            json,
+        }) => lifecycle::root_inspect(&file, current.as_deref(), json),
+        Command::Root(RootCommand::Publish { key, out, roots }) => {
+            lifecycle::root_publish(&key, &out, &roots)
+        }
+        Command::Recall(RecallCommand::Create {
+            key,
+            channel,
+            name,
+            sequence,
+            out,
+            ids,
+        }) => lifecycle::recall_create(&key, &channel, &name, sequence, &out, &ids),
+        Command::Sequences(args) => sequences::run(&args),
         Command::Segment(SegmentCommand::Inspect { file, json }) => segment::inspect(&file, json),
         Command::Segment(SegmentCommand::Verify { trust, file }) => segment::verify(&trust, &file),
         Command::Import(args) => import::run(&args),

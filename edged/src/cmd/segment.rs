@@ -97,7 +97,7 @@ pub fn create(args: &CreateArgs) -> CliResult {
 
 /// Writes `path` through a temp file in the same directory: fsync, then a hard link (which
 /// refuses an existing target), so a crash never leaves a half-written file under `path`.
-fn write_atomically(
+pub(crate) fn write_atomically(
     path: &Path,
     fill: impl FnOnce(&mut BufWriter<&mut File>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
@@ -143,6 +143,9 @@ fn write_atomically(
 #[derive(Debug, Serialize)]
 struct Inspected {
     id: String,
+    format_version: u16,
+    kind: String,
+    signers: Vec<String>,
     name: String,
     channel: String,
     sequence: u64,
@@ -172,6 +175,9 @@ pub fn inspect(path: &Path, json: bool) -> CliResult {
     let expected = segfile::file_len_of(&signed);
     let info = Inspected {
         id: signed.id().to_string(),
+        format_version: m.format_version,
+        kind: m.kind.to_string(),
+        signers: signed.signers().map(|k| k.to_string()).collect(),
         name: m.name.clone(),
         channel: m.channel.clone(),
         sequence: m.sequence,
@@ -194,7 +200,12 @@ pub fn inspect(path: &Path, json: bool) -> CliResult {
         let rows = vec![
             vec!["id".into(), info.id.clone()],
             vec!["name".into(), info.name.clone()],
+            vec![
+                "kind".into(),
+                format!("{} (manifest format {})", info.kind, info.format_version),
+            ],
             vec!["channel".into(), info.channel.clone()],
+            vec!["signed by".into(), info.signers.join(", ")],
             vec!["sequence".into(), info.sequence.to_string()],
             vec!["publisher".into(), info.publisher.clone()],
             vec!["created".into(), info.created_at.clone()],

@@ -802,7 +802,9 @@ fn answer(d: &Daemon, request: Request) -> Response {
             Ok(failed(exit::USAGE, "listings are handled apart"))
         }
         Request::NeedMerge { receipts, certs } => Ok(need::merge(d, &receipts, &certs)),
-        Request::QuarantineList => Ok(failed(exit::USAGE, "listings are handled apart")),
+        Request::QuarantineList | Request::Sequences { .. } => {
+            Ok(failed(exit::USAGE, "listings are handled apart"))
+        }
         Request::Fsck { repair } => fsck::check(d, repair).map(ok),
         Request::QuarantineShow { id } => fsck::quarantine_show(d, &id).map(ok),
         Request::QuarantinePurge { ids, all } => fsck::quarantine_purge(d, &ids, all).map(ok),
@@ -841,6 +843,7 @@ fn list<W: std::io::Write>(
         Request::NeedReceipts => need::receipts(d, &mut pages),
         Request::Fleet { query } => listing::fleet(d, &mut pages, query),
         Request::QuarantineList => fsck::quarantine_list(d, &mut pages),
+        Request::Sequences { channel } => listing::sequences(d, &mut pages, channel.as_deref()),
         _ => Err(ListError::Failed {
             code: exit::USAGE,
             message: "not a listing".into(),

@@ -160,6 +160,18 @@ pub(super) fn segments<W: Write>(d: &Daemon, pages: &mut Pages<'_, W>) -> Result
     }
 }
 
+/// The sequence history per publisher, channel and name.
+pub(super) fn sequences<W: Write>(
+    d: &Daemon,
+    pages: &mut Pages<'_, W>,
+    channel: Option<&str>,
+) -> Result<(), ListError> {
+    for row in d.store.sequences(channel)? {
+        pages.push(&crate::cmd::sequences::row_json(&row))?;
+    }
+    Ok(())
+}
+
 /// Every dead letter, in (segment, peer) order.
 pub(super) fn dead_letters<W: Write>(
     d: &Daemon,
