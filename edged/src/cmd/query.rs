@@ -106,6 +106,7 @@ pub fn status(args: &QueryArgs) -> CliResult {
         ],
         vec!["dead letters".into(), u(&v["dead_letters"]).to_string()],
         vec!["fleet".into(), fleet_line(&v["fleet"])],
+        vec!["trust".into(), s(&v["trust"])],
         vec!["scrub".into(), s(&v["scrub"]["line"])],
     ];
     out!(

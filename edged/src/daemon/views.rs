@@ -10,6 +10,27 @@ pub fn cert_expires_in_s(d: &Daemon, now_ms: u64) -> Option<i64> {
         .map(|at| (at as i64 - now_ms as i64) / 1000)
 }
 
+/// Warns of the trust root's or a channel's expiry within [`ROOT_EXPIRY_WARNING_MS`], and says
+/// once it has passed (freeze protection refuses content then).
+pub fn trust_warning(trusted: &store::keys::TrustedPublishers, now_ms: u64) -> Option<String> {
+    let (what, at) = trusted.next_expiry()?;
+    let when = store::when::rfc3339_with_age(at, now_ms);
+    if at <= now_ms {
+        Some(format!(
+            "{what} expired at {when}: new content is refused until a newer root is imported"
+        ))
+    } else if at - now_ms <= ROOT_EXPIRY_WARNING_MS {
+        Some(format!(
+            "{what} expires at {when}: import a newer root before then"
+        ))
+    } else {
+        None
+    }
+}
+
+/// How long before a root's or channel's expiry `edged status` warns: 7 days.
+pub const ROOT_EXPIRY_WARNING_MS: u64 = 7 * 24 * 3600 * 1000;
+
 pub fn status(d: &Daemon) -> Result<Value, anyhow::Error> {
     let now = d.clock.now_ms();
     let counts = d.store.segment_counts()?;
@@ -35,6 +56,8 @@ pub fn status(d: &Daemon) -> Result<Value, anyhow::Error> {
     if dead > 0 {
         warnings.push(format!("{dead} dead letter(s): see `edged dlq list`"));
     }
+    let trusted = d.store.trusted();
+    warnings.extend(trust_warning(&trusted, now));
     let fleet = fleet_summary_now(d).map(|f| {
         json!({
             "everywhere": f.counts.everywhere,
@@ -46,6 +69,10 @@ pub fn status(d: &Daemon) -> Result<Value, anyhow::Error> {
         })
     });
     Ok(json!({
+        "trust": match trusted.root() {
+            Some(r) => format!("root version {}", r.version()),
+            None => format!("fixed list of {} key(s)", trusted.len()),
+        },
         "fleet": fleet,
         "node_id": d.cfg.node_id,
         "uptime_s": d.started.elapsed().as_secs(),
@@ -260,5 +287,43 @@ pub fn metrics_snapshot(d: &Daemon) -> crate::metrics::Snapshot {
                 pass_percent: p.percent(),
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod trust_tests {
+    use super::*;
+    use store::keys::PublisherSecret;
+    use store::root::{ALL_CHANNELS, PublisherGrant, RootDocument, SignedRoot};
+
+    #[test]
+    fn inv_45_status_warns_before_the_root_expires_and_says_when_it_has() {
+        let r = PublisherSecret::from_seed([1; 32]);
+        let now = 1_800_000_000_000;
+        let doc = RootDocument {
+            format_version: store::root::ROOT_FORMAT_VERSION,
+            version: 3,
+            created_at_ms: now - 1,
+            expires_at_ms: Some(now + ROOT_EXPIRY_WARNING_MS),
+            root_keys: vec![r.public()],
+            root_threshold: 1,
+            publishers: vec![PublisherGrant {
+                key: r.public(),
+                channels: vec![ALL_CHANNELS.into()],
+            }],
+            channels: vec![],
+        };
+        let mut root = SignedRoot::new(doc).unwrap();
+        root.sign(&r).unwrap();
+        let t = store::keys::TrustedPublishers::from_root(root);
+        assert_eq!(trust_warning(&t, now - 1), None);
+        assert!(trust_warning(&t, now).unwrap().contains("expires at"));
+        assert!(
+            trust_warning(&t, now + ROOT_EXPIRY_WARNING_MS)
+                .unwrap()
+                .contains("refused")
+        );
+        let fixed: store::keys::TrustedPublishers = [r.public()].into_iter().collect();
+        assert_eq!(trust_warning(&fixed, now), None);
     }
 }
