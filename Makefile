@@ -14,7 +14,7 @@ PURE_CORES_TESTS = --lib --test model
 # machine from calling a slow test a timeout.
 MUTANTS_TEST_TIMEOUT_MIN_S = 120
 
-.PHONY: build test lint bench bench-peers demo mutants edge-fi edge-fi-quick sim sim-soak clean \
+.PHONY: build test lint bench bench-deliver bench-peers demo mutants edge-fi edge-fi-quick sim sim-soak clean \
 	release man completions deb deb-check
 
 build:
@@ -136,3 +136,7 @@ bench-peers:
 
 clean:
 	$(CARGO) clean
+
+## Store-to-file latency of local delivery (median, p95), release build: prints DELIVERY_LATENCY_MS.
+bench-deliver:
+	$(CARGO) test --release -p edged --test deliver -- --ignored --nocapture measure_store_to_file_latency

@@ -227,3 +227,47 @@ fn inv_41_segments_stored_while_the_daemon_was_down_are_delivered_at_start() {
         .unwrap();
     assert_eq!(before, after, "not written again");
 }
+
+/// Store-to-file latency of local delivery: imports segments one at a time into a running
+/// daemon and compares each segment's `stored_at_ms` with its delivered file's modification
+/// time. Prints the median and p95; asserts nothing about them (run by `make bench-deliver`).
+#[test]
+#[ignore = "a measurement, run by make bench-deliver"]
+fn measure_store_to_file_latency() {
+    const SEGMENTS: u64 = 60;
+    let (mut f, dir) = node("");
+    f.start(1);
+    let mut latencies = Vec::new();
+    for i in 0..SEGMENTS {
+        let name = format!("m{i}");
+        let (seg, id) = make(&f, &name, 1, format!("payload {i}").as_bytes());
+        import(&f, &seg);
+        let file = dir.join(&name).join(file_of(1, &id));
+        f.wait_for(
+            "the delivered file",
+            LIMIT,
+            Duration::from_millis(2),
+            || std::fs::metadata(&file).ok(),
+        );
+        let stored_at = f.segment_row(1, &id).unwrap()["stored_at_ms"]
+            .as_u64()
+            .unwrap();
+        let written = std::fs::metadata(&file)
+            .unwrap()
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+            * 1000.0;
+        latencies.push(written - stored_at as f64);
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    eprintln!(
+        "DELIVERY_LATENCY_MS segments={SEGMENTS} median={:.1} p95={:.1} max={:.1}",
+        at(0.5),
+        at(0.95),
+        at(1.0)
+    );
+}
