@@ -7,12 +7,12 @@
 //! the segment's fields in its environment.
 //!
 //! Guarantees:
-//! - **Atomic and confined** (INV-40): a file appears whole or not at all (temp file, fsync,
+//! - **Atomic and confined** (INV-33): a file appears whole or not at all (temp file, fsync,
 //!   rename, directory fsync; `current` is replaced by a rename); every operation is relative to
 //!   the entry's directory descriptor, opened without following a symlink, and so is each
 //!   `<name>` directory: a symlink planted anywhere is refused, never followed, and nothing is
 //!   written outside `dir`. A name that is not one safe path component is refused.
-//! - **Durable and caught up** (INV-41): the state of each delivery is a row of
+//! - **Durable and caught up** (INV-34): the state of each delivery is a row of
 //!   `deliveries-v1` in the store's database, written after the file is durable; at start-up,
 //!   and after every commit that stores or withdraws a segment, the reconciler delivers what
 //!   is stored and not delivered yet, and resumes command retries when they are due.
@@ -247,7 +247,7 @@ fn put_row(
 /// A directory opened without following a symlink.
 fn open_dir_at(parent: &OwnedFd, name: &str) -> rustix::io::Result<OwnedFd> {
     let mut flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    // Mutation point (INV-40): the `<name>` directory is opened following a symlink, so a link
+    // Mutation point (INV-33): the `<name>` directory is opened following a symlink, so a link
     // planted there sends the delivery wherever it points.
     if store::mutants::active("deliver_follows_symlink") {
         flags.remove(OFlags::NOFOLLOW);
@@ -686,7 +686,7 @@ impl Deliverer {
 }
 
 fn run(store: &Store, specs: &[DeliverSpec], clock: &dyn base::Clock, wake: &Wake) {
-    // Mutation point (INV-41): passes run only on a store change, so what was stored while the
+    // Mutation point (INV-34): passes run only on a store change, so what was stored while the
     // daemon was down is not delivered (neither at start-up nor on a tick).
     let only_on_change = store::mutants::active("deliver_skips_startup");
     let mut pending = !only_on_change;
@@ -730,7 +730,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn inv_40_names_that_are_not_one_safe_component_are_refused() {
+    fn inv_33_names_that_are_not_one_safe_component_are_refused() {
         for bad in ["", "a/b", "..", ".", ".hidden", "/abs"] {
             assert!(safe_name(bad).is_err(), "{bad:?}");
         }

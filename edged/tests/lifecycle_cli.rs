@@ -52,7 +52,7 @@ fn import(f: &Fleet, seg: &Path) -> (bool, String) {
 }
 
 #[test]
-fn inv_43_inv_44_inv_46_roots_co_signing_recalls_and_sequences_from_the_command_line() {
+fn inv_36_inv_37_inv_39_roots_co_signing_recalls_and_sequences_from_the_command_line() {
     let mut f = Fleet::new(1, &[], |_| NodeOptions::default());
     let keys = f.path("keys");
     std::fs::create_dir_all(&keys).unwrap();

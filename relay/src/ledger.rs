@@ -560,7 +560,7 @@ fn cancel_owing(
 /// pinning the segment. This is the `extra` the daemon passes to the store's ingest.
 ///
 /// The segments it superseded or (a recall) withdrew stop owing in the same transaction: their
-/// pending jobs and dead letters are cancelled, which drops their pins (INV-42, INV-46).
+/// pending jobs and dead letters are cancelled, which drops their pins (INV-35, INV-39).
 pub fn schedule_in_txn(
     txn: &WriteTransaction,
     stored: &Stored<()>,
@@ -570,7 +570,7 @@ pub fn schedule_in_txn(
     let mut retired = Effects::default();
     let superseded = format!("superseded by {}", stored.id);
     for old in &stored.lifecycle.superseded {
-        // Mutation point (INV-42): the superseded segment keeps its jobs and goes on relaying.
+        // Mutation point (INV-35): the superseded segment keeps its jobs and goes on relaying.
         if !mutants::active("keep_superseded_jobs") {
             cancel_owing(txn, old, &superseded, now_ms, cfg, &mut retired)?;
         }

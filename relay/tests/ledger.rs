@@ -463,7 +463,7 @@ fn inv_22_a_second_requeue_of_a_requeued_job_does_nothing() {
 }
 
 #[test]
-fn inv_42_a_higher_sequence_cancels_the_superseded_segments_jobs_and_unpins_it() {
+fn inv_35_a_higher_sequence_cancels_the_superseded_segments_jobs_and_unpins_it() {
     let publisher = Publisher::from_seed(47);
     let fs = SimFs::new();
     let (store, relay) = open(&fs, &publisher, node_cfg(&["a", "b"]), T0);

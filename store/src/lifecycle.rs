@@ -13,17 +13,17 @@
 //! - a content or recall segment whose sequence is not above the highest already seen for its
 //!   publisher, channel and name is refused ([`IngestError::Superseded`]) — unless it is that
 //!   very segment (an evicted copy coming back). The highest sequence outlives the segment: it
-//!   is never removed by eviction, restart or recall (INV-42);
+//!   is never removed by eviction, restart or recall (INV-35);
 //! - a higher sequence supersedes the stored segment holding the previous highest: it is
 //!   recorded in `superseded-v1` and named in [`Lifecycle::superseded`] so that the relay
 //!   cancels its jobs in the same transaction (which unpins it: it becomes evictable);
 //! - a recall withdraws every named segment of its own channel it holds (rows, outboard, pins;
 //!   the file after the commit) and records every named id, held or not; a recalled id of that
 //!   channel is refused from then on ([`IngestError::Recalled`]), including an ingest that
-//!   was under way when the recall committed (INV-46);
+//!   was under way when the recall committed (INV-39);
 //! - a root segment is applied only if its chain leads from the root in force to the version
 //!   its manifest names; the new root is written here and put in force after the commit
-//!   (INV-44).
+//!   (INV-37).
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -122,7 +122,7 @@ pub fn sequence_verdict(
     match row {
         None => SequenceVerdict::Newer,
         Some(r) if r.highest_id == id => SequenceVerdict::Same,
-        // Mutation point (INV-42): an equal sequence is taken as newer.
+        // Mutation point (INV-35): an equal sequence is taken as newer.
         Some(r) if r.highest == sequence && crate::mutants::active("accept_equal_sequence") => {
             SequenceVerdict::Newer
         }
@@ -199,7 +199,7 @@ fn check_header(
         }
         return Ok(());
     }
-    // Mutation point (INV-46): a recalled segment is taken again when it is offered.
+    // Mutation point (INV-39): a recalled segment is taken again when it is offered.
     if let Some(r) = read_recalled(recalled, &id)?
         && r.channel == m.channel
         && !crate::mutants::active("accept_recalled")
@@ -479,7 +479,7 @@ mod tests {
     }
 
     #[test]
-    fn inv_42_sequence_equal_lower_higher() {
+    fn inv_35_sequence_equal_lower_higher() {
         let r = row(5, 1);
         let other = SegmentId::from_bytes([2; 32]);
         let stale = SequenceVerdict::Stale {

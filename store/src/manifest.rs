@@ -55,8 +55,8 @@
 //!   never allocates more than its input, and never panics on any input (INV-17).
 //! - A [`SignedManifest`] value always holds a valid, canonical manifest whose id matches its
 //!   bytes; whether its signatures verify and meet the channel's threshold of trusted keys is
-//!   [`SignedManifest::verify`]'s job (INV-01, INV-43), and freshness too, with the configured
-//!   clock skew (INV-16) and the root's and channel's expiry (INV-45).
+//!   [`SignedManifest::verify`]'s job (INV-01, INV-36), and freshness too, with the configured
+//!   clock skew (INV-16) and the root's and channel's expiry (INV-38).
 
 use std::fmt;
 use std::str::FromStr;
@@ -1079,7 +1079,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn inv_43_a_channel_threshold_counts_distinct_trusted_signers() {
+    fn inv_36_a_channel_threshold_counts_distinct_trusted_signers() {
         use crate::root::tests::{doc, signed as signed_root};
         // Keys 10 and 11 on every channel; channel `rel` needs 2.
         let root = signed_root(doc(1, &[1], 1, &[10, 11], 2), &[1]);

@@ -526,7 +526,7 @@ impl SignedRoot {
                 current: self.version(),
             });
         }
-        // Mutation point (INV-44): a root signed by one key fewer than the current threshold
+        // Mutation point (INV-37): a root signed by one key fewer than the current threshold
         // is installed.
         let slack = usize::from(crate::mutants::active("root_threshold_minus_one"));
         let valid = next.count_valid(&self.doc.root_keys)?;
@@ -738,7 +738,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn inv_44_successor_needs_current_threshold_k_minus_1_refused_k_accepted() {
+    fn inv_37_successor_needs_current_threshold_k_minus_1_refused_k_accepted() {
         let v1 = signed(doc(1, &[1, 2, 3], 2, &[10], 1), &[1, 2]);
         // Version 2 rotates the root keys to 4, 5 (threshold 1 of its own).
         let next = doc(2, &[4, 5], 1, &[10], 1);
@@ -766,7 +766,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn inv_44_a_removed_key_cannot_sign_the_next_root() {
+    fn inv_37_a_removed_key_cannot_sign_the_next_root() {
         let v1 = signed(doc(1, &[1, 2], 1, &[10], 1), &[1]);
         let v2 = signed(doc(2, &[2], 1, &[10], 1), &[1, 2]);
         v1.verify_successor(&v2, NOW_MS).unwrap();

@@ -102,7 +102,7 @@ impl TrustedPublishers {
                 publisher: *publisher,
             });
         }
-        // Mutation point (INV-43): one trusted signature is taken as enough on any channel.
+        // Mutation point (INV-36): one trusted signature is taken as enough on any channel.
         let needed = if crate::mutants::active("ignore_channel_threshold") {
             1
         } else {
@@ -126,7 +126,7 @@ impl TrustedPublishers {
             return Ok(());
         };
         let doc = root.document();
-        // Mutation point (INV-45): a node past its root's expiry goes on taking content.
+        // Mutation point (INV-38): a node past its root's expiry goes on taking content.
         if crate::mutants::active("ignore_root_expiry") {
             return Ok(());
         }
@@ -182,7 +182,7 @@ mod tests {
     use crate::root::{ChannelRule, PublisherGrant};
 
     #[test]
-    fn inv_43_threshold_k_minus_1_refused_k_accepted() {
+    fn inv_36_threshold_k_minus_1_refused_k_accepted() {
         let t = TrustedPublishers::from_root(signed(doc(1, &[1], 1, &[10, 11, 12], 2), &[1]));
         let (a, b, c) = (key(10).public(), key(11).public(), key(12).public());
         assert_eq!(

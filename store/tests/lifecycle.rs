@@ -103,7 +103,7 @@ fn held(store: &store::Store) -> Vec<SegmentId> {
 }
 
 #[test]
-fn inv_42_sequence_equal_lower_refused_higher_supersedes_and_the_highest_survives_eviction_and_reopen()
+fn inv_35_sequence_equal_lower_refused_higher_supersedes_and_the_highest_survives_eviction_and_reopen()
  {
     let dir = tempfile::tempdir().unwrap();
     let p = publisher(1);
@@ -184,7 +184,7 @@ fn a_superseded_segment_is_evicted_before_current_ones() {
 }
 
 #[test]
-fn inv_46_a_recall_withdraws_held_records_unheld_and_leaves_other_channels() {
+fn inv_39_a_recall_withdraws_held_records_unheld_and_leaves_other_channels() {
     let dir = tempfile::tempdir().unwrap();
     let p = publisher(1);
     let cfg = config(dir.path(), CEILING, trusting(&[&p]));
@@ -230,7 +230,7 @@ fn inv_46_a_recall_withdraws_held_records_unheld_and_leaves_other_channels() {
 }
 
 #[test]
-fn inv_46_a_recall_of_a_segment_being_received_refuses_it_at_its_commit() {
+fn inv_39_a_recall_of_a_segment_being_received_refuses_it_at_its_commit() {
     let dir = tempfile::tempdir().unwrap();
     let p = publisher(1);
     let store = open_real(config(dir.path(), CEILING, trusting(&[&p])));
@@ -279,7 +279,7 @@ fn a_recall_that_does_not_verify_or_decode_is_refused_and_withdraws_nothing() {
 }
 
 #[test]
-fn inv_44_a_root_segment_rotates_the_trust_and_survives_reopen_and_reload() {
+fn inv_37_a_root_segment_rotates_the_trust_and_survives_reopen_and_reload() {
     let dir = tempfile::tempdir().unwrap();
     let (r1, r2, r3) = (publisher(1), publisher(2), publisher(3));
     let (old_pub, new_pub) = (publisher(10), publisher(11));
@@ -345,7 +345,7 @@ fn root_segments_need_a_root_to_start_from() {
 }
 
 #[test]
-fn inv_45_an_expired_root_refuses_content_but_takes_a_newer_root() {
+fn inv_38_an_expired_root_refuses_content_but_takes_a_newer_root() {
     let dir = tempfile::tempdir().unwrap();
     let r1 = publisher(1);
     let p = publisher(10);

@@ -297,7 +297,7 @@ mod trust_tests {
     use store::root::{ALL_CHANNELS, PublisherGrant, RootDocument, SignedRoot};
 
     #[test]
-    fn inv_45_status_warns_before_the_root_expires_and_says_when_it_has() {
+    fn inv_38_status_warns_before_the_root_expires_and_says_when_it_has() {
         let r = PublisherSecret::from_seed([1; 32]);
         let now = 1_800_000_000_000;
         let doc = RootDocument {
