@@ -108,13 +108,26 @@ fn read_root(path: &Path) -> Result<SignedRoot, Failure> {
 
 /// Writes `bytes` over `path` atomically (temp file, fsync, rename, directory fsync).
 fn replace(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
+    replace_with(path, |out| Ok(std::io::Write::write_all(out, bytes)?))
+}
+
+/// Replaces `path` by what `fill` writes: a temp file beside it (fsynced), renamed over it,
+/// then the directory fsynced, so a crash leaves the old file or the new one, never a mix.
+fn replace_with(
+    path: &Path,
+    fill: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> anyhow::Result<()>,
+) -> Result<(), Failure> {
     let tmp = path.with_extension("edged-new");
     let _ = std::fs::remove_file(&tmp);
-    write_atomically(&tmp, |out| Ok(std::io::Write::write_all(out, bytes)?))
-        .map_err(Failure::failed)?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot replace {}", path.display()))
-        .map_err(Failure::failed)?;
+    if let Err(e) = write_atomically(&tmp, fill) {
+        return Err(Failure::failed(e));
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Failure::failed(
+            anyhow!(e).context(format!("cannot replace {}", path.display())),
+        ));
+    }
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
@@ -422,7 +435,9 @@ pub fn recall_create(
     Ok(())
 }
 
-/// `edged segment sign --key KEY FILE`: adds a co-signature, rewriting the file.
+/// `edged segment sign --key KEY FILE`: adds a co-signature, rewriting the file (the header
+/// grows by one signature; the payload is copied through the manifest's hash check, so a
+/// damaged file is not signed again). Prints every signer, one per line.
 pub fn segment_sign(key_path: &Path, file: &Path) -> CliResult {
     let secret = PublisherSecret::load(key_path).map_err(Failure::failed)?;
     let input = store::media::open_regular(file).map_err(Failure::failed)?;
@@ -430,27 +445,40 @@ pub fn segment_sign(key_path: &Path, file: &Path) -> CliResult {
     let mut signed = segfile::read_header(&mut input)
         .with_context(|| format!("{} is not a valid segment file", file.display()))
         .map_err(Failure::failed)?;
+    if signed.manifest().format_version == store::limits::MANIFEST_FORMAT_V1 {
+        return Err(Failure::failed(anyhow!(
+            "{} is a manifest format 1 segment, which carries exactly one signature: \
+             create it again (`edged segment create` writes format {MANIFEST_FORMAT_VERSION}) \
+             to co-sign it",
+            file.display()
+        )));
+    }
+    let key = secret.public();
+    if signed.signers().any(|k| *k == key) {
+        return Err(Failure::failed(anyhow!(
+            "{key} already signed {}: a channel threshold counts distinct keys, so sign with \
+             another one",
+            file.display()
+        )));
+    }
     signed.add_signature(&secret).map_err(Failure::failed)?;
-    let tmp = file.with_extension("edged-new");
-    let _ = std::fs::remove_file(&tmp);
-    // The payload is copied through the hash check: a damaged file is not signed again.
-    write_atomically(&tmp, |w| {
+    replace_with(file, |w| {
         segfile::write_seg(w, &signed, &mut input)
             .map(drop)
-            .map_err(Into::into)
-    })
-    .map_err(Failure::failed)?;
-    std::fs::rename(&tmp, file)
-        .with_context(|| format!("cannot replace {}", file.display()))
-        .map_err(Failure::failed)?;
+            .with_context(|| {
+                format!(
+                    "{}: the payload does not match its manifest (damaged or truncated); not signed",
+                    file.display()
+                )
+            })
+    })?;
     eprintln!(
-        "{} signed; signers now: {}",
+        "{} signed by {key}; {} signature(s), id unchanged",
         file.display(),
-        signed
-            .signers()
-            .map(|k| k.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+        signed.signers().count()
     );
+    for k in signed.signers() {
+        outln!("{k}");
+    }
     Ok(())
 }

@@ -8,14 +8,18 @@
 use crate::output::{out, outln};
 use base::Clock as _;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
 use anyhow::Context;
 use serde::Serialize;
 use store::keys::{PublisherKey, PublisherSecret, TrustedPublishers};
-use store::limits::{MANIFEST_FORMAT_VERSION, STREAM_BUF_BYTES, TIME_MS_MAX};
-use store::manifest::{Manifest, SignedManifest, SuccessCondition};
+use store::limits::{
+    LIFECYCLE_PAYLOAD_BYTES_MAX, MANIFEST_FORMAT_VERSION, STREAM_BUF_BYTES, TIME_MS_MAX,
+};
+use store::manifest::{Manifest, SegmentKind, SignedManifest, SuccessCondition};
+use store::recall::RecallList;
+use store::root::RootChain;
 use store::segfile;
 
 use crate::cli::CreateArgs;
@@ -158,6 +162,65 @@ struct Inspected {
     payload_blake3: String,
     file_bytes: u64,
     file_length_ok: bool,
+    /// A recall's payload: the ids it withdraws.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recalls: Option<Vec<String>>,
+    /// A root segment's payload: the versions of its chain, oldest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    root_versions: Option<Vec<u64>>,
+    /// Why a recall's or root segment's payload could not be shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_problem: Option<String>,
+}
+
+/// What a recall's or root segment's payload carries, read after the header (at most
+/// [`LIFECYCLE_PAYLOAD_BYTES_MAX`] bytes, checked against the manifest's hash first), or why
+/// it cannot be shown. `None` for content: its payload is the operator's own business.
+fn lifecycle_payload(
+    signed: &SignedManifest,
+    payload: impl Read,
+) -> Option<Result<LifecyclePayload, String>> {
+    let m = signed.manifest();
+    let decode: fn(&[u8]) -> Result<LifecyclePayload, String> = match m.kind {
+        SegmentKind::Content => return None,
+        SegmentKind::Recall => |b| {
+            RecallList::decode(b)
+                .map(|l| {
+                    LifecyclePayload::Recall(l.ids().iter().map(|id| id.to_string()).collect())
+                })
+                .map_err(|e| format!("not a recall list: {e}"))
+        },
+        SegmentKind::Root => |b| {
+            RootChain::decode(b)
+                .map(|c| LifecyclePayload::Root(c.0.iter().map(|r| r.version()).collect()))
+                .map_err(|e| format!("not a root chain: {e}"))
+        },
+    };
+    if m.payload_len > LIFECYCLE_PAYLOAD_BYTES_MAX {
+        return Some(Err(format!(
+            "the payload declares {} bytes, more than the {LIFECYCLE_PAYLOAD_BYTES_MAX} a {} may have",
+            m.payload_len, m.kind
+        )));
+    }
+    let mut bytes = Vec::new();
+    if let Err(e) = payload.take(m.payload_len).read_to_end(&mut bytes) {
+        return Some(Err(format!("cannot read the payload: {e}")));
+    }
+    if bytes.len() as u64 != m.payload_len || *blake3::hash(&bytes).as_bytes() != m.payload_hash {
+        return Some(Err(
+            "the payload does not match the manifest's length and hash".into(),
+        ));
+    }
+    Some(decode(&bytes))
+}
+
+/// A lifecycle segment's payload as `inspect` shows it.
+#[derive(Debug, PartialEq, Eq)]
+enum LifecyclePayload {
+    /// The ids a recall withdraws.
+    Recall(Vec<String>),
+    /// The versions of a root chain.
+    Root(Vec<u64>),
 }
 
 pub fn inspect(path: &Path, json: bool) -> CliResult {
@@ -173,6 +236,13 @@ pub fn inspect(path: &Path, json: bool) -> CliResult {
         .map_err(Failure::failed)?;
     let m = signed.manifest();
     let expected = segfile::file_len_of(&signed);
+    let (mut recalls, mut root_versions, mut payload_problem) = (None, None, None);
+    match lifecycle_payload(&signed, &mut file) {
+        None => {}
+        Some(Ok(LifecyclePayload::Recall(ids))) => recalls = Some(ids),
+        Some(Ok(LifecyclePayload::Root(versions))) => root_versions = Some(versions),
+        Some(Err(problem)) => payload_problem = Some(problem),
+    }
     let info = Inspected {
         id: signed.id().to_string(),
         format_version: m.format_version,
@@ -190,6 +260,9 @@ pub fn inspect(path: &Path, json: bool) -> CliResult {
         payload_blake3: hex::encode(m.payload_hash),
         file_bytes,
         file_length_ok: expected == file_bytes,
+        recalls,
+        root_versions,
+        payload_problem,
     };
     if json {
         outln!(
@@ -197,7 +270,7 @@ pub fn inspect(path: &Path, json: bool) -> CliResult {
             serde_json::to_string_pretty(&info).map_err(Failure::failed)?
         );
     } else {
-        let rows = vec![
+        let mut rows = vec![
             vec!["id".into(), info.id.clone()],
             vec!["name".into(), info.name.clone()],
             vec![
@@ -237,6 +310,24 @@ pub fn inspect(path: &Path, json: bool) -> CliResult {
                 "not checked (use `edged segment verify`)".into(),
             ],
         ];
+        if let Some(ids) = &info.recalls {
+            // One id a row: full ids, as a recall names exact segments.
+            for (i, id) in ids.iter().enumerate() {
+                let field = if i == 0 {
+                    format!("recalls ({})", ids.len())
+                } else {
+                    String::new()
+                };
+                rows.push(vec![field, id.clone()]);
+            }
+        }
+        if let Some(versions) = &info.root_versions {
+            let versions: Vec<String> = versions.iter().map(u64::to_string).collect();
+            rows.push(vec!["root versions".into(), versions.join(", ")]);
+        }
+        if let Some(problem) = &info.payload_problem {
+            rows.push(vec!["payload problem".into(), problem.clone()]);
+        }
         out!("{}", output::table(&["field", "value"], &rows));
     }
     Ok(())
@@ -275,6 +366,59 @@ pub fn verify(trust: &[String], path: &Path) -> CliResult {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    fn signed_of(kind: SegmentKind, body: &[u8]) -> SignedManifest {
+        let secret = PublisherSecret::generate().unwrap();
+        let m = Manifest {
+            format_version: MANIFEST_FORMAT_VERSION,
+            publisher: secret.public(),
+            name: "n".into(),
+            channel: if kind == SegmentKind::Root {
+                store::limits::ROOT_CHANNEL.into()
+            } else {
+                "c".into()
+            },
+            sequence: 1,
+            created_at_ms: 1_767_225_600_000,
+            expires_at_ms: None,
+            condition: SuccessCondition::AllPeers,
+            priority: 255,
+            payload_len: body.len() as u64,
+            payload_hash: *blake3::hash(body).as_bytes(),
+            kind,
+        };
+        SignedManifest::sign(m, &secret).unwrap()
+    }
+
+    #[test]
+    fn inspect_shows_what_a_recall_names_and_refuses_a_payload_not_matching_its_hash() {
+        let ids = vec![store::SegmentId::from_bytes([7; 32])];
+        let body = RecallList::new(ids.clone()).unwrap().encode();
+        let signed = signed_of(SegmentKind::Recall, &body);
+        assert_eq!(
+            lifecycle_payload(&signed, &body[..]),
+            Some(Ok(LifecyclePayload::Recall(vec![ids[0].to_string()])))
+        );
+        let mut damaged = body.clone();
+        damaged[0] ^= 1;
+        assert!(matches!(
+            lifecycle_payload(&signed, &damaged[..]),
+            Some(Err(e)) if e.contains("does not match")
+        ));
+        assert!(matches!(
+            lifecycle_payload(&signed, &body[..body.len() - 1]),
+            Some(Err(_))
+        ));
+        // Content: nothing to show, nothing read.
+        let content = signed_of(SegmentKind::Content, b"x");
+        assert_eq!(lifecycle_payload(&content, &b"x"[..]), None);
+        // A root kind whose payload is not a chain says so.
+        let root = signed_of(SegmentKind::Root, b"junk");
+        assert!(matches!(
+            lifecycle_payload(&root, &b"junk"[..]),
+            Some(Err(e)) if e.contains("not a root chain")
+        ));
+    }
 
     #[test]
     fn inv_17_expiry_bound_n_and_n_plus_1() {
