@@ -441,4 +441,8 @@ pub struct SegmentsArgs {
     /// Print JSON for scripts.
     #[arg(long)]
     pub json: bool,
+    /// List the recalled segment ids instead (withdrawn and refused for good), each with the
+    /// recall that named it and when it was applied here.
+    #[arg(long)]
+    pub recalled: bool,
 }

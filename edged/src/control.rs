@@ -336,6 +336,9 @@ pub enum Request {
     Sequences {
         channel: Option<String>,
     },
+    /// The recalled ids (listing), each with its recall, in id order, at most
+    /// [`crate::daemon::lifecycle_view::RECALLED_LIST_MAX`].
+    Recalled,
 }
 
 /// Signed receipt batches in one `NeedMerge` request: 256 of at most
@@ -363,7 +366,10 @@ impl Request {
                 | Request::DlqRequeue { .. }
                 | Request::DlqPurge { .. }
         ) || self.is_need_listing()
-            || matches!(self, Request::QuarantineList | Request::Sequences { .. })
+            || matches!(
+                self,
+                Request::QuarantineList | Request::Sequences { .. } | Request::Recalled
+            )
     }
 
     /// The need-list listings (kept apart so the list above stays as it was).

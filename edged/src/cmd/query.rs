@@ -192,13 +192,8 @@ fn stream_listing(
 
 /// A segment's lifecycle in words: superseded, and its local deliveries.
 fn lifecycle(r: &Value) -> String {
-    let mut parts = Vec::new();
-    if let Some(by) = r["superseded_by"].as_str() {
-        parts.push(format!(
-            "superseded by {}",
-            by.chars().take(12).collect::<String>()
-        ));
-    }
+    let mut parts =
+        crate::daemon::lifecycle_view::words(r["kind"].as_str(), r["superseded_by"].as_str());
     for d in r["delivery"].as_array().into_iter().flatten() {
         parts.push(s(&d["state"]));
     }

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::cli::SegmentsArgs;
 use crate::config::Config;
+use crate::daemon::lifecycle_view::{self, LifecycleFields};
 use crate::exit::{CliResult, Failure};
 use crate::output;
 use crate::output::format_ms;
@@ -25,10 +26,15 @@ struct Row {
     stored_at: String,
     propagated_at: Option<String>,
     pinned_by: Vec<String>,
+    #[serde(flatten)]
+    lifecycle: LifecycleFields,
 }
 
 pub fn run(args: &SegmentsArgs) -> CliResult {
     let cfg = Config::load(&args.config.config)?;
+    if args.recalled {
+        return recalled(&cfg, args.json);
+    }
     if let Some(mut daemon) = super::client::connect(&cfg)? {
         return super::query::segments_from_daemon(&mut daemon, args.json);
     }
@@ -61,6 +67,7 @@ fn print_direct(store: &store::Store, json: bool) -> CliResult {
         "condition",
         "propagated",
         "from",
+        "state",
     ]);
     let count = each_page(store, |rows| {
         let cells: Vec<Vec<String>> = rows
@@ -74,6 +81,7 @@ fn print_direct(store: &store::Store, json: bool) -> CliResult {
                     r.condition,
                     r.propagated_at.unwrap_or_else(|| "no".into()),
                     r.source,
+                    state(&r.lifecycle),
                 ]
             })
             .collect();
@@ -103,19 +111,94 @@ fn each_page(
         count += segments.len() as u64;
         let rows = segments
             .into_iter()
-            .map(|s| Row {
-                id: s.id.to_string(),
-                name: s.row.name,
-                channel: s.row.channel,
-                bytes: s.row.file_len,
-                priority: s.row.priority,
-                condition: s.row.condition.to_string(),
-                source: s.row.source,
-                stored_at: format_ms(s.row.stored_at_ms),
-                propagated_at: s.row.propagated_at_ms.map(format_ms),
-                pinned_by: s.pins,
+            .map(|s| {
+                let lifecycle = lifecycle_view::fields(store, &s)?;
+                Ok(Row {
+                    id: s.id.to_string(),
+                    name: s.row.name,
+                    channel: s.row.channel,
+                    bytes: s.row.file_len,
+                    priority: s.row.priority,
+                    condition: s.row.condition.to_string(),
+                    source: s.row.source,
+                    stored_at: format_ms(s.row.stored_at_ms),
+                    propagated_at: s.row.propagated_at_ms.map(format_ms),
+                    pinned_by: s.pins,
+                    lifecycle,
+                })
             })
-            .collect();
+            .collect::<Result<_, store::StoreError>>()?;
         page(rows).map_err(|e| Failure::failed(anyhow::anyhow!("cannot write: {e}")))?;
     }
+}
+
+/// The `state` column of a segment read from the data directory (as the daemon's listing
+/// words it, less the deliveries it alone tracks live).
+fn state(f: &LifecycleFields) -> String {
+    let words = lifecycle_view::words(Some(&f.kind), f.superseded_by.as_deref());
+    if words.is_empty() {
+        "current".into()
+    } else {
+        words.join("; ")
+    }
+}
+
+/// `edged segments --recalled`: the recalled ids, from the daemon or the data directory.
+fn recalled(cfg: &Config, json: bool) -> CliResult {
+    let rows: Vec<serde_json::Value> = match super::client::connect(cfg)? {
+        Some(mut client) => {
+            let mut rows = Vec::new();
+            client.list(&crate::control::Request::Recalled, |items| {
+                rows.extend(items);
+                Ok(())
+            })?;
+            rows
+        }
+        None => {
+            let store = super::open_store_direct(cfg, super::Direct::Existing)?;
+            let rows = lifecycle_view::recalled(&store);
+            store.close();
+            rows?
+        }
+    };
+    if rows.len() >= lifecycle_view::RECALLED_LIST_MAX {
+        eprintln!(
+            "edged: the first {} recalled ids are listed; there may be more",
+            lifecycle_view::RECALLED_LIST_MAX
+        );
+    }
+    if json {
+        output::outln!(
+            "{}",
+            serde_json::to_string_pretty(&rows).map_err(Failure::failed)?
+        );
+        return Ok(());
+    }
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let short = |v: &serde_json::Value| s(v).chars().take(12).collect::<String>();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                short(&r["id"]),
+                s(&r["channel"]),
+                short(&r["recall"]),
+                s(&r["at"]),
+                if r["held"].as_bool() == Some(true) {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+            ]
+        })
+        .collect();
+    output::out!(
+        "{}",
+        output::table(
+            &["segment", "channel", "recalled by", "at", "was held"],
+            &cells
+        )
+    );
+    output::outln!("{} recalled segment(s)", rows.len());
+    Ok(())
 }

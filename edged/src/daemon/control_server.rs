@@ -802,7 +802,7 @@ fn answer(d: &Daemon, request: Request) -> Response {
             Ok(failed(exit::USAGE, "listings are handled apart"))
         }
         Request::NeedMerge { receipts, certs } => Ok(need::merge(d, &receipts, &certs)),
-        Request::QuarantineList | Request::Sequences { .. } => {
+        Request::QuarantineList | Request::Sequences { .. } | Request::Recalled => {
             Ok(failed(exit::USAGE, "listings are handled apart"))
         }
         Request::Fsck { repair } => fsck::check(d, repair).map(ok),
@@ -844,6 +844,7 @@ fn list<W: std::io::Write>(
         Request::Fleet { query } => listing::fleet(d, &mut pages, query),
         Request::QuarantineList => fsck::quarantine_list(d, &mut pages),
         Request::Sequences { channel } => listing::sequences(d, &mut pages, channel.as_deref()),
+        Request::Recalled => listing::recalled(d, &mut pages),
         _ => Err(ListError::Failed {
             code: exit::USAGE,
             message: "not a listing".into(),

@@ -155,7 +155,9 @@ pub(super) fn segments<W: Write>(d: &Daemon, pages: &mut Pages<'_, W>) -> Result
         };
         after = Some(last.id);
         for s in &page {
-            pages.push(&views::segment(d, s)?)?;
+            let mut row = views::segment(d, s)?;
+            super::lifecycle_view::extend(&mut row, &super::lifecycle_view::fields(&d.store, s)?);
+            pages.push(&row)?;
         }
     }
 }
@@ -168,6 +170,14 @@ pub(super) fn sequences<W: Write>(
 ) -> Result<(), ListError> {
     for row in d.store.sequences(channel)? {
         pages.push(&crate::cmd::sequences::row_json(&row))?;
+    }
+    Ok(())
+}
+
+/// The recalled ids with their recalls (see [`super::lifecycle_view::recalled`]).
+pub(super) fn recalled<W: Write>(d: &Daemon, pages: &mut Pages<'_, W>) -> Result<(), ListError> {
+    for row in &super::lifecycle_view::recalled(&d.store)? {
+        pages.push(row)?;
     }
     Ok(())
 }

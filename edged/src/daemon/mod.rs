@@ -11,6 +11,7 @@
 mod control_io;
 mod control_server;
 mod fsck;
+pub(crate) mod lifecycle_view;
 mod listing;
 mod need;
 mod pipeline;
