@@ -98,7 +98,7 @@ pub enum RootError {
     },
     /// Too few of the required keys signed.
     #[error(
-        "root version {version} has {valid} valid signature(s) from the {whose} root keys, {needed} needed"
+        "root version {version} has {valid} valid signature(s) by {whose} root keys, {needed} needed"
     )]
     BelowThreshold {
         /// The document's version.
